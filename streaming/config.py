@@ -1,0 +1,261 @@
+"""The one configuration object of a Riskstream job, loaded from a YAML profile in `conf/`.
+
+Every setting is validated when the job starts: an unknown key, a wrong type or an impossible value
+raises `ConfigError` with one line naming the field and what is allowed. Overrides come from
+`--set dotted.key=value` on the command line (values are read as YAML scalars) and, for secrets, from
+the environment (`RISKSTREAM_PSEUDONYM_KEY`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+PSEUDONYM_KEY_ENV = "RISKSTREAM_PSEUDONYM_KEY"
+
+# Fields of a cleaned transaction a model can be keyed by (all strings after cleaning).
+ModelKeyField = Literal["merchant_category", "account_id", "merchant_id", "country", "channel", "currency"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line naming the field."""
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSettings(_Settings):
+    """Where transactions come from."""
+
+    kind: Literal["files", "directory"] = "files"
+    # files: a fixed set of files, read once (a bounded stream).
+    paths: tuple[str, ...] = ()
+    # directory: every file that appears in it, watched continuously (an unbounded stream).
+    directory: str | None = None
+    discovery_interval_ms: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _one_kind_of_input(self) -> "SourceSettings":
+        if self.kind == "files" and not self.paths:
+            raise ValueError("source.paths: at least one file is needed when source.kind is 'files'")
+        if self.kind == "directory" and not self.directory:
+            raise ValueError("source.directory: a directory is needed when source.kind is 'directory'")
+        return self
+
+
+class OutputSettings(_Settings):
+    """Where the job writes: `<path>/scores`, `<path>/dead-letters`, `<path>/model-snapshots`."""
+
+    path: str = "out/local"
+
+
+class MissingValue(_Settings):
+    """What to do when a field is absent or null: dead-letter the record, or use `value`."""
+
+    action: Literal["dead_letter", "impute"]
+    value: str | float | int | None = None
+
+
+class CleaningSettings(_Settings):
+    max_record_bytes: int = Field(default=65536, ge=64, le=16 * 1024 * 1024)
+    # How much of a rejected record's bytes a dead letter keeps when the record is over the cap.
+    dead_letter_raw_bytes: int = Field(default=1024, ge=0, le=65536)
+    default_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    channels: tuple[str, ...] = ("web", "pos", "atm", "mobile")
+    # Per-field policy for absent or null values; keys are contract fields or `features.<name>`.
+    # Unlisted: required fields are dead-lettered, `currency` takes `default_currency`,
+    # `merchant_id` becomes null, `is_fraud` means "score only", `features.<name>` is dead-lettered.
+    missing: dict[str, MissingValue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_missing_fields(self) -> "CleaningSettings":
+        from udfs.cleaning import CONTRACT_FIELDS
+
+        for name in self.missing:
+            if name not in CONTRACT_FIELDS and not name.startswith("features."):
+                allowed = ", ".join(sorted(CONTRACT_FIELDS))
+                raise ValueError(f"cleaning.missing.{name}: unknown field; allowed: {allowed}, features.<name>")
+        return self
+
+
+class PrivacySettings(_Settings):
+    # The HMAC key that pseudonymizes account_id. The environment variable RISKSTREAM_PSEUDONYM_KEY
+    # wins over this value; a profile for real data should leave it unset.
+    pseudonym_key: SecretStr | None = None
+
+
+class NumericFeature(_Settings):
+    field: str = Field(pattern=r"^(amount|features\.[A-Za-z0-9_]+)$")
+    log: bool = False  # log1p(value); needs value > -1
+    standardize: bool = False  # online z-score with per-key running mean and variance
+
+
+class CategoricalFeature(_Settings):
+    field: Literal["merchant_category", "country", "channel", "currency", "merchant_id"]
+    encoding: Literal["one_hot", "hashed"]
+    vocabulary: tuple[str, ...] = ()  # one_hot: normalized values; others encode as all zeros
+    buckets: int = Field(default=0, ge=0, le=1 << 20)  # hashed: number of buckets (crc32 mod buckets)
+
+    @model_validator(mode="after")
+    def _encoding_needs(self) -> "CategoricalFeature":
+        if self.encoding == "one_hot" and not self.vocabulary:
+            raise ValueError(f"features.categorical.{self.field}.vocabulary: one_hot needs at least one value")
+        if self.encoding == "hashed" and self.buckets < 1:
+            raise ValueError(f"features.categorical.{self.field}.buckets: hashed needs buckets >= 1")
+        return self
+
+
+TimeEncoding = Literal["none", "one_hot", "cyclic"]
+
+
+class TimeFeatures(_Settings):
+    hour_of_day: TimeEncoding = "none"  # UTC hour from event_time
+    day_of_week: TimeEncoding = "none"  # UTC weekday from event_time, Monday = 0
+
+
+class FeatureSettings(_Settings):
+    numeric: tuple[NumericFeature, ...] = ()
+    categorical: tuple[CategoricalFeature, ...] = ()
+    time: TimeFeatures = TimeFeatures()
+
+    @model_validator(mode="after")
+    def _some_features(self) -> "FeatureSettings":
+        if not self.numeric and not self.categorical and self.time == TimeFeatures():
+            raise ValueError("features: at least one numeric, categorical or time feature is needed")
+        return self
+
+
+class ModelSettings(_Settings):
+    key: ModelKeyField = "merchant_category"
+    learning_rate: float = Field(default=0.01, gt=0, le=10)
+    # constant: rate = learning_rate; inverse_scaling: rate = learning_rate / (1 + updates) ** power_t
+    schedule: Literal["constant", "inverse_scaling"] = "constant"
+    power_t: float = Field(default=0.5, gt=0, le=1)
+    l2: NonNegativeFloat = 0.0
+    # A snapshot of a key's model is written after every this many updates, and at end of input.
+    snapshot_every: PositiveInt = 1000
+    top_reasons: int = Field(default=3, ge=0, le=20)
+
+
+class CheckpointSettings(_Settings):
+    interval_ms: PositiveInt = 2000
+    directory: str = "var/checkpoints"
+
+
+class FlinkSettings(_Settings):
+    parallelism: PositiveInt = 2
+    # Pinned so keyed state in a savepoint maps to the same key groups after a change.
+    max_parallelism: PositiveInt = 128
+    python_execution_mode: Literal["thread", "process"] = "thread"
+    restart_attempts: int = Field(default=0, ge=0, le=1000)
+    jars: tuple[str, ...] = ("build/riskstream-flink.jar",)
+
+    @model_validator(mode="after")
+    def _parallelism_fits(self) -> "FlinkSettings":
+        if self.parallelism > self.max_parallelism:
+            raise ValueError(f"flink.parallelism: must be <= flink.max_parallelism ({self.max_parallelism})")
+        return self
+
+
+class Settings(_Settings):
+    source: SourceSettings
+    output: OutputSettings = OutputSettings()
+    cleaning: CleaningSettings = CleaningSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    features: FeatureSettings
+    model: ModelSettings = ModelSettings()
+    checkpointing: CheckpointSettings = CheckpointSettings()
+    flink: FlinkSettings = FlinkSettings()
+
+    def pseudonym_key(self) -> bytes:
+        """The account_id HMAC key: the environment's, else the profile's; fails if neither is set."""
+        key = os.environ.get(PSEUDONYM_KEY_ENV)
+        if key is None and self.privacy.pseudonym_key is not None:
+            key = self.privacy.pseudonym_key.get_secret_value()
+        if not key:
+            raise ConfigError(f"privacy.pseudonym_key: not set; set it in the profile or in ${PSEUDONYM_KEY_ENV}")
+        return key.encode("utf-8")
+
+
+def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Settings:
+    """Loads and validates a profile; `overrides` are `dotted.key=value` strings applied on top.
+
+    Relative file paths in the profile are made absolute against the current directory, so the job
+    can hand them to Flink unchanged.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"config file {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of sections")
+    for override in overrides:
+        _apply_override(raw, override)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None
+    settings.pseudonym_key()
+    return _absolute_paths(settings)
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    dotted, sep, value = override.partition("=")
+    if not sep or not dotted:
+        raise ConfigError(f"--set {override}: expected dotted.key=value")
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for name in parents:
+        node = node.setdefault(name, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {override}: {name} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{field}: unknown setting"
+    if message.startswith(field.split(".")[0]) or ":" in message.split(" ")[0]:
+        return message  # a model validator already named the field
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{field}: {message}{shown}"
+
+
+def _absolute_paths(settings: Settings) -> Settings:
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    source = settings.source.model_copy(
+        update={
+            "paths": tuple(absolute(p) for p in settings.source.paths),
+            "directory": absolute(settings.source.directory) if settings.source.directory else None,
+        }
+    )
+    return settings.model_copy(
+        update={
+            "source": source,
+            "output": settings.output.model_copy(update={"path": absolute(settings.output.path)}),
+            "checkpointing": settings.checkpointing.model_copy(
+                update={"directory": absolute(settings.checkpointing.directory)}
+            ),
+            "flink": settings.flink.model_copy(update={"jars": tuple(absolute(j) for j in settings.flink.jars)}),
+        }
+    )

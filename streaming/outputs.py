@@ -1,0 +1,92 @@
+"""Reading what a job wrote, and the run summary: counts, accounting and prequential quality."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from udfs.metrics import labelled, log_loss, roc_auc
+
+
+def committed_lines(folder: Path) -> Iterator[dict[str, Any]]:
+    """Every JSON line in the committed part files of a FileSink folder. In-progress and pending
+    part files are hidden (their names start with a dot) and skipped: they may still change."""
+    if not folder.is_dir():
+        return
+    for part in sorted(folder.iterdir()):
+        if part.name.startswith(".") or not part.is_file():
+            continue
+        with part.open("rb") as lines:
+            for line in lines:
+                if line.strip():
+                    yield orjson.loads(line)
+
+
+def count_file_records(paths: list[str] | tuple[str, ...]) -> int:
+    """Records in files as the file source reads them: one per newline, plus a last line that
+    has no newline."""
+    total = 0
+    for path in paths:
+        with open(path, "rb") as data:
+            last = b""
+            for chunk in iter(lambda: data.read(1 << 20), b""):
+                total += chunk.count(b"\n")
+                last = chunk
+            if last and not last.endswith(b"\n"):
+                total += 1
+    return total
+
+
+@dataclass
+class RunSummary:
+    records_read: int
+    scored: int
+    dead_lettered: int
+    dead_letters_by_stage: Counter = field(default_factory=Counter)
+    log_loss: float = float("nan")
+    roc_auc: float = float("nan")
+    labelled: int = 0
+    keys: int = 0
+    wall_seconds: float = 0.0
+
+    @property
+    def reconciled(self) -> bool:
+        return self.records_read == self.scored + self.dead_lettered
+
+    def lines(self) -> list[str]:
+        stages = ", ".join(f"{stage} {n}" for stage, n in sorted(self.dead_letters_by_stage.items())) or "none"
+        rate = self.records_read / self.wall_seconds if self.wall_seconds else 0.0
+        return [
+            f"records read      {self.records_read:>12,}",
+            f"scored            {self.scored:>12,}   ({self.keys} model keys)",
+            f"dead-lettered     {self.dead_lettered:>12,}   (by stage: {stages})",
+            f"accounting        {'read = scored + dead-lettered' if self.reconciled else 'MISMATCH'}",
+            f"prequential       log loss {self.log_loss:.4f}, ROC AUC {self.roc_auc:.4f} over {self.labelled:,} labels",
+            f"throughput        {rate:,.0f} records/s over {self.wall_seconds:.1f} s (including start-up)",
+        ]
+
+
+def summarize(output: Path, records_read: int, wall_seconds: float) -> RunSummary:
+    """The summary of a finished run from its committed outputs."""
+    pairs = []
+    keys = set()
+    for score in committed_lines(output / "scores"):
+        pairs.append((score["score"], score["label"]))
+        keys.add(score["model_key"])
+    stages = Counter(letter["stage"] for letter in committed_lines(output / "dead-letters"))
+    scores, labels = labelled(pairs)
+    return RunSummary(
+        records_read=records_read,
+        scored=len(pairs),
+        dead_lettered=sum(stages.values()),
+        dead_letters_by_stage=stages,
+        log_loss=log_loss(scores, labels),
+        roc_auc=roc_auc(scores, labels),
+        labelled=len(labels),
+        keys=len(keys),
+        wall_seconds=wall_seconds,
+    )

@@ -1,0 +1,169 @@
+"""Keyed online logistic regression trained by plain SGD (pure Python, no Flink).
+
+For each record of a key, in arrival order: `p = sigmoid(w . x + b)` is the score; a labelled record
+then updates `w <- w - rate * ((p - y) x + l2 w)` and `b <- b - rate (p - y)`. An update that would
+leave any weight or the bias non-finite or above 1e12 in magnitude is discarded (the model keeps
+its previous weights) and counted in `rejected_updates`, so one corrupt record cannot destroy a
+key's model and every later margin stays finite.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from array import array
+from dataclasses import dataclass
+from heapq import nlargest
+from operator import mul
+from typing import Any, Sequence
+
+from udfs.features import Standardizer
+
+MAX_ABS_WEIGHT = 1e12
+STATE_VERSION = 1
+SNAPSHOT_VERSION = 1
+
+
+def sigmoid(z: float) -> float:
+    """1 / (1 + e^-z) in (0, 1), without overflow for any finite or infinite z."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@dataclass(frozen=True)
+class Sgd:
+    """Plain stochastic gradient descent: rate = learning_rate (constant) or
+    learning_rate / (1 + updates) ** power_t (inverse_scaling); l2 >= 0 is the weight decay."""
+
+    learning_rate: float
+    schedule: str = "constant"
+    power_t: float = 0.5
+    l2: float = 0.0
+
+    def rate(self, updates: int) -> float:
+        if self.schedule == "constant":
+            return self.learning_rate
+        return self.learning_rate / (1.0 + updates) ** self.power_t
+
+
+class LogisticRegression:
+    """One key's model: weights over `n_features` inputs, a bias and counters."""
+
+    __slots__ = ("weights", "bias", "updates", "rejected_updates")
+
+    def __init__(self, n_features: int, weights: Sequence[float] | None = None, bias: float = 0.0,
+                 updates: int = 0, rejected_updates: int = 0):
+        self.weights = list(weights) if weights is not None else [0.0] * n_features
+        self.bias = bias
+        self.updates = updates
+        self.rejected_updates = rejected_updates
+
+    def predict_proba(self, x: Sequence[float]) -> float:
+        """Probability of the positive class (fraud) for features `x`, in (0, 1)."""
+        return sigmoid(self.bias + sum(map(mul, self.weights, x)))
+
+    def learn(self, x: Sequence[float], y: int, p: float, sgd: Sgd) -> bool:
+        """One SGD step on (x, y) given this model's score `p` for x; False if the step was discarded."""
+        rate = sgd.rate(self.updates)
+        g = p - y
+        if sgd.l2:
+            decay = 1.0 - rate * sgd.l2
+            weights = [w * decay - rate * g * xi for w, xi in zip(self.weights, x)]
+        else:
+            step = rate * g
+            weights = [w - step * xi for w, xi in zip(self.weights, x)]
+        bias = self.bias - rate * g
+        if not (abs(bias) <= MAX_ABS_WEIGHT and all(abs(w) <= MAX_ABS_WEIGHT for w in weights)):
+            self.rejected_updates += 1  # also catches NaN: every comparison with NaN is False
+            return False
+        self.weights = weights
+        self.bias = bias
+        self.updates += 1
+        return True
+
+    def top_contributions(self, x: Sequence[float], k: int) -> list[tuple[int, float]]:
+        """Up to `k` (feature index, w_i * x_i) pairs with the largest |w_i * x_i|, largest first."""
+        if k <= 0:
+            return []
+        contributions = [(i, w * xi) for i, (w, xi) in enumerate(zip(self.weights, x)) if w and xi]
+        return nlargest(k, contributions, key=lambda item: abs(item[1]))
+
+
+class KeyModel:
+    """Everything one key needs across records: standardization statistics, the model, and the
+    event time of its last update. Converts to compact versioned bytes for Flink state and to a
+    plain JSON-ready snapshot."""
+
+    __slots__ = ("standardizer", "model", "last_event_time")
+
+    _HEADER = struct.Struct("<BIIQQqQd")  # version, n_features, n_standardized, updates, rejected,
+    #                                        last_event_time, standardizer count, bias
+
+    def __init__(self, n_features: int, standardized: Sequence[int]):
+        self.standardizer = Standardizer(standardized)
+        self.model = LogisticRegression(n_features)
+        self.last_event_time = -1
+
+    def to_bytes(self) -> bytes:
+        s, m = self.standardizer, self.model
+        header = self._HEADER.pack(STATE_VERSION, len(m.weights), len(s.positions), m.updates,
+                                   m.rejected_updates, self.last_event_time, s.count, m.bias)
+        body = array("d", m.weights)
+        body.extend(s.mean)
+        body.extend(s.m2)
+        return header + array("i", s.positions).tobytes() + body.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "KeyModel":
+        version, n, k, updates, rejected, last_event_time, count, bias = cls._HEADER.unpack_from(data)
+        if version != STATE_VERSION:
+            raise ValueError(f"model state version {version} is not supported (expected {STATE_VERSION})")
+        offset = cls._HEADER.size
+        positions = array("i")
+        positions.frombytes(data[offset:offset + 4 * k])
+        values = array("d")
+        values.frombytes(data[offset + 4 * k:])
+        key_model = cls.__new__(cls)
+        key_model.standardizer = Standardizer(positions, count, values[n:n + k], values[n + k:n + 2 * k])
+        key_model.model = LogisticRegression(n, values[:n], bias, updates, rejected)
+        key_model.last_event_time = last_event_time
+        return key_model
+
+    def to_snapshot(self, model_key: str, feature_names: Sequence[str]) -> dict[str, Any]:
+        """A plain, versioned snapshot: weights by feature name, standardization by feature name."""
+        s, m = self.standardizer, self.model
+        return {
+            "schema_version": SNAPSHOT_VERSION,
+            "model_key": model_key,
+            "bias": m.bias,
+            "weights": dict(zip(feature_names, m.weights)),
+            "model_updates": m.updates,
+            "rejected_updates": m.rejected_updates,
+            "event_time": self.last_event_time if self.last_event_time >= 0 else None,
+            "standardization": {
+                "count": s.count,
+                "features": {feature_names[i]: {"mean": s.mean[j], "m2": s.m2[j]} for j, i in enumerate(s.positions)},
+            },
+        }
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any], feature_names: Sequence[str]) -> "KeyModel":
+        """The model a snapshot describes, for the feature layout `feature_names`; raises
+        ValueError when the snapshot's version or features do not match."""
+        if snapshot.get("schema_version") != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {snapshot.get('schema_version')} is not supported")
+        if list(snapshot["weights"]) != list(feature_names):
+            raise ValueError("snapshot features differ from the configured features")
+        index = {name: i for i, name in enumerate(feature_names)}
+        stats = snapshot["standardization"]["features"]
+        key_model = cls(len(feature_names), [index[name] for name in stats])
+        key_model.model = LogisticRegression(len(feature_names), list(snapshot["weights"].values()),
+                                             snapshot["bias"], snapshot["model_updates"],
+                                             snapshot["rejected_updates"])
+        key_model.standardizer = Standardizer([index[name] for name in stats], snapshot["standardization"]["count"],
+                                              [v["mean"] for v in stats.values()], [v["m2"] for v in stats.values()])
+        event_time = snapshot["event_time"]
+        key_model.last_event_time = -1 if event_time is None else event_time
+        return key_model

@@ -1,0 +1,132 @@
+"""The per-record steps of the scoring job, composed from `cleaning`, `features` and `model`.
+
+`RecordPreparer.prepare` runs before the stream is keyed: source envelope -> decode -> parse -> clean
+-> features, giving a `Prepared` record or a dead letter. `ModelScorer.score_and_learn` runs inside the
+keyed operator on the key's `KeyModel`: standardize, score, learn, and emit the score and, every
+`snapshot_every` updates, a snapshot. Neither touches Flink; the Flink wrappers only call them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, NamedTuple, Sequence
+
+import orjson
+
+from udfs.cleaning import SCHEMA_VERSION, CleaningRules, Rejected, clean, decode, parse, redact_account_id
+from udfs.features import FeatureEncoder
+from udfs.model import KeyModel, Sgd
+
+
+class Prepared(NamedTuple):
+    """A cleaned record ready for its key's model; `features` has one float per feature name."""
+
+    model_key: str
+    txn_id: str
+    event_time: int
+    label: int | None
+    features: list[float]
+
+
+def split_envelope(envelope: str) -> tuple[dict[str, Any], bytes]:
+    """(source coordinates, raw bytes) of a record as the source delivered it.
+
+    The file source sends `file:<line>:<path>\\t<payload>` with the payload's bytes as ISO-8859-1
+    characters (see SourceTaggedLineFormat.java); anything else is kept whole as the payload.
+    """
+    tag, separator, payload = envelope.partition("\t")
+    if separator and tag.startswith("file:"):
+        _, line, path = tag.split(":", 2)
+        path = path.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\")
+        return {"file": path, "line": int(line)}, payload.encode("latin-1")
+    return {}, envelope.encode("utf-8")
+
+
+class RecordPreparer:
+    """Decode, parse, clean and encode one record; see `prepare`."""
+
+    def __init__(self, rules: CleaningRules, encoder: FeatureEncoder, model_key_field: str,
+                 dead_letter_raw_bytes: int):
+        self.rules = rules
+        self.encoder = encoder
+        self.model_key_field = model_key_field
+        self.dead_letter_raw_bytes = dead_letter_raw_bytes
+
+    def prepare(self, envelope: str, now_ms: int) -> Prepared | str:
+        """The `Prepared` record, or a dead letter as a JSON line (see shared/DESIGN.md)."""
+        source, raw = split_envelope(envelope)
+        try:
+            txn = clean(parse(decode(raw, self.rules.max_record_bytes)), self.rules)
+            features = self.encoder.encode(txn)
+        except Rejected as rejected:
+            return self.dead_letter(raw, rejected, source, now_ms)
+        return Prepared(txn[self.model_key_field], txn["txn_id"], txn["event_time"], txn["is_fraud"], features)
+
+    def dead_letter(self, raw: bytes, rejected: Rejected, source: dict[str, Any], now_ms: int) -> str:
+        """A dead letter as one JSON line. Bytes that are not UTF-8 appear as `\\xNN` escapes; a
+        record over the size cap keeps its first `dead_letter_raw_bytes` bytes and a SHA-256 of all
+        of them; account_id values are replaced by their pseudonyms."""
+        letter: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+        if len(raw) > self.rules.max_record_bytes:
+            kept = raw[: self.dead_letter_raw_bytes]
+            letter["raw_sha256"] = hashlib.sha256(raw).hexdigest()
+            letter["raw_bytes"] = len(raw)
+        else:
+            kept = raw
+        text = kept.decode("utf-8", errors="backslashreplace")
+        letter.update(
+            raw=redact_account_id(text, self.rules.pseudonym_key),
+            stage=rejected.stage,
+            reason=rejected.reason,
+            source=source,
+            txn_id=rejected.txn_id,
+            received_at=now_ms,
+        )
+        return orjson.dumps(letter).decode("utf-8")
+
+
+class ModelScorer:
+    """Scores a record with its key's model, then learns from it when it has a label."""
+
+    def __init__(self, feature_names: Sequence[str], standardized: Sequence[int], sgd: Sgd,
+                 snapshot_every: int, top_reasons: int):
+        self.feature_names = tuple(feature_names)
+        self.standardized = tuple(standardized)
+        self.sgd = sgd
+        self.snapshot_every = snapshot_every
+        self.top_reasons = top_reasons
+
+    def new_model(self) -> KeyModel:
+        return KeyModel(len(self.feature_names), self.standardized)
+
+    def score_and_learn(self, key_model: KeyModel, record: Prepared, now_ms: int) -> tuple[str, str | None]:
+        """(score as a JSON line, snapshot as a JSON line or None); updates `key_model` in place.
+
+        The score is the model's probability of fraud before it learns from this record;
+        `model_updates` is how many updates the model had when it scored.
+        """
+        x = key_model.standardizer.transform(record.features)
+        model = key_model.model
+        p = model.predict_proba(x)
+        score = orjson.dumps({
+            "schema_version": SCHEMA_VERSION,
+            "txn_id": record.txn_id,
+            "model_key": record.model_key,
+            "score": p,
+            "label": record.label,
+            "event_time": record.event_time,
+            "model_updates": model.updates,
+            "reasons": [{"feature": self.feature_names[i], "contribution": c}
+                        for i, c in model.top_contributions(x, self.top_reasons)],
+            "scored_at": now_ms,
+        }).decode("utf-8")
+        snapshot = None
+        if record.label is not None and model.learn(x, record.label, p, self.sgd):
+            key_model.last_event_time = record.event_time
+            if model.updates % self.snapshot_every == 0:
+                snapshot = self.snapshot(key_model, record.model_key)
+        return score, snapshot
+
+    def snapshot(self, key_model: KeyModel, model_key: str) -> str:
+        """The key's model snapshot as one JSON line."""
+        return orjson.dumps(key_model.to_snapshot(model_key, self.feature_names)).decode("utf-8")
