@@ -60,8 +60,14 @@ class GeneratorSettings:
 
 
 def generate(settings: GeneratorSettings) -> Iterator[bytes]:
-    """Yields `settings.records` lines (bytes, no newline). The first malformed records go through
-    every kind once, so even a short stream has each kind."""
+    """Yields `settings.records` lines (bytes, no newline)."""
+    for _, line in generate_with_kinds(settings):
+        yield line
+
+
+def generate_with_kinds(settings: GeneratorSettings) -> Iterator[tuple[str | None, bytes]]:
+    """Yields (malformed kind or None, line) pairs; the lines are those of `generate`. The first
+    malformed records go through every kind once, so even a short stream has each kind."""
     rng = random.Random(settings.seed)
     category_weights = [1 / (rank + 1) ** 1.1 for rank in range(len(CATEGORIES))]
     drift_index = int(settings.drift_at * settings.records) if settings.drift_at else None
@@ -77,9 +83,9 @@ def generate(settings: GeneratorSettings) -> Iterator[bytes]:
             else:
                 kind = rng.choices(MALFORMED_KINDS, _KIND_WEIGHTS)[0]
             malformed_seen += 1
-            yield malformed(kind, record, rng, settings.oversize_bytes)
+            yield kind, malformed(kind, record, rng, settings.oversize_bytes)
         else:
-            yield _dumps(record)
+            yield None, _dumps(record)
 
 
 def _transaction(rng: random.Random, index: int, event_time: int, category_weights: list[float],

@@ -1,0 +1,43 @@
+# Two commands set everything up: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+JAR := build/riskstream-flink.jar
+JAVA_SOURCES := $(wildcard streaming/jvm/riskstream/flink/*.java)
+SAMPLE := data/sample.jsonl
+
+.PHONY: run test unit integration jar clean
+
+run: $(JAR) $(SAMPLE)
+	$(VENV)/bin/riskstream run --config conf/local.yaml
+
+test: $(JAR)
+	$(PY) -m pytest -q
+
+unit: $(INSTALLED)
+	$(PY) -m pytest -q tests/unit
+
+integration: $(JAR)
+	$(PY) -m pytest -q tests/integration
+
+jar: $(JAR)
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Compiled against the jars of the installed PyFlink, so the classes always match its Flink version.
+$(JAR): $(INSTALLED) $(JAVA_SOURCES)
+	rm -rf build/classes && mkdir -p build/classes
+	flink_home=$$($(PY) -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))') && \
+	javac --release 11 -nowarn -d build/classes -cp "$$flink_home/lib/*:$$flink_home/opt/*" $(JAVA_SOURCES)
+	jar cf $@ -C build/classes .
+
+$(SAMPLE): | $(INSTALLED)
+	$(VENV)/bin/riskstream generate --out $@ --records 200000 --malformed-share 0.02 --drift-at 0.6
+
+clean:
+	rm -rf build out var .pytest_cache

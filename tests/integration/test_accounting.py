@@ -1,0 +1,70 @@
+"""Every record read is scored or dead-lettered, and each kind of bad record is dead-lettered
+at the right stage with the right reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+
+from udfs.generator import MALFORMED_KINDS, GeneratorSettings, generate_with_kinds
+
+# kind -> (stage, a pattern the one-line reason must match); the test's own expectations.
+EXPECTED = {
+    "truncated_json": ("parse", r"not valid JSON"),
+    "not_an_object": ("parse", r"expected a JSON object"),
+    "nan_literal": ("parse", r"not valid JSON"),
+    "infinity_string": ("clean", r"amount is not finite"),
+    "wrong_type": ("clean", r"(amount|merchant_category|event_time) .*(must be|is not a number)"),
+    "negative_amount": ("clean", r"amount is negative"),
+    "missing_field": ("clean", r"^(event_time|account_id|merchant_category|country|channel|amount) is missing$"),
+    "missing_txn_id": ("clean", r"^txn_id (is missing|is empty|must be a string)"),
+    "unknown_channel": ("clean", r"^channel '(carrier_pigeon|fax|telex)' is not one of"),
+    "bad_label": ("clean", r"^is_fraud must be 0, 1 or null"),
+    "bad_event_time": ("clean", r"^event_time "),
+    "bad_feature": ("features", r"^[a-z_0-9]+ (must be a number|is out of range)|^features\.[a-z_0-9]+ is missing$"),
+    "invalid_utf8": ("decode", r"^not valid UTF-8"),
+    "empty_line": ("decode", r"^empty record$"),
+    "oversize": ("decode", r"over the 65536-byte limit$"),
+}
+
+
+def test_every_record_is_scored_or_dead_lettered_at_the_right_stage(tmp_path, scoring_job):
+    assert set(EXPECTED) == set(MALFORMED_KINDS)
+    generated = list(generate_with_kinds(GeneratorSettings(records=6000, seed=11, malformed_share=0.05)))
+    kinds = Counter(kind for kind, _ in generated if kind)
+    assert set(kinds) == set(MALFORMED_KINDS)
+    assert 0.04 < sum(kinds.values()) / len(generated) < 0.06
+
+    outputs = scoring_job(tmp_path, [line for _, line in generated])
+
+    assert len(outputs.scores) + len(outputs.dead_letters) == len(generated)
+    assert len(outputs.dead_letters) == sum(kinds.values())
+    input_path = outputs.settings.source.paths[0]
+    for letter in outputs.dead_letters:
+        assert letter["source"]["file"] == input_path
+        line_number = letter["source"]["line"]
+        kind, raw = generated[line_number - 1]
+        assert kind is not None, f"line {line_number} is valid but was dead-lettered: {letter['reason']}"
+        stage, reason = EXPECTED[kind]
+        assert letter["stage"] == stage, (kind, letter)
+        assert re.search(reason, letter["reason"]), (kind, letter["reason"])
+        assert "\n" not in letter["reason"]
+        assert "acct-" not in letter["raw"], "a real account id left the cleaning stage"
+        if kind == "oversize":
+            assert letter["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+            assert letter["raw_bytes"] == len(raw)
+            # The first bytes are kept, with the account id swapped for its (longer) pseudonym.
+            account = json.loads(raw)["account_id"]
+            pseudonym = re.search(r'"account_id":"([0-9a-f]{32})"', letter["raw"]).group(1)
+            kept = raw[: outputs.settings.cleaning.dead_letter_raw_bytes].decode()
+            assert letter["raw"] == kept.replace(account, pseudonym)
+        if kind == "missing_txn_id":
+            assert letter["txn_id"] is None
+        elif kind not in ("invalid_utf8", "empty_line", "oversize", "truncated_json", "not_an_object", "nan_literal"):
+            assert letter["txn_id"] is not None and letter["txn_id"] in raw.decode()
+
+    valid_ids = {raw.split(b'"txn_id":"')[1].split(b'"')[0].decode() for kind, raw in generated if kind is None}
+    assert {s["txn_id"] for s in outputs.scores} == valid_ids
+    assert all("acct-" not in str(s) for s in outputs.scores)

@@ -1,0 +1,81 @@
+"""Through the real job, every score and the final model equal an independent sequential SGD."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+FEATURES = ("a", "b", "c", "d")
+LEARNING_RATE = 0.05
+RAW_FEATURES_PROFILE = (
+    "features={numeric: [{field: amount}, {field: features.a}, {field: features.b}, {field: features.c},"
+    " {field: features.d}], categorical: [], time: {hour_of_day: none, day_of_week: none}}"
+)
+
+
+def exactness_stream(records: int, seed: int) -> list[dict]:
+    """One key, raw bounded numeric features, labels from a fixed logistic rule, some unlabelled."""
+    rng = random.Random(seed)
+    stream = []
+    for i in range(records):
+        x = {name: rng.uniform(-1, 1) for name in FEATURES}
+        amount = rng.uniform(0, 5)
+        truth = 1 / (1 + math.exp(-(2 * x["a"] - 3 * x["c"] + 0.4 * amount - 1)))
+        label = None if rng.random() < 0.1 else int(rng.random() < truth)
+        stream.append({
+            "txn_id": f"x-{i:06d}", "event_time": 1_767_225_600_000 + 37 * i, "account_id": f"acct-{i % 17}",
+            "merchant_category": "grocery", "country": "US", "channel": "web", "amount": amount,
+            "features": x, "is_fraud": label,
+        })
+    return stream
+
+
+def reference_sgd(stream: list[dict]) -> tuple[list[float], list[float], float]:
+    """The textbook sequential update: returns (scores in input order, final weights, final bias)."""
+    weights = [0.0] * (1 + len(FEATURES))
+    bias = 0.0
+    scores = []
+    for record in stream:
+        x = [record["amount"]] + [record["features"][name] for name in FEATURES]
+        p = 1 / (1 + math.exp(-(bias + sum(w * v for w, v in zip(weights, x)))))
+        scores.append(p)
+        if record["is_fraud"] is not None:
+            error = p - record["is_fraud"]
+            weights = [w - LEARNING_RATE * error * v for w, v in zip(weights, x)]
+            bias -= LEARNING_RATE * error
+    return scores, weights, bias
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_scores_and_final_model_equal_sequential_reference(tmp_path, scoring_job, parallelism):
+    stream = exactness_stream(3000, seed=parallelism)
+    outputs = scoring_job(
+        tmp_path, [json.dumps(r).encode() for r in stream],
+        RAW_FEATURES_PROFILE, f"model.learning_rate={LEARNING_RATE}", "model.schedule=constant", "model.l2=0",
+        f"flink.parallelism={parallelism}", "model.snapshot_every=1000",
+    )
+    expected_scores, expected_weights, expected_bias = reference_sgd(stream)
+
+    assert outputs.dead_letters == []
+    scores = {s["txn_id"]: s for s in outputs.scores}
+    assert len(outputs.scores) == len(stream) == len(scores)
+    labelled_before = 0
+    for record, expected in zip(stream, expected_scores):
+        score = scores[record["txn_id"]]
+        assert score["score"] == pytest.approx(expected, abs=1e-9), record["txn_id"]
+        assert score["model_updates"] == labelled_before
+        assert score["label"] == record["is_fraud"]
+        labelled_before += record["is_fraud"] is not None
+
+    # A snapshot every 1000 updates, and one more at the end of the input.
+    assert sorted(s["model_updates"] for s in outputs.snapshots) == [
+        *range(1000, labelled_before + 1, 1000), labelled_before]
+    final = max(outputs.snapshots, key=lambda s: s["model_updates"])
+    assert final["model_updates"] == labelled_before
+    assert final["model_key"] == "grocery"
+    assert list(final["weights"]) == ["amount", "a", "b", "c", "d"]
+    assert list(final["weights"].values()) == pytest.approx(expected_weights, abs=1e-9)
+    assert final["bias"] == pytest.approx(expected_bias, abs=1e-9)
