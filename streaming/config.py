@@ -114,6 +114,12 @@ class CategoricalFeature(_Settings):
     def _encoding_needs(self) -> "CategoricalFeature":
         if self.encoding == "one_hot" and not self.vocabulary:
             raise ValueError(f"features.categorical.{self.field}.vocabulary: one_hot needs at least one value")
+        if self.encoding == "one_hot":
+            from udfs.cleaning import normalize_categorical
+
+            normalized = [normalize_categorical(self.field, value) for value in self.vocabulary]
+            if len(set(normalized)) != len(normalized):
+                raise ValueError(f"features.categorical.{self.field}.vocabulary: values repeat after normalization")
         if self.encoding == "hashed" and self.buckets < 1:
             raise ValueError(f"features.categorical.{self.field}.buckets: hashed needs buckets >= 1")
         return self
@@ -183,7 +189,7 @@ class Settings(_Settings):
 
     def pseudonym_key(self) -> bytes:
         """The account_id HMAC key: the environment's, else the profile's; fails if neither is set."""
-        key = os.environ.get(PSEUDONYM_KEY_ENV)
+        key = os.environ.get(PSEUDONYM_KEY_ENV) or None
         if key is None and self.privacy.pseudonym_key is not None:
             key = self.privacy.pseudonym_key.get_secret_value()
         if not key:
@@ -231,12 +237,27 @@ def _one_line(error: ValidationError) -> str:
     field = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        return f"{field}: unknown setting"
+        allowed = ", ".join(_settings_at(first["loc"][:-1]))
+        return f"{field}: unknown setting; allowed here: {allowed}"
     if message.startswith(field.split(".")[0]) or ":" in message.split(" ")[0]:
         return message  # a model validator already named the field
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{field}: {message}{shown}"
+
+
+def _settings_at(location: tuple[Any, ...]) -> list[str]:
+    """The setting names allowed in the section at `location` (list positions are skipped)."""
+    section: Any = Settings
+    for part in location:
+        if isinstance(part, int):
+            continue
+        annotation = section.model_fields[part].annotation
+        candidates = (annotation, *getattr(annotation, "__args__", ()))
+        section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if section is None:
+            return []
+    return list(section.model_fields)
 
 
 def _absolute_paths(settings: Settings) -> Settings:

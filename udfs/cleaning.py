@@ -33,8 +33,10 @@ MAX_EVENT_TIME_MS = 253_402_300_800_000
 _WHITESPACE = re.compile(r"\s+")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-# A JSON string value (possibly cut off by truncation) or a number after an "account_id" key.
-_ACCOUNT_ID_IN_TEXT = re.compile(r'("account_id"\s*:\s*)("(?:[^"\\]|\\.)*(?:"|$)|-?\d+(?:\.\d+)?)')
+_ACCOUNT_ID_KEY = re.compile(r'"account_id"\s*:\s*')
+# A number as JSON writes it, or a word float() reads as non-finite; anything else is not a number
+# (float() alone would also take "1_000" and " 12 ").
+_NUMBER_TEXT = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$", re.IGNORECASE)
 
 
 class Rejected(Exception):
@@ -77,26 +79,82 @@ class CleaningRules:
 
 
 def pseudonymize(account_id: str, key: bytes) -> str:
-    """A stable pseudonym for an account: hex HMAC-SHA256 under `key`, 32 characters."""
-    return hmac.new(key, account_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    """A stable pseudonym for an account: hex HMAC-SHA256 of the whitespace-normalized id under
+    `key`, 32 characters."""
+    normalized = _WHITESPACE.sub(" ", account_id).strip()
+    return hmac.new(key, normalized.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+# How each categorical field is normalized: inner whitespace collapsed, ends stripped, then
+# the field's case rule. Used by `clean` and by one-hot vocabularies, so both agree.
+_CASE = {"merchant_category": str.lower, "channel": str.lower, "country": str.upper, "currency": str.upper}
+
+
+def normalize_categorical(field: str, value: str) -> str:
+    """`value` as `clean` stores it in `field` (e.g. ' Grocery ' -> 'grocery', ' us' -> 'US')."""
+    text = _WHITESPACE.sub(" ", value).strip()
+    case = _CASE.get(field)
+    return case(text) if case else text
 
 
 def redact_account_id(text: str, key: bytes) -> str:
-    """`text` with every JSON `"account_id": value` replaced by the value's pseudonym.
+    """`text` with the value of every `"account_id":` replaced by its pseudonym (as a JSON string).
 
-    Works on truncated or otherwise broken JSON too, so a dead letter never carries a real account.
+    Works on broken JSON too: a value of any type, or one cut off by truncation, is replaced up to
+    where it ends (or the end of the text), so a dead letter never carries a real account id.
     """
+    pieces = []
+    position = 0
+    for match in _ACCOUNT_ID_KEY.finditer(text):
+        start = match.end()
+        if start < position:
+            continue  # inside a value already replaced
+        end = _json_value_end(text, start)
+        value = text[start:end]
+        try:
+            decoded = orjson.loads(value)
+            plain = decoded if isinstance(decoded, str) else value
+        except orjson.JSONDecodeError:
+            plain = value.strip('"')
+        pieces.append(text[position:start])
+        pieces.append(f'"{pseudonymize(plain, key)}"')
+        position = end
+    pieces.append(text[position:])
+    return "".join(pieces)
 
-    def replace(match: re.Match[str]) -> str:
-        value = match.group(2)
-        if value.startswith('"'):
-            try:
-                value = orjson.loads(value)
-            except orjson.JSONDecodeError:  # cut off: pseudonymize the fragment
-                value = value[1:]
-        return f'{match.group(1)}"{pseudonymize(str(value), key)}"'
 
-    return _ACCOUNT_ID_IN_TEXT.sub(replace, text)
+def _json_value_end(text: str, start: int) -> int:
+    """Where the JSON value starting at `start` ends: after its closing quote or bracket, before
+    the delimiter that ends a number or literal, or at the end of the text if it is cut off."""
+    if start >= len(text):
+        return start
+    first = text[start]
+    depth = 0
+    in_string = False
+    i = start
+    while i < len(text):
+        char = text[i]
+        if in_string:
+            if char == "\\":
+                i += 1
+            elif char == '"':
+                in_string = False
+                if depth == 0:
+                    return i + 1
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            if depth == 0:
+                return i  # the end of the enclosing object
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        elif char in ", \t\r\n" and depth == 0 and first not in "[{":
+            return i
+        i += 1
+    return len(text)
 
 
 def decode(raw: bytes, max_record_bytes: int) -> str:
@@ -135,13 +193,14 @@ def clean(record: Mapping[str, Any], rules: CleaningRules) -> dict[str, Any]:
     try:
         values = {name: _present_or_policy(record, name, rules) for name in REQUIRED_FIELDS + OPTIONAL_FIELDS}
         account = _text("account_id", values["account_id"])
-        currency = _text("currency", values["currency"]).upper() if values["currency"] is not None else None
+        currency = normalize_categorical("currency", _text("currency", values["currency"])) \
+            if values["currency"] is not None else None
         if currency is not None and not _CURRENCY.match(currency):
             raise Rejected("clean", f"currency {currency!r} is not an ISO-4217 code")
-        country = _text("country", values["country"]).upper()
+        country = normalize_categorical("country", _text("country", values["country"]))
         if not _COUNTRY.match(country):
             raise Rejected("clean", f"country {country!r} is not an ISO-3166 alpha-2 code")
-        channel = _text("channel", values["channel"]).lower()
+        channel = normalize_categorical("channel", _text("channel", values["channel"]))
         if channel not in rules.channels:
             allowed = ", ".join(sorted(rules.channels))
             raise Rejected("clean", f"channel {channel!r} is not one of {allowed}")
@@ -154,7 +213,8 @@ def clean(record: Mapping[str, Any], rules: CleaningRules) -> dict[str, Any]:
             "event_time": _event_time(values["event_time"]),
             "account_id": pseudonymize(account, rules.pseudonym_key),
             "merchant_id": _text("merchant_id", merchant_id) if merchant_id is not None else None,
-            "merchant_category": _category(values["merchant_category"]),
+            "merchant_category": normalize_categorical("merchant_category",
+                                                       _text("merchant_category", values["merchant_category"])),
             "country": country,
             "channel": channel,
             "amount": _amount(values["amount"]),
@@ -195,18 +255,13 @@ def _text(name: str, value: Any) -> str:
     return text
 
 
-def _category(value: Any) -> str:
-    return _text("merchant_category", value).lower()
-
-
 def _amount(value: Any) -> float:
     if isinstance(value, bool):
         raise Rejected("clean", "amount must be a number, got boolean")
     if isinstance(value, str):
-        try:
-            amount = float(value.strip())
-        except ValueError:
-            raise Rejected("clean", f"amount {value[:40]!r} is not a number") from None
+        if not _NUMBER_TEXT.match(value.strip()):
+            raise Rejected("clean", f"amount {value[:40]!r} is not a number")
+        amount = float(value)
     elif isinstance(value, (int, float)):
         amount = float(value)
     else:

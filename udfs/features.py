@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from udfs.cleaning import MissingPolicy, Rejected
+from udfs.cleaning import MissingPolicy, Rejected, normalize_categorical
 
 # Larger magnitudes are treated as corrupt input: they would swamp every other feature and could
 # overflow the model's margin.
@@ -74,8 +74,10 @@ class FeatureEncoder:
         for spec in categorical:
             offset = len(names)
             if spec.encoding == "one_hot":
-                positions = {value.strip().lower() if spec.field != "country" else value.strip().upper(): i
-                             for i, value in enumerate(spec.vocabulary)}
+                vocabulary = [normalize_categorical(spec.field, value) for value in spec.vocabulary]
+                if len(set(vocabulary)) != len(vocabulary):
+                    raise ValueError(f"features.categorical.{spec.field}.vocabulary: values repeat after normalization")
+                positions = {value: i for i, value in enumerate(vocabulary)}
                 self._categorical.append((spec.field, offset, positions, 0))
                 names += [f"{spec.field}={value}" for value in positions]
             else:

@@ -9,6 +9,7 @@ keyed operator on the key's `KeyModel`: standardize, score, learn, and emit the 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, NamedTuple, Sequence
 
 import orjson
@@ -16,6 +17,10 @@ import orjson
 from udfs.cleaning import SCHEMA_VERSION, CleaningRules, Rejected, clean, decode, parse, redact_account_id
 from udfs.features import FeatureEncoder
 from udfs.model import KeyModel, Sgd
+
+
+_ESCAPE = re.compile(r"\\([\\tn])")
+_UNESCAPED = {"\\": "\\", "t": "\t", "n": "\n"}
 
 
 class Prepared(NamedTuple):
@@ -36,9 +41,10 @@ def split_envelope(envelope: str) -> tuple[dict[str, Any], bytes]:
     """
     tag, separator, payload = envelope.partition("\t")
     if separator and tag.startswith("file:"):
-        _, line, path = tag.split(":", 2)
-        path = path.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\")
-        return {"file": path, "line": int(line)}, payload.encode("latin-1")
+        _, line, path = (tag.split(":", 2) + ["", ""])[:3]
+        if line.isdigit():
+            path = _ESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], path)
+            return {"file": path, "line": int(line)}, payload.encode("latin-1")
     return {}, envelope.encode("utf-8")
 
 

@@ -1,0 +1,98 @@
+"""Shared fixtures of the unit tier: no JVM, no pyflink."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from streaming.config import PSEUDONYM_KEY_ENV, Settings, load_settings
+from udfs.cleaning import CleaningRules, MissingPolicy
+from udfs.features import FeatureEncoder
+from udfs.pipeline import RecordPreparer
+
+PROJECT = Path(__file__).resolve().parents[2]
+LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
+
+TEST_KEY = b"unit-test-pseudonym-key"
+CHANNELS = frozenset({"web", "pos", "atm", "mobile"})
+
+# A complete, valid transaction as a source would deliver it (before cleaning).
+VALID_RECORD: dict[str, Any] = {
+    "txn_id": "t-0001",
+    "event_time": 1_767_225_600_000,
+    "account_id": "acct-0000042",
+    "merchant_id": "m-groc-001",
+    "merchant_category": "grocery",
+    "country": "US",
+    "channel": "web",
+    "amount": 12.5,
+    "currency": "USD",
+    "features": {"score": 0.25, "count": 3},
+    "is_fraud": 0,
+}
+
+
+@pytest.fixture
+def record() -> dict[str, Any]:
+    """A fresh deep copy of VALID_RECORD that a test may edit."""
+    return copy.deepcopy(VALID_RECORD)
+
+
+@pytest.fixture
+def make_rules() -> Callable[..., CleaningRules]:
+    def make(missing: dict[str, MissingPolicy] | None = None, max_record_bytes: int = 4096,
+             default_currency: str = "USD") -> CleaningRules:
+        return CleaningRules(pseudonym_key=TEST_KEY, channels=CHANNELS, default_currency=default_currency,
+                             missing=missing or {}, max_record_bytes=max_record_bytes)
+    return make
+
+
+@pytest.fixture
+def rules(make_rules) -> CleaningRules:
+    return make_rules()
+
+
+@pytest.fixture
+def no_key_in_environment(monkeypatch):
+    """The profile's pseudonym key is used, whatever the developer's shell exports."""
+    monkeypatch.delenv(PSEUDONYM_KEY_ENV, raising=False)
+
+
+@pytest.fixture
+def local_settings(no_key_in_environment) -> Settings:
+    return load_settings(LOCAL_PROFILE)
+
+
+def preparer_from_settings(settings: Settings) -> RecordPreparer:
+    """A RecordPreparer wired from settings the way streaming/job.py's build_preparer does (that
+    module imports pyflink, so the unit tier cannot import it)."""
+    cleaning = settings.cleaning
+    rules = CleaningRules(
+        pseudonym_key=settings.pseudonym_key(),
+        channels=frozenset(cleaning.channels),
+        default_currency=cleaning.default_currency,
+        missing={name: MissingPolicy(p.action == "impute", p.value) for name, p in cleaning.missing.items()},
+        max_record_bytes=cleaning.max_record_bytes,
+    )
+    features = settings.features
+    encoder = FeatureEncoder(features.numeric, features.categorical, features.time.hour_of_day,
+                             features.time.day_of_week, rules.policy)
+    return RecordPreparer(rules, encoder, settings.model.key, cleaning.dead_letter_raw_bytes)
+
+
+@pytest.fixture
+def local_preparer(local_settings) -> RecordPreparer:
+    return preparer_from_settings(local_settings)
+
+
+def file_envelope(payload: bytes, line: int = 1, path: str = "/data/in.jsonl") -> str:
+    """What the file source hands Python for one line: a source tag, a tab, the bytes as latin-1."""
+    return f"file:{line}:{path}\t" + payload.decode("latin-1")
+
+
+@pytest.fixture
+def envelope() -> Callable[..., str]:
+    return file_envelope

@@ -1,0 +1,257 @@
+"""Profile loading and validation (streaming/config.py) and the CLI's non-Flink paths (streaming/cli.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streaming.cli import main
+from streaming.config import PSEUDONYM_KEY_ENV, ConfigError, load_settings
+from udfs.generator import GeneratorSettings, generate
+
+PROJECT = Path(__file__).resolve().parents[2]
+LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
+
+
+@pytest.fixture
+def profile(tmp_path, no_key_in_environment):
+    """Writes the local profile, edited by `edit(raw)`, into tmp_path and returns its path."""
+    def write(edit=None, name="profile.yaml") -> Path:
+        raw = yaml.safe_load(LOCAL_PROFILE.read_text(encoding="utf-8"))
+        if edit is not None:
+            edit(raw)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+        return path
+    return write
+
+
+def config_error(path, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, list(overrides))
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- the local profile
+
+
+def test_the_local_profile_loads(local_settings):
+    assert local_settings.model.key == "merchant_category"
+    assert local_settings.model.learning_rate == 0.01
+    assert local_settings.flink.parallelism == 2
+    assert local_settings.pseudonym_key() == b"local-development-key-not-secret"
+    assert len(local_settings.features.numeric) == 11
+
+
+def test_relative_paths_in_a_profile_become_absolute(local_settings):
+    (path,) = local_settings.source.paths
+    assert Path(path).is_absolute() and path.endswith("data/sample.jsonl")
+    assert Path(local_settings.output.path).is_absolute()
+    assert all(Path(jar).is_absolute() for jar in local_settings.flink.jars)
+
+
+def test_settings_are_frozen(local_settings):
+    with pytest.raises(Exception):
+        local_settings.model.learning_rate = 0.5  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- bad profiles
+
+
+def set_in(dotted: str, value):
+    def edit(raw):
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return edit
+
+
+BAD_VALUES = [
+    # unknown keys
+    ("model.learning_rte", 0.1, "model.learning_rte"),
+    ("telemetry", {"on": True}, "telemetry"),
+    ("flink.paralelism", 2, "flink.paralelism"),
+    # wrong types
+    ("model.snapshot_every", "often", "model.snapshot_every"),
+    ("flink.parallelism", "two", "flink.parallelism"),
+    ("model.l2", [0.1], "model.l2"),
+    ("cleaning.max_record_bytes", {"bytes": 1}, "cleaning.max_record_bytes"),
+    # impossible values
+    ("model.learning_rate", -1, "model.learning_rate"),
+    ("model.learning_rate", 0, "model.learning_rate"),
+    ("flink.parallelism", 0, "flink.parallelism"),
+    ("flink.parallelism", 129, "flink.parallelism"),
+    ("model.schedule", "cosine", "model.schedule"),
+    ("model.key", "amount", "model.key"),
+    ("model.power_t", 2, "model.power_t"),
+    ("model.l2", -0.5, "model.l2"),
+    ("model.top_reasons", 21, "model.top_reasons"),
+    ("cleaning.max_record_bytes", 10, "cleaning.max_record_bytes"),
+    ("cleaning.default_currency", "usd", "cleaning.default_currency"),
+    ("cleaning.missing", {"bogus": {"action": "impute", "value": 1}}, "cleaning.missing.bogus"),
+    ("source.paths", [], "source.paths"),
+    ("features.time.hour_of_day", "sometimes", "features.time.hour_of_day"),
+    ("checkpointing.interval_ms", -5, "checkpointing.interval_ms"),
+]
+
+
+@pytest.mark.parametrize("dotted, value, field", BAD_VALUES, ids=[f"{d}={v!r}" for d, v, _ in BAD_VALUES])
+def test_a_bad_setting_fails_with_one_line_naming_the_field(profile, dotted, value, field):
+    message = config_error(profile(set_in(dotted, value)))
+    assert field in message
+    assert "\n" not in message
+
+
+def test_a_one_hot_feature_without_vocabulary_fails_naming_it(profile):
+    def edit(raw):
+        raw["features"]["categorical"][0]["vocabulary"] = []
+    message = config_error(profile(edit))
+    assert "features.categorical" in message and "vocabulary" in message and "\n" not in message
+
+
+def test_a_numeric_feature_with_a_bad_field_fails_naming_it(profile):
+    def edit(raw):
+        raw["features"]["numeric"][1]["field"] = "txn_count_1h"  # lacks the features. prefix
+    message = config_error(profile(edit))
+    assert "features.numeric.1.field" in message and "\n" not in message
+
+
+def test_a_profile_without_features_fails_naming_them(profile):
+    def edit(raw):
+        del raw["features"]
+    message = config_error(profile(edit))
+    assert message.startswith("features") and "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["source: [unclosed\n", "- a list\n- of things\n"])
+def test_a_profile_that_is_not_a_yaml_mapping_fails_in_one_line(tmp_path, text):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text, encoding="utf-8")
+    message = config_error(path)
+    assert str(path) in message and "\n" not in message
+
+
+def test_a_missing_profile_fails_in_one_line(tmp_path):
+    message = config_error(tmp_path / "absent.yaml")
+    assert "absent.yaml" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_overrides_apply_on_top_of_the_profile(no_key_in_environment):
+    settings = load_settings(LOCAL_PROFILE, ["model.learning_rate=0.05", "flink.parallelism=4",
+                                             "model.schedule=inverse_scaling", "model.key=country"])
+    assert settings.model.learning_rate == 0.05
+    assert settings.flink.parallelism == 4
+    assert settings.model.schedule == "inverse_scaling"
+    assert settings.model.key == "country"
+
+
+def test_an_override_can_add_a_setting_the_profile_leaves_out(no_key_in_environment):
+    assert load_settings(LOCAL_PROFILE, ["source.discovery_interval_ms=250"]).source.discovery_interval_ms == 250
+
+
+@pytest.mark.parametrize("override, field", [
+    ("model.learning_rate=-1", "model.learning_rate"),
+    ("flink.parallelism=0", "flink.parallelism"),
+    ("model.schedule=cosine", "model.schedule"),
+    ("model.learning_rte=0.1", "model.learning_rte"),
+])
+def test_overrides_are_validated(no_key_in_environment, override, field):
+    message = config_error(LOCAL_PROFILE, [override])
+    assert field in message and "\n" not in message
+
+
+@pytest.mark.parametrize("override", ["model.learning_rate", "=0.1", "model.key.inner=1"])
+def test_a_malformed_override_fails_in_one_line(no_key_in_environment, override):
+    message = config_error(LOCAL_PROFILE, [override])
+    assert override in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- the pseudonym key
+
+
+def test_the_environment_key_wins_over_the_profile(monkeypatch):
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, "key-from-the-environment")
+    assert load_settings(LOCAL_PROFILE).pseudonym_key() == b"key-from-the-environment"
+
+
+def without_key(raw):
+    raw.pop("privacy", None)
+
+
+def test_a_profile_without_any_key_fails_naming_privacy_pseudonym_key(profile):
+    message = config_error(profile(without_key))
+    assert "privacy.pseudonym_key" in message and "\n" not in message
+
+
+def test_a_profile_without_a_key_loads_when_the_environment_has_one(profile, monkeypatch):
+    path = profile(without_key)
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, "key-from-the-environment")
+    assert load_settings(path).pseudonym_key() == b"key-from-the-environment"
+
+
+def test_the_key_is_not_shown_when_settings_are_printed(local_settings):
+    assert "local-development-key-not-secret" not in repr(local_settings)
+    assert "local-development-key-not-secret" not in str(local_settings.model_dump())
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+@pytest.fixture
+def no_flink(monkeypatch):
+    """Any import of the job module or pyflink during the test raises ImportError."""
+    for name in ("streaming.job", "streaming.outputs", "pyflink"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (set_in("model.learning_rate", -1), "model.learning_rate"),
+    (without_key, "privacy.pseudonym_key"),
+    (set_in("flink.parallelism", 0), "flink.parallelism"),
+])
+def test_run_with_a_bad_profile_exits_2_with_one_line_before_any_flink_import(profile, capsys, no_flink,
+                                                                               edit, field):
+    assert main(["run", "--config", str(profile(edit))]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert field in lines[0]
+
+
+def test_run_with_a_bad_override_exits_2(capsys, no_flink, no_key_in_environment):
+    assert main(["run", "--config", str(LOCAL_PROFILE), "--set", "model.schedule=cosine"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "model.schedule" in err
+
+
+def test_generate_writes_the_requested_number_of_lines(tmp_path, capsys, no_flink):
+    out = tmp_path / "nested" / "sample.jsonl"
+    assert main(["generate", "--out", str(out), "--records", "250", "--seed", "3"]) == 0
+    data = out.read_bytes()
+    assert data.endswith(b"\n")
+    assert len(data.split(b"\n")[:-1]) == 250
+    assert data == b"".join(line + b"\n" for line in generate(GeneratorSettings(records=250, seed=3)))
+    assert [p.name for p in out.parent.iterdir()] == ["sample.jsonl"]  # no .partial file left behind
+
+
+def test_generate_with_malformed_records_still_writes_one_line_per_record(tmp_path, no_flink):
+    out = tmp_path / "mixed.jsonl"
+    assert main(["generate", "--out", str(out), "--records", "400", "--malformed-share", "0.3"]) == 0
+    assert out.read_bytes().count(b"\n") == 400
+
+
+@pytest.mark.parametrize("args", [["--records", "0"], ["--malformed-share", "1"], ["--drift-at", "1.5"]])
+def test_generate_with_impossible_arguments_exits_2_with_one_line(tmp_path, capsys, no_flink, args):
+    out = tmp_path / "never.jsonl"
+    assert main(["generate", "--out", str(out), *args]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert not out.exists()
