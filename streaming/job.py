@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyflink.common import Configuration, Duration, Encoder, Types, WatermarkStrategy
+from pyflink.common import Configuration, Duration, Encoder, JobClient, Types, WatermarkStrategy
 from pyflink.datastream import (
     DataStream,
     KeyedProcessFunction,
@@ -26,6 +26,7 @@ from pyflink.datastream.connectors.file_system import (
     FileSink,
     FileSource,
     OutputFileConfig,
+    RollingPolicy,
 )
 from pyflink.datastream.state import ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
@@ -159,6 +160,8 @@ def json_lines_sink(path: Path, name: str) -> FileSink:
     return (
         FileSink.for_row_format(str(path / name), Encoder.simple_string_encoder())
         .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
+        # A part file is committed at every checkpoint, so output becomes visible once per interval.
+        .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
         .with_output_file_config(OutputFileConfig.builder().with_part_prefix(name).with_part_suffix(".jsonl").build())
         .build()
     )
@@ -189,8 +192,13 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
 def run_job(settings: Settings) -> float:
     """Builds and runs the job to the end of its input (forever for a watched directory).
     Returns the wall time in seconds."""
+    started = time.perf_counter()
+    start_job(settings).get_job_execution_result().result()
+    return time.perf_counter() - started
+
+
+def start_job(settings: Settings) -> JobClient:
+    """Builds the job and starts it without waiting; the client can wait for it or cancel it."""
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
     build_job(env, settings)
-    started = time.perf_counter()
-    env.execute("riskstream-scoring")
-    return time.perf_counter() - started
+    return env.execute_async("riskstream-scoring")
