@@ -162,6 +162,37 @@ class CheckpointSettings(_Settings):
     directory: str = "var/checkpoints"
 
 
+# mode -> (bundle_max_records, bundle_max_delay_ms, buffer_timeout_ms)
+BUNDLING_MODES = {"throughput": (2000, 200, 100), "low_latency": (16, 5, 5)}
+
+
+class PerformanceSettings(_Settings):
+    """How records are batched on their way through Python.
+
+    Records cross into Python in bundles of up to `bundle_max_records`, and a bundle waits at most
+    `bundle_max_delay_ms` for more records; Flink's network buffers flush at least every
+    `buffer_timeout_ms`. The two modes set all three (throughput: 2000 / 200 ms / 100 ms;
+    low_latency: 16 / 5 ms / 5 ms); a value given here wins over the mode's. Model keys are hashed
+    into `shards` groups, each scored by one Python call per bundle; changing `shards` needs fresh
+    state, like `flink.max_parallelism`.
+    """
+
+    mode: Literal["throughput", "low_latency"] = "throughput"
+    bundle_max_records: PositiveInt | None = None
+    bundle_max_delay_ms: int | None = Field(default=None, ge=0, le=60_000)
+    buffer_timeout_ms: int | None = Field(default=None, ge=0, le=60_000)
+    shards: int = Field(default=32, ge=1, le=4096)
+
+    def bundling(self) -> tuple[int, int, int]:
+        """(bundle_max_records, bundle_max_delay_ms, buffer_timeout_ms) after applying the mode."""
+        records, delay, buffer = BUNDLING_MODES[self.mode]
+        return (
+            self.bundle_max_records if self.bundle_max_records is not None else records,
+            self.bundle_max_delay_ms if self.bundle_max_delay_ms is not None else delay,
+            self.buffer_timeout_ms if self.buffer_timeout_ms is not None else buffer,
+        )
+
+
 class FlinkSettings(_Settings):
     parallelism: PositiveInt = 2
     # Pinned so keyed state in a savepoint maps to the same key groups after a change.
@@ -185,6 +216,7 @@ class Settings(_Settings):
     features: FeatureSettings
     model: ModelSettings = ModelSettings()
     checkpointing: CheckpointSettings = CheckpointSettings()
+    performance: PerformanceSettings = PerformanceSettings()
     flink: FlinkSettings = FlinkSettings()
 
     def pseudonym_key(self) -> bytes:

@@ -28,13 +28,12 @@ from pyflink.datastream.connectors.file_system import (
     OutputFileConfig,
     RollingPolicy,
 )
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor
 from pyflink.java_gateway import get_gateway
 
 from streaming.config import Settings
-from udfs.cleaning import CleaningRules, MissingPolicy
-from udfs.features import FeatureEncoder
-from udfs.model import KeyModel, Sgd
+from streaming.record_logic import build_preparer, build_scorer
+from udfs.model import KeyModel
 from udfs.pipeline import ModelScorer, RecordPreparer
 
 # The final watermark of a bounded input; a timer here fires only when the input has ended.
@@ -68,77 +67,80 @@ def flink_configuration(settings: Settings) -> Configuration:
         "restart-strategy.type": "fixed-delay" if flink.restart_attempts else "none",
         "restart-strategy.fixed-delay.attempts": str(flink.restart_attempts),
         "pipeline.jars": ";".join(Path(jar).as_uri() for jar in flink.jars),
+        "execution.buffer-timeout": f"{settings.performance.bundling()[2]} ms",
     }
     for key, value in values.items():
         conf.set_string(key, value)
     return conf
 
 
-def build_preparer(settings: Settings) -> RecordPreparer:
-    cleaning = settings.cleaning
-    rules = CleaningRules(
-        pseudonym_key=settings.pseudonym_key(),
-        channels=frozenset(cleaning.channels),
-        default_currency=cleaning.default_currency,
-        missing={name: MissingPolicy(p.action == "impute", p.value) for name, p in cleaning.missing.items()},
-        max_record_bytes=cleaning.max_record_bytes,
-    )
-    return RecordPreparer(rules, build_encoder(settings, rules), settings.model.key, cleaning.dead_letter_raw_bytes)
+class PrepareBundle(ProcessFunction):
+    """Decode, parse, clean and encode a bundle of records; emits (shard, records of that shard in
+    arrival order) per shard, and the bundle's dead letters, as JSON lines, to DEAD_LETTERS."""
 
-
-def build_encoder(settings: Settings, rules: CleaningRules) -> FeatureEncoder:
-    features = settings.features
-    return FeatureEncoder(features.numeric, features.categorical, features.time.hour_of_day,
-                          features.time.day_of_week, rules.policy)
-
-
-def build_scorer(settings: Settings, encoder: FeatureEncoder) -> ModelScorer:
-    model = settings.model
-    sgd = Sgd(model.learning_rate, model.schedule, model.power_t, model.l2)
-    return ModelScorer(encoder.names, encoder.standardized, sgd, model.snapshot_every, model.top_reasons)
-
-
-class PrepareRecords(ProcessFunction):
-    """Decode, parse, clean, encode; dead letters go to the DEAD_LETTERS side output."""
-
-    def __init__(self, preparer: RecordPreparer):
+    def __init__(self, preparer: RecordPreparer, shards: int):
         self.preparer = preparer
+        self.shards = shards
 
-    def process_element(self, envelope, ctx):
-        result = self.preparer.prepare(envelope, now_ms())
-        if isinstance(result, str):
-            yield DEAD_LETTERS, result
-        else:
-            yield result
+    def process_element(self, bundle, ctx):
+        by_shard, dead_letters = self.preparer.prepare_bundle(bundle, self.shards, now_ms())
+        if dead_letters:
+            yield DEAD_LETTERS, "\n".join(dead_letters)
+        yield from by_shard.items()
 
 
-class ScoreAndLearn(KeyedProcessFunction):
-    """One key's model in keyed state: score each record, then learn; snapshots to SNAPSHOTS."""
+class ScoreShard(KeyedProcessFunction):
+    """The models of one shard's keys in keyed map state (model key -> model bytes). Each batch is
+    scored record by record in arrival order; snapshots go to SNAPSHOTS."""
 
     def __init__(self, scorer: ModelScorer):
         self.scorer = scorer
-        self.model_state = None
+        self.models = None
 
     def open(self, runtime_context: RuntimeContext):
-        self.model_state = runtime_context.get_state(ValueStateDescriptor("model", Types.PICKLED_BYTE_ARRAY()))
+        self.models = runtime_context.get_map_state(
+            MapStateDescriptor("models", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
 
-    def process_element(self, record, ctx):
-        state = self.model_state.value()
-        if state is None:
-            key_model = self.scorer.new_model()
-            ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # the final snapshot
-        else:
-            key_model = KeyModel.from_bytes(state)
-        score, snapshot = self.scorer.score_and_learn(key_model, record, now_ms())
-        self.model_state.update(key_model.to_bytes())
-        yield score
-        if snapshot is not None:
-            yield SNAPSHOTS, snapshot
+    def process_element(self, shard_batch, ctx):
+        _, records = shard_batch
+        batch_models: dict[str, KeyModel] = {}
+        scores, snapshots = self.scorer.score_batch(records, batch_models, self._load, now_ms())
+        for key, model in batch_models.items():  # not put_all: PyFlink 2.2's is broken in both modes
+            self.models.put(key, model.to_bytes())
+        ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # final snapshots (deduplicated)
+        yield "\n".join(scores)
+        if snapshots:
+            yield SNAPSHOTS, "\n".join(snapshots)
+
+    def _load(self, model_key: str) -> KeyModel | None:
+        data = self.models.get(model_key)
+        return None if data is None else KeyModel.from_bytes(data)
 
     def on_timer(self, timestamp, ctx):
-        state = self.model_state.value()
-        if state is not None:
-            yield SNAPSHOTS, self.scorer.snapshot(KeyModel.from_bytes(state), ctx.get_current_key())
+        snapshots = [self.scorer.snapshot(KeyModel.from_bytes(data), key) for key, data in self.models.items()]
+        if snapshots:
+            yield SNAPSHOTS, "\n".join(snapshots)
+
+
+def java_operator(stream: DataStream, name: str, build) -> DataStream:
+    """Applies a Java operator from build/riskstream-flink.jar: `build(j_stream, jvm)` returns the
+    new Java stream."""
+    gateway = get_gateway()
+    return DataStream(build(stream._j_data_stream, gateway.jvm)).name(name)
+
+
+def bundled(stream: DataStream, settings: Settings) -> DataStream:
+    """Records joined into newline-separated bundles (see RecordBundler.java)."""
+    max_records, max_delay_ms, _ = settings.performance.bundling()
+    string_type = Types.STRING().get_java_type_info()
+    return java_operator(stream, "bundle-records", lambda j, jvm: j.transform(
+        "bundle-records", string_type, jvm.riskstream.flink.RecordBundler(max_records, max_delay_ms)))
+
+
+def split_lines(stream: DataStream, name: str) -> DataStream:
+    """Newline-separated output bundles split into one record per line (see SplitLines.java)."""
+    string_type = Types.STRING().get_java_type_info()
+    return java_operator(stream, name, lambda j, jvm: j.flatMap(jvm.riskstream.flink.SplitLines(), string_type))
 
 
 def transactions_source(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
@@ -169,24 +171,30 @@ def json_lines_sink(path: Path, name: str) -> FileSink:
 
 def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     """Adds the scoring pipeline to `env`: transactions -> scores, dead letters, model snapshots,
-    written as JSON lines under `settings.output.path`."""
+    written as JSON lines under `settings.output.path`.
+
+    Python is called once per bundle of records, not per record: the Java side bundles the raw
+    lines, one Python call prepares a bundle and splits it by shard of model key, and one Python
+    call per shard batch scores it with the models in keyed state.
+    """
     preparer = build_preparer(settings)
     scorer = build_scorer(settings, preparer.encoder)
-    transactions = transactions_source(env, settings)
-    prepared = transactions.process(PrepareRecords(preparer), output_type=Types.PICKLED_BYTE_ARRAY()).name(
-        "decode-parse-clean-features")
+    shard_batch_type = Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+    transactions = bundled(transactions_source(env, settings), settings)
+    prepared = transactions.process(
+        PrepareBundle(preparer, settings.performance.shards), output_type=shard_batch_type
+    ).name("decode-parse-clean-features")
     scored = (
-        prepared.key_by(lambda record: record.model_key, key_type=Types.STRING())
-        .process(ScoreAndLearn(scorer), output_type=Types.STRING())
+        prepared.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
+        .process(ScoreShard(scorer), output_type=Types.STRING())
         .name("score-and-learn")
         .uid("score-and-learn")
     )
-    dead_letters = prepared.get_side_output(DEAD_LETTERS)
     output = Path(settings.output.path)
-    scored.sink_to(json_lines_sink(output, "scores")).name("scores-sink").uid("scores-sink")
-    dead_letters.sink_to(json_lines_sink(output, "dead-letters")).name("dead-letters-sink").uid("dead-letters-sink")
-    scored.get_side_output(SNAPSHOTS).sink_to(json_lines_sink(output, "model-snapshots")).name(
-        "model-snapshots-sink").uid("model-snapshots-sink")
+    output_bundles = (scored, prepared.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))
+    for name, bundles in zip(OUTPUTS, output_bundles):
+        split_lines(bundles, f"split-{name}").sink_to(json_lines_sink(output, name)).name(f"{name}-sink").uid(
+            f"{name}-sink")
 
 
 def run_job(settings: Settings) -> float:

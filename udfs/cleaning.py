@@ -9,7 +9,6 @@ written anywhere.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import re
@@ -30,7 +29,6 @@ CONTRACT_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 # Event times outside [1970-01-01, 10000-01-01) are not plausible epoch milliseconds.
 MAX_EVENT_TIME_MS = 253_402_300_800_000
 
-_WHITESPACE = re.compile(r"\s+")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _ACCOUNT_ID_KEY = re.compile(r'"account_id"\s*:\s*')
@@ -81,8 +79,7 @@ class CleaningRules:
 def pseudonymize(account_id: str, key: bytes) -> str:
     """A stable pseudonym for an account: hex HMAC-SHA256 of the whitespace-normalized id under
     `key`, 32 characters."""
-    normalized = _WHITESPACE.sub(" ", account_id).strip()
-    return hmac.new(key, normalized.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(key, _collapse_whitespace(account_id).encode("utf-8"), "sha256").hex()[:32]
 
 
 # How each categorical field is normalized: inner whitespace collapsed, ends stripped, then
@@ -90,9 +87,14 @@ def pseudonymize(account_id: str, key: bytes) -> str:
 _CASE = {"merchant_category": str.lower, "channel": str.lower, "country": str.upper, "currency": str.upper}
 
 
+def _collapse_whitespace(text: str) -> str:
+    """Runs of whitespace as one space, none at the ends."""
+    return " ".join(text.split())
+
+
 def normalize_categorical(field: str, value: str) -> str:
     """`value` as `clean` stores it in `field` (e.g. ' Grocery ' -> 'grocery', ' us' -> 'US')."""
-    text = _WHITESPACE.sub(" ", value).strip()
+    text = _collapse_whitespace(value)
     case = _CASE.get(field)
     return case(text) if case else text
 
@@ -249,7 +251,7 @@ def _txn_id(value: Any) -> str | None:
 def _text(name: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise Rejected("clean", f"{name} must be a string, got {_json_type(value)}")
-    text = _WHITESPACE.sub(" ", str(value)).strip()
+    text = _collapse_whitespace(str(value))
     if not text:
         raise Rejected("clean", f"{name} is empty")
     return text

@@ -43,7 +43,8 @@ class _Numeric:
 
 
 class FeatureEncoder:
-    """Maps a cleaned transaction to `len(names)` floats; raises `Rejected` at stage `features`.
+    """Maps a cleaned transaction to a sparse vector over `names`; raises `Rejected` at stage
+    `features`.
 
     Numeric fields are read as finite numbers with |value| <= 1e12 (log: log1p, needs value > -1).
     One-hot categoricals give 1.0 at the value's position (0s for values outside the vocabulary);
@@ -89,25 +90,28 @@ class FeatureEncoder:
         names += _time_names("day_of_week", day_of_week, 7)
         self.names: tuple[str, ...] = tuple(names)
 
-    def encode(self, txn: dict[str, Any]) -> list[float]:
-        """The feature vector of one cleaned transaction (see the class docstring)."""
-        vector = [0.0] * len(self.names)
-        for i, spec in enumerate(self._numeric):
-            vector[i] = self._numeric_value(txn, spec)
+    def encode(self, txn: dict[str, Any]) -> tuple[list[int], list[float]]:
+        """The feature vector of one cleaned transaction, sparse: (indices, values) of the entries
+        that can be non-zero. The numeric features always come first, at indices 0..n-1 in the
+        configured order, so `values[:n]` are the numeric values (see the class docstring)."""
+        values = [self._numeric_value(txn, spec) for spec in self._numeric]
+        indices = list(range(len(values)))
         for field, offset, positions, buckets in self._categorical:
             value = txn[field]
             if value is None:
                 continue
             if positions is not None:
                 position = positions.get(value)
-                if position is not None:
-                    vector[offset + position] = 1.0
+                if position is None:
+                    continue
             else:
-                vector[offset + zlib.crc32(value.encode("utf-8")) % buckets] = 1.0
+                position = zlib.crc32(value.encode("utf-8")) % buckets
+            indices.append(offset + position)
+            values.append(1.0)
         event_time = txn["event_time"]
-        _encode_time(vector, *self._hour, (event_time // MS_PER_HOUR) % 24, 24)
-        _encode_time(vector, *self._weekday, (event_time // MS_PER_DAY + EPOCH_WEEKDAY) % 7, 7)
-        return vector
+        _encode_time(indices, values, *self._hour, (event_time // MS_PER_HOUR) % 24, 24)
+        _encode_time(indices, values, *self._weekday, (event_time // MS_PER_DAY + EPOCH_WEEKDAY) % 7, 7)
+        return indices, values
 
     def _numeric_value(self, txn: dict[str, Any], spec: _Numeric) -> float:
         if spec.field is None:
@@ -139,21 +143,24 @@ def _time_names(name: str, encoding: str, period: int) -> list[str]:
     return []
 
 
-def _encode_time(vector: list[float], encoding: str, offset: int, value: int, period: int) -> None:
+def _encode_time(indices: list[int], values: list[float], encoding: str, offset: int, value: int,
+                 period: int) -> None:
     if encoding == "one_hot":
-        vector[offset + value] = 1.0
+        indices.append(offset + value)
+        values.append(1.0)
     elif encoding == "cyclic":
         angle = 2 * math.pi * value / period
-        vector[offset] = math.sin(angle)
-        vector[offset + 1] = math.cos(angle)
+        indices += (offset, offset + 1)
+        values += (math.sin(angle), math.cos(angle))
 
 
 class Standardizer:
-    """Online z-scores for chosen positions of a feature vector (Welford's running variance).
+    """Online z-scores for chosen numeric features (Welford's running variance).
 
-    `transform` first adds the record to the statistics, then returns the vector with each chosen
-    value replaced by (value - mean) / std; std is taken as 1 while fewer than two values are seen
-    or the variance is 0.
+    `positions` are feature indices of numeric features, which are also their positions in an
+    encoded `values` list. `transform` first adds the record to the statistics, then returns the
+    values with each chosen one replaced by (value - mean) / std; std is taken as 1 while fewer
+    than two values are seen or the variance is 0.
     """
 
     __slots__ = ("positions", "count", "mean", "m2")
@@ -164,14 +171,14 @@ class Standardizer:
         self.mean = list(mean) if mean is not None else [0.0] * len(self.positions)
         self.m2 = list(m2) if m2 is not None else [0.0] * len(self.positions)
 
-    def transform(self, vector: list[float]) -> list[float]:
+    def transform(self, values: list[float]) -> list[float]:
         if not self.positions:
-            return vector
+            return values
         self.count += 1
         count = self.count
-        out = list(vector)
+        out = list(values)
         for j, i in enumerate(self.positions):
-            value = vector[i]
+            value = values[i]
             delta = value - self.mean[j]
             self.mean[j] += delta / count
             self.m2[j] += delta * (value - self.mean[j])

@@ -13,8 +13,6 @@ import math
 import struct
 from array import array
 from dataclasses import dataclass
-from heapq import nlargest
-from operator import mul
 from typing import Any, Sequence
 
 from udfs.features import Standardizer
@@ -60,22 +58,31 @@ class LogisticRegression:
         self.updates = updates
         self.rejected_updates = rejected_updates
 
-    def predict_proba(self, x: Sequence[float]) -> float:
-        """Probability of the positive class (fraud) for features `x`, in (0, 1)."""
-        return sigmoid(self.bias + sum(map(mul, self.weights, x)))
+    def predict_proba(self, indices: Sequence[int], values: Sequence[float]) -> float:
+        """Probability of the positive class (fraud) for the sparse features (indices, values), in (0, 1)."""
+        weights = self.weights
+        return sigmoid(self.bias + sum([weights[i] * v for i, v in zip(indices, values)]))
 
-    def learn(self, x: Sequence[float], y: int, p: float, sgd: Sgd) -> bool:
-        """One SGD step on (x, y) given this model's score `p` for x; False if the step was discarded."""
+    def learn(self, indices: Sequence[int], values: Sequence[float], y: int, p: float, sgd: Sgd) -> bool:
+        """One SGD step on (x, y) given this model's score `p` for x; False if the step was discarded.
+
+        Only the weights of x's entries move (the others have a zero gradient), unless l2 decays all."""
         rate = sgd.rate(self.updates)
         g = p - y
+        step = rate * g
+        weights = self.weights
         if sgd.l2:
-            decay = 1.0 - rate * sgd.l2
-            weights = [w * decay - rate * g * xi for w, xi in zip(self.weights, x)]
+            weights = [w * (1.0 - rate * sgd.l2) for w in weights]
         else:
-            step = rate * g
-            weights = [w - step * xi for w, xi in zip(self.weights, x)]
-        bias = self.bias - rate * g
-        if not (abs(bias) <= MAX_ABS_WEIGHT and all(abs(w) <= MAX_ABS_WEIGHT for w in weights)):
+            weights = weights.copy()
+        for i, v in zip(indices, values):
+            weights[i] -= step * v
+        bias = self.bias - step
+        moved = weights if sgd.l2 else [weights[i] for i in indices]
+        magnitudes = list(map(abs, moved))
+        # The sum is NaN or infinite if any weight is; once it is finite, max() is reliable.
+        if not (abs(bias) <= MAX_ABS_WEIGHT and math.isfinite(sum(magnitudes))
+                and max(magnitudes, default=0.0) <= MAX_ABS_WEIGHT):
             self.rejected_updates += 1  # also catches NaN: every comparison with NaN is False
             return False
         self.weights = weights
@@ -83,12 +90,19 @@ class LogisticRegression:
         self.updates += 1
         return True
 
-    def top_contributions(self, x: Sequence[float], k: int) -> list[tuple[int, float]]:
-        """Up to `k` (feature index, w_i * x_i) pairs with the largest |w_i * x_i|, largest first."""
+    def top_contributions(self, indices: Sequence[int], values: Sequence[float], k: int) -> list[tuple[int, float]]:
+        """Up to `k` (feature index, w_i * x_i) pairs with the largest |w_i * x_i|, largest first;
+        entries that contribute exactly 0 are left out."""
         if k <= 0:
             return []
-        contributions = [(i, w * xi) for i, (w, xi) in enumerate(zip(self.weights, x)) if w and xi]
-        return nlargest(k, contributions, key=lambda item: abs(item[1]))
+        weights = self.weights
+        contributions = [(i, weights[i] * v) for i, v in zip(indices, values) if weights[i] and v]
+        contributions.sort(key=_magnitude, reverse=True)  # stable: ties keep feature order
+        return contributions[:k]
+
+
+def _magnitude(item: tuple[int, float]) -> float:
+    return abs(item[1])
 
 
 class KeyModel:

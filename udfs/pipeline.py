@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, NamedTuple, Sequence
+import zlib
+from typing import Any, Callable, NamedTuple, Sequence
 
 import orjson
 
@@ -24,13 +25,19 @@ _UNESCAPED = {"\\": "\\", "t": "\t", "n": "\n"}
 
 
 class Prepared(NamedTuple):
-    """A cleaned record ready for its key's model; `features` has one float per feature name."""
+    """A cleaned record ready for its key's model; (indices, values) is its sparse feature vector."""
 
     model_key: str
     txn_id: str
     event_time: int
     label: int | None
-    features: list[float]
+    indices: list[int]
+    values: list[float]
+
+
+def shard_of(model_key: str, shards: int) -> int:
+    """The shard (0..shards-1) of a model key: crc32, so it is the same in every process and run."""
+    return zlib.crc32(model_key.encode("utf-8")) % shards
 
 
 def split_envelope(envelope: str) -> tuple[dict[str, Any], bytes]:
@@ -61,12 +68,33 @@ class RecordPreparer:
     def prepare(self, envelope: str, now_ms: int) -> Prepared | str:
         """The `Prepared` record, or a dead letter as a JSON line (see shared/DESIGN.md)."""
         source, raw = split_envelope(envelope)
+        return self.prepare_raw(raw, source, now_ms)
+
+    def prepare_raw(self, raw: bytes, source: dict[str, Any], now_ms: int) -> Prepared | str:
+        """`prepare` for a record's bytes and its source coordinates."""
         try:
             txn = clean(parse(decode(raw, self.rules.max_record_bytes)), self.rules)
-            features = self.encoder.encode(txn)
+            if txn[self.model_key_field] is None:
+                raise Rejected("clean", f"{self.model_key_field} is missing (it is the model key)", txn["txn_id"])
+            indices, values = self.encoder.encode(txn)
         except Rejected as rejected:
             return self.dead_letter(raw, rejected, source, now_ms)
-        return Prepared(txn[self.model_key_field], txn["txn_id"], txn["event_time"], txn["is_fraud"], features)
+        return Prepared(txn[self.model_key_field], txn["txn_id"], txn["event_time"], txn["is_fraud"], indices, values)
+
+    def prepare_bundle(self, bundle: str, shards: int, now_ms: int) -> tuple[dict[int, list[Prepared]], list[str]]:
+        """Prepares every record of a bundle (envelopes joined by newlines, in arrival order).
+
+        Returns the prepared records grouped by `shard_of` their model key, each group in arrival
+        order, and the dead letters as JSON lines."""
+        by_shard: dict[int, list[Prepared]] = {}
+        dead_letters: list[str] = []
+        for envelope in bundle.split("\n"):
+            result = self.prepare(envelope, now_ms)
+            if isinstance(result, str):
+                dead_letters.append(result)
+            else:
+                by_shard.setdefault(shard_of(result.model_key, shards), []).append(result)
+        return by_shard, dead_letters
 
     def dead_letter(self, raw: bytes, rejected: Rejected, source: dict[str, Any], now_ms: int) -> str:
         """A dead letter as one JSON line. Bytes that are not UTF-8 appear as `\\xNN` escapes; a
@@ -111,9 +139,10 @@ class ModelScorer:
         The score is the model's probability of fraud before it learns from this record;
         `model_updates` is how many updates the model had when it scored.
         """
-        x = key_model.standardizer.transform(record.features)
+        indices = record.indices
+        values = key_model.standardizer.transform(record.values)
         model = key_model.model
-        p = model.predict_proba(x)
+        p = model.predict_proba(indices, values)
         score = orjson.dumps({
             "schema_version": SCHEMA_VERSION,
             "txn_id": record.txn_id,
@@ -123,15 +152,34 @@ class ModelScorer:
             "event_time": record.event_time,
             "model_updates": model.updates,
             "reasons": [{"feature": self.feature_names[i], "contribution": c}
-                        for i, c in model.top_contributions(x, self.top_reasons)],
+                        for i, c in model.top_contributions(indices, values, self.top_reasons)],
             "scored_at": now_ms,
         }).decode("utf-8")
         snapshot = None
-        if record.label is not None and model.learn(x, record.label, p, self.sgd):
+        if record.label is not None and model.learn(indices, values, record.label, p, self.sgd):
             key_model.last_event_time = record.event_time
             if model.updates % self.snapshot_every == 0:
                 snapshot = self.snapshot(key_model, record.model_key)
         return score, snapshot
+
+    def score_batch(self, records: Sequence[Prepared], models: dict[str, KeyModel],
+                    load_model: Callable[[str], KeyModel | None], now_ms: int) -> tuple[list[str], list[str]]:
+        """Scores and learns from `records` one after another, in order, exactly as one record at
+        a time would. `models` caches the models this batch uses: a key missing from it is loaded
+        with `load_model` (None: a new model). Afterwards `models` holds every model the batch
+        touched, for the caller to store. Returns (score JSON lines, snapshot JSON lines)."""
+        scores = []
+        snapshots = []
+        for record in records:
+            key_model = models.get(record.model_key)
+            if key_model is None:
+                key_model = load_model(record.model_key) or self.new_model()
+                models[record.model_key] = key_model
+            score, snapshot = self.score_and_learn(key_model, record, now_ms)
+            scores.append(score)
+            if snapshot is not None:
+                snapshots.append(snapshot)
+        return scores, snapshots
 
     def snapshot(self, key_model: KeyModel, model_key: str) -> str:
         """The key's model snapshot as one JSON line."""

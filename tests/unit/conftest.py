@@ -10,7 +10,7 @@ import pytest
 
 from streaming.config import PSEUDONYM_KEY_ENV, Settings, load_settings
 from udfs.cleaning import CleaningRules, MissingPolicy
-from udfs.features import FeatureEncoder
+from streaming.record_logic import build_preparer
 from udfs.pipeline import RecordPreparer
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -67,20 +67,8 @@ def local_settings(no_key_in_environment) -> Settings:
 
 
 def preparer_from_settings(settings: Settings) -> RecordPreparer:
-    """A RecordPreparer wired from settings the way streaming/job.py's build_preparer does (that
-    module imports pyflink, so the unit tier cannot import it)."""
-    cleaning = settings.cleaning
-    rules = CleaningRules(
-        pseudonym_key=settings.pseudonym_key(),
-        channels=frozenset(cleaning.channels),
-        default_currency=cleaning.default_currency,
-        missing={name: MissingPolicy(p.action == "impute", p.value) for name, p in cleaning.missing.items()},
-        max_record_bytes=cleaning.max_record_bytes,
-    )
-    features = settings.features
-    encoder = FeatureEncoder(features.numeric, features.categorical, features.time.hour_of_day,
-                             features.time.day_of_week, rules.policy)
-    return RecordPreparer(rules, encoder, settings.model.key, cleaning.dead_letter_raw_bytes)
+    """The RecordPreparer the job builds from these settings."""
+    return build_preparer(settings)
 
 
 @pytest.fixture

@@ -10,6 +10,12 @@ import pytest
 
 from udfs.model import KeyModel, LogisticRegression, Sgd, sigmoid
 
+
+def every(x: list[float]) -> list[int]:
+    """The indices of a dense vector given as a sparse one: all of them, zeros included."""
+    return list(range(len(x)))
+
+
 # ---------------------------------------------------------------- sigmoid
 
 
@@ -71,8 +77,8 @@ def test_sgd_step_is_the_gradient_of_regularized_log_loss(l2, seed):
     y = seed % 2
     rate = 0.05
     model = LogisticRegression(n, weights, bias)
-    p = model.predict_proba(x)
-    assert model.learn(x, y, p, Sgd(rate, l2=l2)) is True
+    p = model.predict_proba(every(x), x)
+    assert model.learn(every(x), x, y, p, Sgd(rate, l2=l2)) is True
 
     grad_w, grad_b = numerical_gradient(weights, bias, x, y, l2)
     step_w = [(old - new) / rate for old, new in zip(weights, model.weights)]
@@ -85,8 +91,8 @@ def test_sgd_step_is_the_gradient_of_regularized_log_loss(l2, seed):
 def test_l2_does_not_decay_the_bias():
     model = LogisticRegression(2, [0.0, 0.0], bias=5.0)
     x = [0.0, 0.0]
-    p = model.predict_proba(x)
-    model.learn(x, 1, p, Sgd(0.1, l2=10.0))
+    p = model.predict_proba(every(x), x)
+    model.learn(every(x), x, 1, p, Sgd(0.1, l2=10.0))
     assert model.bias == pytest.approx(5.0 - 0.1 * (p - 1), abs=1e-15)
 
 
@@ -94,7 +100,7 @@ def test_predict_proba_is_sigmoid_of_the_margin():
     model = LogisticRegression(3, [0.5, -1.0, 2.0], bias=0.25)
     x = [1.0, 2.0, -0.5]
     margin = 0.25 + 0.5 * 1.0 - 1.0 * 2.0 + 2.0 * -0.5
-    assert model.predict_proba(x) == pytest.approx(1 / (1 + math.exp(-margin)), rel=1e-15)
+    assert model.predict_proba(every(x), x) == pytest.approx(1 / (1 + math.exp(-margin)), rel=1e-15)
 
 
 # ---------------------------------------------------------------- learning-rate schedules
@@ -113,7 +119,7 @@ def test_inverse_scaling_rate(updates, power_t):
 
 def test_learn_uses_the_inverse_scaling_rate_for_the_models_update_count():
     model = LogisticRegression(1, [0.0], updates=3)
-    model.learn([2.0], 1, 0.25, Sgd(0.5, "inverse_scaling", 0.5))
+    model.learn([0], [2.0], 1, 0.25, Sgd(0.5, "inverse_scaling", 0.5))
     rate = 0.5 / math.sqrt(4)
     assert model.weights == [pytest.approx(0.0 - rate * (0.25 - 1) * 2.0, rel=1e-15)]
     assert model.updates == 4
@@ -130,7 +136,7 @@ def test_learn_uses_the_inverse_scaling_rate_for_the_models_update_count():
 ])
 def test_an_update_that_would_break_the_weights_is_discarded(x, y, p):
     model = LogisticRegression(2, [0.5, -0.5], bias=0.1, updates=7)
-    assert model.learn(x, y, p, Sgd(1.0)) is False
+    assert model.learn(every(x), x, y, p, Sgd(1.0)) is False
     assert model.weights == [0.5, -0.5]
     assert model.bias == 0.1
     assert model.updates == 7
@@ -139,22 +145,22 @@ def test_an_update_that_would_break_the_weights_is_discarded(x, y, p):
 
 def test_an_update_that_would_push_the_bias_over_1e12_is_discarded():
     model = LogisticRegression(1, [0.0], bias=1e12)
-    assert model.learn([0.0], 1, 0.0, Sgd(5000.0)) is False
+    assert model.learn([0], [0.0], 1, 0.0, Sgd(5000.0)) is False
     assert model.bias == 1e12 and model.rejected_updates == 1 and model.updates == 0
 
 
 def test_an_update_reaching_exactly_1e12_is_kept():
     model = LogisticRegression(1, [0.0])
-    assert model.learn([1e12], 0, 1.0, Sgd(1.0)) is True
+    assert model.learn([0], [1e12], 0, 1.0, Sgd(1.0)) is True
     assert model.weights == [-1e12]
     assert model.rejected_updates == 0 and model.updates == 1
 
 
 def test_discarded_updates_accumulate_and_the_model_keeps_learning():
     model = LogisticRegression(1, [0.0])
-    model.learn([math.nan], 1, 0.5, Sgd(0.1))
-    model.learn([math.inf], 1, 0.5, Sgd(0.1))
-    assert model.learn([1.0], 1, 0.5, Sgd(0.1)) is True
+    model.learn([0], [math.nan], 1, 0.5, Sgd(0.1))
+    model.learn([0], [math.inf], 1, 0.5, Sgd(0.1))
+    assert model.learn([0], [1.0], 1, 0.5, Sgd(0.1)) is True
     assert model.rejected_updates == 2
     assert model.weights == [pytest.approx(0.05)]
 
@@ -165,7 +171,7 @@ def test_discarded_updates_accumulate_and_the_model_keeps_learning():
 def test_top_contributions_are_ordered_by_absolute_contribution():
     model = LogisticRegression(5, [0.5, -3.0, 1.0, 0.0, 2.0])
     x = [1.0, 1.0, -4.0, 5.0, 0.1]
-    assert model.top_contributions(x, 3) == [(2, -4.0), (1, -3.0), (0, 0.5)]
+    assert model.top_contributions(every(x), x, 3) == [(2, -4.0), (1, -3.0), (0, 0.5)]
 
 
 def test_top_contributions_match_a_brute_force_ranking():
@@ -175,16 +181,117 @@ def test_top_contributions_match_a_brute_force_ranking():
     everything = sorted(((i, w * xi) for i, (w, xi) in enumerate(zip(model.weights, x))),
                         key=lambda item: -abs(item[1]))
     for k in (1, 4, 20):
-        assert model.top_contributions(x, k) == everything[:k]
+        assert model.top_contributions(every(x), x, k) == everything[:k]
 
 
 def test_top_contributions_of_k_zero_is_empty():
-    assert LogisticRegression(2, [1.0, 2.0]).top_contributions([1.0, 1.0], 0) == []
+    assert LogisticRegression(2, [1.0, 2.0]).top_contributions([0, 1], [1.0, 1.0], 0) == []
 
 
 def test_top_contributions_skip_features_that_contribute_nothing():
     model = LogisticRegression(3, [0.0, 2.0, 1.0])
-    assert model.top_contributions([5.0, 0.0, 1.0], 3) == [(2, 1.0)]
+    assert model.top_contributions([0, 1, 2], [5.0, 0.0, 1.0], 3) == [(2, 1.0)]
+
+
+# ---------------------------------------------------------------- sparse vectors
+
+
+def random_sparse(rng: random.Random, n: int) -> tuple[list[int], list[float]]:
+    """Sorted unique indices (sometimes none, sometimes all) with values, a few of them exactly 0."""
+    k = rng.choice([0, 1, rng.randint(1, n), n])
+    indices = sorted(rng.sample(range(n), k))
+    values = [rng.choice([0.0, 1.0, rng.uniform(-4, 4), rng.uniform(-4, 4)]) for _ in indices]
+    return indices, values
+
+
+def densified(n: int, indices: list[int], values: list[float]) -> list[float]:
+    x = [0.0] * n
+    for i, v in zip(indices, values):
+        x[i] = v
+    return x
+
+
+@pytest.mark.parametrize("sgd", [Sgd(0.1), Sgd(0.1, l2=0.05), Sgd(0.3, "inverse_scaling", 0.5),
+                                 Sgd(0.3, "inverse_scaling", 0.5, l2=0.2)],
+                         ids=["constant", "constant-l2", "inverse-scaling", "inverse-scaling-l2"])
+def test_a_sparse_vector_scores_and_learns_exactly_like_the_same_vector_given_densely(sgd):
+    rng = random.Random(repr(sgd))
+    n = 15
+    start = [rng.uniform(-1, 1) for _ in range(n)]  # non-zero everywhere, so unlisted weights matter
+    sparse = LogisticRegression(n, start, bias=0.3)
+    dense = LogisticRegression(n, start, bias=0.3)
+    for step in range(400):
+        indices, values = random_sparse(rng, n)
+        x = densified(n, indices, values)
+        p_sparse = sparse.predict_proba(indices, values)
+        p_dense = dense.predict_proba(every(x), x)
+        assert p_sparse == p_dense, step
+        assert sparse.top_contributions(indices, values, 4) == dense.top_contributions(every(x), x, 4), step
+        y = rng.randint(0, 1)
+        assert sparse.learn(indices, values, y, p_sparse, sgd) is dense.learn(every(x), x, y, p_dense, sgd) is True
+        assert sparse.weights == dense.weights, step
+        assert sparse.bias == dense.bias, step
+        assert sparse.updates == dense.updates == step + 1
+    assert sparse.weights != start  # it did learn
+
+
+def test_predict_proba_uses_only_the_listed_entries():
+    model = LogisticRegression(4, [0.5, 100.0, -2.0, 100.0], bias=0.25)
+    margin = 0.25 + 0.5 * 2.0 + -2.0 * 3.0
+    assert model.predict_proba([0, 2], [2.0, 3.0]) == pytest.approx(1 / (1 + math.exp(-margin)), rel=1e-15)
+    assert model.predict_proba([], []) == pytest.approx(1 / (1 + math.exp(-0.25)), rel=1e-15)
+
+
+def test_without_l2_learn_moves_only_the_weights_of_listed_indices():
+    rng = random.Random(17)
+    n = 12
+    for _ in range(200):
+        start = [rng.uniform(-1, 1) for _ in range(n)]
+        model = LogisticRegression(n, start, bias=-0.2, updates=rng.randint(0, 50))
+        indices, values = random_sparse(rng, n)
+        y = rng.randint(0, 1)
+        p = model.predict_proba(indices, values)
+        sgd = rng.choice([Sgd(0.2), Sgd(0.5, "inverse_scaling", 0.5)])
+        rate = sgd.learning_rate if sgd.schedule == "constant" else 0.5 / math.sqrt(1 + model.updates)
+        assert model.learn(indices, values, y, p, sgd) is True
+        listed = dict(zip(indices, values))
+        for i in range(n):
+            if i in listed:
+                assert model.weights[i] == pytest.approx(start[i] - rate * (p - y) * listed[i], rel=1e-14, abs=1e-15)
+            else:
+                assert model.weights[i] == start[i]  # untouched, exactly
+        assert model.bias == pytest.approx(-0.2 - rate * (p - y), rel=1e-14)
+
+
+def test_a_listed_zero_leaves_its_weight_unchanged():
+    model = LogisticRegression(3, [0.7, -0.4, 0.1])
+    assert model.learn([0, 1], [0.0, 2.0], 1, 0.25, Sgd(0.5)) is True
+    assert model.weights[0] == 0.7 and model.weights[2] == 0.1
+    assert model.weights[1] == pytest.approx(-0.4 + 0.5 * 0.75 * 2.0)
+
+
+def test_with_l2_learn_decays_the_weights_of_unlisted_indices_too():
+    model = LogisticRegression(4, [1.0, -2.0, 0.5, 3.0], bias=0.0)
+    p = model.predict_proba([1], [1.5])
+    assert model.learn([1], [1.5], 0, p, Sgd(0.1, l2=0.5)) is True
+    decay = 1 - 0.1 * 0.5
+    assert model.weights[0] == pytest.approx(1.0 * decay, rel=1e-15)
+    assert model.weights[2] == pytest.approx(0.5 * decay, rel=1e-15)
+    assert model.weights[3] == pytest.approx(3.0 * decay, rel=1e-15)
+    assert model.weights[1] == pytest.approx(-2.0 * decay - 0.1 * p * 1.5, rel=1e-15)
+
+
+def test_a_sparse_update_that_would_break_a_listed_weight_is_discarded_whole():
+    model = LogisticRegression(4, [0.5, -0.5, 0.25, 0.0], bias=0.1, updates=3)
+    assert model.learn([1, 3], [1.0, 3e12], 0, 1.0, Sgd(1.0)) is False  # weight 3 would reach -3e12
+    assert model.weights == [0.5, -0.5, 0.25, 0.0]
+    assert model.bias == 0.1 and model.updates == 3 and model.rejected_updates == 1
+
+
+def test_top_contributions_rank_only_the_listed_entries():
+    model = LogisticRegression(6, [0.5, -3.0, 1.0, 9.0, 2.0, -7.0])
+    assert model.top_contributions([0, 1, 2, 4], [1.0, 1.0, -4.0, 0.1], 3) == [(2, -4.0), (1, -3.0), (0, 0.5)]
+    assert model.top_contributions([5], [0.0], 3) == []
 
 
 # ---------------------------------------------------------------- KeyModel state
@@ -200,10 +307,10 @@ def trained_key_model(records: int = 40, seed: int = 3) -> KeyModel:
     for i in range(records):
         x = key_model.standardizer.transform([rng.uniform(0, 8), rng.randint(0, 9), rng.choice([0.0, 1.0]),
                                               rng.choice([0.0, 1.0]), rng.uniform(-1, 1), rng.uniform(-1, 1)])
-        p = key_model.model.predict_proba(x)
-        key_model.model.learn(x, rng.randint(0, 1), p, sgd)
+        p = key_model.model.predict_proba(every(x), x)
+        key_model.model.learn(every(x), x, rng.randint(0, 1), p, sgd)
         key_model.last_event_time = 1_767_225_600_000 + i
-    key_model.model.learn([math.nan] * len(NAMES), 1, 0.5, sgd)  # one discarded update to round-trip
+    key_model.model.learn(every(NAMES), [math.nan] * len(NAMES), 1, 0.5, sgd)  # one discarded update to round-trip
     return key_model
 
 

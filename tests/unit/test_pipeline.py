@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+import os
 import random
+import subprocess
+import sys
+import zlib
+from collections import Counter
 
 import pytest
 
-from udfs.cleaning import CleaningRules, pseudonymize
+from udfs.cleaning import pseudonymize
 from udfs.features import FeatureEncoder
+from udfs.generator import GeneratorSettings, generate
 from udfs.model import KeyModel, Sgd
-from udfs.pipeline import ModelScorer, Prepared, RecordPreparer, split_envelope
+from udfs.pipeline import ModelScorer, Prepared, RecordPreparer, shard_of, split_envelope
 
 DEAD_LETTER_FIELDS = {"schema_version", "raw", "stage", "reason", "source", "txn_id", "received_at"}
 NOW = 1_767_300_000_000
@@ -96,8 +103,9 @@ def test_prepare_gives_a_prepared_record_keyed_by_the_configured_field(local_pre
     assert result.txn_id == "t-1"
     assert result.label == 1
     assert result.event_time == 1_767_262_500_000  # 2026-01-01T10:15:00Z: 1_767_225_600_000 + 10.25 h
-    assert len(result.features) == len(local_preparer.encoder.names)
-    assert all(isinstance(v, float) and math.isfinite(v) for v in result.features)
+    assert len(result.indices) == len(result.values)
+    assert all(0 <= i < len(local_preparer.encoder.names) for i in result.indices)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in result.values)
 
 
 @pytest.mark.parametrize("field, expected", [("country", "GB"), ("channel", "pos"), ("currency", "GBP")])
@@ -226,7 +234,8 @@ NAMES = ("a", "b", "c")
 
 
 def prepared(features, label, event_time=1_000, txn_id="t", key="k") -> Prepared:
-    return Prepared(key, txn_id, event_time, label, list(features))
+    """A record whose dense `features` are given as a sparse vector listing every index."""
+    return Prepared(key, txn_id, event_time, label, list(range(len(features))), list(features))
 
 
 def margin_probability(key_model: KeyModel, x) -> float:
@@ -338,3 +347,320 @@ def test_a_dead_letter_never_carries_an_account_id_wrapped_in_an_array_or_object
     text, letter = dead_letter(local_preparer, tagged(line_of(transaction(account_id=account))))
     assert letter["stage"] == "clean"
     assert "ACCT-SEC" not in text
+
+
+def test_a_sparse_record_is_scored_and_learned_from_exactly_like_its_dense_form():
+    names = ("n0", "n1", "n2", "c=a", "c=b", "c=c", "h_sin", "h_cos")
+    scorer = ModelScorer(names, (0, 1), Sgd(0.2, l2=0.01), snapshot_every=4, top_reasons=3)
+    sparse_model, dense_model = scorer.new_model(), scorer.new_model()
+    rng = random.Random(6)
+    for i in range(200):
+        indices = [0, 1, 2, 3 + rng.randrange(3), 6, 7]
+        values = [rng.uniform(0, 9), rng.uniform(-1, 1), rng.choice([0.0, 1.0]), 1.0, rng.uniform(-1, 1),
+                  rng.uniform(-1, 1)]
+        x = [0.0] * len(names)
+        for j, v in zip(indices, values):
+            x[j] = v
+        label = rng.choice([0, 1, None])
+        sparse = scorer.score_and_learn(sparse_model, Prepared("k", f"t{i}", 10 + i, label, indices, values), NOW)
+        dense = scorer.score_and_learn(dense_model, prepared(x, label, 10 + i, f"t{i}"), NOW)
+        assert sparse == dense, i
+    assert sparse_model.model.weights == dense_model.model.weights
+    assert sparse_model.model.bias == dense_model.model.bias
+    assert sparse_model.model.updates == dense_model.model.updates > 100
+
+
+def test_prepared_has_the_sparse_fields_in_order():
+    assert Prepared._fields == ("model_key", "txn_id", "event_time", "label", "indices", "values")
+
+
+# ---------------------------------------------------------------- shard_of
+
+SHARD_KEYS = ["grocery", "restaurants", "fuel", "online_retail", "travel", "crypto_exchange", "", "åre", "café",
+              "GB", "us", "0" * 32, "0123456789abcdef0123456789abcdef", "日本", "a\tb", "x" * 300]
+
+
+@pytest.mark.parametrize("shards", [1, 2, 7, 32, 4096])
+def test_shard_of_is_in_range_and_is_crc32_mod_shards(shards):
+    for key in SHARD_KEYS:
+        shard = shard_of(key, shards)
+        assert type(shard) is int and 0 <= shard < shards
+        assert shard == zlib.crc32(key.encode("utf-8")) % shards
+
+
+def test_shard_of_spreads_keys_over_shards():
+    categories = [f"category-{i}" for i in range(200)]
+    used = Counter(shard_of(key, 8) for key in categories)
+    assert set(used) == set(range(8))
+    assert max(used.values()) < 60  # no shard takes most keys (200 / 8 = 25 on average)
+
+
+SHARD_PROBE = """
+import json, sys
+from udfs.pipeline import shard_of
+keys = json.loads(sys.argv[1])
+print(json.dumps({str(n): [shard_of(k, n) for k in keys] for n in (3, 32, 4096)}))
+"""
+
+
+def test_shard_of_is_the_same_in_a_process_with_another_hash_seed():
+    here = {str(n): [shard_of(k, n) for k in SHARD_KEYS] for n in (3, 32, 4096)}
+    for seed in ("0", "12345", "random"):
+        result = subprocess.run([sys.executable, "-c", SHARD_PROBE, json.dumps(SHARD_KEYS)],
+                                env={**os.environ, "PYTHONHASHSEED": seed},
+                                capture_output=True, text=True, check=True, timeout=60)
+        assert json.loads(result.stdout) == here
+    assert len(set(here["32"])) > 1  # the shard does depend on the key
+
+
+# ---------------------------------------------------------------- prepare_bundle
+
+BUNDLE_PATH = "/data/bundle\tand\nnames.jsonl"  # the source escapes both, so the envelope has no raw newline
+
+
+def utf8_line(record: dict) -> bytes:
+    return json.dumps(record, ensure_ascii=False).encode("utf-8")
+
+
+# Lines holding characters that other line splitters (str.splitlines, io text mode) treat as line
+# breaks once the envelope is decoded as latin-1: \r, \x0b, \x0c, \x1c-\x1e, \x85 (from "Å" = c3 85),
+# U+2028 (raw UTF-8 e2 80 a8 is no break in latin-1; kept for a splitter working on UTF-8 text).
+AWKWARD_LINES = {
+    "aw-1": utf8_line(transaction(txn_id="aw-1", merchant_category="Åre")),  # valid: key "åre"
+    "aw-2": line_of(transaction(txn_id="aw-2")).replace(b', "amount"', b',\r"amount"'),  # valid: \r is JSON space
+    "aw-3": utf8_line(transaction(txn_id="aw-3", merchant_id="m\u2028x")),  # valid
+    "aw-4": utf8_line(transaction(txn_id="aw-4", merchant_id="m\x1cx")).replace(b"\\u001c", b"\x1c"),  # parse: raw
+    "aw-5": b'{"txn_id": "aw-5",\x0b\x0c\x1d\x1e "amount": 1}',  # parse
+    "aw-6": b"",  # decode: empty
+    "aw-7": utf8_line(transaction(txn_id="aw-7", merchant_category="Café", is_fraud=None)),  # valid: key "café"
+    "aw-8": b"\x85\x85",  # decode: not UTF-8
+}
+AWKWARD_VALID = {"aw-1", "aw-2", "aw-3", "aw-7"}
+
+
+def bundle_lines(seed: int = 9) -> list[bytes]:
+    lines = list(generate(GeneratorSettings(records=400, seed=seed, malformed_share=0.15, oversize_bytes=70_000)))
+    for position, line in zip((0, 57, 123, 200, 201, 250, 333, 399), AWKWARD_LINES.values()):
+        lines.insert(position, line)
+    return lines
+
+
+def envelopes_of(lines: list[bytes]) -> list[str]:
+    return [tagged(line, number, BUNDLE_PATH) for number, line in enumerate(lines, 1)]
+
+
+def test_the_awkward_lines_are_what_the_bundle_tests_assume(local_preparer):
+    text = "".join(envelopes_of(list(AWKWARD_LINES.values())))
+    for trap in "\r\x0b\x0c\x1c\x1d\x1e\x85":
+        assert trap in text, repr(trap)
+    for number, (txn_id, line) in enumerate(AWKWARD_LINES.items(), 1):
+        result = local_preparer.prepare(tagged(line, number, BUNDLE_PATH), NOW)
+        assert isinstance(result, Prepared) == (txn_id in AWKWARD_VALID), (txn_id, result)
+
+
+def identity(result) -> tuple[str, object]:
+    """What identifies one record's output: ("dead", source line) or ("prepared", txn_id)."""
+    if isinstance(result, str):
+        return "dead", json.loads(result)["source"]["line"]
+    return "prepared", result.txn_id
+
+
+@pytest.mark.parametrize("shards", [1, 3, 32, 4096])
+def test_prepare_bundle_gives_every_record_exactly_once_grouped_by_shard_in_arrival_order(local_preparer, shards):
+    lines = bundle_lines()
+    envelopes = envelopes_of(lines)
+    assert all("\n" not in e for e in envelopes)
+    by_shard, dead_letters = local_preparer.prepare_bundle("\n".join(envelopes), shards, NOW)
+
+    # Expected, one envelope at a time: the line number each output must come from.
+    line_of_txn = {}
+    expected_dead_lines = []
+    for number, envelope in enumerate(envelopes, 1):
+        result = local_preparer.prepare(envelope, NOW)
+        kind, ident = identity(result)
+        if kind == "dead":
+            expected_dead_lines.append(number)
+        else:
+            assert ident not in line_of_txn
+            line_of_txn[ident] = number
+    assert len(expected_dead_lines) > 40 and len(line_of_txn) > 300  # both kinds are well represented
+
+    # Exactly once: every line number appears once over all shards and the dead letters.
+    prepared_lines = [line_of_txn[r.txn_id] for records in by_shard.values() for r in records]
+    dead_lines = [json.loads(d)["source"]["line"] for d in dead_letters]
+    assert sorted(prepared_lines + dead_lines) == list(range(1, len(lines) + 1))
+    assert dead_lines == expected_dead_lines  # dead letters in arrival order too
+    assert all(json.loads(d)["source"]["file"] == BUNDLE_PATH for d in dead_letters)
+
+    # Each shard: the right shard for its keys, in arrival order, no empty groups.
+    shard_of_key: dict[str, int] = {}
+    for shard, records in by_shard.items():
+        assert 0 <= shard < shards
+        assert records
+        numbers = [line_of_txn[r.txn_id] for r in records]
+        assert numbers == sorted(numbers)
+        for r in records:
+            assert zlib.crc32(r.model_key.encode("utf-8")) % shards == shard
+            assert shard_of_key.setdefault(r.model_key, shard) == shard  # one shard per key
+    assert {"åre", "café", "grocery"} <= set(shard_of_key)
+    assert AWKWARD_VALID <= set(line_of_txn)
+    if shards == 1:
+        assert list(by_shard) == [0]
+
+
+def test_prepare_bundle_gives_the_same_records_as_prepare_one_at_a_time(local_preparer):
+    envelopes = envelopes_of(bundle_lines(seed=4))
+    by_shard, dead_letters = local_preparer.prepare_bundle("\n".join(envelopes), 5, NOW)
+    expected_by_shard: dict[int, list[Prepared]] = {}
+    expected_dead = []
+    for envelope in envelopes:
+        result = local_preparer.prepare(envelope, NOW)
+        if isinstance(result, str):
+            expected_dead.append(result)
+        else:
+            expected_by_shard.setdefault(zlib.crc32(result.model_key.encode("utf-8")) % 5, []).append(result)
+    assert by_shard == expected_by_shard
+    assert dead_letters == expected_dead
+
+
+def test_a_bundle_of_one_record(local_preparer):
+    envelope = tagged(line_of(transaction()), 7)
+    by_shard, dead_letters = local_preparer.prepare_bundle(envelope, 32, NOW)
+    assert by_shard == {zlib.crc32(b"grocery") % 32: [local_preparer.prepare(envelope, NOW)]}
+    assert dead_letters == []
+
+
+def test_a_bundle_of_dead_letters_only_has_no_shards(local_preparer):
+    envelopes = [tagged(b"", 1), tagged(b"[1]", 2), tagged(line_of(transaction(amount=-1)), 3)]
+    by_shard, dead_letters = local_preparer.prepare_bundle("\n".join(envelopes), 4, NOW)
+    assert by_shard == {}
+    assert [json.loads(d)["source"]["line"] for d in dead_letters] == [1, 2, 3]
+    assert [json.loads(d)["stage"] for d in dead_letters] == ["decode", "parse", "clean"]
+
+
+def test_a_bundle_keeps_records_with_equal_content_apart(local_preparer):
+    envelope = tagged(line_of(transaction(txn_id="dup")), 1)
+    by_shard, dead_letters = local_preparer.prepare_bundle("\n".join([envelope] * 5), 2, NOW)
+    assert [r.txn_id for records in by_shard.values() for r in records] == ["dup"] * 5
+    assert dead_letters == []
+
+
+# ---------------------------------------------------------------- score_batch
+
+
+@pytest.fixture
+def stream_records(local_preparer) -> list[Prepared]:
+    """A generated stream, prepared by the local profile: 20 Zipf-skewed keys, a few unlabelled."""
+    records = []
+    for number, line in enumerate(generate(GeneratorSettings(records=1500, seed=31, unlabelled_share=0.1)), 1):
+        result = local_preparer.prepare(tagged(line, number), NOW)
+        assert isinstance(result, Prepared), result
+        records.append(result)
+    return records
+
+
+def stream_scorer(encoder: FeatureEncoder, sgd: Sgd, snapshot_every: int) -> ModelScorer:
+    """A scorer wired like streaming/job.py's build_scorer."""
+    return ModelScorer(encoder.names, encoder.standardized, sgd, snapshot_every, top_reasons=3)
+
+
+def one_at_a_time(scorer: ModelScorer, records: list[Prepared]) -> tuple[list[str], list[str], dict[str, KeyModel]]:
+    models: dict[str, KeyModel] = {}
+    scores, snapshots = [], []
+    for record in records:
+        key_model = models.setdefault(record.model_key, scorer.new_model())
+        score, snapshot = scorer.score_and_learn(key_model, record, NOW)
+        scores.append(score)
+        if snapshot is not None:
+            snapshots.append(snapshot)
+    return scores, snapshots, models
+
+
+def in_batches(scorer: ModelScorer, records: list[Prepared], size: int):
+    """The stream scored in batches of `size`, models stored as bytes between batches the way the
+    job keeps them in state; also checks every batch's load_model calls."""
+    store: dict[str, bytes] = {}
+    scores, snapshots = [], []
+    for start in range(0, len(records), size):
+        batch = records[start:start + size]
+        loads: list[str] = []
+
+        def load(key: str) -> KeyModel | None:
+            loads.append(key)
+            return KeyModel.from_bytes(store[key]) if key in store else None
+
+        batch_models: dict[str, KeyModel] = {}
+        batch_scores, batch_snapshots = scorer.score_batch(batch, batch_models, load, NOW)
+        keys = {r.model_key for r in batch}
+        assert Counter(loads) == Counter(keys), start  # each key of the batch loaded exactly once
+        assert set(batch_models) == keys  # every touched model is handed back for storing
+        assert len(batch_scores) == len(batch)
+        store.update({key: model.to_bytes() for key, model in batch_models.items()})
+        scores += batch_scores
+        snapshots += batch_snapshots
+    return scores, snapshots, store
+
+
+SGDS = [Sgd(0.01), Sgd(0.05, "inverse_scaling", 0.5, l2=0.001)]
+
+
+@pytest.mark.parametrize("sgd", SGDS, ids=["local-profile", "inverse-scaling-l2"])
+def test_scoring_in_batches_gives_exactly_what_scoring_one_record_at_a_time_gives(local_preparer, stream_records,
+                                                                                  sgd):
+    pristine = copy.deepcopy(stream_records)
+    scorer = stream_scorer(local_preparer.encoder, sgd, snapshot_every=40)
+    ref_scores, ref_snapshots, ref_models = one_at_a_time(scorer, copy.deepcopy(stream_records))
+    assert len(ref_models) > 10 and len(ref_snapshots) > 10
+    assert len({json.loads(s)["score"] for s in ref_scores}) > 1000
+    for size in (1, 7, 100, len(stream_records)):
+        scores, snapshots, store = in_batches(scorer, stream_records, size)
+        assert scores == ref_scores, size
+        assert snapshots == ref_snapshots, size
+        assert store == {key: model.to_bytes() for key, model in ref_models.items()}, size
+        assert stream_records == pristine  # scoring never changes the records
+
+
+def test_score_batch_uses_the_models_it_is_given_without_loading_them(local_preparer, stream_records):
+    scorer = stream_scorer(local_preparer.encoder, Sgd(0.01), snapshot_every=1000)
+    batch = stream_records[:50]
+    keys = {r.model_key for r in batch}
+    given_key = batch[0].model_key
+    given = scorer.new_model()
+    models = {given_key: given}
+    loads: list[str] = []
+
+    def load(key):
+        loads.append(key)
+        return None
+
+    scorer.score_batch(batch, models, load, NOW)
+    assert given_key not in loads
+    assert Counter(loads) == Counter(keys - {given_key})
+    assert models[given_key] is given
+    assert given.model.updates == sum(1 for r in batch if r.model_key == given_key and r.label is not None)
+
+
+def test_score_batch_of_nothing_loads_nothing():
+    scorer = ModelScorer(NAMES, (), Sgd(0.1), snapshot_every=1, top_reasons=1)
+    models: dict[str, KeyModel] = {}
+    assert scorer.score_batch([], models, lambda key: pytest.fail(f"loaded {key}"), NOW) == ([], [])
+    assert models == {}
+
+
+def test_score_batch_emits_a_snapshot_every_snapshot_every_updates_of_a_key(local_preparer, stream_records):
+    every = 5
+    scorer = stream_scorer(local_preparer.encoder, Sgd(0.01), snapshot_every=every)
+    _, snapshots, store = in_batches(scorer, stream_records, 7)
+    assert all(KeyModel.from_bytes(data).model.rejected_updates == 0 for data in store.values())
+    # Expected from the records alone: the (every * k)-th labelled record of each key triggers one.
+    labelled: dict[str, list[Prepared]] = {}
+    expected = []
+    for record in stream_records:
+        if record.label is not None:
+            labelled.setdefault(record.model_key, []).append(record)
+            count = len(labelled[record.model_key])
+            if count % every == 0:
+                expected.append((record.model_key, count, record.event_time))
+    got = [(s["model_key"], s["model_updates"], s["event_time"]) for s in map(json.loads, snapshots)]
+    assert got == expected
+    assert len(expected) > 200

@@ -1,0 +1,34 @@
+"""Builds the record logic of `udfs/` from a job's settings. No Flink import, so single-process
+tools (the benchmark's baselines, tests) use exactly the objects the job uses."""
+
+from __future__ import annotations
+
+from streaming.config import Settings
+from udfs.cleaning import CleaningRules, MissingPolicy
+from udfs.features import FeatureEncoder
+from udfs.model import Sgd
+from udfs.pipeline import ModelScorer, RecordPreparer
+
+
+def build_preparer(settings: Settings) -> RecordPreparer:
+    cleaning = settings.cleaning
+    rules = CleaningRules(
+        pseudonym_key=settings.pseudonym_key(),
+        channels=frozenset(cleaning.channels),
+        default_currency=cleaning.default_currency,
+        missing={name: MissingPolicy(p.action == "impute", p.value) for name, p in cleaning.missing.items()},
+        max_record_bytes=cleaning.max_record_bytes,
+    )
+    return RecordPreparer(rules, build_encoder(settings, rules), settings.model.key, cleaning.dead_letter_raw_bytes)
+
+
+def build_encoder(settings: Settings, rules: CleaningRules) -> FeatureEncoder:
+    features = settings.features
+    return FeatureEncoder(features.numeric, features.categorical, features.time.hour_of_day,
+                          features.time.day_of_week, rules.policy)
+
+
+def build_scorer(settings: Settings, encoder: FeatureEncoder) -> ModelScorer:
+    model = settings.model
+    sgd = Sgd(model.learning_rate, model.schedule, model.power_t, model.l2)
+    return ModelScorer(encoder.names, encoder.standardized, sgd, model.snapshot_every, model.top_reasons)
