@@ -7,7 +7,11 @@ JAR := build/riskstream-flink.jar
 JAVA_SOURCES := $(wildcard streaming/jvm/riskstream/flink/*.java)
 SAMPLE := data/sample.jsonl
 
-.PHONY: run test unit integration jar clean
+RIVER_VENV := .venv-river
+RIVER_INSTALLED := $(RIVER_VENV)/.installed
+BENCH_ARGS ?=
+
+.PHONY: run test unit integration bench jar clean
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
@@ -21,12 +25,24 @@ unit: $(INSTALLED)
 integration: $(JAR)
 	$(PY) -m pytest -q tests/integration
 
+# Job against single-process River and plain-Python loops; `make bench BENCH_ARGS=--quick` for 100k records.
+bench: $(JAR) $(RIVER_INSTALLED)
+	$(PY) bench/run_bench.py $(BENCH_ARGS)
+
 jar: $(JAR)
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# River needs a newer numpy than PyFlink allows, so it gets its own environment, for the benchmark only.
+$(RIVER_INSTALLED): pyproject.toml | $(INSTALLED)
+	$(PYTHON) -m venv $(RIVER_VENV)
+	$(RIVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RIVER_VENV)/bin/python -m pip install --quiet "river==0.26.1" "orjson>=3.9" "pydantic>=2.5,<3" "pyyaml>=6" "tqdm>=4.60"
+	$(RIVER_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 # Compiled against the jars of the installed PyFlink, so the classes always match its Flink version.
@@ -40,4 +56,4 @@ $(SAMPLE): | $(INSTALLED)
 	$(VENV)/bin/riskstream generate --out $@ --records 200000 --malformed-share 0.02 --drift-at 0.6
 
 clean:
-	rm -rf build out var .pytest_cache
+	rm -rf build out var .pytest_cache $(RIVER_VENV)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -62,6 +63,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, args.overrides)
+    os.environ.setdefault("FLINK_LOG_DIR", str(Path("var/log").resolve()))  # Flink's log, kept in the project
     from streaming.job import OUTPUTS, run_job
     from streaming.outputs import count_file_records, summarize
 

@@ -6,6 +6,7 @@ route what comes back (scores, dead letters, snapshots) to sinks.
 
 from __future__ import annotations
 
+import os
 import site
 import sys
 import time
@@ -68,6 +69,11 @@ def flink_configuration(settings: Settings) -> Configuration:
         "restart-strategy.fixed-delay.attempts": str(flink.restart_attempts),
         "pipeline.jars": ";".join(Path(jar).as_uri() for jar in flink.jars),
         "execution.buffer-timeout": f"{settings.performance.bundling()[2]} ms",
+        # Process mode reaches keyed state through a channel to the JVM; cache each shard's models
+        # on the Python side so a batch does not make one round trip per key.
+        "python.map-state.read-cache-size": "1000000",
+        "python.map-state.write-cache-size": "100000",
+        "python.state.cache-size": "100000",
     }
     for key, value in values.items():
         conf.set_string(key, value)
@@ -207,6 +213,10 @@ def run_job(settings: Settings) -> float:
 
 def start_job(settings: Settings) -> JobClient:
     """Builds the job and starts it without waiting; the client can wait for it or cancel it."""
+    if settings.flink.python_execution_mode == "process":
+        # On a local mini-cluster PyFlink otherwise runs "process" workers as threads of this one
+        # client process ("loopback"), which shares one interpreter lock like thread mode does.
+        os.environ["_python_worker_execution_mode"] = "process"
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
     build_job(env, settings)
     return env.execute_async("riskstream-scoring")

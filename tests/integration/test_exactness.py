@@ -79,3 +79,36 @@ def test_scores_and_final_model_equal_sequential_reference(tmp_path, scoring_job
     assert list(final["weights"]) == ["amount", "a", "b", "c", "d"]
     assert list(final["weights"].values()) == pytest.approx(expected_weights, abs=1e-9)
     assert final["bias"] == pytest.approx(expected_bias, abs=1e-9)
+
+
+def test_out_of_order_and_late_records_are_all_learned_in_arrival_order(tmp_path, scoring_job):
+    """Event times jump back and forth by up to a day; the models must still see each key's records
+    in the order they were read, every one of them."""
+    rng = random.Random(5)
+    stream = exactness_stream(4000, seed=5)
+    categories = ("grocery", "travel", "fuel", "gaming", "jewelry")
+    for position, record in enumerate(stream):
+        record["txn_id"] = f"seq-{position:06d}"  # the arrival position, checked below
+        record["merchant_category"] = rng.choice(categories)
+        record["event_time"] += rng.choice([0, 0, 0, -rng.randint(1, 86_400_000), rng.randint(1, 600_000)])
+    outputs = scoring_job(
+        tmp_path, [json.dumps(r).encode() for r in stream],
+        RAW_FEATURES_PROFILE, f"model.learning_rate={LEARNING_RATE}", "performance.bundle_max_records=97",
+    )
+
+    assert outputs.dead_letters == []
+    scores = {s["txn_id"]: s for s in outputs.scores}
+    assert sorted(scores) == [r["txn_id"] for r in stream]
+    for category in categories:
+        keyed = [r for r in stream if r["merchant_category"] == category]
+        expected_scores, expected_weights, expected_bias = reference_sgd(keyed)
+        labelled_before = 0
+        for record, expected in zip(keyed, expected_scores):
+            score = scores[record["txn_id"]]
+            assert score["model_updates"] == labelled_before, record["txn_id"]
+            assert score["score"] == pytest.approx(expected, abs=1e-9), record["txn_id"]
+            labelled_before += record["is_fraud"] is not None
+        final = max((s for s in outputs.snapshots if s["model_key"] == category), key=lambda s: s["model_updates"])
+        assert final["model_updates"] == labelled_before
+        assert list(final["weights"].values()) == pytest.approx(expected_weights, abs=1e-9)
+        assert final["bias"] == pytest.approx(expected_bias, abs=1e-9)

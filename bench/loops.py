@@ -1,0 +1,101 @@
+"""Single-process baselines for `make bench`: what a user would write instead of a Flink job.
+
+One Python loop reads the file, runs Riskstream's own decode, parse, clean, feature and per-key
+standardization code on every line, then scores and learns with one model per key, either River's
+LogisticRegression with plain SGD (`--learner river`, run in its own virtual environment) or
+Riskstream's exact sequential SGD (`--learner exact`). Scores are written as JSON lines, as the job
+writes them. Prints one JSON object: learner, records, seconds, records_per_second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from streaming.config import load_settings
+from streaming.record_logic import build_preparer, build_scorer
+from udfs.cleaning import SCHEMA_VERSION
+from udfs.model import KeyModel
+
+
+def exact_learner(scorer):
+    models: dict[str, KeyModel] = {}
+
+    def score(record, now_ms):
+        key_model = models.get(record.model_key)
+        if key_model is None:
+            key_model = models[record.model_key] = scorer.new_model()
+        return scorer.score_and_learn(key_model, record, now_ms)[0]
+
+    return score
+
+
+def river_learner(scorer, learning_rate: float):
+    from river import linear_model, optim
+
+    names = scorer.feature_names
+    models: dict[str, tuple] = {}
+
+    def score(record, now_ms):
+        entry = models.get(record.model_key)
+        if entry is None:
+            entry = models[record.model_key] = (
+                scorer.new_model().standardizer,
+                linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=0.0,
+                                                intercept_lr=learning_rate),
+            )
+        standardizer, model = entry
+        values = standardizer.transform(record.values)
+        x = {names[i]: v for i, v in zip(record.indices, values)}
+        p = model.predict_proba_one(x).get(True, 0.0)
+        if record.label is not None:
+            model.learn_one(x, bool(record.label))
+        return orjson.dumps({
+            "schema_version": SCHEMA_VERSION, "txn_id": record.txn_id, "model_key": record.model_key, "score": p,
+            "label": record.label, "event_time": record.event_time, "scored_at": now_ms,
+        }).decode("utf-8")
+
+    return score
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--learner", choices=("exact", "river"), required=True)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--input", required=True, type=Path)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--out", required=True, type=Path, help="where to write the scores (JSON lines)")
+    args = parser.parse_args(argv)
+
+    settings = load_settings(args.config, [f"model.key={args.key}"])
+    preparer = build_preparer(settings)
+    scorer = build_scorer(settings, preparer.encoder)
+    if args.learner == "exact":
+        score = exact_learner(scorer)
+    else:
+        score = river_learner(scorer, settings.model.learning_rate)
+    source = {"file": str(args.input)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    records = 0
+    started = time.perf_counter()
+    with args.input.open("rb") as lines, args.out.open("w", encoding="utf-8") as out:
+        for line in lines:
+            records += 1
+            now_ms = time.time_ns() // 1_000_000
+            result = preparer.prepare_raw(line.rstrip(b"\n"), {**source, "line": records}, now_ms)
+            if not isinstance(result, str):
+                result = score(result, now_ms)
+            out.write(result)
+            out.write("\n")
+    seconds = time.perf_counter() - started
+    print(orjson.dumps({"learner": args.learner, "key": args.key, "records": records, "seconds": seconds,
+                        "records_per_second": records / seconds}).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""`make bench`: the scoring job against single-process Python baselines, on one generated file.
+
+Runs, in one invocation and on the same file (1,000,000 transactions; 100,000 with --quick):
+  job, 20 keys      the Riskstream job as `riskstream run` runs it (conf/bench.yaml), keyed by
+                    merchant_category;
+  job, 100k+ keys   the same, keyed by the pseudonymized account_id;
+  River loop        River's LogisticRegression (plain SGD, same rate), one model per key, in one Python
+                    process using Riskstream's decode, clean and feature code (own virtual environment);
+  Python loop       the same loop with Riskstream's exact sequential SGD.
+Prints a table and writes out/bench.json. Job records/s count from the first score written to the last
+(scored_at); job_wall_s is the whole run, start-up included. checkpoint_ms is the median checkpoint
+duration and state_bytes_per_key the last checkpoint's size divided by the number of keys (both from
+Flink's log); peak_rss_mb is the largest summed RSS of the job's whole process tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+PROFILE = PROJECT / "conf" / "bench.yaml"
+OUT = PROJECT / "out"
+CHECKPOINT_LINE = re.compile(r"Completed checkpoint \d+ for job \w+ \((\d+) bytes, checkpointDuration=(\d+) ms")
+
+
+def ensure_input(records: int) -> Path:
+    path = PROJECT / "data" / f"bench-{records}.jsonl"
+    if not path.exists():
+        subprocess.run([str(PROJECT / ".venv/bin/riskstream"), "generate", "--out", str(path), "--records",
+                        str(records), "--accounts", "200000", "--seed", "3"], check=True)
+    return path
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Summed resident memory of `root` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def run_job(name: str, data: Path, key: str) -> dict:
+    work = OUT / "bench" / name
+    log_dir = work / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for old in log_dir.glob("*.log"):
+        old.unlink()
+    command = [str(PROJECT / ".venv/bin/riskstream"), "run", "--config", str(PROFILE),
+               "--set", f"source.paths=['{data}']", "--set", f"output.path={work}", "--set", f"model.key={key}"]
+    env = {**os.environ, "FLINK_LOG_DIR": str(log_dir)}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss_bytes(process.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = process.communicate()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"job {name} failed:\n{output[-3000:]}")
+    first, last, scored, keys = None, None, 0, set()
+    for part in (work / "scores").iterdir():
+        if part.name.startswith("."):
+            continue
+        with part.open("rb") as lines:
+            for line in lines:
+                score = json.loads(line)
+                scored += 1
+                keys.add(score["model_key"])
+                at = score["scored_at"]
+                first = at if first is None else min(first, at)
+                last = at if last is None else max(last, at)
+    checkpoints = [(int(size), int(ms)) for log in log_dir.glob("*.log")
+                   for size, ms in CHECKPOINT_LINE.findall(log.read_text(errors="replace"))]
+    return {
+        "records_per_second": scored / ((last - first) / 1000),
+        "wall_s": wall,
+        "scored": scored,
+        "keys": len(keys),
+        "checkpoints": len(checkpoints),
+        "checkpoint_ms": statistics.median(ms for _, ms in checkpoints) if checkpoints else None,
+        "state_bytes_per_key": checkpoints[-1][0] / len(keys) if checkpoints else None,
+        "peak_rss_mb": peak / 2**20,
+    }
+
+
+def run_loop(python: Path, learner: str, data: Path, key: str) -> dict:
+    out = OUT / "bench" / f"loop-{learner}-{key}.jsonl"
+    result = subprocess.run([str(python), str(PROJECT / "bench/loops.py"), "--learner", learner, "--config",
+                             str(PROFILE), "--input", str(data), "--key", key, "--out", str(out)],
+                            check=True, capture_output=True, text=True, cwd=PROJECT)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Riskstream benchmark")
+    parser.add_argument("--quick", action="store_true", help="100,000 transactions instead of 1,000,000")
+    args = parser.parse_args()
+    data = ensure_input(100_000 if args.quick else 1_000_000)
+    river_python = PROJECT / ".venv-river/bin/python"
+    exact_python = PROJECT / ".venv/bin/python"
+
+    print(f"benchmark on {data.name}", flush=True)
+    job20 = run_job("job-20-keys", data, "merchant_category")
+    print(f"  job, merchant_category keys: {job20['records_per_second']:,.0f} records/s", flush=True)
+    job100k = run_job("job-account-keys", data, "account_id")
+    print(f"  job, account_id keys: {job100k['records_per_second']:,.0f} records/s", flush=True)
+    river20 = run_loop(river_python, "river", data, "merchant_category")
+    river100k = run_loop(river_python, "river", data, "account_id")
+    loop20 = run_loop(exact_python, "exact", data, "merchant_category")
+    loop100k = run_loop(exact_python, "exact", data, "account_id")
+
+    results = {
+        "records": job20["scored"],
+        "job_rps_20_keys": job20["records_per_second"],
+        "job_rps_100k_keys": job100k["records_per_second"],
+        "keys_20": job20["keys"],
+        "keys_100k": job100k["keys"],
+        "river_rps": river20["records_per_second"],
+        "river_rps_100k_keys": river100k["records_per_second"],
+        "python_loop_rps": loop20["records_per_second"],
+        "python_loop_rps_100k_keys": loop100k["records_per_second"],
+        "ratio_vs_river": job20["records_per_second"] / river20["records_per_second"],
+        "ratio_vs_river_100k_keys": job100k["records_per_second"] / river100k["records_per_second"],
+        "ratio_vs_python_loop": job20["records_per_second"] / loop20["records_per_second"],
+        "job_wall_s": job20["wall_s"],
+        "job_wall_s_100k_keys": job100k["wall_s"],
+        "state_bytes_per_key": job100k["state_bytes_per_key"],
+        "checkpoint_ms": job20["checkpoint_ms"],
+        "checkpoint_ms_100k_keys": job100k["checkpoint_ms"],
+        "peak_rss_mb": job20["peak_rss_mb"],
+        "peak_rss_mb_100k_keys": job100k["peak_rss_mb"],
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    rows = [
+        ("Riskstream job", job20["records_per_second"], job100k["records_per_second"]),
+        ("River loop (one process)", river20["records_per_second"], river100k["records_per_second"]),
+        ("Python loop, exact SGD (one process)", loop20["records_per_second"], loop100k["records_per_second"]),
+    ]
+    print(f"\n{'records/s':<38}{str(job20['keys']) + ' keys':>14}{format(job100k['keys'], ',') + ' keys':>16}")
+    for name, small, large in rows:
+        print(f"{name:<38}{small:>14,.0f}{large:>16,.0f}")
+    print(f"{'job / River':<38}{results['ratio_vs_river']:>14.2f}{results['ratio_vs_river_100k_keys']:>16.2f}")
+    print(f"{'job / Python loop':<38}{results['ratio_vs_python_loop']:>14.2f}"
+          f"{job100k['records_per_second'] / loop100k['records_per_second']:>16.2f}")
+    print(f"{'job wall time, start-up included (s)':<38}{job20['wall_s']:>14.1f}{job100k['wall_s']:>16.1f}")
+    print(f"{'median checkpoint (ms)':<38}{job20['checkpoint_ms'] or 0:>14.0f}{job100k['checkpoint_ms'] or 0:>16.0f}")
+    print(f"{'state bytes per key (last checkpoint)':<38}{job20['state_bytes_per_key'] or 0:>14,.0f}"
+          f"{job100k['state_bytes_per_key'] or 0:>16,.0f}")
+    print(f"{'peak RSS, whole process tree (MB)':<38}{job20['peak_rss_mb']:>14,.0f}{job100k['peak_rss_mb']:>16,.0f}")
+    print(f"\nwritten to {OUT / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
