@@ -174,7 +174,8 @@ class PerformanceSettings(_Settings):
     `buffer_timeout_ms`. The two modes set all three (throughput: 2000 / 200 ms / 100 ms;
     low_latency: 16 / 5 ms / 5 ms); a value given here wins over the mode's. Model keys are hashed
     into `shards` groups, each scored by one Python call per bundle; changing `shards` needs fresh
-    state, like `flink.max_parallelism`.
+    state, like `flink.max_parallelism`. `parallel_prepare` is off in low_latency mode because a
+    numbered bundle sends a batch to every shard, too many for bundles of a few records.
     """
 
     mode: Literal["throughput", "low_latency"] = "throughput"
@@ -182,6 +183,14 @@ class PerformanceSettings(_Settings):
     bundle_max_delay_ms: int | None = Field(default=None, ge=0, le=60_000)
     buffer_timeout_ms: int | None = Field(default=None, ge=0, le=60_000)
     shards: int = Field(default=32, ge=1, le=4096)
+    # Spread bundles over all parallel workers for decoding, cleaning and features, and restore
+    # each shard's order before scoring. Worth it when one source subtask reads most of the input
+    # (one file) and bundles are large; needs aligned checkpoints (Flink's default).
+    parallel_prepare: bool | None = None  # None: True in throughput mode, False in low_latency
+
+    def spreads_bundles(self) -> bool:
+        """Whether bundles are numbered and spread over all preparing workers."""
+        return self.parallel_prepare if self.parallel_prepare is not None else self.mode == "throughput"
 
     def bundling(self) -> tuple[int, int, int]:
         """(bundle_max_records, bundle_max_delay_ms, buffer_timeout_ms) after applying the mode."""

@@ -7,6 +7,7 @@ route what comes back (scores, dead letters, snapshots) to sinks.
 from __future__ import annotations
 
 import os
+import pickle
 import site
 import sys
 import time
@@ -35,6 +36,7 @@ from pyflink.java_gateway import get_gateway
 from streaming.config import Settings
 from streaming.record_logic import build_preparer, build_scorer
 from udfs.model import KeyModel
+from udfs.ordering import BundleSequencer, split_bundle_header
 from udfs.pipeline import ModelScorer, RecordPreparer
 
 # The final watermark of a bounded input; a timer here fires only when the input has ended.
@@ -57,6 +59,7 @@ def flink_configuration(settings: Settings) -> Configuration:
     values = {
         "execution.runtime-mode": "STREAMING",  # BATCH would sort by key and break arrival order
         "parallelism.default": str(flink.parallelism),
+        "taskmanager.numberOfTaskSlots": str(2 * flink.parallelism),  # preparing and scoring groups
         "pipeline.max-parallelism": str(flink.max_parallelism),
         "python.execution-mode": flink.python_execution_mode,
         "python.executable": sys.executable,
@@ -69,6 +72,10 @@ def flink_configuration(settings: Settings) -> Configuration:
         "restart-strategy.fixed-delay.attempts": str(flink.restart_attempts),
         "pipeline.jars": ";".join(Path(jar).as_uri() for jar in flink.jars),
         "execution.buffer-timeout": f"{settings.performance.bundling()[2]} ms",
+        # Our elements are already bundles of records: let a Python worker hold only a few at a
+        # time, so a checkpoint (which waits for the worker to finish them) stays short.
+        "python.fn-execution.bundle.size": "64",
+        "python.fn-execution.bundle.time": str(max(1, settings.performance.bundling()[1])),
         # Process mode reaches keyed state through a channel to the JVM; cache each shard's models
         # on the Python side so a batch does not make one round trip per key.
         "python.map-state.read-cache-size": "1000000",
@@ -81,51 +88,79 @@ def flink_configuration(settings: Settings) -> Configuration:
 
 
 class PrepareBundle(ProcessFunction):
-    """Decode, parse, clean and encode a bundle of records; emits (shard, records of that shard in
-    arrival order) per shard, and the bundle's dead letters, as JSON lines, to DEAD_LETTERS."""
+    """Decode, parse, clean and encode a bundle of records; emits (shard, pickled list of that
+    shard's records in arrival order) per shard, and the bundle's dead letters, as JSON lines, to
+    DEAD_LETTERS."""
 
     def __init__(self, preparer: RecordPreparer, shards: int):
         self.preparer = preparer
         self.shards = shards
 
     def process_element(self, bundle, ctx):
-        by_shard, dead_letters = self.preparer.prepare_bundle(bundle, self.shards, now_ms())
+        stream, seq, records = split_bundle_header(bundle)
+        by_shard, dead_letters = self.preparer.prepare_bundle(records, self.shards, now_ms())
         if dead_letters:
             yield DEAD_LETTERS, "\n".join(dead_letters)
-        yield from by_shard.items()
+        # A numbered bundle gives every shard a batch, even an empty one, so that each shard can
+        # tell an empty batch from one still on its way (see udfs/ordering.py).
+        shards = range(self.shards) if stream is not None else by_shard
+        for shard in shards:
+            batch = (stream, seq, by_shard.get(shard, []))
+            # Pickled here with the standard pickler: PyFlink's own (cloudpickle) is several
+            # times slower on many small tuples.
+            yield shard, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class ScoreShard(KeyedProcessFunction):
-    """The models of one shard's keys in keyed map state (model key -> model bytes). Each batch is
-    scored record by record in arrival order; snapshots go to SNAPSHOTS."""
+    """The models of one shard's keys, in keyed map state (model key -> model bytes). Each batch
+    is scored record by record in arrival order; snapshots go to SNAPSHOTS.
+
+    Keyed state is the only record of a model; the worker also keeps each shard's models in
+    memory, because reading state key by key costs a round trip to the JVM per record in process
+    mode. That copy is loaded whole from state the first time the worker sees the shard (after a
+    start or a restore) and written through on every update, so it always equals the state.
+    """
 
     def __init__(self, scorer: ModelScorer):
         self.scorer = scorer
         self.models = None
+        self.shard_models: dict[int, dict[str, KeyModel]] = {}
+        self.sequencer = BundleSequencer()
 
     def open(self, runtime_context: RuntimeContext):
         self.models = runtime_context.get_map_state(
             MapStateDescriptor("models", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
+        self.shard_models = {}
+        self.sequencer = BundleSequencer()
 
     def process_element(self, shard_batch, ctx):
-        _, records = shard_batch
-        batch_models: dict[str, KeyModel] = {}
-        scores, snapshots = self.scorer.score_batch(records, batch_models, self._load, now_ms())
-        for key, model in batch_models.items():  # not put_all: PyFlink 2.2's is broken in both modes
-            self.models.put(key, model.to_bytes())
+        shard, pickled_batch = shard_batch
+        stream, seq, records = pickle.loads(pickled_batch)
+        batches = [records] if stream is None else self.sequencer.release(shard, stream, seq, records)
+        cached = self._models_of(shard)
+        for records in batches:
+            batch_models: dict[str, KeyModel] = {}
+            scores, snapshots = self.scorer.score_batch(records, batch_models, cached.get, now_ms())
+            for key, model in batch_models.items():  # not put_all: PyFlink 2.2's is broken in both modes
+                self.models.put(key, model.to_bytes())
+            cached.update(batch_models)
+            if scores:
+                yield "\n".join(scores)
+            if snapshots:
+                yield SNAPSHOTS, "\n".join(snapshots)
         ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # final snapshots (deduplicated)
-        yield "\n".join(scores)
-        if snapshots:
-            yield SNAPSHOTS, "\n".join(snapshots)
 
-    def _load(self, model_key: str) -> KeyModel | None:
-        data = self.models.get(model_key)
-        return None if data is None else KeyModel.from_bytes(data)
+    def _models_of(self, shard: int) -> dict[str, KeyModel]:
+        cached = self.shard_models.get(shard)
+        if cached is None:
+            cached = {key: KeyModel.from_bytes(data) for key, data in self.models.items()}
+            self.shard_models[shard] = cached
+        return cached
 
     def on_timer(self, timestamp, ctx):
-        snapshots = [self.scorer.snapshot(KeyModel.from_bytes(data), key) for key, data in self.models.items()]
-        if snapshots:
-            yield SNAPSHOTS, "\n".join(snapshots)
+        models = self._models_of(ctx.get_current_key())
+        if models:
+            yield SNAPSHOTS, "\n".join(self.scorer.snapshot(model, key) for key, model in models.items())
 
 
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
@@ -136,11 +171,15 @@ def java_operator(stream: DataStream, name: str, build) -> DataStream:
 
 
 def bundled(stream: DataStream, settings: Settings) -> DataStream:
-    """Records joined into newline-separated bundles (see RecordBundler.java)."""
+    """Records joined into newline-separated bundles (see RecordBundler.java). With
+    `performance.parallel_prepare` the bundles are numbered and spread over all parallel
+    preparing workers; otherwise each stays with the worker of the source that read it."""
     max_records, max_delay_ms, _ = settings.performance.bundling()
+    sequenced = settings.performance.spreads_bundles()
     string_type = Types.STRING().get_java_type_info()
-    return java_operator(stream, "bundle-records", lambda j, jvm: j.transform(
-        "bundle-records", string_type, jvm.riskstream.flink.RecordBundler(max_records, max_delay_ms)))
+    bundles = java_operator(stream, "bundle-records", lambda j, jvm: j.transform(
+        "bundle-records", string_type, jvm.riskstream.flink.RecordBundler(max_records, max_delay_ms, sequenced)))
+    return bundles.rebalance() if sequenced else bundles
 
 
 def split_lines(stream: DataStream, name: str) -> DataStream:
@@ -195,6 +234,8 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .process(ScoreShard(scorer), output_type=Types.STRING())
         .name("score-and-learn")
         .uid("score-and-learn")
+        # Its own slots, so in process mode scoring gets Python workers apart from preparing.
+        .slot_sharing_group("scoring")
     )
     output = Path(settings.output.path)
     output_bundles = (scored, prepared.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))

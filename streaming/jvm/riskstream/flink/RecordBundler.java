@@ -17,6 +17,12 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * end of input. Because nothing is held across a checkpoint, the operator needs no state, and a
  * record is never delayed by more than {@code maxDelayMs} plus the time to process what is before
  * it. Records are never reordered, dropped or changed.
+ *
+ * <p>When {@code sequenced}, every bundle starts with a header line {@code #<stream>:<seq>}: the
+ * stream names this operator instance in this run (its subtask index and a random id drawn when it
+ * starts, so a restarted job never continues an old stream) and seq counts its bundles from 0. That
+ * lets bundles be spread over several parallel workers and put back in order afterwards (see
+ * udfs/ordering.py). No bundle is pending at a checkpoint, so the numbering needs no state.
  */
 public final class RecordBundler extends AbstractStreamOperator<String>
         implements OneInputStreamOperator<String, String>, BoundedOneInput, ProcessingTimeCallback {
@@ -24,18 +30,21 @@ public final class RecordBundler extends AbstractStreamOperator<String>
     private static final long serialVersionUID = 1L;
     private final int maxRecords;
     private final long maxDelayMs;
+    private final boolean sequenced;
+    private transient String stream;
     private transient StringBuilder bundle;
     private transient int count;
     // Identifies the bundle a timer was set for, so a timer of an already emitted bundle does nothing.
     private transient long bundleNumber;
     private transient long timerBundleNumber;
 
-    public RecordBundler(int maxRecords, long maxDelayMs) {
+    public RecordBundler(int maxRecords, long maxDelayMs, boolean sequenced) {
         if (maxRecords < 1 || maxDelayMs < 0) {
             throw new IllegalArgumentException("maxRecords must be >= 1 and maxDelayMs >= 0");
         }
         this.maxRecords = maxRecords;
         this.maxDelayMs = maxDelayMs;
+        this.sequenced = sequenced;
     }
 
     @Override
@@ -43,12 +52,16 @@ public final class RecordBundler extends AbstractStreamOperator<String>
         super.open();
         bundle = new StringBuilder(1 << 16);
         timerBundleNumber = -1;
+        stream = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask() + "-"
+                + Long.toHexString(new java.security.SecureRandom().nextLong());
     }
 
     @Override
     public void processElement(StreamRecord<String> element) throws Exception {
         if (count > 0) {
             bundle.append('\n');
+        } else if (sequenced) {
+            bundle.append('#').append(stream).append(':').append(bundleNumber).append('\n');
         }
         bundle.append(element.getValue());
         count++;
