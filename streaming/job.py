@@ -76,11 +76,8 @@ def flink_configuration(settings: Settings) -> Configuration:
         # time, so a checkpoint (which waits for the worker to finish them) stays short.
         "python.fn-execution.bundle.size": "64",
         "python.fn-execution.bundle.time": str(max(1, settings.performance.bundling()[1])),
-        # Process mode reaches keyed state through a channel to the JVM; cache each shard's models
-        # on the Python side so a batch does not make one round trip per key.
-        "python.map-state.read-cache-size": "1000000",
-        "python.map-state.write-cache-size": "100000",
-        "python.state.cache-size": "100000",
+        # Process mode sends keyed-state writes to the JVM in batches of this many.
+        "python.map-state.write-cache-size": "10000",
     }
     for key, value in values.items():
         conf.set_string(key, value)
