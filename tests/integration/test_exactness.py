@@ -49,13 +49,17 @@ def reference_sgd(stream: list[dict]) -> tuple[list[float], list[float], float]:
     return scores, weights, bias
 
 
-@pytest.mark.parametrize("parallelism, mode", [(1, "throughput"), (2, "throughput"), (2, "low_latency")])
-def test_scores_and_final_model_equal_sequential_reference(tmp_path, scoring_job, parallelism, mode):
+@pytest.mark.parametrize("parallelism, mode, python", [
+    (1, "throughput", "process"), (2, "throughput", "process"), (2, "low_latency", "process"),
+    (2, "throughput", "thread"),
+])
+def test_scores_and_final_model_equal_sequential_reference(tmp_path, scoring_job, parallelism, mode, python):
     stream = exactness_stream(3000, seed=parallelism)
     outputs = scoring_job(
         tmp_path, [json.dumps(r).encode() for r in stream],
         RAW_FEATURES_PROFILE, f"model.learning_rate={LEARNING_RATE}", "model.schedule=constant", "model.l2=0",
         f"flink.parallelism={parallelism}", "model.snapshot_every=1000", f"performance.mode={mode}",
+        f"flink.python_execution_mode={python}",
     )
     expected_scores, expected_weights, expected_bias = reference_sgd(stream)
 
