@@ -11,19 +11,38 @@ RIVER_VENV := .venv-river
 RIVER_INSTALLED := $(RIVER_VENV)/.installed
 BENCH_ARGS ?=
 
-.PHONY: run test unit integration bench jar clean
+KAFKA_LIBS := build/kafka-libs/.resolved
+
+.PHONY: run test unit integration bench jar kafka-libs kafka-up kafka-down clean
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
 
-test: $(JAR)
-	$(PY) -m pytest -q
+# Starts the project's Kafka broker (or reuses a running one), runs the suite, stops the broker.
+test: $(JAR) $(KAFKA_LIBS)
+	kafka/kafka.sh up
+	$(PY) -m pytest -q; status=$$?; kafka/kafka.sh down; exit $$status
 
 unit: $(INSTALLED)
 	$(PY) -m pytest -q tests/unit
 
-integration: $(JAR)
-	$(PY) -m pytest -q tests/integration
+integration: $(JAR) $(KAFKA_LIBS)
+	kafka/kafka.sh up
+	$(PY) -m pytest -q tests/integration; status=$$?; kafka/kafka.sh down; exit $$status
+
+kafka-up: $(KAFKA_LIBS)
+	kafka/kafka.sh up
+
+kafka-down:
+	kafka/kafka.sh down
+
+kafka-libs: $(KAFKA_LIBS)
+
+# The broker's classes, resolved from Maven Central by kafka/pom.xml.
+$(KAFKA_LIBS): kafka/pom.xml
+	rm -rf build/kafka-libs
+	cd kafka && mvn -q -B dependency:copy-dependencies -DoutputDirectory=../build/kafka-libs
+	touch $@
 
 # Job against single-process River and plain-Python loops; `make bench BENCH_ARGS=--quick` for 100k records.
 bench: $(JAR) $(RIVER_INSTALLED)

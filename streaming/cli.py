@@ -29,10 +29,36 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one setting, e.g. --set model.learning_rate=0.05 (repeatable)")
 
+    def with_config(command):
+        command.add_argument("--config", type=Path, default=Path("conf/kafka.yaml"), help="profile (default conf/kafka.yaml)")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        return command
+
+    with_config(commands.add_parser("topics", help="create the project's Kafka topics (idempotent)"))
+
+    produce = with_config(commands.add_parser("produce", help="send transactions to the transactions topic"))
+    what = produce.add_mutually_exclusive_group(required=True)
+    what.add_argument("--file", type=Path, help="a JSON-lines file to send, one message per line")
+    what.add_argument("--generate", type=int, metavar="N", help="send N generated transactions")
+    produce.add_argument("--seed", type=int, default=7)
+    produce.add_argument("--accounts", type=int, default=50_000)
+    produce.add_argument("--malformed-share", type=float, default=0.0)
+    produce.add_argument("--rate", type=float, default=None, help="records per second (default: as fast as possible)")
+    produce.add_argument("--no-key", action="store_true", help="do not key messages by the normalized model key")
+    produce.add_argument("--topic", default=None, help="another topic than kafka.transactions_topic")
+
+    tail = with_config(commands.add_parser("tail", help="print a topic's committed records (read_committed)"))
+    tail.add_argument("topic")
+    tail.add_argument("--from-latest", action="store_true", help="only records that arrive from now on")
+    tail.add_argument("--max", type=int, default=None, help="stop after this many records")
+    tail.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without records")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command in ("topics", "produce", "tail"):
+            return _kafka_command(args)
         return _run(args)
     except ConfigError as error:
         print(f"riskstream: configuration error: {error}", file=sys.stderr)
@@ -58,6 +84,34 @@ def _generate(args: argparse.Namespace) -> int:
             out.write(line + b"\n")
     partial.replace(args.out)  # a crash never leaves a half-written stream under the real name
     print(f"wrote {args.records:,} transactions to {args.out}")
+    return 0
+
+
+def _kafka_command(args: argparse.Namespace) -> int:
+    from streaming import kafka_tools
+
+    settings = load_settings(args.config, args.overrides)
+    if args.command == "topics":
+        created = kafka_tools.create_topics(settings)
+        print(f"topics: created {', '.join(created) or 'none'}; all of {', '.join(settings.kafka.topics())} exist")
+        return 0
+    if args.command == "tail":
+        for partition, offset, key, value in kafka_tools.tail(settings, args.topic, not args.from_latest, args.max,
+                                                              args.idle_timeout):
+            shown_key = key.decode("utf-8", "backslashreplace") if key is not None else ""
+            print(f"{partition}:{offset}\t{shown_key}\t{value.decode('utf-8', 'backslashreplace')}", flush=True)
+        return 0
+    if args.file is not None:
+        lines, total = kafka_tools.lines_of(args.file), None
+    else:
+        from udfs.generator import GeneratorSettings, generate
+
+        lines = generate(GeneratorSettings(records=args.generate, seed=args.seed, accounts=args.accounts,
+                                           malformed_share=args.malformed_share))
+        total = args.generate
+    key_field = None if args.no_key else settings.model.key
+    sent = kafka_tools.produce(settings, lines, total, args.rate, key_field, args.topic)
+    print(f"produced {sent:,} records to {args.topic or settings.kafka.transactions_topic}")
     return 0
 
 

@@ -70,6 +70,43 @@ class MissingValue(_Settings):
     value: str | float | int | None = None
 
 
+KAFKA_PROPERTY_ENV_PREFIX = "RISKSTREAM_KAFKA__"
+
+
+class KafkaSettings(_Settings):
+    """The Kafka cluster, topics and delivery settings shared by the job and the CLI tools.
+
+    `properties` are extra client properties (e.g. security.protocol, sasl.mechanism,
+    sasl.jaas.config, ssl.truststore.location) given to every producer, consumer and admin client
+    and to Flink's Kafka connector. Environment variables RISKSTREAM_KAFKA__<NAME> add or override
+    them (NAME upper case with '.' written as '_': RISKSTREAM_KAFKA__SASL_JAAS_CONFIG is
+    sasl.jaas.config). Their values are secret: never printed or logged.
+    """
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    transactions_topic: str = "transactions"
+    scores_topic: str = "risk-scores"
+    dead_letters_topic: str = "dead-letters"
+    snapshots_topic: str = "model-snapshots"
+    partitions: PositiveInt = 3
+    replication_factor: PositiveInt = 1
+    # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
+    max_message_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024)
+    properties: dict[str, SecretStr] = Field(default_factory=dict)
+
+    def client_properties(self) -> dict[str, str]:
+        """bootstrap.servers plus `properties` plus the environment's overrides (secret values)."""
+        merged = {"bootstrap.servers": self.bootstrap_servers}
+        merged.update({name: value.get_secret_value() for name, value in self.properties.items()})
+        for name, value in os.environ.items():
+            if name.startswith(KAFKA_PROPERTY_ENV_PREFIX):
+                merged[name[len(KAFKA_PROPERTY_ENV_PREFIX):].lower().replace("_", ".")] = value
+        return merged
+
+    def topics(self) -> tuple[str, ...]:
+        return (self.transactions_topic, self.scores_topic, self.dead_letters_topic, self.snapshots_topic)
+
+
 class CleaningSettings(_Settings):
     max_record_bytes: int = Field(default=65536, ge=64, le=16 * 1024 * 1024)
     # How much of a rejected record's bytes a dead letter keeps when the record is over the cap.
@@ -225,6 +262,7 @@ class Settings(_Settings):
     features: FeatureSettings
     model: ModelSettings = ModelSettings()
     checkpointing: CheckpointSettings = CheckpointSettings()
+    kafka: KafkaSettings = KafkaSettings()
     performance: PerformanceSettings = PerformanceSettings()
     flink: FlinkSettings = FlinkSettings()
 

@@ -1,0 +1,140 @@
+"""`riskstream topics`, `produce` and `tail`: the project's Kafka tools, on confluent-kafka.
+
+Every client gets `settings.kafka.client_properties()` (security settings included) and the
+configured message size limit; property values are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from streaming.config import Settings
+from udfs.cleaning import normalize_categorical
+
+
+def create_topics(settings: Settings) -> list[str]:
+    """Creates the project's topics with the configured partitions; existing ones are left as they
+    are. Returns the names it created."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    kafka = settings.kafka
+    admin = AdminClient(kafka.client_properties())
+    wanted = [NewTopic(name, kafka.partitions, kafka.replication_factor,
+                       config={"max.message.bytes": str(kafka.max_message_bytes)}) for name in kafka.topics()]
+    created = []
+    for name, future in admin.create_topics(wanted, request_timeout=30).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+def partition_key(line: bytes, key_field: str) -> bytes | None:
+    """The normalized model key of a raw transaction line, as the message key, so that all of a
+    key's records share a partition and keep their order; None when the line has none (bad JSON,
+    a missing or non-string field): such a record still goes to the job, which dead-letters it."""
+    try:
+        value = json.loads(line).get(key_field)
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return normalize_categorical(key_field, value).encode("utf-8")
+
+
+def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate: float | None,
+            key_field: str | None, topic: str | None = None) -> int:
+    """Sends each line as one message (idempotent producer, acks=all), keyed by `partition_key`
+    unless `key_field` is None, at about `rate` messages/s (None: as fast as possible), with a
+    progress bar on stderr. Returns how many were acknowledged; raises if any delivery failed."""
+    from confluent_kafka import Producer
+    from tqdm import tqdm
+
+    producer = Producer({
+        **settings.kafka.client_properties(),
+        "enable.idempotence": True,  # retries never duplicate or reorder a partition's records
+        "acks": "all",
+        "linger.ms": 5,
+        "message.max.bytes": settings.kafka.max_message_bytes,
+    })
+    topic = topic or settings.kafka.transactions_topic
+    failures: list[str] = []
+    delivered = 0
+
+    def on_delivery(error, _message):
+        nonlocal delivered
+        if error is not None:
+            failures.append(str(error))
+        else:
+            delivered += 1
+
+    started = time.perf_counter()
+    with tqdm(total=total, unit=" records", mininterval=0.5, file=sys.stderr) as progress:
+        for sent, line in enumerate(lines, 1):
+            key = partition_key(line, key_field) if key_field else None
+            while True:
+                try:
+                    producer.produce(topic, value=line, key=key, on_delivery=on_delivery)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    producer.poll(0.05)
+            producer.poll(0)
+            progress.update(1)
+            if rate:
+                ahead = sent / rate - (time.perf_counter() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush()
+    if failures:
+        raise RuntimeError(f"{len(failures)} records were not delivered; first: {failures[0]}")
+    return delivered
+
+
+def tail(settings: Settings, topic: str, from_beginning: bool, max_records: int | None,
+         idle_timeout_s: float | None) -> Iterator[tuple[int, int, bytes | None, bytes]]:
+    """(partition, offset, key, value) of the topic's committed records (read_committed), until
+    `max_records` were read or nothing arrived for `idle_timeout_s` (None: follow forever)."""
+    from confluent_kafka import Consumer, KafkaException
+
+    consumer = Consumer({
+        **settings.kafka.client_properties(),
+        "group.id": f"riskstream-tail-{uuid.uuid4()}",
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "enable.auto.commit": False,
+        "fetch.max.bytes": settings.kafka.max_message_bytes * 4,
+        "max.partition.fetch.bytes": settings.kafka.max_message_bytes,
+    })
+    consumer.subscribe([topic])
+    read = 0
+    last_record = time.monotonic()
+    try:
+        while max_records is None or read < max_records:
+            message = consumer.poll(0.5)
+            if message is None:
+                if idle_timeout_s is not None and time.monotonic() - last_record > idle_timeout_s:
+                    return
+                continue
+            if message.error():
+                raise KafkaException(message.error())
+            read += 1
+            last_record = time.monotonic()
+            yield message.partition(), message.offset(), message.key(), message.value()
+    finally:
+        consumer.close()
+
+
+def lines_of(path: Path) -> Iterator[bytes]:
+    """The records of a JSON-lines file, as the file source reads them (without newlines)."""
+    with path.open("rb") as records:
+        for line in records:
+            yield line[:-1] if line.endswith(b"\n") else line

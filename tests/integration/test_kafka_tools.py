@@ -1,0 +1,66 @@
+"""`topics`, `produce` and `tail` against the project's real Kafka broker (started by `make test`)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+
+import pytest
+
+from streaming import kafka_tools
+from streaming.config import load_settings
+from tests.integration.conftest import PROJECT
+from udfs.cleaning import normalize_categorical
+from udfs.generator import GeneratorSettings, generate
+
+
+@pytest.fixture
+def kafka_settings():
+    run = uuid.uuid4().hex[:8]
+    return load_settings(PROJECT / "conf" / "kafka.yaml", [
+        f"kafka.transactions_topic=tx-{run}", f"kafka.scores_topic=scores-{run}",
+        f"kafka.dead_letters_topic=dead-{run}", f"kafka.snapshots_topic=snap-{run}",
+    ])
+
+
+def test_topics_are_created_once_with_the_configured_partitions(kafka_settings):
+    from confluent_kafka.admin import AdminClient
+
+    assert sorted(kafka_tools.create_topics(kafka_settings)) == sorted(kafka_settings.kafka.topics())
+    assert kafka_tools.create_topics(kafka_settings) == []
+    metadata = AdminClient(kafka_settings.kafka.client_properties()).list_topics(timeout=10)
+    for topic in kafka_settings.kafka.topics():
+        assert len(metadata.topics[topic].partitions) == 3
+
+
+def test_produced_records_are_read_back_once_each_in_key_order(kafka_settings):
+    kafka_tools.create_topics(kafka_settings)
+    lines = list(generate(GeneratorSettings(records=3000, seed=21, malformed_share=0.05)))
+    sent = kafka_tools.produce(kafka_settings, lines, len(lines), rate=None, key_field="merchant_category")
+    assert sent == len(lines)
+
+    received = list(kafka_tools.tail(kafka_settings, kafka_settings.kafka.transactions_topic, True, len(lines), 20))
+    assert sorted(value for _, _, _, value in received) == sorted(lines)
+
+    partitions_of_key = defaultdict(set)
+    order_in_partition = defaultdict(list)
+    for partition, offset, key, value in sorted(received, key=lambda r: (r[0], r[1])):
+        order_in_partition[partition].append(value)
+        if key is not None:
+            assert key.decode() == normalize_categorical(
+                "merchant_category", json.loads(value)["merchant_category"])
+            partitions_of_key[key].add(partition)
+    assert all(len(partitions) == 1 for partitions in partitions_of_key.values())
+    assert len(partitions_of_key) == 20
+    positions_of = defaultdict(list)  # some malformed lines (empty ones) repeat
+    for position, line in enumerate(lines):
+        positions_of[line].append(position)
+    for partition, values in order_in_partition.items():
+        keyed = [v for v in values if partition_key_of(v) is not None]
+        positions = [positions_of[v][0] for v in keyed if len(positions_of[v]) == 1]
+        assert positions == sorted(positions), f"partition {partition} is out of production order"
+
+
+def partition_key_of(line: bytes):
+    return kafka_tools.partition_key(line, "merchant_category")
