@@ -12,6 +12,9 @@ RIVER_INSTALLED := $(RIVER_VENV)/.installed
 BENCH_ARGS ?=
 
 KAFKA_LIBS := build/kafka-libs/.resolved
+FLINK_KAFKA := build/flink-jars/.resolved
+KAFKA_JAR := build/riskstream-flink-kafka.jar
+KAFKA_JAVA_SOURCES := $(wildcard streaming/jvm-kafka/riskstream/flink/kafka/*.java)
 
 .PHONY: run test unit integration bench jar kafka-libs kafka-up kafka-down clean
 
@@ -19,14 +22,14 @@ run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
 
 # Starts the project's Kafka broker (or reuses a running one), runs the suite, stops the broker.
-test: $(JAR) $(KAFKA_LIBS)
+test: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS)
 	kafka/kafka.sh up
 	$(PY) -m pytest -q; status=$$?; kafka/kafka.sh down; exit $$status
 
 unit: $(INSTALLED)
 	$(PY) -m pytest -q tests/unit
 
-integration: $(JAR) $(KAFKA_LIBS)
+integration: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS)
 	kafka/kafka.sh up
 	$(PY) -m pytest -q tests/integration; status=$$?; kafka/kafka.sh down; exit $$status
 
@@ -70,6 +73,18 @@ $(JAR): $(INSTALLED) $(JAVA_SOURCES)
 	flink_home=$$($(PY) -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))') && \
 	javac --release 11 -nowarn -d build/classes -cp "$$flink_home/lib/*:$$flink_home/opt/*" $(JAVA_SOURCES)
 	jar cf $@ -C build/classes .
+
+# The Flink Kafka connector matching PyFlink's Flink version (kafka/pom.xml, profile flink-connector).
+$(FLINK_KAFKA): kafka/pom.xml
+	rm -rf build/flink-jars
+	cd kafka && mvn -q -B -P flink-connector dependency:copy-dependencies -DoutputDirectory=../build/flink-jars
+	touch $@
+
+$(KAFKA_JAR): $(INSTALLED) $(FLINK_KAFKA) $(KAFKA_JAVA_SOURCES)
+	rm -rf build/kafka-classes && mkdir -p build/kafka-classes
+	flink_home=$$($(PY) -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))') && \
+	javac --release 11 -nowarn -d build/kafka-classes -cp "$$flink_home/lib/*:build/flink-jars/*" $(KAFKA_JAVA_SOURCES)
+	jar cf $@ -C build/kafka-classes .
 
 $(SAMPLE): | $(INSTALLED)
 	$(VENV)/bin/riskstream generate --out $@ --records 200000 --malformed-share 0.02 --drift-at 0.6

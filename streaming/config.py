@@ -41,7 +41,8 @@ class _Settings(BaseModel):
 class SourceSettings(_Settings):
     """Where transactions come from."""
 
-    kind: Literal["files", "directory"] = "files"
+    # kafka: the kafka.transactions_topic (see KafkaSettings for offsets, group and bounds).
+    kind: Literal["files", "directory", "kafka"] = "files"
     # files: a fixed set of files, read once (a bounded stream).
     paths: tuple[str, ...] = ()
     # directory: every file that appears in it, watched continuously (an unbounded stream).
@@ -58,8 +59,11 @@ class SourceSettings(_Settings):
 
 
 class OutputSettings(_Settings):
-    """Where the job writes: `<path>/scores`, `<path>/dead-letters`, `<path>/model-snapshots`."""
+    """Where the job writes. files: JSON lines under `<path>/scores`, `<path>/dead-letters` and
+    `<path>/model-snapshots`; kafka: the kafka.*_topic topics (message key: the model key, or the
+    txn_id for dead letters)."""
 
+    kind: Literal["files", "kafka"] = "files"
     path: str = "out/local"
 
 
@@ -93,6 +97,17 @@ class KafkaSettings(_Settings):
     # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
     max_message_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024)
     properties: dict[str, SecretStr] = Field(default_factory=dict)
+    # The job's source: consumer group, where to start without committed offsets (or from them),
+    # and whether to stop at the offsets present when it starts (a bounded run).
+    consumer_group: str = "riskstream"
+    starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
+    bounded: bool = False
+    # The job's sinks. exactly-once writes in Kafka transactions committed at checkpoints; the
+    # prefix must stay the same across restarts, and the timeout must not exceed the broker's
+    # transaction.max.timeout.ms (15 minutes by default).
+    delivery: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    transactional_id_prefix: str = Field(default="riskstream", pattern=r"^[A-Za-z0-9._-]+$")
+    transaction_timeout_ms: int = Field(default=600_000, ge=1000, le=900_000)
 
     def client_properties(self) -> dict[str, str]:
         """bootstrap.servers plus `properties` plus the environment's overrides (secret values)."""

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 from pyflink.common import Configuration, Duration, Encoder, JobClient, Types, WatermarkStrategy
 from pyflink.datastream import (
     DataStream,
@@ -30,8 +31,11 @@ from pyflink.datastream.connectors.file_system import (
     OutputFileConfig,
     RollingPolicy,
 )
+from pyflink.datastream.connectors import Sink, Source
+from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaOffsetsInitializer
 from pyflink.datastream.state import MapStateDescriptor
 from pyflink.java_gateway import get_gateway
+from pyflink.util.java_utils import to_jarray
 
 from streaming.config import Settings
 from streaming.record_logic import build_preparer, build_scorer
@@ -89,14 +93,17 @@ class PrepareBundle(ProcessFunction):
     shard's records in arrival order) per shard, and the bundle's dead letters, as JSON lines, to
     DEAD_LETTERS."""
 
-    def __init__(self, preparer: RecordPreparer, shards: int):
+    def __init__(self, preparer: RecordPreparer, shards: int, keyed_output: bool):
         self.preparer = preparer
         self.shards = shards
+        self.keyed_output = keyed_output
 
     def process_element(self, bundle, ctx):
         stream, seq, records = split_bundle_header(bundle)
         by_shard, dead_letters = self.preparer.prepare_bundle(records, self.shards, now_ms())
         if dead_letters:
+            if self.keyed_output:  # the txn_id, when known, is the message key
+                dead_letters = [f"{orjson.loads(letter)['txn_id'] or ''}\t{letter}" for letter in dead_letters]
             yield DEAD_LETTERS, "\n".join(dead_letters)
         # A numbered bundle gives every shard a batch, even an empty one, so that each shard can
         # tell an empty batch from one still on its way (see udfs/ordering.py).
@@ -118,8 +125,9 @@ class ScoreShard(KeyedProcessFunction):
     start or a restore) and written through on every update, so it always equals the state.
     """
 
-    def __init__(self, scorer: ModelScorer):
+    def __init__(self, scorer: ModelScorer, keyed_output: bool):
         self.scorer = scorer
+        self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
         self.models = None
         self.shard_models: dict[int, dict[str, KeyModel]] = {}
         self.sequencer = BundleSequencer()
@@ -141,6 +149,9 @@ class ScoreShard(KeyedProcessFunction):
             for key, model in batch_models.items():  # not put_all: PyFlink 2.2's is broken in both modes
                 self.models.put(key, model.to_bytes())
             cached.update(batch_models)
+            if self.keyed_output:
+                scores = [f"{record.model_key}\t{score}" for record, score in zip(records, scores)]
+                snapshots = [f"{orjson.loads(snapshot)['model_key']}\t{snapshot}" for snapshot in snapshots]
             if scores:
                 yield "\n".join(scores)
             if snapshots:
@@ -157,7 +168,9 @@ class ScoreShard(KeyedProcessFunction):
     def on_timer(self, timestamp, ctx):
         models = self._models_of(ctx.get_current_key())
         if models:
-            yield SNAPSHOTS, "\n".join(self.scorer.snapshot(model, key) for key, model in models.items())
+            prefix = "{}\t" if self.keyed_output else ""
+            yield SNAPSHOTS, "\n".join(prefix.format(key) + self.scorer.snapshot(model, key)
+                                       for key, model in models.items())
 
 
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
@@ -186,9 +199,13 @@ def split_lines(stream: DataStream, name: str) -> DataStream:
 
 
 def transactions_source(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
-    """Raw records tagged with their file and line (see SourceTaggedLineFormat.java)."""
-    line_format = BulkFormat(get_gateway().jvm.riskstream.flink.SourceTaggedLineFormat())
+    """Raw records tagged with where they came from: file and line (SourceTaggedLineFormat.java),
+    or topic, partition and offset (TaggedKafkaDeserializer.java)."""
     source = settings.source
+    if source.kind == "kafka":
+        return env.from_source(kafka_source(settings), WatermarkStrategy.no_watermarks(), "transactions-source").uid(
+            "transactions-source")
+    line_format = BulkFormat(get_gateway().jvm.riskstream.flink.SourceTaggedLineFormat())
     if source.kind == "files":
         builder = FileSource.for_bulk_file_format(line_format, *source.paths)
     else:
@@ -198,6 +215,53 @@ def transactions_source(env: StreamExecutionEnvironment, settings: Settings) -> 
     # bounded input still arrives to fire the end-of-input timers.
     return env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), "transactions-source").uid(
         "transactions-source")
+
+
+def kafka_source(settings: Settings) -> Source:
+    kafka = settings.kafka
+    jvm = get_gateway().jvm
+    offsets = {
+        "earliest": KafkaOffsetsInitializer.earliest,
+        "latest": KafkaOffsetsInitializer.latest,
+        "committed": lambda: KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST),
+    }[kafka.starting_offsets]()
+    builder = (
+        jvm.org.apache.flink.connector.kafka.source.KafkaSource.builder()
+        .setTopics(to_jarray(jvm.String, [kafka.transactions_topic]))
+        .setGroupId(kafka.consumer_group)
+        .setStartingOffsets(offsets._j_initializer)
+        .setDeserializer(jvm.riskstream.flink.kafka.TaggedKafkaDeserializer())
+    )
+    properties = {**kafka.client_properties(), "isolation.level": "read_committed",
+                  "max.partition.fetch.bytes": str(kafka.max_message_bytes)}
+    for name, value in properties.items():
+        builder.setProperty(name, value)
+    if kafka.bounded:
+        builder.setBounded(KafkaOffsetsInitializer.latest()._j_initializer)
+    return Source(builder.build())
+
+
+def kafka_sink(settings: Settings, topic: str, name: str) -> Sink:
+    """Lines `<key>\t<value>` to `topic` (see KeyedLineSerializer.java), exactly once or at least once."""
+    kafka = settings.kafka
+    jvm = get_gateway().jvm
+    producer = jvm.java.util.Properties()
+    for key, value in {**kafka.client_properties(), "transaction.timeout.ms": str(kafka.transaction_timeout_ms),
+                       "max.request.size": str(kafka.max_message_bytes)}.items():
+        producer.setProperty(key, value)
+    guarantee = jvm.org.apache.flink.connector.base.DeliveryGuarantee
+    builder = (
+        jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
+        .setBootstrapServers(kafka.bootstrap_servers)
+        .setKafkaProducerConfig(producer)
+        .setRecordSerializer(jvm.riskstream.flink.kafka.KeyedLineSerializer(topic))
+    )
+    if kafka.delivery == "exactly-once":
+        builder.setDeliveryGuarantee(guarantee.EXACTLY_ONCE).setTransactionalIdPrefix(
+            f"{kafka.transactional_id_prefix}-{name}")
+    else:
+        builder.setDeliveryGuarantee(guarantee.AT_LEAST_ONCE)
+    return Sink(builder.build())
 
 
 def json_lines_sink(path: Path, name: str) -> FileSink:
@@ -222,23 +286,26 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     preparer = build_preparer(settings)
     scorer = build_scorer(settings, preparer.encoder)
     shard_batch_type = Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+    keyed_output = settings.output.kind == "kafka"
     transactions = bundled(transactions_source(env, settings), settings)
     prepared = transactions.process(
-        PrepareBundle(preparer, settings.performance.shards), output_type=shard_batch_type
+        PrepareBundle(preparer, settings.performance.shards, keyed_output), output_type=shard_batch_type
     ).name("decode-parse-clean-features")
     scored = (
         prepared.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
-        .process(ScoreShard(scorer), output_type=Types.STRING())
+        .process(ScoreShard(scorer, keyed_output), output_type=Types.STRING())
         .name("score-and-learn")
         .uid("score-and-learn")
         # Its own slots, so in process mode scoring gets Python workers apart from preparing.
         .slot_sharing_group("scoring")
     )
     output = Path(settings.output.path)
+    kafka = settings.kafka
+    topics = (kafka.scores_topic, kafka.dead_letters_topic, kafka.snapshots_topic)
     output_bundles = (scored, prepared.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))
-    for name, bundles in zip(OUTPUTS, output_bundles):
-        split_lines(bundles, f"split-{name}").sink_to(json_lines_sink(output, name)).name(f"{name}-sink").uid(
-            f"{name}-sink")
+    for name, topic, bundles in zip(OUTPUTS, topics, output_bundles):
+        sink = kafka_sink(settings, topic, name) if keyed_output else json_lines_sink(output, name)
+        split_lines(bundles, f"split-{name}").sink_to(sink).name(f"{name}-sink").uid(f"{name}-sink")
 
 
 def run_job(settings: Settings) -> float:

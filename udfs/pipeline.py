@@ -44,9 +44,18 @@ def split_envelope(envelope: str) -> tuple[dict[str, Any], bytes]:
     """(source coordinates, raw bytes) of a record as the source delivered it.
 
     The file source sends `file:<line>:<path>\\t<payload>` with the payload's bytes as ISO-8859-1
-    characters (see SourceTaggedLineFormat.java); anything else is kept whole as the payload.
+    characters (see SourceTaggedLineFormat.java), the Kafka source
+    `kafka:<partition>:<offset>:<topic>\\t<payload>` likewise with backslash and newline escaped
+    (see TaggedKafkaDeserializer.java); anything else is kept whole as the payload.
     """
     tag, separator, payload = envelope.partition("\t")
+    if separator and tag.startswith("kafka:"):
+        _, partition, offset, topic = (tag.split(":", 3) + ["", "", ""])[:4]
+        if partition.isdigit() and offset.isdigit():
+            if "\\" in payload:  # backslash and newline were escaped for bundling
+                payload = _ESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], payload)
+            source = {"topic": topic, "partition": int(partition), "offset": int(offset)}
+            return source, payload.encode("latin-1")
     if separator and tag.startswith("file:"):
         _, line, path = (tag.split(":", 2) + ["", ""])[:3]
         if line.isdigit():

@@ -1,0 +1,80 @@
+"""The job against the real broker: exactly-once scores and dead letters, and the same models as a
+run of the same stream from a file."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from streaming import kafka_tools
+from streaming.config import load_settings
+from tests.integration.conftest import PROJECT
+from udfs.generator import GeneratorSettings, generate_with_kinds
+
+RECORDS = 50_000
+
+
+def final_models(snapshots: list[dict]) -> dict[str, dict]:
+    latest: dict[str, dict] = {}
+    for snapshot in snapshots:
+        kept = latest.get(snapshot["model_key"])
+        if kept is None or snapshot["model_updates"] >= kept["model_updates"]:
+            latest[snapshot["model_key"]] = snapshot
+    return latest
+
+
+def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scoring_job):
+    from streaming.job import run_job
+
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
+        f"kafka.transactions_topic=tx-{run}", f"kafka.scores_topic=scores-{run}",
+        f"kafka.dead_letters_topic=dead-{run}", f"kafka.snapshots_topic=snap-{run}",
+        f"kafka.consumer_group=test-{run}", f"kafka.transactional_id_prefix=test-{run}",
+        "kafka.bounded=true", "kafka.delivery=exactly-once",
+        f"checkpointing.directory={tmp_path / 'checkpoints'}", "checkpointing.interval_ms=1000",
+    ])
+    kafka_tools.create_topics(settings)
+    generated = list(generate_with_kinds(GeneratorSettings(records=RECORDS, seed=41, malformed_share=0.05)))
+    lines = [line for _, line in generated]
+    assert kafka_tools.produce(settings, lines, len(lines), None, "merchant_category") == RECORDS
+
+    run_job(settings)
+
+    def committed(topic):
+        return [(key, json.loads(value)) for _, _, key, value in
+                kafka_tools.tail(settings, topic, True, None, idle_timeout_s=8)]
+
+    scores = committed(settings.kafka.scores_topic)
+    dead_letters = committed(settings.kafka.dead_letters_topic)
+    snapshots = committed(settings.kafka.snapshots_topic)
+
+    produced = list(kafka_tools.tail(settings, settings.kafka.transactions_topic, True, RECORDS, 8))
+    by_offset = {(partition, offset): value for partition, offset, _, value in produced}
+    assert len(by_offset) == RECORDS
+
+    seen_ids = [score["txn_id"] for _, score in scores]
+    assert len(seen_ids) == len(set(seen_ids)), "a score was delivered twice"
+    letter_offsets = [(letter["source"]["partition"], letter["source"]["offset"]) for _, letter in dead_letters]
+    assert len(letter_offsets) == len(set(letter_offsets)), "a dead letter was delivered twice"
+    assert len(scores) + len(dead_letters) == RECORDS
+    assert set(letter_offsets) <= set(by_offset)
+    valid = {json.loads(v)["txn_id"] for kind, v in generated if kind is None}
+    assert set(seen_ids) == valid
+    assert any(letter["txn_id"] is None for _, letter in dead_letters)
+    for key, score in scores:
+        assert key.decode() == score["model_key"]
+    for key, letter in dead_letters:
+        assert (key.decode() if key else None) == letter["txn_id"] or (key is None and letter["txn_id"] is None)
+        assert letter["source"]["topic"] == settings.kafka.transactions_topic
+
+    from_file = scoring_job(tmp_path / "file", lines)
+    kafka_models = final_models([snapshot for _, snapshot in snapshots])
+    file_models = final_models(from_file.snapshots)
+    assert kafka_models.keys() == file_models.keys()
+    for key, model in kafka_models.items():
+        assert model["model_updates"] == file_models[key]["model_updates"]
+        assert model["weights"] == pytest.approx(file_models[key]["weights"], abs=1e-12)
+        assert model["bias"] == pytest.approx(file_models[key]["bias"], abs=1e-12)
