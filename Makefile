@@ -47,9 +47,11 @@ $(KAFKA_LIBS): kafka/pom.xml
 	cd kafka && mvn -q -B dependency:copy-dependencies -DoutputDirectory=../build/kafka-libs
 	touch $@
 
-# Job against single-process River and plain-Python loops; `make bench BENCH_ARGS=--quick` for 100k records.
-bench: $(JAR) $(RIVER_INSTALLED)
-	$(PY) bench/run_bench.py $(BENCH_ARGS)
+# Job against single-process River and plain-Python loops, and Kafka-mode latency;
+# `make bench BENCH_ARGS=--quick` for 100k records.
+bench: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS) $(RIVER_INSTALLED)
+	kafka/kafka.sh up
+	$(PY) bench/run_bench.py $(BENCH_ARGS); status=$$?; kafka/kafka.sh down; exit $$status
 
 jar: $(JAR)
 

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))  # bench.kafka_latency, when run as a script
 PROFILE = PROJECT / "conf" / "bench.yaml"
 OUT = PROJECT / "out"
 CHECKPOINT_LINE = re.compile(r"Completed checkpoint \d+ for job \w+ \((\d+) bytes, checkpointDuration=(\d+) ms")
@@ -171,6 +172,10 @@ def main() -> int:
         "peak_rss_mb": job20["peak_rss_mb"],
         "peak_rss_mb_100k_keys": job100k["peak_rss_mb"],
     }
+    from bench.kafka_latency import RATE, kafka_latency
+
+    print(f"kafka latency at {RATE:,} records/s (produce to readable score, read_committed):", flush=True)
+    results["kafka_latency_ms"] = kafka_latency()
     OUT.mkdir(exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = [
@@ -191,6 +196,10 @@ def main() -> int:
     print(f"{'peak RSS, whole process tree (MB)':<38}{job20['peak_rss_mb']:>14,.0f}{job100k['peak_rss_mb']:>16,.0f}")
     print(f"{'job, low-latency setting (records/s)':<38}{low_latency['records_per_second']:>14,.0f}"
           f"{'(100k slice)':>16}")
+    print(f"\n{'Kafka latency, ms (2,000 records/s)':<38}{'p50':>14}{'p99':>16}")
+    for setting, deliveries in results["kafka_latency_ms"].items():
+        for delivery, latency in deliveries.items():
+            print(f"{f'{setting}, {delivery}':<38}{latency['p50']:>14,.0f}{latency['p99']:>16,.0f}")
     print(f"\nwritten to {OUT / 'bench.json'}")
     return 0
 
