@@ -39,11 +39,20 @@ up() {
     -cp "$libs/*" kafka.Kafka "$config" > "$state/logs/broker.out" 2>&1 &
   echo $! > "$pid_file"
   for _ in $(seq 1 120); do
+    if ! running; then
+      rm -f "$pid_file"
+      if accepting; then  # our broker could not bind the port: another one already serves it
+        echo "kafka: another broker already listens on 127.0.0.1:$port; using it (this one exited)" >&2
+        return 0
+      fi
+      echo "kafka: the broker exited; see $state/logs/broker.out" >&2
+      tail -20 "$state/logs/broker.out" >&2
+      exit 1
+    fi
     if accepting; then
       echo "kafka: running (pid $(cat "$pid_file")) on 127.0.0.1:$port"
       return 0
     fi
-    running || { echo "kafka: the broker exited; see $state/logs/broker.out" >&2; tail -20 "$state/logs/broker.out" >&2; exit 1; }
     sleep 0.5
   done
   echo "kafka: not accepting clients after 60 s; see $state/logs/broker.out" >&2
