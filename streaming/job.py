@@ -102,8 +102,9 @@ class PrepareBundle(ProcessFunction):
         stream, seq, records = split_bundle_header(bundle)
         by_shard, dead_letters = self.preparer.prepare_bundle(records, self.shards, now_ms())
         if dead_letters:
-            if self.keyed_output:  # the txn_id, when known, is the message key
-                dead_letters = [f"{orjson.loads(letter)['txn_id'] or ''}\t{letter}" for letter in dead_letters]
+            if self.keyed_output:  # the txn_id, when known, is the message key (a tab would end it)
+                dead_letters = [f"{(orjson.loads(letter)['txn_id'] or '').replace(chr(9), ' ')}\t{letter}"
+                                for letter in dead_letters]
             yield DEAD_LETTERS, "\n".join(dead_letters)
         # A numbered bundle gives every shard a batch, even an empty one, so that each shard can
         # tell an empty batch from one still on its way (see udfs/ordering.py).
