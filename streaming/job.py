@@ -143,6 +143,8 @@ class ScoreShard(KeyedProcessFunction):
         shard, pickled_batch = shard_batch
         stream, seq, records = pickle.loads(pickled_batch)
         batches = [records] if stream is None else self.sequencer.release(shard, stream, seq, records)
+        if shard not in self.shard_models:  # once per shard and worker; Flink keeps one timer per key
+            ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # the final snapshots
         cached = self._models_of(shard)
         for records in batches:
             batch_models: dict[str, KeyModel] = {}
@@ -157,7 +159,6 @@ class ScoreShard(KeyedProcessFunction):
                 yield "\n".join(scores)
             if snapshots:
                 yield SNAPSHOTS, "\n".join(snapshots)
-        ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # final snapshots (deduplicated)
 
     def _models_of(self, shard: int) -> dict[str, KeyModel]:
         cached = self.shard_models.get(shard)

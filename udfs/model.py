@@ -172,7 +172,7 @@ class KeyModel:
             raise ValueError("snapshot features differ from the configured features")
         index = {name: i for i, name in enumerate(feature_names)}
         stats = snapshot["standardization"]["features"]
-        key_model = cls(len(feature_names), [index[name] for name in stats])
+        key_model = cls.__new__(cls)
         key_model.model = LogisticRegression(len(feature_names), list(snapshot["weights"].values()),
                                              snapshot["bias"], snapshot["model_updates"],
                                              snapshot["rejected_updates"])
