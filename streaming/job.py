@@ -75,7 +75,7 @@ def flink_configuration(settings: Settings) -> Configuration:
         "restart-strategy.type": "fixed-delay" if flink.restart_attempts else "none",
         "restart-strategy.fixed-delay.attempts": str(flink.restart_attempts),
         "pipeline.jars": ";".join(Path(jar).as_uri() for jar in flink.jars),
-        "execution.buffer-timeout": f"{settings.performance.bundling()[2]} ms",
+        "execution.buffer-timeout.interval": f"{settings.performance.bundling()[2]} ms",
         # Our elements are already bundles of records: let a Python worker hold only a few at a
         # time, so a checkpoint (which waits for the worker to finish them) stays short.
         "python.fn-execution.bundle.size": "64",
@@ -236,6 +236,8 @@ def kafka_source(settings: Settings) -> Source:
     )
     properties = {**kafka.client_properties(), "isolation.level": "read_committed",
                   "max.partition.fetch.bytes": str(kafka.max_message_bytes)}
+    if settings.performance.mode == "low_latency":
+        properties["fetch.max.wait.ms"] = "10"  # do not let a fetch wait up to 500 ms for more data
     for name, value in properties.items():
         builder.setProperty(name, value)
     if kafka.bounded:
@@ -248,8 +250,11 @@ def kafka_sink(settings: Settings, topic: str, name: str) -> Sink:
     kafka = settings.kafka
     jvm = get_gateway().jvm
     producer = jvm.java.util.Properties()
-    for key, value in {**kafka.client_properties(), "transaction.timeout.ms": str(kafka.transaction_timeout_ms),
-                       "max.request.size": str(kafka.max_message_bytes)}.items():
+    properties = {**kafka.client_properties(), "transaction.timeout.ms": str(kafka.transaction_timeout_ms),
+                  "max.request.size": str(kafka.max_message_bytes)}
+    if settings.performance.mode == "low_latency":
+        properties["linger.ms"] = "0"
+    for key, value in properties.items():
         producer.setProperty(key, value)
     guarantee = jvm.org.apache.flink.connector.base.DeliveryGuarantee
     builder = (

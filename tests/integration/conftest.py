@@ -56,3 +56,26 @@ def run_scoring_job(workdir: Path, lines: list[bytes], *overrides: str) -> JobOu
 @pytest.fixture
 def scoring_job():
     return run_scoring_job
+
+
+@pytest.fixture
+def kafka_settings():
+    """The Kafka profile with topics, group and transactional ids of this test's own; the topics
+    are deleted afterwards so the broker does not accumulate them."""
+    import uuid
+
+    from confluent_kafka.admin import AdminClient
+
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
+        f"kafka.transactions_topic=tx-{run}", f"kafka.scores_topic=scores-{run}",
+        f"kafka.dead_letters_topic=dead-{run}", f"kafka.snapshots_topic=snap-{run}",
+        f"kafka.consumer_group=test-{run}", f"kafka.transactional_id_prefix=test-{run}",
+    ])
+    yield settings
+    admin = AdminClient(settings.kafka.client_properties())
+    for future in admin.delete_topics(list(settings.kafka.topics()), operation_timeout=30).values():
+        try:
+            future.result()
+        except Exception:  # a topic the test never created
+            pass

@@ -4,13 +4,10 @@ run of the same stream from a file."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
 from streaming import kafka_tools
-from streaming.config import load_settings
-from tests.integration.conftest import PROJECT
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
 RECORDS = 50_000
@@ -25,17 +22,14 @@ def final_models(snapshots: list[dict]) -> dict[str, dict]:
     return latest
 
 
-def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scoring_job):
+def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scoring_job, kafka_settings):
     from streaming.job import run_job
 
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
-        f"kafka.transactions_topic=tx-{run}", f"kafka.scores_topic=scores-{run}",
-        f"kafka.dead_letters_topic=dead-{run}", f"kafka.snapshots_topic=snap-{run}",
-        f"kafka.consumer_group=test-{run}", f"kafka.transactional_id_prefix=test-{run}",
-        "kafka.bounded=true", "kafka.delivery=exactly-once",
-        f"checkpointing.directory={tmp_path / 'checkpoints'}", "checkpointing.interval_ms=1000",
-    ])
+    settings = kafka_settings.model_copy(update={
+        "kafka": kafka_settings.kafka.model_copy(update={"bounded": True, "delivery": "exactly-once"}),
+        "checkpointing": kafka_settings.checkpointing.model_copy(
+            update={"directory": str(tmp_path / "checkpoints"), "interval_ms": 1000}),
+    })
     kafka_tools.create_topics(settings)
     generated = list(generate_with_kinds(GeneratorSettings(records=RECORDS, seed=41, malformed_share=0.05)))
     lines = [line for _, line in generated]

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections import defaultdict
 
-import pytest
-
 from streaming import kafka_tools
-from streaming.config import load_settings
-from tests.integration.conftest import PROJECT
 from udfs.cleaning import normalize_categorical
 from udfs.generator import GeneratorSettings, generate
-
-
-@pytest.fixture
-def kafka_settings():
-    run = uuid.uuid4().hex[:8]
-    return load_settings(PROJECT / "conf" / "kafka.yaml", [
-        f"kafka.transactions_topic=tx-{run}", f"kafka.scores_topic=scores-{run}",
-        f"kafka.dead_letters_topic=dead-{run}", f"kafka.snapshots_topic=snap-{run}",
-    ])
 
 
 def test_topics_are_created_once_with_the_configured_partitions(kafka_settings):
