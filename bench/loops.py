@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from streaming.config import load_settings
+from streaming.outputs import file_records
 from streaming.record_logic import build_preparer, build_scorer
 from udfs.cleaning import SCHEMA_VERSION
 from udfs.model import KeyModel
@@ -82,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     records = 0
     started = time.perf_counter()
-    with args.input.open("rb") as lines, args.out.open("w", encoding="utf-8") as out:
-        for line in lines:
+    with args.out.open("w", encoding="utf-8") as out:
+        for line in file_records(args.input):
             records += 1
             now_ms = time.time_ns() // 1_000_000
-            result = preparer.prepare_raw(line.rstrip(b"\n"), {**source, "line": records}, now_ms)
+            result = preparer.prepare_raw(line, {**source, "line": records}, now_ms)
             if not isinstance(result, str):
                 result = score(result, now_ms)
             out.write(result)

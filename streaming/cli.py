@@ -102,7 +102,9 @@ def _kafka_command(args: argparse.Namespace) -> int:
             print(f"{partition}:{offset}\t{shown_key}\t{value.decode('utf-8', 'backslashreplace')}", flush=True)
         return 0
     if args.file is not None:
-        lines, total = kafka_tools.lines_of(args.file), None
+        from streaming.outputs import file_records
+
+        lines, total = file_records(args.file), None
     else:
         from udfs.generator import GeneratorSettings, generate
 

@@ -59,6 +59,7 @@ def now_ms() -> int:
 def flink_configuration(settings: Settings) -> Configuration:
     """Flink settings for the job; the Python workers use this interpreter and its packages."""
     flink = settings.flink
+    _, bundle_max_delay_ms, buffer_timeout_ms = settings.performance.bundling()
     conf = Configuration()
     values = {
         "execution.runtime-mode": "STREAMING",  # BATCH would sort by key and break arrival order
@@ -75,11 +76,11 @@ def flink_configuration(settings: Settings) -> Configuration:
         "restart-strategy.type": "fixed-delay" if flink.restart_attempts else "none",
         "restart-strategy.fixed-delay.attempts": str(flink.restart_attempts),
         "pipeline.jars": ";".join(Path(jar).as_uri() for jar in flink.jars),
-        "execution.buffer-timeout.interval": f"{settings.performance.bundling()[2]} ms",
+        "execution.buffer-timeout.interval": f"{buffer_timeout_ms} ms",
         # Our elements are already bundles of records: let a Python worker hold only a few at a
         # time, so a checkpoint (which waits for the worker to finish them) stays short.
         "python.fn-execution.bundle.size": "64",
-        "python.fn-execution.bundle.time": str(max(1, settings.performance.bundling()[1])),
+        "python.fn-execution.bundle.time": str(max(1, bundle_max_delay_ms)),
         # Process mode sends keyed-state writes to the JVM in batches of this many.
         "python.map-state.write-cache-size": "10000",
     }

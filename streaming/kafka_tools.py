@@ -10,7 +10,6 @@ import json
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from streaming.config import Settings
@@ -131,10 +130,3 @@ def tail(settings: Settings, topic: str, from_beginning: bool, max_records: int 
             yield message.partition(), message.offset(), message.key(), message.value()
     finally:
         consumer.close()
-
-
-def lines_of(path: Path) -> Iterator[bytes]:
-    """The records of a JSON-lines file, as the file source reads them (without newlines)."""
-    with path.open("rb") as records:
-        for line in records:
-            yield line[:-1] if line.endswith(b"\n") else line

@@ -1,4 +1,5 @@
-"""Reading what a job wrote, and the run summary: counts, accounting and prequential quality."""
+"""Reading the files a job reads and writes, and the run summary: counts, accounting and
+prequential quality."""
 
 from __future__ import annotations
 
@@ -26,19 +27,17 @@ def committed_lines(folder: Path) -> Iterator[dict[str, Any]]:
                     yield orjson.loads(line)
 
 
+def file_records(path: str | Path) -> Iterator[bytes]:
+    """The records of a file as the file source reads them (SourceTaggedLineFormat.java): one per
+    newline, plus a last line that has no newline; without the newline."""
+    with open(path, "rb") as records:
+        for line in records:
+            yield line[:-1] if line.endswith(b"\n") else line
+
+
 def count_file_records(paths: list[str] | tuple[str, ...]) -> int:
-    """Records in files as the file source reads them: one per newline, plus a last line that
-    has no newline."""
-    total = 0
-    for path in paths:
-        with open(path, "rb") as data:
-            last = b""
-            for chunk in iter(lambda: data.read(1 << 20), b""):
-                total += chunk.count(b"\n")
-                last = chunk
-            if last and not last.endswith(b"\n"):
-                total += 1
-    return total
+    """How many records the file source reads from `paths`."""
+    return sum(1 for path in paths for _ in file_records(path))
 
 
 @dataclass
