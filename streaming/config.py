@@ -215,7 +215,7 @@ class CheckpointSettings(_Settings):
 
 
 # mode -> (bundle_max_records, bundle_max_delay_ms, buffer_timeout_ms)
-BUNDLING_MODES = {"throughput": (2000, 200, 100), "low_latency": (16, 5, 5)}
+BUNDLING_MODES = {"throughput": (2000, 200, 100), "low_latency": (512, 5, 5)}
 
 
 class PerformanceSettings(_Settings):
@@ -224,7 +224,8 @@ class PerformanceSettings(_Settings):
     Records cross into Python in bundles of up to `bundle_max_records`, and a bundle waits at most
     `bundle_max_delay_ms` for more records; Flink's network buffers flush at least every
     `buffer_timeout_ms`. The two modes set all three (throughput: 2000 / 200 ms / 100 ms;
-    low_latency: 16 / 5 ms / 5 ms); a value given here wins over the mode's. Model keys are hashed
+    low_latency: 512 / 5 ms / 5 ms: a bundle leaves after 5 ms, and grows only while the job is
+    behind, so that it catches up); a value given here wins over the mode's. Model keys are hashed
     into `shards` groups, each scored by one Python call per bundle; changing `shards` needs fresh
     state, like `flink.max_parallelism`. `parallel_prepare` is off in low_latency mode because a
     numbered bundle sends a batch to every shard, too many for bundles of a few records.
