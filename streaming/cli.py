@@ -1,12 +1,17 @@
-"""The `riskstream` command: generate sample transactions, run the scoring job."""
+"""The `riskstream` command: generate transactions, run the job locally or on a session cluster,
+work with its Kafka topics, and show a model from its snapshot output."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
+
+import orjson
+import yaml
 
 from streaming.config import ConfigError, load_settings
 
@@ -53,12 +58,44 @@ def main(argv: list[str] | None = None) -> int:
     tail.add_argument("--max", type=int, default=None, help="stop after this many records")
     tail.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without records")
 
+    cluster = commands.add_parser("cluster", help="start or stop the local Flink session cluster")
+    cluster.add_argument("action", choices=("up", "down"))
+    cluster.add_argument("--overrides", type=Path, default=None,
+                         help="a YAML mapping of Flink settings over conf/flink/config.yaml, e.g. conf/flink/test.yaml")
+    cluster.add_argument("--taskmanagers", type=int, default=1)
+
+    submit = commands.add_parser("submit", help="submit the job to the session cluster with `flink run`, detached")
+    submit.add_argument("--config", required=True, type=Path, help="a profile in conf/, e.g. conf/cluster.yaml")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--from", dest="from_path", default=None, metavar="PATH",
+                        help="resume from this savepoint or retained checkpoint")
+
+    status = commands.add_parser("status", help="the job's state and last completed checkpoint")
+    status.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
+
+    stop = commands.add_parser("stop", help="stop the job on the session cluster")
+    stop.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
+    stop.add_argument("--savepoint", action="store_true", help="take a savepoint first (resume with submit --from)")
+    stop.add_argument("--config", type=Path, default=Path("conf/cluster.yaml"),
+                      help="profile whose checkpointing.savepoint_directory receives the savepoint")
+
+    model = commands.add_parser("model", help="inspect the models in the snapshot output (no Flink needed)")
+    model.add_argument("action", choices=("show",))
+    model.add_argument("key", help="a model key, as the job normalizes it (e.g. grocery)")
+    with_config(model)
+    model.add_argument("--idle-timeout", type=float, default=5.0,
+                       help="Kafka output: stop reading snapshots after this many seconds without one")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return _generate(args)
         if args.command in ("topics", "produce", "tail"):
             return _kafka_command(args)
+        if args.command in ("cluster", "submit", "status", "stop"):
+            return _cluster_command(args)
+        if args.command == "model":
+            return _model_show(args)
         return _run(args)
     except ConfigError as error:
         print(f"riskstream: configuration error: {error}", file=sys.stderr)
@@ -114,6 +151,75 @@ def _kafka_command(args: argparse.Namespace) -> int:
     key_field = None if args.no_key else settings.model.key
     sent = kafka_tools.produce(settings, lines, total, args.rate, key_field, args.topic)
     print(f"produced {sent:,} records to {args.topic or settings.kafka.transactions_topic}")
+    return 0
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    from streaming import cluster
+
+    local = cluster.LocalCluster()
+    try:
+        if args.command == "cluster":
+            return _cluster_up_down(local, args)
+        if args.command == "submit":
+            load_settings(args.config, args.overrides)  # a bad profile fails here, in one line
+            command = cluster.submit_command(args.config, args.overrides, args.from_path)
+            print(cluster.shown(command), flush=True)
+            print(f"submitted job {cluster.submit(local, command)}")
+            return 0
+        job_id = args.job_id or cluster.running_job(local.rest_url)
+        if args.command == "status":
+            status = cluster.job_status(local.rest_url, job_id)
+            print(json.dumps(status, indent=2))
+            return 0
+        if args.savepoint:
+            directory = load_settings(args.config).checkpointing.savepoint_directory
+            print(f"stopped job {job_id} with savepoint {cluster.stop_with_savepoint(local.rest_url, job_id, directory)}")
+        else:
+            cluster.cancel(local.rest_url, job_id)
+            print(f"cancelled job {job_id}")
+        return 0
+    except cluster.ClusterError as error:
+        print(f"riskstream: {error}", file=sys.stderr)
+        return 1
+
+
+def _cluster_up_down(local, args: argparse.Namespace) -> int:
+    if args.action == "down":
+        local.down()
+        print("cluster stopped; no JobManager or TaskManager left")
+        return 0
+    overrides = {}
+    if args.overrides is not None:
+        overrides = yaml.safe_load(args.overrides.read_text(encoding="utf-8")) or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{args.overrides}: must be a mapping of Flink settings")
+    started = local.up({str(key): str(value) for key, value in overrides.items()}, args.taskmanagers)
+    print(f"cluster {'started' if started else 'already running'}: web UI and REST API at {local.rest_url}")
+    return 0
+
+
+def _model_show(args: argparse.Namespace) -> int:
+    from streaming.outputs import latest_snapshot
+
+    settings = load_settings(args.config, args.overrides)
+    if settings.output.kind == "kafka":
+        from streaming import kafka_tools
+
+        snapshots = (orjson.loads(value) for _, _, _, value in kafka_tools.tail(
+            settings, settings.kafka.snapshots_topic, True, None, args.idle_timeout))
+    else:
+        from streaming.outputs import committed_lines
+
+        snapshots = committed_lines(Path(settings.output.path) / "model-snapshots")
+    from udfs.cleaning import normalize_categorical
+
+    key = normalize_categorical(settings.model.key, args.key)  # as the job stores it: " Grocery" is "grocery"
+    snapshot = latest_snapshot(snapshots, key)
+    if snapshot is None:
+        print(f"riskstream: no snapshot of model key {key!r} in the output", file=sys.stderr)
+        return 1
+    print(json.dumps(snapshot, indent=2))
     return 0
 
 

@@ -209,9 +209,43 @@ class ModelSettings(_Settings):
     top_reasons: int = Field(default=3, ge=0, le=20)
 
 
+class RestartSettings(_Settings):
+    """What Flink does when a task fails: `none` fails the job; `fixed-delay` restarts it up to
+    `attempts` times, `delay_ms` apart; `exponential-delay` restarts it without limit, waiting
+    `delay_ms` at first and doubling the wait up to `max_delay_ms`. A restart resumes from the last
+    completed checkpoint."""
+
+    strategy: Literal["none", "fixed-delay", "exponential-delay"] = "none"
+    attempts: int = Field(default=3, ge=1, le=1_000_000)
+    delay_ms: int = Field(default=1000, ge=0, le=3_600_000)
+    max_delay_ms: int = Field(default=60_000, ge=0, le=3_600_000)
+
+
 class CheckpointSettings(_Settings):
+    """Checkpoints of the job's state (models, source offsets, open sink transactions).
+
+    `state_backend`: `hashmap` keeps state on the JVM heap (fast; bounded by memory), `rocksdb` in
+    RocksDB on local disk (bounded by disk; with `incremental`, a checkpoint uploads only the files
+    that changed since the last). `retain_on_cancel` keeps the last checkpoint when the job is
+    cancelled, so `riskstream submit --from` can resume from it. `tolerable_failures` checkpoints
+    may fail in a row (a broker restart makes them fail) before the job itself fails over.
+    Savepoints (`riskstream stop --savepoint`) go to `savepoint_directory`.
+    """
+
     interval_ms: PositiveInt = 2000
     directory: str = "var/checkpoints"
+    savepoint_directory: str = "var/savepoints"
+    state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
+    incremental: bool = False
+    retain_on_cancel: bool = False
+    tolerable_failures: int = Field(default=0, ge=0, le=1000)
+    restart: RestartSettings = RestartSettings()
+
+    @model_validator(mode="after")
+    def _incremental_needs_rocksdb(self) -> "CheckpointSettings":
+        if self.incremental and self.state_backend != "rocksdb":
+            raise ValueError("checkpointing.incremental: only the rocksdb state_backend checkpoints incrementally")
+        return self
 
 
 # mode -> (bundle_max_records, bundle_max_delay_ms, buffer_timeout_ms)
@@ -260,7 +294,6 @@ class FlinkSettings(_Settings):
     # Pinned so keyed state in a savepoint maps to the same key groups after a change.
     max_parallelism: PositiveInt = 128
     python_execution_mode: Literal["thread", "process"] = "thread"
-    restart_attempts: int = Field(default=0, ge=0, le=1000)
     jars: tuple[str, ...] = ("build/riskstream-flink.jar",)
 
     @model_validator(mode="after")
@@ -298,12 +331,7 @@ def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     Relative file paths in the profile are made absolute against the current directory, so the job
     can hand them to Flink unchanged.
     """
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"config file {path}: {str(error).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path}: must be a mapping of sections")
+    raw = _read_profile(Path(path), ())
     for override in overrides:
         _apply_override(raw, override)
     try:
@@ -312,6 +340,32 @@ def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         raise ConfigError(_one_line(error)) from None
     settings.pseudonym_key()
     return _absolute_paths(settings)
+
+
+def _read_profile(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A profile's sections; `extends: other.yaml` (relative to the profile) starts from that
+    profile, and sections given here are merged over it setting by setting."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"config file {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of sections")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    parent = (path.parent / str(base)).resolve()
+    if parent in seen:
+        raise ConfigError(f"config file {path}: extends: {base} extends this profile again")
+    return _merged(_read_profile(parent, (*seen, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for name, value in over.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(name), dict)
+        merged[name] = _merged(merged[name], value) if both_sections else value
+    return merged
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
@@ -370,7 +424,8 @@ def _absolute_paths(settings: Settings) -> Settings:
             "source": source,
             "output": settings.output.model_copy(update={"path": absolute(settings.output.path)}),
             "checkpointing": settings.checkpointing.model_copy(
-                update={"directory": absolute(settings.checkpointing.directory)}
+                update={"directory": absolute(settings.checkpointing.directory),
+                        "savepoint_directory": absolute(settings.checkpointing.savepoint_directory)}
             ),
             "flink": settings.flink.model_copy(update={"jars": tuple(absolute(j) for j in settings.flink.jars)}),
         }

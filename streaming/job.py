@@ -37,7 +37,8 @@ from pyflink.datastream.state import MapStateDescriptor
 from pyflink.java_gateway import get_gateway
 from pyflink.util.java_utils import to_jarray
 
-from streaming.config import Settings
+from streaming.cluster import JOB_NAME
+from streaming.config import RestartSettings, Settings
 from streaming.record_logic import build_preparer, build_scorer
 from udfs.model import KeyModel
 from udfs.ordering import BundleSequencer, split_bundle_header
@@ -56,12 +57,14 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def flink_configuration(settings: Settings) -> Configuration:
-    """Flink settings for the job; the Python workers use this interpreter and its packages."""
+def flink_options(settings: Settings) -> dict[str, str]:
+    """Flink's configuration keys for the job (strings, as Flink takes them); the Python workers
+    use this interpreter and its packages. The same keys apply on a mini-cluster and when the job is
+    submitted to a session cluster with `flink run`."""
     flink = settings.flink
+    checkpoints = settings.checkpointing
     _, bundle_max_delay_ms, buffer_timeout_ms = settings.performance.bundling()
-    conf = Configuration()
-    values = {
+    return {
         "execution.runtime-mode": "STREAMING",  # BATCH would sort by key and break arrival order
         "parallelism.default": str(flink.parallelism),
         "taskmanager.numberOfTaskSlots": str(2 * flink.parallelism),  # preparing and scoring groups
@@ -71,10 +74,15 @@ def flink_configuration(settings: Settings) -> Configuration:
         "python.client.executable": sys.executable,
         # Thread mode embeds CPython in the JVM, which does not read the virtual environment.
         "python.pythonpath": ":".join(site.getsitepackages()),
-        "execution.checkpointing.interval": f"{settings.checkpointing.interval_ms} ms",
-        "execution.checkpointing.dir": Path(settings.checkpointing.directory).as_uri(),
-        "restart-strategy.type": "fixed-delay" if flink.restart_attempts else "none",
-        "restart-strategy.fixed-delay.attempts": str(flink.restart_attempts),
+        "execution.checkpointing.interval": f"{checkpoints.interval_ms} ms",
+        "execution.checkpointing.dir": Path(checkpoints.directory).as_uri(),
+        "execution.checkpointing.savepoint-dir": Path(checkpoints.savepoint_directory).as_uri(),
+        "state.backend.type": checkpoints.state_backend,
+        "execution.checkpointing.incremental": str(checkpoints.incremental).lower(),
+        "execution.checkpointing.externalized-checkpoint-retention":
+            "RETAIN_ON_CANCELLATION" if checkpoints.retain_on_cancel else "DELETE_ON_CANCELLATION",
+        "execution.checkpointing.tolerable-failed-checkpoints": str(checkpoints.tolerable_failures),
+        **restart_options(checkpoints.restart),
         "pipeline.jars": ";".join(Path(jar).as_uri() for jar in flink.jars),
         "execution.buffer-timeout.interval": f"{buffer_timeout_ms} ms",
         # Our elements are already bundles of records: let a Python worker hold only a few at a
@@ -84,7 +92,24 @@ def flink_configuration(settings: Settings) -> Configuration:
         # Process mode sends keyed-state writes to the JVM in batches of this many.
         "python.map-state.write-cache-size": "10000",
     }
-    for key, value in values.items():
+
+
+def restart_options(restart: RestartSettings) -> dict[str, str]:
+    """Flink's restart-strategy keys for `checkpointing.restart`."""
+    if restart.strategy == "fixed-delay":
+        return {"restart-strategy.type": "fixed-delay",
+                "restart-strategy.fixed-delay.attempts": str(restart.attempts),
+                "restart-strategy.fixed-delay.delay": f"{restart.delay_ms} ms"}
+    if restart.strategy == "exponential-delay":
+        return {"restart-strategy.type": "exponential-delay",
+                "restart-strategy.exponential-delay.initial-backoff": f"{restart.delay_ms} ms",
+                "restart-strategy.exponential-delay.max-backoff": f"{max(restart.delay_ms, restart.max_delay_ms)} ms"}
+    return {"restart-strategy.type": "none"}
+
+
+def flink_configuration(settings: Settings) -> Configuration:
+    conf = Configuration()
+    for key, value in flink_options(settings).items():
         conf.set_string(key, value)
     return conf
 
@@ -178,9 +203,9 @@ class ScoreShard(KeyedProcessFunction):
 
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
     """Applies a Java operator from build/riskstream-flink.jar: `build(j_stream, jvm)` returns the
-    new Java stream."""
+    new Java stream, named and with `name` as its stable uid."""
     gateway = get_gateway()
-    return DataStream(build(stream._j_data_stream, gateway.jvm)).name(name)
+    return DataStream(build(stream._j_data_stream, gateway.jvm)).name(name).uid(name)
 
 
 def bundled(stream: DataStream, settings: Settings) -> DataStream:
@@ -299,7 +324,7 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     transactions = bundled(transactions_source(env, settings), settings)
     prepared = transactions.process(
         PrepareBundle(preparer, settings.performance.shards, keyed_output), output_type=shard_batch_type
-    ).name("decode-parse-clean-features")
+    ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
     scored = (
         prepared.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
         .process(ScoreShard(scorer, keyed_output), output_type=Types.STRING())
@@ -333,4 +358,4 @@ def start_job(settings: Settings) -> JobClient:
         os.environ["_python_worker_execution_mode"] = "process"
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
     build_job(env, settings)
-    return env.execute_async("riskstream-scoring")
+    return env.execute_async(JOB_NAME)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import orjson
 
@@ -25,6 +25,21 @@ def committed_lines(folder: Path) -> Iterator[dict[str, Any]]:
             for line in lines:
                 if line.strip():
                     yield orjson.loads(line)
+
+
+def latest_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each model key's latest snapshot: the one after the most updates (of equals, the last read)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for snapshot in snapshots:
+        kept = latest.get(snapshot["model_key"])
+        if kept is None or snapshot["model_updates"] >= kept["model_updates"]:
+            latest[snapshot["model_key"]] = snapshot
+    return latest
+
+
+def latest_snapshot(snapshots: Iterable[dict[str, Any]], model_key: str) -> dict[str, Any] | None:
+    """The latest snapshot of `model_key` (None if it has none)."""
+    return latest_snapshots(s for s in snapshots if s["model_key"] == model_key).get(model_key)
 
 
 def file_records(path: str | Path) -> Iterator[bytes]:

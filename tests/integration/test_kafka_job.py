@@ -8,18 +8,10 @@ import json
 import pytest
 
 from streaming import kafka_tools
+from streaming.outputs import latest_snapshots
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
 RECORDS = 50_000
-
-
-def final_models(snapshots: list[dict]) -> dict[str, dict]:
-    latest: dict[str, dict] = {}
-    for snapshot in snapshots:
-        kept = latest.get(snapshot["model_key"])
-        if kept is None or snapshot["model_updates"] >= kept["model_updates"]:
-            latest[snapshot["model_key"]] = snapshot
-    return latest
 
 
 def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scoring_job, kafka_settings):
@@ -65,8 +57,8 @@ def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scorin
         assert letter["source"]["topic"] == settings.kafka.transactions_topic
 
     from_file = scoring_job(tmp_path / "file", lines)
-    kafka_models = final_models([snapshot for _, snapshot in snapshots])
-    file_models = final_models(from_file.snapshots)
+    kafka_models = latest_snapshots([snapshot for _, snapshot in snapshots])
+    file_models = latest_snapshots(from_file.snapshots)
     assert kafka_models.keys() == file_models.keys()
     for key, model in kafka_models.items():
         assert model["model_updates"] == file_models[key]["model_updates"]

@@ -1,0 +1,272 @@
+"""The local standalone session cluster and the job on it.
+
+`LocalCluster` runs a JobManager and TaskManagers from the installed PyFlink (its `bin/` scripts),
+with Flink's configuration from `conf/flink` and pid files, logs and state under `var/flink`.
+`submit_command` is the `flink run` command that submits the scoring job; the job's state and
+savepoints go through Flink's REST API (`rest`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+JOB_NAME = "riskstream-scoring"
+ENTRY_MODULE = "streaming.flink_main"  # what `flink run` runs
+
+
+class ClusterError(RuntimeError):
+    """The cluster or its REST API did not do what was asked; the message says what happened."""
+
+
+def flink_home() -> Path:
+    """The installed PyFlink, which is a complete Flink distribution (bin/, lib/, opt/)."""
+    import pyflink
+
+    return Path(pyflink.__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A standalone session cluster on this machine. `conf_dir` holds Flink's config.yaml and log
+    settings; `state_dir` gets the pid files (pid/) and logs (log/)."""
+
+    conf_dir: Path = Path("conf/flink")
+    state_dir: Path = Path("var/flink")
+
+    def environment(self) -> dict[str, str]:
+        """The environment for Flink's scripts and the `flink` command: this cluster's files."""
+        return {**os.environ,
+                "FLINK_CONF_DIR": str(self.conf_dir.resolve()),
+                "FLINK_LIB_DIR": str((self.state_dir / "lib").resolve()),
+                "FLINK_LOG_DIR": str((self.state_dir / "log").resolve()),
+                "FLINK_PID_DIR": str((self.state_dir / "pid").resolve())}
+
+    @property
+    def rest_url(self) -> str:
+        """http://address:port of the REST API, from `rest.address` and `rest.port` in config.yaml."""
+        conf = yaml.safe_load((self.conf_dir / "config.yaml").read_text(encoding="utf-8"))
+        rest = conf.get("rest", {})
+        return f"http://{rest.get('address', '127.0.0.1')}:{rest.get('port', 8081)}"
+
+    def is_up(self) -> bool:
+        try:
+            rest(self.rest_url, "GET", "/overview", timeout=2)
+            return True
+        except ClusterError:
+            return False
+
+    def up(self, overrides: dict[str, str] | None = None, taskmanagers: int = 1, timeout_s: float = 90) -> bool:
+        """Starts a JobManager and `taskmanagers` TaskManagers, with `overrides` on top of config.yaml,
+        and waits until all slots are registered. Returns False (and starts nothing) when the REST
+        API already answers."""
+        if self.is_up():
+            return False
+        for folder in ("log", "pid"):
+            (self.state_dir / folder).mkdir(parents=True, exist_ok=True)
+        self._link_libraries()
+        self._script("jobmanager.sh", "start", overrides)
+        for _ in range(taskmanagers):
+            self.start_taskmanager(overrides)
+        self.wait_for_taskmanagers(taskmanagers, timeout_s)
+        return True
+
+    def down(self) -> None:
+        """Stops every JobManager and TaskManager of this cluster, and kills what the scripts could
+        not stop (for example a TaskManager whose pid file went stale), with its Python workers."""
+        if (self.state_dir / "lib").is_dir():  # the scripts need it
+            self._script("taskmanager.sh", "stop-all")
+            self._script("jobmanager.sh", "stop-all")
+        deadline = time.monotonic() + 15
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in self.processes():
+            kill_tree(pid)
+
+    def start_taskmanager(self, overrides: dict[str, str] | None = None) -> None:
+        self._script("taskmanager.sh", "start", overrides)
+
+    def taskmanager_pids(self) -> list[int]:
+        return [pid for pid, command in self._java_processes() if "TaskManagerRunner" in command]
+
+    def processes(self) -> list[int]:
+        """Pids of this cluster's JobManager and TaskManager JVMs (found by their --configDir)."""
+        return [pid for pid, _ in self._java_processes()]
+
+    def wait_for_taskmanagers(self, count: int, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if rest(self.rest_url, "GET", "/overview", timeout=2)["taskmanagers"] >= count:
+                    return
+            except ClusterError:
+                pass
+            time.sleep(0.5)
+        raise ClusterError(f"the cluster at {self.rest_url} did not register {count} TaskManager(s) "
+                           f"in {timeout_s:.0f} s; see {self.state_dir / 'log'}")
+
+    def _link_libraries(self) -> None:
+        """The cluster's lib/: PyFlink's lib/ plus its flink-python jar from opt/, which Python jobs
+        need on the cluster's class path (PyFlink's `flink run` has it only on the client's)."""
+        lib = self.state_dir / "lib"
+        if lib.exists():
+            shutil.rmtree(lib)
+        lib.mkdir(parents=True)
+        home = flink_home()
+        for jar in [*(home / "lib").glob("*.jar"), *(home / "opt").glob("flink-python*.jar")]:
+            (lib / jar.name).symlink_to(jar)
+
+    def _java_processes(self) -> list[tuple[int, str]]:
+        marker = f"--configDir {self.conf_dir.resolve()}"
+        return [(pid, command) for pid, command in process_commands() if marker in command]
+
+    def _script(self, script: str, action: str, overrides: dict[str, str] | None = None) -> None:
+        dynamic = [argument for key, value in (overrides or {}).items() for argument in ("-D", f"{key}={value}")]
+        subprocess.run([str(flink_home() / "bin" / script), action, *dynamic], env=self.environment(),
+                       check=True, stdout=subprocess.DEVNULL)
+
+
+def submit_command(profile: Path, overrides: list[str] | tuple[str, ...] = (), from_path: str | None = None,
+                   python: str = sys.executable) -> list[str]:
+    """The `flink run` command that submits the scoring job, detached, built from `profile` plus
+    `overrides`; with `from_path` it resumes from that savepoint or retained checkpoint. Run it with
+    `LocalCluster.environment()` (FLINK_CONF_DIR says which cluster)."""
+    command = [str(flink_home() / "bin" / "flink"), "run", "--detached",
+               "--pyClientExecutable", python, "--pyExecutable", python]
+    if from_path is not None:
+        command += ["--fromSavepoint", from_path]
+    command += ["--pyModule", ENTRY_MODULE, "--config", str(Path(profile).resolve())]
+    for override in overrides:
+        command += ["--set", override]
+    return command
+
+
+def submit(cluster: LocalCluster, command: list[str]) -> str:
+    """Runs a `submit_command` and returns the id of the job it submitted."""
+    done = subprocess.run(command, env=cluster.environment(), capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if "submitted with JobID" in line:
+            return line.rsplit(" ", 1)[-1].strip()
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+    raise ClusterError(f"flink run did not submit the job (exit {done.returncode}):\n{tail}")
+
+
+def shown(command: list[str]) -> str:
+    """`command` as a user would type it, with the cluster's configuration folder in front."""
+    return f"FLINK_CONF_DIR={shlex.quote(str(LocalCluster().conf_dir))} {shlex.join(command)}"
+
+
+def rest(base_url: str, method: str, path: str, body: dict | None = None, timeout: float = 10) -> Any:
+    """One call to Flink's REST API; returns the decoded JSON answer (None when empty)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            payload = answer.read()
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode("utf-8", "replace")[:500]
+        raise ClusterError(f"{method} {path}: HTTP {error.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise ClusterError(f"no Flink REST API at {base_url} ({error})") from None
+    return json.loads(payload) if payload else None
+
+
+def running_job(base_url: str) -> str:
+    """The id of the one job named riskstream-scoring that is not finished, failed or cancelled."""
+    jobs = [job for job in rest(base_url, "GET", "/jobs/overview")["jobs"]
+            if job["name"] == JOB_NAME and job["state"] not in ("FINISHED", "FAILED", "CANCELED")]
+    if len(jobs) != 1:
+        raise ClusterError(f"expected one running {JOB_NAME} job, found {len(jobs)}; name one by its id")
+    return jobs[0]["jid"]
+
+
+def job_status(base_url: str, job_id: str) -> dict[str, Any]:
+    """{state, last_checkpoint: {id, completed_at_ms, duration_ms, size_bytes, path} or None,
+    checkpoint_counts} of a job."""
+    job = rest(base_url, "GET", f"/jobs/{job_id}")
+    checkpoints = rest(base_url, "GET", f"/jobs/{job_id}/checkpoints")
+    latest = (checkpoints.get("latest") or {}).get("completed")
+    last = None if latest is None else {
+        "id": latest["id"], "completed_at_ms": latest["latest_ack_timestamp"],
+        "duration_ms": latest["end_to_end_duration"], "size_bytes": latest["state_size"],
+        "path": latest.get("external_path")}
+    return {"job_id": job_id, "name": job["name"], "state": job["state"], "last_checkpoint": last,
+            "checkpoint_counts": checkpoints.get("counts", {})}
+
+
+def stop_with_savepoint(base_url: str, job_id: str, directory: str, timeout_s: float = 300) -> str:
+    """Stops the job with a savepoint in `directory` and returns the savepoint's path."""
+    trigger = rest(base_url, "POST", f"/jobs/{job_id}/stop", {"targetDirectory": directory, "drain": False})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = rest(base_url, "GET", f"/jobs/{job_id}/savepoints/{trigger['request-id']}")
+        if answer["status"]["id"] == "COMPLETED":
+            operation = answer["operation"]
+            if "failure-cause" in operation:
+                cause = operation["failure-cause"].get("stack-trace", "").splitlines()[:1]
+                raise ClusterError(f"the savepoint failed: {' '.join(cause)}")
+            return operation["location"]
+        time.sleep(0.5)
+    raise ClusterError(f"no savepoint after {timeout_s:.0f} s")
+
+
+def cancel(base_url: str, job_id: str) -> None:
+    rest(base_url, "PATCH", f"/jobs/{job_id}?mode=cancel")
+
+
+def process_commands() -> list[tuple[int, str]]:
+    """(pid, command line) of every process on this machine."""
+    processes = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:  # gone meanwhile
+                continue
+            processes.append((int(entry.name), command.strip()))
+    return processes
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The parent pid is the second field after the command name, which may hold spaces.
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending.extend(children.get(child, []))
+    return found
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILLs `pid` and all its descendants (found before the first kill, so none is orphaned
+    unseen); returns the pids killed."""
+    tree = [pid, *descendants(pid)]
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return tree

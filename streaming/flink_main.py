@@ -1,0 +1,34 @@
+"""The program `flink run` runs (see `riskstream submit` and `streaming.cluster.submit_command`):
+builds the scoring job from a profile and hands it to the cluster `flink run` points at, without
+waiting for it to finish.
+
+    flink run --detached --pyModule streaming.flink_main --config conf/cluster.yaml [--set KEY=VALUE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from streaming.config import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streaming.flink_main")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"riskstream: configuration error: {error}", file=sys.stderr)
+        return 2
+    from streaming.job import start_job
+
+    start_job(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
