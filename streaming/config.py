@@ -48,6 +48,9 @@ class SourceSettings(_Settings):
     # directory: every file that appears in it, watched continuously (an unbounded stream).
     directory: str | None = None
     discovery_interval_ms: PositiveInt = 1000
+    # A ceiling on the records each source subtask reads per second (none when unset): for replaying
+    # a backlog without flooding the outputs, or to watch a job work through a fixed input.
+    max_records_per_second: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _one_kind_of_input(self) -> "SourceSettings":

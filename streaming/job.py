@@ -216,7 +216,8 @@ def bundled(stream: DataStream, settings: Settings) -> DataStream:
     sequenced = settings.performance.spreads_bundles()
     string_type = Types.STRING().get_java_type_info()
     bundles = java_operator(stream, "bundle-records", lambda j, jvm: j.transform(
-        "bundle-records", string_type, jvm.riskstream.flink.RecordBundler(max_records, max_delay_ms, sequenced)))
+        "bundle-records", string_type, jvm.riskstream.flink.RecordBundler(
+            max_records, max_delay_ms, sequenced, settings.source.max_records_per_second or 0)))
     return bundles.rebalance() if sequenced else bundles
 
 

@@ -79,3 +79,25 @@ def kafka_settings():
             future.result()
         except Exception:  # a topic the test never created
             pass
+
+
+@dataclass
+class SessionCluster:
+    cluster: Any  # streaming.cluster.LocalCluster
+    overrides: dict[str, str]  # conf/flink/test.yaml: also given to TaskManagers started later
+
+
+@pytest.fixture(scope="session")
+def session_cluster():
+    """The local session cluster with the test overrides (short heartbeats); started here unless
+    one is already up, and then stopped here."""
+    import yaml
+
+    from streaming.cluster import LocalCluster
+
+    overrides = {str(k): str(v) for k, v in yaml.safe_load((PROJECT / "conf/flink/test.yaml").read_text()).items()}
+    local = LocalCluster(conf_dir=PROJECT / "conf" / "flink", state_dir=PROJECT / "var" / "flink")
+    started = local.up(overrides)
+    yield SessionCluster(local, overrides)
+    if started:
+        local.down()

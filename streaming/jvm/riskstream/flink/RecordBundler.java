@@ -23,6 +23,11 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * starts, so a restarted job never continues an old stream) and seq counts its bundles from 0. That
  * lets bundles be spread over several parallel workers and put back in order afterwards (see
  * udfs/ordering.py). No bundle is pending at a checkpoint, so the numbering needs no state.
+ *
+ * <p>With {@code maxRecordsPerSecond} > 0, this operator (and the source chained before it) takes
+ * in at most that many records per second: a ceiling for replaying a backlog without flooding what
+ * comes after, and a way to let a test or drill watch a job work through a fixed input. Bursts
+ * are bounded to one second's worth.
  */
 public final class RecordBundler extends AbstractStreamOperator<String>
         implements OneInputStreamOperator<String, String>, BoundedOneInput, ProcessingTimeCallback {
@@ -31,6 +36,8 @@ public final class RecordBundler extends AbstractStreamOperator<String>
     private final int maxRecords;
     private final long maxDelayMs;
     private final boolean sequenced;
+    private final long maxRecordsPerSecond;
+    private transient long nextRecordDueNanos;
     private transient String stream;
     private transient StringBuilder bundle;
     private transient int count;
@@ -38,13 +45,14 @@ public final class RecordBundler extends AbstractStreamOperator<String>
     private transient long bundleNumber;
     private transient long timerBundleNumber;
 
-    public RecordBundler(int maxRecords, long maxDelayMs, boolean sequenced) {
-        if (maxRecords < 1 || maxDelayMs < 0) {
-            throw new IllegalArgumentException("maxRecords must be >= 1 and maxDelayMs >= 0");
+    public RecordBundler(int maxRecords, long maxDelayMs, boolean sequenced, long maxRecordsPerSecond) {
+        if (maxRecords < 1 || maxDelayMs < 0 || maxRecordsPerSecond < 0) {
+            throw new IllegalArgumentException("maxRecords must be >= 1, maxDelayMs and maxRecordsPerSecond >= 0");
         }
         this.maxRecords = maxRecords;
         this.maxDelayMs = maxDelayMs;
         this.sequenced = sequenced;
+        this.maxRecordsPerSecond = maxRecordsPerSecond;
     }
 
     @Override
@@ -58,6 +66,9 @@ public final class RecordBundler extends AbstractStreamOperator<String>
 
     @Override
     public void processElement(StreamRecord<String> element) throws Exception {
+        if (maxRecordsPerSecond > 0) {
+            waitForTurn();
+        }
         if (count > 0) {
             bundle.append('\n');
         } else if (sequenced) {
@@ -104,6 +115,15 @@ public final class RecordBundler extends AbstractStreamOperator<String>
     public void finish() throws Exception {
         emit();
         super.finish();
+    }
+
+    private void waitForTurn() throws InterruptedException {
+        long now = System.nanoTime();
+        nextRecordDueNanos = Math.max(nextRecordDueNanos, now - 1_000_000_000L) + 1_000_000_000L / maxRecordsPerSecond;
+        long aheadNanos = nextRecordDueNanos - now;
+        if (aheadNanos > 1_000_000L) {
+            Thread.sleep(aheadNanos / 1_000_000L);
+        }
     }
 
     private void emit() {
