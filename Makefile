@@ -16,28 +16,38 @@ FLINK_KAFKA := build/flink-jars/.resolved
 KAFKA_JAR := build/riskstream-flink-kafka.jar
 KAFKA_JAVA_SOURCES := $(wildcard streaming/jvm-kafka/riskstream/flink/kafka/*.java)
 
-.PHONY: run test unit integration bench jar kafka-libs kafka-up kafka-down clean
+.PHONY: run test unit integration bench jar kafka-libs kafka-up kafka-down cluster-up cluster-down clean
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
 
-# Starts the project's Kafka broker (or reuses a running one), runs the suite, stops the broker.
+# Starts the project's Kafka broker and session cluster (or reuses running ones), runs the suite,
+# stops both.
 test: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS)
 	kafka/kafka.sh up
-	$(PY) -m pytest -q; status=$$?; kafka/kafka.sh down; exit $$status
+	$(VENV)/bin/riskstream cluster up --overrides conf/flink/test.yaml
+	$(PY) -m pytest -q; status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
 
 unit: $(INSTALLED)
 	$(PY) -m pytest -q tests/unit
 
 integration: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS)
 	kafka/kafka.sh up
-	$(PY) -m pytest -q tests/integration; status=$$?; kafka/kafka.sh down; exit $$status
+	$(VENV)/bin/riskstream cluster up --overrides conf/flink/test.yaml
+	$(PY) -m pytest -q tests/integration; status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
 
 kafka-up: $(KAFKA_LIBS)
 	kafka/kafka.sh up
 
 kafka-down:
 	kafka/kafka.sh down
+
+# The local Flink session cluster (conf/flink; pid files, logs and lib/ under var/flink).
+cluster-up: $(JAR) $(KAFKA_JAR)
+	$(VENV)/bin/riskstream cluster up
+
+cluster-down:
+	$(VENV)/bin/riskstream cluster down
 
 kafka-libs: $(KAFKA_LIBS)
 
@@ -47,11 +57,12 @@ $(KAFKA_LIBS): kafka/pom.xml
 	cd kafka && mvn -q -B dependency:copy-dependencies -DoutputDirectory=../build/kafka-libs
 	touch $@
 
-# Job against single-process River and plain-Python loops, and Kafka-mode latency;
+# Job against single-process River and plain-Python loops, Kafka-mode latency, and recovery from
+# TaskManager kills on the session cluster (started and stopped by the benchmark);
 # `make bench BENCH_ARGS=--quick` for 100k records.
 bench: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS) $(RIVER_INSTALLED)
 	kafka/kafka.sh up
-	$(PY) bench/run_bench.py $(BENCH_ARGS); status=$$?; kafka/kafka.sh down; exit $$status
+	$(PY) bench/run_bench.py $(BENCH_ARGS); status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
 
 jar: $(JAR)
 

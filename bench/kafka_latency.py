@@ -45,11 +45,8 @@ def measure(setting: str, delivery: str, extra: list[str]) -> dict:
     from udfs.generator import GeneratorSettings, generate
 
     run = uuid.uuid4().hex[:8]
-    overrides = [f"kafka.transactions_topic=lat-tx-{run}", f"kafka.scores_topic=lat-scores-{run}",
-                 f"kafka.dead_letters_topic=lat-dead-{run}", f"kafka.snapshots_topic=lat-snap-{run}",
-                 f"kafka.consumer_group=lat-{run}", f"kafka.transactional_id_prefix=lat-{run}",
-                 f"kafka.delivery={delivery}", f"checkpointing.directory={PROJECT / 'var' / 'bench-latency' / run}",
-                 *extra]
+    overrides = [*kafka_tools.isolated_overrides("latency"), f"kafka.delivery={delivery}",
+                 f"checkpointing.directory={PROJECT / 'var' / 'bench-latency' / run}", *extra]
     settings = load_settings(PROFILE, overrides)
     kafka_tools.create_topics(settings)
     received: dict[str, float] = {}
@@ -113,9 +110,7 @@ def measure(setting: str, delivery: str, extra: list[str]) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(job.pid, signal.SIGKILL)
         reader.join()
-        from confluent_kafka.admin import AdminClient
-
-        AdminClient(settings.kafka.client_properties()).delete_topics(list(settings.kafka.topics()))
+        kafka_tools.delete_topics(settings)
     ordered = [(received[t] - sent[t]) * 1000 for t in sent if t in received]
     if os.environ.get("RISKSTREAM_LATENCY_TRACE"):
         print([round(statistics.median(ordered[i:i + 2000])) for i in range(0, len(ordered), 2000)])

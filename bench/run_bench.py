@@ -12,6 +12,9 @@ Prints a table and writes out/bench.json. Job records/s count from the first sco
 (scored_at); job_wall_s is the whole run, start-up included. checkpoint_ms is the median checkpoint
 duration and state_bytes_per_key the last checkpoint's size divided by the number of keys (both from
 Flink's log); peak_rss_mb is the largest summed RSS of the job's whole process tree.
+Then Kafka-mode latency (bench/kafka_latency.py) and the failover drill on the session cluster at
+200,000 transactions (bench/failover.py): recovery time from each TaskManager kill to the first new
+score, and checkpoint durations.
 """
 
 from __future__ import annotations
@@ -176,6 +179,10 @@ def main() -> int:
 
     print(f"kafka latency at {RATE:,} records/s (produce to readable score, read_committed):", flush=True)
     results["kafka_latency_ms"] = kafka_latency()
+    from bench.failover import failover_bench
+
+    print("failover on the session cluster (TaskManager killed three times, exactly-once):", flush=True)
+    results["failover"] = failover = failover_bench(200_000 if not args.quick else 50_000)
     OUT.mkdir(exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = [
@@ -200,6 +207,12 @@ def main() -> int:
     for setting, deliveries in results["kafka_latency_ms"].items():
         for delivery, latency in deliveries.items():
             print(f"{f'{setting}, {delivery}':<38}{latency['p50']:>14,.0f}{latency['p99']:>16,.0f}")
+    print(f"\n{'Failover, ' + format(failover['records'], ',') + ' transactions':<38}{'recovery (s)':>14}")
+    for point, seconds in failover["recovery_s"].items():
+        print(f"{'TaskManager killed ' + point:<38}{seconds:>14.1f}")
+    checkpoints = failover["checkpoint_ms"] or {"median": 0, "max": 0, "count": 0}
+    print(f"{'checkpoint ms, median / max':<38}{checkpoints['median']:>14,.0f}{checkpoints['max']:>16,.0f}")
+    print(f"{'each record exactly once':<38}{str(failover['exactly_once']):>14}")
     print(f"\nwritten to {OUT / 'bench.json'}")
     return 0
 

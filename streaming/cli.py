@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = commands.add_parser("stop", help="stop the job on the session cluster")
     stop.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
     stop.add_argument("--savepoint", action="store_true", help="take a savepoint first (resume with submit --from)")
+    stop.add_argument("--drain", action="store_true",
+                      help="end the input first, so the final model snapshots are written (with --savepoint)")
     stop.add_argument("--config", type=Path, default=Path("conf/cluster.yaml"),
                       help="profile whose checkpointing.savepoint_directory receives the savepoint")
 
@@ -172,9 +174,12 @@ def _cluster_command(args: argparse.Namespace) -> int:
             status = cluster.job_status(local.rest_url, job_id)
             print(json.dumps(status, indent=2))
             return 0
+        if args.drain and not args.savepoint:
+            raise ConfigError("stop: --drain needs --savepoint")
         if args.savepoint:
             directory = load_settings(args.config).checkpointing.savepoint_directory
-            print(f"stopped job {job_id} with savepoint {cluster.stop_with_savepoint(local.rest_url, job_id, directory)}")
+            savepoint = cluster.stop_with_savepoint(local.rest_url, job_id, Path(directory).as_uri(), args.drain)
+            print(f"stopped job {job_id} with savepoint {savepoint}")
         else:
             cluster.cancel(local.rest_url, job_id)
             print(f"cancelled job {job_id}")

@@ -42,7 +42,8 @@ def flink_home() -> Path:
 @dataclass(frozen=True)
 class LocalCluster:
     """A standalone session cluster on this machine. `conf_dir` holds Flink's config.yaml and log
-    settings; `state_dir` gets the pid files (pid/) and logs (log/)."""
+    settings; `state_dir` gets the pid files (pid/), logs (log/), working files (tmp/) and the
+    class path (lib/)."""
 
     conf_dir: Path = Path("conf/flink")
     state_dir: Path = Path("var/flink")
@@ -75,7 +76,7 @@ class LocalCluster:
         API already answers."""
         if self.is_up():
             return False
-        for folder in ("log", "pid"):
+        for folder in ("log", "pid", "tmp"):
             (self.state_dir / folder).mkdir(parents=True, exist_ok=True)
         self._link_libraries()
         self._script("jobmanager.sh", "start", overrides)
@@ -134,7 +135,10 @@ class LocalCluster:
         return [(pid, command) for pid, command in process_commands() if marker in command]
 
     def _script(self, script: str, action: str, overrides: dict[str, str] | None = None) -> None:
-        dynamic = [argument for key, value in (overrides or {}).items() for argument in ("-D", f"{key}={value}")]
+        settings = dict(overrides or {})
+        if action == "start":  # working files (Python workers, RocksDB, blobs) stay in the project too
+            settings.setdefault("io.tmp.dirs", str((self.state_dir / "tmp").resolve()))
+        dynamic = [argument for key, value in settings.items() for argument in ("-D", f"{key}={value}")]
         subprocess.run([str(flink_home() / "bin" / script), action, *dynamic], env=self.environment(),
                        check=True, stdout=subprocess.DEVNULL)
 
@@ -208,9 +212,13 @@ def job_status(base_url: str, job_id: str) -> dict[str, Any]:
             "checkpoint_counts": checkpoints.get("counts", {})}
 
 
-def stop_with_savepoint(base_url: str, job_id: str, directory: str, timeout_s: float = 300) -> str:
-    """Stops the job with a savepoint in `directory` and returns the savepoint's path."""
-    trigger = rest(base_url, "POST", f"/jobs/{job_id}/stop", {"targetDirectory": directory, "drain": False})
+def stop_with_savepoint(base_url: str, job_id: str, directory: str, drain: bool = False,
+                        timeout_s: float = 300) -> str:
+    """Stops the job with a savepoint in `directory` and returns the savepoint's path. With `drain`
+    the job ends for good first: its sources stop and the end of input passes through every
+    operator, so the last model snapshots are written (resuming from such a savepoint continues
+    with an input that has ended)."""
+    trigger = rest(base_url, "POST", f"/jobs/{job_id}/stop", {"targetDirectory": directory, "drain": drain})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         answer = rest(base_url, "GET", f"/jobs/{job_id}/savepoints/{trigger['request-id']}")

@@ -37,6 +37,28 @@ def create_topics(settings: Settings) -> list[str]:
     return created
 
 
+def isolated_overrides(prefix: str) -> list[str]:
+    """`--set` overrides that give one run topics, a consumer group and transactional ids of its
+    own (`<prefix>-tx-<id>`, ...), so that runs on one broker never see each other's records."""
+    run = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return [f"kafka.transactions_topic={run}-tx", f"kafka.scores_topic={run}-scores",
+            f"kafka.dead_letters_topic={run}-dead", f"kafka.snapshots_topic={run}-snap",
+            f"kafka.consumer_group={run}", f"kafka.transactional_id_prefix={run}"]
+
+
+def delete_topics(settings: Settings) -> None:
+    """Deletes the project's topics (those that exist), so a broker does not pile up test runs."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka.client_properties())
+    for future in admin.delete_topics(list(settings.kafka.topics()), operation_timeout=30).values():
+        try:
+            future.result()
+        except KafkaException:  # a topic that was never created
+            pass
+
+
 def partition_key(line: bytes, key_field: str) -> bytes | None:
     """The normalized model key of a raw transaction line, as the message key, so that all of a
     key's records share a partition and keep their order; None when the line has none (bad JSON,

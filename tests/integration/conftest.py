@@ -59,32 +59,34 @@ def scoring_job():
 
 
 @pytest.fixture
-def kafka_settings():
-    """The Kafka profile with topics, group and transactional ids of this test's own; the topics
-    are deleted afterwards so the broker does not accumulate them."""
-    import uuid
+def kafka_isolation():
+    """Overrides giving this test topics, a consumer group and transactional ids of its own; the
+    topics are deleted afterwards so the broker does not accumulate them."""
+    from streaming import kafka_tools
 
-    from confluent_kafka.admin import AdminClient
+    overrides = kafka_tools.isolated_overrides("test")
+    yield overrides
+    kafka_tools.delete_topics(load_settings(PROJECT / "conf" / "kafka.yaml", overrides))
 
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
-        f"kafka.transactions_topic=tx-{run}", f"kafka.scores_topic=scores-{run}",
-        f"kafka.dead_letters_topic=dead-{run}", f"kafka.snapshots_topic=snap-{run}",
-        f"kafka.consumer_group=test-{run}", f"kafka.transactional_id_prefix=test-{run}",
-    ])
-    yield settings
-    admin = AdminClient(settings.kafka.client_properties())
-    for future in admin.delete_topics(list(settings.kafka.topics()), operation_timeout=30).values():
-        try:
-            future.result()
-        except Exception:  # a topic the test never created
-            pass
+
+@pytest.fixture
+def kafka_settings(kafka_isolation):
+    """The Kafka profile on this test's own topics."""
+    return load_settings(PROJECT / "conf" / "kafka.yaml", kafka_isolation)
 
 
 @dataclass
 class SessionCluster:
     cluster: Any  # streaming.cluster.LocalCluster
     overrides: dict[str, str]  # conf/flink/test.yaml: also given to TaskManagers started later
+
+    def cancel_jobs(self) -> None:
+        """Cancels every job on the cluster that has not ended."""
+        from streaming import cluster
+
+        for job in cluster.rest(self.cluster.rest_url, "GET", "/jobs/overview")["jobs"]:
+            if job["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+                cluster.cancel(self.cluster.rest_url, job["jid"])
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 
 from bench import failover
 from streaming import kafka_tools
+from streaming.config import load_settings
 from streaming.outputs import latest_snapshots
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
@@ -32,13 +33,16 @@ def reference(stream, tmp_path_factory):
 
 
 @pytest.fixture
-def drill(kafka_settings, stream, tmp_path):
-    """Topics of this test's own with the stream produced into them (keyed by model key), and the
-    overrides that point the cluster profile at them."""
-    kafka_tools.create_topics(kafka_settings)
+def drill(session_cluster, kafka_isolation, stream, tmp_path):
+    """The cluster profile on this test's own topics, with the stream produced into them (keyed by
+    model key), and the overrides that say so."""
+    overrides = [*kafka_isolation, *failover.drill_overrides(tmp_path)]
+    settings = load_settings(failover.CLUSTER_PROFILE, overrides)
+    kafka_tools.create_topics(settings)
     lines = [line for _, line in stream]
-    assert kafka_tools.produce(kafka_settings, lines, len(lines), None, kafka_settings.model.key) == RECORDS
-    return kafka_settings, failover.drill_settings_overrides(kafka_settings, tmp_path)
+    assert kafka_tools.produce(settings, lines, len(lines), None, settings.model.key) == RECORDS
+    yield settings, overrides
+    session_cluster.cancel_jobs()  # a failed test must not leave its job holding the slots
 
 
 def assert_exactly_once_with_reference_models(settings, stream, reference, committed):
@@ -79,7 +83,8 @@ def test_stop_with_savepoint_and_resume_after_a_graph_change(session_cluster, dr
     # Before the savepoint each source subtask's bundles stay with its own preparing worker; after
     # it they are numbered and spread over both (a rebalance and a reordering step in front of the
     # stateful operator). Only the operators' uids tie the state to the new graph.
-    run = failover.run_with_savepoint(session_cluster.cluster, [*overrides, "performance.parallel_prepare=false"],
+    run = failover.run_with_savepoint(session_cluster.cluster, settings,
+                                      [*overrides, "performance.parallel_prepare=false"],
                                       ["performance.parallel_prepare=true"], min_records=15_000)
 
     assert run.savepoint and "savepoint" in run.savepoint
