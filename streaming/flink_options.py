@@ -1,0 +1,59 @@
+"""Flink's configuration keys for a job's settings (no pyflink here, so the unit tier checks them)."""
+
+from __future__ import annotations
+
+import site
+import sys
+from pathlib import Path
+
+from streaming.config import RestartSettings, Settings
+
+
+def flink_options(settings: Settings) -> dict[str, str]:
+    """Flink's configuration keys for the job (strings, as Flink takes them); the Python workers
+    use this interpreter and its packages. The same keys apply on a mini-cluster and when the job is
+    submitted to a session cluster with `flink run`."""
+    flink = settings.flink
+    checkpoints = settings.checkpointing
+    _, bundle_max_delay_ms, buffer_timeout_ms = settings.performance.bundling()
+    return {
+        "execution.runtime-mode": "STREAMING",  # BATCH would sort by key and break arrival order
+        "parallelism.default": str(flink.parallelism),
+        "taskmanager.numberOfTaskSlots": str(2 * flink.parallelism),  # preparing and scoring groups
+        "pipeline.max-parallelism": str(flink.max_parallelism),
+        "python.execution-mode": flink.python_execution_mode,
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        # Thread mode embeds CPython in the JVM, which does not read the virtual environment.
+        "python.pythonpath": ":".join(site.getsitepackages()),
+        "execution.checkpointing.interval": f"{checkpoints.interval_ms} ms",
+        "execution.checkpointing.dir": Path(checkpoints.directory).as_uri(),
+        "execution.checkpointing.savepoint-dir": Path(checkpoints.savepoint_directory).as_uri(),
+        "state.backend.type": checkpoints.state_backend,
+        "execution.checkpointing.incremental": str(checkpoints.incremental).lower(),
+        "execution.checkpointing.externalized-checkpoint-retention":
+            "RETAIN_ON_CANCELLATION" if checkpoints.retain_on_cancel else "DELETE_ON_CANCELLATION",
+        "execution.checkpointing.tolerable-failed-checkpoints": str(checkpoints.tolerable_failures),
+        **restart_options(checkpoints.restart),
+        "pipeline.jars": ";".join(Path(jar).as_uri() for jar in flink.jars),
+        "execution.buffer-timeout.interval": f"{buffer_timeout_ms} ms",
+        # Our elements are already bundles of records: let a Python worker hold only a few at a
+        # time, so a checkpoint (which waits for the worker to finish them) stays short.
+        "python.fn-execution.bundle.size": "64",
+        "python.fn-execution.bundle.time": str(max(1, bundle_max_delay_ms)),
+        # Process mode sends keyed-state writes to the JVM in batches of this many.
+        "python.map-state.write-cache-size": "10000",
+    }
+
+
+def restart_options(restart: RestartSettings) -> dict[str, str]:
+    """Flink's restart-strategy keys for `checkpointing.restart`."""
+    if restart.strategy == "fixed-delay":
+        return {"restart-strategy.type": "fixed-delay",
+                "restart-strategy.fixed-delay.attempts": str(restart.attempts),
+                "restart-strategy.fixed-delay.delay": f"{restart.delay_ms} ms"}
+    if restart.strategy == "exponential-delay":
+        return {"restart-strategy.type": "exponential-delay",
+                "restart-strategy.exponential-delay.initial-backoff": f"{restart.delay_ms} ms",
+                "restart-strategy.exponential-delay.max-backoff": f"{max(restart.delay_ms, restart.max_delay_ms)} ms"}
+    return {"restart-strategy.type": "none"}

@@ -1,0 +1,148 @@
+"""Checkpointing settings and the Flink keys they become (streaming/config.py,
+streaming/flink_options.py), profiles that extend one another, the session cluster's helpers that
+need no Flink (streaming/cluster.py), and `riskstream model show` (streaming/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streaming import cluster
+from streaming.cli import main
+from streaming.config import ConfigError, load_settings
+from streaming.flink_options import flink_options
+from streaming.outputs import latest_snapshot, latest_snapshots
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def test_the_cluster_profile_checkpoints_incrementally_to_rocksdb_and_keeps_the_last_checkpoint():
+    options = flink_options(load_settings(PROJECT / "conf" / "cluster.yaml"))
+    assert options["state.backend.type"] == "rocksdb"
+    assert options["execution.checkpointing.incremental"] == "true"
+    assert options["execution.checkpointing.externalized-checkpoint-retention"] == "RETAIN_ON_CANCELLATION"
+    assert options["execution.checkpointing.tolerable-failed-checkpoints"] == "3"
+    assert options["restart-strategy.type"] == "exponential-delay"
+    assert options["execution.checkpointing.interval"] == "10000 ms"
+    assert options["execution.checkpointing.dir"] == (PROJECT / "var/cluster/checkpoints").as_uri()
+    assert options["pipeline.max-parallelism"] == "128"
+
+
+def test_the_local_profile_keeps_state_on_the_heap_and_fails_on_the_first_error():
+    options = flink_options(load_settings(PROJECT / "conf" / "local.yaml"))
+    assert options["state.backend.type"] == "hashmap"
+    assert options["execution.checkpointing.incremental"] == "false"
+    assert options["execution.checkpointing.externalized-checkpoint-retention"] == "DELETE_ON_CANCELLATION"
+    assert options["restart-strategy.type"] == "none"
+
+
+@pytest.mark.parametrize("restart, expected", [
+    ("{strategy: fixed-delay, attempts: 7, delay_ms: 250}",
+     {"restart-strategy.type": "fixed-delay", "restart-strategy.fixed-delay.attempts": "7",
+      "restart-strategy.fixed-delay.delay": "250 ms"}),
+    ("{strategy: exponential-delay, delay_ms: 500, max_delay_ms: 8000}",
+     {"restart-strategy.type": "exponential-delay", "restart-strategy.exponential-delay.initial-backoff": "500 ms",
+      "restart-strategy.exponential-delay.max-backoff": "8000 ms"}),
+])
+def test_the_restart_strategy_becomes_flinks_keys(restart, expected):
+    options = flink_options(load_settings(PROJECT / "conf" / "local.yaml", [f"checkpointing.restart={restart}"]))
+    assert {key: options[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("override, field", [
+    ("checkpointing.incremental=true", "checkpointing.incremental"),  # hashmap cannot
+    ("checkpointing.state_backend=forst", "checkpointing.state_backend"),
+    ("checkpointing.tolerable_failures=-1", "checkpointing.tolerable_failures"),
+    ("checkpointing.restart={strategy: sometimes}", "checkpointing.restart.strategy"),
+    ("checkpointing.restart={attempts: 0}", "checkpointing.restart.attempts"),
+])
+def test_a_bad_checkpointing_setting_fails_naming_it(override, field):
+    with pytest.raises(ConfigError) as info:
+        load_settings(PROJECT / "conf" / "local.yaml", [override])
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and message.startswith(field)
+
+
+def test_a_profile_extends_another_setting_by_setting(tmp_path):
+    base = yaml.safe_load((PROJECT / "conf" / "local.yaml").read_text())
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nmodel: {learning_rate: 0.2}\n")
+    child = load_settings(tmp_path / "child.yaml")
+    assert child.model.learning_rate == 0.2
+    assert child.model.key == base["model"]["key"]  # the rest of the section is the base's
+    assert len(child.features.numeric) == len(base["features"]["numeric"])
+
+
+def test_profiles_that_extend_each_other_fail_in_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends"):
+        load_settings(tmp_path / "a.yaml")
+
+
+def test_the_rest_address_comes_from_flinks_config(tmp_path):
+    (tmp_path / "config.yaml").write_text("rest:\n  address: 127.0.0.1\n  port: 18999\n")
+    assert cluster.LocalCluster(conf_dir=tmp_path).rest_url == "http://127.0.0.1:18999"
+    assert cluster.LocalCluster().rest_url == "http://127.0.0.1:18081"  # conf/flink, as the README says
+
+
+def test_the_rest_client_says_where_it_found_no_cluster():
+    with pytest.raises(cluster.ClusterError, match="no Flink REST API at http://127.0.0.1:1"):
+        cluster.rest("http://127.0.0.1:1", "GET", "/overview", timeout=2)
+
+
+def test_kill_tree_kills_a_process_and_everything_below_it():
+    parent = subprocess.Popen(["bash", "-c", "sleep 300 & sleep 300 & wait"])
+    deadline = time.monotonic() + 10
+    while len(cluster.descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = cluster.descendants(parent.pid)
+    assert len(children) == 2
+
+    assert sorted(cluster.kill_tree(parent.pid)) == sorted([parent.pid, *children])
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in children):
+        assert time.monotonic() < deadline, "a child survived"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def snapshot(key: str, updates: int, bias: float) -> dict:
+    return {"model_key": key, "model_updates": updates, "bias": bias, "weights": {"amount": bias / 2}}
+
+
+def test_the_latest_snapshot_is_the_one_after_the_most_updates():
+    snapshots = [snapshot("grocery", 2000, 0.2), snapshot("travel", 1000, 0.5), snapshot("grocery", 1000, 0.1),
+                 snapshot("grocery", 2000, 0.3)]  # a repeat after a restart: the last read wins
+    assert latest_snapshots(snapshots)["grocery"]["bias"] == 0.3
+    assert latest_snapshot(snapshots, "travel")["bias"] == 0.5
+    assert latest_snapshot(snapshots, "fuel") is None
+
+
+def test_model_show_prints_a_keys_latest_model_from_the_file_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RISKSTREAM_PSEUDONYM_KEY", raising=False)
+    folder = tmp_path / "out" / "model-snapshots"
+    folder.mkdir(parents=True)
+    (folder / "model-snapshots-0-0.jsonl").write_text(
+        "\n".join(json.dumps(s) for s in [snapshot("grocery", 1000, 0.1), snapshot("grocery", 3000, 0.7)]) + "\n")
+    (folder / ".model-snapshots-0-1.jsonl.inprogress").write_text(json.dumps(snapshot("grocery", 4000, 9.9)) + "\n")
+    profile = ["--config", str(PROJECT / "conf" / "local.yaml"), "--set", f"output.path={tmp_path / 'out'}"]
+
+    assert main(["model", "show", " Grocery ", *profile]) == 0  # normalized as the job does
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["model_updates"], shown["bias"]) == (3000, 0.7)  # not the uncommitted one
+
+    assert main(["model", "show", "fuel", *profile]) == 1
+    assert "no snapshot of model key 'fuel'" in capsys.readouterr().err
