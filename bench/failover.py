@@ -104,7 +104,7 @@ class Watch:
         raise RuntimeError(f"the job did not finish in {timeout_s:.0f} s")
 
 
-def drill_overrides(state_dir: Path, records_per_second: int = 2000) -> list[str]:
+def drill_overrides(state_dir: Path, records_per_second: int = 1000) -> list[str]:
     """--set overrides for the drill on top of the cluster profile: a bounded source, exactly-once
     delivery, checkpoints every second under `state_dir`, and each source subtask reading at most
     `records_per_second`, so that there is time to act while the job works through its input."""

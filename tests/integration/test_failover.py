@@ -68,7 +68,7 @@ def assert_exactly_once_with_reference_models(settings, stream, reference, commi
 
 def test_taskmanager_killed_three_times_changes_nothing(session_cluster, drill, stream, reference):
     settings, overrides = drill
-    run = failover.run_with_kills(session_cluster.cluster, overrides, min_attempt_records=4000,
+    run = failover.run_with_kills(session_cluster.cluster, overrides, min_attempt_records=2000,
                                   taskmanager_overrides=session_cluster.overrides)
 
     assert [kill.point for kill in run.kills] == list(failover.KILL_POINTS)
