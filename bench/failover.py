@@ -137,7 +137,8 @@ def run_with_kills(local: cluster.LocalCluster, overrides: list[str], min_attemp
             watch.until("a new completed checkpoint", lambda: _just_completed(watch.checkpoints(), seen),
                         timeout_s, poll_s=0.005)
         elif point == "open-transaction":
-            watch.until("records written since the last checkpoint", lambda: _mid_interval(watch.checkpoints()),
+            seen = _last_completed_id(watch.checkpoints())
+            watch.until("records written since a new checkpoint", lambda: _mid_interval(watch.checkpoints(), seen),
                         timeout_s)
         else:
             watch.until("a checkpoint in progress", lambda: watch.checkpoints()["counts"]["in_progress"] > 0,
@@ -214,9 +215,11 @@ def committed_outputs(settings: Settings) -> int:
                for _ in kafka_tools.tail(settings, topic, True, None, idle_timeout_s=1))
 
 
-def recovery_times_s(run: DrillRun, scores: list[dict[str, Any]]) -> list[float]:
-    """For each kill: seconds from the kill to the first score computed after it (scored_at)."""
-    scored_at = sorted(score["scored_at"] for score in scores)
+def recovery_times_s(run: DrillRun, settings: Settings) -> list[float]:
+    """For each kill: seconds from the kill to the first score computed after it (scored_at), among
+    all the scores the job wrote, committed or not (a later kill may abort the first ones)."""
+    scored_at = sorted(json.loads(value)["scored_at"] for _, _, _, value in kafka_tools.tail(
+        settings, settings.kafka.scores_topic, True, None, idle_timeout_s=5, committed_only=False))
     times = []
     for kill in run.kills:
         after = next((t for t in scored_at if t > kill.at_ms), None)
@@ -246,11 +249,11 @@ def _just_completed(answer: dict[str, Any], previous_id: int | None) -> bool:
     return _last_completed_id(answer) != previous_id and answer["counts"]["in_progress"] == 0
 
 
-def _mid_interval(answer: dict[str, Any]) -> bool:
-    """No checkpoint in progress and the last one completed at least 400 ms ago (of a 1 s interval):
-    the sinks' current transactions hold records no checkpoint has committed yet."""
+def _mid_interval(answer: dict[str, Any], previous_id: int | None) -> bool:
+    """A checkpoint after `previous_id` completed at least 400 ms ago (of a 1 s interval) and no
+    other is in progress: the sinks' current transactions hold records no checkpoint has committed."""
     completed = (answer.get("latest") or {}).get("completed")
-    if completed is None or answer["counts"]["in_progress"] > 0:
+    if completed is None or completed["id"] == previous_id or answer["counts"]["in_progress"] > 0:
         return False
     return time.time() * 1000 - completed["latest_ack_timestamp"] >= 400
 
@@ -280,9 +283,10 @@ def failover_bench(records: int = 200_000, records_per_second: int = 5000) -> di
             kafka_tools.create_topics(settings)
             lines = list(generate(GeneratorSettings(records=records, seed=61, malformed_share=0.02)))
             kafka_tools.produce(settings, lines, len(lines), None, settings.model.key)
-            run = run_with_kills(local, overrides, min_attempt_records=records // 10,
+            run = run_with_kills(local, overrides, min_attempt_records=records // 40,
                                  taskmanager_overrides=overrides_of_cluster, timeout_s=1200)
             committed = read_committed(settings)
+            recovery = recovery_times_s(run, settings)
         finally:
             kafka_tools.delete_topics(settings)
             if started_cluster:
@@ -292,7 +296,7 @@ def failover_bench(records: int = 200_000, records_per_second: int = 5000) -> di
     return {
         "records": records,
         "source_ceiling_per_subtask": records_per_second,
-        "recovery_s": dict(zip(KILL_POINTS, recovery_times_s(run, scores))),
+        "recovery_s": dict(zip(KILL_POINTS, recovery)),
         "checkpoint_ms": {"count": len(durations), "median": statistics.median(durations),
                           "max": durations[-1]} if durations else None,
         "wall_s": run.wall_s,

@@ -121,15 +121,16 @@ def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate:
 
 
 def tail(settings: Settings, topic: str, from_beginning: bool, max_records: int | None,
-         idle_timeout_s: float | None) -> Iterator[tuple[int, int, bytes | None, bytes]]:
+         idle_timeout_s: float | None, committed_only: bool = True) -> Iterator[tuple[int, int, bytes | None, bytes]]:
     """(partition, offset, key, value) of the topic's committed records (read_committed), until
-    `max_records` were read or nothing arrived for `idle_timeout_s` (None: follow forever)."""
+    `max_records` were read or nothing arrived for `idle_timeout_s` (None: follow forever). With
+    `committed_only=False` also records of open and aborted transactions (read_uncommitted)."""
     from confluent_kafka import Consumer, KafkaException
 
     consumer = Consumer({
         **settings.kafka.client_properties(),
         "group.id": f"riskstream-tail-{uuid.uuid4()}",
-        "isolation.level": "read_committed",
+        "isolation.level": "read_committed" if committed_only else "read_uncommitted",
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "enable.auto.commit": False,
         "fetch.max.bytes": settings.kafka.max_message_bytes * 4,
