@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="end the input first, so the final model snapshots are written (with --savepoint)")
     stop.add_argument("--config", type=Path, default=Path("conf/cluster.yaml"),
                       help="profile whose checkpointing.savepoint_directory receives the savepoint")
+    stop.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     model = commands.add_parser("model", help="inspect the models in the snapshot output (no Flink needed)")
     model.add_argument("action", choices=("show",))
@@ -177,7 +178,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
         if args.drain and not args.savepoint:
             raise ConfigError("stop: --drain needs --savepoint")
         if args.savepoint:
-            directory = load_settings(args.config).checkpointing.savepoint_directory
+            directory = load_settings(args.config, args.overrides).checkpointing.savepoint_directory
             savepoint = cluster.stop_with_savepoint(local.rest_url, job_id, Path(directory).as_uri(), args.drain)
             print(f"stopped job {job_id} with savepoint {savepoint}")
         else:

@@ -5,6 +5,7 @@ final models are bit for bit those of a run without failures."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,52 @@ def test_a_broker_restart_during_a_run_loses_and_duplicates_nothing(session_clus
     assert run.broker_restarted_at_ms is not None
     committed = failover.read_committed(settings)
     assert_exactly_once_with_reference_models(settings, stream, reference, committed)
+
+
+def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_cluster, kafka_isolation, tmp_path, capsys):
+    from streaming.cli import main
+
+    overrides = [*kafka_isolation, f"checkpointing.directory={tmp_path / 'checkpoints'}",
+                 f"checkpointing.savepoint_directory={tmp_path / 'savepoints'}", "checkpointing.interval_ms=1000"]
+    settings = load_settings(failover.CLUSTER_PROFILE, overrides)
+    kafka_tools.create_topics(settings)
+    options = ["--config", str(failover.CLUSTER_PROFILE), *[arg for o in overrides for arg in ("--set", o)]]
+
+    job_id, command = submit_and_wait_for_a_checkpoint(main, options, session_cluster, capsys)
+    assert "flink run --detached" in command and "--pyModule streaming.flink_main" in command
+
+    assert main(["status"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["job_id"] == job_id and status["state"] == "RUNNING"
+    assert status["last_checkpoint"]["path"].startswith((tmp_path / "checkpoints").as_uri().replace("file://", "file:"))
+
+    assert main(["stop", "--savepoint", *options]) == 0
+    savepoint = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
+    assert (tmp_path / "savepoints").is_dir() and any((tmp_path / "savepoints").iterdir())
+    assert savepoint.endswith(next((tmp_path / "savepoints").iterdir()).name)
+    failover.Watch(session_cluster.cluster, failover.DrillRun(job_id=job_id)).until_finished(60)  # raises otherwise
+
+    # Resume from the savepoint; then cancel, which keeps the last checkpoint; resume from that.
+    resumed, _ = submit_and_wait_for_a_checkpoint(main, options + ["--from", savepoint], session_cluster, capsys)
+    assert main(["status", resumed]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["checkpoint_counts"]["restored"] == 1
+    retained = status["last_checkpoint"]["path"].removeprefix("file:")
+    assert main(["stop", resumed]) == 0 and f"cancelled job {resumed}" in capsys.readouterr().out
+    assert Path(retained, "_metadata").is_file(), "the last checkpoint was not kept on cancel"
+    again, _ = submit_and_wait_for_a_checkpoint(main, options + ["--from", retained], session_cluster, capsys)
+    assert main(["status", again]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint_counts"]["restored"] == 1
+    assert main(["stop", again]) == 0
+
+
+def submit_and_wait_for_a_checkpoint(main, arguments, session_cluster, capsys) -> tuple[str, str]:
+    """`riskstream submit ARGUMENTS`; returns the job id and the flink run command it printed, once
+    the job has completed a checkpoint."""
+    assert main(["submit", *arguments]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    job_id = printed[-1].removeprefix("submitted job ")
+    watch = failover.Watch(session_cluster.cluster, failover.DrillRun(job_id=job_id))
+    watch.until("a completed checkpoint", lambda: watch.checkpoints()["counts"]["completed"] > 0, 120, poll_s=0.5)
+    return job_id, printed[0]
+
