@@ -60,6 +60,8 @@ class Watch:
     def __init__(self, local: cluster.LocalCluster, run: DrillRun):
         self.url = local.rest_url
         self.run = run
+        self.last_checkpoints: dict[str, Any] = {}  # the latest answers, to describe a kill as it happened
+        self.last_attempt_records = 0
 
     def job(self) -> dict[str, Any]:
         return cluster.rest(self.url, "GET", f"/jobs/{self.run.job_id}")
@@ -70,6 +72,7 @@ class Watch:
             if checkpoint["status"] == "COMPLETED":
                 self.run.checkpoint_durations_ms[checkpoint["id"]] = checkpoint["end_to_end_duration"]
         self.run.restores = answer["counts"]["restored"]
+        self.last_checkpoints = answer
         return answer
 
     def attempt_records(self) -> int:
@@ -78,7 +81,8 @@ class Watch:
         if job["state"] != "RUNNING" or any(v["status"] != "RUNNING" for v in job["vertices"]):
             return 0
         source = next(v for v in job["vertices"] if "transactions-source" in v["name"])
-        return source["metrics"]["read-records"]  # the Kafka records it consumed
+        self.last_attempt_records = source["metrics"]["read-records"]  # the Kafka records it consumed
+        return self.last_attempt_records
 
     def until(self, what: str, condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.02) -> None:
         deadline = time.monotonic() + timeout_s
@@ -143,7 +147,7 @@ def run_with_kills(local: cluster.LocalCluster, overrides: list[str], min_attemp
         else:
             watch.until("a checkpoint in progress", lambda: watch.checkpoints()["counts"]["in_progress"] > 0,
                         timeout_s, poll_s=0.005)
-        restores = watch.checkpoints()["counts"]["restored"]
+        restores = watch.last_checkpoints["counts"]["restored"]  # from the poll that chose this moment
         run.kills.append(_kill_taskmanagers(local, point, watch))
         local.start_taskmanager(taskmanager_overrides)  # as a supervisor would
         # The next kill must hit the restored job, not a TaskManager the job has not reached yet.
@@ -228,15 +232,15 @@ def recovery_times_s(run: DrillRun, settings: Settings) -> list[float]:
 
 
 def _kill_taskmanagers(local: cluster.LocalCluster, point: str, watch: Watch) -> Kill:
-    records = watch.attempt_records()
-    in_progress = watch.checkpoints()["counts"]["in_progress"] > 0
-    at_ms = time.time_ns() // 1_000_000
+    """Kills at once, and describes the job by the poll that chose this moment."""
     pids = local.taskmanager_pids()
     if not pids:
         raise RuntimeError("no TaskManager process to kill")
+    at_ms = time.time_ns() // 1_000_000
     for pid in pids:
         cluster.kill_tree(pid)
-    return Kill(point=point, at_ms=at_ms, attempt_records=records, checkpoint_in_progress=in_progress)
+    return Kill(point=point, at_ms=at_ms, attempt_records=watch.last_attempt_records,
+                checkpoint_in_progress=watch.last_checkpoints["counts"]["in_progress"] > 0)
 
 
 def _last_completed_id(answer: dict[str, Any]) -> int | None:
