@@ -90,7 +90,7 @@ class Watch:
             if condition():
                 return
             state = self.job()["state"]
-            if state in ("FINISHED", "FAILED", "CANCELED"):
+            if state in cluster.ENDED:
                 raise RuntimeError(f"the job was {state} before {what}")
             time.sleep(poll_s)
         raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
@@ -270,14 +270,11 @@ def failover_bench(records: int = 200_000, records_per_second: int = 5000) -> di
     import statistics
     import tempfile
 
-    import yaml
-
     from streaming.config import load_settings
     from udfs.generator import GeneratorSettings, generate
 
-    overrides_of_cluster = {str(k): str(v) for k, v in
-                            yaml.safe_load((PROJECT / "conf" / "flink" / "test.yaml").read_text()).items()}
-    local = cluster.LocalCluster(PROJECT / "conf" / "flink", PROJECT / "var" / "flink")
+    overrides_of_cluster = cluster.flink_overrides(PROJECT / "conf" / "flink" / "test.yaml")
+    local = cluster.LocalCluster.of_project(PROJECT)
     started_cluster = local.up(overrides_of_cluster)
     with tempfile.TemporaryDirectory(dir=PROJECT / "var") as state_dir:
         overrides = [*kafka_tools.isolated_overrides("bench-failover"),

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import orjson
-import yaml
 
 from streaming.config import ConfigError, load_settings
 
@@ -195,12 +194,10 @@ def _cluster_up_down(local, args: argparse.Namespace) -> int:
         local.down()
         print("cluster stopped; no JobManager or TaskManager left")
         return 0
-    overrides = {}
-    if args.overrides is not None:
-        overrides = yaml.safe_load(args.overrides.read_text(encoding="utf-8")) or {}
-        if not isinstance(overrides, dict):
-            raise ConfigError(f"{args.overrides}: must be a mapping of Flink settings")
-    started = local.up({str(key): str(value) for key, value in overrides.items()}, args.taskmanagers)
+    from streaming.cluster import flink_overrides
+
+    overrides = flink_overrides(args.overrides) if args.overrides is not None else {}
+    started = local.up(overrides, args.taskmanagers)
     print(f"cluster {'started' if started else 'already running'}: web UI and REST API at {local.rest_url}")
     return 0
 

@@ -24,12 +24,23 @@ from typing import Any
 
 import yaml
 
+from streaming.config import ConfigError
+
 JOB_NAME = "riskstream-scoring"
 ENTRY_MODULE = "streaming.flink_main"  # what `flink run` runs
+ENDED = ("FINISHED", "FAILED", "CANCELED")  # job states that do not change any more
 
 
 class ClusterError(RuntimeError):
     """The cluster or its REST API did not do what was asked; the message says what happened."""
+
+
+def flink_overrides(path: Path) -> dict[str, str]:
+    """A YAML mapping of Flink settings (e.g. conf/flink/test.yaml), as `-D key=value` pairs take them."""
+    overrides = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: must be a mapping of Flink settings")
+    return {str(key): str(value) for key, value in overrides.items()}
 
 
 def flink_home() -> Path:
@@ -47,6 +58,11 @@ class LocalCluster:
 
     conf_dir: Path = Path("conf/flink")
     state_dir: Path = Path("var/flink")
+
+    @classmethod
+    def of_project(cls, project: Path) -> "LocalCluster":
+        """The cluster of the project in `project`, wherever the current directory is."""
+        return cls(project / "conf" / "flink", project / "var" / "flink")
 
     def environment(self) -> dict[str, str]:
         """The environment for Flink's scripts and the `flink` command: this cluster's files."""
@@ -189,10 +205,14 @@ def rest(base_url: str, method: str, path: str, body: dict | None = None, timeou
     return json.loads(payload) if payload else None
 
 
+def unended_jobs(base_url: str) -> list[dict[str, Any]]:
+    """The cluster's jobs that are not finished, failed or cancelled (REST job overviews)."""
+    return [job for job in rest(base_url, "GET", "/jobs/overview")["jobs"] if job["state"] not in ENDED]
+
+
 def running_job(base_url: str) -> str:
     """The id of the one job named riskstream-scoring that is not finished, failed or cancelled."""
-    jobs = [job for job in rest(base_url, "GET", "/jobs/overview")["jobs"]
-            if job["name"] == JOB_NAME and job["state"] not in ("FINISHED", "FAILED", "CANCELED")]
+    jobs = [job for job in unended_jobs(base_url) if job["name"] == JOB_NAME]
     if len(jobs) != 1:
         raise ClusterError(f"expected one running {JOB_NAME} job, found {len(jobs)}; name one by its id")
     return jobs[0]["jid"]

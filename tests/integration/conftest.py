@@ -84,21 +84,18 @@ class SessionCluster:
         """Cancels every job on the cluster that has not ended."""
         from streaming import cluster
 
-        for job in cluster.rest(self.cluster.rest_url, "GET", "/jobs/overview")["jobs"]:
-            if job["state"] not in ("FINISHED", "FAILED", "CANCELED"):
-                cluster.cancel(self.cluster.rest_url, job["jid"])
+        for job in cluster.unended_jobs(self.cluster.rest_url):
+            cluster.cancel(self.cluster.rest_url, job["jid"])
 
 
 @pytest.fixture(scope="session")
 def session_cluster():
     """The local session cluster with the test overrides (short heartbeats); started here unless
     one is already up, and then stopped here."""
-    import yaml
+    from streaming.cluster import LocalCluster, flink_overrides
 
-    from streaming.cluster import LocalCluster
-
-    overrides = {str(k): str(v) for k, v in yaml.safe_load((PROJECT / "conf/flink/test.yaml").read_text()).items()}
-    local = LocalCluster(conf_dir=PROJECT / "conf" / "flink", state_dir=PROJECT / "var" / "flink")
+    overrides = flink_overrides(PROJECT / "conf" / "flink" / "test.yaml")
+    local = LocalCluster.of_project(PROJECT)
     started = local.up(overrides)
     yield SessionCluster(local, overrides)
     if started:

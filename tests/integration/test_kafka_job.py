@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from bench import failover
 from streaming import kafka_tools
 from streaming.outputs import latest_snapshots
 from udfs.generator import GeneratorSettings, generate_with_kinds
@@ -29,13 +30,8 @@ def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scorin
 
     run_job(settings)
 
-    def committed(topic):
-        return [(key, json.loads(value)) for _, _, key, value in
-                kafka_tools.tail(settings, topic, True, None, idle_timeout_s=8)]
-
-    scores = committed(settings.kafka.scores_topic)
-    dead_letters = committed(settings.kafka.dead_letters_topic)
-    snapshots = committed(settings.kafka.snapshots_topic)
+    committed = failover.read_committed(settings)
+    scores, dead_letters = committed.scores, committed.dead_letters
 
     produced = list(kafka_tools.tail(settings, settings.kafka.transactions_topic, True, RECORDS, 8))
     by_offset = {(partition, offset): value for partition, offset, _, value in produced}
@@ -57,7 +53,7 @@ def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scorin
         assert letter["source"]["topic"] == settings.kafka.transactions_topic
 
     from_file = scoring_job(tmp_path / "file", lines)
-    kafka_models = latest_snapshots([snapshot for _, snapshot in snapshots])
+    kafka_models = latest_snapshots(committed.snapshots)
     file_models = latest_snapshots(from_file.snapshots)
     assert kafka_models.keys() == file_models.keys()
     for key, model in kafka_models.items():
