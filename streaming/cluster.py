@@ -37,7 +37,10 @@ class ClusterError(RuntimeError):
 
 def flink_overrides(path: Path) -> dict[str, str]:
     """A YAML mapping of Flink settings (e.g. conf/flink/test.yaml), as `-D key=value` pairs take them."""
-    overrides = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    try:
+        overrides = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: {str(error).splitlines()[0]}") from None
     if not isinstance(overrides, dict):
         raise ConfigError(f"{path}: must be a mapping of Flink settings")
     return {str(key): str(value) for key, value in overrides.items()}

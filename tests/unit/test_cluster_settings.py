@@ -146,3 +146,12 @@ def test_model_show_prints_a_keys_latest_model_from_the_file_output(tmp_path, ca
 
     assert main(["model", "show", "fuel", *profile]) == 1
     assert "no snapshot of model key 'fuel'" in capsys.readouterr().err
+
+
+def test_flink_overrides_are_strings_and_a_bad_file_fails_in_one_line(tmp_path):
+    assert cluster.flink_overrides(PROJECT / "conf" / "flink" / "test.yaml")["heartbeat.timeout"] == "5000"
+    (tmp_path / "bad.yaml").write_text("- just\n- a list\n")
+    for path in (tmp_path / "bad.yaml", tmp_path / "missing.yaml"):
+        with pytest.raises(ConfigError) as info:
+            cluster.flink_overrides(path)
+        assert len(str(info.value).splitlines()) == 1 and str(path) in str(info.value)
