@@ -16,7 +16,7 @@ FLINK_KAFKA := build/flink-jars/.resolved
 KAFKA_JAR := build/riskstream-flink-kafka.jar
 KAFKA_JAVA_SOURCES := $(wildcard streaming/jvm-kafka/riskstream/flink/kafka/*.java)
 
-.PHONY: run test unit integration bench jar kafka-libs kafka-up kafka-down cluster-up cluster-down clean
+.PHONY: run test unit integration bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
@@ -65,6 +65,9 @@ bench: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS) $(RIVER_INSTALLED)
 	$(PY) bench/run_bench.py $(BENCH_ARGS); status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
 
 jar: $(JAR)
+
+# Every jar a job needs: the project's Java pieces and Flink's Kafka connector.
+jars: $(JAR) $(KAFKA_JAR)
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

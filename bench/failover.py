@@ -122,7 +122,7 @@ def drill_overrides(state_dir: Path, records_per_second: int = 1000) -> list[str
 
 
 def submit(local: cluster.LocalCluster, overrides: list[str], from_path: str | None = None) -> str:
-    return cluster.submit(local, cluster.submit_command(CLUSTER_PROFILE, overrides, from_path))
+    return cluster.submit(local, cluster.submit_command(CLUSTER_PROFILE, local.rest_url.removeprefix("http://"), overrides, from_path))
 
 
 def run_with_kills(local: cluster.LocalCluster, overrides: list[str], min_attempt_records: int,

@@ -1,107 +1,155 @@
 """The `riskstream` command: generate transactions, run the job locally or on a session cluster,
-work with its Kafka topics, and show a model from its snapshot output."""
+work with its Kafka topics, and show a model from its snapshot output.
+
+Every failure a user can cause ends in one line on stderr and one of these exit codes (README,
+"Exit codes"): 0 success; 1 the job failed, its accounting does not reconcile, or the cluster
+refused a request; 2 a bad argument, profile, setting or input (nothing was started or changed);
+3 the Kafka broker or Flink cluster the command needs does not answer; 130 stopped with Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
+import logging
 import sys
+import traceback
+from importlib.metadata import version
 from pathlib import Path
 
 import orjson
 
-from streaming.config import ConfigError, load_settings
+from streaming.config import DEFAULT_PROFILES, PROJECT_ROOT, ConfigError, ServiceUnreachable, load_settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job failed, its accounting does not reconcile, or the cluster refused a request
+EXIT_USAGE = 2  # a bad argument, profile, setting or input; nothing was started or changed
+EXIT_UNREACHABLE = 3  # the Kafka broker or the Flink cluster the command needs does not answer
+EXIT_INTERRUPTED = 130  # stopped with Ctrl-C (SIGINT)
+
+# Flink's own log (mini-cluster and client) stays in the project, whatever the current folder.
+FLINK_LOG_DIR = PROJECT_ROOT / "var" / "log"
+
+
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, [], False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work; the message is one line naming the option."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="riskstream", description="Streaming fraud scoring on Apache Flink.")
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, UsageError) as error:
+        prefix = "configuration error: " if isinstance(error, ConfigError) else ""
+        return _fail(f"{prefix}{error}", EXIT_USAGE)
+    except ServiceUnreachable as error:
+        return _fail(str(error), EXIT_UNREACHABLE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"riskstream: {message}", file=sys.stderr)
+    return code
+
+
+def parser() -> argparse.ArgumentParser:
+    formatter = _HelpWithDefaults
+    parser = argparse.ArgumentParser(prog="riskstream", description="Streaming fraud scoring on Apache Flink.",
+                                     formatter_class=formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('riskstream')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="write a seeded stream of transactions as JSON lines")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, formatter_class=formatter)
+
+    def profile(sub: argparse.ArgumentParser, default: str | None) -> None:
+        if default is None:
+            sub.add_argument("--config", required=True, type=Path, help="a profile, e.g. conf/local.yaml")
+        else:
+            sub.add_argument("--config", type=Path, default=DEFAULT_PROFILES[default], help="the profile")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override one setting, e.g. --set model.learning_rate=0.05 (repeatable)")
+
+    def verbose(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--verbose", action="store_true", help="show the Kafka client's own log on stderr")
+
+    generate = command("generate", "write a seeded stream of transactions as JSON lines")
     generate.add_argument("--out", required=True, type=Path, help="file to write (JSON lines)")
-    generate.add_argument("--records", type=int, default=200_000)
-    generate.add_argument("--seed", type=int, default=7)
+    generate.add_argument("--records", type=int, default=200_000, help="how many transactions")
+    generate.add_argument("--seed", type=int, default=7, help="random seed: the same seed gives the same stream")
     generate.add_argument("--accounts", type=int, default=50_000, help="number of distinct accounts")
-    generate.add_argument("--malformed-share", type=float, default=0.0, help="share of malformed records, 0..1")
-    generate.add_argument("--unlabelled-share", type=float, default=0.02, help="share of records without a label")
+    generate.add_argument("--malformed-share", type=float, default=0.0, help="share of malformed records, [0, 1)")
+    generate.add_argument("--unlabelled-share", type=float, default=0.02, help="share of records without a label, [0, 1]")
     generate.add_argument("--drift-at", type=float, default=None, help="position (0..1) of an abrupt drift")
 
-    run = commands.add_parser("run", help="run the scoring job on the embedded Flink mini-cluster")
-    run.add_argument("--config", required=True, type=Path, help="a profile in conf/, e.g. conf/local.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one setting, e.g. --set model.learning_rate=0.05 (repeatable)")
+    run = command("run", "run the scoring job on the embedded Flink mini-cluster")
+    profile(run, None)
 
-    def with_config(command):
-        command.add_argument("--config", type=Path, default=Path("conf/kafka.yaml"), help="profile (default conf/kafka.yaml)")
-        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-        return command
+    topics = command("topics", "create the project's Kafka topics (idempotent)")
+    profile(topics, "kafka")
+    verbose(topics)
 
-    with_config(commands.add_parser("topics", help="create the project's Kafka topics (idempotent)"))
-
-    produce = with_config(commands.add_parser("produce", help="send transactions to the transactions topic"))
+    produce = command("produce", "send transactions to the transactions topic")
+    profile(produce, "kafka")
+    verbose(produce)
     what = produce.add_mutually_exclusive_group(required=True)
     what.add_argument("--file", type=Path, help="a JSON-lines file to send, one message per line")
     what.add_argument("--generate", type=int, metavar="N", help="send N generated transactions")
-    produce.add_argument("--seed", type=int, default=7)
-    produce.add_argument("--accounts", type=int, default=50_000)
-    produce.add_argument("--malformed-share", type=float, default=0.0)
+    produce.add_argument("--seed", type=int, default=7, help="random seed of --generate")
+    produce.add_argument("--accounts", type=int, default=50_000, help="distinct accounts of --generate")
+    produce.add_argument("--malformed-share", type=float, default=0.0, help="share of malformed records of --generate")
     produce.add_argument("--rate", type=float, default=None, help="records per second (default: as fast as possible)")
     produce.add_argument("--no-key", action="store_true", help="do not key messages by the normalized model key")
     produce.add_argument("--topic", default=None, help="another topic than kafka.transactions_topic")
 
-    tail = with_config(commands.add_parser("tail", help="print a topic's committed records (read_committed)"))
-    tail.add_argument("topic")
+    tail = command("tail", "print a topic's committed records (read_committed)")
+    profile(tail, "kafka")
+    verbose(tail)
+    tail.add_argument("topic", help="a topic, e.g. risk-scores")
     tail.add_argument("--from-latest", action="store_true", help="only records that arrive from now on")
     tail.add_argument("--max", type=int, default=None, help="stop after this many records")
     tail.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without records")
 
-    cluster = commands.add_parser("cluster", help="start or stop the local Flink session cluster")
-    cluster.add_argument("action", choices=("up", "down"))
+    cluster = command("cluster", "start or stop the local Flink session cluster")
+    cluster.add_argument("action", choices=("up", "down"), help="start it, or stop it with all it started")
     cluster.add_argument("--overrides", type=Path, default=None,
                          help="a YAML mapping of Flink settings over conf/flink/config.yaml, e.g. conf/flink/test.yaml")
-    cluster.add_argument("--taskmanagers", type=int, default=1)
+    cluster.add_argument("--taskmanagers", type=int, default=1, help="how many TaskManagers to start")
 
-    submit = commands.add_parser("submit", help="submit the job to the session cluster with `flink run`, detached")
-    submit.add_argument("--config", required=True, type=Path, help="a profile in conf/, e.g. conf/cluster.yaml")
-    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit = command("submit", "submit the job to the session cluster with `flink run`, detached")
+    profile(submit, None)
     submit.add_argument("--from", dest="from_path", default=None, metavar="PATH",
                         help="resume from this savepoint or retained checkpoint")
 
-    status = commands.add_parser("status", help="the job's state and last completed checkpoint")
+    status = command("status", "the job's state and last completed checkpoint")
     status.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
+    profile(status, "cluster")
 
-    stop = commands.add_parser("stop", help="stop the job on the session cluster")
+    stop = command("stop", "stop the job on the session cluster")
     stop.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
     stop.add_argument("--savepoint", action="store_true", help="take a savepoint first (resume with submit --from)")
     stop.add_argument("--drain", action="store_true",
-                      help="end the input first, so the final model snapshots are written (with --savepoint)")
-    stop.add_argument("--config", type=Path, default=Path("conf/cluster.yaml"),
-                      help="profile whose checkpointing.savepoint_directory receives the savepoint")
-    stop.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+                      help="end the input first, so the final model snapshots are written (needs --savepoint)")
+    profile(stop, "cluster")
 
-    model = commands.add_parser("model", help="inspect the models in the snapshot output (no Flink needed)")
-    model.add_argument("action", choices=("show",))
+    model = command("model", "inspect the models in the snapshot output (no Flink needed)")
+    model.add_argument("action", choices=("show",), help="show a key's latest model")
     model.add_argument("key", help="a model key, as the job normalizes it (e.g. grocery)")
-    with_config(model)
+    profile(model, "local")
+    verbose(model)
     model.add_argument("--idle-timeout", type=float, default=5.0,
                        help="Kafka output: stop reading snapshots after this many seconds without one")
-
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "generate":
-            return _generate(args)
-        if args.command in ("topics", "produce", "tail"):
-            return _kafka_command(args)
-        if args.command in ("cluster", "submit", "status", "stop"):
-            return _cluster_command(args)
-        if args.command == "model":
-            return _model_show(args)
-        return _run(args)
-    except ConfigError as error:
-        print(f"riskstream: configuration error: {error}", file=sys.stderr)
-        return 2
+    return parser
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -109,37 +157,73 @@ def _generate(args: argparse.Namespace) -> int:
 
     from udfs.generator import GeneratorSettings, generate
 
-    if args.records < 1 or not 0 <= args.malformed_share < 1 or not 0 <= args.unlabelled_share <= 1:
-        raise ConfigError("generate: --records must be >= 1, --malformed-share in [0, 1), --unlabelled-share in [0, 1]")
-    if args.drift_at is not None and not 0 < args.drift_at < 1:
-        raise ConfigError("generate: --drift-at must be in (0, 1)")
+    for option, valid, allowed in (("--records", args.records >= 1, ">= 1"),
+                                   ("--accounts", args.accounts >= 1, ">= 1"),
+                                   ("--malformed-share", 0 <= args.malformed_share < 1, "in [0, 1)"),
+                                   ("--unlabelled-share", 0 <= args.unlabelled_share <= 1, "in [0, 1]"),
+                                   ("--drift-at", args.drift_at is None or 0 < args.drift_at < 1, "in (0, 1)")):
+        if not valid:
+            raise UsageError(f"generate {option}: must be {allowed} (got {getattr(args, option[2:].replace('-', '_'))})")
+    if args.out.is_dir():
+        raise UsageError(f"generate --out: {args.out} is a folder; give a file, e.g. {args.out / 'tx.jsonl'}")
     settings = GeneratorSettings(records=args.records, seed=args.seed, accounts=args.accounts,
                                  malformed_share=args.malformed_share, unlabelled_share=args.unlabelled_share,
                                  drift_at=args.drift_at)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")
-    with partial.open("wb") as out:
-        for line in tqdm(generate(settings), total=args.records, unit=" records", mininterval=0.5):
-            out.write(line + b"\n")
-    partial.replace(args.out)  # a crash never leaves a half-written stream under the real name
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb") as out:
+            for line in tqdm(generate(settings), total=args.records, unit=" records", mininterval=0.5):
+                out.write(line + b"\n")
+        partial.replace(args.out)  # a crash never leaves a half-written stream under the real name
+    except OSError as error:
+        raise UsageError(f"generate --out: cannot write {args.out}: {error.strerror or error}") from None
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"wrote {args.records:,} transactions to {args.out}")
-    return 0
+    return EXIT_OK
+
+
+def _quiet_kafka_clients(verbose: bool) -> None:
+    """The Kafka clients log through `kafka_tools.CLIENT_LOG`: to stderr with --verbose, else nowhere
+    (a missing broker is reported once, in one line, by `kafka_tools.check_broker`)."""
+    from streaming.kafka_tools import CLIENT_LOG
+
+    CLIENT_LOG.propagate = False
+    CLIENT_LOG.handlers[:] = [logging.StreamHandler() if verbose else logging.NullHandler()]
+    CLIENT_LOG.setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 def _kafka_command(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
+    from streaming import kafka_tools
+
+    try:
+        return _kafka_tool(args)
+    except (KafkaException, kafka_tools.DeliveryFailed) as error:
+        return _fail(f"{args.command}: {error}", EXIT_FAILED)
+
+
+def _kafka_tool(args: argparse.Namespace) -> int:
     from streaming import kafka_tools
 
     settings = load_settings(args.config, args.overrides)
+    if args.command == "produce" and args.file is not None and not args.file.is_file():
+        raise UsageError(f"produce --file: {args.file} is not a file")
+    _quiet_kafka_clients(args.verbose)
+    kafka_tools.check_broker(settings)
     if args.command == "topics":
         created = kafka_tools.create_topics(settings)
         print(f"topics: created {', '.join(created) or 'none'}; all of {', '.join(settings.kafka.topics())} exist")
-        return 0
+        return EXIT_OK
     if args.command == "tail":
+        kafka_tools.check_topic(settings, args.topic)
         for partition, offset, key, value in kafka_tools.tail(settings, args.topic, not args.from_latest, args.max,
                                                               args.idle_timeout):
             shown_key = key.decode("utf-8", "backslashreplace") if key is not None else ""
             print(f"{partition}:{offset}\t{shown_key}\t{value.decode('utf-8', 'backslashreplace')}", flush=True)
-        return 0
+        return EXIT_OK
     if args.file is not None:
         from streaming.outputs import file_records
 
@@ -153,95 +237,174 @@ def _kafka_command(args: argparse.Namespace) -> int:
     key_field = None if args.no_key else settings.model.key
     sent = kafka_tools.produce(settings, lines, total, args.rate, key_field, args.topic)
     print(f"produced {sent:,} records to {args.topic or settings.kafka.transactions_topic}")
-    return 0
+    return EXIT_OK
 
 
 def _cluster_command(args: argparse.Namespace) -> int:
     from streaming import cluster
 
-    local = cluster.LocalCluster()
+    if args.command == "cluster":
+        return _cluster_up_down(cluster.LocalCluster(), args)
+    if args.command == "stop" and args.drain and not args.savepoint:
+        raise UsageError("stop --drain: needs --savepoint (draining ends the input, which only a savepoint can resume)")
+    settings = load_settings(args.config, args.overrides)  # a bad profile fails here, in one line
+    rest_url = settings.flink.rest_url
+    cluster.rest(rest_url, "GET", "/overview", timeout=3)  # a cluster that is down: one line, exit 3
     try:
-        if args.command == "cluster":
-            return _cluster_up_down(local, args)
         if args.command == "submit":
-            load_settings(args.config, args.overrides)  # a bad profile fails here, in one line
-            command = cluster.submit_command(args.config, args.overrides, args.from_path)
+            if args.from_path is not None and not Path(args.from_path).exists():
+                raise UsageError(f"submit --from: {args.from_path} does not exist")
+            command = cluster.submit_command(args.config, settings.flink.rest_address, args.overrides, args.from_path)
             print(cluster.shown(command), flush=True)
-            print(f"submitted job {cluster.submit(local, command)}")
-            return 0
-        job_id = args.job_id or cluster.running_job(local.rest_url)
+            print(f"submitted job {cluster.submit(cluster.LocalCluster(), command)}")
+            return EXIT_OK
+        job_id = args.job_id or cluster.running_job(rest_url)
         if args.command == "status":
-            status = cluster.job_status(local.rest_url, job_id)
-            print(json.dumps(status, indent=2))
-            return 0
-        if args.drain and not args.savepoint:
-            raise ConfigError("stop: --drain needs --savepoint")
+            print(json.dumps(cluster.job_status(rest_url, job_id), indent=2))
+            return EXIT_OK
         if args.savepoint:
-            directory = load_settings(args.config, args.overrides).checkpointing.savepoint_directory
-            savepoint = cluster.stop_with_savepoint(local.rest_url, job_id, Path(directory).as_uri(), args.drain)
+            directory = Path(settings.checkpointing.savepoint_directory).as_uri()
+            savepoint = cluster.stop_with_savepoint(rest_url, job_id, directory, args.drain)
             print(f"stopped job {job_id} with savepoint {savepoint}")
         else:
-            cluster.cancel(local.rest_url, job_id)
+            cluster.cancel(rest_url, job_id)
             print(f"cancelled job {job_id}")
-        return 0
+        return EXIT_OK
+    except cluster.ClusterUnreachable:
+        raise
     except cluster.ClusterError as error:
-        print(f"riskstream: {error}", file=sys.stderr)
-        return 1
+        return _fail(str(error), EXIT_FAILED)
 
 
 def _cluster_up_down(local, args: argparse.Namespace) -> int:
-    if args.action == "down":
-        local.down()
-        print("cluster stopped; no JobManager or TaskManager left")
-        return 0
-    from streaming.cluster import flink_overrides
+    from streaming import cluster
 
-    overrides = flink_overrides(args.overrides) if args.overrides is not None else {}
-    started = local.up(overrides, args.taskmanagers)
+    try:
+        if args.action == "down":
+            local.down()
+            print("cluster stopped; no JobManager or TaskManager left")
+            return EXIT_OK
+        overrides = cluster.flink_overrides(args.overrides) if args.overrides is not None else {}
+        started = local.up(overrides, args.taskmanagers)
+    except cluster.ClusterError as error:
+        return _fail(str(error), EXIT_FAILED)
     print(f"cluster {'started' if started else 'already running'}: web UI and REST API at {local.rest_url}")
-    return 0
+    return EXIT_OK
 
 
 def _model_show(args: argparse.Namespace) -> int:
-    from streaming.outputs import latest_snapshot
+    from streaming.outputs import latest_snapshots
 
     settings = load_settings(args.config, args.overrides)
     if settings.output.kind == "kafka":
         from streaming import kafka_tools
 
+        _quiet_kafka_clients(args.verbose)
+        kafka_tools.check_broker(settings)
+        where = f"topic {settings.kafka.snapshots_topic} at {settings.kafka.bootstrap_servers}"
         snapshots = (orjson.loads(value) for _, _, _, value in kafka_tools.tail(
             settings, settings.kafka.snapshots_topic, True, None, args.idle_timeout))
     else:
         from streaming.outputs import committed_lines
 
-        snapshots = committed_lines(Path(settings.output.path) / "model-snapshots")
+        folder = Path(settings.output.path) / "model-snapshots"
+        where = str(folder)
+        snapshots = committed_lines(folder)
     from udfs.cleaning import normalize_categorical
 
     key = normalize_categorical(settings.model.key, args.key)  # as the job stores it: " Grocery" is "grocery"
-    snapshot = latest_snapshot(snapshots, key)
-    if snapshot is None:
-        print(f"riskstream: no snapshot of model key {key!r} in the output", file=sys.stderr)
-        return 1
-    print(json.dumps(snapshot, indent=2))
-    return 0
+    latest = latest_snapshots(snapshots)
+    if key not in latest:
+        if not latest:
+            return _fail(f"no model snapshots in {where}; run the job with this profile first", EXIT_FAILED)
+        keys = sorted(latest)
+        shown = ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
+        return _fail(f"no snapshot of model key {key!r} in {where}; keys there: {shown}", EXIT_FAILED)
+    print(json.dumps(latest[key], indent=2))
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, args.overrides)
-    os.environ.setdefault("FLINK_LOG_DIR", str(Path("var/log").resolve()))  # Flink's log, kept in the project
-    from streaming.job import OUTPUTS, run_job
-    from streaming.outputs import count_file_records, summarize
+    import os
 
-    output = Path(settings.output.path)
-    for name in OUTPUTS:  # the output folder belongs to the job: start each run empty
-        shutil.rmtree(output / name, ignore_errors=True)
-    wall_seconds = run_job(settings)
+    settings = load_settings(args.config, args.overrides)
+    records_in_files = _check_inputs(settings)
+    from streaming.flink_options import job_jars
+
+    job_jars(settings)  # a missing jar: one line naming it, before Flink starts
+    os.environ.setdefault("FLINK_LOG_DIR", str(FLINK_LOG_DIR))
+    from streaming.job import run_job
+    from streaming.outputs import RunOutputs, summarize
+
+    outputs = RunOutputs(Path(settings.output.path))
+    outputs.set_previous_aside()
+    try:
+        wall_seconds = run_job(settings)
+    except Exception as error:  # the job failed: the user gets one line, the log gets the rest
+        outputs.restore_previous()
+        return _fail(f"the job failed: {_cause(error)}; previous outputs kept in {outputs.folder}; "
+                     f"details in {_write_failure_log(error)}", EXIT_FAILED)
+    outputs.drop_previous()
     if settings.source.kind == "files":
-        summary = summarize(output, count_file_records(settings.source.paths), wall_seconds)
+        summary = summarize(outputs.folder, records_in_files, wall_seconds)
         print("\n".join(summary.lines()))
-        print(f"outputs in {output}")
-        return 0 if summary.reconciled else 1
-    return 0
+        print(f"outputs in {outputs.folder}")
+        return EXIT_OK if summary.reconciled else EXIT_FAILED
+    return EXIT_OK
+
+
+def _check_inputs(settings) -> int | None:
+    """Checks that the job's input exists before anything starts; returns how many records the
+    input files hold (None for other sources). Raises ConfigError naming the setting."""
+    source = settings.source
+    if source.kind == "directory":
+        folder = Path(source.directory)
+        if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise ConfigError(f"source.directory: {folder} {what}")
+        return None
+    if source.kind == "kafka":
+        from streaming import kafka_tools
+
+        _quiet_kafka_clients(False)
+        kafka_tools.check_broker(settings)
+        return None
+    from streaming.outputs import count_file_records
+
+    for path in map(Path, source.paths):
+        if path.is_dir():
+            raise ConfigError(f"source.paths: {path} is a folder; to watch a folder set source.kind=directory "
+                              f"and source.directory={path}")
+        if not path.is_file():
+            raise ConfigError(f"source.paths: {path} does not exist")
+    records = count_file_records(source.paths)
+    if records == 0:
+        raise ConfigError(f"source.paths: no records in {', '.join(source.paths)}")
+    return records
+
+
+def _cause(error: BaseException) -> str:
+    """The one line that says why a job failed: the innermost cause Flink or Python reported."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if line.startswith("Caused by:")]
+    text = (causes[-1].removeprefix("Caused by:").strip() if causes else lines[0] if lines
+            else type(error).__name__)
+    return text[:300]
+
+
+def _write_failure_log(error: BaseException) -> Path:
+    """Writes the whole failure (Python and Java stack traces) to a log file; returns its path."""
+    import time
+
+    FLINK_LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = FLINK_LOG_DIR / f"riskstream-run-failed-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+    return log
+
+
+COMMANDS = {"generate": _generate, "run": _run, "topics": _kafka_command, "produce": _kafka_command,
+            "tail": _kafka_command, "cluster": _cluster_command, "submit": _cluster_command,
+            "status": _cluster_command, "stop": _cluster_command, "model": _model_show}
 
 
 if __name__ == "__main__":

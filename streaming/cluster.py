@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from streaming.config import ConfigError
+from streaming.config import PROJECT_ROOT, ConfigError, ServiceUnreachable
 
 JOB_NAME = "riskstream-scoring"
 ENTRY_MODULE = "streaming.flink_main"  # what `flink run` runs
@@ -33,6 +33,10 @@ ENDED = ("FINISHED", "FAILED", "CANCELED")  # job states that do not change any 
 
 class ClusterError(RuntimeError):
     """The cluster or its REST API did not do what was asked; the message says what happened."""
+
+
+class ClusterUnreachable(ClusterError, ServiceUnreachable):
+    """Nothing answers at the cluster's REST address."""
 
 
 def flink_overrides(path: Path) -> dict[str, str]:
@@ -59,8 +63,8 @@ class LocalCluster:
     settings; `state_dir` gets the pid files (pid/), logs (log/), working files (tmp/) and the
     class path (lib/)."""
 
-    conf_dir: Path = Path("conf/flink")
-    state_dir: Path = Path("var/flink")
+    conf_dir: Path = PROJECT_ROOT / "conf" / "flink"
+    state_dir: Path = PROJECT_ROOT / "var" / "flink"
 
     @classmethod
     def of_project(cls, project: Path) -> "LocalCluster":
@@ -162,12 +166,13 @@ class LocalCluster:
                        check=True, stdout=subprocess.DEVNULL)
 
 
-def submit_command(profile: Path, overrides: list[str] | tuple[str, ...] = (), from_path: str | None = None,
-                   python: str = sys.executable) -> list[str]:
-    """The `flink run` command that submits the scoring job, detached, built from `profile` plus
-    `overrides`; with `from_path` it resumes from that savepoint or retained checkpoint. Run it with
-    `LocalCluster.environment()` (FLINK_CONF_DIR says which cluster)."""
-    command = [str(flink_home() / "bin" / "flink"), "run", "--detached",
+def submit_command(profile: Path, rest_address: str, overrides: list[str] | tuple[str, ...] = (),
+                   from_path: str | None = None, python: str = sys.executable) -> list[str]:
+    """The `flink run` command that submits the scoring job, detached, to the cluster whose REST API
+    is at `rest_address` (host:port), built from `profile` plus `overrides`; with `from_path` it
+    resumes from that savepoint or retained checkpoint. Run it with `LocalCluster.environment()`
+    (Flink's client settings and class path)."""
+    command = [str(flink_home() / "bin" / "flink"), "run", "--detached", "--jobmanager", rest_address,
                "--pyClientExecutable", python, "--pyExecutable", python]
     if from_path is not None:
         command += ["--fromSavepoint", from_path]
@@ -183,8 +188,14 @@ def submit(cluster: LocalCluster, command: list[str]) -> str:
     for line in done.stdout.splitlines():
         if "submitted with JobID" in line:
             return line.rsplit(" ", 1)[-1].strip()
-    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-    raise ClusterError(f"flink run did not submit the job (exit {done.returncode}):\n{tail}")
+    log = cluster.state_dir / "log" / f"submit-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"$ {shlex.join(command)}\n{done.stdout}{done.stderr}", encoding="utf-8")
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    # Flink's client ends with a stack trace; the line that says why is the last "Caused by".
+    causes = [line for line in lines if line.startswith("Caused by:")] or lines[-1:] or ["no output"]
+    raise ClusterError(f"flink run did not submit the job (exit {done.returncode}): {causes[-1][:300]}; "
+                       f"its whole output is in {log}")
 
 
 def shown(command: list[str]) -> str:
@@ -201,10 +212,11 @@ def rest(base_url: str, method: str, path: str, body: dict | None = None, timeou
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             payload = answer.read()
     except urllib.error.HTTPError as error:
-        detail = error.read().decode("utf-8", "replace")[:500]
+        detail = " ".join(error.read().decode("utf-8", "replace").split())[:300]
         raise ClusterError(f"{method} {path}: HTTP {error.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as error:
-        raise ClusterError(f"no Flink REST API at {base_url} ({error})") from None
+        raise ClusterUnreachable(f"no Flink cluster answers at {base_url} ({getattr(error, 'reason', error)}); "
+                                 f"start the local one with `make cluster-up`, or set flink.rest_address") from None
     return json.loads(payload) if payload else None
 
 

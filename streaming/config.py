@@ -26,12 +26,23 @@ from pydantic import (
 
 PSEUDONYM_KEY_ENV = "RISKSTREAM_PSEUDONYM_KEY"
 
+# The project's own files (built jars, shipped profiles, Flink's configuration of the local
+# cluster) are found from this package, so every command works from any folder.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PROFILES = {"local": PROJECT_ROOT / "conf" / "local.yaml", "kafka": PROJECT_ROOT / "conf" / "kafka.yaml",
+                    "cluster": PROJECT_ROOT / "conf" / "cluster.yaml"}
+
 # Fields of a cleaned transaction a model can be keyed by (all strings after cleaning).
 ModelKeyField = Literal["merchant_category", "account_id", "merchant_id", "country", "channel", "currency"]
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line naming the field."""
+
+
+class ServiceUnreachable(RuntimeError):
+    """A Kafka broker or Flink cluster the command needs does not answer; the message is one line
+    naming its address and how to start it."""
 
 
 class _Settings(BaseModel):
@@ -297,7 +308,15 @@ class FlinkSettings(_Settings):
     # Pinned so keyed state in a savepoint maps to the same key groups after a change.
     max_parallelism: PositiveInt = 128
     python_execution_mode: Literal["thread", "process"] = "thread"
-    jars: tuple[str, ...] = ("build/riskstream-flink.jar",)
+    # Jars of your own for the job's class path (the project's jars are added by the job itself).
+    jars: tuple[str, ...] = ()
+    # host:port of the session cluster's REST API, for `riskstream submit`, `status` and `stop`
+    # (`jobmanager:8081` inside the compose stack).
+    rest_address: str = Field(default="127.0.0.1:18081", pattern=r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$")
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.rest_address}"
 
     @model_validator(mode="after")
     def _parallelism_fits(self) -> "FlinkSettings":
@@ -331,8 +350,9 @@ class Settings(_Settings):
 def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Settings:
     """Loads and validates a profile; `overrides` are `dotted.key=value` strings applied on top.
 
-    Relative file paths in the profile are made absolute against the current directory, so the job
-    can hand them to Flink unchanged.
+    Relative file paths in a profile resolve against that profile file's folder (so a profile means
+    the same from any folder); relative paths given in `overrides` resolve against the current
+    folder, as paths on a command line do. All paths in the result are absolute.
     """
     raw = _read_profile(Path(path), ())
     for override in overrides:
@@ -342,18 +362,30 @@ def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
     settings.pseudonym_key()
-    return _absolute_paths(settings)
+    return _absolute_paths(settings, Path(path).resolve().parent)  # the defaults' relative paths
+
+
+# The settings that are file paths: (section, setting) -> whether it holds a list of paths.
+PATH_SETTINGS = {("source", "paths"): True, ("source", "directory"): False, ("output", "path"): False,
+                 ("checkpointing", "directory"): False, ("checkpointing", "savepoint_directory"): False,
+                 ("flink", "jars"): True}
 
 
 def _read_profile(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """A profile's sections; `extends: other.yaml` (relative to the profile) starts from that
-    profile, and sections given here are merged over it setting by setting."""
+    """A profile's sections with its relative paths made absolute against its folder;
+    `extends: other.yaml` (relative to the profile) starts from that profile, and sections given
+    here are merged over it setting by setting."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path}: is a folder; give a profile such as conf/local.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"config file {path}: {str(error).splitlines()[0]}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path}: {_yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: must be a mapping of sections")
+    _resolve_paths(raw, path.resolve().parent)
     base = raw.pop("extends", None)
     if base is None:
         return raw
@@ -361,6 +393,32 @@ def _read_profile(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if parent in seen:
         raise ConfigError(f"config file {path}: extends: {base} extends this profile again")
     return _merged(_read_profile(parent, (*seen, path.resolve())), raw)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: what YAML found wrong, and where (1-based line and column)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"invalid YAML at {where}{problem}"
+
+
+def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Makes the relative paths of PATH_SETTINGS in `raw` absolute against `folder`, in place;
+    values of the wrong type are left for validation to report."""
+    for (section, name), is_list in PATH_SETTINGS.items():
+        values = raw.get(section)
+        if not isinstance(values, dict) or name not in values:
+            continue
+        value = values[name]
+        if is_list and isinstance(value, list):
+            values[name] = [_absolute(item, folder) if isinstance(item, str) else item for item in value]
+        elif not is_list and isinstance(value, str):
+            values[name] = _absolute(value, folder)
+
+
+def _absolute(path: str, folder: Path) -> str:
+    return str((folder / Path(path).expanduser()).resolve())
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -381,7 +439,12 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         node = node.setdefault(name, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {override}: {name} is not a section")
-    node[leaf] = yaml.safe_load(value)
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {override}: {_yaml_problem(error)}") from None
+    if len(parents) == 1:
+        _resolve_paths({parents[0]: node}, Path.cwd())
 
 
 def _one_line(error: ValidationError) -> str:
@@ -412,9 +475,10 @@ def _settings_at(location: tuple[Any, ...]) -> list[str]:
     return list(section.model_fields)
 
 
-def _absolute_paths(settings: Settings) -> Settings:
+def _absolute_paths(settings: Settings, folder: Path) -> Settings:
+    """`settings` with every path that is still relative (a default) made absolute against `folder`."""
     def absolute(path: str) -> str:
-        return str(Path(path).expanduser().resolve())
+        return _absolute(path, folder)
 
     source = settings.source.model_copy(
         update={

@@ -6,7 +6,27 @@ import site
 import sys
 from pathlib import Path
 
-from streaming.config import RestartSettings, Settings
+from streaming.config import PROJECT_ROOT, ConfigError, RestartSettings, Settings
+
+BUILD = PROJECT_ROOT / "build"  # `make jars` builds the project's jars and fetches the connector here
+KAFKA_CONNECTOR_PATTERN = "flink-sql-connector-kafka-*.jar"
+
+
+def job_jars(settings: Settings) -> list[Path]:
+    """The jars on the job's class path: the project's Java pieces, in Kafka mode also its Kafka
+    pieces and Flink's Kafka connector, then the profile's own `flink.jars`. Raises ConfigError
+    naming the first one that is missing and how to build it."""
+    jars = [BUILD / "riskstream-flink.jar"]
+    if "kafka" in (settings.source.kind, settings.output.kind):
+        connectors = sorted((BUILD / "flink-jars").glob(KAFKA_CONNECTOR_PATTERN))
+        jars += [BUILD / "riskstream-flink-kafka.jar", *(connectors or [BUILD / "flink-jars" / KAFKA_CONNECTOR_PATTERN])]
+    for jar in jars:
+        if not jar.is_file():
+            raise ConfigError(f"{jar} is missing; build the project's jars with `make jars` in {PROJECT_ROOT}")
+    for jar in map(Path, settings.flink.jars):
+        if not jar.is_file():
+            raise ConfigError(f"flink.jars: {jar} is not a file")
+    return [*jars, *map(Path, settings.flink.jars)]
 
 
 def flink_options(settings: Settings) -> dict[str, str]:
@@ -35,7 +55,7 @@ def flink_options(settings: Settings) -> dict[str, str]:
             "RETAIN_ON_CANCELLATION" if checkpoints.retain_on_cancel else "DELETE_ON_CANCELLATION",
         "execution.checkpointing.tolerable-failed-checkpoints": str(checkpoints.tolerable_failures),
         **restart_options(checkpoints.restart),
-        "pipeline.jars": ";".join(Path(jar).as_uri() for jar in flink.jars),
+        "pipeline.jars": ";".join(jar.as_uri() for jar in job_jars(settings)),
         "execution.buffer-timeout.interval": f"{buffer_timeout_ms} ms",
         # Our elements are already bundles of records: let a Python worker hold only a few at a
         # time, so a checkpoint (which waits for the worker to finish them) stays short.

@@ -3,6 +3,7 @@ prequential quality."""
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Any, Iterable, Iterator
 import orjson
 
 from udfs.metrics import labelled, log_loss, roc_auc
+
+# The folders a file-output job writes under `output.path`, one FileSink each.
+OUTPUTS = ("scores", "dead-letters", "model-snapshots")
 
 
 def committed_lines(folder: Path) -> Iterator[dict[str, Any]]:
@@ -104,3 +108,36 @@ def summarize(output: Path, records_read: int, wall_seconds: float) -> RunSummar
         keys=len(keys),
         wall_seconds=wall_seconds,
     )
+
+
+class RunOutputs:
+    """The output folders (OUTPUTS) of `riskstream run` under `folder`, and the previous run's.
+
+    The previous run's outputs are replaced only once the new run has committed its own: they are
+    moved aside to `folder/.previous` when a run starts, dropped when it ends with committed
+    output, and moved back when it fails. A run killed outright (SIGKILL, power cut) leaves them
+    in `.previous`, and the next run moves them back before it starts.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.aside = folder / ".previous"
+
+    def set_previous_aside(self) -> None:
+        if self.aside.exists():  # a run that was killed before it could put them back
+            self.restore_previous()
+        self.aside.mkdir(parents=True)
+        for name in OUTPUTS:
+            if (self.folder / name).exists():
+                (self.folder / name).rename(self.aside / name)
+
+    def restore_previous(self) -> None:
+        """Deletes this run's outputs and puts the previous run's back."""
+        for name in OUTPUTS:
+            shutil.rmtree(self.folder / name, ignore_errors=True)
+            if (self.aside / name).exists():
+                (self.aside / name).rename(self.folder / name)
+        shutil.rmtree(self.aside, ignore_errors=True)
+
+    def drop_previous(self) -> None:
+        shutil.rmtree(self.aside, ignore_errors=True)

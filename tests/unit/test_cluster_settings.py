@@ -91,8 +91,13 @@ def test_the_rest_address_comes_from_flinks_config(tmp_path):
     assert cluster.LocalCluster().rest_url == "http://127.0.0.1:18081"  # conf/flink, as the README says
 
 
-def test_the_rest_client_says_where_it_found_no_cluster():
-    with pytest.raises(cluster.ClusterError, match="no Flink REST API at http://127.0.0.1:1"):
+def test_the_cluster_profile_finds_the_local_clusters_rest_api():
+    settings = load_settings(PROJECT / "conf" / "cluster.yaml")
+    assert settings.flink.rest_url == cluster.LocalCluster().rest_url
+
+
+def test_the_rest_client_says_where_it_found_no_cluster_and_how_to_start_one():
+    with pytest.raises(cluster.ClusterUnreachable, match=r"no Flink cluster answers at http://127.0.0.1:1 .*make cluster-up"):
         cluster.rest("http://127.0.0.1:1", "GET", "/overview", timeout=2)
 
 
