@@ -252,9 +252,8 @@ def _cluster_command(args: argparse.Namespace) -> int:
     cluster.rest(rest_url, "GET", "/overview", timeout=3)  # a cluster that is down: one line, exit 3
     try:
         if args.command == "submit":
-            if args.from_path is not None and not Path(args.from_path).exists():
-                raise UsageError(f"submit --from: {args.from_path} does not exist")
-            command = cluster.submit_command(args.config, settings.flink.rest_address, args.overrides, args.from_path)
+            from_path = _resume_path(args.from_path) if args.from_path is not None else None
+            command = cluster.submit_command(args.config, settings.flink.rest_address, args.overrides, from_path)
             print(cluster.shown(command), flush=True)
             print(f"submitted job {cluster.submit(cluster.LocalCluster(), command)}")
             return EXIT_OK
@@ -274,6 +273,17 @@ def _cluster_command(args: argparse.Namespace) -> int:
         raise
     except cluster.ClusterError as error:
         return _fail(str(error), EXIT_FAILED)
+
+
+def _resume_path(path: str) -> str:
+    """`submit --from PATH` as the JobManager needs it: a local path (plain or file:) checked and
+    made absolute; a path on a remote file system (s3://...) as given."""
+    local = path.removeprefix("file://").removeprefix("file:")
+    if "://" in local:
+        return path
+    if not Path(local).exists():
+        raise UsageError(f"submit --from: {path} does not exist")
+    return str(Path(local).resolve())
 
 
 def _cluster_up_down(local, args: argparse.Namespace) -> int:
@@ -336,21 +346,32 @@ def _run(args: argparse.Namespace) -> int:
     from streaming.job import run_job
     from streaming.outputs import RunOutputs, summarize
 
-    outputs = RunOutputs(Path(settings.output.path))
-    outputs.set_previous_aside()
+    outputs = RunOutputs(Path(settings.output.path)) if settings.output.kind == "files" else None
+    if outputs is not None:
+        outputs.set_previous_aside()
     try:
-        wall_seconds = run_job(settings)
+        job_run = run_job(settings)
+    except KeyboardInterrupt:  # Ctrl-C before the job was running: nothing of this run to keep
+        if outputs is not None:
+            outputs.restore_previous()
+        return _fail("interrupted before the job started; nothing changed", EXIT_INTERRUPTED)
     except Exception as error:  # the job failed: the user gets one line, the log gets the rest
-        outputs.restore_previous()
-        return _fail(f"the job failed: {_cause(error)}; previous outputs kept in {outputs.folder}; "
-                     f"details in {_write_failure_log(error)}", EXIT_FAILED)
+        if outputs is not None:
+            outputs.restore_previous()
+        kept = f"; previous outputs kept in {outputs.folder}" if outputs is not None else ""
+        return _fail(f"the job failed: {_cause(error)}{kept}; details in {_write_failure_log(error)}", EXIT_FAILED)
+    if outputs is None:  # Kafka output: read it with `riskstream tail`
+        return EXIT_INTERRUPTED if job_run.interrupted else EXIT_OK
     outputs.drop_previous()
-    if settings.source.kind == "files":
-        summary = summarize(outputs.folder, records_in_files, wall_seconds)
-        print("\n".join(summary.lines()))
-        print(f"outputs in {outputs.folder}")
-        return EXIT_OK if summary.reconciled else EXIT_FAILED
-    return EXIT_OK
+    # Records read: counted in the input files when the job read them all, else by the job's source.
+    finished_files = job_run.ending == "finished" and records_in_files is not None
+    records_read = records_in_files if finished_files else job_run.records_read
+    summary = summarize(outputs.folder, records_read, job_run.wall_seconds)
+    print("\n".join(summary.lines()))
+    print(f"outputs in {outputs.folder}")
+    if job_run.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if summary.reconciled else EXIT_FAILED
 
 
 def _check_inputs(settings) -> int | None:

@@ -102,8 +102,11 @@ def test_a_broker_restart_during_a_run_loses_and_duplicates_nothing(session_clus
     assert_exactly_once_with_reference_models(settings, stream, reference, committed)
 
 
-def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_cluster, kafka_isolation, tmp_path, capsys):
+def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_cluster, kafka_isolation, tmp_path, capsys,
+                                                                     monkeypatch):
     from streaming.cli import main
+
+    monkeypatch.chdir(tmp_path)  # as a user would, from a folder other than the project's
 
     overrides = [*kafka_isolation, f"checkpointing.directory={tmp_path / 'checkpoints'}",
                  f"checkpointing.savepoint_directory={tmp_path / 'savepoints'}", "checkpointing.interval_ms=1000"]

@@ -1,0 +1,194 @@
+"""A newcomer's mistakes, made with the real `riskstream` command from a folder other than the
+project's: each ends in one line on stderr, the documented exit code, no stack trace, and nothing
+lost. None of these starts Flink: every check here happens before the job would start."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+import pytest
+
+from tests.cli import NOTHING_LISTENS, PROJECT, assert_one_line_failure, riskstream, tree_bytes
+
+LOCAL = str(PROJECT / "conf" / "local.yaml")
+KAFKA = str(PROJECT / "conf" / "kafka.yaml")
+CLUSTER = str(PROJECT / "conf" / "cluster.yaml")
+
+
+@pytest.fixture
+def previous_outputs(tmp_path):
+    """An output folder holding a previous run's committed outputs; returns (folder, its bytes)."""
+    out = tmp_path / "out"
+    for name, line in (("scores", {"txn_id": "t1", "score": 0.25}), ("dead-letters", {"stage": "parse"}),
+                       ("model-snapshots", {"model_key": "grocery", "model_updates": 7})):
+        (out / name).mkdir(parents=True)
+        (out / name / f"{name}-0-0.jsonl").write_text(json.dumps(line) + "\n")
+    return out, tree_bytes(out)
+
+
+def run_on(tmp_path, out, *paths: str):
+    return riskstream("run", "--config", LOCAL, "--set", f"source.paths=[{', '.join(paths)}]",
+                      "--set", f"output.path={out}", cwd=tmp_path)
+
+
+def test_run_on_a_mistyped_path_names_it_and_keeps_the_previous_outputs(tmp_path, previous_outputs):
+    out, before = previous_outputs
+    done = run_on(tmp_path, out, "data/tx.jsonl")  # relative to the current folder, where nothing is
+    assert_one_line_failure(done, 2, "source.paths", str(tmp_path / "data" / "tx.jsonl"), "does not exist")
+    assert tree_bytes(out) == before
+
+
+def test_run_on_a_folder_given_as_a_file_says_how_to_watch_a_folder(tmp_path, previous_outputs):
+    out, before = previous_outputs
+    (tmp_path / "incoming").mkdir()
+    done = run_on(tmp_path, out, "incoming")
+    assert_one_line_failure(done, 2, "source.paths", "is a folder", "source.kind=directory")
+    assert tree_bytes(out) == before
+
+
+def test_run_on_inputs_without_records_fails_instead_of_printing_nan(tmp_path, previous_outputs):
+    out, before = previous_outputs
+    (tmp_path / "a.jsonl").write_bytes(b"")
+    (tmp_path / "b.jsonl").write_bytes(b"")
+    done = run_on(tmp_path, out, "a.jsonl", "b.jsonl")
+    assert_one_line_failure(done, 2, "no records in", "a.jsonl", "b.jsonl")
+    assert "nan" not in done.stdout + done.stderr
+    assert tree_bytes(out) == before
+
+
+def test_run_on_a_missing_watched_folder_names_the_setting(tmp_path):
+    done = riskstream("run", "--config", LOCAL, "--set", "source.kind=directory",
+                      "--set", "source.directory=nowhere", cwd=tmp_path)
+    assert_one_line_failure(done, 2, "source.directory", str(tmp_path / "nowhere"), "does not exist")
+
+
+def test_a_kafka_run_without_a_broker_names_the_address(tmp_path):
+    done = riskstream("run", "--config", KAFKA, "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}", cwd=tmp_path)
+    assert_one_line_failure(done, 3, NOTHING_LISTENS, "make kafka-up")
+
+
+def test_a_mistyped_profile_path_is_one_line(tmp_path):
+    done = riskstream("run", "--config", "conf/locl.yaml", cwd=tmp_path)
+    assert_one_line_failure(done, 2, "conf/locl.yaml", "No such file")
+
+
+def test_invalid_yaml_says_where_the_error_is(tmp_path):
+    profile = tmp_path / "broken.yaml"
+    profile.write_text("source:\n  kind: files\n  paths: [a.jsonl\nmodel:\n  key: country\n")
+    line = assert_one_line_failure(riskstream("run", "--config", str(profile), cwd=tmp_path), 2, str(profile))
+    where = re.search(r"line (\d+), column (\d+)", line)
+    assert where is not None, line
+    assert int(where.group(1)) in (3, 4)  # the unclosed list on line 3, noticed on line 3 or 4
+
+
+def test_a_bad_value_says_which_constraint_it_broke(tmp_path):
+    done = riskstream("run", "--config", LOCAL, "--set", "model.learning_rate=-1", cwd=tmp_path)
+    assert_one_line_failure(done, 2, "model.learning_rate", "greater than 0", "-1")
+
+
+def test_relative_paths_in_a_profile_resolve_against_its_folder(tmp_path):
+    """A profile of one's own, in its own folder, with a relative input path, run from elsewhere:
+    the path is found next to the profile, so the run reaches the input check of that file."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    profile = folder / "mine.yaml"
+    profile.write_text(f"extends: {LOCAL}\nsource:\n  paths: [in/empty.jsonl]\n")
+    (folder / "in").mkdir()
+    (folder / "in" / "empty.jsonl").write_bytes(b"")
+    done = riskstream("run", "--config", str(profile), cwd=tmp_path)
+    assert_one_line_failure(done, 2, "no records in", str(folder / "in" / "empty.jsonl"))
+
+
+# ---------------------------------------------------------------- generate
+
+
+def test_generate_into_a_folder_is_one_line_and_leaves_nothing_behind(tmp_path):
+    assert_one_line_failure(riskstream("generate", "--out", ".", "--records", "10", cwd=tmp_path), 2,
+                            "--out", "is a folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option, value, allowed", [("--records", "0", ">= 1"), ("--malformed-share", "1", "[0, 1)"),
+                                                    ("--drift-at", "1.5", "(0, 1)")])
+def test_generate_says_which_constraint_an_option_broke(tmp_path, option, value, allowed):
+    done = riskstream("generate", "--out", "tx.jsonl", option, value, cwd=tmp_path)
+    assert_one_line_failure(done, 2, option, allowed, value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_from_another_folder_writes_relative_to_it(tmp_path):
+    done = riskstream("generate", "--out", "data/tx.jsonl", "--records", "25", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "data" / "tx.jsonl").read_bytes().count(b"\n") == 25
+    assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["tx.jsonl"]
+
+
+def test_version_and_defaults_in_help(tmp_path):
+    from importlib.metadata import version
+
+    done = riskstream("--version", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == f"riskstream {version('riskstream')}"
+    helped = riskstream("generate", "--help", cwd=tmp_path)
+    assert re.search(r"--records RECORDS\s+how many transactions \(default: 200000\)", helped.stdout), helped.stdout
+
+
+# ---------------------------------------------------------------- commands that need a broker
+
+
+@pytest.mark.parametrize("command", [["topics"], ["produce", "--generate", "10"], ["tail", "risk-scores"],
+                                     ["model", "show", "grocery", "--config", KAFKA]])
+def test_kafka_commands_without_a_broker_fail_once_naming_the_address(tmp_path, command):
+    done = riskstream(*command, "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}", cwd=tmp_path, timeout_s=60)
+    assert_one_line_failure(done, 3, NOTHING_LISTENS, "make kafka-up")
+    assert done.stdout == ""
+
+
+def test_the_kafka_clients_log_appears_with_verbose(tmp_path):
+    done = riskstream("topics", "--verbose", "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}", cwd=tmp_path,
+                      timeout_s=60)
+    assert done.returncode == 3
+    assert len(done.stderr.strip().splitlines()) > 1  # librdkafka's connection errors, then our line
+    assert done.stderr.strip().splitlines()[-1].startswith("riskstream: no Kafka broker answers")
+
+
+# ---------------------------------------------------------------- model show
+
+
+def test_model_show_reads_the_local_profiles_output_by_default_and_lists_the_keys(tmp_path, previous_outputs):
+    out, _ = previous_outputs
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(f"extends: {LOCAL}\noutput:\n  path: out\n")
+    shown = riskstream("model", "show", " Grocery ", "--config", str(profile), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"model_key": "grocery", "model_updates": 7}
+    missing = riskstream("model", "show", "fuel", "--config", str(profile), cwd=tmp_path)
+    assert_one_line_failure(missing, 1, "'fuel'", "keys there: grocery")
+
+
+def test_model_show_without_any_snapshot_says_to_run_the_job(tmp_path):
+    done = riskstream("model", "show", "grocery", "--set", f"output.path={tmp_path / 'empty'}", cwd=tmp_path)
+    assert_one_line_failure(done, 1, "no model snapshots in", str(tmp_path / "empty"))
+
+
+# ---------------------------------------------------------------- commands that need a cluster
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["submit", "--config", CLUSTER], ["status"], ["stop"], ["stop", "--savepoint"]])
+def test_cluster_commands_without_a_cluster_say_it_is_down(tmp_path, command):
+    address = f"127.0.0.1:{unused_port()}"
+    done = riskstream(*command, "--set", f"flink.rest_address={address}", cwd=tmp_path, timeout_s=60)
+    assert_one_line_failure(done, 3, f"no Flink cluster answers at http://{address}", "make cluster-up")
+
+
+def test_stop_drain_without_savepoint_says_so_before_any_lookup(tmp_path):
+    # The REST address is one where nothing answers: a lookup would end in exit 3, not 2.
+    done = riskstream("stop", "--drain", "--set", f"flink.rest_address={NOTHING_LISTENS}", cwd=tmp_path)
+    assert_one_line_failure(done, 2, "--drain", "--savepoint")
