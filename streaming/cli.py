@@ -375,9 +375,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_inputs(settings) -> int | None:
-    """Checks that the job's input exists before anything starts; returns how many records the
-    input files hold (None for other sources). Raises ConfigError naming the setting."""
+    """Checks that the job's input exists (and the broker answers, in Kafka mode) before anything
+    starts; returns how many records the input files hold (None for other sources). Raises
+    ConfigError naming the setting, or ServiceUnreachable."""
     source = settings.source
+    if "kafka" in (source.kind, settings.output.kind):
+        from streaming import kafka_tools
+
+        _quiet_kafka_clients(False)
+        kafka_tools.check_broker(settings)
     if source.kind == "directory":
         folder = Path(source.directory)
         if not folder.is_dir():
@@ -385,10 +391,6 @@ def _check_inputs(settings) -> int | None:
             raise ConfigError(f"source.directory: {folder} {what}")
         return None
     if source.kind == "kafka":
-        from streaming import kafka_tools
-
-        _quiet_kafka_clients(False)
-        kafka_tools.check_broker(settings)
         return None
     from streaming.outputs import count_file_records
 

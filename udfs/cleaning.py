@@ -31,10 +31,28 @@ MAX_EVENT_TIME_MS = 253_402_300_800_000
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-_ACCOUNT_ID_KEY = re.compile(r'"account_id"\s*:\s*')
 # A number as JSON writes it, or a word float() reads as non-finite; anything else is not a number
 # (float() alone would also take "1_000" and " 12 ").
 _NUMBER_TEXT = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$", re.IGNORECASE)
+
+
+def _json_spellings(char: str) -> str:
+    r"""A regex matching every way a JSON string can spell `char` (an ASCII letter, digit or
+    underscore): the character itself, or `\u` and its four hex digits in either case. The short
+    escapes (\" \\ \/ \b \f \n \r \t) and surrogate pairs spell other characters only."""
+    return "(?:" + re.escape(char) + r"|\\u(?i:" + f"{ord(char):04x}" + "))"
+
+
+# A key that decodes to account_id, however it is spelled, with the whitespace and colon after it;
+# the value starts where a match ends. The closing quote follows a letter or a hex digit, never a
+# backslash, so it really ends a string, and a string followed by a colon is a key: in valid JSON
+# this finds exactly the account_id keys, at any depth. Text that merely says account_id inside a
+# string value does not match, because its quotes are escaped: "note":"\"account_id\":\"x\"" is
+# left as it is (the parser does not read it as an account_id, and clean does not pseudonymize it).
+# Only in broken JSON, or after a key ending in an escaped quote ("x\"account_id":), can a match
+# start at a quote that does not open an account_id key; its value is redacted all the same, which
+# errs on the side of privacy and costs nothing for valid records.
+_ACCOUNT_ID_KEY = re.compile('"' + "".join(_json_spellings(char) for char in "account_id") + r'"[ \t\r\n]*:[ \t\r\n]*')
 
 
 class Rejected(Exception):
@@ -99,18 +117,46 @@ def normalize_categorical(field: str, value: str) -> str:
     return case(text) if case else text
 
 
-def redact_account_id(text: str, key: bytes) -> str:
-    """`text` with the value of every `"account_id":` replaced by its pseudonym (as a JSON string).
+def model_key_of(record: Mapping[str, Any], field: str, rules: CleaningRules) -> str | None:
+    """The model key of a parsed record when the job is keyed by `field` (one of merchant_category,
+    account_id, merchant_id, country, channel, currency), derived as `clean` derives that field: the
+    record's value, or the missing-value policy's when it is absent or null, then `_normalized_text`.
 
-    Works on broken JSON too: a value of any type, or one cut off by truncation, is replaced up to
-    where it ends (or the end of the text), so a dead letter never carries a real account id.
+    For every record `clean` accepts, this equals the cleaned `field`, except for account_id, where
+    it is the normalized id before pseudonymization (the producer keys messages with it and holds
+    no secret). None when the policy imputes null (the job then dead-letters the record). Raises
+    `Rejected` (stage `clean`) for a value `clean` rejects: missing without a policy, neither a
+    string nor an integer, or empty.
+    """
+    value = _present_or_policy(record, field, rules)
+    return None if value is None else _normalized_text(field, value)
+
+
+def _normalized_text(field: str, value: Any) -> str:
+    """A categorical field's value as `clean` stores it: a string or an integer (not a boolean),
+    not empty, normalized by `normalize_categorical`."""
+    return normalize_categorical(field, _text(field, value))
+
+
+def redact_account_id(text: str, key: bytes) -> str:
+    r"""`text` with the value of every key that decodes to `account_id` replaced by the JSON string of
+    its pseudonym (`pseudonymize`), and every other character left as it is.
+
+    `text` is a record as a dead letter shows it: any JSON, or text that does not parse, cut off
+    anywhere, or holding `\xNN` escapes for bytes that were not UTF-8. Keys are found in any
+    spelling (`account\u005fid`, `\u0061ccount_id`, ...) and at any depth (see `_ACCOUNT_ID_KEY`);
+    values of any type are replaced, up to where they end or the end of the text (see
+    `_json_value_end`), so no part of an id survives a cut. What is hashed: a string value decoded
+    (as `clean` hashes it), any other valid value as written, and a value that does not parse (cut
+    off, say) as written less its surrounding quotes. A text cut inside a key or before its colon
+    holds no value yet and is left as it is.
     """
     pieces = []
     position = 0
     for match in _ACCOUNT_ID_KEY.finditer(text):
+        if match.start() < position:
+            continue  # a key inside a value already replaced
         start = match.end()
-        if start < position:
-            continue  # inside a value already replaced
         end = _json_value_end(text, start)
         value = text[start:end]
         try:
@@ -126,11 +172,13 @@ def redact_account_id(text: str, key: bytes) -> str:
 
 
 def _json_value_end(text: str, start: int) -> int:
-    """Where the JSON value starting at `start` ends: after its closing quote or bracket, before
-    the delimiter that ends a number or literal, or at the end of the text if it is cut off."""
-    if start >= len(text):
-        return start
-    first = text[start]
+    """Where the JSON value starting at `start` ends: at the first `,`, `]` or `}` outside its own
+    strings and brackets, less the whitespace before it, or at the end of the text if it is cut off.
+
+    For valid JSON that is exactly the value, whatever its type. In broken JSON a value runs on to
+    such a delimiter rather than stopping early, so an id with a stray quote ("AC"CT") or unquoted
+    with spaces (ACCT 42) is replaced whole.
+    """
     depth = 0
     in_string = False
     i = start
@@ -138,25 +186,22 @@ def _json_value_end(text: str, start: int) -> int:
         char = text[i]
         if in_string:
             if char == "\\":
-                i += 1
+                i += 1  # whatever it escapes, even a quote, stays in the string
             elif char == '"':
                 in_string = False
-                if depth == 0:
-                    return i + 1
         elif char == '"':
             in_string = True
         elif char in "[{":
             depth += 1
+        elif depth == 0 and char in ",]}":
+            break  # the value is over
         elif char in "]}":
-            if depth == 0:
-                return i  # the end of the enclosing object
             depth -= 1
-            if depth == 0:
-                return i + 1
-        elif char in ", \t\r\n" and depth == 0 and first not in "[{":
-            return i
         i += 1
-    return len(text)
+    end = min(i, len(text))
+    while end > start and text[end - 1] in " \t\r\n":
+        end -= 1
+    return end
 
 
 def decode(raw: bytes, max_record_bytes: int) -> str:
@@ -194,15 +239,16 @@ def clean(record: Mapping[str, Any], rules: CleaningRules) -> dict[str, Any]:
     txn_id = _txn_id(record.get("txn_id"))
     try:
         values = {name: _present_or_policy(record, name, rules) for name in REQUIRED_FIELDS + OPTIONAL_FIELDS}
-        account = _text("account_id", values["account_id"])
-        currency = normalize_categorical("currency", _text("currency", values["currency"])) \
-            if values["currency"] is not None else None
+        # Each categorical field goes through `_normalized_text`, as in `model_key_of`, so that
+        # the producer's message key and the job's model key agree.
+        account = _normalized_text("account_id", values["account_id"])
+        currency = _normalized_text("currency", values["currency"]) if values["currency"] is not None else None
         if currency is not None and not _CURRENCY.match(currency):
             raise Rejected("clean", f"currency {currency!r} is not an ISO-4217 code")
-        country = normalize_categorical("country", _text("country", values["country"]))
+        country = _normalized_text("country", values["country"])
         if not _COUNTRY.match(country):
             raise Rejected("clean", f"country {country!r} is not an ISO-3166 alpha-2 code")
-        channel = normalize_categorical("channel", _text("channel", values["channel"]))
+        channel = _normalized_text("channel", values["channel"])
         if channel not in rules.channels:
             allowed = ", ".join(sorted(rules.channels))
             raise Rejected("clean", f"channel {channel!r} is not one of {allowed}")
@@ -214,9 +260,8 @@ def clean(record: Mapping[str, Any], rules: CleaningRules) -> dict[str, Any]:
             "txn_id": _text("txn_id", values["txn_id"]),
             "event_time": _event_time(values["event_time"]),
             "account_id": pseudonymize(account, rules.pseudonym_key),
-            "merchant_id": _text("merchant_id", merchant_id) if merchant_id is not None else None,
-            "merchant_category": normalize_categorical("merchant_category",
-                                                       _text("merchant_category", values["merchant_category"])),
+            "merchant_id": _normalized_text("merchant_id", merchant_id) if merchant_id is not None else None,
+            "merchant_category": _normalized_text("merchant_category", values["merchant_category"]),
             "country": country,
             "channel": channel,
             "amount": _amount(values["amount"]),

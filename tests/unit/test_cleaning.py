@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from udfs.cleaning import MissingPolicy, Rejected, clean, decode, parse, pseudonymize, redact_account_id
+from udfs.pipeline import RecordPreparer
 
 KEY = b"unit-test-pseudonym-key"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -392,3 +395,309 @@ def test_redaction_of_an_account_id_cut_after_a_backslash():
     truncated = text[: text.index("\\u00fc") + 1]  # ends in the middle of the escape: ..."j\
     assert truncated.endswith('"j\\')
     assert '"j\\' not in redact_account_id(truncated, KEY)
+
+
+# ---------------------------------------------------------------- redaction: any spelling, any cut
+
+SECRET_LETTERS = set(SECRET) - {"-"}
+
+
+def quoted_pseudonym(plain: str) -> str:
+    return '"' + pseudonymize(plain, KEY) + '"'
+
+
+def u_escape(char: str, upper: bool = False) -> str:
+    """`char` as a JSON \\uXXXX escape, its hex digits in lower or upper case."""
+    return "\\u" + (f"{ord(char):04X}" if upper else f"{ord(char):04x}")
+
+
+def secret_left_in(text: str) -> str:
+    """The letters of SECRET found in `text`, written literally or as \\uXXXX escapes in any case."""
+    unescaped = re.sub(r"\\u([0-9a-fA-F]{4})", lambda match: chr(int(match.group(1), 16)), text)
+    return "".join(char for char in unescaped if char in SECRET_LETTERS)
+
+
+ACCOUNT_ID_SPELLINGS = {
+    "u005f": "account\\u005fid",
+    "u005F": "account\\u005Fid",
+    "u0061": "\\u0061ccount_id",
+    "all-lower": "".join(u_escape(char) for char in "account_id"),
+    "all-upper": "".join(u_escape(char, upper=True) for char in "account_id"),
+    "mixed": "".join(u_escape(char, upper=i % 2 == 0) if i % 3 else char for i, char in enumerate("account_id")),
+}
+
+
+@pytest.mark.parametrize("spelled_key", ACCOUNT_ID_SPELLINGS.values(), ids=ACCOUNT_ID_SPELLINGS.keys())
+def test_redaction_finds_an_account_id_key_in_any_spelling(spelled_key):
+    assert json.loads('{"' + spelled_key + '": 1}') == {"account_id": 1}  # the premise: it is the key
+    text = '{"txn_id":"t1","' + spelled_key + '":"' + SECRET + '","amount":-1}'
+    expected = '{"txn_id":"t1","' + spelled_key + '":' + quoted_pseudonym(SECRET) + ',"amount":-1}'
+    assert redact_account_id(text, KEY) == expected
+
+
+def test_redaction_of_a_plainly_spelled_key_keeps_the_pseudonym_it_always_had():
+    before = hmac.new(KEY, SECRET.encode(), hashlib.sha256).hexdigest()[:32]
+    text = '{"account_id": "' + SECRET + '", "amount": 1}'
+    assert redact_account_id(text, KEY) == '{"account_id": "' + before + '", "amount": 1}'
+
+
+def test_redaction_hashes_an_escaped_id_as_the_id_it_spells():
+    spelled_id = "ZQ" + u_escape("X") + "W" + u_escape("-", upper=True) + "".join(u_escape(c) for c in "KJHG")
+    text = '{"account\\u005fid":"' + spelled_id + '"}'
+    assert json.loads(text) == {"account_id": SECRET}
+    assert redact_account_id(text, KEY) == '{"account\\u005fid":' + quoted_pseudonym(SECRET) + '}'
+
+
+def test_redaction_replaces_duplicated_and_nested_keys():
+    p = quoted_pseudonym
+    text = ('{"account_id":"ZQXW-KJHG","a":{"account\\u005fid":"ZQXW-1"},'
+            '"b":[{"\\u0061ccount_id":"ZQXW-2"},[{"c":{"account_id" : "KJHG"}}]],"account\\u005Fid":"ZQXW-3"}')
+    expected = ('{"account_id":' + p(SECRET) + ',"a":{"account\\u005fid":' + p("ZQXW-1") + '},'
+                '"b":[{"\\u0061ccount_id":' + p("ZQXW-2") + '},[{"c":{"account_id" : ' + p("KJHG") + '}}]],'
+                '"account\\u005Fid":' + p("ZQXW-3") + '}')
+    assert redact_account_id(text, KEY) == expected
+
+
+@pytest.mark.parametrize("value, hashed", [
+    ('"ZQXW-KJHG"', SECRET),
+    ("90817263", "90817263"),
+    ("-9.08e7", "-9.08e7"),
+    ('{"id": "ZQXW-KJHG", "n": [1, 2]}', '{"id": "ZQXW-KJHG", "n": [1, 2]}'),
+    ('["ZQXW", {"k": "KJHG"}]', '["ZQXW", {"k": "KJHG"}]'),
+    ('{"account_id": "ZQXW-KJHG"}', '{"account_id": "ZQXW-KJHG"}'),  # a key inside the value goes with it
+    ("true", "true"),
+    ("false", "false"),
+    ("null", "null"),
+    ("ZQXW KJHG", "ZQXW KJHG"),  # broken JSON: unquoted, with a space
+], ids=["string", "integer", "float", "object", "array", "nested-key", "true", "false", "null", "unquoted"])
+def test_redaction_replaces_a_value_of_any_type_whole(value, hashed):
+    for template in ('{{"account\\u005fid": {}, "amount": 1}}', '[{{"\\u0061ccount_id":{}}}]',
+                     '{{"a": 1, "account_id" :\n  {} \n}}'):
+        assert redact_account_id(template.format(value), KEY) == template.format(quoted_pseudonym(hashed))
+
+
+def test_redaction_of_an_id_with_a_stray_quote_takes_the_rest_of_the_text():
+    # The quotes no longer pair up, so nothing after the id can be trusted to be outside it.
+    text = '{"account_id": "ZQ"XW-KJHG", "amount": 1}'
+    assert redact_account_id(text, KEY) == '{"account_id": ' + quoted_pseudonym('ZQ"XW-KJHG", "amount": 1}')
+
+
+@pytest.mark.parametrize("text", [
+    '{"account_idx": "ZQXW-KJHG"}',
+    '{"ACCOUNT_ID": "ZQXW-KJHG"}',
+    '{"account\\u005fId": "ZQXW-KJHG"}',
+    '{"account\\u0020id": "ZQXW-KJHG"}',
+    '{"\\ud83d\\ude00account_id": "ZQXW-KJHG"}',  # a surrogate pair before it: another key
+    '{"a": "account_id", "b": "ZQXW-KJHG"}',  # a value, not followed by a colon
+    '["\\u0061ccount_id", "ZQXW-KJHG"]',
+    '{"note": "\\"account_id\\": \\"ZQXW-KJHG\\""}',  # inside a string value: its quotes are escaped
+])
+def test_redaction_leaves_other_keys_and_values_that_merely_say_account_id(text):
+    parsed = json.loads(text)
+    assert not (isinstance(parsed, dict) and "account_id" in parsed)  # the premise
+    assert redact_account_id(text, KEY) == text
+
+
+@pytest.mark.parametrize("text", [
+    '{"x\\"account_id": "ZQXW-KJHG"}',  # valid JSON, the key is x"account_id
+    '{"note": "\\"account_id": "ZQXW-KJHG"}',  # not JSON: the note ends after account_id
+])
+def test_redaction_errs_on_the_side_of_privacy_where_a_quote_may_not_open_the_key(text):
+    assert redact_account_id(text, KEY) == text.replace('"ZQXW-KJHG"', quoted_pseudonym(SECRET))
+
+
+HEAD = '{"txn_id":"t1","account\\u005fid"'
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"txn_id":"t1","account\\u00', '{"txn_id":"t1","account\\u00'),  # in the key's escape: no value yet
+    ('{"txn_id":"t1","account\\u005fi', '{"txn_id":"t1","account\\u005fi'),
+    (HEAD, HEAD),
+    (HEAD + " ", HEAD + " "),
+    (HEAD + ":", HEAD + ":" + quoted_pseudonym("")),
+    (HEAD + ": ", HEAD + ": " + quoted_pseudonym("")),
+    (HEAD + ':"', HEAD + ":" + quoted_pseudonym("")),
+    (HEAD + ':"ZQX', HEAD + ":" + quoted_pseudonym("ZQX")),
+    (HEAD + ':"ZQ\\u00', HEAD + ":" + quoted_pseudonym("ZQ\\u00")),  # in an escape of the value
+    (HEAD + ':"ZQ\\', HEAD + ":" + quoted_pseudonym("ZQ\\")),
+    (HEAD + ':"ZQXW-KJHG"', HEAD + ":" + quoted_pseudonym(SECRET)),
+    (HEAD + ':"ZQXW-KJHG",', HEAD + ":" + quoted_pseudonym(SECRET) + ","),
+    (HEAD + ':{"id":["ZQX', HEAD + ":" + quoted_pseudonym('{"id":["ZQX')),
+    (HEAD + ":9081", HEAD + ":" + quoted_pseudonym("9081")),
+])
+def test_redaction_of_text_cut_after_an_escaped_key(text, expected):
+    assert redact_account_id(text, KEY) == expected
+
+
+def test_redaction_of_text_that_was_not_utf8():
+    raw = (b'{"merchant":"caf\xe9","account\\u005fid":"ZQXW-KJHG","x\xff":1,"m":"a\\\xff",'
+           b'"\\u0061ccount_id":"ZQ\xffXW"}')
+    text = raw.decode("utf-8", errors="backslashreplace")  # as RecordPreparer.dead_letter decodes it
+    assert text == ('{"merchant":"caf\\xe9","account\\u005fid":"ZQXW-KJHG","x\\xff":1,"m":"a\\\\xff",'
+                    '"\\u0061ccount_id":"ZQ\\xffXW"}')
+    assert redact_account_id(text, KEY) == (
+        '{"merchant":"caf\\xe9","account\\u005fid":' + quoted_pseudonym(SECRET) + ',"x\\xff":1,"m":"a\\\\xff",'
+        '"\\u0061ccount_id":' + quoted_pseudonym("ZQ\\xffXW") + '}')
+
+
+def test_redaction_takes_linear_time_on_text_made_to_slow_a_scan_down():
+    text = ('{"a":"' + '\\"' * 200_000 + '",' + '"account\\u005fid":1,' * 20_000
+            + '"account_id":' + "[" * 100_000 + '"' + "\\" * 100_001)
+    started = time.perf_counter()
+    redacted = redact_account_id(text, KEY)
+    assert time.perf_counter() - started < 5  # about 0.1 s; a quadratic scan takes hours
+    assert redacted.count('"' + pseudonymize("1", KEY) + '"') == 20_000
+    assert redacted.endswith('"account_id":' + quoted_pseudonym("[" * 100_000 + '"' + "\\" * 100_001))
+
+
+# Records built from pieces, so the test knows where each account_id value is: (bytes, whether
+# it is an account_id value, where the colon is in a key piece).
+Piece = tuple[bytes, bool, int | None]
+
+
+def spelled(text: str, rng: random.Random, share: float) -> str:
+    """`text` as the inside of a JSON string, each character \\u-escaped (in a random hex case) with
+    probability `share`."""
+    return "".join(u_escape(char, upper=rng.random() < 0.5) if rng.random() < share else char for char in text)
+
+
+def other(text: str | bytes) -> list[Piece]:
+    return [(text.encode() if isinstance(text, str) else text, False, None)]
+
+
+def account_member(rng: random.Random) -> list[Piece]:
+    key = '"' + spelled("account_id", rng, rng.choice([0, 0.3, 1])) + '"' + rng.choice(["", " "])
+    key_and_colon = key + ":" + rng.choice(["", " ", "\n "])
+    return [(key_and_colon.encode(), False, len(key)),
+            (('"' + spelled(SECRET, rng, rng.choice([0, 0.5, 1])) + '"').encode(), True, None)]
+
+
+def json_object(members: list[list[Piece]]) -> list[Piece]:
+    pieces = other("{")
+    for i, member in enumerate(members):
+        pieces += (other(", ") if i else []) + member
+    return pieces + other("}")
+
+
+def generated_record(rng: random.Random, index: int) -> list[Piece]:
+    members = [other(f'"txn_id":"t{index}"'), other('"amount":12.5')]
+    members += [account_member(rng) for _ in range(rng.randint(1, 3))]  # duplicated keys
+    if rng.random() < 0.5:
+        members.append(other('"nested":') + json_object([other('"a":') + json_object([account_member(rng)])]))
+    if rng.random() < 0.5:
+        members.append(other('"list":[1,') + json_object([account_member(rng)]) + other(',"x"]'))
+    if rng.random() < 0.3:
+        members.append(other('"memo":"caf\u00e9 \\ud83d\\ude00"'))
+    if rng.random() < 0.2:
+        members.append(other(b'"memo":"bad \xff\xfe byte"'))  # not UTF-8
+    if rng.random() < 0.3:
+        members.append(other('"note":"\\"account_id\\": \\"x\\""'))
+    rng.shuffle(members)
+    return json_object(members)
+
+
+def pseudonymized_pairs(original, redacted, pseudonym: str) -> int:
+    """Checks that `redacted` is `original` with every account_id value replaced by `pseudonym`
+    (objects parsed as ("object", pairs), so duplicated keys are all seen); returns how many."""
+    if isinstance(original, tuple):
+        assert isinstance(redacted, tuple) and len(redacted[1]) == len(original[1])
+        count = 0
+        for (key, value), (redacted_key, redacted_value) in zip(original[1], redacted[1]):
+            assert redacted_key == key
+            if key == "account_id":
+                assert (value, redacted_value) == (SECRET, pseudonym)
+                count += 1
+            else:
+                count += pseudonymized_pairs(value, redacted_value, pseudonym)
+        return count
+    if isinstance(original, list):
+        assert isinstance(redacted, list) and len(redacted) == len(original)
+        return sum(pseudonymized_pairs(o, r, pseudonym) for o, r in zip(original, redacted))
+    assert redacted == original
+    return 0
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_redaction_of_generated_records_in_random_spellings_cut_anywhere(seed):
+    rng = random.Random(seed)
+    pieces = generated_record(rng, seed)
+    raw = b"".join(data for data, _, _ in pieces)
+    pseudonym = pseudonymize(SECRET, KEY)
+    values = sum(is_value for _, is_value, _ in pieces)
+
+    redacted = redact_account_id(raw.decode("utf-8", errors="backslashreplace"), KEY)
+    assert redacted == "".join(f'"{pseudonym}"' if is_value else data.decode("utf-8", errors="backslashreplace")
+                               for data, is_value, _ in pieces)
+    if b"\xff" not in raw:
+        as_pairs = {"object_pairs_hook": lambda pairs: ("object", pairs)}
+        assert pseudonymized_pairs(json.loads(raw, **as_pairs), json.loads(redacted, **as_pairs), pseudonym) == values
+
+    for cut in range(len(raw) + 1):
+        text = raw[:cut].decode("utf-8", errors="backslashreplace")
+        redacted = redact_account_id(text, KEY)
+        assert secret_left_in(redacted) == "", text
+        outside_values, colons_seen, offset = [], 0, 0
+        for data, is_value, colon_at in pieces:
+            if not is_value:
+                outside_values.append(data[:max(0, cut - offset)])
+            if colon_at is not None and cut > offset + colon_at:
+                colons_seen += 1
+            offset += len(data)
+        pseudonyms = re.findall(r'"[0-9a-f]{32}"', redacted)
+        assert len(pseudonyms) == colons_seen, text
+        assert re.sub(r'"[0-9a-f]{32}"', "", redacted) == \
+            b"".join(outside_values).decode("utf-8", errors="backslashreplace"), text
+
+
+# ---------------------------------------------------------------- redaction in dead letters
+
+
+def test_a_dead_letter_redacts_an_escaped_key(local_preparer, envelope):
+    raw = b'{"txn_id":"t1","account\\u005fid":"ZQXW-KJHG","amount":-1}'
+    letter = json.loads(local_preparer.prepare(envelope(raw), 0))
+    assert letter["stage"] == "clean"
+    pseudonym = pseudonymize(SECRET, local_preparer.rules.pseudonym_key)
+    assert letter["raw"] == '{"txn_id":"t1","account\\u005fid":"' + pseudonym + '","amount":-1}'
+
+
+def test_a_dead_letter_of_a_record_that_is_not_utf8_redacts_an_escaped_key(local_preparer, envelope):
+    raw = b'{"txn_id":"t-8","merchant_category":"caf\xe9","\\u0061ccount_id":"ZQXW-KJHG","amount":1}'
+    letter = json.loads(local_preparer.prepare(envelope(raw), 0))
+    assert letter["stage"] == "decode"
+    pseudonym = pseudonymize(SECRET, local_preparer.rules.pseudonym_key)
+    assert letter["raw"] == '{"txn_id":"t-8","merchant_category":"caf\\xe9","\\u0061ccount_id":"' + pseudonym \
+        + '","amount":1}'
+
+
+def test_an_oversize_dead_letter_redacts_an_escaped_key_in_a_prefix_cut_inside_a_character(local_preparer,
+                                                                                            envelope):
+    head = '{"txn_id":"t-big","account\\u005Fid":"ZQXW-KJHG","memo":"'
+    cap = local_preparer.dead_letter_raw_bytes
+    memo = "x" * ((cap - len(head)) % 2 + 1) + "\u00e9" * 40_000  # a two-byte character straddles the cut
+    raw = (head + memo + '"}').encode()
+    assert len(raw) > local_preparer.rules.max_record_bytes
+    letter = json.loads(local_preparer.prepare(envelope(raw), 0))
+    assert letter["stage"] == "decode" and letter["raw_bytes"] == len(raw)
+    assert letter["raw"].endswith("\u00e9\\xc3")
+    pseudonym = pseudonymize(SECRET, local_preparer.rules.pseudonym_key)
+    assert letter["raw"] == raw[:cap].decode("utf-8", errors="backslashreplace").replace(SECRET, pseudonym)
+
+
+def test_an_oversize_dead_letter_cut_inside_an_escaped_id_keeps_no_part_of_it(local_preparer, envelope):
+    head = '{"txn_id":"t-big","\\u0061ccount_id":'
+    spelled_id = '"ZQ\\u0058W-KJHG"'
+    raw = (head + spelled_id + ',"memo":"' + "x" * 70_000 + '"}').encode()
+    value_start, value_end = len(head), len(head) + len(spelled_id)
+    key = local_preparer.rules.pseudonym_key
+    for cap in range(value_start - 3, value_end + 3):
+        preparer = RecordPreparer(local_preparer.rules, local_preparer.encoder, local_preparer.model_key_field, cap)
+        line = preparer.prepare(envelope(raw), 0)
+        kept = raw[:cap].decode()
+        if cap < value_start:  # cut before the colon
+            expected = kept
+        elif cap < value_end:  # cut inside the value
+            expected = kept[:value_start] + '"' + pseudonymize(kept[value_start:].strip('"'), key) + '"'
+        else:
+            expected = kept[:value_start] + '"' + pseudonymize(SECRET, key) + '"' + kept[value_end:]
+        assert json.loads(line)["raw"] == expected, cap
+        assert secret_left_in(line) == "", cap

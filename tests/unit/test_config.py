@@ -46,11 +46,45 @@ def test_the_local_profile_loads(local_settings):
     assert len(local_settings.features.numeric) == 11
 
 
-def test_relative_paths_in_a_profile_become_absolute(local_settings):
-    (path,) = local_settings.source.paths
-    assert Path(path).is_absolute() and path.endswith("data/sample.jsonl")
-    assert Path(local_settings.output.path).is_absolute()
-    assert all(Path(jar).is_absolute() for jar in local_settings.flink.jars)
+def test_the_shipped_profile_points_into_the_project_from_any_folder(tmp_path, monkeypatch, no_key_in_environment):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(LOCAL_PROFILE)
+    assert settings.source.paths == (str(PROJECT / "data" / "sample.jsonl"),)
+    assert settings.output.path == str(PROJECT / "out" / "local")
+    assert settings.checkpointing.directory == str(PROJECT / "var" / "checkpoints")
+
+
+def test_profile_paths_resolve_against_each_profiles_folder_and_overrides_against_the_current_one(
+        tmp_path, monkeypatch, no_key_in_environment):
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "base.yaml").write_text(f"extends: {LOCAL_PROFILE}\nsource:\n  paths: [in/a.jsonl]\n")
+    (tmp_path / "me").mkdir()
+    (tmp_path / "me" / "mine.yaml").write_text("extends: ../team/base.yaml\noutput:\n  path: results\n"
+                                               "flink:\n  jars: [lib/udf.jar]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(tmp_path / "me" / "mine.yaml")
+    assert settings.source.paths == (str(tmp_path / "team" / "in" / "a.jsonl"),)
+    assert settings.output.path == str(tmp_path / "me" / "results")
+    assert settings.flink.jars == (str(tmp_path / "me" / "lib" / "udf.jar"),)
+    overridden = load_settings(tmp_path / "me" / "mine.yaml", ["source.paths=[b.jsonl, /abs/c.jsonl]",
+                                                               "output.path=here"])
+    assert overridden.source.paths == (str(elsewhere / "b.jsonl"), "/abs/c.jsonl")
+    assert overridden.output.path == str(elsewhere / "here")
+
+
+def test_the_job_gets_the_projects_jars_and_names_a_missing_one(tmp_path, monkeypatch, local_settings):
+    from streaming import flink_options
+
+    kafka = load_settings(PROJECT / "conf" / "kafka.yaml")
+    assert [jar.name for jar in flink_options.job_jars(local_settings)] == ["riskstream-flink.jar"]
+    names = [jar.name for jar in flink_options.job_jars(kafka)]
+    assert names[:2] == ["riskstream-flink.jar", "riskstream-flink-kafka.jar"]
+    assert names[2].startswith("flink-sql-connector-kafka-") and len(names) == 3
+    monkeypatch.setattr(flink_options, "BUILD", tmp_path / "build")
+    with pytest.raises(ConfigError, match=r"riskstream-flink\.jar is missing; build the project's jars with `make jars`"):
+        flink_options.job_jars(local_settings)
 
 
 def test_settings_are_frozen(local_settings):
