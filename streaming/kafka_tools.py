@@ -6,14 +6,58 @@ configured message size limit; property values are never printed.
 
 from __future__ import annotations
 
-import json
+import logging
 import sys
 import time
 import uuid
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
-from streaming.config import Settings
-from udfs.cleaning import normalize_categorical
+from streaming.config import ServiceUnreachable, Settings
+from streaming.record_logic import build_cleaning_rules
+from udfs.cleaning import CleaningRules, Rejected, decode, model_key_of, parse
+
+
+# The confluent-kafka clients' own log (librdkafka: connection attempts, retries) goes here rather
+# than straight to stderr; the CLI shows it only with --verbose.
+CLIENT_LOG = logging.getLogger("riskstream.kafka-client")
+
+
+class DeliveryFailed(RuntimeError):
+    """Records the producer could not deliver; the message says how many and the first error."""
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """The configuration of a confluent-kafka client: `kafka.client_properties()` (security
+    settings included) and the client log."""
+    return {**settings.kafka.client_properties(), "logger": CLIENT_LOG}
+
+
+def check_broker(settings: Settings, timeout_s: float = 5) -> None:
+    """Raises ServiceUnreachable (one line: the bootstrap address and how to start the project's
+    broker) unless a broker answers a metadata request within `timeout_s` seconds."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(client_config(settings))
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        admin.poll(0)  # hands the client's queued log lines to CLIENT_LOG (shown with --verbose)
+        raise ServiceUnreachable(
+            f"no Kafka broker answers at {settings.kafka.bootstrap_servers} (kafka.bootstrap_servers); start the "
+            f"project's broker with `make kafka-up`, or point the profile at yours") from None
+
+
+def check_topic(settings: Settings, topic: str) -> None:
+    """Raises ConfigError naming the topics there are, unless `topic` exists."""
+    from confluent_kafka.admin import AdminClient
+
+    from streaming.config import ConfigError
+
+    topics = AdminClient(client_config(settings)).list_topics(timeout=10).topics
+    if topic not in topics:
+        known = ", ".join(sorted(name for name in topics if not name.startswith("_"))) or "none"
+        raise ConfigError(f"topic {topic!r} does not exist at {settings.kafka.bootstrap_servers}; topics there: {known}")
 
 
 def create_topics(settings: Settings) -> list[str]:
@@ -23,7 +67,7 @@ def create_topics(settings: Settings) -> list[str]:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     kafka = settings.kafka
-    admin = AdminClient(kafka.client_properties())
+    admin = AdminClient(client_config(settings))
     wanted = [NewTopic(name, kafka.partitions, kafka.replication_factor,
                        config={"max.message.bytes": str(kafka.max_message_bytes)}) for name in kafka.topics()]
     created = []
@@ -51,7 +95,7 @@ def delete_topics(settings: Settings) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(settings.kafka.client_properties())
+    admin = AdminClient(client_config(settings))
     for future in admin.delete_topics(list(settings.kafka.topics()), operation_timeout=30).values():
         try:
             future.result()
@@ -59,17 +103,18 @@ def delete_topics(settings: Settings) -> None:
             pass
 
 
-def partition_key(line: bytes, key_field: str) -> bytes | None:
-    """The normalized model key of a raw transaction line, as the message key, so that all of a
-    key's records share a partition and keep their order; None when the line has none (bad JSON,
-    a missing or non-string field): such a record still goes to the job, which dead-letters it."""
+def partition_key(line: bytes, key_field: str, rules: CleaningRules) -> bytes | None:
+    """The message key of a raw transaction line (any bytes) when the job is keyed by `key_field`
+    (a `ModelKeyField`) and cleans with `rules`: the line's model key as the job derives it
+    (`model_key_of`, after the job's own `decode` and `parse`), UTF-8, so that all of a key's
+    records share a partition and keep their order. For account_id it is the normalized id, not
+    its pseudonym. None when the job would dead-letter the line for its key (not UTF-8, over the
+    size cap, not a JSON object, the field missing or unusable): its partition does not matter."""
     try:
-        value = json.loads(line).get(key_field)
-    except (ValueError, AttributeError):
+        key = model_key_of(parse(decode(line, rules.max_record_bytes)), key_field, rules)
+    except Rejected:
         return None
-    if not isinstance(value, str) or not value.strip():
-        return None
-    return normalize_categorical(key_field, value).encode("utf-8")
+    return key.encode("utf-8") if key is not None else None
 
 
 def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate: float | None,
@@ -81,13 +126,14 @@ def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate:
     from tqdm import tqdm
 
     producer = Producer({
-        **settings.kafka.client_properties(),
+        **client_config(settings),
         "enable.idempotence": True,  # retries never duplicate or reorder a partition's records
         "acks": "all",
         "linger.ms": 5,
         "message.max.bytes": settings.kafka.max_message_bytes,
     })
     topic = topic or settings.kafka.transactions_topic
+    rules = build_cleaning_rules(settings)  # the job's: an imputed model key gets the same message key
     failures: list[str] = []
     delivered = 0
 
@@ -101,7 +147,7 @@ def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate:
     started = time.perf_counter()
     with tqdm(total=total, unit=" records", mininterval=0.5, file=sys.stderr) as progress:
         for sent, line in enumerate(lines, 1):
-            key = partition_key(line, key_field) if key_field else None
+            key = partition_key(line, key_field, rules) if key_field else None
             while True:
                 try:
                     producer.produce(topic, value=line, key=key, on_delivery=on_delivery)
@@ -116,7 +162,7 @@ def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate:
                     time.sleep(ahead)
         producer.flush()
     if failures:
-        raise RuntimeError(f"{len(failures)} records were not delivered; first: {failures[0]}")
+        raise DeliveryFailed(f"{len(failures)} records were not delivered; first: {failures[0]}")
     return delivered
 
 
@@ -128,7 +174,7 @@ def tail(settings: Settings, topic: str, from_beginning: bool, max_records: int 
     from confluent_kafka import Consumer, KafkaException
 
     consumer = Consumer({
-        **settings.kafka.client_properties(),
+        **client_config(settings),
         "group.id": f"riskstream-tail-{uuid.uuid4()}",
         "isolation.level": "read_committed" if committed_only else "read_uncommitted",
         "auto.offset.reset": "earliest" if from_beginning else "latest",

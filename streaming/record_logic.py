@@ -11,15 +11,21 @@ from udfs.pipeline import ModelScorer, RecordPreparer
 
 
 def build_preparer(settings: Settings) -> RecordPreparer:
+    rules = build_cleaning_rules(settings)
+    return RecordPreparer(rules, build_encoder(settings, rules), settings.model.key,
+                          settings.cleaning.dead_letter_raw_bytes)
+
+
+def build_cleaning_rules(settings: Settings) -> CleaningRules:
+    """The job's cleaning rules; `riskstream produce` derives message keys with the same ones."""
     cleaning = settings.cleaning
-    rules = CleaningRules(
+    return CleaningRules(
         pseudonym_key=settings.pseudonym_key(),
         channels=frozenset(cleaning.channels),
         default_currency=cleaning.default_currency,
         missing={name: MissingPolicy(p.action == "impute", p.value) for name, p in cleaning.missing.items()},
         max_record_bytes=cleaning.max_record_bytes,
     )
-    return RecordPreparer(rules, build_encoder(settings, rules), settings.model.key, cleaning.dead_letter_raw_bytes)
 
 
 def build_encoder(settings: Settings, rules: CleaningRules) -> FeatureEncoder:
