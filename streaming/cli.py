@@ -361,17 +361,24 @@ def _run(args: argparse.Namespace) -> int:
         kept = f"; previous outputs kept in {outputs.folder}" if outputs is not None else ""
         return _fail(f"the job failed: {_cause(error)}{kept}; details in {_write_failure_log(error)}", EXIT_FAILED)
     if outputs is None:  # Kafka output: read it with `riskstream tail`
+        if job_run.savepoint is not None:
+            print(f"stopped with savepoint {job_run.savepoint} after {job_run.records_read:,} records")
         return EXIT_INTERRUPTED if job_run.interrupted else EXIT_OK
     outputs.drop_previous()
+    if job_run.ending == "cancelled":  # a second Ctrl-C: no savepoint, so nothing to reconcile
+        return _fail(f"cancelled; {outputs.folder} holds what the last completed checkpoint committed, "
+                     "not what was read after it", EXIT_INTERRUPTED)
     # Records read: counted in the input files when the job read them all, else by the job's source.
     finished_files = job_run.ending == "finished" and records_in_files is not None
     records_read = records_in_files if finished_files else job_run.records_read
     summary = summarize(outputs.folder, records_read, job_run.wall_seconds)
     print("\n".join(summary.lines()))
+    if job_run.savepoint is not None:
+        print(f"stopped with savepoint {job_run.savepoint}")
     print(f"outputs in {outputs.folder}")
-    if job_run.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_OK if summary.reconciled else EXIT_FAILED
+    if not summary.reconciled:
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if job_run.interrupted else EXIT_OK
 
 
 def _check_inputs(settings) -> int | None:

@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import orjson
-from pyflink.common import Configuration, Duration, Encoder, JobClient, Types, WatermarkStrategy
+from pyflink.common import (
+    CompletableFuture,
+    Configuration,
+    Duration,
+    Encoder,
+    JobClient,
+    JobExecutionResult,
+    Types,
+    WatermarkStrategy,
+)
 from pyflink.datastream import (
     DataStream,
     KeyedProcessFunction,
@@ -50,6 +63,14 @@ DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 SNAPSHOTS = OutputTag("model-snapshots", Types.STRING())
 
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
+
+# The accumulator in which RecordBundler.java counts every record the source emits (its RECORDS_READ).
+RECORDS_READ_ACCUMULATOR = "records-read"
+
+# How often a waiting client looks at the job and at Ctrl-C, in seconds.
+POLL_SECONDS = 0.2
+# How long to wait before asking again for a savepoint that failed, in seconds.
+SAVEPOINT_RETRY_SECONDS = 1.0
 
 
 def now_ms() -> int:
@@ -292,12 +313,174 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
         split_lines(bundles, f"split-{name}").sink_to(sink).name(f"{name}-sink").uid(f"{name}-sink")
 
 
-def run_job(settings: Settings) -> float:
-    """Builds and runs the job to the end of its input (forever for a watched directory).
-    Returns the wall time in seconds."""
+class JobRun(NamedTuple):
+    """How a run of the job ended.
+
+    wall_seconds: from the call to run_job to its return, start-up included.
+    records_read: the records the source emitted into the job (RecordBundler's accumulator, counted
+        apart from the outputs): all of them when the input ended, those before the savepoint when
+        stopped; None when cancelled.
+    ending: "finished" (the input ended); "stopped" (Ctrl-C: stopped with a savepoint, so every
+        record read is in the committed outputs); "cancelled" (a second Ctrl-C: what was read since
+        the last completed checkpoint is not in the committed outputs).
+    savepoint: the savepoint's path when stopped, else None.
+    """
+
+    wall_seconds: float
+    records_read: int | None
+    ending: Literal["finished", "stopped", "cancelled"]
+    savepoint: str | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.ending != "finished"
+
+
+def run_job(settings: Settings) -> JobRun:
+    """Builds and runs the job until its input ends (never, for a watched directory) or Ctrl-C.
+
+    Ctrl-C (SIGINT) stops the job with a savepoint in `checkpointing.savepoint_directory`, so the
+    sinks commit every record read before it; a second Ctrl-C cancels the job instead. Ctrl-C
+    before the job is running raises KeyboardInterrupt, and whatever was being started ends with
+    this process (PyFlink's gateway JVM exits when its Python process does). Call from the main
+    thread, which gets SIGINT: elsewhere Ctrl-C is not handled here. A failed job raises, as before.
+    Returns how the run ended (JobRun).
+    """
     started = time.perf_counter()
-    start_job(settings).get_job_execution_result().result()
-    return time.perf_counter() - started
+    with CtrlCPresses() as ctrl_c:
+        client = _start_unless_interrupted(settings, ctrl_c)
+        result = client.get_job_execution_result()
+        while not result.done() and not ctrl_c.count:
+            time.sleep(POLL_SECONDS)
+        if result.done():
+            ending, savepoint = "finished", None
+        else:
+            ending, savepoint = _stop(client, result, settings.checkpointing.savepoint_directory, ctrl_c)
+        records_read = None if ending == "cancelled" else _records_read(result.result())
+    return JobRun(time.perf_counter() - started, records_read, ending, savepoint)
+
+
+class CtrlCPresses:
+    """Inside a `with` block, counts Ctrl-C presses (SIGINT) instead of raising KeyboardInterrupt.
+
+    A KeyboardInterrupt raised inside a call into the JVM breaks py4j's connection mid-call and
+    makes py4j log a traceback, so the job's client never lets one happen: it waits in Python and
+    looks at `count`. Python handles signals in the main thread only, so elsewhere, or when SIGINT
+    is ignored (a background job of a shell), this changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous = None
+        self._installed = False
+
+    def __enter__(self) -> "CtrlCPresses":
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+            self._previous = signal.signal(signal.SIGINT, self._pressed)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+
+    def _pressed(self, signum, frame) -> None:
+        self.count += 1
+
+
+def _start_unless_interrupted(settings: Settings, ctrl_c: CtrlCPresses) -> JobClient:
+    """start_job, unless Ctrl-C comes first: then raises KeyboardInterrupt.
+
+    PyFlink's gateway JVM is launched first, on this thread (about 2 s): once connected, it exits
+    as soon as this process does (its watchdog calls into this process), whereas one left before
+    that lingers for 10 s and prints to our stdout. Building and submitting the job then runs on a
+    helper thread, watched from this one, so that a Ctrl-C ends the command at once.
+    """
+    get_gateway()
+    if ctrl_c.count:
+        raise KeyboardInterrupt
+    outcome: list = []  # the started job's client, or what start_job raised
+
+    def start() -> None:
+        try:
+            outcome.append(start_job(settings))
+        except BaseException as error:  # handed to the waiting thread, which raises it
+            outcome.append(error)
+
+    starter = threading.Thread(target=start, name="start-job", daemon=True)
+    starter.start()
+    while starter.is_alive() and not ctrl_c.count:
+        starter.join(POLL_SECONDS)
+    if not outcome:
+        raise KeyboardInterrupt
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _stop(client: JobClient, result: CompletableFuture, savepoint_directory: str,
+          ctrl_c: CtrlCPresses) -> tuple[Literal["finished", "stopped", "cancelled"], str | None]:
+    """After a Ctrl-C: stops the job with a savepoint in `savepoint_directory`, or cancels it on a
+    second Ctrl-C; `result` is the job's execution result. Returns ("stopped", the savepoint's
+    path), ("cancelled", None), or ("finished", None) when the input ended before the savepoint."""
+    _tell_user("stopping the job with a savepoint, so that every record read so far is committed; "
+               "Ctrl-C again cancels it, and then what was read since the last checkpoint is not committed")
+    savepoint_uri = Path(savepoint_directory).as_uri()
+    stopping = _stop_with_savepoint(client, savepoint_uri)
+    reasons_told = set()
+    while not (result.done() and stopping.done()):
+        if ctrl_c.count >= 2:
+            _cancel(client, result, ctrl_c)
+            return "cancelled", None
+        failure = stopping.exception() if stopping.done() and not result.done() else None
+        if failure is not None:  # the job runs on; mostly its tasks were still being deployed
+            reason = _java_reason(failure)
+            if reason not in reasons_told:
+                reasons_told.add(reason)
+                _tell_user(f"no savepoint yet ({reason}); trying again")
+            time.sleep(SAVEPOINT_RETRY_SECONDS)
+            stopping = _stop_with_savepoint(client, savepoint_uri)
+        time.sleep(POLL_SECONDS)
+    if stopping.exception() is not None:  # the input ended first
+        return "finished", None
+    return "stopped", stopping.result()
+
+
+def _stop_with_savepoint(client: JobClient, directory_uri: str) -> CompletableFuture:
+    """Asks Flink to stop the job with a savepoint in `directory_uri`, without draining the input
+    (so the savepoint can be resumed from); the future holds the savepoint's path. PyFlink 2.2's
+    JobClient.stop_with_savepoint calls a Java method that no longer exists (Flink 1.15 added the
+    savepoint format argument), so this calls Java's own."""
+    format_type = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.DEFAULT
+    return CompletableFuture(client._j_job_client.stopWithSavepoint(False, directory_uri, format_type), str)
+
+
+def _cancel(client: JobClient, result: CompletableFuture, ctrl_c: CtrlCPresses) -> None:
+    """Cancels the job and waits until it has ended; a third Ctrl-C stops waiting (the job then
+    ends with this process)."""
+    _tell_user("cancelling the job")
+    client.cancel()
+    while not result.done() and ctrl_c.count < 3:
+        time.sleep(POLL_SECONDS)
+
+
+def _records_read(result: JobExecutionResult) -> int | None:
+    count = result.get_accumulator_result(RECORDS_READ_ACCUMULATOR)
+    return None if count is None else int(count)
+
+
+def _java_reason(error: Exception) -> str:
+    """The gist of a Java exception from py4j: its message's first line, without the exception
+    class names (or Flink's "Failure reason" when it gives one)."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if "Failure reason: " in first_line:
+        return first_line.rpartition("Failure reason: ")[2]
+    return first_line.rpartition("Exception: ")[2]
+
+
+def _tell_user(message: str) -> None:
+    print(f"riskstream: {message}", file=sys.stderr, flush=True)
 
 
 def start_job(settings: Settings) -> JobClient:

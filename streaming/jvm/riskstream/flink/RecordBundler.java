@@ -1,5 +1,6 @@
 package riskstream.flink;
 
+import org.apache.flink.api.common.accumulators.LongCounter;
 import org.apache.flink.api.common.operators.ProcessingTimeService.ProcessingTimeCallback;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.BoundedOneInput;
@@ -28,11 +29,20 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * in at most that many records per second: a ceiling for replaying a backlog without flooding what
  * comes after, and a way to let a test or drill watch a job work through a fixed input. Bursts
  * are bounded to one second's worth.
+ *
+ * <p>Every record the source emits passes through this operator before any Python code sees it, so
+ * it counts them in the accumulator {@link #RECORDS_READ} (summed over its subtasks): how many
+ * records the job read, counted apart from its outputs, in the job's result whether the input
+ * ended or the job was stopped with a savepoint (then: the records before the savepoint). Flink
+ * keeps accumulators per execution attempt, so after a restart it counts from the restored
+ * checkpoint on.
  */
 public final class RecordBundler extends AbstractStreamOperator<String>
         implements OneInputStreamOperator<String, String>, BoundedOneInput, ProcessingTimeCallback {
 
     private static final long serialVersionUID = 1L;
+    /** The name of the accumulator that counts records read (a {@link LongCounter}). */
+    public static final String RECORDS_READ = "records-read";
     private final int maxRecords;
     private final long maxDelayMs;
     private final boolean sequenced;
@@ -44,6 +54,7 @@ public final class RecordBundler extends AbstractStreamOperator<String>
     // Identifies the bundle a timer was set for, so a timer of an already emitted bundle does nothing.
     private transient long bundleNumber;
     private transient long timerBundleNumber;
+    private transient LongCounter recordsRead;
 
     public RecordBundler(int maxRecords, long maxDelayMs, boolean sequenced, long maxRecordsPerSecond) {
         if (maxRecords < 1 || maxDelayMs < 0 || maxRecordsPerSecond < 0) {
@@ -60,6 +71,8 @@ public final class RecordBundler extends AbstractStreamOperator<String>
         super.open();
         bundle = new StringBuilder(1 << 16);
         timerBundleNumber = -1;
+        recordsRead = new LongCounter();
+        getRuntimeContext().addAccumulator(RECORDS_READ, recordsRead);
         stream = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask() + "-"
                 + Long.toHexString(new java.security.SecureRandom().nextLong());
     }
@@ -69,6 +82,7 @@ public final class RecordBundler extends AbstractStreamOperator<String>
         if (maxRecordsPerSecond > 0) {
             waitForTurn();
         }
+        recordsRead.add(1L);
         if (count > 0) {
             bundle.append('\n');
         } else if (sequenced) {

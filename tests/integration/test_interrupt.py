@@ -1,0 +1,247 @@
+"""Ctrl-C on `riskstream run`, as a terminal sends it: SIGINT to the command's whole process group
+(the Python client, PyFlink's gateway JVM and the Python workers the JVM starts).
+
+A run watching a folder is stopped with a savepoint: everything read before it is committed, the
+printed summary reconciles with what was committed, and no process of the run is left. A second
+Ctrl-C cancels instead; a Ctrl-C during start-up ends the command in one line. The count of records
+read comes from the job's source (RecordBundler's accumulator), apart from the outputs; for input
+files it must equal the lines of the files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streaming.config import load_settings
+from streaming.outputs import committed_lines, count_file_records
+from tests.cli import RISKSTREAM, assert_one_line_failure, user_environment
+from tests.integration.conftest import LOCAL_PROFILE
+from tests.integration.test_cli_run import number, summary_figures
+from udfs.generator import GeneratorSettings, generate
+
+# Per source subtask: slow enough that a Ctrl-C lands while a file is still being read.
+RECORDS_PER_SECOND = 40
+
+
+class WatchingRun:
+    """`riskstream run` on a watched folder under `workdir`, in a session of its own (so its process
+    group is the command's, as in a terminal); what it prints goes to files, so nothing it leaves
+    behind can hold a pipe open."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.incoming = workdir / "incoming"
+        self.out = workdir / "out"
+        self.incoming.mkdir(parents=True)
+        self.stdout_path, self.stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
+        command = [str(RISKSTREAM), "run", "--config", str(LOCAL_PROFILE)]
+        for setting in ("source.kind=directory", f"source.directory={self.incoming}",
+                        "source.discovery_interval_ms=200", f"source.max_records_per_second={RECORDS_PER_SECOND}",
+                        f"output.path={self.out}", f"checkpointing.directory={workdir / 'checkpoints'}",
+                        f"checkpointing.savepoint_directory={workdir / 'savepoints'}", "checkpointing.interval_ms=500"):
+            command += ["--set", setting]
+        with self.stdout_path.open("wb") as stdout, self.stderr_path.open("wb") as stderr:
+            self.process = subprocess.Popen(command, cwd=workdir, env=user_environment(), stdout=stdout,
+                                            stderr=stderr, start_new_session=True)
+        self.files: dict[str, list[bytes]] = {}
+
+    def drop(self, name: str, lines: list[bytes]) -> None:
+        """Puts a file into the watched folder at once: written under a hidden name (the source
+        skips those), then renamed."""
+        hidden = self.incoming / f".{name}"
+        hidden.write_bytes(b"".join(line + b"\n" for line in lines))
+        hidden.rename(self.incoming / name)
+        self.files[name] = lines
+
+    def ctrl_c(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)
+
+    def wait_until(self, condition, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert self.process.poll() is None, f"the run ended while waiting for {what}:\n{self.stderr()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout_s} s:\n{self.stderr()[-3000:]}"
+            time.sleep(0.2)
+
+    def finish(self, timeout_s: float = 120) -> subprocess.CompletedProcess:
+        self.process.wait(timeout=timeout_s)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, self.stdout(), self.stderr())
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def committed(self) -> tuple[list[dict], list[dict]]:
+        """(committed scores, committed dead letters)."""
+        return list(committed_lines(self.out / "scores")), list(committed_lines(self.out / "dead-letters"))
+
+    def accounted_lines(self) -> Counter:
+        """How often each (file name, line number) of the dropped files is in the committed outputs:
+        dead letters say where they came from, scores are matched by txn_id."""
+        line_of_txn = {}
+        for name, lines in self.files.items():
+            for line_number, line in enumerate(lines, start=1):
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("txn_id"), str):
+                    line_of_txn[record["txn_id"]] = (name, line_number)
+        scores, dead_letters = self.committed()
+        unknown = [score["txn_id"] for score in scores if score["txn_id"] not in line_of_txn]
+        assert not unknown, f"scores of records never dropped: {unknown[:5]}"
+        accounted = Counter(line_of_txn[score["txn_id"]] for score in scores)
+        accounted.update((Path(letter["source"]["file"]).name, letter["source"]["line"]) for letter in dead_letters)
+        return accounted
+
+    def live_processes(self) -> dict[int, str]:
+        """The processes of this run's session that are still running, by pid, with their command
+        lines: its own, the JVM, the Python workers, wherever they were re-parented. Zombies are
+        not counted: they have ended and only wait to be reaped."""
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+            if int(session) == self.process.pid and state != "Z":
+                found[int(entry.name)] = command
+        return found
+
+    def assert_no_process_left(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.live_processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not self.live_processes(), list(self.live_processes().values())
+
+    def kill(self) -> None:
+        """Whatever a failed test left running."""
+        if self.live_processes():
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait(timeout=30)
+
+
+def ignores_sigint(pid: int) -> bool:
+    """Whether process `pid` ignores SIGINT (its SigIgn mask in /proc, bit SIGINT - 1)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    return bool(ignored >> (signal.SIGINT - 1) & 1)
+
+
+def transactions(seed: int, records: int) -> list[bytes]:
+    return list(generate(GeneratorSettings(records=records, seed=seed, malformed_share=0.05)))
+
+
+def assert_each_file_accounted_as_a_prefix(accounted: Counter, files: dict[str, list[bytes]]) -> dict[str, int]:
+    """Every record in the outputs at most once, and of each file the lines 1..k for some k: the
+    source reads a file in order, and what it read before a checkpoint is committed whole. Returns k
+    per file."""
+    assert not [line for line, times in accounted.items() if times > 1], "records accounted more than once"
+    prefixes = {}
+    for name, lines in files.items():
+        numbers = sorted(line_number for file, line_number in accounted if file == name)
+        assert numbers == list(range(1, len(numbers) + 1)), f"{name}: committed lines are not 1..k"
+        prefixes[name] = len(numbers)
+    assert sum(prefixes.values()) == sum(accounted.values()), "outputs of lines that were never dropped"
+    return prefixes
+
+
+def test_ctrl_c_stops_a_watching_run_with_everything_it_read_committed_and_accounted(tmp_path):
+    run = WatchingRun(tmp_path)
+    try:
+        run.drop("first.jsonl", transactions(seed=61, records=120))
+        run.wait_until(lambda: len(run.accounted_lines()) == 120, 180, "commit of every record of first.jsonl")
+        run.drop("second.jsonl", transactions(seed=62, records=400))
+        run.wait_until(lambda: any(file == "second.jsonl" for file, _ in run.accounted_lines()), 60,
+                       "committed record of second.jsonl")
+        workers = [pid for pid, command in run.live_processes().items() if "beam_boot" in command]
+        assert workers, "no Python worker processes: the run should use process mode"
+        # The JVM and so its Python workers ignore SIGINT (PyFlink starts the JVM so), which is
+        # why they live on to take the savepoint when a terminal sends Ctrl-C to all of them.
+        assert all(ignores_sigint(pid) for pid in workers)
+        run.ctrl_c()
+        done = run.finish()
+        assert done.returncode == 130, done.stderr[-3000:]
+        assert "Traceback" not in done.stdout + done.stderr and "\tat " not in done.stdout + done.stderr
+        figures = summary_figures(done.stdout)
+        read, scored, dead_lettered = (number(figures[name]) for name in ("records read", "scored", "dead-lettered"))
+        assert read == scored + dead_lettered
+        assert figures["accounting"] == "read = scored + dead-lettered"
+
+        scores, dead_letters = run.committed()
+        assert (len(scores), len(dead_letters)) == (scored, dead_lettered)
+        prefixes = assert_each_file_accounted_as_a_prefix(run.accounted_lines(), run.files)
+        assert prefixes["first.jsonl"] == 120
+        assert prefixes["second.jsonl"] >= 1
+        assert sum(prefixes.values()) == read
+        run.assert_no_process_left()
+    finally:
+        run.kill()
+
+
+def test_a_second_ctrl_c_cancels_and_leaves_whole_checkpoints_committed(tmp_path):
+    run = WatchingRun(tmp_path)
+    try:
+        run.drop("first.jsonl", transactions(seed=71, records=400))
+        run.wait_until(lambda: len(run.accounted_lines()) > 0, 180, "committed record")
+        run.ctrl_c()
+        time.sleep(0.3)  # two signals in one instant would reach the process as one
+        run.ctrl_c()
+        done = run.finish()
+        assert done.returncode == 130, done.stderr[-3000:]
+        assert "Traceback" not in done.stdout + done.stderr and "\tat " not in done.stdout + done.stderr
+        assert "cancel" in done.stderr, done.stderr
+        assert_each_file_accounted_as_a_prefix(run.accounted_lines(), run.files)
+        run.assert_no_process_left()
+    finally:
+        run.kill()
+
+
+@pytest.mark.parametrize("after_jvm_s", [0.0, 3.0], ids=["as-the-jvm-starts", "while-the-job-is-built"])
+def test_ctrl_c_during_start_up_ends_the_command_in_one_line(tmp_path, after_jvm_s):
+    run = WatchingRun(tmp_path)
+    try:
+        run.drop("first.jsonl", transactions(seed=81, records=50))
+        run.wait_until(lambda: any(command.split(" ", 1)[0].endswith("java")
+                                   for command in run.live_processes().values()), 60, "gateway JVM")
+        time.sleep(after_jvm_s)
+        run.ctrl_c()
+        done = run.finish(timeout_s=60)
+        assert_one_line_failure(done, 130, "interrupted")
+        assert run.committed() == ([], [])
+        run.assert_no_process_left()
+    finally:
+        run.kill()
+
+
+def test_records_read_counts_every_line_of_the_input_files(tmp_path):
+    from streaming.job import run_job
+
+    lines = transactions(seed=91, records=700) + [b"", b"not json", b'{"unterminated": ']
+    source = tmp_path / "transactions.jsonl"
+    source.write_bytes(b"\n".join(lines))  # the last line has no newline: still a record
+    settings = load_settings(LOCAL_PROFILE, [
+        f"source.paths=['{source}']", f"output.path={tmp_path / 'out'}",
+        f"checkpointing.directory={tmp_path / 'checkpoints'}"])
+
+    job_run = run_job(settings)
+
+    assert job_run.ending == "finished" and not job_run.interrupted
+    assert job_run.records_read == count_file_records(settings.source.paths) == len(lines)
+    scores = list(committed_lines(tmp_path / "out" / "scores"))
+    dead_letters = list(committed_lines(tmp_path / "out" / "dead-letters"))
+    assert len(scores) + len(dead_letters) == job_run.records_read
