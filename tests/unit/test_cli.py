@@ -192,3 +192,10 @@ def test_stop_drain_without_savepoint_says_so_before_any_lookup(tmp_path):
     # The REST address is one where nothing answers: a lookup would end in exit 3, not 2.
     done = riskstream("stop", "--drain", "--set", f"flink.rest_address={NOTHING_LISTENS}", cwd=tmp_path)
     assert_one_line_failure(done, 2, "--drain", "--savepoint")
+
+
+def test_produce_a_missing_file_names_it_before_looking_for_a_broker(tmp_path):
+    # Nothing answers at the bootstrap address: a broker check would end in exit 3, not 2.
+    done = riskstream("produce", "--file", "data/tx.jsonl", "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}",
+                      cwd=tmp_path)
+    assert_one_line_failure(done, 2, "--file", "data/tx.jsonl", "is not a file")
