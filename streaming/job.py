@@ -6,7 +6,6 @@ route what comes back (scores, dead letters, snapshots) to sinks.
 
 from __future__ import annotations
 
-import os
 import pickle
 import signal
 import sys
@@ -45,9 +44,8 @@ from pyflink.datastream.connectors.file_system import (
 from pyflink.datastream.connectors import Sink, Source
 from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaOffsetsInitializer
 from pyflink.datastream.state import MapStateDescriptor
-from pyflink.java_gateway import get_gateway
-from pyflink.util.java_utils import to_jarray
 
+from streaming import pyflink_internals as internals
 from streaming.cluster import JOB_NAME
 from streaming.config import Settings
 from streaming.flink_options import flink_options
@@ -174,8 +172,7 @@ class ScoreShard(KeyedProcessFunction):
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
     """Applies a Java operator from build/riskstream-flink.jar: `build(j_stream, jvm)` returns the
     new Java stream, named and with `name` as its stable uid."""
-    gateway = get_gateway()
-    return DataStream(build(stream._j_data_stream, gateway.jvm)).name(name).uid(name)
+    return internals.apply_java(stream, lambda j_stream: build(j_stream, internals.jvm())).name(name).uid(name)
 
 
 def bundled(stream: DataStream, settings: Settings) -> DataStream:
@@ -204,7 +201,7 @@ def transactions_source(env: StreamExecutionEnvironment, settings: Settings) -> 
     if source.kind == "kafka":
         return env.from_source(kafka_source(settings), WatermarkStrategy.no_watermarks(), "transactions-source").uid(
             "transactions-source")
-    line_format = BulkFormat(get_gateway().jvm.riskstream.flink.SourceTaggedLineFormat())
+    line_format = BulkFormat(internals.jvm().riskstream.flink.SourceTaggedLineFormat())
     if source.kind == "files":
         builder = FileSource.for_bulk_file_format(line_format, *source.paths)
     else:
@@ -218,7 +215,7 @@ def transactions_source(env: StreamExecutionEnvironment, settings: Settings) -> 
 
 def kafka_source(settings: Settings) -> Source:
     kafka = settings.kafka
-    jvm = get_gateway().jvm
+    jvm = internals.jvm()
     offsets = {
         "earliest": KafkaOffsetsInitializer.earliest,
         "latest": KafkaOffsetsInitializer.latest,
@@ -226,9 +223,9 @@ def kafka_source(settings: Settings) -> Source:
     }[kafka.starting_offsets]()
     builder = (
         jvm.org.apache.flink.connector.kafka.source.KafkaSource.builder()
-        .setTopics(to_jarray(jvm.String, [kafka.transactions_topic]))
+        .setTopics(internals.java_strings([kafka.transactions_topic]))
         .setGroupId(kafka.consumer_group)
-        .setStartingOffsets(offsets._j_initializer)
+        .setStartingOffsets(internals.java_offsets(offsets))
         .setDeserializer(jvm.riskstream.flink.kafka.TaggedKafkaDeserializer())
     )
     properties = {**kafka.client_properties(), "isolation.level": "read_committed",
@@ -241,14 +238,14 @@ def kafka_source(settings: Settings) -> Source:
     for name, value in properties.items():
         builder.setProperty(name, value)
     if kafka.bounded:
-        builder.setBounded(KafkaOffsetsInitializer.latest()._j_initializer)
-    return Source(builder.build())
+        builder.setBounded(internals.java_offsets(KafkaOffsetsInitializer.latest()))
+    return internals.source_of(builder.build())
 
 
 def kafka_sink(settings: Settings, topic: str, name: str) -> Sink:
     """Lines `<key>\t<value>` to `topic` (see KeyedLineSerializer.java), exactly once or at least once."""
     kafka = settings.kafka
-    jvm = get_gateway().jvm
+    jvm = internals.jvm()
     producer = jvm.java.util.Properties()
     properties = {**kafka.client_properties(), "transaction.timeout.ms": str(kafka.transaction_timeout_ms),
                   "max.request.size": str(kafka.max_message_bytes)}
@@ -266,7 +263,7 @@ def kafka_sink(settings: Settings, topic: str, name: str) -> Sink:
             f"{kafka.transactional_id_prefix}-{name}")
     else:
         builder.setDeliveryGuarantee(guarantee.AT_LEAST_ONCE)
-    return Sink(builder.build())
+    return internals.sink_of(builder.build())
 
 
 def json_lines_sink(path: Path, name: str) -> FileSink:
@@ -397,7 +394,7 @@ def _start_unless_interrupted(settings: Settings, ctrl_c: CtrlCPresses) -> JobCl
     that lingers for 10 s and prints to our stdout. Building and submitting the job then runs on a
     helper thread, watched from this one, so that a Ctrl-C ends the command at once.
     """
-    get_gateway()
+    internals.jvm()  # launches PyFlink's gateway JVM
     if ctrl_c.count:
         raise KeyboardInterrupt
     outcome: list = []  # the started job's client, or what start_job raised
@@ -427,7 +424,7 @@ def _stop(client: JobClient, result: CompletableFuture, savepoint_directory: str
     _tell_user("stopping the job with a savepoint, so that every record read so far is committed; "
                "Ctrl-C again cancels it, and then what was read since the last checkpoint is not committed")
     savepoint_uri = Path(savepoint_directory).as_uri()
-    stopping = _stop_with_savepoint(client, savepoint_uri)
+    stopping = internals.stop_with_savepoint(client, savepoint_uri)
     reasons_told = set()
     while not (result.done() and stopping.done()):
         if ctrl_c.count >= 2:
@@ -440,20 +437,11 @@ def _stop(client: JobClient, result: CompletableFuture, savepoint_directory: str
                 reasons_told.add(reason)
                 _tell_user(f"no savepoint yet ({reason}); trying again")
             time.sleep(SAVEPOINT_RETRY_SECONDS)
-            stopping = _stop_with_savepoint(client, savepoint_uri)
+            stopping = internals.stop_with_savepoint(client, savepoint_uri)
         time.sleep(POLL_SECONDS)
     if stopping.exception() is not None:  # the input ended first
         return "finished", None
     return "stopped", stopping.result()
-
-
-def _stop_with_savepoint(client: JobClient, directory_uri: str) -> CompletableFuture:
-    """Asks Flink to stop the job with a savepoint in `directory_uri`, without draining the input
-    (so the savepoint can be resumed from); the future holds the savepoint's path. PyFlink 2.2's
-    JobClient.stop_with_savepoint calls a Java method that no longer exists (Flink 1.15 added the
-    savepoint format argument), so this calls Java's own."""
-    format_type = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.DEFAULT
-    return CompletableFuture(client._j_job_client.stopWithSavepoint(False, directory_uri, format_type), str)
 
 
 def _cancel(client: JobClient, result: CompletableFuture, ctrl_c: CtrlCPresses) -> None:
@@ -486,9 +474,7 @@ def _tell_user(message: str) -> None:
 def start_job(settings: Settings) -> JobClient:
     """Builds the job and starts it without waiting; the client can wait for it or cancel it."""
     if settings.flink.python_execution_mode == "process":
-        # On a local mini-cluster PyFlink otherwise runs "process" workers as threads of this one
-        # client process ("loopback"), which shares one interpreter lock like thread mode does.
-        os.environ["_python_worker_execution_mode"] = "process"
+        internals.run_python_workers_as_processes()
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
     build_job(env, settings)
     return env.execute_async(JOB_NAME)

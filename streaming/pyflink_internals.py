@@ -1,0 +1,77 @@
+"""Every place where Riskstream reaches below PyFlink's public Python API (PyFlink 2.2), each with
+why no public API serves. A PyFlink upgrade that removes or changes one of them fails
+tests/integration/test_pyflink_internals.py, which exercises each, instead of a job at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from pyflink.common import CompletableFuture, JobClient
+from pyflink.datastream import DataStream
+from pyflink.datastream.connectors import Sink, Source
+from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer
+from pyflink.java_gateway import get_gateway
+from pyflink.util.java_utils import to_jarray
+
+# The environment variable PyFlink reads (stream_execution_environment.py, `_open`) to decide how a
+# local mini-cluster runs Python workers; nothing in the Configuration says it.
+PYTHON_WORKER_MODE_VARIABLE = "_python_worker_execution_mode"
+
+
+def jvm() -> Any:
+    """The py4j view of the JVM's classes: the project's Java pieces and the Kafka connector's
+    builders are reached through it (PyFlink wraps neither)."""
+    return get_gateway().jvm
+
+
+def apply_java(stream: DataStream, build) -> DataStream:
+    """`build(java_stream)` applied to the Java DataStream behind `stream`, wrapped again.
+
+    PyFlink offers no way to apply a Java operator or function (`transform`, `flatMap` with a
+    Java FlatMapFunction) to a Python DataStream; the Java stream is its private `_j_data_stream`.
+    """
+    return DataStream(build(stream._j_data_stream))
+
+
+def java_offsets(initializer: KafkaOffsetsInitializer) -> Any:
+    """The Java OffsetsInitializer behind a Python one (its private `_j_initializer`).
+
+    The Kafka source is built with the connector's Java builder, because PyFlink's
+    KafkaSourceBuilder cannot take a Java deserializer (ours tags each record with its topic,
+    partition and offset); the Java builder wants Java initializers."""
+    return initializer._j_initializer
+
+
+def java_strings(values: Iterable[str]) -> Any:
+    """A Java String[] (the Java builder's setTopics(String...)); `to_jarray` is PyFlink's own,
+    undocumented helper."""
+    return to_jarray(jvm().String, list(values))
+
+
+def source_of(java_source: Any) -> Source:
+    """A Python Source around a Source built in Java (PyFlink's wrapper takes the Java object)."""
+    return Source(java_source)
+
+
+def sink_of(java_sink: Any) -> Sink:
+    """A Python Sink around a Sink built in Java (ours serializes `<key>\\t<value>` lines)."""
+    return Sink(java_sink)
+
+
+def stop_with_savepoint(client: JobClient, directory_uri: str) -> CompletableFuture:
+    """Asks Flink to stop the job with a savepoint in `directory_uri`, without draining the input;
+    the future holds the savepoint's path.
+
+    PyFlink 2.2's JobClient.stop_with_savepoint calls a Java method that no longer exists (Flink
+    1.15 added the savepoint format argument), so this calls the Java client (`_j_job_client`)."""
+    format_type = jvm().org.apache.flink.core.execution.SavepointFormatType.DEFAULT
+    return CompletableFuture(client._j_job_client.stopWithSavepoint(False, directory_uri, format_type), str)
+
+
+def run_python_workers_as_processes() -> None:
+    """On a local mini-cluster PyFlink otherwise runs "process" mode workers as threads of the
+    client process ("loopback"), which share one interpreter lock as thread mode does; only this
+    variable makes them real processes."""
+    os.environ[PYTHON_WORKER_MODE_VARIABLE] = "process"
