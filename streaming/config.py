@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -262,8 +262,15 @@ class CheckpointSettings(_Settings):
         return self
 
 
-# mode -> (bundle_max_records, bundle_max_delay_ms, buffer_timeout_ms)
-BUNDLING_MODES = {"throughput": (2000, 200, 100), "low_latency": (512, 5, 5)}
+class Bundling(NamedTuple):
+    """How records are batched on their way through Python (see PerformanceSettings)."""
+
+    max_records: int  # records in a bundle, at most
+    max_delay_ms: int  # how long a bundle waits for more records, at most
+    buffer_timeout_ms: int  # how often Flink's network buffers flush, at least
+
+
+BUNDLING_MODES = {"throughput": Bundling(2000, 200, 100), "low_latency": Bundling(512, 5, 5)}
 
 
 class PerformanceSettings(_Settings):
@@ -293,13 +300,13 @@ class PerformanceSettings(_Settings):
         """Whether bundles are numbered and spread over all preparing workers."""
         return self.parallel_prepare if self.parallel_prepare is not None else self.mode == "throughput"
 
-    def bundling(self) -> tuple[int, int, int]:
-        """(bundle_max_records, bundle_max_delay_ms, buffer_timeout_ms) after applying the mode."""
-        records, delay, buffer = BUNDLING_MODES[self.mode]
-        return (
-            self.bundle_max_records if self.bundle_max_records is not None else records,
-            self.bundle_max_delay_ms if self.bundle_max_delay_ms is not None else delay,
-            self.buffer_timeout_ms if self.buffer_timeout_ms is not None else buffer,
+    def bundling(self) -> Bundling:
+        """The mode's bundling, with the values given here in its place."""
+        mode = BUNDLING_MODES[self.mode]
+        return Bundling(
+            self.bundle_max_records if self.bundle_max_records is not None else mode.max_records,
+            self.bundle_max_delay_ms if self.bundle_max_delay_ms is not None else mode.max_delay_ms,
+            self.buffer_timeout_ms if self.buffer_timeout_ms is not None else mode.buffer_timeout_ms,
         )
 
 

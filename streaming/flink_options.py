@@ -35,7 +35,7 @@ def flink_options(settings: Settings) -> dict[str, str]:
     submitted to a session cluster with `flink run`."""
     flink = settings.flink
     checkpoints = settings.checkpointing
-    _, bundle_max_delay_ms, buffer_timeout_ms = settings.performance.bundling()
+    bundling = settings.performance.bundling()
     return {
         "execution.runtime-mode": "STREAMING",  # BATCH would sort by key and break arrival order
         "parallelism.default": str(flink.parallelism),
@@ -56,11 +56,11 @@ def flink_options(settings: Settings) -> dict[str, str]:
         "execution.checkpointing.tolerable-failed-checkpoints": str(checkpoints.tolerable_failures),
         **restart_options(checkpoints.restart),
         "pipeline.jars": ";".join(jar.as_uri() for jar in job_jars(settings)),
-        "execution.buffer-timeout.interval": f"{buffer_timeout_ms} ms",
+        "execution.buffer-timeout.interval": f"{bundling.buffer_timeout_ms} ms",
         # Our elements are already bundles of records: let a Python worker hold only a few at a
         # time, so a checkpoint (which waits for the worker to finish them) stays short.
         "python.fn-execution.bundle.size": "64",
-        "python.fn-execution.bundle.time": str(max(1, bundle_max_delay_ms)),
+        "python.fn-execution.bundle.time": str(max(1, bundling.max_delay_ms)),
         # Process mode sends keyed-state writes to the JVM in batches of this many.
         "python.map-state.write-cache-size": "10000",
     }

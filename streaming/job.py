@@ -179,12 +179,12 @@ def bundled(stream: DataStream, settings: Settings) -> DataStream:
     """Records joined into newline-separated bundles (see RecordBundler.java). With
     `performance.parallel_prepare` the bundles are numbered and spread over all parallel
     preparing workers; otherwise each stays with the worker of the source that read it."""
-    max_records, max_delay_ms, _ = settings.performance.bundling()
+    bundling = settings.performance.bundling()
     sequenced = settings.performance.spreads_bundles()
     string_type = Types.STRING().get_java_type_info()
     bundles = java_operator(stream, "bundle-records", lambda j, jvm: j.transform(
         "bundle-records", string_type, jvm.riskstream.flink.RecordBundler(
-            max_records, max_delay_ms, sequenced, settings.source.max_records_per_second or 0)))
+            bundling.max_records, bundling.max_delay_ms, sequenced, settings.source.max_records_per_second or 0)))
     return bundles.rebalance() if sequenced else bundles
 
 
