@@ -8,6 +8,7 @@ import json
 import re
 from collections import Counter
 
+from tests.pseudonyms import hmac_pseudonym
 from udfs.generator import MALFORMED_KINDS, GeneratorSettings, generate_with_kinds
 
 # kind -> (stage, a pattern the one-line reason must match); the test's own expectations.
@@ -57,7 +58,7 @@ def test_every_record_is_scored_or_dead_lettered_at_the_right_stage(tmp_path, sc
             assert letter["raw_bytes"] == len(raw)
             # The first bytes are kept, with the account id swapped for its (longer) pseudonym.
             account = json.loads(raw)["account_id"]
-            pseudonym = re.search(r'"account_id":"([0-9a-f]{32})"', letter["raw"]).group(1)
+            pseudonym = hmac_pseudonym(account, outputs.settings.pseudonym_key())
             kept = raw[: outputs.settings.cleaning.dead_letter_raw_bytes].decode()
             assert letter["raw"] == kept.replace(account, pseudonym)
         if kind == "missing_txn_id":

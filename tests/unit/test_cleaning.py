@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from tests.pseudonyms import hmac_pseudonym
 from udfs.cleaning import MissingPolicy, Rejected, clean, decode, parse, pseudonymize, redact_account_id
 from udfs.pipeline import RecordPreparer
 
@@ -317,10 +318,6 @@ def test_a_rejection_for_an_absent_txn_id_carries_none(record, rules):
 # ---------------------------------------------------------------- pseudonyms
 
 
-def test_pseudonym_is_stable_for_the_same_key():
-    assert pseudonymize("acct-0000042", KEY) == pseudonymize("acct-0000042", KEY)
-
-
 def test_pseudonym_differs_for_another_key_and_another_account():
     base = pseudonymize("acct-0000042", KEY)
     assert pseudonymize("acct-0000042", b"another-key") != base
@@ -334,9 +331,13 @@ def test_pseudonym_is_32_hex_chars_and_never_the_raw_id(account):
     assert pseudonym != account
 
 
-def test_pseudonym_is_the_keyed_hmac_sha256_of_the_account():
-    expected = hmac.new(KEY, "acct-0000042".encode(), hashlib.sha256).hexdigest()[:32]
-    assert pseudonymize("acct-0000042", KEY) == expected
+@pytest.mark.parametrize("account, normalized", [
+    ("acct-0000042", "acct-0000042"), (" acct-0000042\t", "acct-0000042"), ("acct \t 42", "acct 42"),
+    ("jürgen", "jürgen"), ("", ""),
+])
+def test_pseudonym_is_the_keyed_hmac_sha256_of_the_whitespace_normalized_account(account, normalized):
+    expected = hmac.new(KEY, normalized.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    assert pseudonymize(account, KEY) == expected
 
 
 def test_clean_gives_the_same_pseudonym_to_the_same_account(record, rules):
@@ -353,7 +354,7 @@ def test_redaction_replaces_the_account_id_in_complete_json():
     text = json.dumps({"txn_id": "t1", "account_id": SECRET, "amount": 1})
     redacted = redact_account_id(text, KEY)
     assert SECRET not in redacted
-    assert json.loads(redacted)["account_id"] == pseudonymize(SECRET, KEY)
+    assert json.loads(redacted)["account_id"] == hmac_pseudonym(SECRET, KEY)
     assert json.loads(redacted)["txn_id"] == "t1"
 
 
@@ -382,7 +383,7 @@ def test_redaction_replaces_numeric_account_ids(value):
     for text in (f'{{"account_id": {value}, "amount": 5}}', f'{{"amount": 5, "account_id": {value}'):
         redacted = redact_account_id(text, KEY)
         assert value.lstrip("-") not in redacted
-        assert pseudonymize(value, KEY) in redacted
+        assert hmac_pseudonym(value, KEY) in redacted
 
 
 def test_redaction_leaves_text_without_an_account_id_unchanged():
@@ -403,7 +404,7 @@ SECRET_LETTERS = set(SECRET) - {"-"}
 
 
 def quoted_pseudonym(plain: str) -> str:
-    return '"' + pseudonymize(plain, KEY) + '"'
+    return '"' + hmac_pseudonym(plain, KEY) + '"'
 
 
 def u_escape(char: str, upper: bool = False) -> str:
@@ -546,7 +547,7 @@ def test_redaction_takes_linear_time_on_text_made_to_slow_a_scan_down():
     started = time.perf_counter()
     redacted = redact_account_id(text, KEY)
     assert time.perf_counter() - started < 5  # about 0.1 s; a quadratic scan takes hours
-    assert redacted.count('"' + pseudonymize("1", KEY) + '"') == 20_000
+    assert redacted.count('"' + hmac_pseudonym("1", KEY) + '"') == 20_000
     assert redacted.endswith('"account_id":' + quoted_pseudonym("[" * 100_000 + '"' + "\\" * 100_001))
 
 
@@ -622,7 +623,7 @@ def test_redaction_of_generated_records_in_random_spellings_cut_anywhere(seed):
     rng = random.Random(seed)
     pieces = generated_record(rng, seed)
     raw = b"".join(data for data, _, _ in pieces)
-    pseudonym = pseudonymize(SECRET, KEY)
+    pseudonym = hmac_pseudonym(SECRET, KEY)
     values = sum(is_value for _, is_value, _ in pieces)
 
     redacted = redact_account_id(raw.decode("utf-8", errors="backslashreplace"), KEY)
@@ -656,7 +657,7 @@ def test_a_dead_letter_redacts_an_escaped_key(local_preparer, envelope):
     raw = b'{"txn_id":"t1","account\\u005fid":"ZQXW-KJHG","amount":-1}'
     letter = json.loads(local_preparer.prepare(envelope(raw), 0))
     assert letter["stage"] == "clean"
-    pseudonym = pseudonymize(SECRET, local_preparer.rules.pseudonym_key)
+    pseudonym = hmac_pseudonym(SECRET, local_preparer.rules.pseudonym_key)
     assert letter["raw"] == '{"txn_id":"t1","account\\u005fid":"' + pseudonym + '","amount":-1}'
 
 
@@ -664,7 +665,7 @@ def test_a_dead_letter_of_a_record_that_is_not_utf8_redacts_an_escaped_key(local
     raw = b'{"txn_id":"t-8","merchant_category":"caf\xe9","\\u0061ccount_id":"ZQXW-KJHG","amount":1}'
     letter = json.loads(local_preparer.prepare(envelope(raw), 0))
     assert letter["stage"] == "decode"
-    pseudonym = pseudonymize(SECRET, local_preparer.rules.pseudonym_key)
+    pseudonym = hmac_pseudonym(SECRET, local_preparer.rules.pseudonym_key)
     assert letter["raw"] == '{"txn_id":"t-8","merchant_category":"caf\\xe9","\\u0061ccount_id":"' + pseudonym \
         + '","amount":1}'
 
@@ -679,7 +680,7 @@ def test_an_oversize_dead_letter_redacts_an_escaped_key_in_a_prefix_cut_inside_a
     letter = json.loads(local_preparer.prepare(envelope(raw), 0))
     assert letter["stage"] == "decode" and letter["raw_bytes"] == len(raw)
     assert letter["raw"].endswith("\u00e9\\xc3")
-    pseudonym = pseudonymize(SECRET, local_preparer.rules.pseudonym_key)
+    pseudonym = hmac_pseudonym(SECRET, local_preparer.rules.pseudonym_key)
     assert letter["raw"] == raw[:cap].decode("utf-8", errors="backslashreplace").replace(SECRET, pseudonym)
 
 
@@ -696,8 +697,8 @@ def test_an_oversize_dead_letter_cut_inside_an_escaped_id_keeps_no_part_of_it(lo
         if cap < value_start:  # cut before the colon
             expected = kept
         elif cap < value_end:  # cut inside the value
-            expected = kept[:value_start] + '"' + pseudonymize(kept[value_start:].strip('"'), key) + '"'
+            expected = kept[:value_start] + '"' + hmac_pseudonym(kept[value_start:].strip('"'), key) + '"'
         else:
-            expected = kept[:value_start] + '"' + pseudonymize(SECRET, key) + '"' + kept[value_end:]
+            expected = kept[:value_start] + '"' + hmac_pseudonym(SECRET, key) + '"' + kept[value_end:]
         assert json.loads(line)["raw"] == expected, cap
         assert secret_left_in(line) == "", cap

@@ -130,3 +130,56 @@ def test_every_malformed_line_is_dead_lettered_at_its_stage(kind, lines_by_kind,
         letter = json.loads(result)
         assert letter["stage"] == EXPECTED_STAGE[kind], (kind, letter["reason"], line[:200])
         assert letter["source"] == {"file": "/data/generated.jsonl", "line": number}
+
+
+# ---------------------------------------------------------------- drift
+
+DRIFT_RECORDS = 8000
+BIG_AMOUNT = 150.0  # currency units; about a fifth of the generated transactions are at least this
+
+
+def parsed(settings: GeneratorSettings) -> list[dict]:
+    return [json.loads(line) for line in generate(settings)]
+
+
+def fraud_rate_ratio_of_big_to_small_amounts(records: list[dict]) -> float:
+    """Fraud rate among labelled transactions of at least BIG_AMOUNT over that among smaller ones:
+    above 1 when big amounts are more often fraud, below 1 when small ones are."""
+    def rate(big: bool) -> float:
+        labels = [r["is_fraud"] for r in records if r["is_fraud"] is not None and (r["amount"] >= BIG_AMOUNT) == big]
+        assert len(labels) > 500 and sum(labels) > 0
+        return sum(labels) / len(labels)
+    return rate(True) / rate(False)
+
+
+def test_a_drift_reverses_how_fraud_depends_on_the_amount_from_the_drift_point_on():
+    seed = 3  # any seed: over seeds 1-7 the ratio is 2.6-4.2 without drift and 0.3-0.6 after one
+    half = DRIFT_RECORDS // 2
+    steady = parsed(GeneratorSettings(records=DRIFT_RECORDS, seed=seed))
+    drifting = parsed(GeneratorSettings(records=DRIFT_RECORDS, seed=seed, drift_at=0.5))
+    # Without a drift, big amounts are fraud about three times as often as small ones, throughout.
+    assert fraud_rate_ratio_of_big_to_small_amounts(steady[:half]) > 2
+    assert fraud_rate_ratio_of_big_to_small_amounts(steady[half:]) > 2
+    # With one, that holds before the drift point and turns around after it (card testing: small amounts).
+    assert fraud_rate_ratio_of_big_to_small_amounts(drifting[:half]) > 2
+    assert fraud_rate_ratio_of_big_to_small_amounts(drifting[half:]) < 1
+
+
+def test_records_before_the_drift_point_are_byte_identical_to_those_of_a_stream_without_drift():
+    drift_at = 0.3
+    drift_index = int(drift_at * DRIFT_RECORDS)  # the first record drawn from the drifted model
+    steady = list(generate(GeneratorSettings(records=DRIFT_RECORDS, seed=8, malformed_share=0.05)))
+    drifting = list(generate(GeneratorSettings(records=DRIFT_RECORDS, seed=8, malformed_share=0.05, drift_at=drift_at)))
+    assert drifting[:drift_index] == steady[:drift_index]
+    first_difference = next((i for i, (a, b) in enumerate(zip(steady, drifting)) if a != b), None)
+    assert first_difference is not None and drift_index <= first_difference < drift_index + 200  # from there on
+
+
+def test_a_drift_changes_only_the_labels_not_the_transactions():
+    steady = parsed(GeneratorSettings(records=DRIFT_RECORDS, seed=4))
+    drifting = parsed(GeneratorSettings(records=DRIFT_RECORDS, seed=4, drift_at=0.5))
+    without_label = [({**a, "is_fraud": None}, {**b, "is_fraud": None}) for a, b in zip(steady, drifting)]
+    assert all(a == b for a, b in without_label)
+    assert [a["is_fraud"] is None for a in steady] == [b["is_fraud"] is None for b in drifting]
+    changed = sum(a["is_fraud"] != b["is_fraud"] for a, b in zip(steady, drifting))
+    assert changed > 100  # about 4% of the 4,000 records after the drift point

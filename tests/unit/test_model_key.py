@@ -12,9 +12,9 @@ import pytest
 from streaming.config import Settings, load_settings
 from streaming.kafka_tools import partition_key
 from streaming.record_logic import build_cleaning_rules, build_preparer
-from tests.key_spellings import respelled_lines
-from udfs.cleaning import pseudonymize
-from udfs.generator import GeneratorSettings
+from tests.key_spellings import CURRENCY_OF_COUNTRY, respelled_lines
+from tests.pseudonyms import hmac_pseudonym
+from udfs.generator import CATEGORIES, COUNTRIES, GeneratorSettings
 from udfs.pipeline import Prepared
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_the_message_key_is_the_model_key_the_job_scores_under(local_settings, f
     (["ACCT-42", " ACCT-42 "], "ACCT-42"),  # case is kept: a different account from acct-42
 ])
 def test_every_spelling_of_an_account_has_one_message_key_the_normalized_id(local_settings, spellings, expected):
-    pseudonym = pseudonymize(expected, local_settings.pseudonym_key())
+    pseudonym = hmac_pseudonym(expected, local_settings.pseudonym_key())
     for spelling in spellings:
         key, prepared = message_and_model_key(local_settings, "account_id", line_with(account_id=spelling))
         assert key == expected, spelling
@@ -132,7 +132,7 @@ def test_an_imputed_account_is_keyed_by_the_imputed_id(settings_with):
     settings = settings_with("cleaning.missing.account_id={action: impute, value: ' anonymous '}")
     key, prepared = message_and_model_key(settings, "account_id", line_with(account_id=ABSENT))
     assert key == "anonymous"
-    assert prepared.model_key == pseudonymize("anonymous", settings.pseudonym_key())
+    assert prepared.model_key == hmac_pseudonym("anonymous", settings.pseudonym_key())
 
 
 @pytest.mark.parametrize("overrides", [(), ("cleaning.missing.merchant_id={action: impute, value: null}",)])
@@ -170,6 +170,16 @@ def test_a_line_the_job_cannot_read_has_no_message_key_and_nothing_crashes(local
 # ---------------------------------------------------------------- a whole stream
 
 
+# The model keys of the respelled stream (tests/key_spellings.py) with ' Other ' imputed for a
+# missing merchant_category and the local profile's default currency, USD, for a missing currency.
+KEYS_OF_THE_RESPELLED_STREAM = {
+    "merchant_category": {category.replace("_", " ") for category in CATEGORIES} | {"other"},
+    "country": set(COUNTRIES),
+    "channel": {"web", "pos", "atm", "mobile"},
+    "currency": set(CURRENCY_OF_COUNTRY.values()) | {"EUR"},
+}
+
+
 @pytest.mark.parametrize("field", MODEL_KEY_FIELDS)
 def test_on_a_respelled_stream_every_scored_record_has_its_model_key_as_message_key(settings_with, field):
     settings = keyed_by(settings_with("cleaning.missing.merchant_category={action: impute, value: ' Other '}"), field)
@@ -187,12 +197,14 @@ def test_on_a_respelled_stream_every_scored_record_has_its_model_key_as_message_
             scored += 1
             model_key = key.decode("utf-8")
             if field == "account_id":
-                model_key = pseudonymize(model_key, settings.pseudonym_key())
+                model_key = hmac_pseudonym(model_key, settings.pseudonym_key())
             assert prepared.model_key == model_key, line
             spelling = json.dumps(json.loads(line).get(field, "<absent>"))
             spellings_of_key.setdefault(model_key, set()).add(spelling)
     assert scored > 2000
     assert sum(len(spellings) > 1 for spellings in spellings_of_key.values()) >= 3  # channel has 4 keys
+    if field in KEYS_OF_THE_RESPELLED_STREAM:  # however spelled, each value is one key, as cleaning writes it
+        assert set(spellings_of_key) == KEYS_OF_THE_RESPELLED_STREAM[field]
 
 
 def test_the_producer_cleans_with_the_rules_of_the_job(settings_with):
