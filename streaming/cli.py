@@ -254,7 +254,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
         if args.command == "submit":
             from_path = _resume_path(args.from_path) if args.from_path is not None else None
             command = cluster.submit_command(args.config, settings.flink.rest_address, args.overrides, from_path)
-            print(cluster.shown(command), flush=True)
+            print(cluster.command_line(command), flush=True)
             print(f"submitted job {cluster.submit(cluster.LocalCluster(), command)}")
             return EXIT_OK
         job_id = args.job_id or cluster.running_job(rest_url)

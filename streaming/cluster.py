@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from streaming.config import PROJECT_ROOT, ConfigError, ServiceUnreachable
@@ -154,8 +154,14 @@ class LocalCluster:
             (lib / jar.name).symlink_to(jar)
 
     def _java_processes(self) -> list[tuple[int, str]]:
+        """(pid, command line) of this cluster's JVMs."""
         marker = f"--configDir {self.conf_dir.resolve()}"
-        return [(pid, command) for pid, command in process_commands() if marker in command]
+        found = []
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            command = " ".join(process.info["cmdline"] or ())  # None when access is denied
+            if marker in command:
+                found.append((process.info["pid"], command))
+        return found
 
     def _script(self, script: str, action: str, overrides: dict[str, str] | None = None) -> None:
         settings = dict(overrides or {})
@@ -198,8 +204,9 @@ def submit(cluster: LocalCluster, command: list[str]) -> str:
                        f"its whole output is in {log}")
 
 
-def shown(command: list[str]) -> str:
-    """`command` as a user would type it, with the cluster's configuration folder in front."""
+def command_line(command: list[str]) -> str:
+    """`command` as a user would type it in a shell, with the cluster's configuration folder in
+    front (FLINK_CONF_DIR=... flink run ...)."""
     return f"FLINK_CONF_DIR={shlex.quote(str(LocalCluster().conf_dir))} {shlex.join(command)}"
 
 
@@ -271,45 +278,25 @@ def cancel(base_url: str, job_id: str) -> None:
     rest(base_url, "PATCH", f"/jobs/{job_id}?mode=cancel")
 
 
-def process_commands() -> list[tuple[int, str]]:
-    """(pid, command line) of every process on this machine."""
-    processes = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-            except OSError:  # gone meanwhile
-                continue
-            processes.append((int(entry.name), command.strip()))
-    return processes
-
-
 def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (children, their children, ...)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                # The parent pid is the second field after the command name, which may hold spaces.
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, pending = [], list(children.get(pid, []))
-    while pending:
-        child = pending.pop()
-        found.append(child)
-        pending.extend(children.get(child, []))
-    return found
+    """Every process below `pid` (children, their children, ...); none when `pid` is gone."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def kill_tree(pid: int) -> list[int]:
     """SIGKILLs `pid` and all its descendants (found before the first kill, so none is orphaned
-    unseen); returns the pids killed."""
-    tree = [pid, *descendants(pid)]
+    unseen); returns their pids."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return [pid]
     for member in tree:
         try:
-            os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
+            member.kill()
+        except psutil.NoSuchProcess:  # ended meanwhile
             pass
-    return tree
+    return [member.pid for member in tree]

@@ -1,7 +1,8 @@
 """The one configuration object of a Riskstream job, loaded from a YAML profile in `conf/`.
 
-Every setting is validated when the job starts: an unknown key, a wrong type or an impossible value
-raises `ConfigError` with one line naming the field and what is allowed. Overrides come from
+Every setting is validated when the job starts: an unknown key, a wrong type, an impossible value or
+settings that contradict one another raise `ConfigError` with one line naming the field and what is
+allowed. Once loaded, nothing in it can be changed (mappings included). Overrides come from
 `--set dotted.key=value` on the command line (values are read as YAML scalars) and, for secrets, from
 the environment (`RISKSTREAM_PSEUDONYM_KEY`).
 """
@@ -9,11 +10,14 @@ the environment (`RISKSTREAM_PSEUDONYM_KEY`).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_origin
 
 import yaml
+from immutabledict import immutabledict
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,6 +25,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    WrapSerializer,
     model_validator,
 )
 
@@ -47,6 +52,21 @@ class ServiceUnreachable(RuntimeError):
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_Key = TypeVar("_Key")
+_Value = TypeVar("_Value")
+
+# A mapping setting that cannot change after loading, as `frozen=True` promises for the rest:
+# validated as a dict, then made an immutabledict (assigning to it raises TypeError), defaults
+# included; it dumps as a plain dict. Not types.MappingProxyType: that cannot be deep-copied or
+# pickled, and pydantic deep-copies the section defaults (`kafka: KafkaSettings = KafkaSettings()`).
+ReadOnlyMapping = Annotated[
+    Mapping[_Key, _Value],
+    AfterValidator(lambda mapping: immutabledict(mapping)),
+    WrapSerializer(lambda mapping, to_dict: to_dict(dict(mapping))),
+    Field(validate_default=True),
+]
 
 
 class SourceSettings(_Settings):
@@ -110,7 +130,7 @@ class KafkaSettings(_Settings):
     replication_factor: PositiveInt = 1
     # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
     max_message_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024)
-    properties: dict[str, SecretStr] = Field(default_factory=dict)
+    properties: ReadOnlyMapping[str, SecretStr] = {}
     # The job's source: consumer group, where to start without committed offsets (or from them),
     # and whether to stop at the offsets present when it starts (a bounded run).
     consumer_group: str = "riskstream"
@@ -141,20 +161,49 @@ class CleaningSettings(_Settings):
     # How much of a rejected record's bytes a dead letter keeps when the record is over the cap.
     dead_letter_raw_bytes: int = Field(default=1024, ge=0, le=65536)
     default_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    # The channels cleaning accepts, as it normalizes them (lower case); others are dead-lettered.
     channels: tuple[str, ...] = ("web", "pos", "atm", "mobile")
     # Per-field policy for absent or null values; keys are contract fields or `features.<name>`.
     # Unlisted: required fields are dead-lettered, `currency` takes `default_currency`,
     # `merchant_id` becomes null, `is_fraud` means "score only", `features.<name>` is dead-lettered.
-    missing: dict[str, MissingValue] = Field(default_factory=dict)
+    missing: ReadOnlyMapping[str, MissingValue] = {}
 
     @model_validator(mode="after")
-    def _known_missing_fields(self) -> "CleaningSettings":
-        from udfs.cleaning import CONTRACT_FIELDS
+    def _channels_can_match(self) -> "CleaningSettings":
+        from udfs.cleaning import normalize_categorical
 
-        for name in self.missing:
+        # A record's channel is compared after normalization, so any other spelling here, or no
+        # channel at all, silently dead-letters the records it was meant to let through.
+        if not self.channels:
+            raise ValueError("cleaning.channels: at least one channel is needed; "
+                             "with none every record is dead-lettered")
+        for channel in self.channels:
+            if not channel or normalize_categorical("channel", channel) != channel:
+                raise ValueError(f"cleaning.channels: {channel!r} never matches a cleaned channel; "
+                                 f"write it lower case, without surrounding or repeated spaces")
+        return self
+
+    @model_validator(mode="after")
+    def _usable_missing_policies(self) -> "CleaningSettings":
+        from udfs.cleaning import CONTRACT_FIELDS, REQUIRED_FIELDS, normalize_categorical
+
+        for name, policy in self.missing.items():
             if name not in CONTRACT_FIELDS and not name.startswith("features."):
                 allowed = ", ".join(sorted(CONTRACT_FIELDS))
                 raise ValueError(f"cleaning.missing.{name}: unknown field; allowed: {allowed}, features.<name>")
+            if policy.action != "impute":
+                continue
+            # An imputed value that cleaning or the features reject dead-letters every record that
+            # lacks the field, with a reason that blames the record.
+            where = f"cleaning.missing.{name}.value"
+            if policy.value is None and (name in REQUIRED_FIELDS or name.startswith("features.")):
+                raise ValueError(f"{where}: impute needs a value (a null {name} is dead-lettered; "
+                                 f"action: dead_letter says so)")
+            if name == "channel" and normalize_categorical("channel", str(policy.value)) not in self.channels:
+                raise ValueError(f"{where}: {policy.value!r} is not one of cleaning.channels "
+                                 f"({', '.join(self.channels)})")
+            if name.startswith("features.") and not isinstance(policy.value, (int, float)):
+                raise ValueError(f"{where}: a feature's value must be a number (got {policy.value!r})")
         return self
 
 
@@ -178,16 +227,30 @@ class CategoricalFeature(_Settings):
 
     @model_validator(mode="after")
     def _encoding_needs(self) -> "CategoricalFeature":
-        if self.encoding == "one_hot" and not self.vocabulary:
-            raise ValueError(f"features.categorical.{self.field}.vocabulary: one_hot needs at least one value")
-        if self.encoding == "one_hot":
-            from udfs.cleaning import normalize_categorical
+        where = f"features.categorical.{self.field}"
+        if self.encoding == "hashed":
+            if self.buckets < 1:
+                raise ValueError(f"{where}.buckets: hashed needs buckets >= 1")
+            if self.vocabulary:
+                raise ValueError(f"{where}.vocabulary: only one_hot uses a vocabulary; hashed uses buckets")
+            return self
+        if not self.vocabulary:
+            raise ValueError(f"{where}.vocabulary: one_hot needs at least one value")
+        if self.buckets:
+            raise ValueError(f"{where}.buckets: only hashed uses buckets; one_hot uses a vocabulary")
+        from udfs.cleaning import COUNTRY_CODE, CURRENCY_CODE, normalize_categorical
 
-            normalized = [normalize_categorical(self.field, value) for value in self.vocabulary]
-            if len(set(normalized)) != len(normalized):
-                raise ValueError(f"features.categorical.{self.field}.vocabulary: values repeat after normalization")
-        if self.encoding == "hashed" and self.buckets < 1:
-            raise ValueError(f"features.categorical.{self.field}.buckets: hashed needs buckets >= 1")
+        normalized = [normalize_categorical(self.field, value) for value in self.vocabulary]
+        if len(set(normalized)) != len(normalized):
+            raise ValueError(f"{where}.vocabulary: values repeat after normalization")
+        # Cleaning dead-letters any other country or currency, so such a column would always be 0.
+        codes = {"country": (COUNTRY_CODE, "an ISO-3166 alpha-2 code"),
+                 "currency": (CURRENCY_CODE, "an ISO-4217 code")}
+        if self.field in codes:
+            code, what = codes[self.field]
+            for value, cleaned in zip(self.vocabulary, normalized):
+                if not code.match(cleaned):
+                    raise ValueError(f"{where}.vocabulary: {value!r} is not {what}, which cleaning requires")
         return self
 
 
@@ -208,6 +271,20 @@ class FeatureSettings(_Settings):
     def _some_features(self) -> "FeatureSettings":
         if not self.numeric and not self.categorical and self.time == TimeFeatures():
             raise ValueError("features: at least one numeric, categorical or time feature is needed")
+        return self
+
+    @model_validator(mode="after")
+    def _each_feature_once(self) -> "FeatureSettings":
+        # A model snapshot maps feature names to weights: a name given twice loses a weight, and
+        # the snapshot no longer matches the configured features.
+        numeric = [(feature.field, feature.log) for feature in self.numeric]
+        for field, log in numeric:
+            if numeric.count((field, log)) > 1:
+                raise ValueError(f"features.numeric: {field} with log: {str(log).lower()} is listed twice")
+        categorical = [feature.field for feature in self.categorical]
+        for field in categorical:
+            if categorical.count(field) > 1:
+                raise ValueError(f"features.categorical: {field} is listed twice; one encoding per field")
         return self
 
 
@@ -233,6 +310,17 @@ class RestartSettings(_Settings):
     attempts: int = Field(default=3, ge=1, le=1_000_000)
     delay_ms: int = Field(default=1000, ge=0, le=3_600_000)
     max_delay_ms: int = Field(default=60_000, ge=0, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _backoff_can_grow(self) -> "RestartSettings":
+        # Flink refuses these when the job starts, with a stack trace instead of a line.
+        if self.strategy == "exponential-delay":
+            if self.delay_ms < 1:
+                raise ValueError("checkpointing.restart.delay_ms: exponential-delay needs delay_ms >= 1")
+            if self.max_delay_ms < self.delay_ms:
+                raise ValueError(f"checkpointing.restart.max_delay_ms: must be >= delay_ms ({self.delay_ms}) "
+                                 f"for exponential-delay")
+        return self
 
 
 class CheckpointSettings(_Settings):
@@ -343,6 +431,27 @@ class Settings(_Settings):
     kafka: KafkaSettings = KafkaSettings()
     performance: PerformanceSettings = PerformanceSettings()
     flink: FlinkSettings = FlinkSettings()
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> "Settings":
+        from udfs.cleaning import normalize_categorical
+
+        channels = self.cleaning.channels
+        for feature in self.features.categorical:
+            if feature.field == "channel":  # one_hot: a hashed feature has no vocabulary
+                # Cleaning dead-letters any other channel, so such a column would always be 0.
+                for value in feature.vocabulary:
+                    if normalize_categorical("channel", value) not in channels:
+                        raise ValueError(f"features.categorical.channel.vocabulary: {value!r} is not one of "
+                                         f"cleaning.channels ({', '.join(channels)})")
+        kafka = self.kafka
+        if self.output.kind == "kafka" and kafka.delivery == "exactly-once":
+            # A transaction stays open from one checkpoint to the next; the broker aborts one that
+            # outlives its timeout, and with it the output of that interval.
+            if self.checkpointing.interval_ms >= kafka.transaction_timeout_ms:
+                raise ValueError(f"checkpointing.interval_ms: must be below kafka.transaction_timeout_ms "
+                                 f"({kafka.transaction_timeout_ms}) for exactly-once Kafka output")
+        return self
 
     def pseudonym_key(self) -> bytes:
         """The account_id HMAC key: the environment's, else the profile's; fails if neither is set."""
@@ -469,12 +578,16 @@ def _one_line(error: ValidationError) -> str:
 
 
 def _settings_at(location: tuple[Any, ...]) -> list[str]:
-    """The setting names allowed in the section at `location` (list positions are skipped)."""
+    """The setting names allowed in the section at `location` (list positions and the keys of
+    mapping settings, such as the field in cleaning.missing.<field>, are skipped)."""
     section: Any = Settings
-    for part in location:
+    parts = iter(location)
+    for part in parts:
         if isinstance(part, int):
             continue
         annotation = section.model_fields[part].annotation
+        if get_origin(annotation) is Mapping:
+            next(parts, None)  # the key
         candidates = (annotation, *getattr(annotation, "__args__", ()))
         section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if section is None:

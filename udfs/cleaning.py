@@ -20,7 +20,7 @@ import orjson
 
 SCHEMA_VERSION = 1
 
-# The transaction contract (shared/DESIGN.md). Required fields are dead-lettered when missing
+# The transaction contract (README, "Data contracts"). Required fields are dead-lettered when missing
 # unless a missing-value policy says otherwise.
 REQUIRED_FIELDS = ("txn_id", "event_time", "account_id", "merchant_category", "country", "channel", "amount")
 OPTIONAL_FIELDS = ("merchant_id", "currency", "features", "is_fraud")
@@ -29,8 +29,8 @@ CONTRACT_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 # Event times outside [1970-01-01, 10000-01-01) are not plausible epoch milliseconds.
 MAX_EVENT_TIME_MS = 253_402_300_800_000
 
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
+CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
 # A number as JSON writes it, or a word float() reads as non-finite; anything else is not a number
 # (float() alone would also take "1_000" and " 12 ").
 _NUMBER_TEXT = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$", re.IGNORECASE)
@@ -243,10 +243,10 @@ def clean(record: Mapping[str, Any], rules: CleaningRules) -> dict[str, Any]:
         # the producer's message key and the job's model key agree.
         account = _normalized_text("account_id", values["account_id"])
         currency = _normalized_text("currency", values["currency"]) if values["currency"] is not None else None
-        if currency is not None and not _CURRENCY.match(currency):
+        if currency is not None and not CURRENCY_CODE.match(currency):
             raise Rejected("clean", f"currency {currency!r} is not an ISO-4217 code")
         country = _normalized_text("country", values["country"])
-        if not _COUNTRY.match(country):
+        if not COUNTRY_CODE.match(country):
             raise Rejected("clean", f"country {country!r} is not an ISO-3166 alpha-2 code")
         channel = _normalized_text("channel", values["channel"])
         if channel not in rules.channels:

@@ -75,7 +75,7 @@ class RecordPreparer:
         self.dead_letter_raw_bytes = dead_letter_raw_bytes
 
     def prepare(self, envelope: str, now_ms: int) -> Prepared | str:
-        """The `Prepared` record, or a dead letter as a JSON line (see shared/DESIGN.md)."""
+        """The `Prepared` record, or a dead letter as a JSON line (README, "Data contracts")."""
         source, raw = split_envelope(envelope)
         return self.prepare_raw(raw, source, now_ms)
 

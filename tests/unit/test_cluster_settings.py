@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,6 +79,17 @@ def test_a_profile_extends_another_setting_by_setting(tmp_path):
     assert len(child.features.numeric) == len(base["features"]["numeric"])
 
 
+def test_the_kafka_profile_is_the_local_one_with_kafka_in_and_out():
+    local = load_settings(PROJECT / "conf" / "local.yaml").model_dump()
+    kafka = load_settings(PROJECT / "conf" / "kafka.yaml").model_dump()
+    assert kafka["source"] == {**local["source"], "kind": "kafka", "paths": ()}
+    assert kafka["output"] == {**local["output"], "kind": "kafka"}  # the path, resolved in conf/, too
+    restart = {"strategy": "fixed-delay", "attempts": 5, "delay_ms": 2000, "max_delay_ms": 60_000}
+    assert kafka["checkpointing"] == {**local["checkpointing"], "tolerable_failures": 3, "restart": restart}
+    rest = ("cleaning", "privacy", "features", "model", "performance", "flink")
+    assert {name: kafka[name] for name in rest} == {name: local[name] for name in rest}
+
+
 def test_profiles_that_extend_each_other_fail_in_one_line(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
@@ -94,6 +106,11 @@ def test_the_rest_address_comes_from_flinks_config(tmp_path):
 def test_the_cluster_profile_finds_the_local_clusters_rest_api():
     settings = load_settings(PROJECT / "conf" / "cluster.yaml")
     assert settings.flink.rest_url == cluster.LocalCluster().rest_url
+
+
+def test_the_submit_command_line_is_what_a_user_would_type_in_a_shell():
+    typed = cluster.command_line(["flink", "run", "--set", "model.key=account id"])
+    assert typed == f"FLINK_CONF_DIR={PROJECT / 'conf' / 'flink'} flink run --set 'model.key=account id'"
 
 
 def test_the_rest_client_says_where_it_found_no_cluster_and_how_to_start_one():
@@ -115,6 +132,21 @@ def test_kill_tree_kills_a_process_and_everything_below_it():
     while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in children):
         assert time.monotonic() < deadline, "a child survived"
         time.sleep(0.05)
+
+
+def test_the_cluster_finds_its_processes_by_their_configuration_folder(tmp_path):
+    local = cluster.LocalCluster(conf_dir=tmp_path / "flink", state_dir=tmp_path / "var")
+    assert local.processes() == []
+    # Stands in for a TaskManager's JVM, which Flink's scripts start with --configDir <FLINK_CONF_DIR>
+    # (one process that forks nothing, whose command line holds the arguments after the code).
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "TaskManagerRunner",
+                                "--configDir", str(tmp_path / "flink")])
+    try:
+        assert local.processes() == local.taskmanager_pids() == [process.pid]
+        assert cluster.LocalCluster(conf_dir=tmp_path / "other").processes() == []
+    finally:
+        cluster.kill_tree(process.pid)
+        process.wait(timeout=10)
 
 
 def _state(pid: int) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from streaming.cli import main
 from streaming.config import PSEUDONYM_KEY_ENV, ConfigError, load_settings
@@ -38,12 +41,9 @@ def config_error(path, overrides=()) -> str:
 # ---------------------------------------------------------------- the local profile
 
 
-def test_the_local_profile_loads(local_settings):
-    assert local_settings.model.key == "merchant_category"
-    assert local_settings.model.learning_rate == 0.01
-    assert local_settings.flink.parallelism == 2
-    assert local_settings.pseudonym_key() == b"local-development-key-not-secret"
-    assert len(local_settings.features.numeric) == 11
+def test_without_the_environment_variable_the_profiles_own_pseudonym_key_is_used(local_settings):
+    profile = yaml.safe_load(LOCAL_PROFILE.read_text(encoding="utf-8"))
+    assert local_settings.pseudonym_key() == profile["privacy"]["pseudonym_key"].encode("utf-8")
 
 
 def test_the_shipped_profile_points_into_the_project_from_any_folder(tmp_path, monkeypatch, no_key_in_environment):
@@ -87,9 +87,16 @@ def test_the_job_gets_the_projects_jars_and_names_a_missing_one(tmp_path, monkey
         flink_options.job_jars(local_settings)
 
 
-def test_settings_are_frozen(local_settings):
-    with pytest.raises(Exception):
-        local_settings.model.learning_rate = 0.5  # type: ignore[misc]
+@pytest.mark.parametrize("section, field, value", [
+    (None, "model", None), ("model", "learning_rate", 0.5), ("kafka", "partitions", 9), ("source", "paths", ("x",)),
+])
+def test_assigning_a_setting_is_refused_and_changes_nothing(local_settings, section, field, value):
+    target = local_settings if section is None else getattr(local_settings, section)
+    before = local_settings.model_dump()
+    with pytest.raises(ValidationError) as info:
+        setattr(target, field, value)
+    assert [(error["type"], error["loc"]) for error in info.value.errors()] == [("frozen_instance", (field,))]
+    assert local_settings.model_dump() == before
 
 
 # ---------------------------------------------------------------- bad profiles
@@ -173,6 +180,79 @@ def test_a_profile_that_is_not_a_yaml_mapping_fails_in_one_line(tmp_path, text):
 def test_a_missing_profile_fails_in_one_line(tmp_path):
     message = config_error(tmp_path / "absent.yaml")
     assert "absent.yaml" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- mappings, and settings that must agree
+
+
+@pytest.mark.parametrize("overrides", [(), ("kafka.properties={security.protocol: SSL}",
+                                            "cleaning.missing={merchant_id: {action: impute, value: m-0}}")],
+                         ids=["defaults", "given"])
+def test_mapping_settings_cannot_be_changed_after_loading(no_key_in_environment, overrides):
+    settings = load_settings(LOCAL_PROFILE, list(overrides))
+    for mapping in (settings.kafka.properties, settings.cleaning.missing):
+        before = dict(mapping)
+        with pytest.raises(TypeError, match="does not support item assignment"):
+            mapping["security.protocol"] = "PLAINTEXT"  # type: ignore[index]
+        for name in before:
+            with pytest.raises(TypeError, match="does not support item deletion"):
+                del mapping[name]  # type: ignore[attr-defined]
+        assert dict(mapping) == before
+    # Pydantic deep-copies section defaults, and a job may pickle what it is given.
+    assert copy.deepcopy(settings) == settings == pickle.loads(pickle.dumps(settings))
+
+
+# (overrides of the local profile, the field the line starts with, what it says is allowed)
+CONTRADICTIONS = [
+    (["cleaning.channels=[]"], "cleaning.channels", "at least one channel is needed"),
+    (["cleaning.channels=[Web, pos]"], "cleaning.channels", "lower case"),
+    (["cleaning.channels=[pos]"], "features.categorical.channel.vocabulary", "one of cleaning.channels (pos)"),
+    (["cleaning.missing={country: {action: impute}}"], "cleaning.missing.country.value", "impute needs a value"),
+    (["cleaning.missing={channel: {action: impute, value: kiosk}}"], "cleaning.missing.channel.value",
+     "one of cleaning.channels (web, pos, atm, mobile)"),
+    (["cleaning.missing={features.txn_count_1h: {action: impute, value: few}}"],
+     "cleaning.missing.features.txn_count_1h.value", "must be a number"),
+    (["cleaning.missing={amount: {action: impute, valu: 0}}"], "cleaning.missing.amount.valu",
+     "allowed here: action, value"),
+    (["features.categorical=[{field: country, encoding: one_hot, vocabulary: [US, USA]}]"],
+     "features.categorical.country.vocabulary", "ISO-3166 alpha-2"),
+    (["features.categorical=[{field: currency, encoding: one_hot, vocabulary: [usd, EURO]}]"],
+     "features.categorical.currency.vocabulary", "ISO-4217"),
+    (["features.categorical=[{field: country, encoding: hashed, buckets: 8, vocabulary: [US]}]"],
+     "features.categorical.country.vocabulary", "only one_hot uses a vocabulary"),
+    (["features.categorical=[{field: country, encoding: one_hot, vocabulary: [US], buckets: 8}]"],
+     "features.categorical.country.buckets", "only hashed uses buckets"),
+    (["features.categorical=[{field: channel, encoding: one_hot, vocabulary: [web]},"
+      " {field: channel, encoding: hashed, buckets: 4}]"], "features.categorical", "channel is listed twice"),
+    (["features.numeric=[{field: amount, log: true}, {field: amount, log: true, standardize: true}]"],
+     "features.numeric", "amount with log: true is listed twice"),
+    (["checkpointing.restart={strategy: exponential-delay, delay_ms: 0}"], "checkpointing.restart.delay_ms",
+     "delay_ms >= 1"),
+    (["checkpointing.restart={strategy: exponential-delay, delay_ms: 5000, max_delay_ms: 1000}"],
+     "checkpointing.restart.max_delay_ms", "must be >= delay_ms (5000)"),
+    (["output.kind=kafka", "checkpointing.interval_ms=600000"], "checkpointing.interval_ms",
+     "below kafka.transaction_timeout_ms (600000)"),
+]
+
+
+@pytest.mark.parametrize("overrides, field, allowed", CONTRADICTIONS, ids=[" ".join(o) for o, _, _ in CONTRADICTIONS])
+def test_settings_that_contradict_each_other_fail_with_one_line_naming_the_field(no_key_in_environment, overrides,
+                                                                                 field, allowed):
+    message = config_error(LOCAL_PROFILE, overrides)
+    assert message.startswith(f"{field}: ") and allowed in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("overrides", [
+    ["features.categorical=[{field: channel, encoding: one_hot, vocabulary: [' WEB ', pos]}]"],
+    ["cleaning.missing={merchant_id: {action: impute}, is_fraud: {action: impute}, currency: {action: impute}}"],
+    ["cleaning.missing={channel: {action: impute, value: ' Mobile'},"
+     " features.txn_count_1h: {action: impute, value: 0}}"],
+    ["checkpointing.restart={strategy: exponential-delay, delay_ms: 1000, max_delay_ms: 1000}"],
+    ["output.kind=kafka", "kafka.delivery=at-least-once", "checkpointing.interval_ms=600000"],
+    ["checkpointing.interval_ms=600000"],  # file output has no transactions to time out
+], ids=lambda overrides: " ".join(overrides))
+def test_settings_that_agree_load(no_key_in_environment, overrides):
+    load_settings(LOCAL_PROFILE, overrides)
 
 
 # ---------------------------------------------------------------- overrides

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from udfs.cleaning import pseudonymize
+from tests.pseudonyms import hmac_pseudonym
 from udfs.features import FeatureEncoder
 from udfs.generator import GeneratorSettings, generate
 from udfs.model import KeyModel, Sgd
@@ -25,17 +25,15 @@ DEAD_LETTER_FIELDS = {"schema_version", "raw", "stage", "reason", "source", "txn
 NOW = 1_767_300_000_000
 
 
-def java_escape(path: str) -> str:
-    """The escaping SourceTaggedLineFormat.java applies to a path before tagging a line with it."""
-    return path.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-
-
 def line_of(record: dict) -> bytes:
     return json.dumps(record).encode("utf-8")
 
 
-def tagged(payload: bytes, line: int = 1, path: str = "/data/in.jsonl") -> str:
-    return f"file:{line}:{java_escape(path)}\t" + payload.decode("latin-1")
+def tagged(payload: bytes, line: int = 1, tag_path: str = "/data/in.jsonl") -> str:
+    """A record as the file source sends it; `tag_path` is the path as written in the tag, with
+    backslash, tab and newline escaped (tests/integration/test_source_tags.py runs the real
+    SourceTaggedLineFormat.java against split_envelope)."""
+    return f"file:{line}:{tag_path}\t" + payload.decode("latin-1")
 
 
 # ---------------------------------------------------------------- split_envelope
@@ -46,22 +44,23 @@ def test_split_envelope_reads_file_line_and_payload():
                                                                   b'{"a": 1}')
 
 
-@pytest.mark.parametrize("path", [
-    "/data/with\ttab.jsonl",
-    "/data/with\nnewline.jsonl",
-    "/data/tab\tand\nnewline\t.jsonl",
-    "/data/with:colons:12.jsonl",
-    "/data/back\\slash.jsonl",
+@pytest.mark.parametrize("tag_path, path", [
+    ("/data/with\\ttab.jsonl", "/data/with\ttab.jsonl"),
+    ("/data/with\\nnewline.jsonl", "/data/with\nnewline.jsonl"),
+    ("/data/tab\\tand\\nnewline\\t.jsonl", "/data/tab\tand\nnewline\t.jsonl"),
+    ("/data/with:colons:12.jsonl", "/data/with:colons:12.jsonl"),
+    ("/data/back\\\\slash.jsonl", "/data/back\\slash.jsonl"),
 ])
-def test_split_envelope_unescapes_the_path(path):
-    source, payload = split_envelope(tagged(b'{"a": 1}', 3, path))
+def test_split_envelope_unescapes_the_path(tag_path, path):
+    source, payload = split_envelope(tagged(b'{"a": 1}', 3, tag_path))
     assert source == {"file": path, "line": 3}
     assert payload == b'{"a": 1}'
 
 
-@pytest.mark.parametrize("path", ["/data/dir\\new.jsonl", "/data/dir\\todo.jsonl"])
-def test_split_envelope_unescapes_a_backslash_followed_by_n_or_t(path):
-    source, _ = split_envelope(tagged(b"{}", 1, path))
+@pytest.mark.parametrize("tag_path, path", [("/data/dir\\\\new.jsonl", "/data/dir\\new.jsonl"),
+                                            ("/data/dir\\\\todo.jsonl", "/data/dir\\todo.jsonl")])
+def test_split_envelope_unescapes_a_backslash_followed_by_n_or_t(tag_path, path):
+    source, _ = split_envelope(tagged(b"{}", 1, tag_path))
     assert source["file"] == path
 
 
@@ -119,7 +118,7 @@ def test_prepare_keys_by_the_pseudonym_when_keyed_by_account(local_preparer):
     preparer = RecordPreparer(local_preparer.rules, local_preparer.encoder, "account_id",
                               local_preparer.dead_letter_raw_bytes)
     key = preparer.prepare(tagged(line_of(transaction())), NOW).model_key
-    assert key == pseudonymize("ACCT-SECRET-77", local_preparer.rules.pseudonym_key)
+    assert key == hmac_pseudonym("ACCT-SECRET-77", local_preparer.rules.pseudonym_key)
     assert "SECRET" not in key
 
 
@@ -148,7 +147,7 @@ def test_a_dead_letter_is_one_json_line_with_the_contract_fields(local_preparer)
     assert letter["txn_id"] == "t-1"
     assert letter["received_at"] == NOW
     key = local_preparer.rules.pseudonym_key
-    assert json.loads(letter["raw"]) == dict(transaction(amount=-5), account_id=pseudonymize("ACCT-SECRET-77", key))
+    assert json.loads(letter["raw"]) == dict(transaction(amount=-5), account_id=hmac_pseudonym("ACCT-SECRET-77", key))
 
 
 def test_a_dead_letter_from_a_bare_payload_has_an_empty_source(local_preparer):
@@ -210,7 +209,7 @@ def test_an_oversize_dead_letter_redacts_the_account_in_its_prefix(local_prepare
     raw = oversize_record(40_000, account_first=True)
     text, letter = dead_letter(local_preparer, tagged(raw))
     assert "ACCT-SEC" not in text
-    assert pseudonymize("ACCT-SECRET-77", local_preparer.rules.pseudonym_key) in letter["raw"]
+    assert hmac_pseudonym("ACCT-SECRET-77", local_preparer.rules.pseudonym_key) in letter["raw"]
 
 
 def test_a_dead_letter_keeps_at_most_the_configured_prefix(local_preparer):
@@ -323,7 +322,8 @@ def test_a_snapshot_is_emitted_every_snapshot_every_updates():
 
 
 def test_plain_sgd_matches_the_textbook_sequential_update():
-    """Constant rate, no regularization, raw features: the exact reference of shared/DESIGN.md."""
+    """Constant rate, no regularization, raw features: exactly the textbook sequential update
+    w <- w - rate (p - y) x, b <- b - rate (p - y) (README, "What the job does", model)."""
     rate = 0.05
     scorer = ModelScorer(NAMES, (), Sgd(rate), snapshot_every=10_000, top_reasons=0)
     key_model = scorer.new_model()
@@ -370,10 +370,6 @@ def test_a_sparse_record_is_scored_and_learned_from_exactly_like_its_dense_form(
     assert sparse_model.model.updates == dense_model.model.updates > 100
 
 
-def test_prepared_has_the_sparse_fields_in_order():
-    assert Prepared._fields == ("model_key", "txn_id", "event_time", "label", "indices", "values")
-
-
 # ---------------------------------------------------------------- shard_of
 
 SHARD_KEYS = ["grocery", "restaurants", "fuel", "online_retail", "travel", "crypto_exchange", "", "åre", "café",
@@ -404,7 +400,7 @@ print(json.dumps({str(n): [shard_of(k, n) for k in keys] for n in (3, 32, 4096)}
 
 
 def test_shard_of_is_the_same_in_a_process_with_another_hash_seed():
-    here = {str(n): [shard_of(k, n) for k in SHARD_KEYS] for n in (3, 32, 4096)}
+    here = {str(n): [zlib.crc32(k.encode("utf-8")) % n for k in SHARD_KEYS] for n in (3, 32, 4096)}
     for seed in ("0", "12345", "random"):
         result = subprocess.run([sys.executable, "-c", SHARD_PROBE, json.dumps(SHARD_KEYS)],
                                 env={**os.environ, "PYTHONHASHSEED": seed},
@@ -415,7 +411,8 @@ def test_shard_of_is_the_same_in_a_process_with_another_hash_seed():
 
 # ---------------------------------------------------------------- prepare_bundle
 
-BUNDLE_PATH = "/data/bundle\tand\nnames.jsonl"  # the source escapes both, so the envelope has no raw newline
+BUNDLE_PATH = "/data/bundle\tand\nnames.jsonl"
+BUNDLE_TAG_PATH = "/data/bundle\\tand\\nnames.jsonl"  # escaped by the source: the envelope has no raw newline
 
 
 def utf8_line(record: dict) -> bytes:
@@ -446,7 +443,7 @@ def bundle_lines(seed: int = 9) -> list[bytes]:
 
 
 def envelopes_of(lines: list[bytes]) -> list[str]:
-    return [tagged(line, number, BUNDLE_PATH) for number, line in enumerate(lines, 1)]
+    return [tagged(line, number, BUNDLE_TAG_PATH) for number, line in enumerate(lines, 1)]
 
 
 def test_the_awkward_lines_are_what_the_bundle_tests_assume(local_preparer):
@@ -454,7 +451,7 @@ def test_the_awkward_lines_are_what_the_bundle_tests_assume(local_preparer):
     for trap in "\r\x0b\x0c\x1c\x1d\x1e\x85":
         assert trap in text, repr(trap)
     for number, (txn_id, line) in enumerate(AWKWARD_LINES.items(), 1):
-        result = local_preparer.prepare(tagged(line, number, BUNDLE_PATH), NOW)
+        result = local_preparer.prepare(tagged(line, number, BUNDLE_TAG_PATH), NOW)
         assert isinstance(result, Prepared) == (txn_id in AWKWARD_VALID), (txn_id, result)
 
 
