@@ -169,7 +169,8 @@ def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate:
 def tail(settings: Settings, topic: str, from_beginning: bool, max_records: int | None,
          idle_timeout_s: float | None, committed_only: bool = True) -> Iterator[tuple[int, int, bytes | None, bytes]]:
     """(partition, offset, key, value) of the topic's committed records (read_committed), until
-    `max_records` were read or nothing arrived for `idle_timeout_s` (None: follow forever). With
+    `max_records` were read or nothing arrived for `idle_timeout_s` (None: follow forever), counted
+    from when the consumer got its partitions, so a slow group join does not end it early. With
     `committed_only=False` also records of open and aborted transactions (read_uncommitted)."""
     from confluent_kafka import Consumer, KafkaException
 
@@ -182,9 +183,14 @@ def tail(settings: Settings, topic: str, from_beginning: bool, max_records: int 
         "fetch.max.bytes": settings.kafka.max_message_bytes * 4,
         "max.partition.fetch.bytes": settings.kafka.max_message_bytes,
     })
-    consumer.subscribe([topic])
+    last_record = time.monotonic()  # of the last record, or when the partitions were assigned
+
+    def assigned(_consumer, _partitions):
+        nonlocal last_record
+        last_record = time.monotonic()
+
+    consumer.subscribe([topic], on_assign=assigned)
     read = 0
-    last_record = time.monotonic()
     try:
         while max_records is None or read < max_records:
             message = consumer.poll(0.5)
