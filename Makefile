@@ -16,14 +16,17 @@ FLINK_KAFKA := build/flink-jars/.resolved
 KAFKA_JAR := build/riskstream-flink-kafka.jar
 KAFKA_JAVA_SOURCES := $(wildcard streaming/jvm-kafka/riskstream/flink/kafka/*.java)
 
-.PHONY: run test unit integration bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean
+JAVA_TEST_LIBS := build/java-test-libs/.resolved
+JAVA_TEST_SOURCES := $(wildcard streaming/jvm-test/riskstream/flink/*.java)
+
+.PHONY: run test unit integration java-test bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
 
-# Starts the project's Kafka broker and session cluster (or reuses running ones), runs the suite,
-# stops both.
-test: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS)
+# Runs the Java operators' tests, starts the project's Kafka broker and session cluster (or reuses
+# running ones), runs the Python suite, stops both.
+test: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS) java-test
 	kafka/kafka.sh up
 	$(VENV)/bin/riskstream cluster up --overrides conf/flink/test.yaml
 	$(PY) -m pytest -q; status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
@@ -35,6 +38,16 @@ integration: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS)
 	kafka/kafka.sh up
 	$(VENV)/bin/riskstream cluster up --overrides conf/flink/test.yaml
 	$(PY) -m pytest -q tests/integration; status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
+
+# The Java operators' unit tests (streaming/jvm-test), on Flink's operator test harness, compiled
+# against the installed PyFlink's jars and run with JUnit's console launcher.
+java-test: $(JAR) $(JAVA_TEST_LIBS)
+	rm -rf build/java-test-classes && mkdir -p build/java-test-classes
+	flink_home=$$($(PY) -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))') && \
+	class_path="$$flink_home/lib/*:$(JAR):build/java-test-libs/*" && \
+	javac --release 11 -nowarn -d build/java-test-classes -cp "$$class_path" $(JAVA_TEST_SOURCES) && \
+	java -cp "build/java-test-classes:$$class_path" org.junit.platform.console.ConsoleLauncher execute \
+		--disable-banner --disable-ansi-colors --details=tree --include-engine=junit-jupiter --fail-if-no-tests --scan-class-path build/java-test-classes
 
 kafka-up: $(KAFKA_LIBS)
 	kafka/kafka.sh up
@@ -79,7 +92,7 @@ $(INSTALLED): pyproject.toml
 $(RIVER_INSTALLED): pyproject.toml | $(INSTALLED)
 	$(PYTHON) -m venv $(RIVER_VENV)
 	$(RIVER_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(RIVER_VENV)/bin/python -m pip install --quiet "river==0.26.1" "orjson>=3.9" "pydantic>=2.5,<3" "pyyaml>=6" "tqdm>=4.60"
+	$(RIVER_VENV)/bin/python -m pip install --quiet "river==0.26.1" "immutabledict>=4" "orjson>=3.9" "pydantic>=2.5,<3" "pyyaml>=6" "tqdm>=4.60"
 	$(RIVER_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
@@ -89,6 +102,14 @@ $(JAR): $(INSTALLED) $(JAVA_SOURCES)
 	flink_home=$$($(PY) -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))') && \
 	javac --release 11 -nowarn -d build/classes -cp "$$flink_home/lib/*:$$flink_home/opt/*" $(JAVA_SOURCES)
 	jar cf $@ -C build/classes .
+
+# The operator test harness matching PyFlink's Flink version, and JUnit (streaming/jvm-test/pom.xml).
+$(JAVA_TEST_LIBS): streaming/jvm-test/pom.xml $(INSTALLED)
+	rm -rf build/java-test-libs
+	flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version.__version__)') && \
+	cd streaming/jvm-test && mvn -q -B dependency:copy-dependencies -Dflink.version=$$flink_version \
+		-DoutputDirectory=../../build/java-test-libs
+	touch $@
 
 # The Flink Kafka connector matching PyFlink's Flink version (kafka/pom.xml, profile flink-connector).
 $(FLINK_KAFKA): kafka/pom.xml

@@ -407,6 +407,8 @@ def _check_inputs(settings) -> int | None:
                               f"and source.directory={path}")
         if not path.is_file():
             raise ConfigError(f"source.paths: {path} does not exist")
+        if "\\" in str(path):  # Flink reads every backslash in a path as a folder separator
+            raise ConfigError(f"source.paths: {path}: Flink cannot read a file whose path holds a backslash; rename it")
     records = count_file_records(source.paths)
     if records == 0:
         raise ConfigError(f"source.paths: no records in {', '.join(source.paths)}")

@@ -471,10 +471,14 @@ def _tell_user(message: str) -> None:
     print(f"riskstream: {message}", file=sys.stderr, flush=True)
 
 
-def start_job(settings: Settings) -> JobClient:
-    """Builds the job and starts it without waiting; the client can wait for it or cancel it."""
+def start_job(settings: Settings, restore_from: str | None = None) -> JobClient:
+    """Builds the job and starts it without waiting; the client can wait for it or cancel it.
+    With `restore_from` (the path of a savepoint or retained checkpoint) the job resumes from it."""
     if settings.flink.python_execution_mode == "process":
         internals.run_python_workers_as_processes()
-    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
+    configuration = flink_configuration(settings)
+    if restore_from is not None:
+        configuration.set_string("execution.state-recovery.path", restore_from)
+    env = StreamExecutionEnvironment.get_execution_environment(configuration)
     build_job(env, settings)
     return env.execute_async(JOB_NAME)

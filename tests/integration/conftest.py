@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,17 @@ class JobOutputs:
     snapshots: list[dict[str, Any]]
 
 
-def run_scoring_job(workdir: Path, lines: list[bytes], *overrides: str) -> JobOutputs:
-    """Writes `lines` to one input file, runs the real job on it with the local profile plus
-    `overrides`, and returns everything it committed."""
+def run_scoring_job(workdir: Path, lines: list[bytes], *overrides: str,
+                    file_name: str = "transactions.jsonl") -> JobOutputs:
+    """Writes `lines` to one input file, `workdir / file_name`, runs the real job on it with the
+    local profile plus `overrides`, and returns everything it committed."""
     from streaming.job import run_job  # imports pyflink: only the integration tier pays for it
 
     workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / "transactions.jsonl"
+    source = workdir / file_name
     source.write_bytes(b"".join(line + b"\n" for line in lines))
     settings = load_settings(LOCAL_PROFILE, [
-        f"source.paths=['{source}']",
+        f"source.paths=[{json.dumps(str(source))}]",  # a JSON string is YAML: any character survives
         f"output.path={workdir / 'out'}",
         f"checkpointing.directory={workdir / 'checkpoints'}",
         *overrides,

@@ -199,3 +199,9 @@ def test_produce_a_missing_file_names_it_before_looking_for_a_broker(tmp_path):
     done = riskstream("produce", "--file", "data/tx.jsonl", "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}",
                       cwd=tmp_path)
     assert_one_line_failure(done, 2, "--file", "data/tx.jsonl", "is not a file")
+
+
+def test_run_refuses_an_input_whose_name_flink_cannot_read(tmp_path):
+    (tmp_path / "back\\slash.jsonl").write_bytes(b'{"txn_id": "t1"}\n')
+    done = riskstream("run", "--config", LOCAL, "--set", 'source.paths=["back\\\\slash.jsonl"]', cwd=tmp_path)
+    assert_one_line_failure(done, 2, "source.paths", "backslash")

@@ -1,7 +1,6 @@
 package riskstream.flink;
 
 import org.apache.flink.api.common.accumulators.LongCounter;
-import org.apache.flink.api.common.operators.ProcessingTimeService.ProcessingTimeCallback;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.BoundedOneInput;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
@@ -38,7 +37,7 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * checkpoint on.
  */
 public final class RecordBundler extends AbstractStreamOperator<String>
-        implements OneInputStreamOperator<String, String>, BoundedOneInput, ProcessingTimeCallback {
+        implements OneInputStreamOperator<String, String>, BoundedOneInput {
 
     private static final long serialVersionUID = 1L;
     /** The name of the accumulator that counts records read (a {@link LongCounter}). */
@@ -51,9 +50,9 @@ public final class RecordBundler extends AbstractStreamOperator<String>
     private transient String stream;
     private transient StringBuilder bundle;
     private transient int count;
-    // Identifies the bundle a timer was set for, so a timer of an already emitted bundle does nothing.
+    // Counts emitted bundles. Each timer knows the number of the bundle it was set for, so the timer
+    // of a bundle already emitted (full, or before a barrier) does not emit a later one early.
     private transient long bundleNumber;
-    private transient long timerBundleNumber;
     private transient LongCounter recordsRead;
 
     public RecordBundler(int maxRecords, long maxDelayMs, boolean sequenced, long maxRecordsPerSecond) {
@@ -70,7 +69,6 @@ public final class RecordBundler extends AbstractStreamOperator<String>
     public void open() throws Exception {
         super.open();
         bundle = new StringBuilder(1 << 16);
-        timerBundleNumber = -1;
         recordsRead = new LongCounter();
         getRuntimeContext().addAccumulator(RECORDS_READ, recordsRead);
         stream = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask() + "-"
@@ -93,17 +91,16 @@ public final class RecordBundler extends AbstractStreamOperator<String>
         if (count >= maxRecords) {
             emit();
         } else if (count == 1 && maxDelayMs > 0) {
-            timerBundleNumber = bundleNumber;
+            long timedBundle = bundleNumber;
             long now = getProcessingTimeService().getCurrentProcessingTime();
-            getProcessingTimeService().registerTimer(now + maxDelayMs, this);
+            getProcessingTimeService().registerTimer(now + maxDelayMs, time -> emitIfPending(timedBundle));
         } else if (count == 1) {
             emit();
         }
     }
 
-    @Override
-    public void onProcessingTime(long time) throws Exception {
-        if (timerBundleNumber == bundleNumber && count > 0) {
+    private void emitIfPending(long timedBundle) {
+        if (timedBundle == bundleNumber) {
             emit();
         }
     }
