@@ -18,7 +18,7 @@ import orjson
 
 from streaming.config import load_settings
 from streaming.outputs import file_records
-from streaming.record_logic import build_preparer, build_scorer
+from streaming.from_settings import transaction_reader, model_scorer
 from udfs.cleaning import SCHEMA_VERSION
 from udfs.model import KeyModel
 
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings(args.config, [f"model.key={args.key}"])
-    preparer = build_preparer(settings)
-    scorer = build_scorer(settings, preparer.encoder)
+    preparer = transaction_reader(settings)
+    scorer = model_scorer(settings, preparer.encoder)
     if args.learner == "exact":
         score = exact_learner(scorer)
     else:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in file_records(args.input):
             records += 1
             now_ms = time.time_ns() // 1_000_000
-            result = preparer.prepare_raw(line, {**source, "line": records}, now_ms)
+            result = preparer.read(line, {**source, "line": records}, now_ms)
             if not isinstance(result, str):
                 result = score(result, now_ms)
             out.write(result)

@@ -1,4 +1,4 @@
-"""The scoring job: `build_job(env, settings)` wires source -> prepare -> key_by -> model -> sinks.
+"""The scoring job: `build_job(env, settings)` wires source -> read -> key_by -> model -> sinks.
 
 Every decision about a record is made by `udfs/`; the functions here only hand records to it and
 route what comes back (scores, dead letters, snapshots) to sinks.
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-import orjson
 from pyflink.common import (
     CompletableFuture,
     Configuration,
@@ -49,10 +48,10 @@ from streaming import pyflink_internals as internals
 from streaming.cluster import JOB_NAME
 from streaming.config import Settings
 from streaming.flink_options import flink_options
-from streaming.record_logic import build_preparer, build_scorer
+from streaming.from_settings import transaction_reader, model_scorer
 from udfs.model import KeyModel
 from udfs.ordering import BundleSequencer, split_bundle_header
-from udfs.pipeline import ModelScorer, RecordPreparer
+from udfs.pipeline import ModelScorer, TransactionReader
 
 # The final watermark of a bounded input; a timer here fires only when the input has ended.
 END_OF_INPUT = 2**63 - 1
@@ -82,23 +81,28 @@ def flink_configuration(settings: Settings) -> Configuration:
     return conf
 
 
-class PrepareBundle(ProcessFunction):
+def kafka_line(key: str | None, line: str) -> str:
+    """`<key>\t<line>`, which KeyedLineSerializer.java splits into a Kafka message's key and value
+    (a tab in the key would end it early, so it becomes a space; None is an empty key)."""
+    return f"{(key or '').replace(chr(9), ' ')}\t{line}"
+
+
+class ReadBundle(ProcessFunction):
     """Decode, parse, clean and encode a bundle of records; emits (shard, pickled list of that
     shard's records in arrival order) per shard, and the bundle's dead letters, as JSON lines, to
     DEAD_LETTERS."""
 
-    def __init__(self, preparer: RecordPreparer, shards: int, keyed_output: bool):
-        self.preparer = preparer
+    def __init__(self, reader: TransactionReader, shards: int, keyed_output: bool):
+        self.reader = reader
         self.shards = shards
         self.keyed_output = keyed_output
 
     def process_element(self, bundle, ctx):
         stream, seq, records = split_bundle_header(bundle)
-        by_shard, dead_letters = self.preparer.prepare_bundle(records, self.shards, now_ms())
+        by_shard, dead_letters = self.reader.read_bundle(records, self.shards, now_ms())
         if dead_letters:
-            if self.keyed_output:  # the txn_id, when known, is the message key (a tab would end it)
-                dead_letters = [f"{(orjson.loads(letter)['txn_id'] or '').replace(chr(9), ' ')}\t{letter}"
-                                for letter in dead_letters]
+            if self.keyed_output:  # the txn_id, when known, is the message key
+                dead_letters = [kafka_line(letter.key, letter) for letter in dead_letters]
             yield DEAD_LETTERS, "\n".join(dead_letters)
         # A numbered bundle gives every shard a batch, even an empty one, so that each shard can
         # tell an empty batch from one still on its way (see udfs/ordering.py).
@@ -147,8 +151,8 @@ class ScoreShard(KeyedProcessFunction):
                 self.models.put(key, model.to_bytes())
             cached.update(batch_models)
             if self.keyed_output:
-                scores = [f"{record.model_key}\t{score}" for record, score in zip(records, scores)]
-                snapshots = [f"{orjson.loads(snapshot)['model_key']}\t{snapshot}" for snapshot in snapshots]
+                scores = [kafka_line(record.model_key, score) for record, score in zip(records, scores)]
+                snapshots = [kafka_line(snapshot.key, snapshot) for snapshot in snapshots]
             if scores:
                 yield "\n".join(scores)
             if snapshots:
@@ -164,9 +168,10 @@ class ScoreShard(KeyedProcessFunction):
     def on_timer(self, timestamp, ctx):
         models = self._models_of(ctx.get_current_key())
         if models:
-            prefix = "{}\t" if self.keyed_output else ""
-            yield SNAPSHOTS, "\n".join(prefix.format(key) + self.scorer.snapshot(model, key)
-                                       for key, model in models.items())
+            snapshots = [self.scorer.snapshot(model, key) for key, model in models.items()]
+            if self.keyed_output:
+                snapshots = [kafka_line(snapshot.key, snapshot) for snapshot in snapshots]
+            yield SNAPSHOTS, "\n".join(snapshots)
 
 
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
@@ -285,16 +290,16 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     lines, one Python call prepares a bundle and splits it by shard of model key, and one Python
     call per shard batch scores it with the models in keyed state.
     """
-    preparer = build_preparer(settings)
-    scorer = build_scorer(settings, preparer.encoder)
+    reader = transaction_reader(settings)
+    scorer = model_scorer(settings, reader.encoder)
     shard_batch_type = Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
     keyed_output = settings.output.kind == "kafka"
     transactions = bundled(transactions_source(env, settings), settings)
-    prepared = transactions.process(
-        PrepareBundle(preparer, settings.performance.shards, keyed_output), output_type=shard_batch_type
+    model_inputs = transactions.process(
+        ReadBundle(reader, settings.performance.shards, keyed_output), output_type=shard_batch_type
     ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
     scored = (
-        prepared.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
+        model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
         .process(ScoreShard(scorer, keyed_output), output_type=Types.STRING())
         .name("score-and-learn")
         .uid("score-and-learn")
@@ -304,7 +309,7 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     output = Path(settings.output.path)
     kafka = settings.kafka
     topics = (kafka.scores_topic, kafka.dead_letters_topic, kafka.snapshots_topic)
-    output_bundles = (scored, prepared.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))
+    output_bundles = (scored, model_inputs.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))
     for name, topic, bundles in zip(OUTPUTS, topics, output_bundles):
         sink = kafka_sink(settings, topic, name) if keyed_output else json_lines_sink(output, name)
         split_lines(bundles, f"split-{name}").sink_to(sink).name(f"{name}-sink").uid(f"{name}-sink")

@@ -13,7 +13,7 @@ import uuid
 from typing import Any, Iterable, Iterator
 
 from streaming.config import ServiceUnreachable, Settings
-from streaming.record_logic import build_cleaning_rules
+from streaming.from_settings import cleaning_rules
 from udfs.cleaning import CleaningRules, Rejected, decode, model_key_of, parse
 
 
@@ -133,7 +133,7 @@ def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate:
         "message.max.bytes": settings.kafka.max_message_bytes,
     })
     topic = topic or settings.kafka.transactions_topic
-    rules = build_cleaning_rules(settings)  # the job's: an imputed model key gets the same message key
+    rules = cleaning_rules(settings)  # the job's: an imputed model key gets the same message key
     failures: list[str] = []
     delivered = 0
 

@@ -1,7 +1,7 @@
 """The per-record steps of the scoring job, composed from `cleaning`, `features` and `model`.
 
-`RecordPreparer.prepare` runs before the stream is keyed: source envelope -> decode -> parse -> clean
--> features, giving a `Prepared` record or a dead letter. `ModelScorer.score_and_learn` runs inside the
+`TransactionReader.read_envelope` runs before the stream is keyed: source envelope -> decode -> parse -> clean
+-> features, giving a `ModelInput` record or a dead letter. `ModelScorer.score_and_learn` runs inside the
 keyed operator on the key's `KeyModel`: standardize, score, learn, and emit the score and, every
 `snapshot_every` updates, a snapshot. Neither touches Flink; the Flink wrappers only call them.
 """
@@ -24,7 +24,20 @@ _ESCAPE = re.compile(r"\\([\\tn])")
 _UNESCAPED = {"\\": "\\", "t": "\t", "n": "\n"}
 
 
-class Prepared(NamedTuple):
+class KeyedLine(str):
+    """An output's JSON line that also carries the key of what it describes (a snapshot's model
+    key; a dead letter's txn_id, None when unknown), so that a Kafka sink's message key needs no
+    parsing of the line."""
+
+    key: str | None
+
+    def __new__(cls, line: str, key: str | None) -> "KeyedLine":
+        keyed = super().__new__(cls, line)
+        keyed.key = key
+        return keyed
+
+
+class ModelInput(NamedTuple):
     """A cleaned record ready for its key's model; (indices, values) is its sparse feature vector."""
 
     model_key: str
@@ -64,8 +77,8 @@ def split_envelope(envelope: str) -> tuple[dict[str, Any], bytes]:
     return {}, envelope.encode("utf-8")
 
 
-class RecordPreparer:
-    """Decode, parse, clean and encode one record; see `prepare`."""
+class TransactionReader:
+    """Decode, parse, clean and encode one record; see `read`."""
 
     def __init__(self, rules: CleaningRules, encoder: FeatureEncoder, model_key_field: str,
                  dead_letter_raw_bytes: int):
@@ -74,13 +87,13 @@ class RecordPreparer:
         self.model_key_field = model_key_field
         self.dead_letter_raw_bytes = dead_letter_raw_bytes
 
-    def prepare(self, envelope: str, now_ms: int) -> Prepared | str:
-        """The `Prepared` record, or a dead letter as a JSON line (README, "Data contracts")."""
+    def read_envelope(self, envelope: str, now_ms: int) -> ModelInput | KeyedLine:
+        """The `ModelInput` record, or a dead letter as a JSON line (README, "Data contracts")."""
         source, raw = split_envelope(envelope)
-        return self.prepare_raw(raw, source, now_ms)
+        return self.read(raw, source, now_ms)
 
-    def prepare_raw(self, raw: bytes, source: dict[str, Any], now_ms: int) -> Prepared | str:
-        """`prepare` for a record's bytes and its source coordinates."""
+    def read(self, raw: bytes, source: dict[str, Any], now_ms: int) -> ModelInput | KeyedLine:
+        """`read_envelope` for a record's bytes and its source coordinates."""
         try:
             txn = clean(parse(decode(raw, self.rules.max_record_bytes)), self.rules)
             if txn[self.model_key_field] is None:
@@ -88,25 +101,25 @@ class RecordPreparer:
             indices, values = self.encoder.encode(txn)
         except Rejected as rejected:
             return self.dead_letter(raw, rejected, source, now_ms)
-        return Prepared(txn[self.model_key_field], txn["txn_id"], txn["event_time"], txn["is_fraud"], indices, values)
+        return ModelInput(txn[self.model_key_field], txn["txn_id"], txn["event_time"], txn["is_fraud"], indices, values)
 
-    def prepare_bundle(self, bundle: str, shards: int, now_ms: int) -> tuple[dict[int, list[Prepared]], list[str]]:
-        """Prepares every record of a bundle (envelopes joined by newlines, in arrival order).
+    def read_bundle(self, bundle: str, shards: int, now_ms: int) -> tuple[dict[int, list[ModelInput]], list[KeyedLine]]:
+        """Reads every record of a bundle (envelopes joined by newlines, in arrival order).
 
-        Returns the prepared records grouped by `shard_of` their model key, each group in arrival
+        Returns the model inputs grouped by `shard_of` their model key, each group in arrival
         order, and the dead letters as JSON lines."""
-        by_shard: dict[int, list[Prepared]] = {}
-        dead_letters: list[str] = []
+        by_shard: dict[int, list[ModelInput]] = {}
+        dead_letters: list[KeyedLine] = []
         for envelope in bundle.split("\n"):
-            result = self.prepare(envelope, now_ms)
-            if isinstance(result, str):
+            result = self.read_envelope(envelope, now_ms)
+            if isinstance(result, KeyedLine):
                 dead_letters.append(result)
             else:
                 by_shard.setdefault(shard_of(result.model_key, shards), []).append(result)
         return by_shard, dead_letters
 
-    def dead_letter(self, raw: bytes, rejected: Rejected, source: dict[str, Any], now_ms: int) -> str:
-        """A dead letter as one JSON line. Bytes that are not UTF-8 appear as `\\xNN` escapes; a
+    def dead_letter(self, raw: bytes, rejected: Rejected, source: dict[str, Any], now_ms: int) -> KeyedLine:
+        """A dead letter as one JSON line, keyed by its txn_id. Bytes that are not UTF-8 appear as `\\xNN` escapes; a
         record over the size cap keeps its first `dead_letter_raw_bytes` bytes and a SHA-256 of all
         of them; account_id values are replaced by their pseudonyms."""
         letter: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
@@ -125,7 +138,7 @@ class RecordPreparer:
             txn_id=rejected.txn_id,
             received_at=now_ms,
         )
-        return orjson.dumps(letter).decode("utf-8")
+        return KeyedLine(orjson.dumps(letter).decode("utf-8"), rejected.txn_id)
 
 
 class ModelScorer:
@@ -142,7 +155,7 @@ class ModelScorer:
     def new_model(self) -> KeyModel:
         return KeyModel(len(self.feature_names), self.standardized)
 
-    def score_and_learn(self, key_model: KeyModel, record: Prepared, now_ms: int) -> tuple[str, str | None]:
+    def score_and_learn(self, key_model: KeyModel, record: ModelInput, now_ms: int) -> tuple[str, str | None]:
         """(score as a JSON line, snapshot as a JSON line or None); updates `key_model` in place.
 
         The score is the model's probability of fraud before it learns from this record;
@@ -171,8 +184,8 @@ class ModelScorer:
                 snapshot = self.snapshot(key_model, record.model_key)
         return score, snapshot
 
-    def score_batch(self, records: Sequence[Prepared], models: dict[str, KeyModel],
-                    load_model: Callable[[str], KeyModel | None], now_ms: int) -> tuple[list[str], list[str]]:
+    def score_batch(self, records: Sequence[ModelInput], models: dict[str, KeyModel],
+                    load_model: Callable[[str], KeyModel | None], now_ms: int) -> tuple[list[str], list[KeyedLine]]:
         """Scores and learns from `records` one after another, in order, exactly as one record at
         a time would. `models` caches the models this batch uses: a key missing from it is loaded
         with `load_model` (None: a new model). Afterwards `models` holds every model the batch
@@ -190,6 +203,6 @@ class ModelScorer:
                 snapshots.append(snapshot)
         return scores, snapshots
 
-    def snapshot(self, key_model: KeyModel, model_key: str) -> str:
-        """The key's model snapshot as one JSON line."""
-        return orjson.dumps(key_model.to_snapshot(model_key, self.feature_names)).decode("utf-8")
+    def snapshot(self, key_model: KeyModel, model_key: str) -> KeyedLine:
+        """The key's model snapshot as one JSON line, keyed by the model key."""
+        return KeyedLine(orjson.dumps(key_model.to_snapshot(model_key, self.feature_names)).decode("utf-8"), model_key)

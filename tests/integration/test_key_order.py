@@ -12,11 +12,11 @@ import pytest
 
 from streaming import kafka_tools
 from streaming.config import MissingValue
-from streaming.record_logic import build_preparer
+from streaming.from_settings import transaction_reader
 from tests.key_spellings import respelled_lines
 from tests.pseudonyms import hmac_pseudonym
 from udfs.generator import GeneratorSettings
-from udfs.pipeline import Prepared
+from udfs.pipeline import ModelInput
 
 RECORDS = 400
 MODEL_KEY_FIELDS = ("merchant_category", "account_id", "merchant_id", "country", "channel", "currency")
@@ -44,8 +44,8 @@ def test_every_model_key_is_read_from_one_partition_in_production_order(tmp_path
     # milliseconds at a time, so a scored record produced without its key would show up elsewhere.
     assert kafka_tools.produce(settings, lines, len(lines), 1000, field) == RECORDS
     # How many scores to read: waiting for the topic to fall silent would cost seconds per read.
-    preparer = build_preparer(settings)
-    scored = sum(isinstance(preparer.prepare_raw(line, {}, 0), Prepared) for line in lines)
+    reader = transaction_reader(settings)
+    scored = sum(isinstance(reader.read(line, {}, 0), ModelInput) for line in lines)
     assert scored > 0.9 * RECORDS
 
     run_job(settings)

@@ -10,8 +10,8 @@ import pytest
 
 from streaming.config import PSEUDONYM_KEY_ENV, Settings, load_settings
 from udfs.cleaning import CleaningRules, MissingPolicy
-from streaming.record_logic import build_preparer
-from udfs.pipeline import RecordPreparer
+from streaming.from_settings import transaction_reader
+from udfs.pipeline import TransactionReader
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
@@ -66,14 +66,14 @@ def local_settings(no_key_in_environment) -> Settings:
     return load_settings(LOCAL_PROFILE)
 
 
-def preparer_from_settings(settings: Settings) -> RecordPreparer:
-    """The RecordPreparer the job builds from these settings."""
-    return build_preparer(settings)
+def reader_from_settings(settings: Settings) -> TransactionReader:
+    """The TransactionReader the job builds from these settings."""
+    return transaction_reader(settings)
 
 
 @pytest.fixture
-def local_preparer(local_settings) -> RecordPreparer:
-    return preparer_from_settings(local_settings)
+def local_reader(local_settings) -> TransactionReader:
+    return reader_from_settings(local_settings)
 
 
 def file_envelope(payload: bytes, line: int = 1, path: str = "/data/in.jsonl") -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.pseudonyms import hmac_pseudonym
 from udfs.cleaning import MissingPolicy, Rejected, clean, decode, parse, pseudonymize, redact_account_id
-from udfs.pipeline import RecordPreparer
+from udfs.pipeline import TransactionReader
 
 KEY = b"unit-test-pseudonym-key"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -533,7 +533,7 @@ def test_redaction_of_text_cut_after_an_escaped_key(text, expected):
 def test_redaction_of_text_that_was_not_utf8():
     raw = (b'{"merchant":"caf\xe9","account\\u005fid":"ZQXW-KJHG","x\xff":1,"m":"a\\\xff",'
            b'"\\u0061ccount_id":"ZQ\xffXW"}')
-    text = raw.decode("utf-8", errors="backslashreplace")  # as RecordPreparer.dead_letter decodes it
+    text = raw.decode("utf-8", errors="backslashreplace")  # as TransactionReader.dead_letter decodes it
     assert text == ('{"merchant":"caf\\xe9","account\\u005fid":"ZQXW-KJHG","x\\xff":1,"m":"a\\\\xff",'
                     '"\\u0061ccount_id":"ZQ\\xffXW"}')
     assert redact_account_id(text, KEY) == (
@@ -653,46 +653,46 @@ def test_redaction_of_generated_records_in_random_spellings_cut_anywhere(seed):
 # ---------------------------------------------------------------- redaction in dead letters
 
 
-def test_a_dead_letter_redacts_an_escaped_key(local_preparer, envelope):
+def test_a_dead_letter_redacts_an_escaped_key(local_reader, envelope):
     raw = b'{"txn_id":"t1","account\\u005fid":"ZQXW-KJHG","amount":-1}'
-    letter = json.loads(local_preparer.prepare(envelope(raw), 0))
+    letter = json.loads(local_reader.read_envelope(envelope(raw), 0))
     assert letter["stage"] == "clean"
-    pseudonym = hmac_pseudonym(SECRET, local_preparer.rules.pseudonym_key)
+    pseudonym = hmac_pseudonym(SECRET, local_reader.rules.pseudonym_key)
     assert letter["raw"] == '{"txn_id":"t1","account\\u005fid":"' + pseudonym + '","amount":-1}'
 
 
-def test_a_dead_letter_of_a_record_that_is_not_utf8_redacts_an_escaped_key(local_preparer, envelope):
+def test_a_dead_letter_of_a_record_that_is_not_utf8_redacts_an_escaped_key(local_reader, envelope):
     raw = b'{"txn_id":"t-8","merchant_category":"caf\xe9","\\u0061ccount_id":"ZQXW-KJHG","amount":1}'
-    letter = json.loads(local_preparer.prepare(envelope(raw), 0))
+    letter = json.loads(local_reader.read_envelope(envelope(raw), 0))
     assert letter["stage"] == "decode"
-    pseudonym = hmac_pseudonym(SECRET, local_preparer.rules.pseudonym_key)
+    pseudonym = hmac_pseudonym(SECRET, local_reader.rules.pseudonym_key)
     assert letter["raw"] == '{"txn_id":"t-8","merchant_category":"caf\\xe9","\\u0061ccount_id":"' + pseudonym \
         + '","amount":1}'
 
 
-def test_an_oversize_dead_letter_redacts_an_escaped_key_in_a_prefix_cut_inside_a_character(local_preparer,
+def test_an_oversize_dead_letter_redacts_an_escaped_key_in_a_prefix_cut_inside_a_character(local_reader,
                                                                                             envelope):
     head = '{"txn_id":"t-big","account\\u005Fid":"ZQXW-KJHG","memo":"'
-    cap = local_preparer.dead_letter_raw_bytes
+    cap = local_reader.dead_letter_raw_bytes
     memo = "x" * ((cap - len(head)) % 2 + 1) + "\u00e9" * 40_000  # a two-byte character straddles the cut
     raw = (head + memo + '"}').encode()
-    assert len(raw) > local_preparer.rules.max_record_bytes
-    letter = json.loads(local_preparer.prepare(envelope(raw), 0))
+    assert len(raw) > local_reader.rules.max_record_bytes
+    letter = json.loads(local_reader.read_envelope(envelope(raw), 0))
     assert letter["stage"] == "decode" and letter["raw_bytes"] == len(raw)
     assert letter["raw"].endswith("\u00e9\\xc3")
-    pseudonym = hmac_pseudonym(SECRET, local_preparer.rules.pseudonym_key)
+    pseudonym = hmac_pseudonym(SECRET, local_reader.rules.pseudonym_key)
     assert letter["raw"] == raw[:cap].decode("utf-8", errors="backslashreplace").replace(SECRET, pseudonym)
 
 
-def test_an_oversize_dead_letter_cut_inside_an_escaped_id_keeps_no_part_of_it(local_preparer, envelope):
+def test_an_oversize_dead_letter_cut_inside_an_escaped_id_keeps_no_part_of_it(local_reader, envelope):
     head = '{"txn_id":"t-big","\\u0061ccount_id":'
     spelled_id = '"ZQ\\u0058W-KJHG"'
     raw = (head + spelled_id + ',"memo":"' + "x" * 70_000 + '"}').encode()
     value_start, value_end = len(head), len(head) + len(spelled_id)
-    key = local_preparer.rules.pseudonym_key
+    key = local_reader.rules.pseudonym_key
     for cap in range(value_start - 3, value_end + 3):
-        preparer = RecordPreparer(local_preparer.rules, local_preparer.encoder, local_preparer.model_key_field, cap)
-        line = preparer.prepare(envelope(raw), 0)
+        preparer = TransactionReader(local_reader.rules, local_reader.encoder, local_reader.model_key_field, cap)
+        line = preparer.read_envelope(envelope(raw), 0)
         kept = raw[:cap].decode()
         if cap < value_start:  # cut before the colon
             expected = kept

@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 
 from udfs.generator import MALFORMED_KINDS, GeneratorSettings, generate, generate_with_kinds
-from udfs.pipeline import Prepared
+from udfs.pipeline import ModelInput
 
 # The stage at which each malformed kind must be dead-lettered by the local profile's pipeline.
 EXPECTED_STAGE = {
@@ -108,12 +108,12 @@ def test_the_expected_stage_table_covers_every_kind():
     assert set(EXPECTED_STAGE) == set(MALFORMED_KINDS)
 
 
-def test_every_valid_line_passes_the_local_pipeline(lines_by_kind, local_preparer):
+def test_every_valid_line_passes_the_local_pipeline(lines_by_kind, local_reader):
     valid = lines_by_kind[None]
     assert len(valid) > 1000
     for number, line in enumerate(valid, 1):
-        result = local_preparer.prepare(envelope(line, number), now_ms=0)
-        assert isinstance(result, Prepared), result
+        result = local_reader.read_envelope(envelope(line, number), now_ms=0)
+        assert isinstance(result, ModelInput), result
         record = json.loads(line)
         assert result.txn_id == record["txn_id"]
         assert result.label == record["is_fraud"]
@@ -121,11 +121,11 @@ def test_every_valid_line_passes_the_local_pipeline(lines_by_kind, local_prepare
 
 
 @pytest.mark.parametrize("kind", MALFORMED_KINDS)
-def test_every_malformed_line_is_dead_lettered_at_its_stage(kind, lines_by_kind, local_preparer):
+def test_every_malformed_line_is_dead_lettered_at_its_stage(kind, lines_by_kind, local_reader):
     lines = lines_by_kind[kind]
     assert lines
     for number, line in enumerate(lines, 1):
-        result = local_preparer.prepare(envelope(line, number), now_ms=0)
+        result = local_reader.read_envelope(envelope(line, number), now_ms=0)
         assert isinstance(result, str), (kind, line[:200])
         letter = json.loads(result)
         assert letter["stage"] == EXPECTED_STAGE[kind], (kind, letter["reason"], line[:200])

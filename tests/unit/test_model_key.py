@@ -1,5 +1,5 @@
 """The producer's message key (`kafka_tools.partition_key`) against the model key the job scores
-under (`RecordPreparer.prepare_raw`): all of a key's records must share a partition to keep their
+under (`TransactionReader.read`): all of a key's records must share a partition to keep their
 order, so the two must agree on every record the job scores. Expected keys are written out."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 
 from streaming.config import Settings, load_settings
 from streaming.kafka_tools import partition_key
-from streaming.record_logic import build_cleaning_rules, build_preparer
+from streaming.from_settings import cleaning_rules, transaction_reader
 from tests.key_spellings import CURRENCY_OF_COUNTRY, respelled_lines
 from tests.pseudonyms import hmac_pseudonym
 from udfs.generator import CATEGORIES, COUNTRIES, GeneratorSettings
-from udfs.pipeline import Prepared
+from udfs.pipeline import ModelInput
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
@@ -43,11 +43,11 @@ def keyed_by(settings: Settings, field: str) -> Settings:
     return settings.model_copy(update={"model": settings.model.model_copy(update={"key": field})})
 
 
-def message_and_model_key(settings: Settings, field: str, line: bytes) -> tuple[str | None, Prepared | str]:
+def message_and_model_key(settings: Settings, field: str, line: bytes) -> tuple[str | None, ModelInput | str]:
     """(the producer's message key, decoded; what the job makes of the line) when keyed by `field`."""
     settings = keyed_by(settings, field)
-    key = partition_key(line, field, build_cleaning_rules(settings))
-    return (key.decode("utf-8") if key is not None else None), build_preparer(settings).prepare_raw(line, {}, NOW)
+    key = partition_key(line, field, cleaning_rules(settings))
+    return (key.decode("utf-8") if key is not None else None), transaction_reader(settings).read(line, {}, NOW)
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def settings_with(no_key_in_environment):
 ])
 def test_the_message_key_is_the_model_key_the_job_scores_under(local_settings, field, value, expected):
     key, prepared = message_and_model_key(local_settings, field, line_with(**{field: value}))
-    assert isinstance(prepared, Prepared), prepared
+    assert isinstance(prepared, ModelInput), prepared
     assert prepared.model_key == expected
     assert key == expected
 
@@ -124,7 +124,7 @@ def test_a_missing_currency_is_keyed_by_the_default_currency(settings_with, miss
 def test_an_imputed_model_key_is_the_message_key(settings_with, field, imputed, expected, missing):
     settings = settings_with(f"cleaning.missing.{field}={{action: impute, value: {imputed}}}")
     key, prepared = message_and_model_key(settings, field, line_with(**{field: missing}))
-    assert isinstance(prepared, Prepared), prepared
+    assert isinstance(prepared, ModelInput), prepared
     assert (key, prepared.model_key) == (expected, expected)
 
 
@@ -183,17 +183,17 @@ KEYS_OF_THE_RESPELLED_STREAM = {
 @pytest.mark.parametrize("field", MODEL_KEY_FIELDS)
 def test_on_a_respelled_stream_every_scored_record_has_its_model_key_as_message_key(settings_with, field):
     settings = keyed_by(settings_with("cleaning.missing.merchant_category={action: impute, value: ' Other '}"), field)
-    rules = build_cleaning_rules(settings)
-    preparer = build_preparer(settings)
+    rules = cleaning_rules(settings)
+    preparer = transaction_reader(settings)
     spellings_of_key: dict[str, set[str]] = {}
     scored = 0
     for line in respelled_lines(GeneratorSettings(records=3000, seed=5, accounts=300, malformed_share=0.1)):
         key = partition_key(line, field, rules)
-        prepared = preparer.prepare_raw(line, {}, NOW)
+        prepared = preparer.read(line, {}, NOW)
         if key is None:
             assert isinstance(prepared, str), line
             continue
-        if isinstance(prepared, Prepared):
+        if isinstance(prepared, ModelInput):
             scored += 1
             model_key = key.decode("utf-8")
             if field == "account_id":
@@ -209,4 +209,4 @@ def test_on_a_respelled_stream_every_scored_record_has_its_model_key_as_message_
 
 def test_the_producer_cleans_with_the_rules_of_the_job(settings_with):
     settings = settings_with("cleaning.default_currency=EUR", "cleaning.missing.country={action: impute, value: fr}")
-    assert build_cleaning_rules(settings) == build_preparer(settings).rules
+    assert cleaning_rules(settings) == transaction_reader(settings).rules

@@ -1,4 +1,4 @@
-"""RecordPreparer, dead letters and ModelScorer (udfs/pipeline.py)."""
+"""TransactionReader, dead letters and ModelScorer (udfs/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.pseudonyms import hmac_pseudonym
 from udfs.features import FeatureEncoder
 from udfs.generator import GeneratorSettings, generate
 from udfs.model import KeyModel, Sgd
-from udfs.pipeline import ModelScorer, Prepared, RecordPreparer, shard_of, split_envelope
+from udfs.pipeline import ModelInput, ModelScorer, TransactionReader, shard_of, split_envelope
 
 DEAD_LETTER_FIELDS = {"schema_version", "raw", "stage", "reason", "source", "txn_id", "received_at"}
 NOW = 1_767_300_000_000
@@ -78,7 +78,7 @@ def test_split_envelope_keeps_a_bare_payload_whole_as_utf8(envelope):
     assert split_envelope(envelope) == ({}, envelope.encode("utf-8"))
 
 
-# ---------------------------------------------------------------- prepare
+# ---------------------------------------------------------------- read
 
 
 def transaction(**changes) -> dict:
@@ -95,49 +95,49 @@ def transaction(**changes) -> dict:
     return record
 
 
-def test_prepare_gives_a_prepared_record_keyed_by_the_configured_field(local_preparer):
-    result = local_preparer.prepare(tagged(line_of(transaction())), NOW)
-    assert isinstance(result, Prepared)
+def test_prepare_gives_a_prepared_record_keyed_by_the_configured_field(local_reader):
+    result = local_reader.read_envelope(tagged(line_of(transaction())), NOW)
+    assert isinstance(result, ModelInput)
     assert result.model_key == "grocery"
     assert result.txn_id == "t-1"
     assert result.label == 1
     assert result.event_time == 1_767_262_500_000  # 2026-01-01T10:15:00Z: 1_767_225_600_000 + 10.25 h
     assert len(result.indices) == len(result.values)
-    assert all(0 <= i < len(local_preparer.encoder.names) for i in result.indices)
+    assert all(0 <= i < len(local_reader.encoder.names) for i in result.indices)
     assert all(isinstance(v, float) and math.isfinite(v) for v in result.values)
 
 
 @pytest.mark.parametrize("field, expected", [("country", "GB"), ("channel", "pos"), ("currency", "GBP")])
-def test_prepare_uses_another_configured_model_key(local_preparer, field, expected):
-    preparer = RecordPreparer(local_preparer.rules, local_preparer.encoder, field,
-                              local_preparer.dead_letter_raw_bytes)
-    assert preparer.prepare(tagged(line_of(transaction())), NOW).model_key == expected
+def test_prepare_uses_another_configured_model_key(local_reader, field, expected):
+    reader = TransactionReader(local_reader.rules, local_reader.encoder, field,
+                              local_reader.dead_letter_raw_bytes)
+    assert reader.read_envelope(tagged(line_of(transaction())), NOW).model_key == expected
 
 
-def test_prepare_keys_by_the_pseudonym_when_keyed_by_account(local_preparer):
-    preparer = RecordPreparer(local_preparer.rules, local_preparer.encoder, "account_id",
-                              local_preparer.dead_letter_raw_bytes)
-    key = preparer.prepare(tagged(line_of(transaction())), NOW).model_key
-    assert key == hmac_pseudonym("ACCT-SECRET-77", local_preparer.rules.pseudonym_key)
+def test_prepare_keys_by_the_pseudonym_when_keyed_by_account(local_reader):
+    reader = TransactionReader(local_reader.rules, local_reader.encoder, "account_id",
+                              local_reader.dead_letter_raw_bytes)
+    key = reader.read_envelope(tagged(line_of(transaction())), NOW).model_key
+    assert key == hmac_pseudonym("ACCT-SECRET-77", local_reader.rules.pseudonym_key)
     assert "SECRET" not in key
 
 
-def test_prepare_accepts_a_bare_payload(local_preparer):
-    assert isinstance(local_preparer.prepare(json.dumps(transaction()), NOW), Prepared)
+def test_prepare_accepts_a_bare_payload(local_reader):
+    assert isinstance(local_reader.read_envelope(json.dumps(transaction()), NOW), ModelInput)
 
 
 # ---------------------------------------------------------------- dead letters
 
 
-def dead_letter(preparer, envelope: str) -> tuple[str, dict]:
-    result = preparer.prepare(envelope, NOW)
+def dead_letter(reader, envelope: str) -> tuple[str, dict]:
+    result = reader.read_envelope(envelope, NOW)
     assert isinstance(result, str), result
     return result, json.loads(result)
 
 
-def test_a_dead_letter_is_one_json_line_with_the_contract_fields(local_preparer):
+def test_a_dead_letter_is_one_json_line_with_the_contract_fields(local_reader):
     raw = line_of(transaction(amount=-5))
-    text, letter = dead_letter(local_preparer, tagged(raw, 9, "/data/in.jsonl"))
+    text, letter = dead_letter(local_reader, tagged(raw, 9, "/data/in.jsonl"))
     assert "\n" not in text
     assert set(letter) == DEAD_LETTER_FIELDS
     assert isinstance(letter["schema_version"], int)
@@ -146,21 +146,21 @@ def test_a_dead_letter_is_one_json_line_with_the_contract_fields(local_preparer)
     assert letter["source"] == {"file": "/data/in.jsonl", "line": 9}
     assert letter["txn_id"] == "t-1"
     assert letter["received_at"] == NOW
-    key = local_preparer.rules.pseudonym_key
+    key = local_reader.rules.pseudonym_key
     assert json.loads(letter["raw"]) == dict(transaction(amount=-5), account_id=hmac_pseudonym("ACCT-SECRET-77", key))
 
 
-def test_a_dead_letter_from_a_bare_payload_has_an_empty_source(local_preparer):
-    _, letter = dead_letter(local_preparer, "[1, 2]")
+def test_a_dead_letter_from_a_bare_payload_has_an_empty_source(local_reader):
+    _, letter = dead_letter(local_reader, "[1, 2]")
     assert letter["source"] == {}
     assert letter["stage"] == "parse"
     assert letter["txn_id"] is None
 
 
-def test_a_features_stage_dead_letter_carries_the_txn_id(local_preparer):
+def test_a_features_stage_dead_letter_carries_the_txn_id(local_reader):
     record = transaction()
     record["features"]["device_risk_score"] = "high"
-    _, letter = dead_letter(local_preparer, tagged(line_of(record)))
+    _, letter = dead_letter(local_reader, tagged(line_of(record)))
     assert letter["stage"] == "features"
     assert letter["txn_id"] == "t-1"
 
@@ -172,15 +172,15 @@ def test_a_features_stage_dead_letter_carries_the_txn_id(local_preparer):
     line_of(transaction())[:line_of(transaction()).index(b"ACCT") + 20],  # parse: truncated after it
     line_of(transaction(merchant_category="gro\udcffcery")).replace(b"\\udcff", b"\xff"),  # decode
 ], ids=["clean", "nan", "cut-in-id", "cut-after-id", "invalid-utf8"])
-def test_a_dead_letter_never_carries_the_raw_account_id(local_preparer, raw):
+def test_a_dead_letter_never_carries_the_raw_account_id(local_reader, raw):
     assert b"ACCT-SECRET-77"[:8] in raw  # the account id (or its start) is in the input
-    text, _ = dead_letter(local_preparer, tagged(raw))
+    text, _ = dead_letter(local_reader, tagged(raw))
     assert "ACCT-SEC" not in text
 
 
-def test_a_dead_letter_shows_invalid_utf8_as_backslash_x_escapes(local_preparer):
+def test_a_dead_letter_shows_invalid_utf8_as_backslash_x_escapes(local_reader):
     raw = b'{"txn_id": "t-9", "merchant_category": "\xff\xfegrocery", "amount": 1}'
-    _, letter = dead_letter(local_preparer, tagged(raw))
+    _, letter = dead_letter(local_reader, tagged(raw))
     assert letter["stage"] == "decode"
     assert letter["raw"] == '{"txn_id": "t-9", "merchant_category": "\\xff\\xfegrocery", "amount": 1}'
 
@@ -193,11 +193,11 @@ def oversize_record(size: int, account_first: bool) -> bytes:
     return json.dumps(record, ensure_ascii=False).encode("utf-8")
 
 
-def test_an_oversize_dead_letter_keeps_a_prefix_and_the_hash_of_everything(local_settings, local_preparer):
+def test_an_oversize_dead_letter_keeps_a_prefix_and_the_hash_of_everything(local_settings, local_reader):
     raw = oversize_record(40_000, account_first=False)
     cap = local_settings.cleaning.dead_letter_raw_bytes
     assert len(raw) > local_settings.cleaning.max_record_bytes
-    _, letter = dead_letter(local_preparer, tagged(raw))
+    _, letter = dead_letter(local_reader, tagged(raw))
     assert letter["stage"] == "decode"
     assert set(letter) == DEAD_LETTER_FIELDS | {"raw_sha256", "raw_bytes"}
     assert letter["raw_bytes"] == len(raw)
@@ -205,24 +205,24 @@ def test_an_oversize_dead_letter_keeps_a_prefix_and_the_hash_of_everything(local
     assert letter["raw"] == raw[:cap].decode("utf-8", errors="backslashreplace")
 
 
-def test_an_oversize_dead_letter_redacts_the_account_in_its_prefix(local_preparer):
+def test_an_oversize_dead_letter_redacts_the_account_in_its_prefix(local_reader):
     raw = oversize_record(40_000, account_first=True)
-    text, letter = dead_letter(local_preparer, tagged(raw))
+    text, letter = dead_letter(local_reader, tagged(raw))
     assert "ACCT-SEC" not in text
-    assert hmac_pseudonym("ACCT-SECRET-77", local_preparer.rules.pseudonym_key) in letter["raw"]
+    assert hmac_pseudonym("ACCT-SECRET-77", local_reader.rules.pseudonym_key) in letter["raw"]
 
 
-def test_a_dead_letter_keeps_at_most_the_configured_prefix(local_preparer):
-    preparer = RecordPreparer(local_preparer.rules, local_preparer.encoder, "merchant_category", 100)
+def test_a_dead_letter_keeps_at_most_the_configured_prefix(local_reader):
+    reader = TransactionReader(local_reader.rules, local_reader.encoder, "merchant_category", 100)
     raw = b'{"txn_id": "t-1", "memo": "' + b"x" * 70_000 + b'"}'
-    _, letter = dead_letter(preparer, tagged(raw))
+    _, letter = dead_letter(reader, tagged(raw))
     assert letter["raw"] == raw[:100].decode("ascii")
     assert letter["raw_bytes"] == len(raw)
 
 
-def test_a_record_under_the_cap_keeps_all_its_bytes_and_has_no_hash(local_preparer):
+def test_a_record_under_the_cap_keeps_all_its_bytes_and_has_no_hash(local_reader):
     raw = b'{"txn_id": "t-1", "memo": "' + b"x" * 5000 + b'", "amount": -1}'
-    _, letter = dead_letter(local_preparer, tagged(raw))
+    _, letter = dead_letter(local_reader, tagged(raw))
     assert letter["raw"] == raw.decode("ascii")
     assert "raw_sha256" not in letter and "raw_bytes" not in letter
 
@@ -232,9 +232,9 @@ def test_a_record_under_the_cap_keeps_all_its_bytes_and_has_no_hash(local_prepar
 NAMES = ("a", "b", "c")
 
 
-def prepared(features, label, event_time=1_000, txn_id="t", key="k") -> Prepared:
+def model_input(features, label, event_time=1_000, txn_id="t", key="k") -> ModelInput:
     """A record whose dense `features` are given as a sparse vector listing every index."""
-    return Prepared(key, txn_id, event_time, label, list(range(len(features))), list(features))
+    return ModelInput(key, txn_id, event_time, label, list(range(len(features))), list(features))
 
 
 def margin_probability(key_model: KeyModel, x) -> float:
@@ -246,7 +246,7 @@ def trained(scorer: ModelScorer, records: int = 5) -> KeyModel:
     key_model = scorer.new_model()
     rng = random.Random(1)
     for i in range(records):
-        scorer.score_and_learn(key_model, prepared([rng.uniform(-1, 1) for _ in NAMES], i % 2), NOW)
+        scorer.score_and_learn(key_model, model_input([rng.uniform(-1, 1) for _ in NAMES], i % 2), NOW)
     return key_model
 
 
@@ -256,7 +256,7 @@ def test_an_unlabelled_record_is_scored_and_leaves_the_model_unchanged():
     before = key_model.to_bytes()
     x = [0.3, -1.2, 2.0]
     expected = margin_probability(key_model, x)
-    score, snapshot = scorer.score_and_learn(key_model, prepared(x, None, 4242, "t-u", "grocery"), NOW + 1)
+    score, snapshot = scorer.score_and_learn(key_model, model_input(x, None, 4242, "t-u", "grocery"), NOW + 1)
     assert key_model.to_bytes() == before
     assert snapshot is None
     out = json.loads(score)
@@ -271,7 +271,7 @@ def test_an_unlabelled_record_leaves_the_weights_unchanged_with_standardization(
     scorer = ModelScorer(NAMES, (0, 2), Sgd(0.5), snapshot_every=1000, top_reasons=2)
     key_model = trained(scorer)
     weights, bias, updates = list(key_model.model.weights), key_model.model.bias, key_model.model.updates
-    scorer.score_and_learn(key_model, prepared([0.3, -1.2, 2.0], None), NOW)
+    scorer.score_and_learn(key_model, model_input([0.3, -1.2, 2.0], None), NOW)
     assert (key_model.model.weights, key_model.model.bias, key_model.model.updates) == (weights, bias, updates)
 
 
@@ -281,7 +281,7 @@ def test_a_labelled_record_is_scored_before_the_model_learns_from_it():
     x = [1.0, 2.0, -0.5]
     expected = margin_probability(key_model, x)
     weights_before = list(key_model.model.weights)
-    score, _ = scorer.score_and_learn(key_model, prepared(x, 1, 777), NOW)
+    score, _ = scorer.score_and_learn(key_model, model_input(x, 1, 777), NOW)
     out = json.loads(score)
     assert out["score"] == pytest.approx(expected, rel=1e-12)
     assert out["model_updates"] == 5
@@ -295,7 +295,7 @@ def test_the_score_json_has_the_contract_fields_and_ranked_reasons():
     scorer = ModelScorer(NAMES, (), Sgd(0.5), snapshot_every=1000, top_reasons=2)
     key_model = scorer.new_model()
     key_model.model.weights = [0.5, -3.0, 1.0]
-    out = json.loads(scorer.score_and_learn(key_model, prepared([1.0, 1.0, -4.0], None), NOW)[0])
+    out = json.loads(scorer.score_and_learn(key_model, model_input([1.0, 1.0, -4.0], None), NOW)[0])
     assert set(out) == {"schema_version", "txn_id", "model_key", "score", "label", "event_time",
                         "model_updates", "reasons", "scored_at"}
     assert out["reasons"] == [{"feature": "c", "contribution": -4.0}, {"feature": "b", "contribution": -3.0}]
@@ -308,7 +308,7 @@ def test_a_snapshot_is_emitted_every_snapshot_every_updates():
     emitted = []
     labels = [1, 0, None, 0, 1, None, None, 0, 1, 1, 0]  # 8 labelled records
     for i, label in enumerate(labels):
-        record = prepared([rng.uniform(-1, 1) for _ in NAMES], label, event_time=5000 + i, key="grocery")
+        record = model_input([rng.uniform(-1, 1) for _ in NAMES], label, event_time=5000 + i, key="grocery")
         _, snapshot = scorer.score_and_learn(key_model, record, NOW)
         if snapshot is not None:
             emitted.append((i, json.loads(snapshot)))
@@ -332,7 +332,7 @@ def test_plain_sgd_matches_the_textbook_sequential_update():
     for i in range(300):
         x = [rng.uniform(-3, 3) for _ in NAMES]
         y = rng.choice([0, 1, None])
-        score, _ = scorer.score_and_learn(key_model, prepared(x, y), NOW)
+        score, _ = scorer.score_and_learn(key_model, model_input(x, y), NOW)
         p = 1.0 / (1.0 + math.exp(-(sum(t * xi for t, xi in zip(theta, x)) + b)))
         assert json.loads(score)["score"] == pytest.approx(p, abs=1e-9)
         if y is not None:
@@ -343,8 +343,8 @@ def test_plain_sgd_matches_the_textbook_sequential_update():
 
 
 @pytest.mark.parametrize("account", [["ACCT-SECRET-77"], {"id": "ACCT-SECRET-77"}], ids=["array", "object"])
-def test_a_dead_letter_never_carries_an_account_id_wrapped_in_an_array_or_object(local_preparer, account):
-    text, letter = dead_letter(local_preparer, tagged(line_of(transaction(account_id=account))))
+def test_a_dead_letter_never_carries_an_account_id_wrapped_in_an_array_or_object(local_reader, account):
+    text, letter = dead_letter(local_reader, tagged(line_of(transaction(account_id=account))))
     assert letter["stage"] == "clean"
     assert "ACCT-SEC" not in text
 
@@ -362,8 +362,8 @@ def test_a_sparse_record_is_scored_and_learned_from_exactly_like_its_dense_form(
         for j, v in zip(indices, values):
             x[j] = v
         label = rng.choice([0, 1, None])
-        sparse = scorer.score_and_learn(sparse_model, Prepared("k", f"t{i}", 10 + i, label, indices, values), NOW)
-        dense = scorer.score_and_learn(dense_model, prepared(x, label, 10 + i, f"t{i}"), NOW)
+        sparse = scorer.score_and_learn(sparse_model, ModelInput("k", f"t{i}", 10 + i, label, indices, values), NOW)
+        dense = scorer.score_and_learn(dense_model, model_input(x, label, 10 + i, f"t{i}"), NOW)
         assert sparse == dense, i
     assert sparse_model.model.weights == dense_model.model.weights
     assert sparse_model.model.bias == dense_model.model.bias
@@ -409,7 +409,7 @@ def test_shard_of_is_the_same_in_a_process_with_another_hash_seed():
     assert len(set(here["32"])) > 1  # the shard does depend on the key
 
 
-# ---------------------------------------------------------------- prepare_bundle
+# ---------------------------------------------------------------- read_bundle
 
 BUNDLE_PATH = "/data/bundle\tand\nnames.jsonl"
 BUNDLE_TAG_PATH = "/data/bundle\\tand\\nnames.jsonl"  # escaped by the source: the envelope has no raw newline
@@ -446,13 +446,13 @@ def envelopes_of(lines: list[bytes]) -> list[str]:
     return [tagged(line, number, BUNDLE_TAG_PATH) for number, line in enumerate(lines, 1)]
 
 
-def test_the_awkward_lines_are_what_the_bundle_tests_assume(local_preparer):
+def test_the_awkward_lines_are_what_the_bundle_tests_assume(local_reader):
     text = "".join(envelopes_of(list(AWKWARD_LINES.values())))
     for trap in "\r\x0b\x0c\x1c\x1d\x1e\x85":
         assert trap in text, repr(trap)
     for number, (txn_id, line) in enumerate(AWKWARD_LINES.items(), 1):
-        result = local_preparer.prepare(tagged(line, number, BUNDLE_TAG_PATH), NOW)
-        assert isinstance(result, Prepared) == (txn_id in AWKWARD_VALID), (txn_id, result)
+        result = local_reader.read_envelope(tagged(line, number, BUNDLE_TAG_PATH), NOW)
+        assert isinstance(result, ModelInput) == (txn_id in AWKWARD_VALID), (txn_id, result)
 
 
 def identity(result) -> tuple[str, object]:
@@ -463,17 +463,17 @@ def identity(result) -> tuple[str, object]:
 
 
 @pytest.mark.parametrize("shards", [1, 3, 32, 4096])
-def test_prepare_bundle_gives_every_record_exactly_once_grouped_by_shard_in_arrival_order(local_preparer, shards):
+def test_prepare_bundle_gives_every_record_exactly_once_grouped_by_shard_in_arrival_order(local_reader, shards):
     lines = bundle_lines()
     envelopes = envelopes_of(lines)
     assert all("\n" not in e for e in envelopes)
-    by_shard, dead_letters = local_preparer.prepare_bundle("\n".join(envelopes), shards, NOW)
+    by_shard, dead_letters = local_reader.read_bundle("\n".join(envelopes), shards, NOW)
 
     # Expected, one envelope at a time: the line number each output must come from.
     line_of_txn = {}
     expected_dead_lines = []
     for number, envelope in enumerate(envelopes, 1):
-        result = local_preparer.prepare(envelope, NOW)
+        result = local_reader.read_envelope(envelope, NOW)
         kind, ident = identity(result)
         if kind == "dead":
             expected_dead_lines.append(number)
@@ -505,13 +505,13 @@ def test_prepare_bundle_gives_every_record_exactly_once_grouped_by_shard_in_arri
         assert list(by_shard) == [0]
 
 
-def test_prepare_bundle_gives_the_same_records_as_prepare_one_at_a_time(local_preparer):
+def test_prepare_bundle_gives_the_same_records_as_prepare_one_at_a_time(local_reader):
     envelopes = envelopes_of(bundle_lines(seed=4))
-    by_shard, dead_letters = local_preparer.prepare_bundle("\n".join(envelopes), 5, NOW)
-    expected_by_shard: dict[int, list[Prepared]] = {}
+    by_shard, dead_letters = local_reader.read_bundle("\n".join(envelopes), 5, NOW)
+    expected_by_shard: dict[int, list[ModelInput]] = {}
     expected_dead = []
     for envelope in envelopes:
-        result = local_preparer.prepare(envelope, NOW)
+        result = local_reader.read_envelope(envelope, NOW)
         if isinstance(result, str):
             expected_dead.append(result)
         else:
@@ -520,24 +520,24 @@ def test_prepare_bundle_gives_the_same_records_as_prepare_one_at_a_time(local_pr
     assert dead_letters == expected_dead
 
 
-def test_a_bundle_of_one_record(local_preparer):
+def test_a_bundle_of_one_record(local_reader):
     envelope = tagged(line_of(transaction()), 7)
-    by_shard, dead_letters = local_preparer.prepare_bundle(envelope, 32, NOW)
-    assert by_shard == {zlib.crc32(b"grocery") % 32: [local_preparer.prepare(envelope, NOW)]}
+    by_shard, dead_letters = local_reader.read_bundle(envelope, 32, NOW)
+    assert by_shard == {zlib.crc32(b"grocery") % 32: [local_reader.read_envelope(envelope, NOW)]}
     assert dead_letters == []
 
 
-def test_a_bundle_of_dead_letters_only_has_no_shards(local_preparer):
+def test_a_bundle_of_dead_letters_only_has_no_shards(local_reader):
     envelopes = [tagged(b"", 1), tagged(b"[1]", 2), tagged(line_of(transaction(amount=-1)), 3)]
-    by_shard, dead_letters = local_preparer.prepare_bundle("\n".join(envelopes), 4, NOW)
+    by_shard, dead_letters = local_reader.read_bundle("\n".join(envelopes), 4, NOW)
     assert by_shard == {}
     assert [json.loads(d)["source"]["line"] for d in dead_letters] == [1, 2, 3]
     assert [json.loads(d)["stage"] for d in dead_letters] == ["decode", "parse", "clean"]
 
 
-def test_a_bundle_keeps_records_with_equal_content_apart(local_preparer):
+def test_a_bundle_keeps_records_with_equal_content_apart(local_reader):
     envelope = tagged(line_of(transaction(txn_id="dup")), 1)
-    by_shard, dead_letters = local_preparer.prepare_bundle("\n".join([envelope] * 5), 2, NOW)
+    by_shard, dead_letters = local_reader.read_bundle("\n".join([envelope] * 5), 2, NOW)
     assert [r.txn_id for records in by_shard.values() for r in records] == ["dup"] * 5
     assert dead_letters == []
 
@@ -546,22 +546,22 @@ def test_a_bundle_keeps_records_with_equal_content_apart(local_preparer):
 
 
 @pytest.fixture
-def stream_records(local_preparer) -> list[Prepared]:
+def stream_records(local_reader) -> list[ModelInput]:
     """A generated stream, prepared by the local profile: 20 Zipf-skewed keys, a few unlabelled."""
     records = []
     for number, line in enumerate(generate(GeneratorSettings(records=1500, seed=31, unlabelled_share=0.1)), 1):
-        result = local_preparer.prepare(tagged(line, number), NOW)
-        assert isinstance(result, Prepared), result
+        result = local_reader.read_envelope(tagged(line, number), NOW)
+        assert isinstance(result, ModelInput), result
         records.append(result)
     return records
 
 
 def stream_scorer(encoder: FeatureEncoder, sgd: Sgd, snapshot_every: int) -> ModelScorer:
-    """A scorer wired like streaming/job.py's build_scorer."""
+    """A scorer wired like streaming/job.py's model_scorer."""
     return ModelScorer(encoder.names, encoder.standardized, sgd, snapshot_every, top_reasons=3)
 
 
-def one_at_a_time(scorer: ModelScorer, records: list[Prepared]) -> tuple[list[str], list[str], dict[str, KeyModel]]:
+def one_at_a_time(scorer: ModelScorer, records: list[ModelInput]) -> tuple[list[str], list[str], dict[str, KeyModel]]:
     models: dict[str, KeyModel] = {}
     scores, snapshots = [], []
     for record in records:
@@ -573,7 +573,7 @@ def one_at_a_time(scorer: ModelScorer, records: list[Prepared]) -> tuple[list[st
     return scores, snapshots, models
 
 
-def in_batches(scorer: ModelScorer, records: list[Prepared], size: int):
+def in_batches(scorer: ModelScorer, records: list[ModelInput], size: int):
     """The stream scored in batches of `size`, models stored as bytes between batches the way the
     job keeps them in state; also checks every batch's load_model calls."""
     store: dict[str, bytes] = {}
@@ -602,10 +602,10 @@ SGDS = [Sgd(0.01), Sgd(0.05, "inverse_scaling", 0.5, l2=0.001)]
 
 
 @pytest.mark.parametrize("sgd", SGDS, ids=["local-profile", "inverse-scaling-l2"])
-def test_scoring_in_batches_gives_exactly_what_scoring_one_record_at_a_time_gives(local_preparer, stream_records,
+def test_scoring_in_batches_gives_exactly_what_scoring_one_record_at_a_time_gives(local_reader, stream_records,
                                                                                   sgd):
     pristine = copy.deepcopy(stream_records)
-    scorer = stream_scorer(local_preparer.encoder, sgd, snapshot_every=40)
+    scorer = stream_scorer(local_reader.encoder, sgd, snapshot_every=40)
     ref_scores, ref_snapshots, ref_models = one_at_a_time(scorer, copy.deepcopy(stream_records))
     assert len(ref_models) > 10 and len(ref_snapshots) > 10
     assert len({json.loads(s)["score"] for s in ref_scores}) > 1000
@@ -617,8 +617,8 @@ def test_scoring_in_batches_gives_exactly_what_scoring_one_record_at_a_time_give
         assert stream_records == pristine  # scoring never changes the records
 
 
-def test_score_batch_uses_the_models_it_is_given_without_loading_them(local_preparer, stream_records):
-    scorer = stream_scorer(local_preparer.encoder, Sgd(0.01), snapshot_every=1000)
+def test_score_batch_uses_the_models_it_is_given_without_loading_them(local_reader, stream_records):
+    scorer = stream_scorer(local_reader.encoder, Sgd(0.01), snapshot_every=1000)
     batch = stream_records[:50]
     keys = {r.model_key for r in batch}
     given_key = batch[0].model_key
@@ -644,13 +644,13 @@ def test_score_batch_of_nothing_loads_nothing():
     assert models == {}
 
 
-def test_score_batch_emits_a_snapshot_every_snapshot_every_updates_of_a_key(local_preparer, stream_records):
+def test_score_batch_emits_a_snapshot_every_snapshot_every_updates_of_a_key(local_reader, stream_records):
     every = 5
-    scorer = stream_scorer(local_preparer.encoder, Sgd(0.01), snapshot_every=every)
+    scorer = stream_scorer(local_reader.encoder, Sgd(0.01), snapshot_every=every)
     _, snapshots, store = in_batches(scorer, stream_records, 7)
     assert all(KeyModel.from_bytes(data).model.rejected_updates == 0 for data in store.values())
     # Expected from the records alone: the (every * k)-th labelled record of each key triggers one.
-    labelled: dict[str, list[Prepared]] = {}
+    labelled: dict[str, list[ModelInput]] = {}
     expected = []
     for record in stream_records:
         if record.label is not None:
@@ -661,3 +661,14 @@ def test_score_batch_emits_a_snapshot_every_snapshot_every_updates_of_a_key(loca
     got = [(s["model_key"], s["model_updates"], s["event_time"]) for s in map(json.loads, snapshots)]
     assert got == expected
     assert len(expected) > 200
+
+
+def test_dead_letters_and_snapshots_carry_the_key_of_their_kafka_message(local_reader):
+    """The job keys Kafka messages with these keys without parsing the lines again."""
+    letter = local_reader.read_envelope(tagged(b'{"txn_id": " t-9 ", "amount": "lots"}'), NOW)
+    assert (letter.key, json.loads(letter)["txn_id"]) == ("t-9", "t-9")
+    assert local_reader.read_envelope(tagged(b"not json"), NOW).key is None
+    scorer = ModelScorer(["x"], (), Sgd(0.1), snapshot_every=1, top_reasons=1)
+    key_model = scorer.new_model()
+    _, snapshot = scorer.score_and_learn(key_model, model_input([1.0], 1, key="grocery"), NOW)
+    assert (snapshot.key, json.loads(snapshot)["model_key"]) == ("grocery", "grocery")

@@ -7,16 +7,16 @@ from streaming.config import Settings
 from udfs.cleaning import CleaningRules, MissingPolicy
 from udfs.features import FeatureEncoder
 from udfs.model import Sgd
-from udfs.pipeline import ModelScorer, RecordPreparer
+from udfs.pipeline import ModelScorer, TransactionReader
 
 
-def build_preparer(settings: Settings) -> RecordPreparer:
-    rules = build_cleaning_rules(settings)
-    return RecordPreparer(rules, build_encoder(settings, rules), settings.model.key,
+def transaction_reader(settings: Settings) -> TransactionReader:
+    rules = cleaning_rules(settings)
+    return TransactionReader(rules, feature_encoder(settings, rules), settings.model.key,
                           settings.cleaning.dead_letter_raw_bytes)
 
 
-def build_cleaning_rules(settings: Settings) -> CleaningRules:
+def cleaning_rules(settings: Settings) -> CleaningRules:
     """The job's cleaning rules; `riskstream produce` derives message keys with the same ones."""
     cleaning = settings.cleaning
     return CleaningRules(
@@ -28,13 +28,13 @@ def build_cleaning_rules(settings: Settings) -> CleaningRules:
     )
 
 
-def build_encoder(settings: Settings, rules: CleaningRules) -> FeatureEncoder:
+def feature_encoder(settings: Settings, rules: CleaningRules) -> FeatureEncoder:
     features = settings.features
     return FeatureEncoder(features.numeric, features.categorical, features.time.hour_of_day,
                           features.time.day_of_week, rules.policy)
 
 
-def build_scorer(settings: Settings, encoder: FeatureEncoder) -> ModelScorer:
+def model_scorer(settings: Settings, encoder: FeatureEncoder) -> ModelScorer:
     model = settings.model
     sgd = Sgd(model.learning_rate, model.schedule, model.power_t, model.l2)
     return ModelScorer(encoder.names, encoder.standardized, sgd, model.snapshot_every, model.top_reasons)
