@@ -13,8 +13,8 @@ Prints a table and writes out/bench.json. Job records/s count from the first sco
 duration and state_bytes_per_key the last checkpoint's size divided by the number of keys (both from
 Flink's log); peak_rss_mb is the largest summed RSS of the job's whole process tree.
 Then Kafka-mode latency (bench/kafka_latency.py) and the failover drill on the session cluster at
-200,000 transactions (bench/failover.py): recovery time from each TaskManager kill to the first new
-score, and checkpoint durations.
+200,000 transactions (the failover tests' drill, tests/failover_drill.py): recovery time from each
+TaskManager kill to the first new score, and checkpoint durations.
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))  # bench.kafka_latency, when run as a script
+from streaming.outputs import committed_lines
+
 PROFILE = PROJECT / "conf" / "bench.yaml"
 OUT = PROJECT / "out"
 CHECKPOINT_LINE = re.compile(r"Completed checkpoint \d+ for job \w+ \((\d+) bytes, checkpointDuration=(\d+) ms")
@@ -46,24 +50,18 @@ def ensure_input(records: int) -> Path:
 
 
 def tree_rss_bytes(root: int) -> int:
-    """Summed resident memory of `root` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    """Summed resident memory of `root` and all its descendants (0 once `root` has ended)."""
+    try:
+        process = psutil.Process(root)
+        tree = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for member in tree:
         try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            continue
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:  # ended meanwhile
+            pass
     return total
 
 
@@ -98,17 +96,12 @@ def run_job(name: str, data: Path, key: str, *overrides: str) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"job {name} failed:\n{output[-3000:]}")
     first, last, scored, keys = None, None, 0, set()
-    for part in (work / "scores").iterdir():
-        if part.name.startswith("."):
-            continue
-        with part.open("rb") as lines:
-            for line in lines:
-                score = json.loads(line)
-                scored += 1
-                keys.add(score["model_key"])
-                at = score["scored_at"]
-                first = at if first is None else min(first, at)
-                last = at if last is None else max(last, at)
+    for score in committed_lines(work / "scores"):
+        scored += 1
+        keys.add(score["model_key"])
+        at = score["scored_at"]
+        first = at if first is None else min(first, at)
+        last = at if last is None else max(last, at)
     checkpoints = [(int(size), int(ms)) for log in log_dir.glob("*.log")
                    for size, ms in CHECKPOINT_LINE.findall(log.read_text(errors="replace"))]
     return {
@@ -129,6 +122,70 @@ def run_loop(python: Path, learner: str, data: Path, key: str) -> dict:
                              str(PROFILE), "--input", str(data), "--key", key, "--out", str(out)],
                             check=True, capture_output=True, text=True, cwd=PROJECT)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def failover_bench(records: int = 200_000, records_per_second: int = 5000) -> dict:
+    """The failover tests' kill drill on `records` generated transactions (fresh topics, deleted
+    afterwards), on the session cluster with the test overrides (started here if none is up, and
+    then stopped). Returns recovery seconds per kill point (from the kill that Flink confirmed
+    landed there to the first new score), checkpoint durations, the wall time, the number of kills
+    (a missed moment is tried again), and whether the committed output held each record exactly once."""
+    import tempfile
+
+    from streaming import cluster, kafka_tools
+    from streaming.config import load_settings
+    from tests import failover_drill
+    from udfs.generator import GeneratorSettings, generate
+
+    overrides_of_cluster = cluster.flink_overrides(PROJECT / "conf" / "flink" / "test.yaml")
+    local = cluster.LocalCluster.of_project(PROJECT)
+    started_cluster = local.up(overrides_of_cluster)
+    with tempfile.TemporaryDirectory(dir=PROJECT / "var") as state_dir:
+        overrides = [*kafka_tools.isolated_overrides("bench-failover"),
+                     *failover_drill.drill_overrides(Path(state_dir), records_per_second)]
+        settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
+        try:
+            kafka_tools.create_topics(settings)
+            lines = list(generate(GeneratorSettings(records=records, seed=61, malformed_share=0.02)))
+            kafka_tools.produce(settings, lines, total=len(lines), key_field=settings.model.key)
+            run = failover_drill.run_with_kills(local, overrides, min_attempt_records=records // 40,
+                                                taskmanager_overrides=overrides_of_cluster, timeout_s=1200)
+            committed = failover_drill.read_committed(settings)
+            confirmed = [kill for kill in run.kills if kill.confirmed]
+            recovery = recovery_times_s(confirmed, settings)
+        finally:
+            kafka_tools.delete_topics(settings)
+            if started_cluster:
+                local.down()
+    scores = [score for _, score in committed.scores]
+    durations = sorted(run.checkpoint_durations_ms.values())
+    return {
+        "records": records,
+        "source_ceiling_per_subtask": records_per_second,
+        "recovery_s": {kill.point: seconds for kill, seconds in zip(confirmed, recovery)},
+        "kills": len(run.kills),
+        "checkpoint_ms": {"count": len(durations), "median": statistics.median(durations),
+                          "max": durations[-1]} if durations else None,
+        "wall_s": run.wall_s,
+        "restores": run.restores,
+        "exactly_once": len({s["txn_id"] for s in scores}) == len(scores)
+                        and len(scores) + len(committed.dead_letters) == records,
+    }
+
+
+def recovery_times_s(kills: list, settings) -> list[float]:
+    """For each of `kills` (failover_drill.Kill, on the topics of `settings`): seconds from the kill
+    to the first score computed after it (scored_at), among all the scores the job wrote, committed
+    or not (a later kill may abort the first ones)."""
+    from streaming import kafka_tools
+
+    scored_at = sorted(json.loads(value)["scored_at"] for _, _, _, value in kafka_tools.tail(
+        settings, settings.kafka.scores_topic, idle_timeout_s=5, committed_only=False))
+    times = []
+    for kill in kills:
+        after = next((t for t in scored_at if t > kill.at_ms), None)
+        times.append(float("nan") if after is None else (after - kill.at_ms) / 1000)
+    return times
 
 
 def main() -> int:
@@ -179,8 +236,6 @@ def main() -> int:
 
     print(f"kafka latency at {RATE:,} records/s (produce to readable score, read_committed):", flush=True)
     results["kafka_latency_ms"] = kafka_latency()
-    from bench.failover import failover_bench
-
     print("failover on the session cluster (TaskManager killed three times, exactly-once):", flush=True)
     results["failover"] = failover = failover_bench(200_000 if not args.quick else 50_000)
     OUT.mkdir(exist_ok=True)

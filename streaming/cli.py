@@ -219,8 +219,9 @@ def _kafka_tool(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "tail":
         kafka_tools.check_topic(settings, args.topic)
-        for partition, offset, key, value in kafka_tools.tail(settings, args.topic, not args.from_latest, args.max,
-                                                              args.idle_timeout):
+        for partition, offset, key, value in kafka_tools.tail(
+                settings, args.topic, from_beginning=not args.from_latest, max_records=args.max,
+                idle_timeout_s=args.idle_timeout):
             shown_key = key.decode("utf-8", "backslashreplace") if key is not None else ""
             print(f"{partition}:{offset}\t{shown_key}\t{value.decode('utf-8', 'backslashreplace')}", flush=True)
         return EXIT_OK
@@ -235,7 +236,7 @@ def _kafka_tool(args: argparse.Namespace) -> int:
                                            malformed_share=args.malformed_share))
         total = args.generate
     key_field = None if args.no_key else settings.model.key
-    sent = kafka_tools.produce(settings, lines, total, args.rate, key_field, args.topic)
+    sent = kafka_tools.produce(settings, lines, total=total, rate=args.rate, key_field=key_field, topic=args.topic)
     print(f"produced {sent:,} records to {args.topic or settings.kafka.transactions_topic}")
     return EXIT_OK
 
@@ -313,7 +314,7 @@ def _model_show(args: argparse.Namespace) -> int:
         kafka_tools.check_broker(settings)
         where = f"topic {settings.kafka.snapshots_topic} at {settings.kafka.bootstrap_servers}"
         snapshots = (orjson.loads(value) for _, _, _, value in kafka_tools.tail(
-            settings, settings.kafka.snapshots_topic, True, None, args.idle_timeout))
+            settings, settings.kafka.snapshots_topic, idle_timeout_s=args.idle_timeout))
     else:
         from streaming.outputs import committed_lines
 

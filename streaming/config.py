@@ -335,6 +335,9 @@ class CheckpointSettings(_Settings):
     """
 
     interval_ms: PositiveInt = 2000
+    # The least time between the end of one checkpoint and the start of the next: when checkpoints
+    # take longer than the interval, it leaves the job time to work between them.
+    min_pause_ms: int = Field(default=0, ge=0, le=3_600_000)
     directory: str = "var/checkpoints"
     savepoint_directory: str = "var/savepoints"
     state_backend: Literal["hashmap", "rocksdb"] = "hashmap"

@@ -47,6 +47,7 @@ def flink_options(settings: Settings) -> dict[str, str]:
         # Thread mode embeds CPython in the JVM, which does not read the virtual environment.
         "python.pythonpath": ":".join(site.getsitepackages()),
         "execution.checkpointing.interval": f"{checkpoints.interval_ms} ms",
+        "execution.checkpointing.min-pause": f"{checkpoints.min_pause_ms} ms",
         "execution.checkpointing.dir": Path(checkpoints.directory).as_uri(),
         "execution.checkpointing.savepoint-dir": Path(checkpoints.savepoint_directory).as_uri(),
         "state.backend.type": checkpoints.state_backend,

@@ -117,8 +117,8 @@ def partition_key(line: bytes, key_field: str, rules: CleaningRules) -> bytes | 
     return key.encode("utf-8") if key is not None else None
 
 
-def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate: float | None,
-            key_field: str | None, topic: str | None = None) -> int:
+def produce(settings: Settings, lines: Iterable[bytes], *, total: int | None = None, rate: float | None = None,
+            key_field: str | None = None, topic: str | None = None) -> int:
     """Sends each line as one message (idempotent producer, acks=all), keyed by `partition_key`
     unless `key_field` is None, at about `rate` messages/s (None: as fast as possible), with a
     progress bar on stderr. Returns how many were acknowledged; raises if any delivery failed."""
@@ -166,8 +166,9 @@ def produce(settings: Settings, lines: Iterable[bytes], total: int | None, rate:
     return delivered
 
 
-def tail(settings: Settings, topic: str, from_beginning: bool, max_records: int | None,
-         idle_timeout_s: float | None, committed_only: bool = True) -> Iterator[tuple[int, int, bytes | None, bytes]]:
+def tail(settings: Settings, topic: str, *, from_beginning: bool = True, max_records: int | None = None,
+         idle_timeout_s: float | None = None,
+         committed_only: bool = True) -> Iterator[tuple[int, int, bytes | None, bytes]]:
     """(partition, offset, key, value) of the topic's committed records (read_committed), until
     `max_records` were read or nothing arrived for `idle_timeout_s` (None: follow forever), counted
     from when the consumer got its partitions, so a slow group join does not end it early. With

@@ -1,6 +1,6 @@
 """Crashes, savepoints and a broker restart on the local session cluster with the real broker
-(bench/failover.py): every produced record appears exactly once in the committed output, and the
-final models are bit for bit those of a run without failures."""
+(tests/failover_drill.py): every produced record appears exactly once in the committed output, and
+the final models are bit for bit those of a run without failures."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import failover
 from streaming import kafka_tools
 from streaming.config import load_settings
 from streaming.outputs import latest_snapshots
+from tests import failover_drill
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
 from .conftest import run_scoring_job
@@ -37,11 +37,11 @@ def reference(stream, tmp_path_factory):
 def drill(session_cluster, kafka_isolation, stream, tmp_path):
     """The cluster profile on this test's own topics, with the stream produced into them (keyed by
     model key), and the overrides that say so."""
-    overrides = [*kafka_isolation, *failover.drill_overrides(tmp_path)]
-    settings = load_settings(failover.CLUSTER_PROFILE, overrides)
+    overrides = [*kafka_isolation, *failover_drill.drill_overrides(tmp_path)]
+    settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
     kafka_tools.create_topics(settings)
     lines = [line for _, line in stream]
-    assert kafka_tools.produce(settings, lines, len(lines), None, settings.model.key) == RECORDS
+    assert kafka_tools.produce(settings, lines, total=len(lines), key_field=settings.model.key) == RECORDS
     yield settings, overrides
     session_cluster.cancel_jobs()  # a failed test must not leave its job holding the slots
 
@@ -67,15 +67,35 @@ def assert_exactly_once_with_reference_models(settings, stream, reference, commi
         assert model == reference_models[key], f"model {key} differs from the run without failures"
 
 
-def test_taskmanager_killed_three_times_changes_nothing(session_cluster, drill, stream, reference):
+def test_taskmanager_killed_at_three_points_changes_nothing(session_cluster, drill, stream, reference):
     settings, overrides = drill
-    run = failover.run_with_kills(session_cluster.cluster, overrides, min_attempt_records=2000,
-                                  taskmanager_overrides=session_cluster.overrides)
+    run = failover_drill.run_with_kills(session_cluster.cluster, overrides, min_attempt_records=2000,
+                                        taskmanager_overrides=session_cluster.overrides)
+    checkpoints = failover_drill.checkpoint_history(session_cluster.cluster, run.job_id)  # as Flink reports them now
 
-    assert [kill.point for kill in run.kills] == list(failover.KILL_POINTS)
-    assert run.kills[2].checkpoint_in_progress and not run.kills[1].checkpoint_in_progress
-    assert run.restores >= 3, "the job did not resume from a checkpoint after each kill"
-    committed = failover.read_committed(settings)
+    # During a checkpoint: the one Flink showed in progress before the kill never completed, and
+    # the job restored an earlier one.
+    during = run.confirmed_kill("during-checkpoint")
+    assert during.in_progress_before is not None, f"{during}: no checkpoint was in progress"
+    assert checkpoints[during.in_progress_before]["status"] == "FAILED", checkpoints[during.in_progress_before]
+    assert during.restored < during.in_progress_before, during
+    # Between checkpoints: the job restored the checkpoint that had completed before the kill, and
+    # the next one was triggered only after the kill.
+    for point in ("after-checkpoint", "open-transaction"):
+        kill = run.confirmed_kill(point)
+        assert kill.restored == kill.completed_before, kill
+        later_triggers_ms = [checkpoint["trigger_timestamp"] for checkpoint_id, checkpoint in checkpoints.items()
+                             if checkpoint_id > kill.completed_before]
+        assert min(later_triggers_ms) > kill.at_ms, f"{kill}: the next checkpoint started before it"
+    # While transactions were open: scores written after that checkpoint started were aborted, so a
+    # read_uncommitted reader finds records that read_committed never returns.
+    committed = failover_drill.read_committed(settings)
+    open_transaction = run.confirmed_kill("open-transaction")
+    since_ms = checkpoints[open_transaction.completed_before]["trigger_timestamp"]
+    aborted = [score for score in failover_drill.aborted_scores(settings, committed)
+               if since_ms < score["scored_at"] <= open_transaction.at_ms]
+    assert aborted, f"no score of the transactions open at {open_transaction} was aborted"
+
     assert_exactly_once_with_reference_models(settings, stream, reference, committed)
 
 
@@ -84,21 +104,21 @@ def test_stop_with_savepoint_and_resume_after_a_graph_change(session_cluster, dr
     # Before the savepoint each source subtask's bundles stay with its own preparing worker; after
     # it they are numbered and spread over both (a rebalance and a reordering step in front of the
     # stateful operator). Only the operators' uids tie the state to the new graph.
-    run = failover.run_with_savepoint(session_cluster.cluster, settings,
-                                      [*overrides, "performance.parallel_prepare=false"],
-                                      ["performance.parallel_prepare=true"], min_records=15_000)
+    run = failover_drill.run_with_savepoint(session_cluster.cluster, settings,
+                                            [*overrides, "performance.parallel_prepare=false"],
+                                            ["performance.parallel_prepare=true"], min_records=15_000)
 
     assert run.savepoint and "savepoint" in run.savepoint
-    committed = failover.read_committed(settings)
+    committed = failover_drill.read_committed(settings)
     assert_exactly_once_with_reference_models(settings, stream, reference, committed)
 
 
 def test_a_broker_restart_during_a_run_loses_and_duplicates_nothing(session_cluster, drill, stream, reference):
     settings, overrides = drill
-    run = failover.run_with_broker_restart(session_cluster.cluster, overrides, min_records=10_000)
+    run = failover_drill.run_with_broker_restart(session_cluster.cluster, overrides, min_records=10_000)
 
     assert run.broker_restarted_at_ms is not None
-    committed = failover.read_committed(settings)
+    committed = failover_drill.read_committed(settings)
     assert_exactly_once_with_reference_models(settings, stream, reference, committed)
 
 
@@ -110,9 +130,9 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
 
     overrides = [*kafka_isolation, f"checkpointing.directory={tmp_path / 'checkpoints'}",
                  f"checkpointing.savepoint_directory={tmp_path / 'savepoints'}", "checkpointing.interval_ms=1000"]
-    settings = load_settings(failover.CLUSTER_PROFILE, overrides)
+    settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
     kafka_tools.create_topics(settings)
-    options = ["--config", str(failover.CLUSTER_PROFILE), *[arg for o in overrides for arg in ("--set", o)]]
+    options = ["--config", str(failover_drill.CLUSTER_PROFILE), *[arg for o in overrides for arg in ("--set", o)]]
 
     job_id, command = submit_and_wait_for_a_checkpoint(main, options, session_cluster, capsys)
     assert "flink run --detached" in command and "--pyModule streaming.flink_main" in command
@@ -126,7 +146,8 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
     savepoint = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
     assert (tmp_path / "savepoints").is_dir() and any((tmp_path / "savepoints").iterdir())
     assert savepoint.endswith(next((tmp_path / "savepoints").iterdir()).name)
-    failover.Watch(session_cluster.cluster, failover.DrillRun(job_id=job_id)).until_finished(60)  # raises otherwise
+    # Raises unless the stopped job finishes.
+    failover_drill.Watch(session_cluster.cluster, failover_drill.DrillRun(job_id=job_id)).until_finished(60)
 
     # Resume from the savepoint; then cancel, which keeps the last checkpoint; resume from that.
     resumed, _ = submit_and_wait_for_a_checkpoint(main, options + ["--from", savepoint], session_cluster, capsys)
@@ -148,7 +169,7 @@ def submit_and_wait_for_a_checkpoint(main, arguments, session_cluster, capsys) -
     assert main(["submit", *arguments]) == 0
     printed = capsys.readouterr().out.splitlines()
     job_id = printed[-1].removeprefix("submitted job ")
-    watch = failover.Watch(session_cluster.cluster, failover.DrillRun(job_id=job_id))
+    watch = failover_drill.Watch(session_cluster.cluster, failover_drill.DrillRun(job_id=job_id))
     watch.until("a completed checkpoint", lambda: watch.checkpoints()["counts"]["completed"] > 0, 120, poll_s=0.5)
     return job_id, printed[0]
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from bench import failover
 from streaming import kafka_tools
 from streaming.outputs import latest_snapshots
+from tests import failover_drill
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
 RECORDS = 50_000
@@ -26,14 +26,14 @@ def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scorin
     kafka_tools.create_topics(settings)
     generated = list(generate_with_kinds(GeneratorSettings(records=RECORDS, seed=41, malformed_share=0.05)))
     lines = [line for _, line in generated]
-    assert kafka_tools.produce(settings, lines, len(lines), None, "merchant_category") == RECORDS
+    assert kafka_tools.produce(settings, lines, total=len(lines), key_field="merchant_category") == RECORDS
 
     run_job(settings)
 
-    committed = failover.read_committed(settings)
+    committed = failover_drill.read_committed(settings)
     scores, dead_letters = committed.scores, committed.dead_letters
 
-    produced = list(kafka_tools.tail(settings, settings.kafka.transactions_topic, True, RECORDS, 8))
+    produced = list(kafka_tools.tail(settings, settings.kafka.transactions_topic, max_records=RECORDS, idle_timeout_s=8))
     by_offset = {(partition, offset): value for partition, offset, _, value in produced}
     assert len(by_offset) == RECORDS
 
@@ -51,6 +51,11 @@ def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scorin
     for key, letter in dead_letters:
         assert (key.decode() if key else None) == letter["txn_id"] or (key is None and letter["txn_id"] is None)
         assert letter["source"]["topic"] == settings.kafka.transactions_topic
+    snapshot_messages = list(kafka_tools.tail(settings, settings.kafka.snapshots_topic, max_records=len(committed.snapshots),
+                                              idle_timeout_s=8))
+    assert len(snapshot_messages) == len(committed.snapshots) > 0
+    for _, _, key, value in snapshot_messages:
+        assert key.decode() == json.loads(value)["model_key"]
 
     from_file = scoring_job(tmp_path / "file", lines)
     kafka_models = latest_snapshots(committed.snapshots)

@@ -22,10 +22,11 @@ def test_topics_are_created_once_with_the_configured_partitions(kafka_settings):
 def test_produced_records_are_read_back_once_each_in_key_order(kafka_settings):
     kafka_tools.create_topics(kafka_settings)
     lines = list(generate(GeneratorSettings(records=3000, seed=21, malformed_share=0.05)))
-    sent = kafka_tools.produce(kafka_settings, lines, len(lines), rate=None, key_field="merchant_category")
+    sent = kafka_tools.produce(kafka_settings, lines, total=len(lines), key_field="merchant_category")
     assert sent == len(lines)
 
-    received = list(kafka_tools.tail(kafka_settings, kafka_settings.kafka.transactions_topic, True, len(lines), 20))
+    received = list(kafka_tools.tail(kafka_settings, kafka_settings.kafka.transactions_topic, max_records=len(lines),
+                                      idle_timeout_s=20))
     assert sorted(value for _, _, _, value in received) == sorted(lines)
 
     partitions_of_key = defaultdict(set)

@@ -42,7 +42,7 @@ def test_every_model_key_is_read_from_one_partition_in_production_order(tmp_path
     lines = respelled_lines(GeneratorSettings(records=RECORDS, seed=61, accounts=40, malformed_share=0.05))
     # At a rate, not at once: records with no message key stick to one partition for a few
     # milliseconds at a time, so a scored record produced without its key would show up elsewhere.
-    assert kafka_tools.produce(settings, lines, len(lines), 1000, field) == RECORDS
+    assert kafka_tools.produce(settings, lines, total=len(lines), rate=1000, key_field=field) == RECORDS
     # How many scores to read: waiting for the topic to fall silent would cost seconds per read.
     reader = transaction_reader(settings)
     scored = sum(isinstance(reader.read(line, {}, 0), ModelInput) for line in lines)
@@ -51,9 +51,9 @@ def test_every_model_key_is_read_from_one_partition_in_production_order(tmp_path
     run_job(settings)
 
     scores = [json.loads(value) for _, _, _, value in
-              kafka_tools.tail(settings, settings.kafka.scores_topic, True, scored, idle_timeout_s=20)]
+              kafka_tools.tail(settings, settings.kafka.scores_topic, max_records=scored, idle_timeout_s=20)]
     assert len(scores) == scored
-    produced = list(kafka_tools.tail(settings, settings.kafka.transactions_topic, True, RECORDS, 8))
+    produced = list(kafka_tools.tail(settings, settings.kafka.transactions_topic, max_records=RECORDS, idle_timeout_s=8))
     assert len(produced) == RECORDS
     produced_as = {}  # txn_id -> (partition, offset, message key, the record's spelling of the field)
     for partition, offset, key, value in produced:

@@ -7,7 +7,6 @@ import inspect
 import json
 
 from streaming import pyflink_internals as internals
-from tests.integration.conftest import PROJECT
 
 
 def test_a_kafka_job_graph_builds_through_the_java_builders_and_operators(kafka_settings):

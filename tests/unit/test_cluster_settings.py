@@ -192,3 +192,10 @@ def test_flink_overrides_are_strings_and_a_bad_file_fails_in_one_line(tmp_path):
         with pytest.raises(ConfigError) as info:
             cluster.flink_overrides(path)
         assert len(str(info.value).splitlines()) == 1 and str(path) in str(info.value)
+
+
+def test_the_pause_between_checkpoints_becomes_flinks_min_pause():
+    options = flink_options(load_settings(PROJECT / "conf" / "local.yaml", ["checkpointing.min_pause_ms=800"]))
+    assert options["execution.checkpointing.min-pause"] == "800 ms"
+    with pytest.raises(ConfigError, match="checkpointing.min_pause_ms"):
+        load_settings(PROJECT / "conf" / "local.yaml", ["checkpointing.min_pause_ms=-1"])
