@@ -463,7 +463,7 @@ def identity(result) -> tuple[str, object]:
 
 
 @pytest.mark.parametrize("shards", [1, 3, 32, 4096])
-def test_prepare_bundle_gives_every_record_exactly_once_grouped_by_shard_in_arrival_order(local_reader, shards):
+def test_read_bundle_gives_every_record_exactly_once_grouped_by_shard_in_arrival_order(local_reader, shards):
     lines = bundle_lines()
     envelopes = envelopes_of(lines)
     assert all("\n" not in e for e in envelopes)
@@ -505,7 +505,7 @@ def test_prepare_bundle_gives_every_record_exactly_once_grouped_by_shard_in_arri
         assert list(by_shard) == [0]
 
 
-def test_prepare_bundle_gives_the_same_records_as_prepare_one_at_a_time(local_reader):
+def test_read_bundle_gives_the_same_records_as_reading_them_one_at_a_time(local_reader):
     envelopes = envelopes_of(bundle_lines(seed=4))
     by_shard, dead_letters = local_reader.read_bundle("\n".join(envelopes), 5, NOW)
     expected_by_shard: dict[int, list[ModelInput]] = {}
