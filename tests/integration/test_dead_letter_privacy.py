@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.pseudonyms import hmac_pseudonym
+from tests.pseudonyms import as_pairs, hmac_pseudonym, pseudonymized
 
 SECRET = "QZXJ-WKVH-YQZX"  # upper-case letters no output writes otherwise
 FEATURES = {"txn_count_1h": 1, "txn_count_24h": 3, "amount_to_avg_ratio": 1.2, "minutes_since_last_txn": 7.5,
@@ -88,32 +88,6 @@ def privacy_records() -> tuple[list[bytes], set[int]]:
     ]
     lines = valid + invalid
     return lines, set(range(len(valid) + 1, len(lines) + 1))
-
-
-def pseudonymized(original, redacted, pseudonym_of) -> int:
-    """Checks that `redacted` is `original` with each account_id value replaced by its pseudonym
-    (objects as ("object", pairs), so duplicated keys are all seen); returns how many were."""
-    if isinstance(original, tuple):
-        assert isinstance(redacted, tuple) and [k for k, _ in redacted[1]] == [k for k, _ in original[1]]
-        count = 0
-        for (key, value), (_, redacted_value) in zip(original[1], redacted[1]):
-            if key == "account_id":
-                assert re.fullmatch("[0-9a-f]{32}", redacted_value)
-                if isinstance(value, str):
-                    assert redacted_value == pseudonym_of(value)
-                count += 1
-            else:
-                count += pseudonymized(value, redacted_value, pseudonym_of)
-        return count
-    if isinstance(original, list):
-        assert isinstance(redacted, list) and len(redacted) == len(original)
-        return sum(pseudonymized(o, r, pseudonym_of) for o, r in zip(original, redacted))
-    assert redacted == original
-    return 0
-
-
-def as_pairs(text: str | bytes):
-    return json.loads(text, object_pairs_hook=lambda pairs: ("object", pairs))
 
 
 def test_no_output_carries_a_real_account_id_in_any_spelling(tmp_path, scoring_job):

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.pseudonyms import hmac_pseudonym
+from tests.pseudonyms import as_pairs, hmac_pseudonym, pseudonymized
 from udfs.cleaning import MissingPolicy, Rejected, clean, decode, parse, pseudonymize, redact_account_id
 from udfs.pipeline import TransactionReader
 
@@ -597,27 +597,6 @@ def generated_record(rng: random.Random, index: int) -> list[Piece]:
     return json_object(members)
 
 
-def pseudonymized_pairs(original, redacted, pseudonym: str) -> int:
-    """Checks that `redacted` is `original` with every account_id value replaced by `pseudonym`
-    (objects parsed as ("object", pairs), so duplicated keys are all seen); returns how many."""
-    if isinstance(original, tuple):
-        assert isinstance(redacted, tuple) and len(redacted[1]) == len(original[1])
-        count = 0
-        for (key, value), (redacted_key, redacted_value) in zip(original[1], redacted[1]):
-            assert redacted_key == key
-            if key == "account_id":
-                assert (value, redacted_value) == (SECRET, pseudonym)
-                count += 1
-            else:
-                count += pseudonymized_pairs(value, redacted_value, pseudonym)
-        return count
-    if isinstance(original, list):
-        assert isinstance(redacted, list) and len(redacted) == len(original)
-        return sum(pseudonymized_pairs(o, r, pseudonym) for o, r in zip(original, redacted))
-    assert redacted == original
-    return 0
-
-
 @pytest.mark.parametrize("seed", range(30))
 def test_redaction_of_generated_records_in_random_spellings_cut_anywhere(seed):
     rng = random.Random(seed)
@@ -630,8 +609,7 @@ def test_redaction_of_generated_records_in_random_spellings_cut_anywhere(seed):
     assert redacted == "".join(f'"{pseudonym}"' if is_value else data.decode("utf-8", errors="backslashreplace")
                                for data, is_value, _ in pieces)
     if b"\xff" not in raw:
-        as_pairs = {"object_pairs_hook": lambda pairs: ("object", pairs)}
-        assert pseudonymized_pairs(json.loads(raw, **as_pairs), json.loads(redacted, **as_pairs), pseudonym) == values
+        assert pseudonymized(as_pairs(raw), as_pairs(redacted), lambda value: hmac_pseudonym(value, KEY)) == values
 
     for cut in range(len(raw) + 1):
         text = raw[:cut].decode("utf-8", errors="backslashreplace")
