@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 import traceback
 from importlib.metadata import version
 from pathlib import Path
@@ -336,8 +338,6 @@ def _model_show(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import os
-
     settings = load_settings(args.config, args.overrides)
     records_in_files = _check_inputs(settings)
     from streaming.flink_options import job_jars
@@ -418,17 +418,14 @@ def _check_inputs(settings) -> int | None:
 
 def _cause(error: BaseException) -> str:
     """The one line that says why a job failed: the innermost cause Flink or Python reported."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    causes = [line for line in lines if line.startswith("Caused by:")]
-    text = (causes[-1].removeprefix("Caused by:").strip() if causes else lines[0] if lines
-            else type(error).__name__)
-    return text[:300]
+    from streaming.cluster import innermost_cause
+
+    text = str(error).strip()
+    return innermost_cause(text, text.splitlines()[0] if text else type(error).__name__)
 
 
 def _write_failure_log(error: BaseException) -> Path:
     """Writes the whole failure (Python and Java stack traces) to a log file; returns its path."""
-    import time
-
     FLINK_LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = FLINK_LOG_DIR / f"riskstream-run-failed-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log.write_text("".join(traceback.format_exception(error)), encoding="utf-8")

@@ -197,11 +197,17 @@ def submit(cluster: LocalCluster, command: list[str]) -> str:
     log = cluster.state_dir / "log" / f"submit-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"$ {shlex.join(command)}\n{done.stdout}{done.stderr}", encoding="utf-8")
-    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    # Flink's client ends with a stack trace; the line that says why is the last "Caused by".
-    causes = [line for line in lines if line.startswith("Caused by:")] or lines[-1:] or ["no output"]
-    raise ClusterError(f"flink run did not submit the job (exit {done.returncode}): {causes[-1][:300]}; "
-                       f"its whole output is in {log}")
+    output = (done.stdout + done.stderr).strip()
+    why = innermost_cause(output, output.splitlines()[-1] if output else "no output")
+    raise ClusterError(f"flink run did not submit the job (exit {done.returncode}): {why}; its whole output is in {log}")
+
+
+def innermost_cause(trace: str, otherwise: str) -> str:
+    """The line of a Java stack trace that says why it failed: its last "Caused by:" (without that
+    prefix), or `otherwise` when it has none; at most 300 characters."""
+    causes = [line.strip().removeprefix("Caused by:").strip() for line in trace.splitlines()
+              if line.strip().startswith("Caused by:")]
+    return (causes[-1] if causes else otherwise).strip()[:300]
 
 
 def command_line(command: list[str]) -> str:

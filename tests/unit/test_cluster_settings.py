@@ -199,3 +199,11 @@ def test_the_pause_between_checkpoints_becomes_flinks_min_pause():
     assert options["execution.checkpointing.min-pause"] == "800 ms"
     with pytest.raises(ConfigError, match="checkpointing.min_pause_ms"):
         load_settings(PROJECT / "conf" / "local.yaml", ["checkpointing.min_pause_ms=-1"])
+
+
+def test_the_innermost_cause_of_a_java_trace_is_its_last_caused_by():
+    trace = ("org.apache.flink.client.program.ProgramInvocationException: outer\n\tat a.b(C.java:1)\n"
+             "Caused by: java.io.IOException: middle\n\tat d.e(F.java:2)\n"
+             "Caused by: java.nio.file.FileAlreadyExistsException: /tmp/a-file\n\tat g.h(I.java:3)\n")
+    assert cluster.innermost_cause(trace, "none") == "java.nio.file.FileAlreadyExistsException: /tmp/a-file"
+    assert cluster.innermost_cause("just one line", "just one line") == "just one line"
