@@ -19,7 +19,7 @@ KAFKA_JAVA_SOURCES := $(wildcard streaming/jvm-kafka/riskstream/flink/kafka/*.ja
 JAVA_TEST_LIBS := build/java-test-libs/.resolved
 JAVA_TEST_SOURCES := $(wildcard streaming/jvm-test/riskstream/flink/*.java)
 
-.PHONY: run test unit integration java-test bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean
+.PHONY: run test unit integration java-test bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
@@ -82,11 +82,27 @@ jar: $(JAR)
 # Every jar a job needs: the project's Java pieces and Flink's Kafka connector.
 jars: $(JAR) $(KAFKA_JAR)
 
-$(INSTALLED): pyproject.toml
+# Every package at the version of constraints.txt, the lock file the Dockerfile installs from too.
+$(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
+
+# Re-resolves pyproject.toml's dependencies (and the tests') into constraints.txt, in a fresh
+# environment; setuptools is pinned for the image's offline editable install.
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	build/lock-venv/bin/python -m pip install --quiet -e '.[test]' setuptools
+	{ sed -n '/^#/p' constraints.txt; build/lock-venv/bin/python -m pip freeze --exclude-editable; \
+	  build/lock-venv/bin/python -m pip freeze --all | grep '^setuptools=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf build/lock-venv
+
+# The docker-compose stack, built and run for real (needs a Docker engine; not part of `make test`,
+# which checks the compose file and the Dockerfile statically): see docker/compose-test.sh.
+compose-test:
+	docker/compose-test.sh
 
 # River needs a newer numpy than PyFlink allows, so it gets its own environment, for the benchmark only.
 $(RIVER_INSTALLED): pyproject.toml | $(INSTALLED)

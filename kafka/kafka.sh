@@ -3,6 +3,8 @@
 # `make kafka-libs` resolved from Maven Central. Data, logs and the pid file stay under var/kafka.
 #   kafka/kafka.sh up     start it, or do nothing if it already runs; waits until it accepts clients
 #   kafka/kafka.sh down   stop it (and any broker started from this folder), leaving no process
+#   kafka/kafka.sh serve CONFIG   run a broker with CONFIG (a server.properties with @DATA_DIR@) in
+#                         the foreground, logging to the console: a container's main process
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -25,15 +27,7 @@ up() {
     echo "kafka: already running (pid $(cat "$pid_file")) on 127.0.0.1:$port"
     return 0
   fi
-  [ -d "$libs" ] || { echo "kafka: $libs is missing; run 'make kafka-libs'" >&2; exit 1; }
-  mkdir -p "$state/data" "$state/logs"
-  sed "s#@DATA_DIR@#$state/data#" conf/kafka/server.properties > "$config"
-  if [ ! -f "$state/data/meta.properties" ]; then
-    # Formatting is once per data folder; the cluster id is fixed for it.
-    java -cp "$libs/*" kafka.tools.StorageTool format --config "$config" \
-      --cluster-id "$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid)" --ignore-formatted \
-      > "$state/logs/format.log" 2>&1
-  fi
+  prepare conf/kafka/server.properties
   nohup java -Xms256m -Xmx768m -Dkafka.logs.dir="$state/logs" \
     -Dlog4j2.configurationFile="$root/conf/kafka/log4j2.properties" \
     -cp "$libs/*" kafka.Kafka "$config" > "$state/logs/broker.out" 2>&1 &
@@ -59,6 +53,27 @@ up() {
   exit 1
 }
 
+# Writes the broker's configuration from a template and formats its data folder the first time.
+prepare() {
+  [ -d "$libs" ] || { echo "kafka: $libs is missing; run 'make kafka-libs'" >&2; exit 1; }
+  [ -f "$1" ] || { echo "kafka: no broker configuration $1" >&2; exit 2; }
+  mkdir -p "$state/data" "$state/logs"
+  sed "s#@DATA_DIR@#$state/data#" "$1" > "$config"
+  if [ ! -f "$state/data/meta.properties" ]; then
+    # Formatting is once per data folder; the cluster id is fixed for it.
+    java -cp "$libs/*" kafka.tools.StorageTool format --config "$config" \
+      --cluster-id "$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid)" --ignore-formatted \
+      > "$state/logs/format.log" 2>&1
+  fi
+}
+
+serve() {
+  prepare "$1"
+  exec java -Xms256m -Xmx768m -Dkafka.logs.dir="$state/logs" \
+    -Dlog4j2.configurationFile="$root/conf/kafka/log4j2-console.properties" \
+    -cp "$libs/*" kafka.Kafka "$config"
+}
+
 down() {
   local pids
   pids=$(pgrep -f "kafka.Kafka $config" || true)
@@ -76,5 +91,6 @@ down() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  serve) serve "${2:?usage: $0 serve CONFIG}" ;;
+  *) echo "usage: $0 up|down|serve CONFIG" >&2; exit 2 ;;
 esac

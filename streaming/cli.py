@@ -21,7 +21,8 @@ from pathlib import Path
 
 import orjson
 
-from streaming.config import DEFAULT_PROFILES, PROJECT_ROOT, ConfigError, ServiceUnreachable, load_settings
+from streaming.config import (DEFAULT_PROFILES, PROFILE_ENV, PROJECT_ROOT, ConfigError, ServiceUnreachable,
+                              load_settings)
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job failed, its accounting does not reconcile, or the cluster refused a request
@@ -74,8 +75,13 @@ def parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, formatter_class=formatter)
 
+    environment_profile = os.environ.get(PROFILE_ENV) or None
+
     def profile(sub: argparse.ArgumentParser, default: str | None) -> None:
-        if default is None:
+        if environment_profile is not None:  # e.g. the docker-compose stack's containers
+            sub.add_argument("--config", type=Path, default=Path(environment_profile),
+                             help=f"the profile (default from {PROFILE_ENV})")
+        elif default is None:
             sub.add_argument("--config", required=True, type=Path, help="a profile, e.g. conf/local.yaml")
         else:
             sub.add_argument("--config", type=Path, default=DEFAULT_PROFILES[default], help="the profile")
@@ -123,7 +129,9 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without records")
 
     cluster = command("cluster", "start or stop the local Flink session cluster")
-    cluster.add_argument("action", choices=("up", "down"), help="start it, or stop it with all it started")
+    cluster.add_argument("action", choices=("up", "down", "jobmanager", "taskmanager"),
+                         help="start it, or stop it with all it started; jobmanager and taskmanager run one "
+                              "of them in the foreground (a container's main process)")
     cluster.add_argument("--overrides", type=Path, default=None,
                          help="a YAML mapping of Flink settings over conf/flink/config.yaml, e.g. conf/flink/test.yaml")
     cluster.add_argument("--taskmanagers", type=int, default=1, help="how many TaskManagers to start")
@@ -256,6 +264,14 @@ def _cluster_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "submit":
             from_path = _resume_path(args.from_path) if args.from_path is not None else None
+            _check_kafka_topics(settings)
+            running = [job["jid"] for job in cluster.unended_jobs(rest_url) if job["name"] == cluster.JOB_NAME]
+            if running:  # a second job would share the first one's consumer group and transactional ids
+                if from_path is not None:
+                    return _fail(f"submit --from: job {running[0]} is running on {rest_url}; stop it first "
+                                 "(riskstream stop --savepoint)", EXIT_FAILED)
+                print(f"job {running[0]} ({cluster.JOB_NAME}) is already running on {rest_url}; not submitting another")
+                return EXIT_OK
             command = cluster.submit_command(args.config, settings.flink.rest_address, args.overrides, from_path)
             print(cluster.command_line(command), flush=True)
             print(f"submitted job {cluster.submit(cluster.LocalCluster(), command)}")
@@ -278,6 +294,22 @@ def _cluster_command(args: argparse.Namespace) -> int:
         return _fail(str(error), EXIT_FAILED)
 
 
+def _check_kafka_topics(settings) -> None:
+    """In Kafka mode, that the broker answers and every topic of the profile exists, so that a job
+    submitted to a cluster does not restart forever against a broker or topic that is not there."""
+    if "kafka" not in (settings.source.kind, settings.output.kind):
+        return
+    from streaming import kafka_tools
+
+    _quiet_kafka_clients(False)
+    kafka_tools.check_broker(settings)
+    for topic in settings.kafka.topics():
+        try:
+            kafka_tools.check_topic(settings, topic)
+        except ConfigError as error:
+            raise ConfigError(f"{error}; create the profile's topics with `riskstream topics`") from None
+
+
 def _resume_path(path: str) -> str:
     """`submit --from PATH` as the JobManager needs it: a local path (plain or file:) checked and
     made absolute; a path on a remote file system (s3://...) as given."""
@@ -298,6 +330,8 @@ def _cluster_up_down(local, args: argparse.Namespace) -> int:
             print("cluster stopped; no JobManager or TaskManager left")
             return EXIT_OK
         overrides = cluster.flink_overrides(args.overrides) if args.overrides is not None else {}
+        if args.action in ("jobmanager", "taskmanager"):
+            local.run_in_foreground(args.action, overrides)
         started = local.up(overrides, args.taskmanagers)
     except cluster.ClusterError as error:
         return _fail(str(error), EXIT_FAILED)

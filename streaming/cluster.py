@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,14 @@ class LocalCluster:
                 "FLINK_LOG_DIR": str((self.state_dir / "log").resolve()),
                 "FLINK_PID_DIR": str((self.state_dir / "pid").resolve())}
 
+    def client_environment(self) -> dict[str, str]:
+        """The environment of the `flink` command (the client): this cluster's configuration and
+        log folder; its class path is PyFlink's own, so it works where the cluster's lib/ is not
+        (a container that only submits)."""
+        environment = self.environment()
+        del environment["FLINK_LIB_DIR"], environment["FLINK_PID_DIR"]
+        return environment
+
     @property
     def rest_url(self) -> str:
         """http://address:port of the REST API, from `rest.address` and `rest.port` in config.yaml."""
@@ -119,6 +128,23 @@ class LocalCluster:
             time.sleep(0.5)
         for pid in self.processes():
             kill_tree(pid)
+
+    def run_in_foreground(self, role: str, overrides: dict[str, str] | None = None) -> None:
+        """Becomes one JobManager or TaskManager (`role`) of this cluster, logging to the console:
+        the main process of a container (docker-compose.yml), which Docker stops and restarts.
+        A TaskManager announces this host's address (as the other containers reach it) unless
+        `overrides` set taskmanager.host. Does not return."""
+        if role not in ("jobmanager", "taskmanager"):
+            raise ClusterError(f"no Flink role {role!r}; use jobmanager or taskmanager")
+        for folder in ("log", "pid", "tmp"):
+            (self.state_dir / folder).mkdir(parents=True, exist_ok=True)
+        self._link_libraries()
+        settings = dict(overrides or {})
+        if role == "taskmanager":
+            settings.setdefault("taskmanager.host", socket.gethostbyname(socket.gethostname()))
+        script = str(flink_home() / "bin" / f"{role}.sh")
+        sys.stdout.flush()
+        os.execve(script, [script, "start-foreground", *self._dynamic_properties(settings)], self.environment())
 
     def start_taskmanager(self, overrides: dict[str, str] | None = None) -> None:
         self._script("taskmanager.sh", "start", overrides)
@@ -164,19 +190,22 @@ class LocalCluster:
         return found
 
     def _script(self, script: str, action: str, overrides: dict[str, str] | None = None) -> None:
-        settings = dict(overrides or {})
-        if action == "start":  # working files (Python workers, RocksDB, blobs) stay in the project too
-            settings.setdefault("io.tmp.dirs", str((self.state_dir / "tmp").resolve()))
-        dynamic = [argument for key, value in settings.items() for argument in ("-D", f"{key}={value}")]
+        dynamic = self._dynamic_properties(overrides or {}) if action == "start" else []
         subprocess.run([str(flink_home() / "bin" / script), action, *dynamic], env=self.environment(),
                        check=True, stdout=subprocess.DEVNULL)
+
+    def _dynamic_properties(self, settings: dict[str, str]) -> list[str]:
+        """`-D key=value` arguments of a JobManager or TaskManager; working files (Python workers,
+        RocksDB, blobs) stay in this cluster's folder unless `settings` say otherwise."""
+        settings = {"io.tmp.dirs": str((self.state_dir / "tmp").resolve()), **settings}
+        return [argument for key, value in settings.items() for argument in ("-D", f"{key}={value}")]
 
 
 def submit_command(profile: Path, rest_address: str, overrides: list[str] | tuple[str, ...] = (),
                    from_path: str | None = None, python: str = sys.executable) -> list[str]:
     """The `flink run` command that submits the scoring job, detached, to the cluster whose REST API
     is at `rest_address` (host:port), built from `profile` plus `overrides`; with `from_path` it
-    resumes from that savepoint or retained checkpoint. Run it with `LocalCluster.environment()`
+    resumes from that savepoint or retained checkpoint. Run it with `LocalCluster.client_environment()`
     (Flink's client settings and class path)."""
     command = [str(flink_home() / "bin" / "flink"), "run", "--detached", "--jobmanager", rest_address,
                "--pyClientExecutable", python, "--pyExecutable", python]
@@ -190,7 +219,7 @@ def submit_command(profile: Path, rest_address: str, overrides: list[str] | tupl
 
 def submit(cluster: LocalCluster, command: list[str]) -> str:
     """Runs a `submit_command` and returns the id of the job it submitted."""
-    done = subprocess.run(command, env=cluster.environment(), capture_output=True, text=True)
+    done = subprocess.run(command, env=cluster.client_environment(), capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if "submitted with JobID" in line:
             return line.rsplit(" ", 1)[-1].strip()

@@ -36,6 +36,9 @@ PSEUDONYM_KEY_ENV = "RISKSTREAM_PSEUDONYM_KEY"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PROFILES = {"local": PROJECT_ROOT / "conf" / "local.yaml", "kafka": PROJECT_ROOT / "conf" / "kafka.yaml",
                     "cluster": PROJECT_ROOT / "conf" / "cluster.yaml"}
+# A profile that every command takes instead of its default (the docker-compose stack's containers
+# set it to conf/compose.yaml); --config still wins.
+PROFILE_ENV = "RISKSTREAM_PROFILE"
 
 # Fields of a cleaned transaction a model can be keyed by (all strings after cleaning).
 ModelKeyField = Literal["merchant_category", "account_id", "merchant_id", "country", "channel", "currency"]
