@@ -13,6 +13,7 @@ from streaming import kafka_tools
 from streaming.config import load_settings
 from streaming.outputs import latest_snapshots
 from tests import failover_drill
+from tests.cli import NOTHING_LISTENS, assert_one_line_failure, riskstream
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
 from .conftest import run_scoring_job
@@ -122,11 +123,32 @@ def test_a_broker_restart_during_a_run_loses_and_duplicates_nothing(session_clus
     assert_exactly_once_with_reference_models(settings, stream, reference, committed)
 
 
+@pytest.fixture
+def new_jobs(session_cluster):
+    """A function returning the ids of the jobs submitted to the cluster since this test began; the
+    ones still running are cancelled afterwards, so a failed test leaves none behind."""
+    from streaming import cluster
+
+    rest_url = session_cluster.cluster.rest_url
+    before = {job["jid"] for job in cluster.rest(rest_url, "GET", "/jobs/overview")["jobs"]}
+
+    def submitted() -> set[str]:
+        return {job["jid"] for job in cluster.rest(rest_url, "GET", "/jobs/overview")["jobs"]} - before
+
+    yield submitted
+    for job in cluster.unended_jobs(rest_url):
+        if job["jid"] not in before:
+            cluster.cancel(rest_url, job["jid"])
+
+
 def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_cluster, kafka_isolation, tmp_path, capsys,
-                                                                     monkeypatch):
+                                                                     monkeypatch, new_jobs):
+    from streaming import cluster
     from streaming.cli import main
+    from streaming.config import PROFILE_ENV
 
     monkeypatch.chdir(tmp_path)  # as a user would, from a folder other than the project's
+    monkeypatch.delenv(PROFILE_ENV, raising=False)  # `status` and `stop` below use their default profile
 
     overrides = [*kafka_isolation, f"checkpointing.directory={tmp_path / 'checkpoints'}",
                  f"checkpointing.savepoint_directory={tmp_path / 'savepoints'}", "checkpointing.interval_ms=1000"]
@@ -136,6 +158,16 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
 
     job_id, command = submit_and_wait_for_a_checkpoint(main, options, session_cluster, capsys)
     assert "flink run --detached" in command and "--pyModule streaming.flink_main" in command
+
+    # A second submit while the job runs submits nothing: a second job would share the first one's
+    # consumer group and transactional ids.
+    assert main(["submit", *options]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.strip() == (f"job {job_id} ({cluster.JOB_NAME}) is already running on "
+                                   f"{session_cluster.cluster.rest_url}; not submitting another"), printed
+    assert [job["jid"] for job in cluster.unended_jobs(session_cluster.cluster.rest_url)
+            if job["name"] == cluster.JOB_NAME] == [job_id]
+    assert new_jobs() == {job_id}
 
     assert main(["status"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -151,6 +183,14 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
 
     # Resume from the savepoint; then cancel, which keeps the last checkpoint; resume from that.
     resumed, _ = submit_and_wait_for_a_checkpoint(main, options + ["--from", savepoint], session_cluster, capsys)
+    # Resuming again while the resumed job runs is an error (exit 1, one line), and submits nothing.
+    assert main(["submit", *options, "--from", savepoint]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "" and len(printed.err.strip().splitlines()) == 1, printed
+    assert f"job {resumed} is running" in printed.err and "stop it first" in printed.err, printed.err
+    assert [job["jid"] for job in cluster.unended_jobs(session_cluster.cluster.rest_url)
+            if job["name"] == cluster.JOB_NAME] == [resumed]
+    assert new_jobs() == {job_id, resumed}
     assert main(["status", resumed]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["checkpoint_counts"]["restored"] == 1
@@ -161,6 +201,25 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
     assert main(["status", again]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint_counts"]["restored"] == 1
     assert main(["stop", again]) == 0
+
+
+def test_submit_checks_the_broker_and_every_topic_before_submitting(session_cluster, kafka_isolation, tmp_path,
+                                                                    new_jobs):
+    """The real command, from another folder: a topic of the profile that does not exist, or no
+    broker at all, ends in one line and the documented exit code, and no job reaches the cluster."""
+    settings = load_settings(failover_drill.CLUSTER_PROFILE, kafka_isolation)
+    kafka_tools.create_topics(settings)  # all of this test's topics but the missing one below exist
+    missing = f"{settings.kafka.scores_topic}-missing"
+    options = ["--config", str(failover_drill.CLUSTER_PROFILE), *[arg for o in kafka_isolation for arg in ("--set", o)],
+               "--set", f"checkpointing.directory={tmp_path / 'checkpoints'}"]
+    done = riskstream("submit", *options, "--set", f"kafka.scores_topic={missing}", cwd=tmp_path, timeout_s=120)
+    assert_one_line_failure(done, 2, f"topic {missing!r} does not exist", "riskstream topics")
+    assert done.stdout == "" and new_jobs() == set()
+
+    done = riskstream("submit", *options, "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}", cwd=tmp_path,
+                      timeout_s=120)
+    assert_one_line_failure(done, 3, f"no Kafka broker answers at {NOTHING_LISTENS}")
+    assert done.stdout == "" and new_jobs() == set()
 
 
 def submit_and_wait_for_a_checkpoint(main, arguments, session_cluster, capsys) -> tuple[str, str]:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 
 import pytest
 
-from tests.cli import NOTHING_LISTENS, PROJECT, assert_one_line_failure, riskstream, tree_bytes
+from streaming.config import PROFILE_ENV
+from tests.cli import (NOTHING_LISTENS, PROJECT, RISKSTREAM, assert_one_line_failure, riskstream, tree_bytes,
+                       user_environment)
 
 LOCAL = str(PROJECT / "conf" / "local.yaml")
 KAFKA = str(PROJECT / "conf" / "kafka.yaml")
@@ -205,3 +208,84 @@ def test_run_refuses_an_input_whose_name_flink_cannot_read(tmp_path):
     (tmp_path / "back\\slash.jsonl").write_bytes(b'{"txn_id": "t1"}\n')
     done = riskstream("run", "--config", LOCAL, "--set", 'source.paths=["back\\\\slash.jsonl"]', cwd=tmp_path)
     assert_one_line_failure(done, 2, "source.paths", "backslash")
+
+
+# ---------------------------------------------------------------- RISKSTREAM_PROFILE
+
+
+def riskstream_with(profile: str | None, *args: str, cwd, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    """`riskstream args...` as `riskstream(...)` runs it, with RISKSTREAM_PROFILE set to `profile`
+    (None: unset, whatever the developer's environment says)."""
+    environment = {name: value for name, value in user_environment().items() if name != PROFILE_ENV}
+    if profile is not None:
+        environment[PROFILE_ENV] = profile
+    return subprocess.run([str(RISKSTREAM), *args], cwd=cwd, env=environment, capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+@pytest.fixture
+def broken_profile(tmp_path):
+    """A profile file whose YAML does not parse: any command that reads it fails naming it."""
+    profile = tmp_path / "broken.yaml"
+    profile.write_text("source:\n  kind: files\n  paths: [a.jsonl\n")
+    return profile
+
+
+@pytest.fixture
+def no_cluster_profile(tmp_path):
+    """The cluster profile with a REST address where nothing answers: conf/down.yaml in tmp_path."""
+    profile = tmp_path / "conf" / "down.yaml"
+    profile.parent.mkdir()
+    profile.write_text(f"extends: {CLUSTER}\nflink:\n  rest_address: {NOTHING_LISTENS}\n")
+    return profile
+
+
+@pytest.mark.parametrize("command", [["run"], ["submit"], ["status"], ["stop"], ["topics"], ["produce", "--generate", "1"],
+                                     ["tail", "risk-scores"], ["model", "show", "grocery"]])
+def test_riskstream_profile_is_every_commands_profile(tmp_path, broken_profile, command):
+    # run and submit need no --config any more; the others read it instead of their own default.
+    done = riskstream_with(str(broken_profile), *command, cwd=tmp_path)
+    assert_one_line_failure(done, 2, "configuration error", f"config file {broken_profile}", "invalid YAML")
+
+
+@pytest.mark.parametrize("command", [["submit"], ["status"], ["stop", "--savepoint"]])
+def test_riskstream_profile_relative_to_the_current_folder_is_the_cluster_commands_profile(tmp_path,
+                                                                                       no_cluster_profile, command):
+    # As the compose stack's containers set it: RISKSTREAM_PROFILE=conf/compose.yaml, from the project folder.
+    done = riskstream_with("conf/down.yaml", *command, cwd=tmp_path)
+    assert_one_line_failure(done, 3, f"no Flink cluster answers at http://{NOTHING_LISTENS}")
+
+
+@pytest.mark.parametrize("command", [["submit"], ["status"]])
+def test_config_on_the_command_line_wins_over_riskstream_profile(tmp_path, broken_profile, no_cluster_profile,
+                                                                 command):
+    done = riskstream_with(str(broken_profile), *command, "--config", str(no_cluster_profile), cwd=tmp_path)
+    line = assert_one_line_failure(done, 3, f"no Flink cluster answers at http://{NOTHING_LISTENS}")
+    assert str(broken_profile) not in line
+
+
+def test_run_with_config_given_ignores_riskstream_profile(tmp_path, broken_profile):
+    done = riskstream_with(str(broken_profile), "run", "--config", LOCAL, "--set", "source.paths=[nothere.jsonl]",
+                           cwd=tmp_path)
+    assert_one_line_failure(done, 2, "source.paths", str(tmp_path / "nothere.jsonl"), "does not exist")
+
+
+@pytest.mark.parametrize("command", ["run", "submit", "status"])
+def test_help_says_the_profile_comes_from_riskstream_profile(tmp_path, command):
+    profile = "conf/mine.yaml"  # short: argparse wraps a long path at its hyphens
+    helped = riskstream_with(profile, command, "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    text = " ".join(helped.stdout.split())  # argparse wraps long help lines
+    assert f"--config CONFIG the profile (default from {PROFILE_ENV}) (default: {profile})" in text, text
+    assert "[--config CONFIG]" in text  # optional in the usage line
+    without = " ".join(riskstream_with(None, command, "--help", cwd=tmp_path).stdout.split())
+    assert PROFILE_ENV not in without and profile not in without
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_submit_and_run_without_riskstream_profile_need_config(tmp_path, value):
+    for command in ("submit", "run"):
+        done = riskstream_with(value, command, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == \
+            f"riskstream {command}: error: the following arguments are required: --config", done.stderr

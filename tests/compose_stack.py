@@ -1,0 +1,162 @@
+"""The checks of `make compose-test` (docker/compose-test.sh) that need Python, run inside a
+container of the stack's own image (`docker compose run --rm -T tools python -m tests.compose_stack
+CHECK ...`), against the stack's broker and JobManager as conf/compose.yaml names them.
+
+  job                        waits until one riskstream-scoring job runs, all tasks RUNNING; prints its id
+  one-job                    fails unless exactly one riskstream-scoring job has not ended
+  phase-checkpoint SINCE_MS TOTAL
+                             waits for a checkpoint triggered after SINCE_MS (epoch ms) to complete,
+                             then fails if all TOTAL records are committed already (too late to kill)
+  restored                   waits until the job restored from a checkpoint and runs again
+  accounted SEED... --records N --malformed-share S
+                             waits until committed scores plus dead letters account for every record
+                             of the streams `riskstream produce --generate N --seed SEED` sent, then
+                             checks exactly once: each valid txn_id scored once, dead letters unique
+                             by partition and offset and as many as the malformed records
+
+Each prints one line; a failed check exits 1 with one line saying what did not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from streaming import cluster
+from streaming.config import DEFAULT_PROFILES, PROFILE_ENV, load_settings
+from tests import failover_drill
+from udfs.generator import GeneratorSettings, generate_with_kinds
+
+
+class CheckFailed(RuntimeError):
+    pass
+
+
+def wait_for(what: str, condition, timeout_s: float, poll_s: float = 1.0):
+    """Polls `condition` until it returns something true; returns that, or raises CheckFailed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except cluster.ClusterError:  # the JobManager is briefly busy, e.g. while the job restarts
+            value = None
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise CheckFailed(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def scoring_jobs(url: str) -> list[dict]:
+    return [job for job in cluster.unended_jobs(url) if job["name"] == cluster.JOB_NAME]
+
+
+def running_job(url: str) -> str | None:
+    """The id of the one scoring job, once it and all its tasks run."""
+    jobs = scoring_jobs(url)
+    if len(jobs) != 1:
+        return None
+    job = cluster.rest(url, "GET", f"/jobs/{jobs[0]['jid']}")
+    running = job["state"] == "RUNNING" and all(vertex["status"] == "RUNNING" for vertex in job["vertices"])
+    return job["jid"] if running else None
+
+
+def expected_streams(seeds: list[int], records: int, malformed_share: float) -> tuple[set[str], int]:
+    """The valid txn_ids and the number of malformed records of the streams that `riskstream produce
+    --generate RECORDS --seed SEED --malformed-share S` sent (the CLI's default accounts)."""
+    from streaming.cli import parser
+
+    valid, malformed = set(), 0
+    for seed in seeds:
+        args = parser().parse_args(["produce", "--generate", str(records), "--seed", str(seed),
+                                    "--malformed-share", str(malformed_share)])
+        stream = generate_with_kinds(GeneratorSettings(records=args.generate, seed=args.seed, accounts=args.accounts,
+                                                       malformed_share=args.malformed_share))
+        for kind, line in stream:
+            if kind is None:
+                valid.add(json.loads(line)["txn_id"])
+            else:
+                malformed += 1
+    return valid, malformed
+
+
+def check_accounted(settings, seeds: list[int], records: int, malformed_share: float, timeout_s: float) -> str:
+    valid, malformed = expected_streams(seeds, records, malformed_share)
+    total = len(valid) + malformed
+    wait_for(f"{total:,} committed scores and dead letters",
+             lambda: failover_drill.committed_outputs(settings) >= total, timeout_s, poll_s=2)
+    committed = failover_drill.read_committed(settings, idle_timeout_s=5)
+    scored = [score["txn_id"] for _, score in committed.scores]
+    if len(scored) != len(set(scored)):
+        raise CheckFailed(f"{len(scored) - len(set(scored))} scores were delivered twice")
+    if set(scored) != valid:
+        raise CheckFailed(f"{len(valid - set(scored))} valid records never scored, "
+                          f"{len(set(scored) - valid)} scores of records never sent")
+    letters = [(letter["source"]["partition"], letter["source"]["offset"]) for _, letter in committed.dead_letters]
+    if len(letters) != len(set(letters)):
+        raise CheckFailed(f"{len(letters) - len(set(letters))} dead letters were delivered twice")
+    if len(letters) != malformed:
+        raise CheckFailed(f"{len(letters)} dead letters for {malformed} malformed records")
+    return (f"exactly once: {len(scored):,} scores (every valid txn_id once) + {len(letters):,} dead letters "
+            f"(unique by partition and offset, as many as the malformed records) = {total:,} records")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.compose_stack")
+    checks = parser.add_subparsers(dest="check", required=True)
+    checks.add_parser("job")
+    checks.add_parser("one-job")
+    phase = checks.add_parser("phase-checkpoint")
+    phase.add_argument("since_ms", type=int)
+    phase.add_argument("total", type=int)
+    checks.add_parser("restored")
+    accounted = checks.add_parser("accounted")
+    accounted.add_argument("seeds", type=int, nargs="+")
+    accounted.add_argument("--records", type=int, required=True)
+    accounted.add_argument("--malformed-share", type=float, required=True)
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args(argv)
+    settings = load_settings(os.environ.get(PROFILE_ENV) or DEFAULT_PROFILES["cluster"])
+    url = settings.flink.rest_url
+    try:
+        if args.check == "job":
+            print(wait_for("a running riskstream-scoring job", lambda: running_job(url), args.timeout))
+        elif args.check == "one-job":
+            jobs = scoring_jobs(url)
+            if len(jobs) != 1:
+                raise CheckFailed(f"{len(jobs)} {cluster.JOB_NAME} jobs have not ended; expected one")
+            print(f"one {cluster.JOB_NAME} job: {jobs[0]['jid']}")
+        elif args.check == "phase-checkpoint":
+            job_id = scoring_jobs(url)[0]["jid"]
+
+            def completed_in_phase():
+                latest = (cluster.rest(url, "GET", f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("completed")
+                return latest if latest and latest["trigger_timestamp"] > args.since_ms else None
+
+            checkpoint = wait_for("a checkpoint of this phase", completed_in_phase, args.timeout, poll_s=0.2)
+            committed = failover_drill.committed_outputs(settings)
+            if committed >= args.total:
+                raise CheckFailed(f"all {args.total:,} records were committed before the kill could happen")
+            print(f"checkpoint {checkpoint['id']} of this phase completed; {committed:,} of {args.total:,} "
+                  "records committed")
+        elif args.check == "restored":
+            job_id = scoring_jobs(url)[0]["jid"]
+
+            def restored():
+                counts = cluster.rest(url, "GET", f"/jobs/{job_id}/checkpoints")
+                return counts if counts["counts"]["restored"] >= 1 and running_job(url) == job_id else None
+
+            answer = wait_for("the job to restore from a checkpoint", restored, args.timeout)
+            print(f"job {job_id} restored checkpoint {answer['latest']['restored']['id']} and runs again")
+        else:
+            print(check_accounted(settings, args.seeds, args.records, args.malformed_share, args.timeout))
+    except CheckFailed as failure:
+        print(f"check {args.check} failed: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

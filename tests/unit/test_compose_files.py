@@ -1,0 +1,866 @@
+"""Static checks of the docker-compose stack's files: docker-compose.yml, the Dockerfile, .dockerignore,
+and what they must agree with (the profiles in conf/, the CLI, streaming.health, constraints.txt,
+kafka/pom.xml, pyproject.toml).
+
+Why static: CI (`make test`) has no Docker engine, so nothing there builds the image or starts the
+stack; `make compose-test` does that for real, on a machine with Docker. These checks catch the drift
+that would otherwise show only there, or only on a user's `docker compose up`: a command the CLI no
+longer accepts, a profile that no longer loads, a file the image no longer gets, a port published on
+every interface, a lock file that no longer satisfies pyproject.toml, a connector for another Flink.
+
+Each check is a small function over parsed data that returns its problems (empty when all is well),
+so that each one is also fed a broken example here, to show that it can fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from streaming import cluster, health, kafka_tools
+from streaming.cli import parser
+from streaming.config import PROFILE_ENV, ConfigError, ServiceUnreachable, load_settings
+
+PROJECT = Path(__file__).resolve().parents[2]
+# The image's working directory (the Dockerfile's WORKDIR), where the repository's files are.
+IMAGE_ROOT = PurePosixPath("/opt/riskstream")
+# The services `python -m streaming.health` has a check for (its docstring).
+HEALTH_CHECKS = ("kafka", "jobmanager", "taskmanager")
+# What the stack publishes on this machine: (service, host port, container port).
+EXPECTED_PORTS = {("kafka", 9092, 9092), ("jobmanager", 8081, 8081)}
+# riskstream's options that name a file it reads (argparse dests holding a Path).
+INPUT_FILE_OPTIONS = ("config", "overrides", "file")
+# Where the build stage puts the extra certificate authorities; none of it may reach the runtime image.
+BUILD_CA = "docker/build-ca"
+BUILD_CA_IN_IMAGE = ("/tmp/build-ca", "/usr/local/share/ca-certificates", "/etc/ssl")
+
+
+# ---------------------------------------------------------------- reading the files
+
+
+def compose_file() -> dict[str, Any]:
+    """docker-compose.yml, parsed (PyYAML applies the `<<: *riskstream` merge keys)."""
+    return yaml.safe_load((PROJECT / "docker-compose.yml").read_text(encoding="utf-8"))
+
+
+def dockerfile() -> str:
+    return (PROJECT / "Dockerfile").read_text(encoding="utf-8")
+
+
+def dockerignore() -> str:
+    return (PROJECT / ".dockerignore").read_text(encoding="utf-8")
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's `environment:`, given as a mapping or as a list of NAME=VALUE."""
+    given = service.get("environment") or {}
+    if isinstance(given, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in given)
+    return {name: "" if value is None else str(value) for name, value in given.items()}
+
+
+def interpolate(text: str) -> str:
+    """Compose's variable substitution with nothing set: `${VAR:-default}` and `${VAR-default}` become
+    the default, `${VAR}` and `$VAR` become empty, `$$` is a `$`."""
+    def substitute(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return match.group("default") or ""
+    return re.sub(r"\$\$|\$\{[A-Za-z_]\w*(?::?-(?P<default>[^}]*))?\}|\$[A-Za-z_]\w*", substitute, text)
+
+
+def command_line(command: str | list[Any]) -> list[str]:
+    """A compose `command:` (a list, or a string split as a shell would) after substitution."""
+    if isinstance(command, str):
+        return shlex.split(interpolate(command))
+    return [interpolate(str(argument)) for argument in command]
+
+
+def healthcheck_command(test: str | list[str]) -> list[str]:
+    """The command of a health check's `test:` (["CMD", ...], ["CMD-SHELL", "..."] or a string)."""
+    if isinstance(test, str):
+        return shlex.split(test)
+    if test[0] == "CMD-SHELL":
+        return shlex.split(test[1])
+    return list(test[1:]) if test[0] == "CMD" else list(test)
+
+
+def named_volumes(compose: dict[str, Any], service: dict[str, Any]) -> dict[str, str]:
+    """A service's mounts of the compose file's named volumes: container path -> volume name."""
+    declared = set(compose.get("volumes") or {})
+    mounts = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            source, target = volume.get("source"), volume.get("target")
+        else:
+            source, _, rest = volume.partition(":")
+            target = rest.split(":")[0]
+        if source in declared:
+            mounts[target] = source
+    return mounts
+
+
+def in_image(path: str) -> PurePosixPath:
+    """Where a path of a profile loaded here is in the image: under IMAGE_ROOT when in the project."""
+    if Path(path).is_relative_to(PROJECT):
+        return IMAGE_ROOT / Path(path).relative_to(PROJECT).as_posix()
+    return PurePosixPath(path)
+
+
+def looks_like_a_project_file(argument: str) -> bool:
+    """A relative path with a folder in it, e.g. conf/flink/compose.yaml or kafka/kafka.sh."""
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)+/?", argument) is not None and not argument.startswith("..")
+
+
+def properties(text: str) -> dict[str, str]:
+    """A Java .properties file's key=value lines."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+# ---------------------------------------------------------------- 1. the profiles
+
+
+def profiles_named(compose: dict[str, Any]) -> dict[str, str]:
+    """Every profile the compose file names (RISKSTREAM_PROFILE values, `--config X` arguments),
+    relative to the project, with the service that names it."""
+    named = {}
+    for name, service in compose["services"].items():
+        if PROFILE_ENV in environment(service):
+            named[environment(service)[PROFILE_ENV]] = name
+        arguments = command_line(service.get("command") or [])
+        for position, argument in enumerate(arguments):
+            if argument == "--config" and position + 1 < len(arguments):
+                named[arguments[position + 1]] = name
+            elif argument.startswith("--config="):
+                named[argument.split("=", 1)[1]] = name
+    return named
+
+
+def profile_load_problems(named: dict[str, str], root: Path) -> list[str]:
+    """Each named profile that does not load with load_settings, with the reason."""
+    problems = []
+    for profile, service in sorted(named.items()):
+        try:
+            load_settings(root / profile)
+        except ConfigError as error:
+            problems.append(f"service {service}: profile {profile} does not load: {error}")
+    return problems
+
+
+def stack_profile_problems(compose: dict[str, Any], profile: Path) -> list[str]:
+    """What is wrong with the stack's profile: it must extend conf/cluster.yaml, reach the broker and
+    the JobManager by service name, and keep checkpoints and savepoints on a named volume that the
+    JobManager and the TaskManager both mount at the same path."""
+    problems = []
+    raw = yaml.safe_load(profile.read_text(encoding="utf-8"))
+    extends = raw.get("extends")
+    if extends is None or (profile.parent / extends).resolve() != PROJECT / "conf" / "cluster.yaml":
+        problems.append(f"{profile.name} extends {extends!r}, not conf/cluster.yaml (the session-cluster profile)")
+    settings = load_settings(profile)
+    services = compose["services"]
+    for server in settings.kafka.bootstrap_servers.split(","):
+        host = server.strip().rsplit(":", 1)[0]
+        if host not in services:
+            problems.append(f"kafka.bootstrap_servers: {host!r} (of {server.strip()}) is no service of the compose file")
+    rest_host = settings.flink.rest_address.rsplit(":", 1)[0]
+    if rest_host not in services:
+        problems.append(f"flink.rest_address: {rest_host!r} is no service of the compose file")
+    jobmanager = named_volumes(compose, services.get("jobmanager", {}))
+    taskmanager = named_volumes(compose, services.get("taskmanager", {}))
+    shared = [PurePosixPath(path) for path, volume in jobmanager.items() if taskmanager.get(path) == volume]
+    for setting, directory in (("checkpointing.directory", settings.checkpointing.directory),
+                               ("checkpointing.savepoint_directory", settings.checkpointing.savepoint_directory)):
+        if directory is None or not any(in_image(directory).is_relative_to(mount) for mount in shared):
+            problems.append(f"{setting}: {directory} is on no named volume that jobmanager and taskmanager both "
+                            f"mount at the same path (shared mounts: {[str(mount) for mount in shared]})")
+    return problems
+
+
+def test_every_profile_the_stack_names_loads():
+    named = profiles_named(compose_file())
+    assert named, "docker-compose.yml names no profile (RISKSTREAM_PROFILE or --config)"
+    problems = profile_load_problems(named, PROJECT)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_profile_that_does_not_exist_is_reported(tmp_path):
+    problems = profile_load_problems({"conf/missing.yaml": "submit"}, PROJECT)
+    assert len(problems) == 1 and "conf/missing.yaml" in problems[0] and "submit" in problems[0], problems
+
+
+def test_every_service_runs_with_the_stacks_profile():
+    """The health checks and every riskstream command find the broker and the JobManager through it."""
+    services = compose_file()["services"]
+    without = sorted(name for name, service in services.items() if PROFILE_ENV not in environment(service))
+    assert not without, f"services without {PROFILE_ENV} in their environment: {without}"
+
+
+def test_the_stacks_profile_extends_the_cluster_profile_and_reaches_the_services_and_the_shared_volume():
+    compose = compose_file()
+    problems = stack_profile_problems(compose, PROJECT / "conf" / "compose.yaml")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_profile_off_the_compose_network_or_the_shared_volume_is_reported(tmp_path):
+    compose = compose_file()
+    (tmp_path / "stack.yaml").write_text(
+        f"extends: {PROJECT / 'conf' / 'kafka.yaml'}\n"
+        "kafka: {bootstrap_servers: 'broker:29092'}\n"
+        "checkpointing: {directory: /var/lib/elsewhere/checkpoints, savepoint_directory: /var/lib/riskstream/sp}\n"
+        "flink: {rest_address: 'flink:8081'}\n")
+    problems = "\n".join(stack_profile_problems(compose, tmp_path / "stack.yaml"))
+    for phrase in ("not conf/cluster.yaml", "'broker'", "'flink'", "/var/lib/elsewhere/checkpoints"):
+        assert phrase in problems, (phrase, problems)
+    assert "/var/lib/riskstream/sp" not in problems, problems
+    # The TaskManager mounting the volume elsewhere breaks checkpoints as much as not mounting it.
+    compose["services"]["taskmanager"]["volumes"] = ["flink-state:/var/lib/flink"]
+    problems = "\n".join(stack_profile_problems(compose, PROJECT / "conf" / "compose.yaml"))
+    assert "checkpointing.directory" in problems and "checkpointing.savepoint_directory" in problems, problems
+
+
+# ---------------------------------------------------------------- 2. the commands and health checks
+
+
+def parse_riskstream(arguments: list[str], profile: str | None, monkeypatch) -> argparse.Namespace | str:
+    """`riskstream ...` parsed by the CLI's own parser, built with RISKSTREAM_PROFILE as the service
+    has it; argparse's error line instead when it does not parse."""
+    if profile is None:
+        monkeypatch.delenv(PROFILE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(PROFILE_ENV, profile)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return parser().parse_args(arguments[1:])
+    except SystemExit:
+        return (errors.getvalue().strip().splitlines() or ["exited"])[-1]
+
+
+def command_problems(services: dict[str, Any], root: Path, monkeypatch) -> list[str]:
+    """Commands that cannot run: a riskstream command the CLI rejects or whose input files (--config,
+    --overrides, --file) are missing, a project file named in any command that is missing, a
+    project script run as the command that is not executable."""
+    problems = []
+    for name, service in services.items():
+        if "command" not in service:
+            continue
+        arguments = command_line(service["command"])
+        shown = " ".join(arguments)
+        if arguments[0] == "riskstream":
+            parsed = parse_riskstream(arguments, environment(service).get(PROFILE_ENV), monkeypatch)
+            if isinstance(parsed, str):
+                problems.append(f"service {name}: `{shown}` does not parse: {parsed}")
+            else:
+                for option in INPUT_FILE_OPTIONS:
+                    value = getattr(parsed, option, None)
+                    if isinstance(value, Path) and not (root / value).is_file():
+                        problems.append(f"service {name}: `{shown}`: --{option} {value} does not exist")
+        for argument in arguments:
+            if looks_like_a_project_file(argument) and not (root / argument).exists():
+                problems.append(f"service {name}: `{shown}`: {argument} does not exist")
+        if looks_like_a_project_file(arguments[0]) and (root / arguments[0]).is_file():
+            if not (root / arguments[0]).stat().st_mode & 0o111:
+                problems.append(f"service {name}: {arguments[0]} is not executable")
+    return problems
+
+
+def test_every_command_of_the_stack_parses_and_finds_its_files(monkeypatch):
+    problems = command_problems(compose_file()["services"], PROJECT, monkeypatch)
+    assert not problems, "\n".join(problems)
+
+
+def test_commands_the_cli_rejects_or_whose_files_are_missing_are_reported(monkeypatch):
+    profile = {"environment": {PROFILE_ENV: "conf/compose.yaml"}}
+    services = {
+        "producer": {**profile, "command": ["riskstream", "produce", "--generate", "${N:-10}", "--colour", "red"]},
+        "rate": {**profile, "command": "riskstream produce --generate 5 --rate ${PRODUCER_RATE}"},  # no default
+        "submit": {"command": ["riskstream", "submit"]},  # no profile from the environment: --config is required
+        "jobmanager": {**profile, "command": ["riskstream", "cluster", "jobmanager", "--overrides", "conf/flink/x.yaml"]},
+        "kafka": {**profile, "command": ["kafka/kafka.sh", "serve", "conf/kafka/missing.properties"]},
+        "readme": {**profile, "command": ["README.md"]},
+    }
+    problems = "\n".join(command_problems(services, PROJECT, monkeypatch))
+    for phrase in ("producer", "unrecognized arguments: --colour red", "rate", "--rate: invalid float value: ''",
+                   "service submit", "--config", "--overrides conf/flink/x.yaml does not exist",
+                   "conf/kafka/missing.properties does not exist"):
+        assert phrase in problems, (phrase, problems)
+    assert "readme" not in problems, problems  # not a project path with a folder: not checked
+    assert problems.count("\n") == 5, problems
+
+
+def test_compose_substitution_takes_the_defaults():
+    assert command_line(["--rate", "${PRODUCER_RATE:-500}", "${A-7}", "$$HOME", "${UNSET}"]) == \
+        ["--rate", "500", "7", "$HOME", ""]
+    assert command_line("riskstream produce --rate ${PRODUCER_RATE:-500}") == ["riskstream", "produce", "--rate", "500"]
+
+
+def health_verdict(name: str, profile: str, monkeypatch, capsys) -> str:
+    """What `python -m streaming.health NAME` prints, run here with the service's profile. Nothing
+    runs here, so the probes (broker metadata, REST API, own address) are replaced by ones that fail
+    at once: a known service ends in "unhealthy: probe ...", an unknown one in "no health check"."""
+    def probe(what: str):
+        def fail(*args, **kwargs):
+            raise ServiceUnreachable(f"probe {what} reached")
+        return fail
+    monkeypatch.setenv(PROFILE_ENV, str(PROJECT / profile))
+    monkeypatch.setattr(kafka_tools, "check_broker", probe("check_broker"))
+    monkeypatch.setattr(cluster, "rest", probe("rest"))
+    monkeypatch.setattr(health.socket, "gethostbyname", lambda host: "127.0.0.1")
+    code = health.main([name])
+    verdict = capsys.readouterr().err.strip()
+    assert code == 1, (name, code, verdict)
+    return verdict
+
+
+def test_every_health_check_runs_a_check_the_health_module_has(monkeypatch, capsys):
+    checked = 0
+    for name, service in compose_file()["services"].items():
+        if "healthcheck" not in service:
+            continue
+        command = healthcheck_command(service["healthcheck"]["test"])
+        assert command[:3] == ["python", "-m", "streaming.health"] and len(command) == 4, (name, command)
+        assert command[3] in HEALTH_CHECKS, f"service {name}: health check {command[3]!r} is not one of {HEALTH_CHECKS}"
+        verdict = health_verdict(command[3], environment(service)[PROFILE_ENV], monkeypatch, capsys)
+        assert verdict.startswith("unhealthy: probe"), f"service {name}: {verdict}"
+        checked += 1
+    assert checked == len(HEALTH_CHECKS), f"{checked} health checks, expected {len(HEALTH_CHECKS)}"
+
+
+def test_a_health_check_the_module_does_not_have_says_so(monkeypatch, capsys):
+    # Its exit code alone (1, as for an unhealthy service) would not tell it from a real check.
+    assert "no health check for 'zookeeper'" in health_verdict("zookeeper", "conf/compose.yaml", monkeypatch, capsys)
+
+
+def test_the_brokers_advertised_listeners_are_the_profiles_and_the_published_address():
+    compose = compose_file()
+    kafka = compose["services"]["kafka"]
+    config = command_line(kafka["command"])[2]
+    advertised = properties((PROJECT / config).read_text(encoding="utf-8"))["advertised.listeners"]
+    addresses = {listener.split("://", 1)[1] for listener in advertised.split(",")}
+    bootstrap = load_settings(PROJECT / "conf" / "compose.yaml").kafka.bootstrap_servers
+    assert bootstrap in addresses, f"{config}: advertised.listeners {advertised} lacks the profile's {bootstrap}"
+    host_ports = {host for service, host, container in published_ports(compose) if service == "kafka"}
+    assert {f"127.0.0.1:{port}" for port in host_ports} <= addresses, \
+        f"{config}: advertised.listeners {advertised} lacks the published 127.0.0.1:{host_ports}"
+    # kafka/kafka.sh keeps the broker's data under var/kafka: it must be on a volume to outlive the container.
+    assert str(IMAGE_ROOT / "var" / "kafka") in named_volumes(compose, kafka), kafka.get("volumes")
+
+
+def test_the_jobmanagers_rest_port_is_the_profiles_and_the_published_one():
+    compose = compose_file()
+    arguments = command_line(compose["services"]["jobmanager"]["command"])
+    overrides = cluster.flink_overrides(PROJECT / arguments[arguments.index("--overrides") + 1])
+    rest_address = load_settings(PROJECT / "conf" / "compose.yaml").flink.rest_address
+    assert rest_address == f"{overrides['rest.address']}:{overrides['rest.port']}", (rest_address, overrides)
+    assert ("jobmanager", int(overrides["rest.port"]), int(overrides["rest.port"])) in published_ports(compose)
+
+
+# ---------------------------------------------------------------- 3. the Dockerfile
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """A Dockerfile's instructions as (INSTRUCTION, arguments), continuation lines joined and
+    comment lines (also those inside a continued instruction) left out."""
+    result, pending = [], ""
+    for line in text.splitlines():
+        if line.strip().startswith("#") or (not pending and not line.strip()):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        joined = (pending + line).strip()
+        pending = ""
+        if joined:
+            keyword, _, arguments = joined.partition(" ")
+            result.append((keyword.upper(), arguments.strip()))
+    return result
+
+
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage, FROM first."""
+    result: list[list[tuple[str, str]]] = []
+    for instruction in instructions(text):
+        if instruction[0] == "FROM":
+            result.append([])
+        if result:
+            result[-1].append(instruction)
+    return result
+
+
+def copy_arguments(arguments: str) -> tuple[dict[str, str], list[str], str]:
+    """A COPY or ADD's flags (--from=build -> {"from": "build"}), sources and destination."""
+    words = json.loads(arguments) if arguments.startswith("[") else arguments.split()
+    flags = {}
+    while words and words[0].startswith("--"):
+        flag, _, value = words.pop(0)[2:].partition("=")
+        flags[flag] = value
+    return flags, words[:-1], words[-1]
+
+
+def context_copies(text: str) -> list[tuple[int, str]]:
+    """Every COPY/ADD source taken from the build context (not from a stage): (stage index, path)."""
+    copies = []
+    for index, stage in enumerate(stages(text)):
+        for keyword, arguments in stage:
+            if keyword in ("COPY", "ADD"):
+                flags, sources, _ = copy_arguments(arguments)
+                if "from" not in flags:
+                    copies += [(index, source) for source in sources]
+    return copies
+
+
+def normalized(path: str) -> str:
+    """A context path as .dockerignore sees it: no ./, no trailing /; the context itself is '.'."""
+    return str(PurePosixPath(path.removeprefix("./"))) if path not in ("", ".", "./") else "."
+
+
+def ignore_pattern(pattern: str) -> re.Pattern:
+    """A .dockerignore pattern (Go filepath.Match plus **) as a regular expression over context paths."""
+    parts = re.split(r"(\*\*/|\*\*|\*|\?)", normalized(pattern))
+    translated = {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(translated.get(part, re.escape(part)) for part in parts))
+
+
+def ignored(path: str, dockerignore_text: str) -> bool:
+    """Whether .dockerignore leaves `path` out of the build context: the last pattern that matches the
+    path or one of its folders decides (a pattern starting with ! puts it back)."""
+    path = normalized(path)
+    candidates = [str(parent) for parent in reversed(PurePosixPath(path).parents) if str(parent) != "."] + [path]
+    verdict = False
+    for line in dockerignore_text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep = line.startswith("!")
+        pattern = ignore_pattern(line.lstrip("!"))
+        if any(pattern.fullmatch(candidate) for candidate in candidates):
+            verdict = not keep
+    return verdict
+
+
+def copy_problems(dockerfile_text: str, dockerignore_text: str, root: Path) -> list[str]:
+    """COPY/ADD sources from the context that do not exist or that .dockerignore leaves out."""
+    problems = []
+    for _, source in context_copies(dockerfile_text):
+        if not any(root.glob(normalized(source))) and not (root / normalized(source)).exists():
+            problems.append(f"COPY {source}: not in the project")
+        elif ignored(source, dockerignore_text):
+            problems.append(f"COPY {source}: left out of the build context by .dockerignore")
+    return problems
+
+
+def base_image_problems(dockerfile_text: str) -> list[str]:
+    """FROM images without an explicit tag (or digest), or tagged latest; earlier stages are fine."""
+    problems, stage_names = [], set()
+    for keyword, arguments in instructions(dockerfile_text):
+        if keyword != "FROM":
+            continue
+        words = [word for word in arguments.split() if not word.startswith("--platform")]
+        image = words[0]
+        if len(words) >= 3 and words[1].upper() == "AS":
+            stage_names.add(words[2].lower())
+        if image.lower() in stage_names:
+            continue
+        tag = image.rsplit("/", 1)[-1].partition(":")[2]
+        if "@" not in image and tag in ("", "latest"):
+            problems.append(f"FROM {image}: pin a tag (not latest), as debian:bookworm-slim")
+    return problems
+
+
+def runtime_ca_problems(dockerfile_text: str) -> list[str]:
+    """COPYs of the last (runtime) stage that would bring the build stage's certificate authorities in:
+    docker/build-ca from the context (or a folder holding it), or where the build stage installed it."""
+    problems = []
+    for keyword, arguments in stages(dockerfile_text)[-1]:
+        if keyword not in ("COPY", "ADD"):
+            continue
+        flags, sources, _ = copy_arguments(arguments)
+        for source in sources:
+            if "from" in flags:
+                if any(PurePosixPath(source).is_relative_to(path) for path in BUILD_CA_IN_IMAGE):
+                    problems.append(f"runtime stage: COPY --from={flags['from']} {source} brings the build CA in")
+            elif normalized(source) == "." or PurePosixPath(BUILD_CA).is_relative_to(normalized(source)) \
+                    or normalized(source).startswith(BUILD_CA):
+                problems.append(f"runtime stage: COPY {source} brings {BUILD_CA} in")
+    return problems
+
+
+def test_every_file_the_dockerfile_copies_is_in_the_build_context():
+    problems = copy_problems(dockerfile(), dockerignore(), PROJECT)
+    assert context_copies(dockerfile()), "no COPY read from the Dockerfile"
+    assert not problems, "\n".join(problems)
+
+
+def test_a_copy_of_a_missing_or_ignored_file_is_reported():
+    broken = dockerfile() + "COPY data/sample.jsonl var/ nowhere.txt ./\nCOPY --from=build /opt/x /opt/x\n"
+    problems = copy_problems(broken, dockerignore(), PROJECT)
+    assert problems == ["COPY data/sample.jsonl: left out of the build context by .dockerignore",
+                        "COPY var/: left out of the build context by .dockerignore",
+                        "COPY nowhere.txt: not in the project"] or \
+        problems == ["COPY data/sample.jsonl: not in the project",  # a checkout without the generated sample
+                     "COPY var/: left out of the build context by .dockerignore",
+                     "COPY nowhere.txt: not in the project"], problems
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("streaming", False), ("streaming/cli.py", False), ("docker/build-ca/", False), ("conf", False),
+    (".git", True), ("build", True), ("build/riskstream-flink.jar", True), ("riskstream.egg-info", True),
+    ("streaming/__pycache__/cli.cpython-311.pyc", True), ("__pycache__", True), ("udfs/model.pyc", True),
+    ("conf/build", False),  # `build` is anchored at the context's root
+])
+def test_dockerignore_patterns_match_as_docker_matches_them(path, expected):
+    assert ignored(path, dockerignore()) is expected
+    assert ignored("streaming/keep.pyc", "**/*.pyc\n!streaming/keep.pyc\n") is False
+
+
+def test_every_base_image_has_a_pinned_tag():
+    problems = base_image_problems(dockerfile())
+    assert not problems, "\n".join(problems)
+
+
+def test_an_untagged_or_latest_base_image_is_reported():
+    problems = base_image_problems("FROM python AS one\nFROM debian:latest\nFROM one\nFROM registry:5000/img\n"
+                                   "FROM --platform=linux/amd64 debian:bookworm-slim AS two\nFROM two\n"
+                                   "FROM debian@sha256:0123\n")
+    assert problems == ["FROM python: pin a tag (not latest), as debian:bookworm-slim",
+                        "FROM debian:latest: pin a tag (not latest), as debian:bookworm-slim",
+                        "FROM registry:5000/img: pin a tag (not latest), as debian:bookworm-slim"], problems
+
+
+def test_the_build_ca_never_reaches_the_runtime_image():
+    text = dockerfile()
+    assert any(source.startswith(BUILD_CA) for index, source in context_copies(text) if index < len(stages(text)) - 1), \
+        "the build stage no longer copies docker/build-ca: is this check still about the right folder?"
+    problems = runtime_ca_problems(text)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("line", ["COPY docker/build-ca/ /tmp/build-ca/", "COPY docker docker/", "COPY . .",
+                                  "COPY --from=build /usr/local/share/ca-certificates/ /usr/local/share/ca-certificates/"])
+def test_a_runtime_copy_of_the_build_ca_is_reported(line):
+    assert len(runtime_ca_problems(dockerfile() + line + "\n")) == 1
+
+
+def test_the_image_works_in_the_project_root_and_has_every_file_the_stack_names():
+    """The compose file's paths are relative to WORKDIR, which must be the project's copy; each file
+    it names must reach the runtime stage by a COPY of it or of a folder holding it."""
+    text = dockerfile()
+    runtime = stages(text)[-1]
+    workdirs = [arguments for keyword, arguments in runtime if keyword == "WORKDIR"]
+    assert workdirs and workdirs[-1] == str(IMAGE_ROOT), workdirs
+    copied = [normalized(source) for index, source in context_copies(text) if index == len(stages(text)) - 1]
+    compose = compose_file()
+    named = set(profiles_named(compose))
+    for service in compose["services"].values():
+        named.update(argument for argument in command_line(service.get("command") or [])
+                     if looks_like_a_project_file(argument))
+    named.add("streaming/health.py")  # the health checks' module
+    missing = sorted(path for path in named
+                     if not any(PurePosixPath(normalized(path)).is_relative_to(source) for source in copied))
+    assert not missing, f"files the stack uses that the runtime stage does not copy: {missing} (copies: {copied})"
+
+
+# ---------------------------------------------------------------- 4. the published ports
+
+
+def published_ports(compose: dict[str, Any]) -> set[tuple[str, int, int]]:
+    """(service, host port, container port) of every short-syntax 'IP:HOST:CONTAINER' port."""
+    result = set()
+    for name, service in compose["services"].items():
+        for port in service.get("ports") or []:
+            parts = str(port).split("/")[0].split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                result.add((name, int(parts[1]), int(parts[2])))
+    return result
+
+
+def port_problems(compose: dict[str, Any]) -> list[str]:
+    """Ports published on other interfaces than 127.0.0.1 (or on all of them, as a port without an
+    address is), and services on the host's network, which publishes everything."""
+    problems = []
+    for name, service in compose["services"].items():
+        if service.get("network_mode") == "host":
+            problems.append(f"service {name}: network_mode host exposes every port it listens on")
+        for port in service.get("ports") or []:
+            if isinstance(port, dict):
+                if port.get("host_ip") != "127.0.0.1":
+                    problems.append(f"service {name}: port {port} is not bound to 127.0.0.1 (host_ip)")
+            elif not (str(port).startswith("127.0.0.1:") and str(port).count(":") == 2):
+                problems.append(f"service {name}: port {port!r} is not 127.0.0.1:HOST:CONTAINER")
+    return problems
+
+
+def test_every_published_port_is_on_127_0_0_1_only():
+    problems = port_problems(compose_file())
+    assert not problems, "\n".join(problems)
+
+
+def test_ports_on_other_interfaces_are_reported():
+    compose = {"services": {"a": {"ports": ["9092:9092", "0.0.0.0:8081:8081", 9000, "127.0.0.1:1:1"]},
+                            "b": {"ports": [{"target": 80, "published": 8080},
+                                            {"target": 81, "published": 8181, "host_ip": "127.0.0.1"}]},
+                            "c": {"network_mode": "host"}}}
+    problems = port_problems(compose)
+    assert len(problems) == 5 and all("127.0.0.1:1:1" not in problem for problem in problems), problems
+
+
+def test_the_broker_and_the_flink_web_ui_are_published():
+    published = published_ports(compose_file())
+    assert EXPECTED_PORTS <= published, f"expected {sorted(EXPECTED_PORTS)}, published {sorted(published)}"
+
+
+# ---------------------------------------------------------------- 5. the versions
+
+
+def pins(constraints_text: str) -> tuple[dict[str, str], list[str]]:
+    """constraints.txt's name==version pins by canonical name, and its problems (a line that is no
+    exact pin, a package pinned twice)."""
+    result, problems = {}, []
+    for line in constraints_text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)", line)
+        if match is None:
+            problems.append(f"constraints.txt: {line!r} is not name==version")
+            continue
+        name = canonicalize_name(match.group(1))
+        if name in result:
+            problems.append(f"constraints.txt: {name} is pinned twice")
+        result[name] = match.group(2)
+    return result, problems
+
+
+def requirement_problems(requirements: list[str], pinned: dict[str, str], where: str) -> list[str]:
+    """Requirements without a pin in constraints.txt, or whose pin their specifier excludes."""
+    problems = []
+    for text in requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        if name not in pinned:
+            problems.append(f"{where}: {text} has no pin in constraints.txt")
+        elif not requirement.specifier.contains(pinned[name], prereleases=True):
+            problems.append(f"{where}: {text} is not satisfied by constraints.txt's {name}=={pinned[name]}")
+    return problems
+
+
+def connector_version(pom_text: str) -> str:
+    """kafka/pom.xml's flink.kafka.connector.version property (e.g. 5.0.0-2.2)."""
+    project = ElementTree.fromstring(pom_text)
+    namespace = project.tag.partition("}")[0] + "}" if project.tag.startswith("{") else ""
+    properties = project.find(f"{namespace}properties")
+    assert properties is not None, "kafka/pom.xml has no <properties>"
+    values = {child.tag.removeprefix(namespace): (child.text or "").strip() for child in properties}
+    assert "flink.kafka.connector.version" in values, f"kafka/pom.xml properties: {sorted(values)}"
+    return values["flink.kafka.connector.version"]
+
+
+def flink_version_problems(pinned: str, connector: str, pyflink: str) -> list[str]:
+    """Whether the pinned apache-flink, the connector's Flink suffix and PyFlink's Flink agree (major.minor)."""
+    minor = "{0.major}.{0.minor}".format
+    pinned_minor = minor(Version(pinned))
+    problems = []
+    if connector.rpartition("-")[2] != pinned_minor:
+        problems.append(f"kafka/pom.xml flink.kafka.connector.version {connector} is for Flink "
+                        f"{connector.rpartition('-')[2]}, constraints.txt pins apache-flink=={pinned}")
+    if minor(Version(pyflink)) != pinned_minor:
+        problems.append(f"the installed PyFlink is Flink {pyflink}, constraints.txt pins apache-flink=={pinned} "
+                        f"(run make to reinstall .venv)")
+    return problems
+
+
+def pyflink_version() -> str:
+    """The Flink version PyFlink reports, asked in another process (the unit tier imports no pyflink)."""
+    return subprocess.run([sys.executable, "-c", "import pyflink.version; print(pyflink.version.__version__)"],
+                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
+def dockerfile_pin_problems(dockerfile_text: str) -> list[str]:
+    """RUN lines that pin versions themselves (==, a versioned .jar) or install Python packages
+    without constraints.txt: versions come from constraints.txt and kafka/pom.xml only."""
+    problems = []
+    for keyword, arguments in instructions(dockerfile_text):
+        if keyword != "RUN":
+            continue
+        if "==" in arguments:
+            problems.append(f"RUN pins a version with ==: {arguments[:120]}")
+        if re.search(r"\d+\.\d+[\w.-]*\.jar\b", arguments):
+            problems.append(f"RUN names a versioned jar: {arguments[:120]}")
+        for install in re.findall(r"pip3? install[^&;|]*", arguments):
+            if "-c constraints.txt" not in install and "--no-index" not in install:
+                problems.append(f"RUN installs packages without -c constraints.txt: {install.strip()}")
+    return problems
+
+
+def test_the_constraints_are_one_exact_pin_per_package():
+    _, problems = pins((PROJECT / "constraints.txt").read_text(encoding="utf-8"))
+    assert not problems, "\n".join(problems)
+
+
+def test_a_constraints_line_that_is_no_pin_or_a_second_pin_is_reported():
+    pinned, problems = pins("# comment\nnumpy==2.1.3\nNumPy==2.2.0\npandas>=2\nruamel.yaml==0.19.1\n")
+    assert problems == ["constraints.txt: 'pandas>=2' is not name==version", "constraints.txt: numpy is pinned twice"]
+    assert pinned == {"numpy": "2.2.0", "ruamel-yaml": "0.19.1"}
+
+
+def test_flink_is_the_same_minor_version_in_the_lock_file_the_connector_and_pyflink():
+    pinned, _ = pins((PROJECT / "constraints.txt").read_text(encoding="utf-8"))
+    assert pinned.get("apache-flink-libraries") == pinned["apache-flink"], \
+        "apache-flink and apache-flink-libraries must be pinned to the same version"
+    connector = connector_version((PROJECT / "kafka" / "pom.xml").read_text(encoding="utf-8"))
+    problems = flink_version_problems(pinned["apache-flink"], connector, pyflink_version())
+    assert not problems, "\n".join(problems)
+
+
+def test_a_connector_or_pyflink_for_another_flink_is_reported():
+    pom = (PROJECT / "kafka" / "pom.xml").read_text(encoding="utf-8")
+    old_pom = re.sub(r"<flink.kafka.connector.version>[^<]*<", "<flink.kafka.connector.version>4.0.0-2.0<", pom)
+    assert connector_version(old_pom) == "4.0.0-2.0"
+    assert flink_version_problems("2.2.1", "4.0.0-2.0", "2.2.0") == [
+        "kafka/pom.xml flink.kafka.connector.version 4.0.0-2.0 is for Flink 2.0, "
+        "constraints.txt pins apache-flink==2.2.1"]
+    assert len(flink_version_problems("2.2.1", "5.0.0-2.2", "2.1.1")) == 1
+
+
+def test_every_dependency_in_pyproject_has_a_pin_that_satisfies_it():
+    project = pyproject()
+    pinned, _ = pins((PROJECT / "constraints.txt").read_text(encoding="utf-8"))
+    problems = requirement_problems(project["project"]["dependencies"], pinned, "project.dependencies")
+    for extra, requirements in project["project"].get("optional-dependencies", {}).items():
+        problems += requirement_problems(requirements, pinned, f"optional-dependencies.{extra}")
+    # The image installs the project offline with --no-build-isolation: the pinned setuptools builds it.
+    assert "setuptools" in pinned, "constraints.txt must pin setuptools (the image's offline editable install)"
+    problems += requirement_problems(project["build-system"]["requires"], pinned, "build-system.requires")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_dependency_without_a_pin_or_with_a_pin_it_excludes_is_reported():
+    problems = requirement_problems(["apache_flink>=2.3", "PyYAML>=6", "left-pad>=1"],
+                                    {"apache-flink": "2.2.1", "pyyaml": "6.0.4"}, "project.dependencies")
+    assert problems == ["project.dependencies: apache_flink>=2.3 is not satisfied by constraints.txt's "
+                        "apache-flink==2.2.1", "project.dependencies: left-pad>=1 has no pin in constraints.txt"]
+
+
+def test_the_stacks_image_is_tagged_with_the_project_version():
+    version = pyproject()["project"]["version"]
+    images = {name: service.get("image") for name, service in compose_file()["services"].items()}
+    wrong = {name: image for name, image in images.items() if image != f"riskstream:{version}"}
+    assert not wrong, f"pyproject.toml's version is {version}; services with another image: {wrong}"
+
+
+def test_the_dockerfile_takes_every_version_from_the_lock_file_and_the_pom():
+    problems = dockerfile_pin_problems(dockerfile())
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("line", [
+    "RUN .venv/bin/pip install apache-flink==2.2.1",
+    "RUN curl -fsSLO https://repo1.maven.org/flink-sql-connector-kafka-4.0.0-2.0.jar",
+    "RUN .venv/bin/pip install --quiet requests && true",
+])
+def test_a_version_pinned_in_the_dockerfile_is_reported(line):
+    assert len(dockerfile_pin_problems(dockerfile() + line + "\n")) == 1
+
+
+# ---------------------------------------------------------------- 6. the start order
+
+
+def start_order_problems(compose: dict[str, Any]) -> list[str]:
+    """depends_on entries that do not wait for what they need: without a condition, on a service that
+    does not exist or that `up` does not start (one in a compose profile), on the health of a service
+    without a health check, or on the completion of a service that is restarted."""
+    problems = []
+    services = compose["services"]
+    for name, service in services.items():
+        depends_on = service.get("depends_on") or {}
+        if isinstance(depends_on, list):
+            problems.append(f"service {name}: depends_on {depends_on} has no conditions")
+            continue
+        for target, how in depends_on.items():
+            condition = (how or {}).get("condition")
+            if target not in services:
+                problems.append(f"service {name}: depends on {target}, which does not exist")
+                continue
+            if services[target].get("profiles") and not service.get("profiles"):
+                problems.append(f"service {name}: depends on {target}, which `up` does not start (profiles)")
+            if condition == "service_healthy" and "healthcheck" not in services[target]:
+                problems.append(f"service {name}: waits for {target} to be healthy, but it has no healthcheck")
+            elif condition == "service_completed_successfully" and services[target].get("restart", "no") != "no":
+                problems.append(f"service {name}: waits for {target} to complete, but it is restarted")
+            elif condition not in ("service_healthy", "service_completed_successfully"):
+                problems.append(f"service {name}: depends on {target} with condition {condition!r}")
+    return problems
+
+
+def test_the_services_wait_for_what_they_need():
+    problems = start_order_problems(compose_file())
+    assert not problems, "\n".join(problems)
+
+
+def test_dependencies_that_do_not_wait_are_reported():
+    compose = {"services": {
+        "kafka": {"restart": "unless-stopped"}, "tools": {"profiles": ["tools"]},
+        "a": {"depends_on": ["kafka"]},
+        "b": {"depends_on": {"nowhere": {"condition": "service_healthy"}}},
+        "c": {"depends_on": {"kafka": {"condition": "service_healthy"}}},
+        "d": {"depends_on": {"kafka": {"condition": "service_completed_successfully"}}},
+        "e": {"depends_on": {"kafka": {"condition": "service_started"}, "tools": {"condition": "service_healthy"}}},
+    }}
+    problems = start_order_problems(compose)
+    assert [problem.split(":")[0] for problem in problems] == \
+        ["service a", "service b", "service c", "service d", "service e", "service e", "service e"], problems
+
+
+def test_the_services_that_need_a_health_check_have_one():
+    services = compose_file()["services"]
+    lacking = [name for name in HEALTH_CHECKS if "test" not in (services[name].get("healthcheck") or {})]
+    assert not lacking, f"services without a health check: {lacking}"
+
+
+def test_the_job_is_submitted_once_the_topics_exist_and_the_cluster_is_healthy():
+    assert compose_file()["services"]["submit"]["depends_on"] == {
+        "topics": {"condition": "service_completed_successfully"},
+        "jobmanager": {"condition": "service_healthy"},
+        "taskmanager": {"condition": "service_healthy"},
+    }
+
+
+def test_up_starts_every_service_but_the_tools():
+    services = compose_file()["services"]
+    assert services["tools"].get("profiles"), "the tools service must be in a compose profile, so `up` skips it"
+    in_profiles = sorted(name for name, service in services.items() if service.get("profiles") and name != "tools")
+    assert not in_profiles, f"services `up` would not start: {in_profiles}"
+
+
+# ---------------------------------------------------------------- 7. docker-compose itself
+
+
+def test_docker_compose_accepts_the_file():
+    executable = shutil.which("docker-compose")
+    if executable is None:
+        pytest.skip("docker-compose is not installed here; the other checks read the file themselves")
+    done = subprocess.run([executable, "-f", "docker-compose.yml", "config", "-q"], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
