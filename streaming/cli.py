@@ -194,16 +194,6 @@ def _generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _quiet_kafka_clients(verbose: bool) -> None:
-    """The Kafka clients log through `kafka_tools.CLIENT_LOG`: to stderr with --verbose, else nowhere
-    (a missing broker is reported once, in one line, by `kafka_tools.check_broker`)."""
-    from streaming.kafka_tools import CLIENT_LOG
-
-    CLIENT_LOG.propagate = False
-    CLIENT_LOG.handlers[:] = [logging.StreamHandler() if verbose else logging.NullHandler()]
-    CLIENT_LOG.setLevel(logging.DEBUG if verbose else logging.CRITICAL)
-
-
 def _kafka_command(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
@@ -221,7 +211,7 @@ def _kafka_tool(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, args.overrides)
     if args.command == "produce" and args.file is not None and not args.file.is_file():
         raise UsageError(f"produce --file: {args.file} is not a file")
-    _quiet_kafka_clients(args.verbose)
+    kafka_tools.show_client_log(args.verbose)
     kafka_tools.check_broker(settings)
     if args.command == "topics":
         created = kafka_tools.create_topics(settings)
@@ -301,7 +291,7 @@ def _check_kafka_topics(settings) -> None:
         return
     from streaming import kafka_tools
 
-    _quiet_kafka_clients(False)
+    kafka_tools.show_client_log(False)
     kafka_tools.check_broker(settings)
     for topic in settings.kafka.topics():
         try:
@@ -346,7 +336,7 @@ def _model_show(args: argparse.Namespace) -> int:
     if settings.output.kind == "kafka":
         from streaming import kafka_tools
 
-        _quiet_kafka_clients(args.verbose)
+        kafka_tools.show_client_log(args.verbose)
         kafka_tools.check_broker(settings)
         where = f"topic {settings.kafka.snapshots_topic} at {settings.kafka.bootstrap_servers}"
         snapshots = (orjson.loads(value) for _, _, _, value in kafka_tools.tail(
@@ -424,7 +414,7 @@ def _check_inputs(settings) -> int | None:
     if "kafka" in (source.kind, settings.output.kind):
         from streaming import kafka_tools
 
-        _quiet_kafka_clients(False)
+        kafka_tools.show_client_log(False)
         kafka_tools.check_broker(settings)
     if source.kind == "directory":
         folder = Path(source.directory)

@@ -23,10 +23,15 @@ def registered_here(taskmanagers: list[dict], address: str) -> bool:
     return any(f"@{address}:" in manager.get("path", "") for manager in taskmanagers)
 
 
+SERVICES = ("kafka", "jobmanager", "taskmanager")
+
+
 def check(service: str) -> None:
-    """Raises ServiceUnreachable or ClusterError (one line) unless `service` serves."""
+    """Raises ConfigError, ServiceUnreachable or ClusterError (one line) unless `service` (one of
+    SERVICES) serves."""
     settings = load_settings(os.environ.get(PROFILE_ENV) or DEFAULT_PROFILES["cluster"])
     if service == "kafka":
+        kafka_tools.show_client_log(False)
         kafka_tools.check_broker(settings)
     elif service == "jobmanager":
         cluster.rest(settings.flink.rest_url, "GET", "/overview", timeout=3)
@@ -36,13 +41,13 @@ def check(service: str) -> None:
         if not registered_here(managers, address):
             raise cluster.ClusterError(f"no TaskManager at {address} is registered at {settings.flink.rest_url}")
     else:
-        raise ConfigError(f"no health check for {service!r}; use kafka, jobmanager or taskmanager")
+        raise ConfigError(f"no health check for {service!r}; use {', '.join(SERVICES)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
-    if len(arguments) != 1:
-        print("usage: python -m streaming.health kafka|jobmanager|taskmanager", file=sys.stderr)
+    if len(arguments) != 1 or arguments[0] not in SERVICES:
+        print(f"usage: python -m streaming.health {'|'.join(SERVICES)}", file=sys.stderr)
         return 2
     try:
         check(arguments[0])

@@ -22,6 +22,14 @@ from udfs.cleaning import CleaningRules, Rejected, decode, model_key_of, parse
 CLIENT_LOG = logging.getLogger("riskstream.kafka-client")
 
 
+def show_client_log(verbose: bool) -> None:
+    """Sends CLIENT_LOG to stderr (`verbose`), else nowhere: a missing broker is then reported once,
+    in one line, by `check_broker`."""
+    CLIENT_LOG.propagate = False
+    CLIENT_LOG.handlers[:] = [logging.StreamHandler() if verbose else logging.NullHandler()]
+    CLIENT_LOG.setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+
+
 class DeliveryFailed(RuntimeError):
     """Records the producer could not deliver; the message says how many and the first error."""
 

@@ -27,8 +27,10 @@ def shell(command: str, cwd: Path, timeout_s: float = 300) -> subprocess.Complet
 
 
 def user_environment() -> dict[str, str]:
-    """This environment without the developer's pseudonym key, so profiles use their own."""
-    return {name: value for name, value in os.environ.items() if name != "RISKSTREAM_PSEUDONYM_KEY"}
+    """This environment without the developer's pseudonym key, so profiles use their own, and
+    without a default profile (RISKSTREAM_PROFILE, set in the stack's image), so commands use theirs."""
+    return {name: value for name, value in os.environ.items()
+            if name not in ("RISKSTREAM_PSEUDONYM_KEY", "RISKSTREAM_PROFILE")}
 
 
 def assert_one_line_failure(done: subprocess.CompletedProcess, exit_code: int, *phrases: str) -> str:

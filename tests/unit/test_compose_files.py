@@ -183,7 +183,8 @@ def stack_profile_problems(compose: dict[str, Any], profile: Path) -> list[str]:
     for server in settings.kafka.bootstrap_servers.split(","):
         host = server.strip().rsplit(":", 1)[0]
         if host not in services:
-            problems.append(f"kafka.bootstrap_servers: {host!r} (of {server.strip()}) is no service of the compose file")
+            problems.append(f"kafka.bootstrap_servers: {host!r} (of {server.strip()}) is no service of the "
+                            f"compose file")
     rest_host = settings.flink.rest_address.rsplit(":", 1)[0]
     if rest_host not in services:
         problems.append(f"flink.rest_address: {rest_host!r} is no service of the compose file")
@@ -268,18 +269,17 @@ def command_problems(services: dict[str, Any], root: Path, monkeypatch) -> list[
             continue
         arguments = command_line(service["command"])
         shown = " ".join(arguments)
+        missing = {argument: argument for argument in arguments
+                   if looks_like_a_project_file(argument) and not (root / argument).exists()}
         if arguments[0] == "riskstream":
             parsed = parse_riskstream(arguments, environment(service).get(PROFILE_ENV), monkeypatch)
             if isinstance(parsed, str):
                 problems.append(f"service {name}: `{shown}` does not parse: {parsed}")
-            else:
-                for option in INPUT_FILE_OPTIONS:
-                    value = getattr(parsed, option, None)
-                    if isinstance(value, Path) and not (root / value).is_file():
-                        problems.append(f"service {name}: `{shown}`: --{option} {value} does not exist")
-        for argument in arguments:
-            if looks_like_a_project_file(argument) and not (root / argument).exists():
-                problems.append(f"service {name}: `{shown}`: {argument} does not exist")
+            else:  # also the files an option takes by default (--config from RISKSTREAM_PROFILE)
+                missing.update({str(value): f"--{option} {value}" for option in INPUT_FILE_OPTIONS
+                                if isinstance(value := getattr(parsed, option, None), Path)
+                                and not (root / value).is_file()})
+        problems += [f"service {name}: `{shown}`: {what} does not exist" for what in missing.values()]
         if looks_like_a_project_file(arguments[0]) and (root / arguments[0]).is_file():
             if not (root / arguments[0]).stat().st_mode & 0o111:
                 problems.append(f"service {name}: {arguments[0]} is not executable")
@@ -295,19 +295,23 @@ def test_commands_the_cli_rejects_or_whose_files_are_missing_are_reported(monkey
     profile = {"environment": {PROFILE_ENV: "conf/compose.yaml"}}
     services = {
         "producer": {**profile, "command": ["riskstream", "produce", "--generate", "${N:-10}", "--colour", "red"]},
-        "rate": {**profile, "command": "riskstream produce --generate 5 --rate ${PRODUCER_RATE}"},  # no default
+        "rate": {**profile, "command": ["riskstream", "produce", "--generate", "5", "--rate", "${PRODUCER_RATE}"]},
         "submit": {"command": ["riskstream", "submit"]},  # no profile from the environment: --config is required
-        "jobmanager": {**profile, "command": ["riskstream", "cluster", "jobmanager", "--overrides", "conf/flink/x.yaml"]},
+        "jobmanager": {**profile,
+                       "command": ["riskstream", "cluster", "jobmanager", "--overrides", "conf/flink/x.yaml"]},
         "kafka": {**profile, "command": ["kafka/kafka.sh", "serve", "conf/kafka/missing.properties"]},
         "readme": {**profile, "command": ["README.md"]},
+        "topics": {"environment": {PROFILE_ENV: "conf/nope.yaml"}, "command": ["riskstream", "topics"]},
+        "script": {**profile, "command": ["conf/compose.yaml"]},
     }
     problems = "\n".join(command_problems(services, PROJECT, monkeypatch))
     for phrase in ("producer", "unrecognized arguments: --colour red", "rate", "--rate: invalid float value: ''",
                    "service submit", "--config", "--overrides conf/flink/x.yaml does not exist",
-                   "conf/kafka/missing.properties does not exist"):
+                   "conf/kafka/missing.properties does not exist", "--config conf/nope.yaml does not exist",
+                   "conf/compose.yaml is not executable"):
         assert phrase in problems, (phrase, problems)
     assert "readme" not in problems, problems  # not a project path with a folder: not checked
-    assert problems.count("\n") == 5, problems
+    assert problems.count("\n") == 6, problems  # one line each: x.yaml is not reported twice
 
 
 def test_compose_substitution_takes_the_defaults():
@@ -316,10 +320,10 @@ def test_compose_substitution_takes_the_defaults():
     assert command_line("riskstream produce --rate ${PRODUCER_RATE:-500}") == ["riskstream", "produce", "--rate", "500"]
 
 
-def health_verdict(name: str, profile: str, monkeypatch, capsys) -> str:
-    """What `python -m streaming.health NAME` prints, run here with the service's profile. Nothing
-    runs here, so the probes (broker metadata, REST API, own address) are replaced by ones that fail
-    at once: a known service ends in "unhealthy: probe ...", an unknown one in "no health check"."""
+def health_verdict(name: str, profile: str, monkeypatch, capsys) -> tuple[int, str]:
+    """`python -m streaming.health NAME`'s exit code and what it prints, run here with the service's
+    profile. Nothing runs here, so the probes (broker metadata, REST API, own address) are replaced by
+    ones that fail at once: a service the module checks ends in (1, "unhealthy: probe ... reached")."""
     def probe(what: str):
         def fail(*args, **kwargs):
             raise ServiceUnreachable(f"probe {what} reached")
@@ -329,9 +333,7 @@ def health_verdict(name: str, profile: str, monkeypatch, capsys) -> str:
     monkeypatch.setattr(cluster, "rest", probe("rest"))
     monkeypatch.setattr(health.socket, "gethostbyname", lambda host: "127.0.0.1")
     code = health.main([name])
-    verdict = capsys.readouterr().err.strip()
-    assert code == 1, (name, code, verdict)
-    return verdict
+    return code, capsys.readouterr().err.strip()
 
 
 def test_every_health_check_runs_a_check_the_health_module_has(monkeypatch, capsys):
@@ -342,15 +344,15 @@ def test_every_health_check_runs_a_check_the_health_module_has(monkeypatch, caps
         command = healthcheck_command(service["healthcheck"]["test"])
         assert command[:3] == ["python", "-m", "streaming.health"] and len(command) == 4, (name, command)
         assert command[3] in HEALTH_CHECKS, f"service {name}: health check {command[3]!r} is not one of {HEALTH_CHECKS}"
-        verdict = health_verdict(command[3], environment(service)[PROFILE_ENV], monkeypatch, capsys)
-        assert verdict.startswith("unhealthy: probe"), f"service {name}: {verdict}"
+        code, verdict = health_verdict(command[3], environment(service)[PROFILE_ENV], monkeypatch, capsys)
+        assert code == 1 and verdict.startswith("unhealthy: probe"), f"service {name}: exit {code}: {verdict}"
         checked += 1
     assert checked == len(HEALTH_CHECKS), f"{checked} health checks, expected {len(HEALTH_CHECKS)}"
 
 
-def test_a_health_check_the_module_does_not_have_says_so(monkeypatch, capsys):
-    # Its exit code alone (1, as for an unhealthy service) would not tell it from a real check.
-    assert "no health check for 'zookeeper'" in health_verdict("zookeeper", "conf/compose.yaml", monkeypatch, capsys)
+def test_a_health_check_the_module_does_not_have_reaches_no_probe(monkeypatch, capsys):
+    code, verdict = health_verdict("zookeeper", "conf/compose.yaml", monkeypatch, capsys)
+    assert code != 0 and "probe" not in verdict, (code, verdict)
 
 
 def test_the_brokers_advertised_listeners_are_the_profiles_and_the_published_address():
@@ -513,25 +515,64 @@ def test_every_file_the_dockerfile_copies_is_in_the_build_context():
     assert not problems, "\n".join(problems)
 
 
-def test_a_copy_of_a_missing_or_ignored_file_is_reported():
-    broken = dockerfile() + "COPY data/sample.jsonl var/ nowhere.txt ./\nCOPY --from=build /opt/x /opt/x\n"
-    problems = copy_problems(broken, dockerignore(), PROJECT)
-    assert problems == ["COPY data/sample.jsonl: left out of the build context by .dockerignore",
-                        "COPY var/: left out of the build context by .dockerignore",
-                        "COPY nowhere.txt: not in the project"] or \
-        problems == ["COPY data/sample.jsonl: not in the project",  # a checkout without the generated sample
-                     "COPY var/: left out of the build context by .dockerignore",
-                     "COPY nowhere.txt: not in the project"], problems
+# A small Dockerfile of the project's shape, clean for every checker, for their broken examples.
+EXAMPLE_DOCKERFILE = """\
+# syntax and comment lines are left out
+FROM debian:bookworm-slim AS base
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends python3
+FROM base AS build
+COPY docker/build-ca/ /tmp/build-ca/
+COPY pyproject.toml constraints.txt ./
+RUN python3 -m venv .venv \\
+# a comment line inside a continued instruction, which Docker drops
+ && .venv/bin/pip install --quiet -c constraints.txt -r /tmp/dependencies.txt setuptools
+FROM base
+WORKDIR /opt/riskstream
+COPY --from=build /opt/riskstream/.venv .venv/
+COPY ["conf", "conf/"]
+"""
+EXAMPLE_DOCKERIGNORE = ".git\nbuild\nvar\n*.egg-info\n**/__pycache__\n**/*.pyc\n"
+
+
+def example_context(root: Path) -> Path:
+    """A build context in `root` with the files EXAMPLE_DOCKERFILE copies, and some it must not."""
+    for path in ("docker/build-ca/README.md", "pyproject.toml", "constraints.txt", "conf/compose.yaml",
+                 "var/kafka/meta.properties", "build/riskstream-flink.jar", "conf/__pycache__/x.pyc"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("")
+    return root
+
+
+def test_the_example_dockerfile_is_read_as_docker_reads_it(tmp_path):
+    assert [keyword for keyword, _ in instructions(EXAMPLE_DOCKERFILE)] == \
+        ["FROM", "RUN", "FROM", "COPY", "COPY", "RUN", "FROM", "WORKDIR", "COPY", "COPY"]
+    assert instructions(EXAMPLE_DOCKERFILE)[5][1].endswith("-r /tmp/dependencies.txt setuptools")
+    assert context_copies(EXAMPLE_DOCKERFILE) == [(1, "docker/build-ca/"), (1, "pyproject.toml"),
+                                                  (1, "constraints.txt"), (2, "conf")]
+    assert copy_problems(EXAMPLE_DOCKERFILE, EXAMPLE_DOCKERIGNORE, example_context(tmp_path)) == []
+    assert base_image_problems(EXAMPLE_DOCKERFILE) == runtime_ca_problems(EXAMPLE_DOCKERFILE) == []
+    assert dockerfile_pin_problems(EXAMPLE_DOCKERFILE) == []
+
+
+def test_a_copy_of_a_missing_or_ignored_file_is_reported(tmp_path):
+    broken = EXAMPLE_DOCKERFILE + ("COPY var/ nowhere.txt ./\nCOPY --from=build /opt/x /opt/x\n"
+                                   'COPY ["build/riskstream-flink.jar", "conf/__pycache__", "build/"]\n')
+    assert copy_problems(broken, EXAMPLE_DOCKERIGNORE, example_context(tmp_path)) == [
+        "COPY var/: left out of the build context by .dockerignore",
+        "COPY nowhere.txt: not in the project",
+        "COPY build/riskstream-flink.jar: left out of the build context by .dockerignore",
+        "COPY conf/__pycache__: left out of the build context by .dockerignore"]
 
 
 @pytest.mark.parametrize("path, expected", [
     ("streaming", False), ("streaming/cli.py", False), ("docker/build-ca/", False), ("conf", False),
     (".git", True), ("build", True), ("build/riskstream-flink.jar", True), ("riskstream.egg-info", True),
     ("streaming/__pycache__/cli.cpython-311.pyc", True), ("__pycache__", True), ("udfs/model.pyc", True),
-    ("conf/build", False),  # `build` is anchored at the context's root
+    ("conf/build", False), ("conf/x.egg-info", False),  # patterns without **/ are anchored at the root
 ])
 def test_dockerignore_patterns_match_as_docker_matches_them(path, expected):
-    assert ignored(path, dockerignore()) is expected
+    assert ignored(path, EXAMPLE_DOCKERIGNORE) is expected
     assert ignored("streaming/keep.pyc", "**/*.pyc\n!streaming/keep.pyc\n") is False
 
 
@@ -551,16 +592,19 @@ def test_an_untagged_or_latest_base_image_is_reported():
 
 def test_the_build_ca_never_reaches_the_runtime_image():
     text = dockerfile()
-    assert any(source.startswith(BUILD_CA) for index, source in context_copies(text) if index < len(stages(text)) - 1), \
+    runtime = len(stages(text)) - 1
+    assert any(source.startswith(BUILD_CA) for index, source in context_copies(text) if index < runtime), \
         "the build stage no longer copies docker/build-ca: is this check still about the right folder?"
     problems = runtime_ca_problems(text)
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("line", ["COPY docker/build-ca/ /tmp/build-ca/", "COPY docker docker/", "COPY . .",
-                                  "COPY --from=build /usr/local/share/ca-certificates/ /usr/local/share/ca-certificates/"])
+@pytest.mark.parametrize("line", [
+    "COPY docker/build-ca/ /tmp/build-ca/", "COPY docker docker/", "COPY . .",
+    "COPY --from=build /usr/local/share/ca-certificates/ /usr/local/share/ca-certificates/",
+])
 def test_a_runtime_copy_of_the_build_ca_is_reported(line):
-    assert len(runtime_ca_problems(dockerfile() + line + "\n")) == 1
+    assert len(runtime_ca_problems(EXAMPLE_DOCKERFILE + line + "\n")) == 1
 
 
 def test_the_image_works_in_the_project_root_and_has_every_file_the_stack_names():
@@ -721,7 +765,7 @@ def test_the_constraints_are_one_exact_pin_per_package():
 
 def test_a_constraints_line_that_is_no_pin_or_a_second_pin_is_reported():
     pinned, problems = pins("# comment\nnumpy==2.1.3\nNumPy==2.2.0\npandas>=2\nruamel.yaml==0.19.1\n")
-    assert problems == ["constraints.txt: 'pandas>=2' is not name==version", "constraints.txt: numpy is pinned twice"]
+    assert problems == ["constraints.txt: numpy is pinned twice", "constraints.txt: 'pandas>=2' is not name==version"]
     assert pinned == {"numpy": "2.2.0", "ruamel-yaml": "0.19.1"}
 
 
@@ -776,12 +820,12 @@ def test_the_dockerfile_takes_every_version_from_the_lock_file_and_the_pom():
 
 
 @pytest.mark.parametrize("line", [
-    "RUN .venv/bin/pip install apache-flink==2.2.1",
+    "RUN .venv/bin/pip install -c constraints.txt apache-flink==2.2.1",
     "RUN curl -fsSLO https://repo1.maven.org/flink-sql-connector-kafka-4.0.0-2.0.jar",
     "RUN .venv/bin/pip install --quiet requests && true",
 ])
 def test_a_version_pinned_in_the_dockerfile_is_reported(line):
-    assert len(dockerfile_pin_problems(dockerfile() + line + "\n")) == 1
+    assert len(dockerfile_pin_problems(EXAMPLE_DOCKERFILE + line + "\n")) == 1
 
 
 # ---------------------------------------------------------------- 6. the start order
