@@ -9,7 +9,14 @@ Runs, in one invocation and on the same file (1,000,000 transactions; 100,000 wi
   Python loop       the same loop with Riskstream's exact sequential SGD;
   low latency       the job with `performance.mode=low_latency`, 20 keys, on a 100,000-record slice.
 Prints a table and writes out/bench.json. Job records/s count from the first score written to the last
-(scored_at); job_wall_s is the whole run, start-up included. checkpoint_ms is the median checkpoint
+(scored_at); job_wall_s is the whole run, start-up included. CPU per record (core-µs) is user + system
+time of the job's whole process tree (the JVM and every Python worker), from /proc snapshots taken
+every 0.1 s: the last before the first score and the last before the last score, divided by the
+records scored between them; the CPU spent before the first score is start-up, reported apart. The
+loops report their own process's CPU over the loop. The per-stage profile (bench/stages.py) times
+each stage of the record code in one process on the same file; the framework's share is the job's
+CPU per record minus the sum of the stages. `--repeat N` runs the 20-key job and loops N times,
+interleaved, and reports medians; `--only PART` runs one part (jobs, loops, stages, kafka, failover). checkpoint_ms is the median checkpoint
 duration and state_bytes_per_key the last checkpoint's size divided by the number of keys (both from
 Flink's log); peak_rss_mb is the largest summed RSS of the job's whole process tree.
 Then Kafka-mode latency (bench/kafka_latency.py) and the failover drill on the session cluster at
@@ -29,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -49,20 +57,43 @@ def ensure_input(records: int) -> Path:
     return path
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Summed resident memory of `root` and all its descendants (0 once `root` has ended)."""
+class TreeSample(NamedTuple):
+    at_ms: int  # wall clock, epoch ms, comparable with the scores' scored_at
+    cpu_s: float  # user + system seconds of every process of the tree, from /proc
+    rss_bytes: int  # summed resident memory of the tree
+
+
+def sample_tree(root: int) -> TreeSample | None:
+    """CPU and memory of `root` and all its descendants (the JVM and every Python worker), read
+    from /proc by psutil; None once `root` has ended."""
     try:
         process = psutil.Process(root)
         tree = [process, *process.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return None
+    cpu, rss = 0.0, 0
     for member in tree:
         try:
-            total += member.memory_info().rss
+            with member.oneshot():
+                times = member.cpu_times()
+                cpu += times.user + times.system
+                rss += member.memory_info().rss
         except psutil.NoSuchProcess:  # ended meanwhile
             pass
-    return total
+    return TreeSample(time.time_ns() // 1_000_000, cpu, rss)
+
+
+def cpu_per_record(samples: list[TreeSample], scored_at: list[int]) -> dict:
+    """Core-µs per record between the first and the last score: the tree's CPU at the last sample
+    taken before the first score and at the last sample taken before the last score, divided by the
+    records scored between those two samples. Start-up CPU (to the first sample) is reported apart."""
+    scored_at = sorted(scored_at)
+    before_first = [s for s in samples if s.at_ms <= scored_at[0]] or samples[:1]
+    before_last = [s for s in samples if s.at_ms <= scored_at[-1]]
+    start, end = before_first[-1], before_last[-1]
+    records = sum(1 for at in scored_at if start.at_ms < at <= end.at_ms)
+    return {"core_us_per_record": (end.cpu_s - start.cpu_s) / records * 1e6 if records else None,
+            "startup_cpu_s": start.cpu_s, "measured_records": records}
 
 
 def run_job(name: str, data: Path, key: str, *overrides: str) -> dict:
@@ -78,14 +109,15 @@ def run_job(name: str, data: Path, key: str, *overrides: str) -> dict:
     env = {**os.environ, "FLINK_LOG_DIR": str(log_dir)}
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
+    samples: list[TreeSample] = []
     done = threading.Event()
 
     def sample():
-        nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_rss_bytes(process.pid))
-            time.sleep(0.2)
+            taken = sample_tree(process.pid)
+            if taken is not None:
+                samples.append(taken)
+            time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -95,13 +127,11 @@ def run_job(name: str, data: Path, key: str, *overrides: str) -> dict:
     sampler.join()
     if process.returncode != 0:
         raise SystemExit(f"job {name} failed:\n{output[-3000:]}")
-    first, last, scored, keys = None, None, 0, set()
+    scored_at, keys = [], set()
     for score in committed_lines(work / "scores"):
-        scored += 1
         keys.add(score["model_key"])
-        at = score["scored_at"]
-        first = at if first is None else min(first, at)
-        last = at if last is None else max(last, at)
+        scored_at.append(score["scored_at"])
+    first, last, scored = min(scored_at), max(scored_at), len(scored_at)
     checkpoints = [(int(size), int(ms)) for log in log_dir.glob("*.log")
                    for size, ms in CHECKPOINT_LINE.findall(log.read_text(errors="replace"))]
     return {
@@ -112,7 +142,8 @@ def run_job(name: str, data: Path, key: str, *overrides: str) -> dict:
         "checkpoints": len(checkpoints),
         "checkpoint_ms": statistics.median(ms for _, ms in checkpoints) if checkpoints else None,
         "state_bytes_per_key": checkpoints[-1][0] / len(keys) if checkpoints else None,
-        "peak_rss_mb": peak / 2**20,
+        "peak_rss_mb": max(taken.rss_bytes for taken in samples) / 2**20,
+        **cpu_per_record(samples, scored_at),
     }
 
 
@@ -188,88 +219,139 @@ def recovery_times_s(kills: list, settings) -> list[float]:
     return times
 
 
+PARTS = ("jobs", "loops", "stages", "kafka", "failover")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Riskstream benchmark")
     parser.add_argument("--quick", action="store_true", help="100,000 transactions instead of 1,000,000")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the 20-key job and both 20-key loops this many times, interleaved, and report medians")
+    parser.add_argument("--only", choices=PARTS, action="append",
+                        help="run only this part (repeatable): jobs, loops, stages, kafka or failover")
     args = parser.parse_args()
+    parts = set(args.only or PARTS)
     data = ensure_input(100_000 if args.quick else 1_000_000)
     river_python = PROJECT / ".venv-river/bin/python"
     exact_python = PROJECT / ".venv/bin/python"
+    results: dict = {"records_in_file": 100_000 if args.quick else 1_000_000, "repeat": args.repeat}
 
     print(f"benchmark on {data.name}", flush=True)
-    job20 = run_job("job-20-keys", data, "merchant_category")
-    print(f"  job, merchant_category keys: {job20['records_per_second']:,.0f} records/s", flush=True)
-    job100k = run_job("job-account-keys", data, "account_id")
-    print(f"  job, account_id keys: {job100k['records_per_second']:,.0f} records/s", flush=True)
-    # The low-latency setting scores bundles of a few records: its throughput on a 100,000 slice.
-    low_latency = run_job("job-20-keys-low-latency", ensure_input(100_000), "merchant_category",
-                          "performance.mode=low_latency")
-    print(f"  job, low-latency setting: {low_latency['records_per_second']:,.0f} records/s", flush=True)
-    river20 = run_loop(river_python, "river", data, "merchant_category")
-    river100k = run_loop(river_python, "river", data, "account_id")
-    loop20 = run_loop(exact_python, "exact", data, "merchant_category")
-    loop100k = run_loop(exact_python, "exact", data, "account_id")
+    # The 20-key job and loops, interleaved when repeated, so that a noisy machine affects all alike.
+    rounds = []
+    for round_number in range(args.repeat):
+        measured = {}
+        if "jobs" in parts:
+            measured["job"] = run_job("job-20-keys", data, "merchant_category")
+        if "loops" in parts:
+            measured["river"] = run_loop(river_python, "river", data, "merchant_category")
+            measured["exact"] = run_loop(exact_python, "exact", data, "merchant_category")
+        print(f"  round {round_number + 1}: " + ", ".join(
+            f"{name} {m['records_per_second']:,.0f} records/s, {m['core_us_per_record']:.1f} core-µs/record"
+            for name, m in measured.items()), flush=True)
+        rounds.append(measured)
+    median = {name: {field: statistics.median(r[name][field] for r in rounds)
+                     for field in ("records_per_second", "core_us_per_record")} for name in rounds[0]}
+    large = {}
+    if "jobs" in parts:
+        job100k = run_job("job-account-keys", data, "account_id")
+        # The low-latency setting scores bundles of a few records: its throughput on a 100,000 slice.
+        low_latency = run_job("job-20-keys-low-latency", ensure_input(100_000), "merchant_category",
+                              "performance.mode=low_latency")
+        large["job"] = job100k
+        job20 = rounds[-1]["job"]
+        results.update({
+            "records": job20["scored"], "keys_20": job20["keys"], "keys_100k": job100k["keys"],
+            "job_rps_20_keys": median["job"]["records_per_second"],
+            "job_rps_100k_keys": job100k["records_per_second"],
+            "job_rps_low_latency": low_latency["records_per_second"],
+            "job_core_us_per_record": median["job"]["core_us_per_record"],
+            "job_core_us_per_record_100k_keys": job100k["core_us_per_record"],
+            "job_core_us_per_record_low_latency": low_latency["core_us_per_record"],
+            "job_startup_cpu_s": job20["startup_cpu_s"],
+            "job_wall_s": job20["wall_s"], "job_wall_s_100k_keys": job100k["wall_s"],
+            "state_bytes_per_key": job100k["state_bytes_per_key"],
+            "checkpoint_ms": job20["checkpoint_ms"], "checkpoint_ms_100k_keys": job100k["checkpoint_ms"],
+            "peak_rss_mb": job20["peak_rss_mb"], "peak_rss_mb_100k_keys": job100k["peak_rss_mb"],
+        })
+    if "loops" in parts:
+        large["river"] = run_loop(river_python, "river", data, "account_id")
+        large["exact"] = run_loop(exact_python, "exact", data, "account_id")
+        results.update({
+            "river_rps": median["river"]["records_per_second"],
+            "river_rps_100k_keys": large["river"]["records_per_second"],
+            "python_loop_rps": median["exact"]["records_per_second"],
+            "python_loop_rps_100k_keys": large["exact"]["records_per_second"],
+            "river_core_us_per_record": median["river"]["core_us_per_record"],
+            "python_loop_core_us_per_record": median["exact"]["core_us_per_record"],
+        })
+    if "stages" in parts:
+        from bench.stages import stage_profile
 
-    results = {
-        "records": job20["scored"],
-        "job_rps_20_keys": job20["records_per_second"],
-        "job_rps_100k_keys": job100k["records_per_second"],
-        "job_rps_low_latency": low_latency["records_per_second"],
-        "keys_20": job20["keys"],
-        "keys_100k": job100k["keys"],
-        "river_rps": river20["records_per_second"],
-        "river_rps_100k_keys": river100k["records_per_second"],
-        "python_loop_rps": loop20["records_per_second"],
-        "python_loop_rps_100k_keys": loop100k["records_per_second"],
-        "ratio_vs_river": job20["records_per_second"] / river20["records_per_second"],
-        "ratio_vs_river_100k_keys": job100k["records_per_second"] / river100k["records_per_second"],
-        "ratio_vs_python_loop": job20["records_per_second"] / loop20["records_per_second"],
-        "job_wall_s": job20["wall_s"],
-        "job_wall_s_100k_keys": job100k["wall_s"],
-        "state_bytes_per_key": job100k["state_bytes_per_key"],
-        "checkpoint_ms": job20["checkpoint_ms"],
-        "checkpoint_ms_100k_keys": job100k["checkpoint_ms"],
-        "peak_rss_mb": job20["peak_rss_mb"],
-        "peak_rss_mb_100k_keys": job100k["peak_rss_mb"],
-    }
-    from bench.kafka_latency import RATE, kafka_latency
+        results["stage_us"] = {"merchant_category": stage_profile(PROFILE, data, "merchant_category"),
+                               "account_id": stage_profile(PROFILE, data, "account_id")}
+    if "kafka" in parts:
+        from bench.kafka_latency import RATE, kafka_latency
 
-    print(f"kafka latency at {RATE:,} records/s (produce to readable score, read_committed):", flush=True)
-    results["kafka_latency_ms"] = kafka_latency()
-    print("failover on the session cluster (TaskManager killed three times, exactly-once):", flush=True)
-    results["failover"] = failover = failover_bench(200_000 if not args.quick else 50_000)
+        print(f"kafka latency at {RATE:,} records/s (produce to readable score, read_committed):", flush=True)
+        results["kafka_latency_ms"] = kafka_latency()
+    if "failover" in parts:
+        print("failover on the session cluster (TaskManager killed three times, exactly-once):", flush=True)
+        results["failover"] = failover_bench(200_000 if not args.quick else 50_000)
     OUT.mkdir(exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    rows = [
-        ("Riskstream job", job20["records_per_second"], job100k["records_per_second"]),
-        ("River loop (one process)", river20["records_per_second"], river100k["records_per_second"]),
-        ("Python loop, exact SGD (one process)", loop20["records_per_second"], loop100k["records_per_second"]),
-    ]
-    print(f"\n{'records/s':<38}{str(job20['keys']) + ' keys':>14}{format(job100k['keys'], ',') + ' keys':>16}")
-    for name, small, large in rows:
-        print(f"{name:<38}{small:>14,.0f}{large:>16,.0f}")
-    print(f"{'job / River':<38}{results['ratio_vs_river']:>14.2f}{results['ratio_vs_river_100k_keys']:>16.2f}")
-    print(f"{'job / Python loop':<38}{results['ratio_vs_python_loop']:>14.2f}"
-          f"{job100k['records_per_second'] / loop100k['records_per_second']:>16.2f}")
-    print(f"{'job wall time, start-up included (s)':<38}{job20['wall_s']:>14.1f}{job100k['wall_s']:>16.1f}")
-    print(f"{'median checkpoint (ms)':<38}{job20['checkpoint_ms'] or 0:>14.0f}{job100k['checkpoint_ms'] or 0:>16.0f}")
-    print(f"{'state bytes per key (last checkpoint)':<38}{job20['state_bytes_per_key'] or 0:>14,.0f}"
-          f"{job100k['state_bytes_per_key'] or 0:>16,.0f}")
-    print(f"{'peak RSS, whole process tree (MB)':<38}{job20['peak_rss_mb']:>14,.0f}{job100k['peak_rss_mb']:>16,.0f}")
-    print(f"{'job, low-latency setting (records/s)':<38}{low_latency['records_per_second']:>14,.0f}"
-          f"{'(100k slice)':>16}")
-    print(f"\n{'Kafka latency, ms (2,000 records/s)':<38}{'p50':>14}{'p99':>16}")
-    for setting, deliveries in results["kafka_latency_ms"].items():
-        for delivery, latency in deliveries.items():
-            print(f"{f'{setting}, {delivery}':<38}{latency['p50']:>14,.0f}{latency['p99']:>16,.0f}")
-    print(f"\n{'Failover, ' + format(failover['records'], ',') + ' transactions':<38}{'recovery (s)':>14}")
-    for point, seconds in failover["recovery_s"].items():
-        print(f"{'TaskManager killed ' + point:<38}{seconds:>14.1f}")
-    checkpoints = failover["checkpoint_ms"] or {"median": 0, "max": 0, "count": 0}
-    print(f"{'checkpoint ms, median / max':<38}{checkpoints['median']:>14,.0f}{checkpoints['max']:>16,.0f}")
-    print(f"{'each record exactly once':<38}{str(failover['exactly_once']):>14}")
+    print_table(results, median, large, args.repeat)
     print(f"\nwritten to {OUT / 'bench.json'}")
     return 0
+
+
+def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
+    """The benchmark's table: what was measured, 20 keys beside ~100k+ keys."""
+    keys_20 = f"{results.get('keys_20', 20)} keys"
+    keys_large = f"{results.get('keys_100k', 0):,} keys" if "keys_100k" in results else "account keys"
+    names = {"job": "Riskstream job", "river": "River loop (one process)", "exact": "Python loop, exact SGD (one process)"}
+    note = f" (20 keys: median of {repeat})" if repeat > 1 else ""
+    print(f"\n{'records/s' + note:<44}{keys_20:>12}{keys_large:>16}")
+    for name in median:
+        print(f"{names[name]:<44}{median[name]['records_per_second']:>12,.0f}{large[name]['records_per_second']:>16,.0f}")
+    print(f"\n{'CPU per record, core-µs (user + system)':<44}{keys_20:>12}{keys_large:>16}")
+    for name in median:
+        print(f"{names[name]:<44}{median[name]['core_us_per_record']:>12.1f}{large[name]['core_us_per_record']:>16.1f}")
+    if "job" in median and "river" in median:
+        print(f"{'job / River (records/s)':<44}{median['job']['records_per_second'] / median['river']['records_per_second']:>12.2f}"
+              f"{large['job']['records_per_second'] / large['river']['records_per_second']:>16.2f}")
+    if "stage_us" in results:
+        stages = results["stage_us"]
+        print(f"\n{'per stage, µs per record (one process)':<44}{keys_20:>12}{keys_large:>16}")
+        for stage in stages["merchant_category"]:
+            print(f"{stage:<44}{stages['merchant_category'][stage]:>12.1f}{stages['account_id'][stage]:>16.1f}")
+        sums = {key: sum(values.values()) for key, values in stages.items()}
+        print(f"{'sum of the stages':<44}{sums['merchant_category']:>12.1f}{sums['account_id']:>16.1f}")
+        if "job" in median:
+            print(f"{'framework share (job CPU - stages)':<44}"
+                  f"{median['job']['core_us_per_record'] - sums['merchant_category']:>12.1f}"
+                  f"{large['job']['core_us_per_record'] - sums['account_id']:>16.1f}")
+    if "job_rps_100k_keys" in results:
+        print(f"\n{'job start-up CPU to the first score (s)':<44}{results['job_startup_cpu_s']:>12.1f}")
+        print(f"{'job wall time, start-up included (s)':<44}{results['job_wall_s']:>12.1f}{results['job_wall_s_100k_keys']:>16.1f}")
+        print(f"{'median checkpoint (ms)':<44}{results['checkpoint_ms'] or 0:>12.0f}{results['checkpoint_ms_100k_keys'] or 0:>16.0f}")
+        print(f"{'state bytes per key (last checkpoint)':<44}{'':>12}{results['state_bytes_per_key'] or 0:>16,.0f}")
+        print(f"{'peak RSS, whole process tree (MB)':<44}{results['peak_rss_mb']:>12,.0f}{results['peak_rss_mb_100k_keys']:>16,.0f}")
+        print(f"{'job, low-latency setting (records/s)':<44}{results['job_rps_low_latency']:>12,.0f}{'(100k slice)':>16}")
+        print(f"{'job, low-latency setting (core-µs/record)':<44}{results['job_core_us_per_record_low_latency']:>12.1f}")
+    if "kafka_latency_ms" in results:
+        print(f"\n{'Kafka latency, ms (2,000 records/s)':<44}{'p50':>12}{'p99':>16}")
+        for setting, deliveries in results["kafka_latency_ms"].items():
+            for delivery, latency in deliveries.items():
+                print(f"{f'{setting}, {delivery}':<44}{latency['p50']:>12,.0f}{latency['p99']:>16,.0f}")
+    if "failover" in results:
+        failover = results["failover"]
+        print(f"\n{'Failover, ' + format(failover['records'], ',') + ' transactions':<44}{'recovery (s)':>12}")
+        for point, seconds in failover["recovery_s"].items():
+            print(f"{'TaskManager killed ' + point:<44}{seconds:>12.1f}")
+        checkpoints = failover["checkpoint_ms"] or {"median": 0, "max": 0, "count": 0}
+        print(f"{'checkpoint ms, median / max':<44}{checkpoints['median']:>12,.0f}{checkpoints['max']:>16,.0f}")
+        print(f"{'each record exactly once':<44}{str(failover['exactly_once']):>12}")
 
 
 if __name__ == "__main__":

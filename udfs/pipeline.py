@@ -141,6 +141,16 @@ class TransactionReader:
         return KeyedLine(orjson.dumps(letter).decode("utf-8"), rejected.txn_id)
 
 
+class Assessment(NamedTuple):
+    """What a key's model made of one record: its probability of fraud before learning (0..1), the
+    model's updates before learning, the top (feature index, contribution) pairs, and whether it learned."""
+
+    probability: float
+    updates: int
+    reasons: list[tuple[int, float]]
+    learned: bool
+
+
 class ModelScorer:
     """Scores a record with its key's model, then learns from it when it has a label."""
 
@@ -161,28 +171,39 @@ class ModelScorer:
         The score is the model's probability of fraud before it learns from this record;
         `model_updates` is how many updates the model had when it scored.
         """
+        assessment = self.assess(key_model, record)
+        score = self.score_line(record, assessment, now_ms)
+        snapshot = None
+        if assessment.learned:
+            key_model.last_event_time = record.event_time
+            if key_model.model.updates % self.snapshot_every == 0:
+                snapshot = self.snapshot(key_model, record.model_key)
+        return score, snapshot
+
+    def assess(self, key_model: KeyModel, record: ModelInput) -> "Assessment":
+        """Standardizes the record's features, scores it, and learns from it when it has a label."""
         indices = record.indices
         values = key_model.standardizer.transform(record.values)
         model = key_model.model
         p = model.predict_proba(indices, values)
-        score = orjson.dumps({
+        updates = model.updates
+        reasons = model.top_contributions(indices, values, self.top_reasons)
+        learned = record.label is not None and model.learn(indices, values, record.label, p, self.sgd)
+        return Assessment(p, updates, reasons, learned)
+
+    def score_line(self, record: ModelInput, assessment: "Assessment", now_ms: int) -> str:
+        """The score of `record` as one JSON line (README, "Data contracts")."""
+        return orjson.dumps({
             "schema_version": SCHEMA_VERSION,
             "txn_id": record.txn_id,
             "model_key": record.model_key,
-            "score": p,
+            "score": assessment.probability,
             "label": record.label,
             "event_time": record.event_time,
-            "model_updates": model.updates,
-            "reasons": [{"feature": self.feature_names[i], "contribution": c}
-                        for i, c in model.top_contributions(indices, values, self.top_reasons)],
+            "model_updates": assessment.updates,
+            "reasons": [{"feature": self.feature_names[i], "contribution": c} for i, c in assessment.reasons],
             "scored_at": now_ms,
         }).decode("utf-8")
-        snapshot = None
-        if record.label is not None and model.learn(indices, values, record.label, p, self.sgd):
-            key_model.last_event_time = record.event_time
-            if model.updates % self.snapshot_every == 0:
-                snapshot = self.snapshot(key_model, record.model_key)
-        return score, snapshot
 
     def score_batch(self, records: Sequence[ModelInput], models: dict[str, KeyModel],
                     load_model: Callable[[str], KeyModel | None], now_ms: int) -> tuple[list[str], list[KeyedLine]]:

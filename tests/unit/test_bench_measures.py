@@ -1,0 +1,64 @@
+"""The benchmark's measures (bench/run_bench.py, bench/stages.py): CPU per record from /proc samples
+of the job's process tree, and the per-stage profile, on made-up samples and a small generated file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.run_bench import TreeSample, cpu_per_record, sample_tree
+from bench.stages import stage_profile
+from udfs.generator import GeneratorSettings, generate
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def test_cpu_per_record_counts_from_the_sample_before_the_first_score_to_the_one_before_the_last():
+    samples = [TreeSample(1_000, 5.0, 0), TreeSample(2_000, 6.0, 0), TreeSample(3_000, 8.0, 0),
+               TreeSample(4_000, 9.5, 0)]
+    # Scores at 1.5 s (the first), 2.5 s (x3) and 3.5 s (the last): measured from the 1 s sample to
+    # the 3 s one, which saw the first score and the three at 2.5 s, so 4 records for 3 CPU seconds.
+    measured = cpu_per_record(samples, [2_500, 1_500, 2_500, 3_500, 2_500])
+    assert measured == {"core_us_per_record": 3.0 / 4 * 1e6, "startup_cpu_s": 5.0, "measured_records": 4}
+
+
+def test_cpu_per_record_of_a_run_too_short_to_sample_says_so_instead_of_dividing_by_zero():
+    measured = cpu_per_record([TreeSample(1_000, 5.0, 0)], [1_500, 1_600])
+    assert measured["core_us_per_record"] is None and measured["measured_records"] == 0
+
+
+def test_a_process_tree_sample_sees_the_cpu_its_children_spend():
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
+                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        before = sample_tree(os.getpid())
+        deadline_cpu = before.cpu_s + 0.4  # the child spins for 0.5 s of CPU
+        for _ in range(100):
+            now = sample_tree(os.getpid())
+            if now.cpu_s >= deadline_cpu:
+                break
+            time.sleep(0.05)
+        assert now.cpu_s >= deadline_cpu, (before, now)
+        assert now.rss_bytes > 0
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_stage_profile_times_every_stage_of_a_stream_with_malformed_records(tmp_path):
+    data = tmp_path / "tx.jsonl"
+    data.write_bytes(b"\n".join(generate(GeneratorSettings(records=2_000, seed=5, malformed_share=0.3))) + b"\n")
+    stages = stage_profile(PROJECT / "conf" / "bench.yaml", data, "merchant_category")
+    assert list(stages) == ["decode_parse_clean", "features", "model", "output"]
+    assert all(microseconds > 0 for microseconds in stages.values()), stages
+
+
+def test_sample_tree_of_an_ended_process_is_none():
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    assert sample_tree(ended.pid) is None
