@@ -95,7 +95,8 @@ $(INSTALLED): pyproject.toml constraints.txt
 lock:
 	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
 	build/lock-venv/bin/python -m pip install --quiet --upgrade pip
-	build/lock-venv/bin/python -m pip install --quiet -e '.[test]' setuptools
+	build/lock-venv/bin/python -m pip install --quiet --upgrade setuptools
+	build/lock-venv/bin/python -m pip install --quiet -e '.[test]'
 	{ sed -n '/^#/p' constraints.txt; build/lock-venv/bin/python -m pip freeze --exclude-editable; \
 	  build/lock-venv/bin/python -m pip freeze --all | grep '^setuptools=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf build/lock-venv
