@@ -61,6 +61,18 @@ class TreeSample(NamedTuple):
     at_ms: int  # wall clock, epoch ms, comparable with the scores' scored_at
     cpu_s: float  # user + system seconds of every process of the tree, from /proc
     rss_bytes: int  # summed resident memory of the tree
+    cpu_s_by_kind: dict[str, float] = {}  # cpu_s split into "jvm", "python workers" and "client"
+
+
+def process_kind(command_line: list[str]) -> str:
+    """What a process of the job's tree is: the JVM, a Python worker (Beam's boot process and the
+    worker it starts), or the client (`riskstream run` and anything else). In thread mode the
+    Python code runs inside the JVM, so its CPU counts as the JVM's."""
+    if command_line and command_line[0].endswith("java"):
+        return "jvm"
+    if any("pyflink.fn_execution" in argument for argument in command_line):
+        return "python workers"
+    return "client"
 
 
 def sample_tree(root: int) -> TreeSample | None:
@@ -71,16 +83,18 @@ def sample_tree(root: int) -> TreeSample | None:
         tree = [process, *process.children(recursive=True)]
     except psutil.NoSuchProcess:
         return None
-    cpu, rss = 0.0, 0
+    cpu, rss, by_kind = 0.0, 0, {"jvm": 0.0, "python workers": 0.0, "client": 0.0}
     for member in tree:
         try:
             with member.oneshot():
                 times = member.cpu_times()
-                cpu += times.user + times.system
                 rss += member.memory_info().rss
+                kind = process_kind(member.cmdline())
         except psutil.NoSuchProcess:  # ended meanwhile
-            pass
-    return TreeSample(time.time_ns() // 1_000_000, cpu, rss)
+            continue
+        cpu += times.user + times.system
+        by_kind[kind] += times.user + times.system
+    return TreeSample(time.time_ns() // 1_000_000, cpu, rss, by_kind)
 
 
 def cpu_per_record(samples: list[TreeSample], scored_at: list[int]) -> dict:
@@ -92,7 +106,12 @@ def cpu_per_record(samples: list[TreeSample], scored_at: list[int]) -> dict:
     before_last = [s for s in samples if s.at_ms <= scored_at[-1]]
     start, end = before_first[-1], before_last[-1]
     records = sum(1 for at in scored_at if start.at_ms < at <= end.at_ms)
-    return {"core_us_per_record": (end.cpu_s - start.cpu_s) / records * 1e6 if records else None,
+    if not records:
+        return {"core_us_per_record": None, "core_us_per_record_by_kind": {}, "startup_cpu_s": start.cpu_s,
+                "measured_records": 0}
+    return {"core_us_per_record": (end.cpu_s - start.cpu_s) / records * 1e6,
+            "core_us_per_record_by_kind": {kind: (end.cpu_s_by_kind[kind] - start.cpu_s_by_kind.get(kind, 0.0))
+                                           / records * 1e6 for kind in end.cpu_s_by_kind},
             "startup_cpu_s": start.cpu_s, "measured_records": records}
 
 
@@ -268,6 +287,9 @@ def main() -> int:
             "job_core_us_per_record": median["job"]["core_us_per_record"],
             "job_core_us_per_record_100k_keys": job100k["core_us_per_record"],
             "job_core_us_per_record_low_latency": low_latency["core_us_per_record"],
+            # From the last round, not a median.
+            "job_core_us_per_record_by_kind": job20["core_us_per_record_by_kind"],
+            "job_core_us_per_record_by_kind_100k_keys": job100k["core_us_per_record_by_kind"],
             "job_startup_cpu_s": job20["startup_cpu_s"],
             "job_wall_s": job20["wall_s"], "job_wall_s_100k_keys": job100k["wall_s"],
             "state_bytes_per_key": job100k["state_bytes_per_key"],
@@ -317,6 +339,10 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     print(f"\n{'CPU per record, core-µs (user + system)':<44}{keys_20:>12}{keys_large:>16}")
     for name in median:
         print(f"{names[name]:<44}{median[name]['core_us_per_record']:>12.1f}{large[name]['core_us_per_record']:>16.1f}")
+        if name == "job":
+            for kind, small in results.get("job_core_us_per_record_by_kind", {}).items():
+                print(f"{'  of which ' + kind:<44}{small:>12.1f}"
+                      f"{results['job_core_us_per_record_by_kind_100k_keys'].get(kind, 0.0):>16.1f}")
     if "job" in median and "river" in median:
         print(f"{'job / River (records/s)':<44}{median['job']['records_per_second'] / median['river']['records_per_second']:>12.2f}"
               f"{large['job']['records_per_second'] / large['river']['records_per_second']:>16.2f}")

@@ -309,8 +309,15 @@ def stop_with_savepoint(base_url: str, job_id: str, directory: str, drain: bool 
     raise ClusterError(f"no savepoint after {timeout_s:.0f} s")
 
 
-def cancel(base_url: str, job_id: str) -> None:
+def cancel(base_url: str, job_id: str, timeout_s: float = 60) -> None:
+    """Cancels a job and returns once it has ended, so that what comes next (a resume from its
+    retained checkpoint, a new submit) does not find it still cancelling."""
     rest(base_url, "PATCH", f"/jobs/{job_id}?mode=cancel")
+    deadline = time.monotonic() + timeout_s
+    while rest(base_url, "GET", f"/jobs/{job_id}")["state"] not in ENDED:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"job {job_id} was still cancelling after {timeout_s:.0f} s; see the cluster's log")
+        time.sleep(0.2)
 
 
 def descendants(pid: int) -> list[int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run_bench import TreeSample, cpu_per_record, sample_tree
+from bench.run_bench import TreeSample, cpu_per_record, process_kind, sample_tree
 from bench.stages import stage_profile
 from udfs.generator import GeneratorSettings, generate
 
@@ -24,7 +24,25 @@ def test_cpu_per_record_counts_from_the_sample_before_the_first_score_to_the_one
     # Scores at 1.5 s (the first), 2.5 s (x3) and 3.5 s (the last): measured from the 1 s sample to
     # the 3 s one, which saw the first score and the three at 2.5 s, so 4 records for 3 CPU seconds.
     measured = cpu_per_record(samples, [2_500, 1_500, 2_500, 3_500, 2_500])
-    assert measured == {"core_us_per_record": 3.0 / 4 * 1e6, "startup_cpu_s": 5.0, "measured_records": 4}
+    assert (measured["core_us_per_record"], measured["startup_cpu_s"], measured["measured_records"]) == \
+        (3.0 / 4 * 1e6, 5.0, 4)
+
+
+def test_cpu_per_record_is_split_by_the_kind_of_process_that_spent_it():
+    samples = [TreeSample(1_000, 5.0, 0, {"jvm": 3.0, "python workers": 1.5, "client": 0.5}),
+               TreeSample(3_000, 9.0, 0, {"jvm": 5.0, "python workers": 3.5, "client": 0.5})]
+    measured = cpu_per_record(samples, [1_500, 2_000, 2_500, 3_000])
+    assert measured["core_us_per_record_by_kind"] == {"jvm": 0.5e6, "python workers": 0.5e6, "client": 0.0}
+    assert sum(measured["core_us_per_record_by_kind"].values()) == measured["core_us_per_record"]
+
+
+@pytest.mark.parametrize("command_line, kind", [
+    (["/usr/lib/jvm/java-17-openjdk-amd64/bin/java", "-Xmx1g", "org.apache.flink.Main"], "jvm"),
+    (["/work/.venv/bin/python", "-m", "pyflink.fn_execution.beam.beam_boot", "--id=1-1"], "python workers"),
+    (["/work/.venv/bin/python", "/work/.venv/bin/riskstream", "run", "--config", "conf/bench.yaml"], "client"),
+])
+def test_each_process_of_the_jobs_tree_is_told_apart_by_its_command_line(command_line, kind):
+    assert process_kind(command_line) == kind
 
 
 def test_cpu_per_record_of_a_run_too_short_to_sample_says_so_instead_of_dividing_by_zero():
