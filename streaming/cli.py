@@ -139,7 +139,8 @@ def parser() -> argparse.ArgumentParser:
     submit = command("submit", "submit the job to the session cluster with `flink run`, detached")
     profile(submit, None)
     submit.add_argument("--from", dest="from_path", default=None, metavar="PATH",
-                        help="resume from this savepoint or retained checkpoint")
+                        help="resume from this savepoint or retained checkpoint; `latest`: the newest one "
+                             "in the profile's savepoint and checkpoint directories")
 
     status = command("status", "the job's state and last completed checkpoint")
     status.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
@@ -253,7 +254,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
     cluster.rest(rest_url, "GET", "/overview", timeout=3)  # a cluster that is down: one line, exit 3
     try:
         if args.command == "submit":
-            from_path = _resume_path(args.from_path) if args.from_path is not None else None
+            from_path = _resume_path(args.from_path, settings) if args.from_path is not None else None
             _check_kafka_topics(settings)
             running = [job["jid"] for job in cluster.unended_jobs(rest_url) if job["name"] == cluster.JOB_NAME]
             if running:  # a second job would share the first one's consumer group and transactional ids
@@ -300,9 +301,20 @@ def _check_kafka_topics(settings) -> None:
             raise ConfigError(f"{error}; create the profile's topics with `riskstream topics`") from None
 
 
-def _resume_path(path: str) -> str:
+def _resume_path(path: str, settings) -> str:
     """`submit --from PATH` as the JobManager needs it: a local path (plain or file:) checked and
-    made absolute; a path on a remote file system (s3://...) as given."""
+    made absolute; a path on a remote file system (s3://...) as given; `latest`: the newest
+    savepoint or retained checkpoint in the profile's directories."""
+    if path == "latest":
+        from streaming.cluster import latest_restore_point
+
+        checkpointing = settings.checkpointing
+        latest = latest_restore_point(checkpointing.directory, checkpointing.savepoint_directory)
+        if latest is None:
+            raise UsageError(f"submit --from latest: no savepoint or retained checkpoint in "
+                             f"{checkpointing.savepoint_directory} or {checkpointing.directory}")
+        print(f"resuming from {latest}", flush=True)
+        return str(latest)
     local = path.removeprefix("file://").removeprefix("file:")
     if "://" in local:
         return path

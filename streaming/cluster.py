@@ -309,6 +309,15 @@ def stop_with_savepoint(base_url: str, job_id: str, directory: str, drain: bool 
     raise ClusterError(f"no savepoint after {timeout_s:.0f} s")
 
 
+def latest_restore_point(checkpoint_directory: str, savepoint_directory: str) -> Path | None:
+    """The newest complete savepoint (`<savepoint_directory>/savepoint-*`) or retained checkpoint
+    (`<checkpoint_directory>/<job id>/chk-*`) on the local file system, by when its metadata was
+    written; None when there is none. A checkpoint still being written has no _metadata yet."""
+    metadata = [*Path(savepoint_directory).glob("savepoint-*/_metadata"),
+                *Path(checkpoint_directory).glob("*/chk-*/_metadata")]
+    return max(metadata, key=lambda path: path.stat().st_mtime).parent if metadata else None
+
+
 def cancel(base_url: str, job_id: str, timeout_s: float = 60) -> None:
     """Cancels a job and returns once it has ended, so that what comes next (a resume from its
     retained checkpoint, a new submit) does not find it still cancelling."""

@@ -197,7 +197,12 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
     retained = status["last_checkpoint"]["path"].removeprefix("file:")
     assert main(["stop", resumed]) == 0 and f"cancelled job {resumed}" in capsys.readouterr().out
     assert Path(retained, "_metadata").is_file(), "the last checkpoint was not kept on cancel"
-    again, _ = submit_and_wait_for_a_checkpoint(main, options + ["--from", retained], session_cluster, capsys)
+    # `--from latest`: the newest savepoint or retained checkpoint, which is the cancelled job's last
+    # checkpoint (one may have completed after `status` read it), not the older savepoint.
+    again, first_line = submit_and_wait_for_a_checkpoint(main, options + ["--from", "latest"], session_cluster, capsys)
+    chosen = Path(first_line.removeprefix("resuming from "))
+    assert first_line.startswith("resuming from ") and chosen.parent.name == resumed, first_line
+    assert int(chosen.name.removeprefix("chk-")) >= int(Path(retained).name.removeprefix("chk-")), (chosen, retained)
     assert main(["status", again]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint_counts"]["restored"] == 1
     assert main(["stop", again]) == 0

@@ -207,3 +207,27 @@ def test_the_innermost_cause_of_a_java_trace_is_its_last_caused_by():
              "Caused by: java.nio.file.FileAlreadyExistsException: /tmp/a-file\n\tat g.h(I.java:3)\n")
     assert cluster.innermost_cause(trace, "none") == "java.nio.file.FileAlreadyExistsException: /tmp/a-file"
     assert cluster.innermost_cause("just one line", "just one line") == "just one line"
+
+
+def test_the_latest_restore_point_is_the_newest_complete_savepoint_or_retained_checkpoint(tmp_path):
+    import os
+
+    from streaming.cluster import latest_restore_point
+
+    checkpoints, savepoints = tmp_path / "checkpoints", tmp_path / "savepoints"
+    assert latest_restore_point(str(checkpoints), str(savepoints)) is None  # neither folder exists yet
+
+    def complete(folder, written_at):
+        folder.mkdir(parents=True)
+        (folder / "_metadata").write_bytes(b"metadata")
+        os.utime(folder / "_metadata", (written_at, written_at))
+        return folder
+
+    older_savepoint = complete(savepoints / "savepoint-0a1b2c-1234", 1_000)
+    assert latest_restore_point(str(checkpoints), str(savepoints)) == older_savepoint
+    checkpoint = complete(checkpoints / "6b2ba11f9192c8e9c424a1d0b8246996" / "chk-7", 2_000)
+    (checkpoints / "6b2ba11f9192c8e9c424a1d0b8246996" / "chk-8").mkdir()  # being written: no _metadata yet
+    (checkpoints / "6b2ba11f9192c8e9c424a1d0b8246996" / "shared").mkdir()
+    assert latest_restore_point(str(checkpoints), str(savepoints)) == checkpoint
+    newer_savepoint = complete(savepoints / "savepoint-0a1b2c-5678", 3_000)
+    assert latest_restore_point(str(checkpoints), str(savepoints)) == newer_savepoint
