@@ -98,7 +98,7 @@ class ReadBundle(ProcessFunction):
         self.keyed_output = keyed_output
 
     def process_element(self, bundle, ctx):
-        stream, seq, records = split_bundle_header(bundle)
+        stream, seq, records = split_bundle_header(bundle.decode("utf-8"))
         by_shard, dead_letters = self.reader.read_bundle(records, self.shards, now_ms())
         if dead_letters:
             if self.keyed_output:  # the txn_id, when known, is the message key
@@ -181,14 +181,14 @@ def java_operator(stream: DataStream, name: str, build) -> DataStream:
 
 
 def bundled(stream: DataStream, settings: Settings) -> DataStream:
-    """Records joined into newline-separated bundles (see RecordBundler.java). With
+    """Records joined into newline-separated bundles, as UTF-8 bytes (see RecordBundler.java). With
     `performance.parallel_prepare` the bundles are numbered and spread over all parallel
     preparing workers; otherwise each stays with the worker of the source that read it."""
     bundling = settings.performance.bundling()
     sequenced = settings.performance.spreads_bundles()
-    string_type = Types.STRING().get_java_type_info()
+    bytes_type = Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info()
     bundles = java_operator(stream, "bundle-records", lambda j, jvm: j.transform(
-        "bundle-records", string_type, jvm.riskstream.flink.RecordBundler(
+        "bundle-records", bytes_type, jvm.riskstream.flink.RecordBundler(
             bundling.max_records, bundling.max_delay_ms, sequenced, settings.source.max_records_per_second or 0)))
     return bundles.rebalance() if sequenced else bundles
 

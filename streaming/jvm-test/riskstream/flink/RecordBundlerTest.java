@@ -3,7 +3,9 @@ package riskstream.flink;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.nio.charset.StandardCharsets;
 import java.util.List;
+import java.util.stream.Collectors;
 
 import org.apache.flink.streaming.util.OneInputStreamOperatorTestHarness;
 import org.junit.jupiter.api.Test;
@@ -18,13 +20,19 @@ class RecordBundlerTest {
     private static final long NEVER_MS = 3_600_000L; // a delay no test reaches
     private static final long NO_CEILING = 0L;
 
-    private static OneInputStreamOperatorTestHarness<String, String> harnessOf(RecordBundler bundler) throws Exception {
-        OneInputStreamOperatorTestHarness<String, String> harness = new OneInputStreamOperatorTestHarness<>(bundler);
+    private static OneInputStreamOperatorTestHarness<String, byte[]> harnessOf(RecordBundler bundler) throws Exception {
+        OneInputStreamOperatorTestHarness<String, byte[]> harness = new OneInputStreamOperatorTestHarness<>(bundler);
         harness.open();
         return harness;
     }
 
-    private static void process(OneInputStreamOperatorTestHarness<String, String> harness, String... records)
+    /** The bundles emitted so far, decoded from UTF-8 as the Python worker decodes them. */
+    private static List<String> bundles(OneInputStreamOperatorTestHarness<String, byte[]> harness) {
+        return harness.extractOutputValues().stream().map(bytes -> new String(bytes, StandardCharsets.UTF_8))
+                .collect(Collectors.toList());
+    }
+
+    private static void process(OneInputStreamOperatorTestHarness<String, byte[]> harness, String... records)
             throws Exception {
         for (String record : records) {
             harness.processElement(record, 0L);
@@ -32,10 +40,24 @@ class RecordBundlerTest {
     }
 
     @Test
+    void aBundleIsItsRecordsAsUtf8AndDecodesToThemCharacterForCharacter() throws Exception {
+        // A payload's bytes arrive as ISO-8859-1 characters (0x80-0xFF among them); a path may hold
+        // any character, including one outside the Basic Multilingual Plane.
+        String payload = "{\"amount\": 1}\u0080\u00ff\u00e9";
+        String path = "file:1:/data/caf\u00e9-\u6570\u636e-\ud83d\ude00.jsonl\t" + payload;
+        try (var harness = harnessOf(new RecordBundler(2, NEVER_MS, false, NO_CEILING))) {
+            process(harness, path, "file:2:/a\t" + payload);
+            byte[] bundle = harness.extractOutputValues().get(0);
+            assertEquals(path + "\nfile:2:/a\t" + payload, new String(bundle, StandardCharsets.UTF_8));
+            assertEquals((path + "\nfile:2:/a\t" + payload).getBytes(StandardCharsets.UTF_8).length, bundle.length);
+        }
+    }
+
+    @Test
     void emitsABundleWhenItHoldsMaxRecords() throws Exception {
         try (var harness = harnessOf(new RecordBundler(3, NEVER_MS, false, NO_CEILING))) {
             process(harness, "a", "b", "c", "d");
-            assertEquals(List.of("a\nb\nc"), harness.extractOutputValues());
+            assertEquals(List.of("a\nb\nc"), bundles(harness));
         }
     }
 
@@ -43,11 +65,11 @@ class RecordBundlerTest {
     void emitsThePendingBundleBeforeTheCheckpointBarrier() throws Exception {
         try (var harness = harnessOf(new RecordBundler(100, NEVER_MS, false, NO_CEILING))) {
             process(harness, "a", "b");
-            assertEquals(List.of(), harness.extractOutputValues());
+            assertEquals(List.of(), bundles(harness));
             // A task calls this just before it sends the barrier on: what is emitted here is
             // before the barrier, so the checkpoint needs no state for it.
             harness.prepareSnapshotPreBarrier(1L);
-            assertEquals(List.of("a\nb"), harness.extractOutputValues());
+            assertEquals(List.of("a\nb"), bundles(harness));
         }
     }
 
@@ -59,15 +81,15 @@ class RecordBundlerTest {
             harness.setProcessingTime(1_030);
             process(harness, "b");
             harness.setProcessingTime(1_049);
-            assertEquals(List.of(), harness.extractOutputValues());
+            assertEquals(List.of(), bundles(harness));
             harness.setProcessingTime(1_050);
-            assertEquals(List.of("a\nb"), harness.extractOutputValues());
+            assertEquals(List.of("a\nb"), bundles(harness));
 
             process(harness, "c"); // a new bundle waits from its own first record
             harness.setProcessingTime(1_099);
-            assertEquals(List.of("a\nb"), harness.extractOutputValues());
+            assertEquals(List.of("a\nb"), bundles(harness));
             harness.setProcessingTime(1_100);
-            assertEquals(List.of("a\nb", "c"), harness.extractOutputValues());
+            assertEquals(List.of("a\nb", "c"), bundles(harness));
         }
     }
 
@@ -79,9 +101,9 @@ class RecordBundlerTest {
             harness.setProcessingTime(1_040);
             process(harness, "c"); // due at 1 090
             harness.setProcessingTime(1_050);
-            assertEquals(List.of("a\nb"), harness.extractOutputValues());
+            assertEquals(List.of("a\nb"), bundles(harness));
             harness.setProcessingTime(1_090);
-            assertEquals(List.of("a\nb", "c"), harness.extractOutputValues());
+            assertEquals(List.of("a\nb", "c"), bundles(harness));
         }
     }
 
@@ -90,7 +112,7 @@ class RecordBundlerTest {
         try (var harness = harnessOf(new RecordBundler(100, NEVER_MS, false, NO_CEILING))) {
             process(harness, "a", "b");
             harness.endInput();
-            assertEquals(List.of("a\nb"), harness.extractOutputValues());
+            assertEquals(List.of("a\nb"), bundles(harness));
         }
     }
 
@@ -110,7 +132,7 @@ class RecordBundlerTest {
             assertTrue(seconds >= fastestAllowed,
                     records + " records in " + seconds + " s, under the " + fastestAllowed + " s a ceiling of "
                             + perSecond + "/s allows");
-            assertEquals(records / 100, harness.extractOutputValues().size()); // nothing lost on the way
+            assertEquals(records / 100, bundles(harness).size()); // nothing lost on the way
         }
     }
 }
