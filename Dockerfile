@@ -44,7 +44,7 @@ COPY Makefile ./
 COPY kafka/pom.xml kafka/
 RUN touch .venv/.installed \
  && make --no-print-directory build/kafka-libs/.resolved build/flink-jars/.resolved \
- && rm -rf /root/.m2
+ && rm -rf "$HOME/.m2"
 COPY streaming/jvm streaming/jvm/
 COPY streaming/jvm-kafka streaming/jvm-kafka/
 RUN make --no-print-directory jars && rm -rf build/classes build/kafka-classes

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import orjson
 
 from streaming.config import (DEFAULT_PROFILES, PROFILE_ENV, PROJECT_ROOT, ConfigError, ServiceUnreachable,
-                              load_settings)
+                              load_settings, profile_from_environment)
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job failed, its accounting does not reconcile, or the cluster refused a request
@@ -75,11 +74,11 @@ def parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, formatter_class=formatter)
 
-    environment_profile = os.environ.get(PROFILE_ENV) or None
+    environment_profile = profile_from_environment()
 
     def profile(sub: argparse.ArgumentParser, default: str | None) -> None:
         if environment_profile is not None:  # e.g. the docker-compose stack's containers
-            sub.add_argument("--config", type=Path, default=Path(environment_profile),
+            sub.add_argument("--config", type=Path, default=environment_profile,
                              help=f"the profile (default from {PROFILE_ENV})")
         elif default is None:
             sub.add_argument("--config", required=True, type=Path, help="a profile, e.g. conf/local.yaml")
@@ -256,7 +255,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
         if args.command == "submit":
             from_path = _resume_path(args.from_path, settings) if args.from_path is not None else None
             _check_kafka_topics(settings)
-            running = [job["jid"] for job in cluster.unended_jobs(rest_url) if job["name"] == cluster.JOB_NAME]
+            running = cluster.scoring_jobs(rest_url)
             if running:  # a second job would share the first one's consumer group and transactional ids
                 if from_path is not None:
                     return _fail(f"submit --from: job {running[0]} is running on {rest_url}; stop it first "
@@ -294,11 +293,10 @@ def _check_kafka_topics(settings) -> None:
 
     kafka_tools.show_client_log(False)
     kafka_tools.check_broker(settings)
-    for topic in settings.kafka.topics():
-        try:
-            kafka_tools.check_topic(settings, topic)
-        except ConfigError as error:
-            raise ConfigError(f"{error}; create the profile's topics with `riskstream topics`") from None
+    try:
+        kafka_tools.check_topic(settings, *settings.kafka.topics())
+    except ConfigError as error:
+        raise ConfigError(f"{error}; create the profile's topics with `riskstream topics`") from None
 
 
 def _resume_path(path: str, settings) -> str:

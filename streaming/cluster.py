@@ -267,12 +267,17 @@ def unended_jobs(base_url: str) -> list[dict[str, Any]]:
     return [job for job in rest(base_url, "GET", "/jobs/overview")["jobs"] if job["state"] not in ENDED]
 
 
+def scoring_jobs(base_url: str) -> list[str]:
+    """The ids of the jobs named riskstream-scoring that are not finished, failed or cancelled."""
+    return [job["jid"] for job in unended_jobs(base_url) if job["name"] == JOB_NAME]
+
+
 def running_job(base_url: str) -> str:
     """The id of the one job named riskstream-scoring that is not finished, failed or cancelled."""
-    jobs = [job for job in unended_jobs(base_url) if job["name"] == JOB_NAME]
+    jobs = scoring_jobs(base_url)
     if len(jobs) != 1:
         raise ClusterError(f"expected one running {JOB_NAME} job, found {len(jobs)}; name one by its id")
-    return jobs[0]["jid"]
+    return jobs[0]
 
 
 def job_status(base_url: str, job_id: str) -> dict[str, Any]:

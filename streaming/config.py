@@ -40,6 +40,12 @@ DEFAULT_PROFILES = {"local": PROJECT_ROOT / "conf" / "local.yaml", "kafka": PROJ
 # set it to conf/compose.yaml); --config still wins.
 PROFILE_ENV = "RISKSTREAM_PROFILE"
 
+
+def profile_from_environment() -> Path | None:
+    """The profile RISKSTREAM_PROFILE names, or None when it is unset or empty."""
+    named = os.environ.get(PROFILE_ENV)
+    return Path(named) if named else None
+
 # Fields of a cleaned transaction a model can be keyed by (all strings after cleaning).
 ModelKeyField = Literal["merchant_category", "account_id", "merchant_id", "country", "channel", "currency"]
 

@@ -10,12 +10,11 @@ serves, else 1 with one line saying why. The profile is the container's (RISKSTR
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 
 from streaming import cluster, kafka_tools
-from streaming.config import DEFAULT_PROFILES, PROFILE_ENV, ConfigError, ServiceUnreachable, load_settings
+from streaming.config import DEFAULT_PROFILES, ConfigError, ServiceUnreachable, load_settings, profile_from_environment
 
 
 def registered_here(taskmanagers: list[dict], address: str) -> bool:
@@ -29,7 +28,7 @@ SERVICES = ("kafka", "jobmanager", "taskmanager")
 def check(service: str) -> None:
     """Raises ConfigError, ServiceUnreachable or ClusterError (one line) unless `service` (one of
     SERVICES) serves."""
-    settings = load_settings(os.environ.get(PROFILE_ENV) or DEFAULT_PROFILES["cluster"])
+    settings = load_settings(profile_from_environment() or DEFAULT_PROFILES["cluster"])
     if service == "kafka":
         kafka_tools.show_client_log(False)
         kafka_tools.check_broker(settings)

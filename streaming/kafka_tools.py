@@ -56,16 +56,19 @@ def check_broker(settings: Settings, timeout_s: float = 5) -> None:
             f"project's broker with `make kafka-up`, or point the profile at yours") from None
 
 
-def check_topic(settings: Settings, topic: str) -> None:
-    """Raises ConfigError naming the topics there are, unless `topic` exists."""
+def check_topic(settings: Settings, *wanted: str) -> None:
+    """Raises ConfigError naming the first of the `wanted` topics that does not exist and the
+    topics there are, unless all exist (one metadata request)."""
     from confluent_kafka.admin import AdminClient
 
     from streaming.config import ConfigError
 
     topics = AdminClient(client_config(settings)).list_topics(timeout=10).topics
-    if topic not in topics:
-        known = ", ".join(sorted(name for name in topics if not name.startswith("_"))) or "none"
-        raise ConfigError(f"topic {topic!r} does not exist at {settings.kafka.bootstrap_servers}; topics there: {known}")
+    for topic in wanted:
+        if topic not in topics:
+            known = ", ".join(sorted(name for name in topics if not name.startswith("_"))) or "none"
+            raise ConfigError(f"topic {topic!r} does not exist at {settings.kafka.bootstrap_servers}; "
+                              f"topics there: {known}")
 
 
 def create_topics(settings: Settings) -> list[str]:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 from streaming import cluster
-from streaming.config import DEFAULT_PROFILES, PROFILE_ENV, load_settings
+from streaming.config import DEFAULT_PROFILES, load_settings, profile_from_environment
 from tests import failover_drill
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
@@ -49,16 +48,12 @@ def wait_for(what: str, condition, timeout_s: float, poll_s: float = 1.0):
     raise CheckFailed(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def scoring_jobs(url: str) -> list[dict]:
-    return [job for job in cluster.unended_jobs(url) if job["name"] == cluster.JOB_NAME]
-
-
 def running_job(url: str) -> str | None:
     """The id of the one scoring job, once it and all its tasks run."""
-    jobs = scoring_jobs(url)
+    jobs = cluster.scoring_jobs(url)
     if len(jobs) != 1:
         return None
-    job = cluster.rest(url, "GET", f"/jobs/{jobs[0]['jid']}")
+    job = cluster.rest(url, "GET", f"/jobs/{jobs[0]}")
     running = job["state"] == "RUNNING" and all(vertex["status"] == "RUNNING" for vertex in job["vertices"])
     return job["jid"] if running else None
 
@@ -118,18 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     accounted.add_argument("--malformed-share", type=float, required=True)
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
-    settings = load_settings(os.environ.get(PROFILE_ENV) or DEFAULT_PROFILES["cluster"])
+    settings = load_settings(profile_from_environment() or DEFAULT_PROFILES["cluster"])
     url = settings.flink.rest_url
     try:
         if args.check == "job":
             print(wait_for("a running riskstream-scoring job", lambda: running_job(url), args.timeout))
         elif args.check == "one-job":
-            jobs = scoring_jobs(url)
+            jobs = cluster.scoring_jobs(url)
             if len(jobs) != 1:
                 raise CheckFailed(f"{len(jobs)} {cluster.JOB_NAME} jobs have not ended; expected one")
-            print(f"one {cluster.JOB_NAME} job: {jobs[0]['jid']}")
+            print(f"one {cluster.JOB_NAME} job: {jobs[0]}")
         elif args.check == "phase-checkpoint":
-            job_id = scoring_jobs(url)[0]["jid"]
+            job_id = cluster.scoring_jobs(url)[0]
 
             def completed_in_phase():
                 latest = (cluster.rest(url, "GET", f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("completed")
@@ -142,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"checkpoint {checkpoint['id']} of this phase completed; {committed:,} of {args.total:,} "
                   "records committed")
         elif args.check == "restored":
-            job_id = scoring_jobs(url)[0]["jid"]
+            job_id = cluster.scoring_jobs(url)[0]
 
             def restored():
                 counts = cluster.rest(url, "GET", f"/jobs/{job_id}/checkpoints")
