@@ -110,7 +110,7 @@ compose-test:
 $(RIVER_INSTALLED): pyproject.toml | $(INSTALLED)
 	$(PYTHON) -m venv $(RIVER_VENV)
 	$(RIVER_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(RIVER_VENV)/bin/python -m pip install --quiet "river==0.26.1" "immutabledict>=4" "orjson>=3.9" "pydantic>=2.5,<3" "pyyaml>=6" "tqdm>=4.60"
+	$(RIVER_VENV)/bin/python -m pip install --quiet "river==0.26.1" "immutabledict>=4" "msgspec>=0.19" "numba>=0.61" "orjson>=3.9" "pydantic>=2.5,<3" "pyyaml>=6" "tqdm>=4.60"
 	$(RIVER_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 

@@ -1,15 +1,15 @@
 """The per-stage profile of `make bench`: where a record's time goes, in one Python process, on the
-job's own code and profile, over the benchmark's file. Stages, in µs per record entering them:
+job's own code and profile, over the benchmark's file, in batches of 1,000 records as the job's
+bundles. Stages, in µs per record entering them:
 
-  decode_parse_clean   bytes to a cleaned transaction (udfs.cleaning), or a dead letter's reason
-  features             the cleaned transaction to its sparse feature vector (udfs.features)
-  model                standardize, score, top reasons, learn (ModelScorer.assess)
-  output               the score's JSON line (ModelScorer.score_line)
+  decode_parse_clean   bytes to cleaned transactions, or dead letters' reasons (clean_batch)
+  features             cleaned transactions to a columnar batch of sparse vectors (encode_batch)
+  model                standardize, score, top reasons, learn (ModelScorer.assess_columns, compiled)
+  output               the scores' JSON lines (ModelScorer.score_lines)
 
-Each stage is timed with perf_counter_ns around its call, so the timer's own cost (tens of ns) is
-included. Dead letters are not written here; the job's share of framework work (moving records
-between the JVM and the Python workers, bundling, sinks, checkpoints) is its CPU per record minus
-the sum of these stages.
+Each stage is timed with perf_counter_ns around its call. Dead letters are not written here; the
+job's share of framework work (moving records between the JVM and the Python workers, bundling,
+sinks, checkpoints) is its CPU per record minus the sum of these stages.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from pathlib import Path
 from streaming.config import load_settings
 from streaming.from_settings import model_scorer, transaction_reader
 from streaming.outputs import file_records
-from udfs.cleaning import Rejected, clean, decode, parse
-from udfs.pipeline import ModelInput
+from udfs.batch_cleaning import clean_batch
+from udfs.cleaning import Rejected
+from udfs.pipeline import RecordBatch
+
+BATCH = 1_000
 
 
 def stage_profile(profile: Path, data: Path, key: str, limit: int = 200_000) -> dict[str, float]:
@@ -30,41 +33,30 @@ def stage_profile(profile: Path, data: Path, key: str, limit: int = 200_000) -> 
     settings = load_settings(profile, [f"model.key={key}"])
     reader = transaction_reader(settings)
     scorer = model_scorer(settings, reader.encoder)
-    rules, encoder = reader.rules, reader.encoder
-    models = {}
+    table = scorer.new_table()
     spent = {"decode_parse_clean": 0, "features": 0, "model": 0, "output": 0}
     entered = {"decode_parse_clean": 0, "features": 0, "model": 0, "output": 0}
     clock = time.perf_counter_ns
     now_ms = time.time_ns() // 1_000_000
-    for raw in islice(file_records(data), limit):
-        entered["decode_parse_clean"] += 1
+    raws = list(islice(file_records(data), limit))
+    for start in range(0, len(raws), BATCH):
+        chunk = raws[start:start + BATCH]
+        entered["decode_parse_clean"] += len(chunk)
         started = clock()
-        try:
-            txn = clean(parse(decode(raw, rules.max_record_bytes)), rules)
-        except Rejected:
-            spent["decode_parse_clean"] += clock() - started
-            continue
+        txns = [txn for txn in clean_batch(chunk, reader.rules)
+                if not isinstance(txn, Rejected) and txn[reader.model_key_field] is not None]
         cleaned = clock()
+        entered["features"] += len(txns)
+        encoded, _ = reader.encoder.encode_batch(txns)
+        batch = RecordBatch.of_encoded(txns, encoded, reader.model_key_field)
+        featured = clock()
+        entered["model"] += len(batch)
+        entered["output"] += len(batch)
+        assessed = scorer.assess_columns(batch, table)
+        modelled = clock()
+        scorer.score_lines(batch, assessed, now_ms)
         spent["decode_parse_clean"] += cleaned - started
-        if txn[reader.model_key_field] is None:
-            continue
-        entered["features"] += 1
-        try:
-            indices, values = encoder.encode(txn)
-        except Rejected:
-            spent["features"] += clock() - cleaned
-            continue
-        encoded = clock()
-        spent["features"] += encoded - cleaned
-        record = ModelInput(txn[reader.model_key_field], txn["txn_id"], txn["event_time"], txn["is_fraud"],
-                            indices, values)
-        key_model = models.get(record.model_key) or models.setdefault(record.model_key, scorer.new_model())
-        entered["model"] += 1
-        entered["output"] += 1
-        started = clock()
-        assessment = scorer.assess(key_model, record)
-        assessed = clock()
-        scorer.score_line(record, assessment, now_ms)
-        spent["model"] += assessed - started
-        spent["output"] += clock() - assessed
+        spent["features"] += featured - cleaned
+        spent["model"] += modelled - featured
+        spent["output"] += clock() - modelled
     return {stage: spent[stage] / entered[stage] / 1000 if entered[stage] else 0.0 for stage in spent}

@@ -6,13 +6,12 @@ route what comes back (scores, dead letters, snapshots) to sinks.
 
 from __future__ import annotations
 
-import pickle
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple, Sequence
 
 from pyflink.common import (
     CompletableFuture,
@@ -49,17 +48,30 @@ from streaming.cluster import JOB_NAME
 from streaming.config import Settings
 from streaming.flink_options import flink_options
 from streaming.from_settings import transaction_reader, model_scorer
-from udfs.model import KeyModel
 from udfs.ordering import BundleSequencer, split_bundle_header
-from udfs.pipeline import ModelScorer, TransactionReader
+
+if TYPE_CHECKING:
+    from udfs.compiled_model import ModelTable
+from udfs.pipeline import (
+    KeyedLine,
+    ModelScorer,
+    RecordBatch,
+    TransactionReader,
+    compile_model_code,
+    pack_shard_batch,
+    unpack_shard_batch,
+)
 
 # The final watermark of a bounded input; a timer here fires only when the input has ended.
 END_OF_INPUT = 2**63 - 1
 
-DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
-SNAPSHOTS = OutputTag("model-snapshots", Types.STRING())
+# Output bundles are UTF-8 bytes (see output_bundle).
+DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+SNAPSHOTS = OutputTag("model-snapshots", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
+
+EMPTY_BATCH = RecordBatch.of([])
 
 # The accumulator in which RecordBundler.java counts every record the source emits (its RECORDS_READ).
 RECORDS_READ_ACCUMULATOR = "records-read"
@@ -81,16 +93,26 @@ def flink_configuration(settings: Settings) -> Configuration:
     return conf
 
 
-def kafka_line(key: str | None, line: str) -> str:
-    """`<key>\t<line>`, which KeyedLineSerializer.java splits into a Kafka message's key and value
-    (a tab in the key would end it early, so it becomes a space; None is an empty key)."""
-    return f"{(key or '').replace(chr(9), ' ')}\t{line}"
+def output_bundle(lines: Sequence[bytes], keys: Sequence[str | None] | None = None) -> bytes:
+    """Output lines (JSON, UTF-8) as one newline-separated bundle for the sinks: a file sink writes
+    it whole (BundleEncoder.java). With `keys` (for a Kafka sink) each line becomes
+    `<key>\t<line>`, which KeyedLineBytesSerializer.java splits into a message's key and value (a
+    tab in a key would end it early, so it becomes a space; None is an empty key)."""
+    if keys is None:
+        return b"\n".join(lines)
+    return b"\n".join(b"%s\t%s" % ((key or "").replace("\t", " ").encode("utf-8"), line)
+                      for key, line in zip(keys, lines))
+
+
+def keyed_lines_bundle(lines: Sequence[KeyedLine], keyed: bool) -> bytes:
+    """`output_bundle` of JSON lines that carry their own keys (dead letters, snapshots)."""
+    return output_bundle([line.encode("utf-8") for line in lines], [line.key for line in lines] if keyed else None)
 
 
 class ReadBundle(ProcessFunction):
-    """Decode, parse, clean and encode a bundle of records; emits (shard, pickled list of that
-    shard's records in arrival order) per shard, and the bundle's dead letters, as JSON lines, to
-    DEAD_LETTERS."""
+    """Decode, parse, clean and encode a bundle of records; emits (shard, that shard's records in
+    arrival order as a packed RecordBatch) per shard, and the bundle's dead letters, as JSON
+    lines, to DEAD_LETTERS."""
 
     def __init__(self, reader: TransactionReader, shards: int, keyed_output: bool):
         self.reader = reader
@@ -99,79 +121,76 @@ class ReadBundle(ProcessFunction):
 
     def process_element(self, bundle, ctx):
         stream, seq, records = split_bundle_header(bundle.decode("utf-8"))
-        by_shard, dead_letters = self.reader.read_bundle(records, self.shards, now_ms())
-        if dead_letters:
-            if self.keyed_output:  # the txn_id, when known, is the message key
-                dead_letters = [kafka_line(letter.key, letter) for letter in dead_letters]
-            yield DEAD_LETTERS, "\n".join(dead_letters)
+        by_shard, dead_letters = self.reader.read_bundle_columns(records, self.shards, now_ms())
+        if dead_letters:  # keyed by txn_id, when known
+            yield DEAD_LETTERS, keyed_lines_bundle(dead_letters, self.keyed_output)
         # A numbered bundle gives every shard a batch, even an empty one, so that each shard can
         # tell an empty batch from one still on its way (see udfs/ordering.py).
         shards = range(self.shards) if stream is not None else by_shard
         for shard in shards:
-            batch = (stream, seq, by_shard.get(shard, []))
-            # Pickled here with the standard pickler: PyFlink's own (cloudpickle) is several
-            # times slower on many small tuples.
-            yield shard, pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+            batch = by_shard.get(shard)
+            yield shard, pack_shard_batch(stream, seq, batch if batch is not None else EMPTY_BATCH)
 
 
 class ScoreShard(KeyedProcessFunction):
     """The models of one shard's keys, in keyed map state (model key -> model bytes). Each batch
-    is scored record by record in arrival order; snapshots go to SNAPSHOTS.
+    is scored in arrival order, in compiled code (ModelScorer.score_columns); snapshots go to
+    SNAPSHOTS.
 
     Keyed state is the only record of a model; the worker also keeps each shard's models in
-    memory, because reading state key by key costs a round trip to the JVM per record in process
-    mode. That copy is loaded whole from state the first time the worker sees the shard (after a
-    start or a restore) and written through on every update, so it always equals the state.
+    memory, as a table of arrays, because reading state key by key costs a round trip to the JVM
+    per record in process mode. That copy is loaded whole from state the first time the worker
+    sees the shard (after a start or a restore) and written through on every update, so it always
+    equals the state.
     """
 
     def __init__(self, scorer: ModelScorer, keyed_output: bool):
         self.scorer = scorer
         self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
         self.models = None
-        self.shard_models: dict[int, dict[str, KeyModel]] = {}
+        self.shard_models: dict[int, ModelTable] = {}
         self.sequencer = BundleSequencer()
 
     def open(self, runtime_context: RuntimeContext):
+        internals.let_numba_import_in_python_workers()
         self.models = runtime_context.get_map_state(
+            # Pickled bytes, as since version 1 of the model state, so that a savepoint of an
+            # earlier release restores (its version-1 models are read, and written as version 2).
             MapStateDescriptor("models", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
         self.shard_models = {}
         self.sequencer = BundleSequencer()
 
     def process_element(self, shard_batch, ctx):
-        shard, pickled_batch = shard_batch
-        stream, seq, records = pickle.loads(pickled_batch)
-        batches = [records] if stream is None else self.sequencer.release(shard, stream, seq, records)
+        shard, packed = shard_batch
+        stream, seq, batch = unpack_shard_batch(packed)
+        batches = [batch] if stream is None else self.sequencer.release(shard, stream, seq, batch)
         if shard not in self.shard_models:  # once per shard and worker; Flink keeps one timer per key
             ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # the final snapshots
-        cached = self._models_of(shard)
-        for records in batches:
-            batch_models: dict[str, KeyModel] = {}
-            scores, snapshots = self.scorer.score_batch(records, batch_models, cached.get, now_ms())
-            for key, model in batch_models.items():  # not put_all: PyFlink 2.2's is broken in both modes
-                self.models.put(key, model.to_bytes())
-            cached.update(batch_models)
-            if self.keyed_output:
-                scores = [kafka_line(record.model_key, score) for record, score in zip(records, scores)]
-                snapshots = [kafka_line(snapshot.key, snapshot) for snapshot in snapshots]
+        table = self._models_of(shard)
+        for batch in batches:
+            scores, snapshots, changed = self.scorer.score_columns(batch, table, now_ms())
+            keys = table.keys
+            for row in changed:  # not put_all: PyFlink 2.2's is broken in both modes
+                self.models.put(keys[row], table.to_bytes(row))
             if scores:
-                yield "\n".join(scores)
+                yield output_bundle(scores, batch.model_keys if self.keyed_output else None)
             if snapshots:
-                yield SNAPSHOTS, "\n".join(snapshots)
+                yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
 
-    def _models_of(self, shard: int) -> dict[str, KeyModel]:
-        cached = self.shard_models.get(shard)
-        if cached is None:
-            cached = {key: KeyModel.from_bytes(data) for key, data in self.models.items()}
-            self.shard_models[shard] = cached
-        return cached
+    def _models_of(self, shard: int) -> ModelTable:
+        table = self.shard_models.get(shard)
+        if table is None:
+            table = self.scorer.new_table()
+            for key, data in self.models.items():
+                table.add(key, data)
+            self.shard_models[shard] = table
+        return table
 
     def on_timer(self, timestamp, ctx):
-        models = self._models_of(ctx.get_current_key())
-        if models:
-            snapshots = [self.scorer.snapshot(model, key) for key, model in models.items()]
-            if self.keyed_output:
-                snapshots = [kafka_line(snapshot.key, snapshot) for snapshot in snapshots]
-            yield SNAPSHOTS, "\n".join(snapshots)
+        table = self._models_of(ctx.get_current_key())
+        if len(table):
+            snapshots = [self.scorer.snapshot(table.key_model(row), key) for row, key in enumerate(table.keys)]
+            yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
 
 
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
@@ -194,9 +213,9 @@ def bundled(stream: DataStream, settings: Settings) -> DataStream:
 
 
 def split_lines(stream: DataStream, name: str) -> DataStream:
-    """Newline-separated output bundles split into one record per line (see SplitLines.java)."""
-    string_type = Types.STRING().get_java_type_info()
-    return java_operator(stream, name, lambda j, jvm: j.flatMap(jvm.riskstream.flink.SplitLines(), string_type))
+    """Output bundles split into one record per line, for a Kafka sink (see SplitLineBytes.java)."""
+    bytes_type = Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info()
+    return java_operator(stream, name, lambda j, jvm: j.flatMap(jvm.riskstream.flink.SplitLineBytes(), bytes_type))
 
 
 def transactions_source(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
@@ -248,7 +267,7 @@ def kafka_source(settings: Settings) -> Source:
 
 
 def kafka_sink(settings: Settings, topic: str, name: str) -> Sink:
-    """Lines `<key>\t<value>` to `topic` (see KeyedLineSerializer.java), exactly once or at least once."""
+    """Lines `<key>\t<value>` to `topic` (see KeyedLineBytesSerializer.java), exactly once or at least once."""
     kafka = settings.kafka
     jvm = internals.jvm()
     producer = jvm.java.util.Properties()
@@ -261,7 +280,7 @@ def kafka_sink(settings: Settings, topic: str, name: str) -> Sink:
         jvm.org.apache.flink.connector.kafka.sink.KafkaSink.builder()
         .setBootstrapServers(kafka.bootstrap_servers)
         .setKafkaProducerConfig(producer)
-        .setRecordSerializer(jvm.riskstream.flink.kafka.KeyedLineSerializer(topic))
+        .setRecordSerializer(jvm.riskstream.flink.kafka.KeyedLineBytesSerializer(topic))
     )
     if kafka.delivery == "exactly-once":
         builder.setDeliveryGuarantee(guarantee.EXACTLY_ONCE).setTransactionalIdPrefix(
@@ -272,8 +291,9 @@ def kafka_sink(settings: Settings, topic: str, name: str) -> Sink:
 
 
 def json_lines_sink(path: Path, name: str) -> FileSink:
+    """Output bundles written whole to part files of JSON lines (see BundleEncoder.java)."""
     return (
-        FileSink.for_row_format(str(path / name), Encoder.simple_string_encoder())
+        FileSink.for_row_format(str(path / name), Encoder(internals.jvm().riskstream.flink.BundleEncoder()))
         .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
         # A part file is committed at every checkpoint, so output becomes visible once per interval.
         .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
@@ -292,7 +312,7 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     """
     reader = transaction_reader(settings)
     scorer = model_scorer(settings, reader.encoder)
-    shard_batch_type = Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()])
+    shard_batch_type = Types.TUPLE([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
     keyed_output = settings.output.kind == "kafka"
     transactions = bundled(transactions_source(env, settings), settings)
     model_inputs = transactions.process(
@@ -300,7 +320,7 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
     scored = (
         model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
-        .process(ScoreShard(scorer, keyed_output), output_type=Types.STRING())
+        .process(ScoreShard(scorer, keyed_output), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
         .name("score-and-learn")
         .uid("score-and-learn")
         # Its own slots, so in process mode scoring gets Python workers apart from preparing.
@@ -311,8 +331,11 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     topics = (kafka.scores_topic, kafka.dead_letters_topic, kafka.snapshots_topic)
     output_bundles = (scored, model_inputs.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))
     for name, topic, bundles in zip(OUTPUTS, topics, output_bundles):
-        sink = kafka_sink(settings, topic, name) if keyed_output else json_lines_sink(output, name)
-        split_lines(bundles, f"split-{name}").sink_to(sink).name(f"{name}-sink").uid(f"{name}-sink")
+        if keyed_output:
+            split_lines(bundles, f"split-{name}").sink_to(kafka_sink(settings, topic, name)).name(
+                f"{name}-sink").uid(f"{name}-sink")
+        else:
+            bundles.sink_to(json_lines_sink(output, name)).name(f"{name}-sink").uid(f"{name}-sink")
 
 
 class JobRun(NamedTuple):
@@ -481,6 +504,7 @@ def start_job(settings: Settings, restore_from: str | None = None) -> JobClient:
     With `restore_from` (the path of a savepoint or retained checkpoint) the job resumes from it."""
     if settings.flink.python_execution_mode == "process":
         internals.run_python_workers_as_processes()
+    compile_model_code()  # here, once, rather than in each Python worker as it starts
     configuration = flink_configuration(settings)
     if restore_from is not None:
         configuration.set_string("execution.state-recovery.path", restore_from)

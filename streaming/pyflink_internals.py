@@ -5,7 +5,9 @@ tests/integration/test_pyflink_internals.py, which exercises each, instead of a 
 
 from __future__ import annotations
 
+import builtins
 import os
+import sys
 from typing import Any, Iterable
 
 from pyflink.common import CompletableFuture, JobClient
@@ -75,3 +77,15 @@ def run_python_workers_as_processes() -> None:
     client process ("loopback"), which share one interpreter lock as thread mode does; only this
     variable makes them real processes."""
     os.environ[PYTHON_WORKER_MODE_VARIABLE] = "process"
+
+
+def let_numba_import_in_python_workers() -> None:
+    """PyFlink's process-mode Python worker replaces builtins.print with a bound method of its own
+    (beam_sdk_worker_main.CustomPrint.print), and numba, as it is imported, checks that every builtin
+    it types is found under its name in its module: `import numba` then fails with "module
+    'pyflink.fn_execution.beam.beam_sdk_worker_main' has no attribute 'print'". Giving that module
+    the attribute lets numba import; print behaves as before. Call before numba is imported."""
+    printer = builtins.print
+    module = sys.modules.get(getattr(printer, "__module__", None) or "builtins")
+    if module is not None and getattr(module, "print", None) is not printer:
+        module.print = printer

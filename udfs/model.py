@@ -13,12 +13,12 @@ import math
 import struct
 from array import array
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from udfs.features import Standardizer
 
 MAX_ABS_WEIGHT = 1e12
-STATE_VERSION = 1
+STATE_VERSION = 2
 SNAPSHOT_VERSION = 1
 
 
@@ -105,15 +105,67 @@ def _magnitude(item: tuple[int, float]) -> float:
     return abs(item[1])
 
 
+class ModelState(NamedTuple):
+    """A key's model as stored in Flink state (see `write_state`)."""
+
+    positions: Sequence[int]  # the standardized features' indices
+    count: int  # records seen by the standardizer
+    mean: Sequence[float]
+    m2: Sequence[float]
+    weights: Sequence[float]
+    bias: float
+    updates: int
+    rejected_updates: int
+    last_event_time: int  # -1: never learned
+
+
+# Version 2 (written): a 56-byte header, the standardized positions as int32 padded to a multiple
+# of 8 bytes, then float64 weights, means and M2s, so the floats start 8-byte aligned and numpy
+# reads them in place (udfs/compiled_model.py). Version 1 (read, so a savepoint of an older
+# release resumes): the same fields without padding.
+STATE_HEADER = struct.Struct("<B3xII4xQQqQd")  # version, n_features, n_standardized, updates,
+#                                                  rejected, last_event_time, standardizer count, bias
+STATE_HEADER_V1 = struct.Struct("<BIIQQqQd")
+
+
+def write_state(state: ModelState) -> bytes:
+    """`state` as bytes of the current STATE_VERSION."""
+    k = len(state.positions)
+    header = STATE_HEADER.pack(STATE_VERSION, len(state.weights), k, state.updates, state.rejected_updates,
+                                state.last_event_time, state.count, state.bias)
+    positions = array("i", state.positions).tobytes() + bytes(4 * (k % 2))
+    body = array("d", state.weights)
+    body.extend(state.mean)
+    body.extend(state.m2)
+    return header + positions + body.tobytes()
+
+
+def read_state(data: bytes) -> ModelState:
+    """The state in `data`, of version 1 or 2; ValueError for any other version."""
+    version = data[0] if data else None
+    if version == STATE_VERSION:
+        header, padding = STATE_HEADER, True
+    elif version == 1:
+        header, padding = STATE_HEADER_V1, False
+    else:
+        raise ValueError(f"model state version {version} is not supported (this release reads 1 and {STATE_VERSION})")
+    _, n, k, updates, rejected, last_event_time, count, bias = header.unpack_from(data)
+    offset = header.size
+    positions = array("i")
+    positions.frombytes(data[offset:offset + 4 * k])
+    offset += 4 * (k + k % 2) if padding else 4 * k
+    values = array("d")
+    values.frombytes(data[offset:offset + 8 * (n + 2 * k)])
+    return ModelState(positions, count, values[n:n + k], values[n + k:n + 2 * k], values[:n], bias, updates,
+                      rejected, last_event_time)
+
+
 class KeyModel:
     """Everything one key needs across records: standardization statistics, the model, and the
     event time of its last update. Converts to compact versioned bytes for Flink state and to a
     plain JSON-ready snapshot."""
 
     __slots__ = ("standardizer", "model", "last_event_time")
-
-    _HEADER = struct.Struct("<BIIQQqQd")  # version, n_features, n_standardized, updates, rejected,
-    #                                        last_event_time, standardizer count, bias
 
     def __init__(self, n_features: int, standardized: Sequence[int]):
         self.standardizer = Standardizer(standardized)
@@ -122,27 +174,17 @@ class KeyModel:
 
     def to_bytes(self) -> bytes:
         s, m = self.standardizer, self.model
-        header = self._HEADER.pack(STATE_VERSION, len(m.weights), len(s.positions), m.updates,
-                                   m.rejected_updates, self.last_event_time, s.count, m.bias)
-        body = array("d", m.weights)
-        body.extend(s.mean)
-        body.extend(s.m2)
-        return header + array("i", s.positions).tobytes() + body.tobytes()
+        return write_state(ModelState(s.positions, s.count, s.mean, s.m2, m.weights, m.bias, m.updates,
+                                      m.rejected_updates, self.last_event_time))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "KeyModel":
-        version, n, k, updates, rejected, last_event_time, count, bias = cls._HEADER.unpack_from(data)
-        if version != STATE_VERSION:
-            raise ValueError(f"model state version {version} is not supported (expected {STATE_VERSION})")
-        offset = cls._HEADER.size
-        positions = array("i")
-        positions.frombytes(data[offset:offset + 4 * k])
-        values = array("d")
-        values.frombytes(data[offset + 4 * k:])
+        state = read_state(data)
         key_model = cls.__new__(cls)
-        key_model.standardizer = Standardizer(positions, count, values[n:n + k], values[n + k:n + 2 * k])
-        key_model.model = LogisticRegression(n, values[:n], bias, updates, rejected)
-        key_model.last_event_time = last_event_time
+        key_model.standardizer = Standardizer(state.positions, state.count, state.mean, state.m2)
+        key_model.model = LogisticRegression(len(state.weights), state.weights, state.bias, state.updates,
+                                             state.rejected_updates)
+        key_model.last_event_time = state.last_event_time
         return key_model
 
     def to_snapshot(self, model_key: str, feature_names: Sequence[str]) -> dict[str, Any]:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import zlib
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
+import numpy as np
 import orjson
 
+from udfs.batch_cleaning import clean_batch
 from udfs.cleaning import SCHEMA_VERSION, CleaningRules, Rejected, clean, decode, parse, redact_account_id
-from udfs.features import FeatureEncoder
+from udfs.features import EncodedBatch, FeatureEncoder
 from udfs.model import KeyModel, Sgd
+
+if TYPE_CHECKING:
+    from udfs.compiled_model import ModelTable
 
 
 _ESCAPE = re.compile(r"\\([\\tn])")
@@ -48,6 +54,103 @@ class ModelInput(NamedTuple):
     values: list[float]
 
 
+class RecordBatch(NamedTuple):
+    """Cleaned records ready for their keys' models, as columns, in arrival order: record r has
+    model key `model_keys[r]`, and its sparse feature vector is indices/values[indptr[r]:indptr[r+1]]."""
+
+    model_keys: list[str]
+    txn_ids: list[str]
+    event_times: np.ndarray  # int64, epoch ms
+    labels: np.ndarray  # int8: 0, 1, or -1 for no label
+    indptr: np.ndarray  # int64, one more than there are records
+    indices: np.ndarray  # int32 feature indices
+    values: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.model_keys)
+
+    @classmethod
+    def of(cls, records: Sequence[ModelInput]) -> "RecordBatch":
+        """The batch of `ModelInput` records (the reference's form)."""
+        lengths = [len(record.indices) for record in records]
+        return cls([record.model_key for record in records], [record.txn_id for record in records],
+                   np.array([record.event_time for record in records], np.int64),
+                   np.array([-1 if record.label is None else record.label for record in records], np.int8),
+                   np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))).astype(np.int64),
+                   np.array([i for record in records for i in record.indices], np.int32),
+                   np.array([v for record in records for v in record.values], np.float64))
+
+    @classmethod
+    def of_encoded(cls, txns: Sequence[dict[str, Any]], encoded: EncodedBatch, model_key_field: str) -> "RecordBatch":
+        """The batch of the cleaned transactions `txns` that `encoded` (their features) kept."""
+        kept = [txns[i] for i in encoded.rows.tolist()]
+        return cls([txn[model_key_field] for txn in kept], [txn["txn_id"] for txn in kept],
+                   np.array([txn["event_time"] for txn in kept], np.int64),
+                   np.array([-1 if txn["is_fraud"] is None else txn["is_fraud"] for txn in kept], np.int8),
+                   encoded.indptr, encoded.indices, encoded.values)
+
+    def records(self) -> list[ModelInput]:
+        """The batch as `ModelInput` records."""
+        indptr, indices, values = self.indptr.tolist(), self.indices.tolist(), self.values.tolist()
+        return [ModelInput(key, txn_id, event_time, None if label < 0 else label,
+                           indices[indptr[r]:indptr[r + 1]], values[indptr[r]:indptr[r + 1]])
+                for r, (key, txn_id, event_time, label)
+                in enumerate(zip(self.model_keys, self.txn_ids, self.event_times.tolist(), self.labels.tolist()))]
+
+    def take(self, rows: np.ndarray) -> "RecordBatch":
+        """The records at positions `rows` (ascending), as a batch."""
+        lengths = self.indptr[rows + 1] - self.indptr[rows]
+        indptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        # Position of each kept entry: its row's start in this batch plus its place in the row.
+        entries = np.repeat(self.indptr[rows] - indptr[:-1], lengths) + np.arange(indptr[-1])
+        keys, txn_ids = self.model_keys, self.txn_ids
+        return RecordBatch([keys[r] for r in rows.tolist()], [txn_ids[r] for r in rows.tolist()],
+                           self.event_times[rows], self.labels[rows], indptr, self.indices[entries],
+                           self.values[entries])
+
+    # Packed for the hop between operators: a header (records, entries, text bytes), the arrays,
+    # then the model keys and txn_ids as newline-separated UTF-8 (cleaning collapses every
+    # whitespace, so neither holds a newline).
+    _HEADER = struct.Struct("<qqq")
+
+    def to_bytes(self) -> bytes:
+        text = "\n".join(self.model_keys + self.txn_ids).encode("utf-8", "surrogatepass")
+        return b"".join((self._HEADER.pack(len(self), len(self.indices), len(text)), self.event_times.tobytes(),
+                         self.indptr.tobytes(), self.values.tobytes(), self.indices.tobytes(),
+                         self.labels.tobytes(), text))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "RecordBatch":
+        n, nnz, text_bytes = cls._HEADER.unpack_from(data)
+        offset = cls._HEADER.size
+        arrays = []
+        for dtype, count in ((np.int64, n), (np.int64, n + 1), (np.float64, nnz), (np.int32, nnz), (np.int8, n)):
+            arrays.append(np.frombuffer(data, dtype, count, offset))
+            offset += count * np.dtype(dtype).itemsize
+        event_times, indptr, values, indices, labels = arrays
+        strings = data[offset:offset + text_bytes].decode("utf-8", "surrogatepass").split("\n") if n else []
+        return cls(strings[:n], strings[n:], event_times, labels, indptr, indices, values)
+
+
+_SHARD_BATCH_HEADER = struct.Struct("<qi")  # sequence number (-1: none), bytes of the stream's name
+
+
+def pack_shard_batch(stream: str | None, seq: int | None, batch: RecordBatch) -> bytes:
+    """A shard's batch with the number of the bundle it came from (see udfs/ordering.py), as bytes."""
+    name = b"" if stream is None else stream.encode("utf-8")
+    header = _SHARD_BATCH_HEADER.pack(-1 if seq is None else seq, -1 if stream is None else len(name))
+    return header + name + batch.to_bytes()
+
+
+def unpack_shard_batch(data: bytes) -> tuple[str | None, int | None, RecordBatch]:
+    """(stream, sequence number, batch) of `pack_shard_batch`'s bytes."""
+    seq, name_bytes = _SHARD_BATCH_HEADER.unpack_from(data)
+    offset = _SHARD_BATCH_HEADER.size + max(name_bytes, 0)
+    stream = None if name_bytes < 0 else data[_SHARD_BATCH_HEADER.size:offset].decode("utf-8")
+    return stream, None if seq < 0 else seq, RecordBatch.from_bytes(data[offset:])
+
+
 def shard_of(model_key: str, shards: int) -> int:
     """The shard (0..shards-1) of a model key: crc32, so it is the same in every process and run."""
     return zlib.crc32(model_key.encode("utf-8")) % shards
@@ -75,6 +178,15 @@ def split_envelope(envelope: str) -> tuple[dict[str, Any], bytes]:
             path = _ESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], path)
             return {"file": path, "line": int(line)}, payload.encode("latin-1")
     return {}, envelope.encode("utf-8")
+
+
+def envelope_payload(envelope: str) -> bytes:
+    """`split_envelope(envelope)[1]`, without building the source coordinates for the file source's
+    envelopes (they are only needed for a dead letter)."""
+    tag, separator, payload = envelope.partition("\t")
+    if separator and tag.startswith("file:") and tag[5:].partition(":")[0].isdigit():
+        return payload.encode("latin-1")
+    return split_envelope(envelope)[1]
 
 
 class TransactionReader:
@@ -118,6 +230,46 @@ class TransactionReader:
                 by_shard.setdefault(shard_of(result.model_key, shards), []).append(result)
         return by_shard, dead_letters
 
+    def read_bundle_columns(self, bundle: str, shards: int, now_ms: int) -> tuple[dict[int, RecordBatch], list[KeyedLine]]:
+        """`read_bundle`, batch by batch: the same records and dead letters (in arrival order),
+        with each shard's records as one `RecordBatch`."""
+        envelopes = bundle.split("\n")
+        return self.read_columns([envelope_payload(envelope) for envelope in envelopes],
+                                 lambda position: split_envelope(envelopes[position])[0], shards, now_ms)
+
+    def read_columns(self, raws: Sequence[bytes], source_of: Callable[[int], dict[str, Any]], shards: int,
+                     now_ms: int) -> tuple[dict[int, RecordBatch], list[KeyedLine]]:
+        """Reads records' bytes as `read` does one at a time, but over the whole batch at once
+        (`clean_batch`, `FeatureEncoder.encode_batch`): returns each shard's records as one
+        `RecordBatch` in arrival order, and the dead letters in arrival order; `source_of(i)` gives
+        the source coordinates of record i, asked only for dead letters."""
+        rejections: list[tuple[int, Rejected]] = []
+        cleaned: list[dict[str, Any]] = []
+        cleaned_positions: list[int] = []
+        key_field = self.model_key_field
+        for position, txn in enumerate(clean_batch(raws, self.rules)):
+            if isinstance(txn, Rejected):
+                rejections.append((position, txn))
+            elif txn[key_field] is None:
+                rejections.append((position, Rejected("clean", f"{key_field} is missing (it is the model key)",
+                                                      txn["txn_id"])))
+            else:
+                cleaned.append(txn)
+                cleaned_positions.append(position)
+        encoded, feature_rejections = self.encoder.encode_batch(cleaned)
+        rejections += [(cleaned_positions[i], rejected) for i, rejected in feature_rejections]
+        rejections.sort(key=_first)
+        dead_letters = [self.dead_letter(raws[position], rejected, source_of(position), now_ms)
+                        for position, rejected in rejections]
+        batch = RecordBatch.of_encoded(cleaned, encoded, key_field)
+        model_keys = batch.model_keys
+        shard_of_key = {key: shard_of(key, shards) for key in set(model_keys)}
+        record_shards = np.fromiter((shard_of_key[key] for key in model_keys), np.int64, len(model_keys))
+        used = np.unique(record_shards).tolist()
+        if len(used) == 1:
+            return {used[0]: batch}, dead_letters
+        return {shard: batch.take(np.flatnonzero(record_shards == shard)) for shard in used}, dead_letters
+
     def dead_letter(self, raw: bytes, rejected: Rejected, source: dict[str, Any], now_ms: int) -> KeyedLine:
         """A dead letter as one JSON line, keyed by its txn_id. Bytes that are not UTF-8 appear as `\\xNN` escapes; a
         record over the size cap keeps its first `dead_letter_raw_bytes` bytes and a SHA-256 of all
@@ -141,6 +293,20 @@ class TransactionReader:
         return KeyedLine(orjson.dumps(letter).decode("utf-8"), rejected.txn_id)
 
 
+def compile_model_code() -> None:
+    """Compiles the model's batch code, or loads it from numba's on-disk cache, for both forms a
+    batch takes (read from bytes between operators, or built in place), so that the workers of a
+    job find it cached. About 2 s the first time after the code changed, 0.1 s after that."""
+    scorer = ModelScorer(("x",), (0,), Sgd(0.1), snapshot_every=1, top_reasons=1)
+    batch = RecordBatch.of([ModelInput("k", "t", 0, 1, [0], [1.0])])
+    for form in (batch, RecordBatch.from_bytes(batch.to_bytes())):
+        scorer.score_columns(form, scorer.new_table(), 0)
+
+
+def _first(pair: tuple) -> Any:
+    return pair[0]
+
+
 class Assessment(NamedTuple):
     """What a key's model made of one record: its probability of fraud before learning (0..1), the
     model's updates before learning, the top (feature index, contribution) pairs, and whether it learned."""
@@ -149,6 +315,20 @@ class Assessment(NamedTuple):
     updates: int
     reasons: list[tuple[int, float]]
     learned: bool
+
+
+class AssessedBatch(NamedTuple):
+    """What the models made of a batch, per record as arrays (see `Assessment`), the snapshots
+    taken on the way, and the table rows whose models changed."""
+
+    probability: np.ndarray  # float64, 0..1, before learning
+    updates: np.ndarray  # int64, the model's updates before learning
+    learned: np.ndarray  # bool
+    reason_index: np.ndarray  # int32 (records, top_reasons): feature indices, largest |contribution| first
+    reason_value: np.ndarray  # float64 (records, top_reasons): their contributions
+    reason_count: np.ndarray  # int8: how many reasons of the row are set
+    snapshots: list[KeyedLine]
+    changed_rows: list[int]  # every row the batch used (the job writes them to state)
 
 
 class ModelScorer:
@@ -223,6 +403,67 @@ class ModelScorer:
             if snapshot is not None:
                 snapshots.append(snapshot)
         return scores, snapshots
+
+    def new_table(self) -> ModelTable:
+        """An empty table of models for `score_columns`."""
+        # Imported here, not with this module: numba takes 0.3 s to import, and only the
+        # scoring side needs it (see also streaming/pyflink_internals.py).
+        from udfs.compiled_model import ModelTable
+
+        return ModelTable(len(self.feature_names), self.standardized)
+
+    def score_columns(self, batch: RecordBatch, table: ModelTable, now_ms: int) -> tuple[list[bytes], list[KeyedLine], list[int]]:
+        """`score_batch` in compiled code: scores and learns from the batch's records in order, as
+        `score_and_learn` would one at a time, with the models of `table` (a key not in it gets a
+        new model). Returns (score JSON lines as UTF-8, snapshot JSON lines, rows of the table
+        the batch used)."""
+        assessed = self.assess_columns(batch, table)
+        return self.score_lines(batch, assessed, now_ms), assessed.snapshots, assessed.changed_rows
+
+    def assess_columns(self, batch: RecordBatch, table: ModelTable) -> "AssessedBatch":
+        """`assess` for every record of the batch in order (see `score_columns`), with snapshots."""
+        from udfs.compiled_model import learn_batch
+
+        n = len(batch)
+        rows_of, add = table.rows, table.add
+        rows = np.fromiter((rows_of[key] if key in rows_of else add(key) for key in batch.model_keys), np.int64, n)
+        assessed = AssessedBatch(np.empty(n), np.empty(n, np.int64), np.empty(n, np.bool_),
+                                 np.zeros((n, self.top_reasons), np.int32), np.zeros((n, self.top_reasons)),
+                                 np.zeros(n, np.int8), [], np.unique(rows).tolist())
+        sgd = self.sgd
+        position = 0
+        while position < n:
+            position = learn_batch(
+                position, rows, batch.indptr, batch.indices, batch.values, batch.labels, batch.event_times,
+                table.weights, table.bias, table.updates, table.rejected, table.last_event_time, table.count,
+                table.mean, table.m2, table.positions, sgd.learning_rate, sgd.schedule != "constant", sgd.power_t,
+                sgd.l2, self.snapshot_every, *assessed[:6])
+            last = position - 1
+            if assessed.learned[last] and table.updates[rows[last]] % self.snapshot_every == 0:
+                assessed.snapshots.append(self.snapshot(table.key_model(int(rows[last])), batch.model_keys[last]))
+        return assessed
+
+    def score_lines(self, batch: RecordBatch, assessed: "AssessedBatch", now_ms: int) -> list[bytes]:
+        """The batch's scores as JSON lines in UTF-8, as `score_line` writes them."""
+        names = self.feature_names
+        dumps = orjson.dumps
+        return [
+            dumps({
+                "schema_version": SCHEMA_VERSION,
+                "txn_id": txn_id,
+                "model_key": key,
+                "score": p,
+                "label": None if label < 0 else label,
+                "event_time": event_time,
+                "model_updates": updates,
+                "reasons": [{"feature": names[i], "contribution": c} for i, c in zip(indexes[:count], values[:count])],
+                "scored_at": now_ms,
+            })
+            for txn_id, key, p, label, event_time, updates, indexes, values, count in zip(
+                batch.txn_ids, batch.model_keys, assessed.probability.tolist(), batch.labels.tolist(),
+                batch.event_times.tolist(), assessed.updates.tolist(), assessed.reason_index.tolist(),
+                assessed.reason_value.tolist(), assessed.reason_count.tolist())
+        ]
 
     def snapshot(self, key_model: KeyModel, model_key: str) -> KeyedLine:
         """The key's model snapshot as one JSON line, keyed by the model key."""

@@ -672,3 +672,57 @@ def test_dead_letters_and_snapshots_carry_the_key_of_their_kafka_message(local_r
     key_model = scorer.new_model()
     _, snapshot = scorer.score_and_learn(key_model, model_input([1.0], 1, key="grocery"), NOW)
     assert (snapshot.key, json.loads(snapshot)["model_key"]) == ("grocery", "grocery")
+
+
+# ---------------------------------------------------------------- the columnar path (what the job runs)
+
+
+def kafka_envelope(payload: bytes, offset: int) -> str:
+    """A record as TaggedKafkaDeserializer.java sends it: backslash and newline escaped."""
+    text = payload.decode("latin-1").replace("\\", "\\\\").replace("\n", "\\n")
+    return f"kafka:1:{offset}:transactions\t{text}"
+
+
+@pytest.mark.parametrize("shards", [1, 3, 32])
+@pytest.mark.parametrize("source", ["files", "kafka"])
+def test_read_bundle_columns_gives_what_read_bundle_gives(local_reader, shards, source):
+    lines = bundle_lines(seed=6) + [line + b"\\n" for line in bundle_lines(seed=7)[:50]]
+    envelopes = envelopes_of(lines) if source == "files" else [kafka_envelope(line, i) for i, line in enumerate(lines)]
+    bundle = "\n".join(envelopes)
+    expected_by_shard, expected_dead = local_reader.read_bundle(bundle, shards, NOW)
+    by_shard, dead_letters = local_reader.read_bundle_columns(bundle, shards, NOW)
+    assert {shard: batch.records() for shard, batch in by_shard.items()} == expected_by_shard
+    assert dead_letters == expected_dead
+    assert [letter.key for letter in dead_letters] == [letter.key for letter in expected_dead]
+    assert len(expected_dead) > 40 and sum(map(len, expected_by_shard.values())) > 300
+
+
+def test_the_columnar_path_scores_a_generated_stream_as_the_reference_does(local_reader):
+    """Bundles read by columns and scored by the compiled model against the reference, record by
+    record, on the local profile's features (every kind of feature and dead letter)."""
+    lines = list(generate(GeneratorSettings(records=3000, seed=12, malformed_share=0.05, unlabelled_share=0.1)))
+    scorer = stream_scorer(local_reader.encoder, Sgd(0.05, "inverse_scaling", 0.5, l2=0.001), snapshot_every=50)
+    models: dict[str, KeyModel] = {}
+    table = scorer.new_table()
+    for start in range(0, len(lines), 256):
+        bundle = "\n".join(envelopes_of(lines[start:start + 256]))
+        expected, expected_dead = local_reader.read_bundle(bundle, 1, NOW)
+        batches, dead = local_reader.read_bundle_columns(bundle, 1, NOW)
+        assert dead == expected_dead
+        if not expected:
+            continue
+        ref_scores, ref_snapshots = scorer.score_batch(expected[0], models, lambda key: None, NOW)
+        scores, snapshots, _ = scorer.score_columns(batches[0], table, NOW)
+        for ours, theirs in zip(map(json.loads, scores), map(json.loads, ref_scores), strict=True):
+            assert math.isclose(ours.pop("score"), theirs.pop("score"), rel_tol=1e-12, abs_tol=1e-12)
+            for mine, reference in zip(ours.pop("reasons"), theirs.pop("reasons"), strict=True):
+                assert mine["feature"] == reference["feature"]
+                assert math.isclose(mine["contribution"], reference["contribution"], rel_tol=1e-12, abs_tol=1e-12)
+            assert ours == theirs
+        assert [json.loads(s)["model_updates"] for s in snapshots] == [json.loads(s)["model_updates"] for s in ref_snapshots]
+    assert len(models) == len(table) > 10
+    for key, reference in models.items():
+        ours = KeyModel.from_bytes(table.to_bytes(table.rows[key]))
+        assert ours.model.updates == reference.model.updates > 0
+        assert all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+                   for a, b in zip(ours.model.weights, reference.model.weights, strict=True))

@@ -1,0 +1,272 @@
+"""The keyed online logistic regression of `udfs.model`, compiled, over whole batches (no Flink).
+
+`udfs.model` (pure Python, one record at a time) is the reference; this module computes the same
+thing for a batch of records of many keys at once: the models of a shard's keys are rows of numpy
+arrays (`ModelTable`), and `learn_batch`, compiled by numba, walks the batch in arrival order doing
+for each record exactly what `ModelScorer.assess` does: update the key's standardization
+statistics and standardize, score (probability of fraud before learning), pick the top reasons,
+and take one SGD step when the record has a label, with the same non-finite guard. The
+arithmetic is the reference's, operation for operation and in the same order; the unit tests hold
+the two to 1e-12 (tests/unit/test_compiled_model.py).
+
+The compiled code is cached on disk (numba's `cache=True`, beside this file or in
+NUMBA_CACHE_DIR), so a worker that starts loads it rather than compiling it again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Sequence
+
+import numba
+import numpy as np
+
+from udfs.model import MAX_ABS_WEIGHT, STATE_HEADER, STATE_VERSION, KeyModel, read_state
+
+
+@numba.njit(cache=True)
+def _sigmoid(z):
+    if z >= 0:
+        return 1.0 / (1.0 + np.exp(-z))
+    e = np.exp(z)
+    return e / (1.0 + e)
+
+
+def learn_batch(start, rows, indptr, indices, values, labels, event_times,
+                weights, bias, updates, rejected, last_event_time, count, mean, m2, positions,
+                learning_rate, inverse_scaling, power_t, l2, snapshot_every,
+                probability, updates_before, learned, reason_index, reason_value, reason_count) -> int:
+    """Scores and learns from records start.. of a batch in order, each with its key's model
+    row `rows[r]`, as `ModelScorer.assess` would; fills the per-record outputs (probability 0..1,
+    model updates before learning, learned, up to reason_index.shape[1] top reasons as (feature
+    index, contribution)) and updates the table in place. Returns the position after the first
+    record whose update makes its key's update count a multiple of `snapshot_every` (the caller
+    snapshots that key there, then calls again from that position), or the batch's length.
+
+    Every array must be C-contiguous, of the dtype `RecordBatch` and `ModelTable` give it (checked).
+    The compiled code is called through a C function pointer with the arrays' addresses rather
+    than with the arrays themselves: numba, given numpy arrays, releases its references to them
+    with PyGILState_Ensure, which deadlocks in PyFlink's thread mode (its embedded interpreter
+    runs Python on JVM threads the GIL state API does not know). ctypes releases the GIL for the call.
+    """
+    arrays = (rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
+              last_event_time, count, mean, m2, positions, probability, updates_before, learned, reason_index,
+              reason_value, reason_count)
+    for array_, dtype in zip(arrays, _DTYPES):
+        if array_.dtype != dtype or not array_.flags.c_contiguous:
+            raise TypeError(f"learn_batch needs C-contiguous {dtype} arrays, got {array_.dtype}")
+    return _learn_batch_pointer()(
+        start, rows.shape[0], indices.shape[0], weights.shape[0], weights.shape[1], positions.shape[0],
+        reason_index.shape[1], *[array_.ctypes.data for array_ in arrays],
+        learning_rate, bool(inverse_scaling), power_t, l2, snapshot_every)
+
+
+_DTYPES = tuple(np.dtype(t) for t in (
+    np.int64, np.int64, np.int32, np.float64, np.int8, np.int64,  # the batch
+    np.float64, np.float64, np.int64, np.int64, np.int64, np.int64, np.float64, np.float64, np.int64,  # the table
+    np.float64, np.int64, np.bool_, np.int32, np.float64, np.int8))  # the outputs
+_NUMBA_TYPES = {np.dtype(np.int64): numba.types.int64, np.dtype(np.int32): numba.types.int32,
+                np.dtype(np.float64): numba.types.float64, np.dtype(np.int8): numba.types.int8,
+                np.dtype(np.bool_): numba.types.uint8}
+_POINTER = None
+
+
+def _learn_batch_pointer():
+    """`_learn_batch_c` as a ctypes function, built on first use."""
+    global _POINTER
+    if _POINTER is None:
+        scalars = [ctypes.c_int64] * 7
+        pointers = [ctypes.c_void_p] * len(_DTYPES)
+        parameters = [ctypes.c_double, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_int64]
+        _POINTER = ctypes.CFUNCTYPE(ctypes.c_int64, *scalars, *pointers, *parameters)(_learn_batch_c.address)
+    return _POINTER
+
+
+@numba.njit(cache=True)
+def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
+                 weights, bias, updates, rejected, last_event_time, count, mean, m2, positions,
+                 learning_rate, inverse_scaling, power_t, l2, snapshot_every,
+                 probability, updates_before, learned, reason_index, reason_value, reason_count):
+    n_records = rows.shape[0]
+    n_features = weights.shape[1]
+    top_k = reason_index.shape[1]
+    scratch = np.empty(n_features)
+    x = np.empty(n_features)  # the record's standardized values; a row has at most one entry per feature
+    for r in range(start, n_records):
+        row = rows[r]
+        begin = indptr[r]
+        end = indptr[r + 1]
+        for e in range(end - begin):
+            x[e] = values[begin + e]
+        # Standardizer.transform: add the record to the statistics, then z-score.
+        if positions.shape[0] > 0:
+            count[row] += 1
+            c = count[row]
+            for j in range(positions.shape[0]):
+                i = positions[j]
+                value = values[begin + i]
+                delta = value - mean[row, j]
+                mean[row, j] += delta / c
+                m2[row, j] += delta * (value - mean[row, j])
+                variance = m2[row, j] / c
+                std = np.sqrt(variance) if c > 1 and variance > 0 else 1.0
+                x[i] = (value - mean[row, j]) / std
+        # LogisticRegression.predict_proba: the sum in feature order, then the bias.
+        margin = 0.0
+        for e in range(end - begin):
+            margin += weights[row, indices[begin + e]] * x[e]
+        p = _sigmoid(bias[row] + margin)
+        probability[r] = p
+        updates_before[r] = updates[row]
+        # LogisticRegression.top_contributions: largest |w x| first, ties in feature order
+        # (a stable sort), entries contributing exactly 0 left out.
+        found = 0
+        while found < top_k:
+            best = -1
+            best_magnitude = -1.0
+            for e in range(end - begin):
+                w = weights[row, indices[begin + e]]
+                if w == 0.0 or x[e] == 0.0:
+                    continue
+                contribution = w * x[e]
+                taken = False
+                for f in range(found):
+                    if reason_index[r, f] == indices[begin + e]:
+                        taken = True
+                if not taken and abs(contribution) > best_magnitude:
+                    best = e
+                    best_magnitude = abs(contribution)
+            if best < 0:
+                break
+            reason_index[r, found] = indices[begin + best]
+            reason_value[r, found] = weights[row, indices[begin + best]] * x[best]
+            found += 1
+        reason_count[r] = found
+        learned[r] = 0
+        if labels[r] < 0:
+            continue
+        # LogisticRegression.learn, with its guard against non-finite or huge weights.
+        rate = learning_rate / (1.0 + updates[row]) ** power_t if inverse_scaling else learning_rate
+        step = rate * (p - labels[r])
+        if l2 != 0.0:
+            decay = 1.0 - rate * l2
+            for i in range(n_features):
+                scratch[i] = weights[row, i] * decay
+        else:
+            for i in range(n_features):
+                scratch[i] = weights[row, i]
+        for e in range(end - begin):
+            scratch[indices[begin + e]] -= step * x[e]
+        new_bias = bias[row] - step
+        ok = abs(new_bias) <= MAX_ABS_WEIGHT
+        if l2 != 0.0:
+            for i in range(n_features):
+                if not abs(scratch[i]) <= MAX_ABS_WEIGHT:
+                    ok = False
+        else:
+            for e in range(end - begin):
+                if not abs(scratch[indices[begin + e]]) <= MAX_ABS_WEIGHT:
+                    ok = False
+        if not ok:
+            rejected[row] += 1
+            continue
+        for i in range(n_features):
+            weights[row, i] = scratch[i]
+        bias[row] = new_bias
+        updates[row] += 1
+        last_event_time[row] = event_times[r]
+        learned[r] = 1
+        if updates[row] % snapshot_every == 0:
+            return r + 1
+    return n_records
+
+
+@numba.cfunc(numba.types.int64(
+    *[numba.types.int64] * 7, *[numba.types.CPointer(_NUMBA_TYPES[d]) for d in _DTYPES],
+    numba.types.float64, numba.types.boolean, numba.types.float64, numba.types.float64, numba.types.int64),
+    cache=True)
+def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standardized, top_k,
+                   rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
+                   last_event_time, count, mean, m2, positions, probability, updates_before, learned,
+                   reason_index, reason_value, reason_count,
+                   learning_rate, inverse_scaling, power_t, l2, snapshot_every):
+    carray = numba.carray
+    return _learn_batch(
+        start, carray(rows, n_records), carray(indptr, n_records + 1), carray(indices, n_entries),
+        carray(values, n_entries), carray(labels, n_records), carray(event_times, n_records),
+        carray(weights, (capacity, n_features)), carray(bias, capacity), carray(updates, capacity),
+        carray(rejected, capacity), carray(last_event_time, capacity), carray(count, capacity),
+        carray(mean, (capacity, n_standardized)), carray(m2, (capacity, n_standardized)),
+        carray(positions, n_standardized), learning_rate, inverse_scaling, power_t, l2, snapshot_every,
+        carray(probability, n_records), carray(updates_before, n_records), carray(learned, n_records),
+        carray(reason_index, (n_records, top_k)), carray(reason_value, (n_records, top_k)),
+        carray(reason_count, n_records))
+
+
+class ModelTable:
+    """The models of many keys as rows of numpy arrays (under 1 KB a key at 88 features, where a
+    `KeyModel` of Python objects takes about 10 KB). `rows` maps a model key to its row, `keys`
+    the other way."""
+
+    def __init__(self, n_features: int, standardized: Sequence[int], capacity: int = 64):
+        self.n_features = n_features
+        self.positions = np.array(standardized, dtype=np.int64)
+        k = len(self.positions)
+        self._positions_bytes = self.positions.astype(np.int32).tobytes() + bytes(4 * (k % 2))
+        self.rows: dict[str, int] = {}
+        self.keys: list[str] = []
+        n = n_features
+        self.weights, self.bias = np.zeros((capacity, n)), np.zeros(capacity)
+        self.updates, self.rejected = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
+        self.last_event_time, self.count = np.full(capacity, -1, np.int64), np.zeros(capacity, np.int64)
+        self.mean, self.m2 = np.zeros((capacity, k)), np.zeros((capacity, k))
+
+    _ARRAYS = ("weights", "bias", "updates", "rejected", "last_event_time", "count", "mean", "m2")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, model_key: str, state: bytes | None = None) -> int:
+        """A new row for `model_key`: its model from Flink state bytes (`udfs.model.read_state`:
+        version 1 or 2), or a new model. ValueError when the state's feature layout differs from
+        the table's."""
+        row = len(self.keys)
+        if row == len(self.bias):
+            self._grow(2 * row)
+        if state is not None:
+            self._load(row, state)
+        self.rows[model_key] = row
+        self.keys.append(model_key)
+        return row
+
+    def _grow(self, capacity: int) -> None:
+        used = len(self.keys)
+        for name in self._ARRAYS:
+            old = getattr(self, name)
+            new = np.zeros((capacity,) + old.shape[1:], old.dtype)
+            if name == "last_event_time":
+                new[:] = -1
+            new[:used] = old[:used]
+            setattr(self, name, new)
+
+    def _load(self, row: int, data: bytes) -> None:
+        state = read_state(data)
+        if len(state.weights) != self.n_features or list(state.positions) != self.positions.tolist():
+            raise ValueError(f"model state has {len(state.weights)} features, standardized at "
+                             f"{list(state.positions)}; the configuration has {self.n_features}, standardized at "
+                             f"{self.positions.tolist()}")
+        self.weights[row], self.mean[row], self.m2[row] = state.weights, state.mean, state.m2
+        self.bias[row], self.updates[row], self.rejected[row] = state.bias, state.updates, state.rejected_updates
+        self.last_event_time[row], self.count[row] = state.last_event_time, state.count
+
+    def to_bytes(self, row: int) -> bytes:
+        """The row's model as Flink state, exactly as `KeyModel.to_bytes` writes it."""
+        header = STATE_HEADER.pack(STATE_VERSION, self.n_features, len(self.positions), int(self.updates[row]),
+                                   int(self.rejected[row]), int(self.last_event_time[row]), int(self.count[row]),
+                                   float(self.bias[row]))
+        return b"".join((header, self._positions_bytes, self.weights[row].tobytes(), self.mean[row].tobytes(),
+                         self.m2[row].tobytes()))
+
+    def key_model(self, row: int) -> KeyModel:
+        """The row's model as the reference `KeyModel` (for snapshots and comparisons)."""
+        return KeyModel.from_bytes(self.to_bytes(row))
