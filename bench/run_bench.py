@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -115,19 +116,25 @@ def cpu_per_record(samples: list[TreeSample], scored_at: list[int]) -> dict:
             "startup_cpu_s": start.cpu_s, "measured_records": records}
 
 
-def run_job(name: str, data: Path, key: str, *overrides: str) -> dict:
+def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = PROJECT) -> dict:
+    """The job on `data` keyed by `key`, measured. `checkout`: another checkout of the project (a
+    baseline commit, its jars built) whose code runs instead, with this project's environment."""
     work = OUT / "bench" / name
     log_dir = work / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     for old in log_dir.glob("*.log"):
         old.unlink()
-    command = [str(PROJECT / ".venv/bin/riskstream"), "run", "--config", str(PROFILE),
+    command = [str(PROJECT / ".venv/bin/python"), "-m", "streaming.cli", "run",
+               "--config", str(checkout / PROFILE.relative_to(PROJECT)),
                "--set", f"source.paths=['{data}']", "--set", f"output.path={work}", "--set", f"model.key={key}"]
     for override in overrides:
         command += ["--set", override]
-    env = {**os.environ, "FLINK_LOG_DIR": str(log_dir)}
+    # PYTHONPATH puts the checkout's code before the installed project's, in the client and in the
+    # Python workers, which inherit it.
+    env = {**os.environ, "FLINK_LOG_DIR": str(log_dir), "PYTHONPATH": str(checkout)}
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=checkout)
     samples: list[TreeSample] = []
     done = threading.Event()
 
@@ -248,6 +255,9 @@ def main() -> int:
                         help="run the 20-key job and both 20-key loops this many times, interleaved, and report medians")
     parser.add_argument("--only", choices=PARTS, action="append",
                         help="run only this part (repeatable): jobs, loops, stages, kafka or failover")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of an earlier commit with its jars built (README, Benchmark): its 20-key "
+                             "job runs in every round too, interleaved with this one's")
     args = parser.parse_args()
     parts = set(args.only or PARTS)
     data = ensure_input(100_000 if args.quick else 1_000_000)
@@ -262,6 +272,9 @@ def main() -> int:
         measured = {}
         if "jobs" in parts:
             measured["job"] = run_job("job-20-keys", data, "merchant_category")
+            if args.baseline:
+                measured["baseline"] = run_job("baseline-20-keys", data, "merchant_category",
+                                               checkout=args.baseline.resolve())
         if "loops" in parts:
             measured["river"] = run_loop(river_python, "river", data, "merchant_category")
             measured["exact"] = run_loop(exact_python, "exact", data, "merchant_category")
@@ -331,18 +344,24 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     """The benchmark's table: what was measured, 20 keys beside ~100k+ keys."""
     keys_20 = f"{results.get('keys_20', 20)} keys"
     keys_large = f"{results.get('keys_100k', 0):,} keys" if "keys_100k" in results else "account keys"
-    names = {"job": "Riskstream job", "river": "River loop (one process)", "exact": "Python loop, exact SGD (one process)"}
+    names = {"job": "Riskstream job", "baseline": "baseline commit's job", "river": "River loop (one process)",
+             "exact": "Python loop, exact SGD (one process)"}
     note = f" (20 keys: median of {repeat})" if repeat > 1 else ""
     print(f"\n{'records/s' + note:<44}{keys_20:>12}{keys_large:>16}")
     for name in median:
-        print(f"{names[name]:<44}{median[name]['records_per_second']:>12,.0f}{large[name]['records_per_second']:>16,.0f}")
+        print(f"{names[name]:<44}{median[name]['records_per_second']:>12,.0f}"
+              f"{large[name]['records_per_second'] if name in large else math.nan:>16,.0f}")
     print(f"\n{'CPU per record, core-µs (user + system)':<44}{keys_20:>12}{keys_large:>16}")
     for name in median:
-        print(f"{names[name]:<44}{median[name]['core_us_per_record']:>12.1f}{large[name]['core_us_per_record']:>16.1f}")
+        print(f"{names[name]:<44}{median[name]['core_us_per_record']:>12.1f}"
+              f"{large[name]['core_us_per_record'] if name in large else math.nan:>16.1f}")
         if name == "job":
             for kind, small in results.get("job_core_us_per_record_by_kind", {}).items():
                 print(f"{'  of which ' + kind:<44}{small:>12.1f}"
                       f"{results['job_core_us_per_record_by_kind_100k_keys'].get(kind, 0.0):>16.1f}")
+    if "baseline" in median:
+        print(f"{'job / baseline job (records/s)':<44}"
+              f"{median['job']['records_per_second'] / median['baseline']['records_per_second']:>12.2f}")
     if "job" in median and "river" in median:
         print(f"{'job / River (records/s)':<44}{median['job']['records_per_second'] / median['river']['records_per_second']:>12.2f}"
               f"{large['job']['records_per_second'] / large['river']['records_per_second']:>16.2f}")

@@ -49,9 +49,6 @@ from streaming.config import Settings
 from streaming.flink_options import flink_options
 from streaming.from_settings import transaction_reader, model_scorer
 from udfs.ordering import BundleSequencer, split_bundle_header
-
-if TYPE_CHECKING:
-    from udfs.compiled_model import ModelTable
 from udfs.pipeline import (
     KeyedLine,
     ModelScorer,
@@ -61,6 +58,9 @@ from udfs.pipeline import (
     pack_shard_batch,
     unpack_shard_batch,
 )
+
+if TYPE_CHECKING:
+    from udfs.compiled_model import ModelTable
 
 # The final watermark of a bounded input; a timer here fires only when the input has ended.
 END_OF_INPUT = 2**63 - 1
