@@ -1,11 +1,15 @@
-"""The per-record steps of the scoring job, composed from `cleaning`, `features` and `model`.
+"""The steps of the scoring job, composed from `cleaning`, `features` and `model`.
 
-`TransactionReader.read_envelope` runs before the stream is keyed: source envelope -> decode -> parse -> clean
--> features, giving a `ModelInput` record or a dead letter. `ModelScorer.score_and_learn` runs inside the
-keyed operator on the key's `KeyModel`: standardize, score, learn, and emit the score and, every
-`snapshot_every` updates, a snapshot. Neither touches Flink; the Flink wrappers only call them.
+One record at a time (the reference): `TransactionReader.read_envelope` runs before the stream is
+keyed: source envelope -> decode -> parse -> clean -> features, giving a `ModelInput` record or a
+dead letter; `ModelScorer.score_and_learn` runs on the key's `KeyModel`: standardize, score, learn,
+and emit the score and, every `snapshot_every` updates, a snapshot.
+
+A bundle at a time (what the job runs): `TransactionReader.read_bundle_columns` gives each shard a
+columnar `RecordBatch` and the dead letters; `ModelScorer.score_columns` scores and learns from a
+batch with the compiled model (udfs/compiled_model.py). The unit tests hold both paths to the same
+results. Nothing here touches Flink; the Flink wrappers only call these.
 """
-
 from __future__ import annotations
 
 import hashlib
