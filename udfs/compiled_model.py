@@ -16,6 +16,7 @@ NUMBA_CACHE_DIR), so a worker that starts loads it rather than compiling it agai
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Sequence
 
 import numba
@@ -68,18 +69,13 @@ _DTYPES = tuple(np.dtype(t) for t in (
 _NUMBA_TYPES = {np.dtype(np.int64): numba.types.int64, np.dtype(np.int32): numba.types.int32,
                 np.dtype(np.float64): numba.types.float64, np.dtype(np.int8): numba.types.int8,
                 np.dtype(np.bool_): numba.types.uint8}
-_POINTER = None
-
-
+@functools.cache
 def _learn_batch_pointer():
-    """`_learn_batch_c` as a ctypes function, built on first use."""
-    global _POINTER
-    if _POINTER is None:
-        scalars = [ctypes.c_int64] * 7
-        pointers = [ctypes.c_void_p] * len(_DTYPES)
-        parameters = [ctypes.c_double, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_int64]
-        _POINTER = ctypes.CFUNCTYPE(ctypes.c_int64, *scalars, *pointers, *parameters)(_learn_batch_c.address)
-    return _POINTER
+    """`_learn_batch_c` as a ctypes function (built once)."""
+    scalars = [ctypes.c_int64] * 7
+    pointers = [ctypes.c_void_p] * len(_DTYPES)
+    parameters = [ctypes.c_double, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_int64]
+    return ctypes.CFUNCTYPE(ctypes.c_int64, *scalars, *pointers, *parameters)(_learn_batch_c.address)
 
 
 @numba.njit(cache=True)

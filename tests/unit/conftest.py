@@ -12,6 +12,7 @@ from streaming.config import PSEUDONYM_KEY_ENV, Settings, load_settings
 from udfs.cleaning import CleaningRules, MissingPolicy
 from streaming.from_settings import transaction_reader
 from udfs.pipeline import TransactionReader
+from tests.records import VALID_RECORD
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
@@ -19,20 +20,6 @@ LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
 TEST_KEY = b"unit-test-pseudonym-key"
 CHANNELS = frozenset({"web", "pos", "atm", "mobile"})
 
-# A complete, valid transaction as a source would deliver it (before cleaning).
-VALID_RECORD: dict[str, Any] = {
-    "txn_id": "t-0001",
-    "event_time": 1_767_225_600_000,
-    "account_id": "acct-0000042",
-    "merchant_id": "m-groc-001",
-    "merchant_category": "grocery",
-    "country": "US",
-    "channel": "web",
-    "amount": 12.5,
-    "currency": "USD",
-    "features": {"score": 0.25, "count": 3},
-    "is_fraud": 0,
-}
 
 
 @pytest.fixture

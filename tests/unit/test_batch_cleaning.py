@@ -21,19 +21,9 @@ from udfs.batch_cleaning import clean_batch
 from udfs.cleaning import CleaningRules, MissingPolicy, Rejected, clean, decode, parse
 from udfs.generator import MALFORMED_KINDS, GeneratorSettings, generate, generate_with_kinds, malformed
 
-BASE: dict[str, Any] = {
-    "txn_id": "t-0001",
-    "event_time": 1_767_225_600_000,
-    "account_id": "acct-0000042",
-    "merchant_id": "m-groc-001",
-    "merchant_category": "grocery",
-    "country": "US",
-    "channel": "web",
-    "amount": 12.5,
-    "currency": "USD",
-    "features": {"score": 0.25, "count": 3},
-    "is_fraud": 0,
-}
+from tests.records import VALID_RECORD
+
+BASE = VALID_RECORD
 DROP = object()  # `line(field=DROP)` leaves the field out
 
 # Policies that impute every field, in spellings the reference normalizes.

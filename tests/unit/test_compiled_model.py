@@ -3,7 +3,6 @@ pure-Python reference (udfs/model.py, ModelScorer.score_batch), and the columnar
 
 from __future__ import annotations
 
-import math
 import random
 
 import numpy as np

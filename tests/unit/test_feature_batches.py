@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,23 +13,10 @@ import pytest
 from udfs.cleaning import MissingPolicy, Rejected
 from udfs.features import EncodedBatch, FeatureEncoder
 
+from tests.records import Categorical, Numeric
+
 TIME_ENCODINGS = ("one_hot", "cyclic", "none")
 MAX_EVENT_TIME_MS = 253_402_300_800_000
-
-
-@dataclass(frozen=True)
-class Numeric:
-    field: str
-    log: bool = False
-    standardize: bool = False
-
-
-@dataclass(frozen=True)
-class Categorical:
-    field: str
-    encoding: str
-    vocabulary: tuple[str, ...] = ()
-    buckets: int = 0
 
 
 NUMERIC = (

@@ -10,7 +10,6 @@ import statistics
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -18,22 +17,9 @@ import pytest
 from udfs.cleaning import MissingPolicy, Rejected
 from udfs.features import FeatureEncoder, Standardizer
 
+from tests.records import Categorical, Numeric
+
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class Numeric:
-    field: str
-    log: bool = False
-    standardize: bool = False
-
-
-@dataclass(frozen=True)
-class Categorical:
-    field: str
-    encoding: str
-    vocabulary: tuple[str, ...] = ()
-    buckets: int = 0
 
 
 NUMERIC = (Numeric("amount", log=True, standardize=True), Numeric("features.score"),
