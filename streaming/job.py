@@ -71,6 +71,9 @@ SNAPSHOTS = OutputTag("model-snapshots", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
 
+# The end-of-input snapshots of a shard's models leave in bundles of at most this many lines.
+FINAL_SNAPSHOTS_PER_BUNDLE = 1000
+
 EMPTY_BATCH = RecordBatch.of([])
 
 # The accumulator in which RecordBundler.java counts every record the source emits (its RECORDS_READ).
@@ -156,6 +159,7 @@ class ScoreShard(KeyedProcessFunction):
         self.models = runtime_context.get_map_state(
             # Pickled bytes, as since version 1 of the model state, so that a savepoint of an
             # earlier release restores (its version-1 models are read, and written as version 2).
+            # Not PRIMITIVE_ARRAY(BYTE): thread mode would convert its state values byte by byte.
             MapStateDescriptor("models", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
         self.shard_models = {}
         self.sequencer = BundleSequencer()
@@ -188,8 +192,12 @@ class ScoreShard(KeyedProcessFunction):
 
     def on_timer(self, timestamp, ctx):
         table = self._models_of(ctx.get_current_key())
-        if len(table):
-            snapshots = [self.scorer.snapshot(table.key_model(row), key) for row, key in enumerate(table.keys)]
+        # In bundles of a bounded size: a shard of 100k keys would otherwise be one bundle of
+        # hundreds of MB, held whole by the worker and again by the JVM.
+        keys = table.keys
+        for start in range(0, len(keys), FINAL_SNAPSHOTS_PER_BUNDLE):
+            rows = range(start, min(start + FINAL_SNAPSHOTS_PER_BUNDLE, len(keys)))
+            snapshots = [self.scorer.snapshot(table.key_model(row), keys[row]) for row in rows]
             yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
 
 
