@@ -42,12 +42,14 @@ def measure(setting: str, delivery: str, extra: list[str]) -> dict:
 
     from streaming import kafka_tools
     from streaming.config import load_settings
+    from streaming.from_settings import cleaning_rules
     from udfs.generator import GeneratorSettings, generate
 
     run = uuid.uuid4().hex[:8]
     overrides = [*kafka_tools.isolated_overrides("latency"), f"kafka.delivery={delivery}",
                  f"checkpointing.directory={PROJECT / 'var' / 'bench-latency' / run}", *extra]
     settings = load_settings(PROFILE, overrides)
+    rules = cleaning_rules(settings)
     kafka_tools.create_topics(settings)
     received: dict[str, float] = {}
     stop = threading.Event()
@@ -78,7 +80,7 @@ def measure(setting: str, delivery: str, extra: list[str]) -> dict:
         warm_up = list(generate(GeneratorSettings(records=200, seed=90)))
         for line in warm_up:
             producer.produce(settings.kafka.transactions_topic, line,
-                             key=kafka_tools.partition_key(line, settings.model.key))
+                             key=kafka_tools.partition_key(line, settings.model.key, rules))
         producer.flush()
         deadline = time.monotonic() + 120
         while len(received) < len(warm_up) and time.monotonic() < deadline:
@@ -96,7 +98,7 @@ def measure(setting: str, delivery: str, extra: list[str]) -> dict:
             if index >= warm_up_records:
                 sent[json.loads(line)["txn_id"]] = time.time()
             producer.produce(settings.kafka.transactions_topic, line,
-                             key=kafka_tools.partition_key(line, settings.model.key))
+                             key=kafka_tools.partition_key(line, settings.model.key, rules))
             producer.poll(0)
         producer.flush()
         deadline = time.monotonic() + 60
@@ -123,13 +125,20 @@ def measure(setting: str, delivery: str, extra: list[str]) -> dict:
     }
 
 
-def kafka_latency() -> dict:
-    """{setting: {delivery: {p50, p99, records, scored}}} for the settings in SETTINGS."""
+def kafka_latency(repeat: int = 1) -> dict:
+    """{setting: {delivery: {p50, p99, records, scored, runs}}} for the settings in SETTINGS: each
+    measured `repeat` times, the medians of the runs' p50 and p99."""
     results: dict[str, dict] = {}
     for setting, delivery, extra in SETTINGS:
-        results.setdefault(setting, {})[delivery] = measure(setting, delivery, extra)
+        runs = [measure(setting, delivery, extra) for _ in range(repeat)]
+        results.setdefault(setting, {})[delivery] = {
+            "p50": statistics.median(run["p50"] for run in runs), "p99": statistics.median(run["p99"] for run in runs),
+            "records": sum(run["records"] for run in runs), "scored": sum(run["scored"] for run in runs),
+            "runs": runs}
+        each = ", ".join(f"{run['p99']:.0f}" for run in runs)
         print(f"  kafka latency, {setting}, {delivery}: p50 {results[setting][delivery]['p50']:.0f} ms, "
-              f"p99 {results[setting][delivery]['p99']:.0f} ms", flush=True)
+              f"p99 {results[setting][delivery]['p99']:.0f} ms (median of {repeat}; p99 of each run: {each})",
+              flush=True)
     return results
 
 

@@ -336,7 +336,7 @@ def main() -> int:
         from bench.kafka_latency import RATE, kafka_latency
 
         print(f"kafka latency at {RATE:,} records/s (produce to readable score, read_committed):", flush=True)
-        results["kafka_latency_ms"] = kafka_latency()
+        results["kafka_latency_ms"] = kafka_latency(args.repeat)
     if "failover" in parts:
         print("failover on the session cluster (TaskManager killed three times, exactly-once):", flush=True)
         results["failover"] = failover_bench(200_000 if not args.quick else 50_000)
