@@ -29,7 +29,10 @@ WARM_UP_SECONDS = 15
 # process mode's per-call transfer, which is what small bundles pay for. Thread mode has one Python
 # interpreter lock per JVM, so a second parallel subtask adds a shuffle and lock contention but no
 # Python capacity: parallelism 1 (measured: p99 about 80 ms at 1, 120-490 ms at 2).
-LOW_LATENCY = ["performance.mode=low_latency", "flink.python_execution_mode=thread", "flink.parallelism=1"]
+# Two shards, not 32: a bundle of a few records would otherwise call the scoring function once per
+# shard it touches, about ten times per 5 ms bundle, which took p50 from 27 to 111 ms.
+LOW_LATENCY = ["performance.mode=low_latency", "flink.python_execution_mode=thread", "flink.parallelism=1",
+               "performance.shards=2"]
 SETTINGS = (
     ("default", "at-least-once", []),
     ("low_latency", "at-least-once", LOW_LATENCY),
