@@ -47,6 +47,23 @@ class KeyedLine(str):
         return keyed
 
 
+class ScoreContext(NamedTuple):
+    """What a score carries of its transaction besides the model's output, for analysts to group by."""
+
+    merchant_category: str
+    country: str
+    channel: str
+    amount: float
+    currency: str
+    account: str  # the account's pseudonym
+
+    @classmethod
+    def of(cls, txn: dict[str, Any]) -> "ScoreContext":
+        """The context of a cleaned transaction."""
+        return cls(txn["merchant_category"], txn["country"], txn["channel"], txn["amount"], txn["currency"],
+                   txn["account_id"])
+
+
 class ModelInput(NamedTuple):
     """A cleaned record ready for its key's model; (indices, values) is its sparse feature vector."""
 
@@ -56,6 +73,7 @@ class ModelInput(NamedTuple):
     label: int | None
     indices: list[int]
     values: list[float]
+    context: ScoreContext
 
 
 class RecordBatch(NamedTuple):
@@ -69,6 +87,13 @@ class RecordBatch(NamedTuple):
     indptr: np.ndarray  # int64, one more than there are records
     indices: np.ndarray  # int32 feature indices
     values: np.ndarray  # float64
+    # The records' ScoreContext, field by field.
+    categories: list[str]
+    countries: list[str]
+    channels: list[str]
+    amounts: np.ndarray  # float64
+    currencies: list[str]
+    accounts: list[str]
 
     def __len__(self) -> int:
         return len(self.model_keys)
@@ -77,12 +102,16 @@ class RecordBatch(NamedTuple):
     def of(cls, records: Sequence[ModelInput]) -> "RecordBatch":
         """The batch of `ModelInput` records (the reference's form)."""
         lengths = [len(record.indices) for record in records]
+        contexts = [record.context for record in records]
         return cls([record.model_key for record in records], [record.txn_id for record in records],
                    np.array([record.event_time for record in records], np.int64),
                    np.array([-1 if record.label is None else record.label for record in records], np.int8),
                    np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))).astype(np.int64),
                    np.array([i for record in records for i in record.indices], np.int32),
-                   np.array([v for record in records for v in record.values], np.float64))
+                   np.array([v for record in records for v in record.values], np.float64),
+                   [c.merchant_category for c in contexts], [c.country for c in contexts], [c.channel for c in contexts],
+                   np.array([c.amount for c in contexts], np.float64), [c.currency for c in contexts],
+                   [c.account for c in contexts])
 
     @classmethod
     def of_encoded(cls, txns: Sequence[dict[str, Any]], encoded: EncodedBatch, model_key_field: str) -> "RecordBatch":
@@ -91,15 +120,22 @@ class RecordBatch(NamedTuple):
         return cls([txn[model_key_field] for txn in kept], [txn["txn_id"] for txn in kept],
                    np.array([txn["event_time"] for txn in kept], np.int64),
                    np.array([-1 if txn["is_fraud"] is None else txn["is_fraud"] for txn in kept], np.int8),
-                   encoded.indptr, encoded.indices, encoded.values)
+                   encoded.indptr, encoded.indices, encoded.values,
+                   [txn["merchant_category"] for txn in kept], [txn["country"] for txn in kept],
+                   [txn["channel"] for txn in kept],
+                   np.array([txn["amount"] for txn in kept], np.float64), [txn["currency"] for txn in kept],
+                   [txn["account_id"] for txn in kept])
 
     def records(self) -> list[ModelInput]:
         """The batch as `ModelInput` records."""
         indptr, indices, values = self.indptr.tolist(), self.indices.tolist(), self.values.tolist()
+        contexts = map(ScoreContext, self.categories, self.countries, self.channels, self.amounts.tolist(),
+                       self.currencies, self.accounts)
         return [ModelInput(key, txn_id, event_time, None if label < 0 else label,
-                           indices[indptr[r]:indptr[r + 1]], values[indptr[r]:indptr[r + 1]])
-                for r, (key, txn_id, event_time, label)
-                in enumerate(zip(self.model_keys, self.txn_ids, self.event_times.tolist(), self.labels.tolist()))]
+                           indices[indptr[r]:indptr[r + 1]], values[indptr[r]:indptr[r + 1]], context)
+                for r, (key, txn_id, event_time, label, context)
+                in enumerate(zip(self.model_keys, self.txn_ids, self.event_times.tolist(), self.labels.tolist(),
+                                 contexts))]
 
     def take(self, rows: np.ndarray) -> "RecordBatch":
         """The records at positions `rows` (ascending), as a batch."""
@@ -108,33 +144,41 @@ class RecordBatch(NamedTuple):
         np.cumsum(lengths, out=indptr[1:])
         # Position of each kept entry: its row's start in this batch plus its place in the row.
         entries = np.repeat(self.indptr[rows] - indptr[:-1], lengths) + np.arange(indptr[-1])
-        keys, txn_ids = self.model_keys, self.txn_ids
-        return RecordBatch([keys[r] for r in rows.tolist()], [txn_ids[r] for r in rows.tolist()],
+        positions = rows.tolist()
+        return RecordBatch([self.model_keys[r] for r in positions], [self.txn_ids[r] for r in positions],
                            self.event_times[rows], self.labels[rows], indptr, self.indices[entries],
-                           self.values[entries])
+                           self.values[entries], [self.categories[r] for r in positions],
+                           [self.countries[r] for r in positions],
+                           [self.channels[r] for r in positions], self.amounts[rows],
+                           [self.currencies[r] for r in positions], [self.accounts[r] for r in positions])
 
     # Packed for the hop between operators: a header (records, entries, text bytes), the arrays,
-    # then the model keys and txn_ids as newline-separated UTF-8 (cleaning collapses every
-    # whitespace, so neither holds a newline).
+    # then the string columns as newline-separated UTF-8 (cleaning collapses every whitespace, so
+    # none holds a newline).
     _HEADER = struct.Struct("<qqq")
 
     def to_bytes(self) -> bytes:
-        text = "\n".join(self.model_keys + self.txn_ids).encode("utf-8", "surrogatepass")
+        text = "\n".join(self.model_keys + self.txn_ids + self.categories + self.countries + self.channels
+                         + self.currencies + self.accounts).encode("utf-8", "surrogatepass")
         return b"".join((self._HEADER.pack(len(self), len(self.indices), len(text)), self.event_times.tobytes(),
-                         self.indptr.tobytes(), self.values.tobytes(), self.indices.tobytes(),
-                         self.labels.tobytes(), text))
+                         self.indptr.tobytes(), self.values.tobytes(), self.amounts.tobytes(),
+                         self.indices.tobytes(), self.labels.tobytes(), text))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "RecordBatch":
         n, nnz, text_bytes = cls._HEADER.unpack_from(data)
         offset = cls._HEADER.size
         arrays = []
-        for dtype, count in ((np.int64, n), (np.int64, n + 1), (np.float64, nnz), (np.int32, nnz), (np.int8, n)):
+        for dtype, count in ((np.int64, n), (np.int64, n + 1), (np.float64, nnz), (np.float64, n), (np.int32, nnz),
+                             (np.int8, n)):
             arrays.append(np.frombuffer(data, dtype, count, offset))
             offset += count * np.dtype(dtype).itemsize
-        event_times, indptr, values, indices, labels = arrays
+        event_times, indptr, values, amounts, indices, labels = arrays
         strings = data[offset:offset + text_bytes].decode("utf-8", "surrogatepass").split("\n") if n else []
-        return cls(strings[:n], strings[n:], event_times, labels, indptr, indices, values)
+        keys, txn_ids, categories, countries, channels, currencies, accounts = (
+            strings[i * n:(i + 1) * n] for i in range(7))
+        return cls(keys, txn_ids, event_times, labels, indptr, indices, values, categories, countries, channels,
+                   amounts, currencies, accounts)
 
 
 _SHARD_BATCH_HEADER = struct.Struct("<qi")  # sequence number (-1: none), bytes of the stream's name
@@ -217,7 +261,8 @@ class TransactionReader:
             indices, values = self.encoder.encode(txn)
         except Rejected as rejected:
             return self.dead_letter(raw, rejected, source, now_ms)
-        return ModelInput(txn[self.model_key_field], txn["txn_id"], txn["event_time"], txn["is_fraud"], indices, values)
+        return ModelInput(txn[self.model_key_field], txn["txn_id"], txn["event_time"], txn["is_fraud"], indices, values,
+                          ScoreContext.of(txn))
 
     def read_bundle(self, bundle: str, shards: int, now_ms: int) -> tuple[dict[int, list[ModelInput]], list[KeyedLine]]:
         """Reads every record of a bundle (envelopes joined by newlines, in arrival order).
@@ -302,7 +347,7 @@ def compile_model_code() -> None:
     batch takes (read from bytes between operators, or built in place), so that the workers of a
     job find it cached. About 2 s the first time after the code changed, 0.1 s after that."""
     scorer = ModelScorer(("x",), (0,), Sgd(0.1), snapshot_every=1, top_reasons=1)
-    batch = RecordBatch.of([ModelInput("k", "t", 0, 1, [0], [1.0])])
+    batch = RecordBatch.of([ModelInput("k", "t", 0, 1, [0], [1.0], ScoreContext("fuel", "US", "web", 1.0, "USD", "a"))])
     for form in (batch, RecordBatch.from_bytes(batch.to_bytes())):
         scorer.score_columns(form, scorer.new_table(), 0)
 
@@ -387,6 +432,7 @@ class ModelScorer:
             "model_updates": assessment.updates,
             "reasons": [{"feature": self.feature_names[i], "contribution": c} for i, c in assessment.reasons],
             "scored_at": now_ms,
+            **record.context._asdict(),
         }).decode("utf-8")
 
     def score_batch(self, records: Sequence[ModelInput], models: dict[str, KeyModel],
@@ -462,11 +508,19 @@ class ModelScorer:
                 "model_updates": updates,
                 "reasons": [{"feature": names[i], "contribution": c} for i, c in zip(indexes[:count], values[:count])],
                 "scored_at": now_ms,
+                "merchant_category": category,
+                "country": country,
+                "channel": channel,
+                "amount": amount,
+                "currency": currency,
+                "account": account,
             })
-            for txn_id, key, p, label, event_time, updates, indexes, values, count in zip(
+            for txn_id, key, p, label, event_time, updates, indexes, values, count, category, country, channel, amount,
+            currency, account in zip(
                 batch.txn_ids, batch.model_keys, assessed.probability.tolist(), batch.labels.tolist(),
                 batch.event_times.tolist(), assessed.updates.tolist(), assessed.reason_index.tolist(),
-                assessed.reason_value.tolist(), assessed.reason_count.tolist())
+                assessed.reason_value.tolist(), assessed.reason_count.tolist(), batch.categories, batch.countries,
+                batch.channels, batch.amounts.tolist(), batch.currencies, batch.accounts)
         ]
 
     def snapshot(self, key_model: KeyModel, model_key: str) -> KeyedLine:

@@ -11,7 +11,7 @@ import pytest
 
 from udfs.compiled_model import ModelTable
 from udfs.model import STATE_HEADER_V1, KeyModel, Sgd, read_state
-from udfs.pipeline import ModelInput, ModelScorer, RecordBatch, pack_shard_batch, unpack_shard_batch
+from udfs.pipeline import ModelInput, ModelScorer, RecordBatch, ScoreContext, pack_shard_batch, unpack_shard_batch
 
 NOW = 1_767_300_000_000
 N_FEATURES = 12
@@ -39,7 +39,10 @@ def random_stream(seed: int, records: int, keys: int, dense: bool, n_numeric: in
         if huge_every and r % huge_every == 0:
             values[0] = rng.choice([1e12, -1e12, 9e11])  # pushes an update past the guard
         label = rng.choice([0, 1, None])
-        stream.append(ModelInput(f"k{rng.randrange(keys)}", f"t{r}", 1_700_000_000_000 + r, label, indices, values))
+        context = ScoreContext(rng.choice(["fuel", "travel"]), rng.choice(["DE", "US"]), rng.choice(["web", "pos"]), rng.uniform(0, 1e4),
+                               rng.choice(["EUR", "USD"]), f"a{rng.randrange(3 * keys)}")
+        stream.append(ModelInput(f"k{rng.randrange(keys)}", f"t{r}", 1_700_000_000_000 + r, label, indices, values,
+                                 context))
     return stream
 
 
@@ -202,5 +205,6 @@ def test_record_batch_round_trips_through_bytes_and_take(records):
 
 
 def test_record_batch_keeps_unusual_text():
-    stream = [ModelInput("clé ü", "t\ud800x", 5, 1, [0], [1.0]), ModelInput("k", "", 6, None, [], [])]
+    stream = [ModelInput("clé ü", "t\ud800x", 5, 1, [0], [1.0], ScoreContext("électronique", "DE", "wéb", 0.5, "EUR", "a\ud800")),
+              ModelInput("k", "", 6, None, [], [], ScoreContext("", "", "", 0.0, "", ""))]
     assert RecordBatch.from_bytes(RecordBatch.of(stream).to_bytes()).records() == stream

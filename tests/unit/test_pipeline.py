@@ -19,7 +19,7 @@ from tests.pseudonyms import hmac_pseudonym
 from udfs.features import FeatureEncoder
 from udfs.generator import GeneratorSettings, generate
 from udfs.model import KeyModel, Sgd
-from udfs.pipeline import ModelInput, ModelScorer, TransactionReader, shard_of, split_envelope
+from udfs.pipeline import ModelInput, ModelScorer, ScoreContext, TransactionReader, shard_of, split_envelope
 
 DEAD_LETTER_FIELDS = {"schema_version", "raw", "stage", "reason", "source", "txn_id", "received_at"}
 NOW = 1_767_300_000_000
@@ -232,9 +232,12 @@ def test_a_record_under_the_cap_keeps_all_its_bytes_and_has_no_hash(local_reader
 NAMES = ("a", "b", "c")
 
 
+CONTEXT = ScoreContext("travel", "GB", "mobile", 12.5, "GBP", "0123456789abcdef0123456789abcdef")
+
+
 def model_input(features, label, event_time=1_000, txn_id="t", key="k") -> ModelInput:
     """A record whose dense `features` are given as a sparse vector listing every index."""
-    return ModelInput(key, txn_id, event_time, label, list(range(len(features))), list(features))
+    return ModelInput(key, txn_id, event_time, label, list(range(len(features))), list(features), CONTEXT)
 
 
 def margin_probability(key_model: KeyModel, x) -> float:
@@ -297,7 +300,9 @@ def test_the_score_json_has_the_contract_fields_and_ranked_reasons():
     key_model.model.weights = [0.5, -3.0, 1.0]
     out = json.loads(scorer.score_and_learn(key_model, model_input([1.0, 1.0, -4.0], None), NOW)[0])
     assert set(out) == {"schema_version", "txn_id", "model_key", "score", "label", "event_time",
-                        "model_updates", "reasons", "scored_at"}
+                        "model_updates", "reasons", "scored_at", "merchant_category", "country", "channel", "amount", "currency",
+                        "account"}
+    assert tuple(out[name] for name in ScoreContext._fields) == CONTEXT
     assert out["reasons"] == [{"feature": "c", "contribution": -4.0}, {"feature": "b", "contribution": -3.0}]
 
 
@@ -362,7 +367,7 @@ def test_a_sparse_record_is_scored_and_learned_from_exactly_like_its_dense_form(
         for j, v in zip(indices, values):
             x[j] = v
         label = rng.choice([0, 1, None])
-        sparse = scorer.score_and_learn(sparse_model, ModelInput("k", f"t{i}", 10 + i, label, indices, values), NOW)
+        sparse = scorer.score_and_learn(sparse_model, ModelInput("k", f"t{i}", 10 + i, label, indices, values, CONTEXT), NOW)
         dense = scorer.score_and_learn(dense_model, model_input(x, label, 10 + i, f"t{i}"), NOW)
         assert sparse == dense, i
     assert sparse_model.model.weights == dense_model.model.weights
