@@ -23,6 +23,7 @@ JAVA_TEST_SOURCES := $(wildcard streaming/jvm-test/riskstream/flink/*.java)
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
+	$(VENV)/bin/riskstream report --config conf/local.yaml
 
 # Runs the Java operators' tests, starts the project's Kafka broker and session cluster (or reuses
 # running ones), runs the Python suite, stops both.

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from importlib.metadata import version
@@ -31,6 +32,8 @@ EXIT_INTERRUPTED = 130  # stopped with Ctrl-C (SIGINT)
 
 # Flink's own log (mini-cluster and client) stays in the project, whatever the current folder.
 FLINK_LOG_DIR = PROJECT_ROOT / "var" / "log"
+# How often `riskstream run` prints its progress, in seconds.
+PROGRESS_SECONDS = 10.0
 
 
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -159,7 +162,54 @@ def parser() -> argparse.ArgumentParser:
     verbose(model)
     model.add_argument("--idle-timeout", type=float, default=5.0,
                        help="Kafka output: stop reading snapshots after this many seconds without one")
+
+    report = command("report", "PNG plots, their data as CSV and an index.html of a run's outputs (no Flink needed)")
+    profile(report, "local")
+    verbose(report)
+    report.add_argument("--from", dest="from_path", type=Path, default=None, metavar="OUTPUT",
+                        help="a run's output folder (default: the profile's output.path; a profile with Kafka "
+                             "output reads its topics)")
+    report.add_argument("--to", type=Path, default=None, metavar="DIR",
+                        help="where to write the report (default: OUTPUT/report; out/report for Kafka output)")
+    report.add_argument("--idle-timeout", type=float, default=5.0,
+                        help="Kafka output: stop reading a topic after this many seconds without a record")
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from streaming.report import build_report
+
+    settings = load_settings(args.config, args.overrides)
+    if args.from_path is None and settings.output.kind == "kafka":
+        from streaming import kafka_tools
+
+        kafka_tools.show_client_log(args.verbose)
+        kafka_tools.check_broker(settings)
+        kafka = settings.kafka
+
+        def read(topic: str) -> list[dict]:
+            return [orjson.loads(value) for _, _, _, value in kafka_tools.tail(
+                settings, topic, idle_timeout_s=args.idle_timeout)]
+
+        scores, letters = read(kafka.scores_topic), read(kafka.dead_letters_topic)
+        where = f"topics {kafka.scores_topic} and {kafka.dead_letters_topic}"
+        to = args.to or PROJECT_ROOT / "out" / "report"
+    else:
+        from streaming.outputs import committed_lines
+
+        output = args.from_path if args.from_path is not None else Path(settings.output.path)
+        if not (output / "scores").is_dir():
+            raise UsageError(f"report --from: {output} has no scores/ folder; give the output.path of a run")
+        scores, letters = list(committed_lines(output / "scores")), list(committed_lines(output / "dead-letters"))
+        where, to = str(output), args.to or output / "report"
+    if not scores and not letters:
+        return _fail(f"report: no committed scores or dead letters in {where}; run the job first", EXIT_FAILED)
+    try:
+        index = build_report(scores, letters, to)
+    except OSError as error:
+        raise UsageError(f"report --to: cannot write {to}: {error.strerror or error}") from None
+    print(f"report of {len(scores):,} scores and {len(letters):,} dead letters: {index.resolve()}")
+    return EXIT_OK
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -384,6 +434,7 @@ def _run(args: argparse.Namespace) -> int:
     outputs = RunOutputs(Path(settings.output.path)) if settings.output.kind == "files" else None
     if outputs is not None:
         outputs.set_previous_aside()
+    progress = _Progress(outputs.folder) if outputs is not None else None
     try:
         job_run = run_job(settings)
     except KeyboardInterrupt:  # Ctrl-C before the job was running: nothing of this run to keep
@@ -395,6 +446,9 @@ def _run(args: argparse.Namespace) -> int:
             outputs.restore_previous()
         kept = f"; previous outputs kept in {outputs.folder}" if outputs is not None else ""
         return _fail(f"the job failed: {_cause(error)}{kept}; details in {_write_failure_log(error)}", EXIT_FAILED)
+    finally:
+        if progress is not None:
+            progress.stop()
     if outputs is None:  # Kafka output: read it with `riskstream tail`
         if job_run.savepoint is not None:
             print(f"stopped with savepoint {job_run.savepoint} after {job_run.records_read:,} records")
@@ -414,6 +468,34 @@ def _run(args: argparse.Namespace) -> int:
     if not summary.reconciled:
         return EXIT_FAILED
     return EXIT_INTERRUPTED if job_run.interrupted else EXIT_OK
+
+
+class _Progress:
+    """While a file-output job runs, prints every PROGRESS_SECONDS what it has committed so far:
+    scores, dead letters and their rate since the last line (outputs are committed at each
+    checkpoint, so the figures move in steps)."""
+
+    def __init__(self, folder: Path):
+        from streaming.outputs import CommittedCounts
+
+        self.counts = CommittedCounts(folder)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._print_progress, name="progress", daemon=True)
+        self.thread.start()
+
+    def _print_progress(self) -> None:
+        last_total, last_at = 0, time.monotonic()
+        while not self.done.wait(PROGRESS_SECONDS):
+            counts = self.counts.counts()
+            total, now = counts["scores"] + counts["dead-letters"], time.monotonic()
+            rate = (total - last_total) / (now - last_at)
+            print(f"committed so far: {counts['scores']:,} scored, {counts['dead-letters']:,} dead-lettered "
+                  f"({rate:,.0f} records/s)", flush=True)
+            last_total, last_at = total, now
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def _check_inputs(settings) -> int | None:
@@ -468,7 +550,8 @@ def _write_failure_log(error: BaseException) -> Path:
 
 COMMANDS = {"generate": _generate, "run": _run, "topics": _kafka_command, "produce": _kafka_command,
             "tail": _kafka_command, "cluster": _cluster_command, "submit": _cluster_command,
-            "status": _cluster_command, "stop": _cluster_command, "model": _model_show}
+            "status": _cluster_command, "stop": _cluster_command, "model": _model_show,
+            "report": _report}
 
 
 if __name__ == "__main__":

@@ -141,3 +141,27 @@ class RunOutputs:
 
     def drop_previous(self) -> None:
         shutil.rmtree(self.aside, ignore_errors=True)
+
+
+class CommittedCounts:
+    """Counts the lines of the committed part files under an output folder as a run goes on; each
+    `counts()` reads only the part files committed since the last call (a committed part file
+    never changes)."""
+
+    def __init__(self, folder: Path, outputs: Iterable[str] = ("scores", "dead-letters")):
+        self.folders = {name: folder / name for name in outputs}
+        self.counted: set[Path] = set()
+        self.lines = dict.fromkeys(self.folders, 0)
+
+    def counts(self) -> dict[str, int]:
+        """Output name -> committed lines so far."""
+        for name, folder in self.folders.items():
+            if not folder.is_dir():
+                continue
+            for part in folder.iterdir():
+                if part.name.startswith(".") or part in self.counted or not part.is_file():
+                    continue
+                with part.open("rb") as lines:
+                    self.lines[name] += sum(1 for line in lines if line.strip())
+                self.counted.add(part)
+        return dict(self.lines)

@@ -102,7 +102,8 @@ def test_the_readme_commands_run_as_written(tmp_path):
     (tmp_path / ".venv").symlink_to(PROJECT / ".venv")
     commands = readme_commands()
     assert [command.split()[:2] for command in commands] == [
-        [".venv/bin/riskstream", "generate"], [".venv/bin/riskstream", "run"], [".venv/bin/riskstream", "model"]]
+        [".venv/bin/riskstream", "generate"], [".venv/bin/riskstream", "run"], [".venv/bin/riskstream", "model"],
+        [".venv/bin/riskstream", "report"]]
     printed = []
     for command in commands:
         done = shell(command, cwd=tmp_path)
@@ -116,3 +117,22 @@ def test_the_readme_commands_run_as_written(tmp_path):
     latest = max((s for s in committed_lines(tmp_path / "out" / "local" / "model-snapshots")
                   if s["model_key"] == "grocery"), key=lambda s: s["model_updates"])
     assert shown == latest
+    index = tmp_path / "out" / "local" / "report" / "index.html"
+    assert printed[3].strip().endswith(str(index.resolve())) and index.is_file()
+
+
+def test_run_prints_its_committed_progress_while_the_job_runs(tmp_path):
+    lines = list(generate(GeneratorSettings(records=4000, seed=32, malformed_share=0.05)))
+    (tmp_path / "tx.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    done = riskstream("run", "--config", LOCAL, "--set", "source.paths=[tx.jsonl]", "--set", "output.path=out",
+                      "--set", "checkpointing.directory=checkpoints", "--set", "source.max_records_per_second=200",
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    progress = [(number(scored), number(dead)) for scored, dead in re.findall(
+        r"committed so far: ([\d,]+) scored, ([\d,]+) dead-lettered \([\d,]+ records/s\)", done.stdout)]
+    assert len(progress) >= 2, done.stdout
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(progress, progress[1:])) and progress[-1][0] > 0
+    scores = list(committed_lines(tmp_path / "out" / "scores"))
+    letters = list(committed_lines(tmp_path / "out" / "dead-letters"))
+    assert progress[-1][0] <= len(scores) and progress[-1][1] <= len(letters)
+    assert len(scores) + len(letters) == len(lines)

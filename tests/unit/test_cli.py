@@ -289,3 +289,15 @@ def test_submit_and_run_without_riskstream_profile_need_config(tmp_path, value):
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines()[-1] == \
             f"riskstream {command}: error: the following arguments are required: --config", done.stderr
+
+
+def test_report_of_a_folder_without_scores_says_what_to_give(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    done = riskstream("report", "--from", "nothing", cwd=tmp_path)
+    assert_one_line_failure(done, 2, "report --from", "nothing", "no scores/ folder", "output.path")
+
+
+def test_report_of_a_run_without_output_lines_says_to_run_the_job(tmp_path):
+    (tmp_path / "out" / "scores").mkdir(parents=True)
+    done = riskstream("report", "--from", "out", cwd=tmp_path)
+    assert_one_line_failure(done, 1, "no committed scores or dead letters", "run the job first")
