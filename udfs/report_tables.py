@@ -86,15 +86,16 @@ def score_distribution(scores: Sequence[dict[str, Any]]) -> Table:
 
 
 def amount_distribution(scores: Sequence[dict[str, Any]]) -> Table:
-    """Labelled scores per amount bin [low, high), split by label: bins are log-spaced,
-    AMOUNT_BINS_PER_DECADE a decade, and amounts below 0.01 count in the first bin (low 0)."""
+    """Labelled scores per amount bin [low, high), split by label, from the lowest bin holding one
+    to the highest: bins are log-spaced, AMOUNT_BINS_PER_DECADE a decade, and amounts below 0.01
+    count in a bin [0, 0.01)."""
     counts: Counter = Counter()
     for s in scores:
         if s["label"] is not None:
             counts[(_amount_bin(s["amount"]), s["label"])] += 1
     if not counts:
         return Table(("low", "high", "not_fraud", "fraud"), [])
-    bins = range(0, max(b for b, _ in counts) + 1)
+    bins = range(min(b for b, _ in counts), max(b for b, _ in counts) + 1)
     return Table(("low", "high", "not_fraud", "fraud"),
                  [(0.0 if b == 0 else _amount_edge(b), _amount_edge(b + 1), counts[(b, 0)], counts[(b, 1)])
                   for b in bins])
