@@ -8,6 +8,9 @@ import random
 
 import pytest
 
+from streaming.job import FINAL_SNAPSHOTS_PER_BUNDLE
+from udfs.generator import GeneratorSettings, generate
+
 FEATURES = ("a", "b", "c", "d")
 LEARNING_RATE = 0.05
 RAW_FEATURES_PROFILE = (
@@ -116,3 +119,18 @@ def test_out_of_order_and_late_records_are_all_learned_in_arrival_order(tmp_path
         assert final["model_updates"] == labelled_before
         assert list(final["weights"].values()) == pytest.approx(expected_weights, abs=1e-9)
         assert final["bias"] == pytest.approx(expected_bias, abs=1e-9)
+
+
+def test_a_shard_of_thousands_of_keys_writes_one_final_snapshot_per_key(tmp_path, scoring_job):
+    # One shard holding thousands of keys: its end-of-input snapshots leave in several bundles
+    # (streaming/job.py, FINAL_SNAPSHOTS_PER_BUNDLE), and none may be lost or repeated.
+    lines = list(generate(GeneratorSettings(records=8000, seed=44, accounts=3000)))
+    outputs = scoring_job(tmp_path, lines, "model.key=account_id", "performance.shards=1",
+                          "model.snapshot_every=1000000")
+    keys = {score["model_key"] for score in outputs.scores}
+    assert len(keys) > FINAL_SNAPSHOTS_PER_BUNDLE * 2
+    assert sorted(s["model_key"] for s in outputs.snapshots) == sorted(keys)
+    learned = {}
+    for score in outputs.scores:
+        learned[score["model_key"]] = learned.get(score["model_key"], 0) + (score["label"] is not None)
+    assert {s["model_key"]: s["model_updates"] for s in outputs.snapshots} == learned
