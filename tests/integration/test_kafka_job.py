@@ -15,7 +15,8 @@ from udfs.generator import GeneratorSettings, generate_with_kinds
 RECORDS = 50_000
 
 
-def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scoring_job, kafka_settings):
+def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scoring_job, kafka_settings, kafka_isolation,
+                                                                capsys):
     from streaming.job import run_job
 
     settings = kafka_settings.model_copy(update={
@@ -56,6 +57,17 @@ def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scorin
     assert len(snapshot_messages) == len(committed.snapshots) > 0
     for _, _, key, value in snapshot_messages:
         assert key.decode() == json.loads(value)["model_key"]
+
+    # `riskstream report` of a Kafka-output profile reads the committed scores and dead letters.
+    from streaming.cli import main
+
+    options = [arg for override in kafka_isolation for arg in ("--set", override)]
+    assert main(["report", "--config", str(failover_drill.PROJECT / "conf" / "kafka.yaml"), *options,
+                 "--to", str(tmp_path / "report"), "--idle-timeout", "3"]) == 0
+    assert capsys.readouterr().out.strip().endswith(str((tmp_path / "report" / "index.html").resolve()))
+    page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    assert f"<th>records scored</th><td>{len(scores):,}</td>" in page
+    assert f"<th>records dead-lettered</th><td>{len(dead_letters):,}</td>" in page
 
     from_file = scoring_job(tmp_path / "file", lines)
     kafka_models = latest_snapshots(committed.snapshots)
