@@ -17,14 +17,20 @@ from udfs.metrics import labelled, log_loss, roc_auc
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
 
 
-def committed_lines(folder: Path) -> Iterator[dict[str, Any]]:
-    """Every JSON line in the committed part files of a FileSink folder. In-progress and pending
-    part files are hidden (their names start with a dot) and skipped: they may still change."""
+def committed_parts(folder: Path) -> Iterator[Path]:
+    """The committed part files of a FileSink folder, by name (none if there is no folder).
+    In-progress and pending part files are hidden (their names start with a dot) and skipped:
+    they may still change."""
     if not folder.is_dir():
         return
     for part in sorted(folder.iterdir()):
-        if part.name.startswith(".") or not part.is_file():
-            continue
+        if not part.name.startswith(".") and part.is_file():
+            yield part
+
+
+def committed_lines(folder: Path) -> Iterator[dict[str, Any]]:
+    """Every JSON line in the committed part files of a FileSink folder."""
+    for part in committed_parts(folder):
         with part.open("rb") as lines:
             for line in lines:
                 if line.strip():
@@ -156,10 +162,8 @@ class CommittedCounts:
     def counts(self) -> dict[str, int]:
         """Output name -> committed lines so far."""
         for name, folder in self.folders.items():
-            if not folder.is_dir():
-                continue
-            for part in folder.iterdir():
-                if part.name.startswith(".") or part in self.counted or not part.is_file():
+            for part in committed_parts(folder):
+                if part in self.counted:
                     continue
                 with part.open("rb") as lines:
                     self.lines[name] += sum(1 for line in lines if line.strip())

@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
-from streaming.outputs import committed_lines
 from udfs.report_tables import (
     Table,
     amount_distribution,
@@ -80,11 +79,6 @@ def build_report(scores: Sequence[dict[str, Any]], letters: Sequence[dict[str, A
     index = to / "index.html"
     index.write_text(_index_html(headline(scores, letters), plots), encoding="utf-8")
     return index
-
-
-def report_from_folder(output: Path, to: Path) -> Path:
-    """`build_report` of the committed outputs of a files-output run under `output`."""
-    return build_report(list(committed_lines(output / "scores")), list(committed_lines(output / "dead-letters")), to)
 
 
 def _duration(ms: int) -> str:

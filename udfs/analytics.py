@@ -16,11 +16,10 @@ is late depends only on each split's own order, not on how splits interleave.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, NamedTuple, Sequence
 
-from udfs.metrics import log_loss, roc_auc
+from udfs.metrics import log_loss, none_if_nan, roc_auc
 
 ANALYTICS_SCHEMA_VERSION = 1
 
@@ -144,13 +143,9 @@ class WindowFigures:
                        for currency, (count, total, largest) in sorted(self.amounts.items())},
             "distinct_accounts": len(self.accounts),
             "mean_score": self.score_sum / self.transactions if self.transactions else None,
-            "log_loss": _none_for_nan(log_loss(self.scores, self.labels)),
-            "roc_auc": _none_for_nan(roc_auc(self.scores, self.labels)),
+            "log_loss": none_if_nan(log_loss(self.scores, self.labels)),
+            "roc_auc": none_if_nan(roc_auc(self.scores, self.labels)),
         }
-
-
-def _none_for_nan(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
 def window_line(spec: WindowSpec, start: int, group_by: str, group: str, figures: WindowFigures) -> dict[str, Any]:

@@ -40,6 +40,11 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
+def none_if_nan(value: float) -> float | None:
+    """`value`, or None where a metric above is nan (undefined), for JSON and CSV output."""
+    return None if math.isnan(value) else value
+
+
 def labelled(pairs: Iterable[tuple[float, int | None]]) -> tuple[list[float], list[int]]:
     """The (scores, labels) of the pairs that have a label."""
     scores: list[float] = []

@@ -8,7 +8,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from udfs.metrics import log_loss, roc_auc
+from udfs.metrics import labelled, log_loss, none_if_nan, roc_auc
 
 MINUTE_MS = 60_000
 # Report windows are the smallest of these that cuts the run's event time into at most
@@ -35,10 +35,6 @@ def report_window_ms(event_times: Iterable[int]) -> int:
     return WINDOW_SIZES_MS[-1]
 
 
-def _nan_to_none(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
 def learning_curve(scores: Sequence[dict[str, Any]], window_ms: int, top_keys: int = 5) -> Table:
     """Prequential log loss (nats) and ROC AUC of the labelled scores per tumbling event-time
     window, over all keys ("(all)") and for the `top_keys` model keys with most labelled scores;
@@ -54,8 +50,8 @@ def learning_curve(scores: Sequence[dict[str, Any]], window_ms: int, top_keys: i
                 probabilities, labels = windows[s["event_time"] - s["event_time"] % window_ms]
                 probabilities.append(s["score"])
                 labels.append(s["label"])
-        rows += [(key, start, len(labels), _nan_to_none(log_loss(probabilities, labels)),
-                  _nan_to_none(roc_auc(probabilities, labels)))
+        rows += [(key, start, len(labels), none_if_nan(log_loss(probabilities, labels)),
+                  none_if_nan(roc_auc(probabilities, labels)))
                  for start, (probabilities, labels) in sorted(windows.items())]
     return Table(("model_key", "window_start", "labelled", "log_loss", "roc_auc"), rows)
 
@@ -137,8 +133,7 @@ def dead_letters_by_stage(letters: Iterable[dict[str, Any]]) -> Table:
 def headline(scores: Sequence[dict[str, Any]], letters: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The report's headline figures: counts, the prequential log loss and ROC AUC over every
     labelled score (null when undefined), and the event-time span."""
-    probabilities = [s["score"] for s in scores if s["label"] is not None]
-    labels = [s["label"] for s in scores if s["label"] is not None]
+    probabilities, labels = labelled((s["score"], s["label"]) for s in scores)
     times = [s["event_time"] for s in scores]
     return {
         "records scored": len(scores),
@@ -146,8 +141,8 @@ def headline(scores: Sequence[dict[str, Any]], letters: Sequence[dict[str, Any]]
         "labelled scores": len(labels),
         "frauds among them": sum(labels),
         "model keys": len({s["model_key"] for s in scores}),
-        "log loss": _nan_to_none(log_loss(probabilities, labels)),
-        "ROC AUC": _nan_to_none(roc_auc(probabilities, labels)),
+        "log loss": none_if_nan(log_loss(probabilities, labels)),
+        "ROC AUC": none_if_nan(roc_auc(probabilities, labels)),
         "first event time": min(times) if times else None,
         "last event time": max(times) if times else None,
     }
