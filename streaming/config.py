@@ -135,6 +135,9 @@ class KafkaSettings(_Settings):
     scores_topic: str = "risk-scores"
     dead_letters_topic: str = "dead-letters"
     snapshots_topic: str = "model-snapshots"
+    # Written only with analytics.enabled.
+    analytics_topic: str = "analytics"
+    late_topic: str = "late-records"
     partitions: PositiveInt = 3
     replication_factor: PositiveInt = 1
     # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
@@ -162,7 +165,8 @@ class KafkaSettings(_Settings):
         return merged
 
     def topics(self) -> tuple[str, ...]:
-        return (self.transactions_topic, self.scores_topic, self.dead_letters_topic, self.snapshots_topic)
+        return (self.transactions_topic, self.scores_topic, self.dead_letters_topic, self.snapshots_topic,
+                self.analytics_topic, self.late_topic)
 
 
 class CleaningSettings(_Settings):
@@ -410,6 +414,45 @@ class PerformanceSettings(_Settings):
         )
 
 
+class WindowSettings(_Settings):
+    """Windows of `size_ms` starting every `slide_ms` (tumbling when slide_ms is left out)."""
+
+    size_ms: PositiveInt
+    slide_ms: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _slide_divides_size(self) -> "WindowSettings":
+        if self.slide_ms is not None and (self.slide_ms > self.size_ms or self.size_ms % self.slide_ms):
+            raise ValueError(f"analytics.windows.slide_ms: must divide size_ms ({self.size_ms}), got {self.slide_ms}")
+        return self
+
+
+class AnalyticsSettings(_Settings):
+    """Event-time windowed figures of the scored stream per group (udfs/analytics.py says how
+    windows, watermarks and late records are defined), written to `<output>/analytics` and
+    `<output>/late` (or the kafka.analytics_topic and kafka.late_topic). Off by default: it costs
+    CPU per record, and an event-time watermark, read from each record's event_time in the source."""
+
+    enabled: bool = False
+    group_by: tuple[Literal["merchant_category", "country", "channel", "currency"], ...] = (
+        "merchant_category", "country")
+    windows: tuple[WindowSettings, ...] = (WindowSettings(size_ms=60_000),)
+    # A split's (file's, Kafka partition's) watermark trails its largest event time by this much.
+    out_of_orderness_ms: int = Field(default=5_000, ge=0)
+    # A window is emitted when the watermark reaches its end plus this.
+    allowed_lateness_ms: int = Field(default=0, ge=0)
+    # A split that sends nothing for this long (processing time) stops holding the watermark back.
+    idleness_ms: PositiveInt = 10_000
+
+    @model_validator(mode="after")
+    def _something_to_compute(self) -> "AnalyticsSettings":
+        if self.enabled and not (self.group_by and self.windows):
+            raise ValueError("analytics.group_by, analytics.windows: at least one of each is needed when enabled")
+        if len(set(self.group_by)) != len(self.group_by):
+            raise ValueError("analytics.group_by: a field may appear once")
+        return self
+
+
 class FlinkSettings(_Settings):
     parallelism: PositiveInt = 2
     # Pinned so keyed state in a savepoint maps to the same key groups after a change.
@@ -442,6 +485,7 @@ class Settings(_Settings):
     checkpointing: CheckpointSettings = CheckpointSettings()
     kafka: KafkaSettings = KafkaSettings()
     performance: PerformanceSettings = PerformanceSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     flink: FlinkSettings = FlinkSettings()
 
     @model_validator(mode="after")

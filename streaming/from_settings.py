@@ -4,6 +4,7 @@ tools (the benchmark's baselines, tests) use exactly the objects the job uses.""
 from __future__ import annotations
 
 from streaming.config import Settings
+from udfs.analytics import WindowSpec
 from udfs.cleaning import CleaningRules, MissingPolicy
 from udfs.features import FeatureEncoder
 from udfs.model import Sgd
@@ -38,3 +39,8 @@ def model_scorer(settings: Settings, encoder: FeatureEncoder) -> ModelScorer:
     model = settings.model
     sgd = Sgd(model.learning_rate, model.schedule, model.power_t, model.l2)
     return ModelScorer(encoder.names, encoder.standardized, sgd, model.snapshot_every, model.top_reasons)
+
+
+def window_specs(settings: Settings) -> list[WindowSpec]:
+    """The analytics windows, in the order configured (tumbling: slide = size)."""
+    return [WindowSpec(window.size_ms, window.slide_ms or window.size_ms) for window in settings.analytics.windows]

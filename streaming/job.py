@@ -6,10 +6,12 @@ route what comes back (scores, dead letters, snapshots) to sinks.
 
 from __future__ import annotations
 
+import pickle
 import signal
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple, Sequence
 
@@ -41,13 +43,14 @@ from pyflink.datastream.connectors.file_system import (
 )
 from pyflink.datastream.connectors import Sink, Source
 from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaOffsetsInitializer
-from pyflink.datastream.state import MapStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from streaming import pyflink_internals as internals
 from streaming.cluster import JOB_NAME
 from streaming.config import Settings
 from streaming.flink_options import flink_options
-from streaming.from_settings import transaction_reader, model_scorer
+from streaming.from_settings import transaction_reader, model_scorer, window_specs
+from udfs.analytics import NO_WATERMARK, BatchAnalytics, WindowMerger
 from udfs.ordering import BundleSequencer, split_bundle_header
 from udfs.pipeline import (
     KeyedLine,
@@ -68,8 +71,21 @@ END_OF_INPUT = 2**63 - 1
 # Output bundles are UTF-8 bytes (see output_bundle).
 DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 SNAPSHOTS = OutputTag("model-snapshots", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+LATE = OutputTag("late", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+# (merging shard, pickled udfs.analytics.Partials), from the scoring operator to the window merger.
+WINDOW_PARTIALS = OutputTag("window-partials", Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()]))
 
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
+ANALYTICS_OUTPUTS = ("analytics", "late")
+
+# Windows' groups are merged in this many key groups: fixed, not the parallelism, so that merging
+# state restores under the same keys at any parallelism.
+ANALYTICS_SHARDS = 4
+
+# Flink's watermark trails the one udfs/analytics.py defines by 1 ms (Flink's bounded
+# out-of-orderness generator subtracts it), so a window due at `due` fires at Flink's `due - 1`.
+FLINK_WATERMARK_LAG_MS = 1
+JAVA_LONG_MIN = -2**63
 
 # The end-of-input snapshots of a shard's models leave in bundles of at most this many lines.
 FINAL_SNAPSHOTS_PER_BUNDLE = 1000
@@ -117,14 +133,15 @@ class ReadBundle(ProcessFunction):
     arrival order as a packed RecordBatch) per shard, and the bundle's dead letters, as JSON
     lines, to DEAD_LETTERS."""
 
-    def __init__(self, reader: TransactionReader, shards: int, keyed_output: bool):
+    def __init__(self, reader: TransactionReader, shards: int, keyed_output: bool, watermarked: bool):
         self.reader = reader
         self.shards = shards
         self.keyed_output = keyed_output
+        self.watermarked = watermarked  # records carry their split's watermark (SplitWatermarkTagger.java)
 
     def process_element(self, bundle, ctx):
         stream, seq, records = split_bundle_header(bundle.decode("utf-8"))
-        by_shard, dead_letters = self.reader.read_bundle_columns(records, self.shards, now_ms())
+        by_shard, dead_letters = self.reader.read_bundle_columns(records, self.shards, now_ms(), self.watermarked)
         if dead_letters:  # keyed by txn_id, when known
             yield DEAD_LETTERS, keyed_lines_bundle(dead_letters, self.keyed_output)
         # A numbered bundle gives every shard a batch, even an empty one, so that each shard can
@@ -147,9 +164,10 @@ class ScoreShard(KeyedProcessFunction):
     equals the state.
     """
 
-    def __init__(self, scorer: ModelScorer, keyed_output: bool):
+    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: BatchAnalytics | None):
         self.scorer = scorer
         self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
+        self.analytics = analytics  # None: windowed analytics off
         self.models = None
         self.shard_models: dict[int, ModelTable] = {}
         self.sequencer = BundleSequencer()
@@ -172,14 +190,27 @@ class ScoreShard(KeyedProcessFunction):
             ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # the final snapshots
         table = self._models_of(shard)
         for batch in batches:
-            scores, snapshots, changed = self.scorer.score_columns(batch, table, now_ms())
+            assessed = self.scorer.assess_columns(batch, table)
             keys = table.keys
-            for row in changed:  # not put_all: PyFlink 2.2's is broken in both modes
+            for row in assessed.changed_rows:  # not put_all: PyFlink 2.2's is broken in both modes
                 self.models.put(keys[row], table.to_bytes(row))
-            if scores:
-                yield output_bundle(scores, batch.model_keys if self.keyed_output else None)
-            if snapshots:
-                yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
+            if len(batch):
+                yield output_bundle(self.scorer.score_lines(batch, assessed, now_ms()),
+                                    batch.model_keys if self.keyed_output else None)
+            if assessed.snapshots:
+                yield SNAPSHOTS, keyed_lines_bundle(assessed.snapshots, self.keyed_output)
+            if self.analytics is not None and len(batch):
+                yield from self._window_figures(batch, assessed.probability, ctx.timer_service().current_watermark())
+
+    def _window_figures(self, batch: RecordBatch, scores, flink_watermark: int):
+        """The batch's partial window figures (to WINDOW_PARTIALS, per merging shard) and late records (to LATE)."""
+        watermark = NO_WATERMARK if flink_watermark == JAVA_LONG_MIN else flink_watermark + FLINK_WATERMARK_LAG_MS
+        partials, late = self.analytics.assess(batch, scores, watermark)
+        for shard, shard_partials in partials.items():
+            yield WINDOW_PARTIALS, (shard, pickle.dumps(shard_partials, pickle.HIGHEST_PROTOCOL))
+        if late:
+            yield LATE, output_bundle([line for _, line in late],
+                                      [txn_id for txn_id, _ in late] if self.keyed_output else None)
 
     def _models_of(self, shard: int) -> ModelTable:
         table = self.shard_models.get(shard)
@@ -199,6 +230,66 @@ class ScoreShard(KeyedProcessFunction):
             rows = range(start, min(start + FINAL_SNAPSHOTS_PER_BUNDLE, len(keys)))
             snapshots = [self.scorer.snapshot(table.key_model(row), keys[row]) for row in rows]
             yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
+
+
+class MergeWindows(KeyedProcessFunction):
+    """Merges the scoring operator's partial window figures, per merging shard (the key), and emits
+    each window's lines once, when the watermark reaches its end plus the allowed lateness (an
+    event-time timer per due time).
+
+    Keyed state holds every partial as it came, until all its windows are emitted, and the
+    watermark through which windows were emitted; the worker's WindowMerger is loaded from it the
+    first time the worker sees a shard (after a start or a restore)."""
+
+    def __init__(self, merger_of: WindowMerger, keyed_output: bool):
+        self.merger_of = merger_of  # a template: each shard gets a fresh copy of its settings
+        self.keyed_output = keyed_output
+        self.partials = None
+        self.emitted_through = None
+        self.mergers: dict[int, WindowMerger] = {}
+        self.entry_prefix = ""
+        self.entries = 0
+
+    def open(self, runtime_context: RuntimeContext):
+        self.partials = runtime_context.get_map_state(
+            MapStateDescriptor("window-partials", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
+        self.emitted_through = runtime_context.get_state(ValueStateDescriptor("emitted-through", Types.LONG()))
+        self.mergers = {}
+        # Entry ids unique across restarts: this worker's own prefix, then a count.
+        self.entry_prefix = uuid.uuid4().hex[:12]
+        self.entries = 0
+
+    def process_element(self, shard_partials, ctx):
+        shard, data = shard_partials
+        merger = self._merger_of(shard)
+        self.entries += 1
+        entry_id = f"{self.entry_prefix}-{self.entries}"
+        due_times, stragglers = merger.add(entry_id, pickle.loads(data))
+        if due_times:
+            self.partials.put(entry_id, data)
+            for due in due_times:
+                ctx.timer_service().register_event_time_timer(due - FLINK_WATERMARK_LAG_MS)
+        if stragglers:
+            yield LATE, output_bundle(stragglers, [None] * len(stragglers) if self.keyed_output else None)
+
+    def on_timer(self, timestamp, ctx):
+        merger = self._merger_of(ctx.get_current_key())
+        watermark = min(timestamp + FLINK_WATERMARK_LAG_MS, END_OF_INPUT)
+        lines, done = merger.emit(watermark)
+        for entry_id in done:
+            self.partials.remove(entry_id)
+        self.emitted_through.update(merger.emitted_through)
+        if lines:
+            yield output_bundle([line for _, line in lines], [key for key, _ in lines] if self.keyed_output else None)
+
+    def _merger_of(self, shard: int) -> WindowMerger:
+        merger = self.mergers.get(shard)
+        if merger is None:
+            merger = self.mergers[shard] = WindowMerger(self.merger_of.specs, self.merger_of.allowed_lateness_ms)
+            emitted_through = self.emitted_through.value()
+            merger.restore(NO_WATERMARK if emitted_through is None else emitted_through,
+                           ((entry_id, pickle.loads(data)) for entry_id, data in self.partials.items()))
+        return merger
 
 
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
@@ -231,7 +322,7 @@ def transactions_source(env: StreamExecutionEnvironment, settings: Settings) -> 
     or topic, partition and offset (TaggedKafkaDeserializer.java)."""
     source = settings.source
     if source.kind == "kafka":
-        return env.from_source(kafka_source(settings), WatermarkStrategy.no_watermarks(), "transactions-source").uid(
+        return env.from_source(kafka_source(settings), watermarks(settings), "transactions-source").uid(
             "transactions-source")
     line_format = BulkFormat(internals.jvm().riskstream.flink.SourceTaggedLineFormat())
     if source.kind == "files":
@@ -239,10 +330,26 @@ def transactions_source(env: StreamExecutionEnvironment, settings: Settings) -> 
     else:
         builder = FileSource.for_bulk_file_format(line_format, source.directory).monitor_continuously(
             Duration.of_millis(source.discovery_interval_ms))
-    # No event-time watermarks: the model works in arrival order, and the final watermark of a
-    # bounded input still arrives to fire the end-of-input timers.
-    return env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), "transactions-source").uid(
-        "transactions-source")
+    return env.from_source(builder.build(), watermarks(settings), "transactions-source").uid("transactions-source")
+
+
+def watermarks(settings: Settings) -> WatermarkStrategy:
+    """Event-time watermarks per source split (EventTime.java) when analytics are on. Otherwise
+    none: the model works in arrival order, and the final watermark of a bounded input still
+    arrives to fire the end-of-input timers."""
+    analytics = settings.analytics
+    if not analytics.enabled:
+        return WatermarkStrategy.no_watermarks()
+    return WatermarkStrategy(internals.jvm().riskstream.flink.EventTime.watermarks(
+        analytics.out_of_orderness_ms, analytics.idleness_ms))
+
+
+def split_watermark_tagged(stream: DataStream, settings: Settings) -> DataStream:
+    """Records tagged with their split's watermark at arrival (see SplitWatermarkTagger.java)."""
+    string_type = Types.STRING().get_java_type_info()
+    return java_operator(stream, "tag-split-watermarks", lambda j, jvm: j.transform(
+        "tag-split-watermarks", string_type, jvm.riskstream.flink.SplitWatermarkTagger(
+            settings.analytics.out_of_orderness_ms)))
 
 
 def kafka_source(settings: Settings) -> Source:
@@ -321,14 +428,21 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     reader = transaction_reader(settings)
     scorer = model_scorer(settings, reader.encoder)
     shard_batch_type = Types.TUPLE([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+    bundle_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
     keyed_output = settings.output.kind == "kafka"
-    transactions = bundled(transactions_source(env, settings), settings)
+    analytics = settings.analytics
+    source = transactions_source(env, settings)
+    if analytics.enabled:
+        source = split_watermark_tagged(source, settings)
+    transactions = bundled(source, settings)
     model_inputs = transactions.process(
-        ReadBundle(reader, settings.performance.shards, keyed_output), output_type=shard_batch_type
+        ReadBundle(reader, settings.performance.shards, keyed_output, analytics.enabled), output_type=shard_batch_type
     ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
+    batch_analytics = BatchAnalytics(window_specs(settings), analytics.group_by, analytics.allowed_lateness_ms,
+                                     ANALYTICS_SHARDS) if analytics.enabled else None
     scored = (
         model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
-        .process(ScoreShard(scorer, keyed_output), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+        .process(ScoreShard(scorer, keyed_output, batch_analytics), output_type=bundle_type)
         .name("score-and-learn")
         .uid("score-and-learn")
         # Its own slots, so in process mode scoring gets Python workers apart from preparing.
@@ -338,7 +452,20 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     kafka = settings.kafka
     topics = (kafka.scores_topic, kafka.dead_letters_topic, kafka.snapshots_topic)
     output_bundles = (scored, model_inputs.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))
-    for name, topic, bundles in zip(OUTPUTS, topics, output_bundles):
+    names = OUTPUTS
+    if analytics.enabled:
+        windows = (
+            scored.get_side_output(WINDOW_PARTIALS).key_by(lambda partials: partials[0], key_type=Types.INT())
+            .process(MergeWindows(WindowMerger(batch_analytics.specs, analytics.allowed_lateness_ms), keyed_output),
+                     output_type=bundle_type)
+            .name("merge-windows")
+            .uid("merge-windows")
+            .slot_sharing_group("scoring")
+        )
+        names += ANALYTICS_OUTPUTS
+        topics += (kafka.analytics_topic, kafka.late_topic)
+        output_bundles += (windows, scored.get_side_output(LATE).union(windows.get_side_output(LATE)))
+    for name, topic, bundles in zip(names, topics, output_bundles):
         if keyed_output:
             split_lines(bundles, f"split-{name}").sink_to(kafka_sink(settings, topic, name)).name(
                 f"{name}-sink").uid(f"{name}-sink")

@@ -98,6 +98,7 @@ def isolated_overrides(prefix: str) -> list[str]:
     run = f"{prefix}-{uuid.uuid4().hex[:8]}"
     return [f"kafka.transactions_topic={run}-tx", f"kafka.scores_topic={run}-scores",
             f"kafka.dead_letters_topic={run}-dead", f"kafka.snapshots_topic={run}-snap",
+            f"kafka.analytics_topic={run}-analytics", f"kafka.late_topic={run}-late",
             f"kafka.consumer_group={run}", f"kafka.transactional_id_prefix={run}"]
 
 

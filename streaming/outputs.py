@@ -13,8 +13,9 @@ import orjson
 
 from udfs.metrics import labelled, log_loss, roc_auc
 
-# The folders a file-output job writes under `output.path`, one FileSink each.
-OUTPUTS = ("scores", "dead-letters", "model-snapshots")
+# The folders a file-output job writes under `output.path`, one FileSink each (analytics and
+# late with analytics.enabled only).
+OUTPUTS = ("scores", "dead-letters", "model-snapshots", "analytics", "late")
 
 
 def committed_parts(folder: Path) -> Iterator[Path]:
@@ -76,6 +77,10 @@ class RunSummary:
     labelled: int = 0
     keys: int = 0
     wall_seconds: float = 0.0
+    # With analytics on: window lines written, and late lines (one per record and window size it
+    # was late for); None when analytics were off.
+    windows: int | None = None
+    late: int | None = None
 
     @property
     def reconciled(self) -> bool:
@@ -91,7 +96,8 @@ class RunSummary:
             f"accounting        {'read = scored + dead-lettered' if self.reconciled else 'MISMATCH'}",
             f"prequential       log loss {self.log_loss:.4f}, ROC AUC {self.roc_auc:.4f} over {self.labelled:,} labels",
             f"throughput        {rate:,.0f} records/s over {self.wall_seconds:.1f} s (including start-up)",
-        ]
+        ] + ([] if self.windows is None else [
+            f"analytics         {self.windows:,} window lines, {self.late:,} late-record lines (see late/)"])
 
 
 def summarize(output: Path, records_read: int, wall_seconds: float) -> RunSummary:
@@ -103,6 +109,7 @@ def summarize(output: Path, records_read: int, wall_seconds: float) -> RunSummar
         keys.add(score["model_key"])
     stages = Counter(letter["stage"] for letter in committed_lines(output / "dead-letters"))
     scores, labels = labelled(pairs)
+    analytics = (output / "analytics").is_dir()
     return RunSummary(
         records_read=records_read,
         scored=len(pairs),
@@ -113,6 +120,8 @@ def summarize(output: Path, records_read: int, wall_seconds: float) -> RunSummar
         labelled=len(labels),
         keys=len(keys),
         wall_seconds=wall_seconds,
+        windows=sum(1 for _ in committed_lines(output / "analytics")) if analytics else None,
+        late=sum(1 for _ in committed_lines(output / "late")) if analytics else None,
     )
 
 

@@ -17,11 +17,22 @@ is late depends only on each split's own order, not on how splits interleave.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, NamedTuple, Sequence
+import zlib
+from typing import TYPE_CHECKING, Any, Hashable, Iterable, NamedTuple, Sequence
+
+import orjson
 
 from udfs.metrics import log_loss, none_if_nan, roc_auc
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from udfs.pipeline import RecordBatch
+
 ANALYTICS_SCHEMA_VERSION = 1
+
+# The watermark before any event time is known (Java's Long.MIN_VALUE, as Flink has it).
+NO_WATERMARK = -2**63
 
 
 class WindowSpec(NamedTuple):
@@ -98,20 +109,25 @@ class WindowFigures:
     labels: list[int] = field(default_factory=list)
 
     def add(self, record: ScoredRecord) -> None:
+        self.add_values(record.account, record.amount, record.currency, record.score, record.label)
+
+    def add_values(self, account: str, amount: float, currency: str, score: float, label: int | None) -> None:
+        """`add` of a record given field by field (label None: unlabelled)."""
         self.transactions += 1
-        self.score_sum += record.score
-        self.accounts.add(record.account)
-        amount = self.amounts.get(record.currency)
-        if amount is None:
-            self.amounts[record.currency] = [1, record.amount, record.amount]
+        self.score_sum += score
+        self.accounts.add(account)
+        figures = self.amounts.get(currency)
+        if figures is None:
+            self.amounts[currency] = [1, amount, amount]
         else:
-            amount[0] += 1
-            amount[1] += record.amount
-            amount[2] = max(amount[2], record.amount)
-        if record.label is not None:
-            self.frauds += record.label
-            self.scores.append(record.score)
-            self.labels.append(record.label)
+            figures[0] += 1
+            figures[1] += amount
+            if amount > figures[2]:
+                figures[2] = amount
+        if label is not None:
+            self.frauds += label
+            self.scores.append(score)
+            self.labels.append(label)
 
     def merge(self, other: WindowFigures) -> None:
         self.transactions += other.transactions
@@ -187,3 +203,153 @@ def analyze(arrivals: Iterable[tuple[Hashable, ScoredRecord]], spec: WindowSpec,
                     windows[key] = figures = WindowFigures()
                 figures.add(record)
     return windows, late
+
+
+# The RecordBatch column of each field windows can be grouped by.
+GROUP_COLUMNS = {"merchant_category": "categories", "country": "countries", "channel": "channels",
+                 "currency": "currencies"}
+
+
+class WindowKey(NamedTuple):
+    """One window of one group: the index of its WindowSpec, its start (epoch ms), the group field
+    and the group's value."""
+
+    window: int
+    start: int
+    group_by: str
+    group: str
+
+
+Partials = dict[WindowKey, WindowFigures]
+
+
+def analytics_shard(group_by: str, group: str, shards: int) -> int:
+    """The merging shard (0..shards-1) of a group: crc32, so the same in every process and run."""
+    return zlib.crc32(f"{group_by}={group}".encode("utf-8")) % shards
+
+
+class BatchAnalytics:
+    """The scoring side of windowed analytics: a scored batch's records, as partial figures of
+    their windows and groups (to be merged across batches by `WindowMerger`), and its late records.
+
+    A record is late for each of its windows whose end plus `allowed_lateness_ms` its effective
+    watermark has reached: the larger of its split's watermark at its arrival (the batch's
+    source_watermarks) and the watermark of the operator that scores it. The second matters only
+    while a split is idle; otherwise it never exceeds the first. A late record is left out of the
+    windows it missed and counted in the others."""
+
+    def __init__(self, specs: Sequence[WindowSpec], group_by: Sequence[str], allowed_lateness_ms: int, shards: int):
+        self.specs = list(specs)
+        self.group_by = list(group_by)
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.shards = shards
+
+    def assess(self, batch: RecordBatch, scores: np.ndarray, operator_watermark: int
+               ) -> tuple[dict[int, Partials], list[tuple[str, bytes]]]:
+        """(merging shard -> that shard's partial figures, [(txn_id, late-record JSON line)]) of a
+        batch and its records' scores (probabilities, in order)."""
+        partials: dict[int, Partials] = {}
+        late: list[tuple[str, bytes]] = []
+        shard_of: dict[tuple[str, str], Partials] = {}
+        columns = [(name, getattr(batch, GROUP_COLUMNS[name])) for name in self.group_by]
+        lateness = self.allowed_lateness_ms
+        for r, (event_time, source_watermark, score, label, amount, currency, account) in enumerate(zip(
+                batch.event_times.tolist(), batch.source_watermarks.tolist(), scores.tolist(), batch.labels.tolist(),
+                batch.amounts.tolist(), batch.currencies, batch.accounts)):
+            watermark = max(source_watermark, operator_watermark)
+            label = None if label < 0 else label
+            for index, spec in enumerate(self.specs):
+                missed = []
+                for start in spec.starts(event_time):
+                    due = start + spec.size_ms + lateness
+                    if watermark >= due:
+                        missed.append({"window_start": start, "window_end": start + spec.size_ms,
+                                       "late_by_ms": watermark - due})
+                        continue
+                    for group_by, column in columns:
+                        group = column[r]
+                        shard_partials = shard_of.get((group_by, group))
+                        if shard_partials is None:
+                            shard = analytics_shard(group_by, group, self.shards)
+                            shard_partials = shard_of[(group_by, group)] = partials.setdefault(shard, {})
+                        key = WindowKey(index, start, group_by, group)
+                        figures = shard_partials.get(key)
+                        if figures is None:
+                            figures = shard_partials[key] = WindowFigures()
+                        figures.add_values(account, amount, currency, score, label)
+                if missed:
+                    txn_id = batch.txn_ids[r]
+                    late.append((txn_id, orjson.dumps({
+                        "schema_version": ANALYTICS_SCHEMA_VERSION, "txn_id": txn_id,
+                        "model_key": batch.model_keys[r], "event_time": event_time, "window": spec.name,
+                        "watermark": watermark, "missed": missed})))
+        return partials, late
+
+
+class WindowMerger:
+    """The merging side of windowed analytics: partial figures from the scoring side, merged per
+    window and group, and emitted once, when the watermark reaches a window's end plus the
+    allowed lateness.
+
+    Each partial is an entry with an id (the job keeps entries in keyed state, as they came, so
+    that a restored job merges them again); an entry is done once every window it touched has been
+    emitted."""
+
+    def __init__(self, specs: Sequence[WindowSpec], allowed_lateness_ms: int):
+        self.specs = list(specs)
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.open: Partials = {}
+        self.entries: dict[str, int] = {}  # entry id -> the due time of its last window
+        self.emitted_through = NO_WATERMARK  # every window due at or before this was emitted
+
+    def due(self, key: WindowKey) -> int:
+        """When a window is emitted: the watermark (epoch ms) that reaches its end plus the lateness."""
+        return key.start + self.specs[key.window].size_ms + self.allowed_lateness_ms
+
+    def add(self, entry_id: str, partials: Partials) -> tuple[set[int], list[bytes]]:
+        """Merges an entry's partials. Returns the due times of its windows (for timers), and a
+        late-output line for each partial of a window already emitted, which the scoring side's
+        rules never send (kept, not dropped, should it ever happen)."""
+        due_times: set[int] = set()
+        stragglers: list[bytes] = []
+        for key, figures in partials.items():
+            due = self.due(key)
+            if due <= self.emitted_through:
+                spec = self.specs[key.window]
+                stragglers.append(orjson.dumps({
+                    "schema_version": ANALYTICS_SCHEMA_VERSION, "window": spec.name, "window_start": key.start,
+                    "window_end": key.start + spec.size_ms, "group_by": key.group_by, "group": key.group,
+                    "transactions": figures.transactions, "reason": "arrived after its window was emitted"}))
+                continue
+            due_times.add(due)
+            mine = self.open.get(key)
+            if mine is None:
+                self.open[key] = figures
+            else:
+                mine.merge(figures)
+        if due_times:
+            self.entries[entry_id] = max(due_times)
+        return due_times, stragglers
+
+    def restore(self, emitted_through: int, entries: Iterable[tuple[str, Partials]]) -> None:
+        """Starts again from stored state: what was emitted through, and the entries not yet done
+        (their windows already emitted are skipped)."""
+        self.open, self.entries, self.emitted_through = {}, {}, emitted_through
+        for entry_id, partials in entries:
+            self.add(entry_id, {key: figures for key, figures in partials.items() if self.due(key) > emitted_through})
+
+    def emit(self, watermark: int) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """The JSON lines of every window due at or before `watermark` (by due time, window, start,
+        group field and group), each with its group as `<group_by>=<group>` (a message key), and
+        the ids of the entries now done."""
+        if watermark <= self.emitted_through:
+            return [], []
+        self.emitted_through = watermark
+        due = sorted((key for key in self.open if self.due(key) <= watermark),
+                     key=lambda key: (self.due(key), key))
+        lines = [(f"{key.group_by}={key.group}", orjson.dumps(window_line(
+            self.specs[key.window], key.start, key.group_by, key.group, self.open.pop(key)))) for key in due]
+        done = [entry_id for entry_id, last_due in self.entries.items() if last_due <= watermark]
+        for entry_id in done:
+            del self.entries[entry_id]
+        return lines, done

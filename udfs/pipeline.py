@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 import numpy as np
 import orjson
 
+from udfs.analytics import NO_WATERMARK
 from udfs.batch_cleaning import clean_batch
 from udfs.cleaning import SCHEMA_VERSION, CleaningRules, Rejected, clean, decode, parse, redact_account_id
 from udfs.features import EncodedBatch, FeatureEncoder
@@ -94,6 +95,9 @@ class RecordBatch(NamedTuple):
     amounts: np.ndarray  # float64
     currencies: list[str]
     accounts: list[str]
+    # int64: each record's source split's watermark at its arrival (SplitWatermarkTagger.java), for
+    # windowed analytics; NO_WATERMARK when not tracked.
+    source_watermarks: np.ndarray
 
     def __len__(self) -> int:
         return len(self.model_keys)
@@ -111,12 +115,16 @@ class RecordBatch(NamedTuple):
                    np.array([v for record in records for v in record.values], np.float64),
                    [c.merchant_category for c in contexts], [c.country for c in contexts], [c.channel for c in contexts],
                    np.array([c.amount for c in contexts], np.float64), [c.currency for c in contexts],
-                   [c.account for c in contexts])
+                   [c.account for c in contexts], np.full(len(records), NO_WATERMARK, np.int64))
 
     @classmethod
-    def of_encoded(cls, txns: Sequence[dict[str, Any]], encoded: EncodedBatch, model_key_field: str) -> "RecordBatch":
-        """The batch of the cleaned transactions `txns` that `encoded` (their features) kept."""
+    def of_encoded(cls, txns: Sequence[dict[str, Any]], encoded: EncodedBatch, model_key_field: str,
+                   source_watermarks: np.ndarray | None = None) -> "RecordBatch":
+        """The batch of the cleaned transactions `txns` that `encoded` (their features) kept;
+        `source_watermarks`, when given, holds each of `txns`' source watermark."""
         kept = [txns[i] for i in encoded.rows.tolist()]
+        watermarks = (np.full(len(kept), NO_WATERMARK, np.int64) if source_watermarks is None
+                      else source_watermarks[encoded.rows])
         return cls([txn[model_key_field] for txn in kept], [txn["txn_id"] for txn in kept],
                    np.array([txn["event_time"] for txn in kept], np.int64),
                    np.array([-1 if txn["is_fraud"] is None else txn["is_fraud"] for txn in kept], np.int8),
@@ -124,7 +132,7 @@ class RecordBatch(NamedTuple):
                    [txn["merchant_category"] for txn in kept], [txn["country"] for txn in kept],
                    [txn["channel"] for txn in kept],
                    np.array([txn["amount"] for txn in kept], np.float64), [txn["currency"] for txn in kept],
-                   [txn["account_id"] for txn in kept])
+                   [txn["account_id"] for txn in kept], watermarks)
 
     def records(self) -> list[ModelInput]:
         """The batch as `ModelInput` records."""
@@ -150,7 +158,8 @@ class RecordBatch(NamedTuple):
                            self.values[entries], [self.categories[r] for r in positions],
                            [self.countries[r] for r in positions],
                            [self.channels[r] for r in positions], self.amounts[rows],
-                           [self.currencies[r] for r in positions], [self.accounts[r] for r in positions])
+                           [self.currencies[r] for r in positions], [self.accounts[r] for r in positions],
+                           self.source_watermarks[rows])
 
     # Packed for the hop between operators: a header (records, entries, text bytes), the arrays,
     # then the string columns as newline-separated UTF-8 (cleaning collapses every whitespace, so
@@ -162,6 +171,7 @@ class RecordBatch(NamedTuple):
                          + self.currencies + self.accounts).encode("utf-8", "surrogatepass")
         return b"".join((self._HEADER.pack(len(self), len(self.indices), len(text)), self.event_times.tobytes(),
                          self.indptr.tobytes(), self.values.tobytes(), self.amounts.tobytes(),
+                         self.source_watermarks.tobytes(),
                          self.indices.tobytes(), self.labels.tobytes(), text))
 
     @classmethod
@@ -169,16 +179,16 @@ class RecordBatch(NamedTuple):
         n, nnz, text_bytes = cls._HEADER.unpack_from(data)
         offset = cls._HEADER.size
         arrays = []
-        for dtype, count in ((np.int64, n), (np.int64, n + 1), (np.float64, nnz), (np.float64, n), (np.int32, nnz),
-                             (np.int8, n)):
+        for dtype, count in ((np.int64, n), (np.int64, n + 1), (np.float64, nnz), (np.float64, n), (np.int64, n),
+                             (np.int32, nnz), (np.int8, n)):
             arrays.append(np.frombuffer(data, dtype, count, offset))
             offset += count * np.dtype(dtype).itemsize
-        event_times, indptr, values, amounts, indices, labels = arrays
+        event_times, indptr, values, amounts, source_watermarks, indices, labels = arrays
         strings = data[offset:offset + text_bytes].decode("utf-8", "surrogatepass").split("\n") if n else []
         keys, txn_ids, categories, countries, channels, currencies, accounts = (
             strings[i * n:(i + 1) * n] for i in range(7))
         return cls(keys, txn_ids, event_times, labels, indptr, indices, values, categories, countries, channels,
-                   amounts, currencies, accounts)
+                   amounts, currencies, accounts, source_watermarks)
 
 
 _SHARD_BATCH_HEADER = struct.Struct("<qi")  # sequence number (-1: none), bytes of the stream's name
@@ -226,6 +236,19 @@ def split_envelope(envelope: str) -> tuple[dict[str, Any], bytes]:
             path = _ESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], path)
             return {"file": path, "line": int(line)}, payload.encode("latin-1")
     return {}, envelope.encode("utf-8")
+
+
+def split_watermark_tag(envelope: str) -> tuple[int, str]:
+    """(the split's watermark in epoch ms, or NO_WATERMARK; the envelope) of a record that
+    SplitWatermarkTagger.java tagged as `@<watermark>\t<envelope>`; an untagged envelope (which
+    the job never sends) has NO_WATERMARK."""
+    if envelope.startswith("@"):
+        watermark, separator, rest = envelope.partition("\t")
+        try:
+            return int(watermark[1:]), rest
+        except ValueError:
+            pass
+    return NO_WATERMARK, envelope
 
 
 def envelope_payload(envelope: str) -> bytes:
@@ -279,19 +302,28 @@ class TransactionReader:
                 by_shard.setdefault(shard_of(result.model_key, shards), []).append(result)
         return by_shard, dead_letters
 
-    def read_bundle_columns(self, bundle: str, shards: int, now_ms: int) -> tuple[dict[int, RecordBatch], list[KeyedLine]]:
+    def read_bundle_columns(self, bundle: str, shards: int, now_ms: int, watermarked: bool = False
+                            ) -> tuple[dict[int, RecordBatch], list[KeyedLine]]:
         """`read_bundle`, batch by batch: the same records and dead letters (in arrival order),
-        with each shard's records as one `RecordBatch`."""
+        with each shard's records as one `RecordBatch`. `watermarked`: each envelope starts with
+        its split's watermark (see `split_watermark_tag`), which the batches carry."""
         envelopes = bundle.split("\n")
+        watermarks = None
+        if watermarked:
+            tagged = [split_watermark_tag(envelope) for envelope in envelopes]
+            watermarks = np.fromiter((watermark for watermark, _ in tagged), np.int64, len(tagged))
+            envelopes = [envelope for _, envelope in tagged]
         return self.read_columns([envelope_payload(envelope) for envelope in envelopes],
-                                 lambda position: split_envelope(envelopes[position])[0], shards, now_ms)
+                                 lambda position: split_envelope(envelopes[position])[0], shards, now_ms, watermarks)
 
     def read_columns(self, raws: Sequence[bytes], source_of: Callable[[int], dict[str, Any]], shards: int,
-                     now_ms: int) -> tuple[dict[int, RecordBatch], list[KeyedLine]]:
+                     now_ms: int, source_watermarks: np.ndarray | None = None
+                     ) -> tuple[dict[int, RecordBatch], list[KeyedLine]]:
         """Reads records' bytes as `read` does one at a time, but over the whole batch at once
         (`clean_batch`, `FeatureEncoder.encode_batch`): returns each shard's records as one
         `RecordBatch` in arrival order, and the dead letters in arrival order; `source_of(i)` gives
-        the source coordinates of record i, asked only for dead letters."""
+        the source coordinates of record i, asked only for dead letters; `source_watermarks[i]` is
+        record i's source watermark (none: NO_WATERMARK)."""
         rejections: list[tuple[int, Rejected]] = []
         cleaned: list[dict[str, Any]] = []
         cleaned_positions: list[int] = []
@@ -310,7 +342,8 @@ class TransactionReader:
         rejections.sort(key=_first)
         dead_letters = [self.dead_letter(raws[position], rejected, source_of(position), now_ms)
                         for position, rejected in rejections]
-        batch = RecordBatch.of_encoded(cleaned, encoded, key_field)
+        batch = RecordBatch.of_encoded(cleaned, encoded, key_field, None if source_watermarks is None
+                                       else source_watermarks[np.array(cleaned_positions, np.int64)])
         model_keys = batch.model_keys
         shard_of_key = {key: shard_of(key, shards) for key in set(model_keys)}
         record_shards = np.fromiter((shard_of_key[key] for key in model_keys), np.int64, len(model_keys))
