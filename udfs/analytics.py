@@ -170,6 +170,13 @@ def window_line(spec: WindowSpec, start: int, group_by: str, group: str, figures
             "window_end": start + spec.size_ms, "group_by": group_by, "group": group, **figures.figures()}
 
 
+class UnscoredRecord(NamedTuple):
+    """A record that moves its split's watermark but is in no window: one dead-lettered whose
+    event_time could still be read (epoch ms) when watermarks were taken."""
+
+    event_time: int
+
+
 class LateRecord(NamedTuple):
     """A record that arrived after some of its windows were emitted."""
 
@@ -178,8 +185,8 @@ class LateRecord(NamedTuple):
     missed: list[tuple[int, int]]  # (window start, late_by_ms): watermark - (window end + allowed lateness)
 
 
-def analyze(arrivals: Iterable[tuple[Hashable, ScoredRecord]], spec: WindowSpec, group_by: Sequence[str],
-            out_of_orderness_ms: int, allowed_lateness_ms: int
+def analyze(arrivals: Iterable[tuple[Hashable, ScoredRecord | UnscoredRecord]], spec: WindowSpec,
+            group_by: Sequence[str], out_of_orderness_ms: int, allowed_lateness_ms: int
             ) -> tuple[dict[tuple[int, str, str], WindowFigures], list[LateRecord]]:
     """The windows and late records of `arrivals`, (split, record) pairs in arrival order, by the
     rules of this module: (window start, group field, group value) -> the figures of the records
@@ -189,6 +196,8 @@ def analyze(arrivals: Iterable[tuple[Hashable, ScoredRecord]], spec: WindowSpec,
     late: list[LateRecord] = []
     for index, (split, record) in enumerate(arrivals):
         watermark = watermarks.observe(split, record.event_time)
+        if isinstance(record, UnscoredRecord):
+            continue
         missed = missed_windows(spec, record.event_time, watermark, allowed_lateness_ms)
         if missed:
             late.append(LateRecord(index, spec.name, [
@@ -323,10 +332,9 @@ class WindowMerger:
                 continue
             due_times.add(due)
             mine = self.open.get(key)
-            if mine is None:
-                self.open[key] = figures
-            else:
-                mine.merge(figures)
+            if mine is None:  # a copy: the entry's own figures stay as they came, for a restore
+                mine = self.open[key] = WindowFigures()
+            mine.merge(figures)
         if due_times:
             self.entries[entry_id] = max(due_times)
         return due_times, stragglers

@@ -13,6 +13,14 @@ from streaming import kafka_tools
 from streaming.config import load_settings
 from streaming.outputs import latest_snapshots
 from tests import failover_drill
+from tests.analytics_reference import (
+    analytics_overrides,
+    delay_event_times,
+    emitted_windows,
+    expected,
+    late_records,
+    mismatches,
+)
 from tests.cli import NOTHING_LISTENS, assert_one_line_failure, riskstream
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
@@ -24,8 +32,10 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def stream():
-    """50,000 transactions, 5% malformed (some without a usable txn_id): (kind or None, line)."""
-    return list(generate_with_kinds(GeneratorSettings(records=RECORDS, seed=53, malformed_share=0.05)))
+    """50,000 transactions, 5% malformed (some without a usable txn_id), 5% of the others with an
+    event time up to 40 s earlier than their place (for the analytics' late records): (kind or None, line)."""
+    kinds, lines = zip(*generate_with_kinds(GeneratorSettings(records=RECORDS, seed=53, malformed_share=0.05)))
+    return list(zip(kinds, delay_event_times(lines, seed=54, share=0.05, max_delay_ms=40_000)))
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +80,8 @@ def assert_exactly_once_with_reference_models(settings, stream, reference, commi
 
 def test_taskmanager_killed_at_three_points_changes_nothing(session_cluster, drill, stream, reference):
     settings, overrides = drill
-    run = failover_drill.run_with_kills(session_cluster.cluster, overrides, min_attempt_records=2000,
-                                        taskmanager_overrides=session_cluster.overrides)
+    run = failover_drill.run_with_kills(session_cluster.cluster, [*overrides, *analytics_overrides()],
+                                        min_attempt_records=2000, taskmanager_overrides=session_cluster.overrides)
     checkpoints = failover_drill.checkpoint_history(session_cluster.cluster, run.job_id)  # as Flink reports them now
 
     # During a checkpoint: the one Flink showed in progress before the kill never completed, and
@@ -98,6 +108,27 @@ def test_taskmanager_killed_at_three_points_changes_nothing(session_cluster, dri
     assert aborted, f"no score of the transactions open at {open_transaction} was aborted"
 
     assert_exactly_once_with_reference_models(settings, stream, reference, committed)
+    assert_analytics_as_without_failures(settings, committed)
+
+
+def assert_analytics_as_without_failures(settings, committed):
+    """The committed analytics and late records: each window once, none missing, with the figures
+    and late set of the plain-Python reference over each partition's records in offset order
+    (what a run without failures gives: it depends on nothing else)."""
+    def committed_lines(topic):
+        return [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8)]
+
+    partitions = {}
+    for partition, _, _, value in sorted(kafka_tools.tail(settings, settings.kafka.transactions_topic,
+                                                          idle_timeout_s=8)):
+        partitions.setdefault(partition, []).append(value)
+    windows, late = expected(sorted(partitions.items()), [score for _, score in committed.scores])
+    emitted = emitted_windows(committed_lines(settings.kafka.analytics_topic))
+    assert emitted.keys() == windows.keys(), (len(emitted.keys() - windows.keys()), len(windows.keys() - emitted.keys()))
+    wrong = mismatches(emitted, windows)
+    assert not wrong, [(key, emitted[key], windows[key]) for key in wrong[:2]]
+    assert late_records(committed_lines(settings.kafka.late_topic)) == late
+    assert late, "the delayed records should give late ones"
 
 
 def test_stop_with_savepoint_and_resume_after_a_graph_change(session_cluster, drill, stream, reference):

@@ -81,9 +81,10 @@ def test_topics_creates_the_profiles_topics_with_its_partitions_and_a_second_cal
                                                                                              kafka_isolation,
                                                                                              kafka_settings):
     names = topic_names(kafka_isolation)
-    assert sorted(names) == ["dead_letters_topic", "scores_topic", "snapshots_topic", "transactions_topic"]
-    listed = ", ".join(names[setting] for setting in ("transactions_topic", "scores_topic", "dead_letters_topic",
-                                                      "snapshots_topic"))
+    in_order = ("transactions_topic", "scores_topic", "dead_letters_topic", "snapshots_topic", "analytics_topic",
+                "late_topic")
+    assert sorted(names) == sorted(in_order)
+    listed = ", ".join(names[setting] for setting in in_order)
     options = [*set_options(kafka_isolation), "--set", "kafka.partitions=2"]
 
     first = riskstream("topics", *options, cwd=tmp_path, timeout_s=60)

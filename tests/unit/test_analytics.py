@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from tests.analytics_reference import close
 from udfs.analytics import (
     ScoredRecord,
     SplitWatermarks,
@@ -173,3 +174,119 @@ def test_window_line_names_window_group_and_figures():
     assert (line["window_start"], line["window_end"]) == (10_000, 20_000)
     assert (line["group_by"], line["group"]) == ("merchant_category", "fuel")
     assert line["transactions"] == 1 and line["fraud_rate"] == 1.0
+
+
+# ------------------------------------------------- the job's side: per-batch partials, merged
+
+
+def batch_of(records: list[ScoredRecord], source_watermarks: list[int]):
+    """A RecordBatch of scored records (their context, event time and label), each with its split's watermark."""
+    import numpy as np
+
+    from udfs.pipeline import ModelInput, RecordBatch, ScoreContext
+
+    inputs = [ModelInput(r.groups["merchant_category"], f"t{r.account}-{r.event_time}", r.event_time, r.label, [], [],
+                         ScoreContext(r.groups["merchant_category"], r.groups["country"], "web", r.amount, r.currency,
+                                      r.account)) for r in records]
+    # Not _replace: RecordBatch's __len__ counts records, which namedtuple's _replace takes for its fields.
+    return RecordBatch(*tuple(RecordBatch.of(inputs))[:-1], np.array(source_watermarks, np.int64))
+
+
+def random_splits(seed: int, per_split: int = 80) -> dict[str, list[ScoredRecord]]:
+    rng = random.Random(seed)
+    return {name: [record(max(0, t * 700 + rng.randint(-9_000, 1_000)), category=rng.choice("xyz"),
+                          country=rng.choice(["DE", "FR"]), account=f"{name}{rng.randint(0, 20)}",
+                          label=rng.choice([0, 1, None]), score=rng.random(), amount=rng.uniform(1, 100),
+                          currency=rng.choice(["EUR", "USD"]))
+                   for t in range(per_split)] for name in ("a", "b")}
+
+
+def run_through_the_job_side(splits, specs, lateness, out_of_orderness, batch_size, shards, restore_at=None):
+    """Splits interleaved in batches through BatchAnalytics (shards merged by WindowMerger each),
+    the watermark advancing to the minimum over splits after each batch; optionally a restore
+    from the stored entries after `restore_at` batches. Returns (window lines, late lines)."""
+    import orjson
+
+    from udfs.analytics import NO_WATERMARK, BatchAnalytics, WindowMerger
+
+    analytics = BatchAnalytics(specs, ["merchant_category", "country"], lateness, shards)
+    mergers = {shard: WindowMerger(specs, lateness) for shard in range(shards)}
+    stored: dict[int, dict[str, object]] = {shard: {} for shard in range(shards)}
+    marks = SplitWatermarks(out_of_orderness)
+    lines, late = [], []
+    positions = {name: 0 for name in splits}
+    batches = 0
+    while any(positions[name] < len(splits[name]) for name in splits):
+        for name in splits:
+            chunk = splits[name][positions[name]:positions[name] + batch_size]
+            positions[name] += len(chunk)
+            if not chunk:
+                continue
+            job_watermark = min((marks.watermark(n) for n in splits if marks.watermark(n) is not None),
+                                default=NO_WATERMARK) if all(marks.watermark(n) is not None for n in splits) \
+                else NO_WATERMARK
+            watermarks = [marks.observe(name, r.event_time) for r in chunk]
+            partials, batch_late = analytics.assess(batch_of(chunk, watermarks),
+                                                    np.array([r.score for r in chunk]), job_watermark)
+            late += [orjson.loads(line) for _, line in batch_late]
+            for shard, shard_partials in partials.items():
+                entry = f"{name}-{positions[name]}"
+                _, stragglers = mergers[shard].add(entry, shard_partials)
+                assert stragglers == []
+                stored[shard][entry] = shard_partials
+            batches += 1
+            if all(marks.watermark(n) is not None for n in splits):
+                job_watermark = min(marks.watermark(n) for n in splits)
+                for shard, merger in mergers.items():
+                    emitted, done = merger.emit(job_watermark)
+                    lines += [orjson.loads(line) for _, line in emitted]
+                    for entry in done:
+                        del stored[shard][entry]
+            if batches == restore_at:
+                for shard, merger in mergers.items():
+                    restored = WindowMerger(specs, lateness)
+                    restored.restore(merger.emitted_through, list(stored[shard].items()))
+                    mergers[shard] = restored
+    for merger in mergers.values():
+        lines += [orjson.loads(line) for _, line in merger.emit(2**63 - 1)[0]]
+    return lines, late
+
+
+import numpy as np  # noqa: E402  (for the helpers above)
+
+
+@pytest.mark.parametrize("seed, batch_size, restore_at", [(1, 7, None), (2, 1, None), (3, 25, 5), (4, 10, 3)])
+def test_batches_merged_across_shards_give_the_reference_windows_and_late_records(seed, batch_size, restore_at):
+    splits = random_splits(seed)
+    specs = [WindowSpec(10_000, 10_000), WindowSpec(12_000, 4_000)]
+    lines, late = run_through_the_job_side(splits, specs, 1_500, 2_000, batch_size, shards=3, restore_at=restore_at)
+    arrivals = [(name, r) for name in splits for r in splits[name]]  # per split order is all that matters
+    for index, spec in enumerate(specs):
+        windows, expected_late = analyze(arrivals, spec, ["merchant_category", "country"], 2_000, 1_500)
+        emitted = [line for line in lines if line["window"] == spec.name]
+        keys = [(line["window_start"], line["group_by"], line["group"]) for line in emitted]
+        assert len(keys) == len(set(keys)), "a window emitted twice"
+        assert set(keys) == set(windows)
+        for line in emitted:
+            figures = windows[(line["window_start"], line["group_by"], line["group"])].figures()
+            assert close({name: line[name] for name in figures}, figures), (line, figures)
+        spec_late = sorted((line["event_time"], [(m["window_start"], m["late_by_ms"]) for m in line["missed"]])
+                           for line in late if line["window"] == spec.name)
+        assert spec_late == sorted((arrivals[x.index][1].event_time, x.missed) for x in expected_late)
+    assert late, "the random splits have late records"
+
+
+def test_a_partial_for_a_window_already_emitted_goes_to_the_late_output():
+    from udfs.analytics import WindowKey, WindowMerger
+
+    merger = WindowMerger([WindowSpec(10_000, 10_000)], 0)
+    figures = WindowFigures()
+    figures.add(record(5_000))
+    merger.add("e1", {WindowKey(0, 0, "country", "DE"): figures})
+    assert [key for key, _ in merger.emit(10_000)[0]] == ["country=DE"]
+    late_figures = WindowFigures()
+    late_figures.add(record(6_000))
+    due, stragglers = merger.add("e2", {WindowKey(0, 0, "country", "DE"): late_figures})
+    assert due == set() and len(stragglers) == 1
+    assert b'"transactions":1' in stragglers[0] and b"after its window was emitted" in stragglers[0]
+    assert merger.emit(20_000) == ([], ["e1"][:0])  # nothing more to emit, no entry left open

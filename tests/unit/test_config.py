@@ -232,6 +232,12 @@ CONTRADICTIONS = [
      "checkpointing.restart.max_delay_ms", "must be >= delay_ms (5000)"),
     (["output.kind=kafka", "checkpointing.interval_ms=600000"], "checkpointing.interval_ms",
      "below kafka.transaction_timeout_ms (600000)"),
+    (["analytics.windows=[{size_ms: 60000, slide_ms: 7000}]"], "analytics.windows.slide_ms",
+     "must divide size_ms (60000), got 7000"),
+    (["analytics.group_by=[country, country]"], "analytics.group_by", "a field may appear once"),
+    (["analytics.enabled=true", "analytics.windows=[]"], "analytics.group_by, analytics.windows",
+     "at least one of each"),
+    (["analytics.group_by=[amount]"], "analytics.group_by.0", "'merchant_category', 'country', 'channel' or"),
 ]
 
 
