@@ -1,0 +1,71 @@
+package riskstream.flink;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import java.util.List;
+
+import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
+import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.util.OneInputStreamOperatorTestHarness;
+import org.junit.jupiter.api.Test;
+
+/** The split watermark SplitWatermarkTagger puts on each record, and that it survives a restore. */
+class SplitWatermarkTaggerTest {
+
+    private static final long OUT_OF_ORDERNESS_MS = 100L;
+
+    private static OneInputStreamOperatorTestHarness<String, String> harness() throws Exception {
+        return new OneInputStreamOperatorTestHarness<>(new SplitWatermarkTagger(OUT_OF_ORDERNESS_MS));
+    }
+
+    @Test
+    void eachRecordCarriesItsOwnSplitsLargestEventTimeMinusTheOutOfOrderness() throws Exception {
+        try (var harness = harness()) {
+            harness.open();
+            harness.processElement("file:1:/a.jsonl\tx", 1_000L);
+            harness.processElement("file:2:/a.jsonl\ty", 900L); // behind: the split keeps 1,000
+            harness.processElement("kafka:0:7:tx\tz", 5_000L); // another split
+            harness.processElement("file:3:/a.jsonl\tw", 1_200L);
+            harness.processElement("kafka:1:7:tx\tv", Long.MIN_VALUE); // no event time yet in partition 1
+            harness.processElement("kafka:0:8:tx\tu", 4_000L);
+            assertEquals(List.of("@900\tfile:1:/a.jsonl\tx", "@900\tfile:2:/a.jsonl\ty", "@4900\tkafka:0:7:tx\tz",
+                    "@1100\tfile:3:/a.jsonl\tw", "@" + Long.MIN_VALUE + "\tkafka:1:7:tx\tv", "@4900\tkafka:0:8:tx\tu"),
+                    harness.extractOutputValues());
+        }
+    }
+
+    @Test
+    void splitsAreFilesAndKafkaPartitions() {
+        assertEquals("file:/data/a b.jsonl", SplitWatermarkTagger.splitOf("file:12:/data/a b.jsonl\t{}"));
+        assertEquals("kafka:2:transactions", SplitWatermarkTagger.splitOf("kafka:2:99:transactions\t{}"));
+        assertEquals("other", SplitWatermarkTagger.splitOf("other"));
+    }
+
+    @Test
+    void watermarksPassThrough() throws Exception {
+        try (var harness = harness()) {
+            harness.open();
+            harness.processWatermark(new Watermark(Long.MAX_VALUE));
+            assertEquals(List.of(new Watermark(Long.MAX_VALUE)), List.copyOf(harness.getOutput()));
+        }
+    }
+
+    @Test
+    void aRestoredTaggerContinuesEachSplitsWatermark() throws Exception {
+        OperatorSubtaskState state;
+        try (var harness = harness()) {
+            harness.open();
+            harness.processElement("file:1:/a.jsonl\tx", 10_000L);
+            harness.processElement("kafka:0:1:tx\ty", 20_000L);
+            state = harness.snapshot(1L, 1L);
+            harness.processElement("file:2:/a.jsonl\tz", 50_000L); // after the checkpoint: replayed
+        }
+        try (var restored = harness()) {
+            restored.initializeState(state);
+            restored.open();
+            restored.processElement("file:2:/a.jsonl\tz", 5_000L);
+            restored.processElement("kafka:0:2:tx\tw", 1_000L);
+            assertEquals(List.of("@9900\tfile:2:/a.jsonl\tz", "@19900\tkafka:0:2:tx\tw"), restored.extractOutputValues());
+        }
+    }
+}
