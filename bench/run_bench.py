@@ -16,7 +16,9 @@ records scored between them; the CPU spent before the first score is start-up, r
 loops report their own process's CPU over the loop. The per-stage profile (bench/stages.py) times
 each stage of the record code in one process on the same file; the framework's share is the job's
 CPU per record minus the sum of the stages. `--repeat N` runs the 20-key job and loops N times,
-interleaved, and reports medians; `--only PART` runs one part (jobs, loops, stages, kafka, failover). checkpoint_ms is the median checkpoint
+interleaved, and reports medians; `--only PART` runs one part (jobs, loops, stages, analytics, kafka,
+failover). `analytics` runs the 20-key job with windowed analytics on (its default windows and
+groups) beside the same job with them off, in every round, for what analytics add per record. checkpoint_ms is the median checkpoint
 duration and state_bytes_per_key the last checkpoint's size divided by the number of keys (both from
 Flink's log); peak_rss_mb is the largest summed RSS of the job's whole process tree.
 Then Kafka-mode latency (bench/kafka_latency.py) and the failover drill on the session cluster at
@@ -162,6 +164,8 @@ def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = P
         keys.add(score["model_key"])
         scored_at.append(score["scored_at"])
     first, last, scored = min(scored_at), max(scored_at), len(scored_at)
+    windows = sum(1 for _ in committed_lines(work / "analytics"))
+    late = sum(1 for _ in committed_lines(work / "late"))
     checkpoints = [(int(size), int(ms)) for log in log_dir.glob("*.log")
                    for size, ms in CHECKPOINT_LINE.findall(log.read_text(errors="replace"))]
     return {
@@ -169,6 +173,8 @@ def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = P
         "wall_s": wall,
         "scored": scored,
         "keys": len(keys),
+        "windows": windows,
+        "late": late,
         "checkpoints": len(checkpoints),
         "checkpoint_ms": statistics.median(ms for _, ms in checkpoints) if checkpoints else None,
         "state_bytes_per_key": checkpoints[-1][0] / len(keys) if checkpoints else None,
@@ -251,7 +257,7 @@ def recovery_times_s(kills: list, settings) -> list[float]:
     return times
 
 
-PARTS = ("jobs", "loops", "stages", "kafka", "failover")
+PARTS = ("jobs", "loops", "stages", "analytics", "kafka", "failover")
 
 
 def main() -> int:
@@ -260,7 +266,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the 20-key job and both 20-key loops this many times, interleaved, and report medians")
     parser.add_argument("--only", choices=PARTS, action="append",
-                        help="run only this part (repeatable): jobs, loops, stages, kafka or failover")
+                        help="run only this part (repeatable): jobs, loops, stages, analytics, kafka or failover")
     parser.add_argument("--baseline", type=Path,
                         help="a checkout of an earlier commit with its jars built (README, Benchmark): its 20-key "
                              "job runs in every round too, interleaved with this one's")
@@ -276,8 +282,11 @@ def main() -> int:
     rounds = []
     for round_number in range(args.repeat):
         measured = {}
-        if "jobs" in parts:
+        if "jobs" in parts or "analytics" in parts:
             measured["job"] = run_job("job-20-keys", data, "merchant_category")
+        if "analytics" in parts:
+            measured["analytics"] = run_job("job-20-keys-analytics", data, "merchant_category", "analytics.enabled=true")
+        if "jobs" in parts:
             if args.baseline:
                 measured["baseline"] = run_job("baseline-20-keys", data, "merchant_category",
                                                checkout=args.baseline.resolve())
@@ -327,6 +336,16 @@ def main() -> int:
             "river_core_us_per_record": median["river"]["core_us_per_record"],
             "python_loop_core_us_per_record": median["exact"]["core_us_per_record"],
         })
+    if "analytics" in parts:
+        results.update({
+            "analytics_rps": median["analytics"]["records_per_second"],
+            "analytics_core_us_per_record": median["analytics"]["core_us_per_record"],
+            "analytics_off_core_us_per_record": median["job"]["core_us_per_record"],
+            "analytics_added_core_us_per_record": (median["analytics"]["core_us_per_record"]
+                                                   - median["job"]["core_us_per_record"]),
+            "analytics_windows": rounds[-1]["analytics"]["windows"],
+            "analytics_late": rounds[-1]["analytics"]["late"],
+        })
     if "stages" in parts:
         from bench.stages import stage_profile
 
@@ -352,7 +371,7 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     keys_20 = f"{results.get('keys_20', 20)} keys"
     keys_large = f"{results.get('keys_100k', 0):,} keys" if "keys_100k" in results else "account keys"
     names = {"job": "Riskstream job", "baseline": "baseline commit's job", "river": "River loop (one process)",
-             "exact": "Python loop, exact SGD (one process)"}
+             "exact": "Python loop, exact SGD (one process)", "analytics": "job with windowed analytics on"}
     note = f" (20 keys: median of {repeat})" if repeat > 1 else ""
     print(f"\n{'records/s' + note:<44}{keys_20:>12}{keys_large:>16}")
     for name in median:
@@ -369,6 +388,9 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     if "baseline" in median:
         print(f"{'job / baseline job (records/s)':<44}"
               f"{median['job']['records_per_second'] / median['baseline']['records_per_second']:>12.2f}")
+    if "analytics" in median:
+        print(f"{'analytics on - off (core-µs/record)':<44}{results['analytics_added_core_us_per_record']:>12.1f}")
+        print(f"{'analytics: window lines, late lines':<44}{results['analytics_windows']:>12,}{results['analytics_late']:>16,}")
     if "job" in median and "river" in median:
         print(f"{'job / River (records/s)':<44}{median['job']['records_per_second'] / median['river']['records_per_second']:>12.2f}"
               f"{large['job']['records_per_second'] / large['river']['records_per_second']:>16.2f}")

@@ -6,7 +6,6 @@ route what comes back (scores, dead letters, snapshots) to sinks.
 
 from __future__ import annotations
 
-import pickle
 import signal
 import sys
 import threading
@@ -50,7 +49,7 @@ from streaming.cluster import JOB_NAME
 from streaming.config import Settings
 from streaming.flink_options import flink_options
 from streaming.from_settings import transaction_reader, model_scorer, window_specs
-from udfs.analytics import NO_WATERMARK, BatchAnalytics, WindowMerger
+from udfs.analytics import NO_WATERMARK, BatchAnalytics, WindowMerger, pack_partials, unpack_partials
 from udfs.ordering import BundleSequencer, split_bundle_header
 from udfs.pipeline import (
     KeyedLine,
@@ -72,8 +71,8 @@ END_OF_INPUT = 2**63 - 1
 DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 SNAPSHOTS = OutputTag("model-snapshots", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 LATE = OutputTag("late", Types.PRIMITIVE_ARRAY(Types.BYTE()))
-# (merging shard, pickled udfs.analytics.Partials), from the scoring operator to the window merger.
-WINDOW_PARTIALS = OutputTag("window-partials", Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()]))
+# (merging shard, udfs.analytics.pack_partials bytes), from the scoring operator to the window merger.
+WINDOW_PARTIALS = OutputTag("window-partials", Types.TUPLE([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
 
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
 ANALYTICS_OUTPUTS = ("analytics", "late")
@@ -207,7 +206,7 @@ class ScoreShard(KeyedProcessFunction):
         watermark = NO_WATERMARK if flink_watermark == JAVA_LONG_MIN else flink_watermark + FLINK_WATERMARK_LAG_MS
         partials, late = self.analytics.assess(batch, scores, watermark)
         for shard, shard_partials in partials.items():
-            yield WINDOW_PARTIALS, (shard, pickle.dumps(shard_partials, pickle.HIGHEST_PROTOCOL))
+            yield WINDOW_PARTIALS, (shard, pack_partials(shard_partials))
         if late:
             yield LATE, output_bundle([line for _, line in late],
                                       [txn_id for txn_id, _ in late] if self.keyed_output else None)
@@ -264,7 +263,7 @@ class MergeWindows(KeyedProcessFunction):
         merger = self._merger_of(shard)
         self.entries += 1
         entry_id = f"{self.entry_prefix}-{self.entries}"
-        due_times, stragglers = merger.add(entry_id, pickle.loads(data))
+        due_times, stragglers = merger.add(entry_id, unpack_partials(data))
         if due_times:
             self.partials.put(entry_id, data)
             for due in due_times:
@@ -288,7 +287,7 @@ class MergeWindows(KeyedProcessFunction):
             merger = self.mergers[shard] = WindowMerger(self.merger_of.specs, self.merger_of.allowed_lateness_ms)
             emitted_through = self.emitted_through.value()
             merger.restore(NO_WATERMARK if emitted_through is None else emitted_through,
-                           ((entry_id, pickle.loads(data)) for entry_id, data in self.partials.items()))
+                           ((entry_id, unpack_partials(data)) for entry_id, data in self.partials.items()))
         return merger
 
 

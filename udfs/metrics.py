@@ -6,7 +6,7 @@ import math
 from typing import Iterable, Sequence
 
 # Scores are clipped away from 0 and 1 so one confident mistake gives a large, finite loss.
-_EPSILON = 1e-15
+SCORE_CLIP = 1e-15
 
 
 def log_loss(scores: Sequence[float], labels: Sequence[int]) -> float:
@@ -15,7 +15,7 @@ def log_loss(scores: Sequence[float], labels: Sequence[int]) -> float:
         return math.nan
     total = 0.0
     for p, y in zip(scores, labels):
-        p = min(max(p, _EPSILON), 1 - _EPSILON)
+        p = min(max(p, SCORE_CLIP), 1 - SCORE_CLIP)
         total -= math.log(p) if y == 1 else math.log(1 - p)
     return total / len(scores)
 

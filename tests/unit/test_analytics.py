@@ -166,10 +166,40 @@ def test_the_late_set_does_not_depend_on_how_splits_interleave(seed):
         assert first_windows[key]["roc_auc"] == again_windows[key]["roc_auc"]  # ranks do not depend on order
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_figures_of_many_windows_at_once_are_each_windows_own(seed):
+    """window_figures over many windows (scores tied within and across windows, windows with one
+    class or no labels) against udfs.metrics' pure-Python log loss and AUC, window by window."""
+    from udfs.analytics import window_figures
+    from udfs.metrics import labelled, log_loss, roc_auc
+
+    rng = random.Random(seed)
+    windows, records_of = [], []
+    for _ in range(12):
+        figures, records = WindowFigures(), []
+        for t in range(rng.choice([0, 1, 2, 5, 40])):
+            r = record(t, label=rng.choice([None, 0, 1] if rng.random() < 0.8 else [0]),
+                       score=rng.choice([0.25, 0.5, rng.random()]), account=f"a{rng.randint(0, 9)}",
+                       amount=rng.uniform(0, 100), currency=rng.choice(["EUR", "USD"]))
+            figures.add(r)
+            records.append(r)
+        windows.append(figures)
+        records_of.append(records)
+    for figures, records in zip(window_figures(windows), records_of):
+        scores, labels = labelled((r.score, r.label) for r in records)
+        assert figures["transactions"] == len(records) and figures["labelled_transactions"] == len(labels)
+        assert figures["distinct_accounts"] == len({r.account for r in records})
+        for name, expected in (("log_loss", log_loss(scores, labels)), ("roc_auc", roc_auc(scores, labels))):
+            if math.isnan(expected):
+                assert figures[name] is None, name
+            else:
+                assert figures[name] == pytest.approx(expected, rel=1e-12, abs=1e-12), name
+
+
 def test_window_line_names_window_group_and_figures():
     figures = WindowFigures()
     figures.add(record(12_000, category="fuel", label=1, score=0.7))
-    line = window_line(WindowSpec(10_000, 10_000), 10_000, "merchant_category", "fuel", figures)
+    line = window_line(WindowSpec(10_000, 10_000), 10_000, "merchant_category", "fuel", figures.figures())
     assert line["schema_version"] == 1 and line["window"] == "tumbling-10000ms"
     assert (line["window_start"], line["window_end"]) == (10_000, 20_000)
     assert (line["group_by"], line["group"]) == ("merchant_category", "fuel")
