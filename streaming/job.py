@@ -44,10 +44,11 @@ from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaO
 from pyflink.datastream.state import MapStateDescriptor
 
 from streaming import pyflink_internals as internals
-from streaming.cluster import JOB_NAME
+from streaming.cluster import JOB_NAME, METRICS_GROUP
 from streaming.config import Settings
 from streaming.flink_options import flink_options
 from streaming.from_settings import transaction_reader, model_scorer
+from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, records_in_bundle
 from udfs.ordering import BundleSequencer, split_bundle_header
 from udfs.pipeline import (
     KeyedLine,
@@ -121,11 +122,27 @@ class ReadBundle(ProcessFunction):
         self.reader = reader
         self.shards = shards
         self.keyed_output = keyed_output
+        self.metrics = None
+        self.records_read = None
+        self.dead_lettered = {}
+
+    def open(self, runtime_context: RuntimeContext):
+        # Counters go up once per bundle, by the bundle's count: per record would cost the hot path.
+        self.metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.records_read = self.metrics.counter("records_read")
+        # A key-value group, so that Prometheus gets one metric with a `stage` label.
+        self.dead_lettered = {stage: self.metrics.add_group("stage", stage).counter("dead_lettered")
+                              for stage in DEAD_LETTER_STAGES}
 
     def process_element(self, bundle, ctx):
         stream, seq, records = split_bundle_header(bundle.decode("utf-8"))
         by_shard, dead_letters = self.reader.read_bundle_columns(records, self.shards, now_ms())
+        self.records_read.inc(records_in_bundle(records))
         if dead_letters:  # keyed by txn_id, when known
+            for stage, count in dead_letters_by_stage(dead_letters).items():
+                if stage not in self.dead_lettered:  # a stage udfs/ added since
+                    self.dead_lettered[stage] = self.metrics.add_group("stage", stage).counter("dead_lettered")
+                self.dead_lettered[stage].inc(count)
             yield DEAD_LETTERS, keyed_lines_bundle(dead_letters, self.keyed_output)
         # A numbered bundle gives every shard a batch, even an empty one, so that each shard can
         # tell an empty batch from one still on its way (see udfs/ordering.py).
@@ -153,9 +170,21 @@ class ScoreShard(KeyedProcessFunction):
         self.models = None
         self.shard_models: dict[int, ModelTable] = {}
         self.sequencer = BundleSequencer()
+        self.scored = None
+        self.recent_loss: RecentLogLoss | None = None
 
     def open(self, runtime_context: RuntimeContext):
         internals.let_numba_import_in_python_workers()
+        # Per batch, not per record (see ReadBundle.open). Gauges are integers in PyFlink, hence
+        # the log loss in micro-units; `recent_labelled` says how many labelled records it is over
+        # (0: no figure yet), so that a reader can weigh the subtasks' figures.
+        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.scored = metrics.counter("scored")
+        # The place for a `late` counter, once late records are routed (issue 13).
+        self.recent_loss = RecentLogLoss()
+        metrics.gauge("model_keys", self._model_keys)
+        metrics.gauge("recent_log_loss_micro", self.recent_loss.value_micro)
+        metrics.gauge("recent_labelled", lambda: self.recent_loss.labelled)
         self.models = runtime_context.get_map_state(
             # Pickled bytes, as since version 1 of the model state, so that a savepoint of an
             # earlier release restores (its version-1 models are read, and written as version 2).
@@ -172,14 +201,20 @@ class ScoreShard(KeyedProcessFunction):
             ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # the final snapshots
         table = self._models_of(shard)
         for batch in batches:
-            scores, snapshots, changed = self.scorer.score_columns(batch, table, now_ms())
+            scores, snapshots, changed = self.scorer.score_columns(batch, table, now_ms(), self.recent_loss)
             keys = table.keys
             for row in changed:  # not put_all: PyFlink 2.2's is broken in both modes
                 self.models.put(keys[row], table.to_bytes(row))
             if scores:
+                self.scored.inc(len(scores))
                 yield output_bundle(scores, batch.model_keys if self.keyed_output else None)
             if snapshots:
                 yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
+
+    def _model_keys(self) -> int:
+        """Model keys in this worker's tables (the `model_keys` gauge): a shard's keys count from
+        its first batch after a start or restore, when its table is loaded from state."""
+        return sum(len(table) for table in self.shard_models.values())
 
     def _models_of(self, shard: int) -> ModelTable:
         table = self.shard_models.get(shard)
