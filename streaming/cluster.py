@@ -85,6 +85,9 @@ class LocalCluster:
         """The environment for Flink's scripts and the `flink` command: this cluster's files."""
         return {**os.environ,
                 "FLINK_CONF_DIR": str(self.conf_dir.resolve()),
+                # PyFlink's plugins/ (Flink's default too, unless the user's environment says
+                # otherwise): the Prometheus reporter that config.yaml enables ships there.
+                "FLINK_PLUGINS_DIR": str(flink_home() / "plugins"),
                 "FLINK_LIB_DIR": str((self.state_dir / "lib").resolve()),
                 "FLINK_LOG_DIR": str((self.state_dir / "log").resolve()),
                 "FLINK_PID_DIR": str((self.state_dir / "pid").resolve())}

@@ -13,18 +13,23 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
-import pytest
+import yaml
 
 from streaming import cluster
 from streaming.cli import main
 from streaming.outputs import committed_lines, committed_parts
-from tests.integration.conftest import LOCAL_PROFILE
+from tests.integration.conftest import LOCAL_PROFILE, PROJECT
 from udfs.generator import GeneratorSettings, generate
 from udfs.live_metrics import RECENT_LABELLED
 from udfs.metrics import log_loss
 
-# conf/flink/config.yaml: metrics.reporter.prom.port, the ports the reporters may take.
-PROMETHEUS_PORTS = range(9249, 9261)
+
+
+def prometheus_ports() -> range:
+    """The ports the cluster's Prometheus reporters may take (conf/flink/config.yaml)."""
+    conf = yaml.safe_load((PROJECT / "conf" / "flink" / "config.yaml").read_text(encoding="utf-8"))
+    first, _, last = str(conf["metrics"]["reporter"]["prom"]["port"]).partition("-")
+    return range(int(first), int(last or first) + 1)
 
 
 def drop(directory: Path, name: str, lines: list[bytes]) -> None:
@@ -55,9 +60,9 @@ def scores_by_subtask(folder: Path) -> list[list[dict]]:
 
 def prometheus_sum(job_id: str, metric: str) -> float | None:
     """The sum over subtasks of `metric` for this job, as the cluster's Prometheus reporters serve
-    it (each JobManager and TaskManager takes a port of PROMETHEUS_PORTS); None if none serves it."""
+    it (each JobManager and TaskManager takes a port of the configured range); None if none serves it."""
     total, found = 0.0, False
-    for port in PROMETHEUS_PORTS:
+    for port in prometheus_ports():
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
                 text = answer.read().decode("utf-8")
