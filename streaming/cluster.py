@@ -320,7 +320,8 @@ def job_metrics(base_url: str, job_id: str, vertices: list[dict[str, Any]]) -> d
         names = [metric["id"] for metric in rest(base_url, "GET", path) if _short_metric_name(metric["id"])]
         if not names:
             continue
-        sums.update({metric["id"]: metric["sum"] for metric in rest(base_url, "GET", f"{path}?{_metric_query(names)}&agg=sum")})
+        summed = rest(base_url, "GET", f"{path}?{_metric_query(names)}&agg=sum")
+        sums.update({metric["id"]: metric["sum"] for metric in summed})
         loss_names = [name for name in names if _short_metric_name(name) in RECENT_LOSS_GAUGES]
         for index in range(vertex["parallelism"]) if loss_names else ():
             answer = rest(base_url, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/{index}/metrics?"
@@ -334,9 +335,11 @@ def metric_figures(sums: dict[str, float], subtasks: list[dict[str, float]]) -> 
     a metric's REST name to its sum over the vertex's subtasks, and `subtasks` holds each scoring
     subtask's recent-log-loss gauges by short name. Returns the counters and gauges by short name,
     summed over subtasks (integers: records_read, scored, model_keys, and any the job adds),
-    `dead_lettered` as {stage: count} with its `total`, and `recent_log_loss` (natural log, per
-    record) over the last labelled records of every subtask: the subtasks' figures weighted by
-    how many labelled records each is over (`recent_labelled`, their sum), None before any."""
+    `dead_lettered` as {stage: count} with its `total` (every stage of DEAD_LETTER_STAGES once
+    records_read is there: process mode reports a counter only once it has counted), and
+    `recent_log_loss` (natural log, per record) over the last labelled records of every subtask:
+    the subtasks' figures weighted by how many labelled records each is over (`recent_labelled`,
+    their sum), None before any."""
     figures: dict[str, Any] = {}
     stages: dict[str, int] = {}
     for name, total in sums.items():
@@ -348,8 +351,11 @@ def metric_figures(sums: dict[str, float], subtasks: list[dict[str, float]]) -> 
             stages[stage] = stages.get(stage, 0) + int(total)
         else:
             figures[short] = figures.get(short, 0) + int(total)
+    if "records_read" in figures:  # the preparing operator has reported: a stage not reported counted none
+        stages = {**{stage: 0 for stage in DEAD_LETTER_STAGES}, **stages}
     if stages:
-        order = [stage for stage in DEAD_LETTER_STAGES if stage in stages] + sorted(set(stages) - set(DEAD_LETTER_STAGES))
+        known = [stage for stage in DEAD_LETTER_STAGES if stage in stages]
+        order = known + sorted(set(stages) - set(known))
         figures["dead_lettered"] = {**{stage: stages[stage] for stage in order}, "total": sum(stages.values())}
     # Read as a record goes: read, then scored or dead-lettered; then the rest by name.
     leading = [name for name in ("records_read", "scored", "dead_lettered") if name in figures]

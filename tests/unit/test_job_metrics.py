@@ -67,3 +67,10 @@ def test_a_stage_or_counter_the_job_adds_later_is_printed_too():
                               "decode-parse-clean-features.riskstream.stage.model.dead_lettered": 2.0,
                               "decode-parse-clean-features.riskstream.stage.decode.dead_lettered": 1.0}, [])
     assert figures == {"dead_lettered": {"decode": 1, "model": 2, "total": 3}, "late": 7}
+
+
+def test_a_stage_whose_counter_has_not_reported_shows_zero_once_the_preparing_operator_reports():
+    figures = metric_figures({"decode-parse-clean-features.riskstream.records_read": 10.0,
+                              "decode-parse-clean-features.riskstream.stage.parse.dead_lettered": 2.0}, [])
+    assert figures == {"records_read": 10,
+                       "dead_lettered": {"decode": 0, "parse": 2, "clean": 0, "features": 0, "total": 2}}
