@@ -39,7 +39,7 @@ leftovers() {
 }
 
 docker info > /dev/null 2>&1 || fail "no Docker engine answers; start one (dockerd) and retry"
-for port in 9092 8081; do
+for port in 9092 8081 9249 9250; do
   if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then
     fail "127.0.0.1:$port is taken (another stack? \`docker compose down\` stops it); the stack publishes it"
   fi

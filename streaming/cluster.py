@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,18 @@ import psutil
 import yaml
 
 from streaming.config import PROJECT_ROOT, ConfigError, ServiceUnreachable
+from udfs.live_metrics import DEAD_LETTER_STAGES
 
 JOB_NAME = "riskstream-scoring"
 ENTRY_MODULE = "streaming.flink_main"  # what `flink run` runs
 ENDED = ("FINISHED", "FAILED", "CANCELED")  # job states that do not change any more
+# The group of the job's own metrics under its operators' (streaming/job.py; README "Metrics"): the
+# REST API names them `<operator>.riskstream.<name>`, and a dead-letter counter
+# `<operator>.riskstream.stage.<stage>.dead_lettered`.
+METRICS_GROUP = "riskstream"
+# Gauges that `job_metrics` does not sum over subtasks: the recent log loss of each subtask (in
+# micro-units) and how many labelled records it is over, combined into one weighted mean instead.
+RECENT_LOSS_GAUGES = ("recent_log_loss_micro", "recent_labelled")
 
 
 class ClusterError(RuntimeError):
@@ -76,6 +85,9 @@ class LocalCluster:
         """The environment for Flink's scripts and the `flink` command: this cluster's files."""
         return {**os.environ,
                 "FLINK_CONF_DIR": str(self.conf_dir.resolve()),
+                # PyFlink's plugins/ (Flink's default too, unless the user's environment says
+                # otherwise): the Prometheus reporter that config.yaml enables ships there.
+                "FLINK_PLUGINS_DIR": str(flink_home() / "plugins"),
                 "FLINK_LIB_DIR": str((self.state_dir / "lib").resolve()),
                 "FLINK_LOG_DIR": str((self.state_dir / "log").resolve()),
                 "FLINK_PID_DIR": str((self.state_dir / "pid").resolve())}
@@ -282,7 +294,7 @@ def running_job(base_url: str) -> str:
 
 def job_status(base_url: str, job_id: str) -> dict[str, Any]:
     """{state, last_checkpoint: {id, completed_at_ms, duration_ms, size_bytes, path} or None,
-    checkpoint_counts} of a job."""
+    checkpoint_counts, metrics (the job's own, see `job_metrics`)} of a job."""
     job = rest(base_url, "GET", f"/jobs/{job_id}")
     checkpoints = rest(base_url, "GET", f"/jobs/{job_id}/checkpoints")
     latest = (checkpoints.get("latest") or {}).get("completed")
@@ -291,7 +303,81 @@ def job_status(base_url: str, job_id: str) -> dict[str, Any]:
         "duration_ms": latest["end_to_end_duration"], "size_bytes": latest["state_size"],
         "path": latest.get("external_path")}
     return {"job_id": job_id, "name": job["name"], "state": job["state"], "last_checkpoint": last,
-            "checkpoint_counts": checkpoints.get("counts", {})}
+            "checkpoint_counts": checkpoints.get("counts", {}),
+            "metrics": job_metrics(base_url, job_id, job["vertices"])}
+
+
+def job_metrics(base_url: str, job_id: str, vertices: list[dict[str, Any]]) -> dict[str, Any]:
+    """The job's own metrics now (see `metric_figures`), read from the REST API: per vertex, the
+    names of its subtasks' metrics, then the job's ones summed over its subtasks (`agg=sum`), and
+    the recent-log-loss gauges of each subtask. Empty while no subtask has reported any (a
+    Python operator reports its metrics when it finishes its first bundle) and once the job has
+    ended and Flink has dropped its tasks' metrics."""
+    sums: dict[str, float] = {}
+    subtasks: list[dict[str, float]] = []
+    for vertex in vertices:
+        path = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+        names = [metric["id"] for metric in rest(base_url, "GET", path) if _short_metric_name(metric["id"])]
+        if not names:
+            continue
+        summed = rest(base_url, "GET", f"{path}?{_metric_query(names)}&agg=sum")
+        sums.update({metric["id"]: metric["sum"] for metric in summed})
+        loss_names = [name for name in names if _short_metric_name(name) in RECENT_LOSS_GAUGES]
+        for index in range(vertex["parallelism"]) if loss_names else ():
+            answer = rest(base_url, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/{index}/metrics?"
+                                           f"{_metric_query(loss_names)}")
+            subtasks.append({_short_metric_name(metric["id"]): float(metric["value"]) for metric in answer})
+    return metric_figures(sums, subtasks)
+
+
+def metric_figures(sums: dict[str, float], subtasks: list[dict[str, float]]) -> dict[str, Any]:
+    """The job's own metrics as `riskstream status` prints them, from REST API answers: `sums` maps
+    a metric's REST name to its sum over the vertex's subtasks, and `subtasks` holds each scoring
+    subtask's recent-log-loss gauges by short name. Returns the counters and gauges by short name,
+    summed over subtasks (integers: records_read, scored, model_keys, and any the job adds),
+    `dead_lettered` as {stage: count} with its `total` (every stage of DEAD_LETTER_STAGES once
+    records_read is there: process mode reports a counter only once it has counted), and
+    `recent_log_loss` (natural log, per record) over the last labelled records of every subtask:
+    the subtasks' figures weighted by how many labelled records each is over (`recent_labelled`,
+    their sum), None before any."""
+    figures: dict[str, Any] = {}
+    stages: dict[str, int] = {}
+    for name, total in sums.items():
+        short = _short_metric_name(name)
+        if short is None or short in RECENT_LOSS_GAUGES:
+            continue
+        stage, _, counter = short.removeprefix("stage.").rpartition(".")
+        if short.startswith("stage.") and counter == "dead_lettered":
+            stages[stage] = stages.get(stage, 0) + int(total)
+        else:
+            figures[short] = figures.get(short, 0) + int(total)
+    if "records_read" in figures:  # the preparing operator has reported: a stage not reported counted none
+        stages = {**{stage: 0 for stage in DEAD_LETTER_STAGES}, **stages}
+    if stages:
+        known = [stage for stage in DEAD_LETTER_STAGES if stage in stages]
+        order = known + sorted(set(stages) - set(known))
+        figures["dead_lettered"] = {**{stage: stages[stage] for stage in order}, "total": sum(stages.values())}
+    # Read as a record goes: read, then scored or dead-lettered; then the rest by name.
+    leading = [name for name in ("records_read", "scored", "dead_lettered") if name in figures]
+    figures = {name: figures[name] for name in [*leading, *sorted(set(figures) - set(leading))]}
+    if subtasks:
+        labelled = sum(int(subtask.get("recent_labelled", 0)) for subtask in subtasks)
+        weighted = sum(subtask.get("recent_log_loss_micro", 0) * subtask.get("recent_labelled", 0)
+                       for subtask in subtasks)
+        figures["recent_log_loss"] = round(weighted / labelled / 1e6, 6) if labelled else None
+        figures["recent_labelled"] = labelled
+    return figures
+
+
+def _short_metric_name(name: str) -> str | None:
+    """`records_read` of `decode-parse-clean-features.riskstream.records_read` (the name after the
+    job's metrics group); None for a metric of Flink's own."""
+    _, group, short = name.partition(f".{METRICS_GROUP}.")
+    return short if group else None
+
+
+def _metric_query(names: list[str]) -> str:
+    return "get=" + urllib.parse.quote(",".join(names), safe=",")
 
 
 def stop_with_savepoint(base_url: str, job_id: str, directory: str, drain: bool = False,

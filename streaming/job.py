@@ -45,11 +45,12 @@ from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaO
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from streaming import pyflink_internals as internals
-from streaming.cluster import JOB_NAME
+from streaming.cluster import JOB_NAME, METRICS_GROUP
 from streaming.config import Settings
 from streaming.flink_options import flink_options
 from streaming.from_settings import transaction_reader, model_scorer, window_specs
 from udfs.analytics import NO_WATERMARK, BatchAnalytics, WindowMerger, pack_partials, unpack_partials
+from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, records_in_bundle
 from udfs.ordering import BundleSequencer, split_bundle_header
 from udfs.pipeline import (
     KeyedLine,
@@ -137,11 +138,27 @@ class ReadBundle(ProcessFunction):
         self.shards = shards
         self.keyed_output = keyed_output
         self.watermarked = watermarked  # records carry their split's watermark (SplitWatermarkTagger.java)
+        self.metrics = None
+        self.records_read = None
+        self.dead_lettered = {}
+
+    def open(self, runtime_context: RuntimeContext):
+        # Counters go up once per bundle, by the bundle's count: per record would cost the hot path.
+        self.metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.records_read = self.metrics.counter("records_read")
+        # A key-value group, so that Prometheus gets one metric with a `stage` label.
+        self.dead_lettered = {stage: self.metrics.add_group("stage", stage).counter("dead_lettered")
+                              for stage in DEAD_LETTER_STAGES}
 
     def process_element(self, bundle, ctx):
         stream, seq, records = split_bundle_header(bundle.decode("utf-8"))
         by_shard, dead_letters = self.reader.read_bundle_columns(records, self.shards, now_ms(), self.watermarked)
+        self.records_read.inc(records_in_bundle(records))
         if dead_letters:  # keyed by txn_id, when known
+            for stage, count in dead_letters_by_stage(dead_letters).items():
+                if stage not in self.dead_lettered:  # a stage udfs/ added since
+                    self.dead_lettered[stage] = self.metrics.add_group("stage", stage).counter("dead_lettered")
+                self.dead_lettered[stage].inc(count)
             yield DEAD_LETTERS, keyed_lines_bundle(dead_letters, self.keyed_output)
         # A numbered bundle gives every shard a batch, even an empty one, so that each shard can
         # tell an empty batch from one still on its way (see udfs/ordering.py).
@@ -170,9 +187,23 @@ class ScoreShard(KeyedProcessFunction):
         self.models = None
         self.shard_models: dict[int, ModelTable] = {}
         self.sequencer = BundleSequencer()
+        self.scored = None
+        self.late = None
+        self.recent_loss: RecentLogLoss | None = None
 
     def open(self, runtime_context: RuntimeContext):
         internals.let_numba_import_in_python_workers()
+        # Per batch, not per record (see ReadBundle.open). Gauges are integers in PyFlink, hence
+        # the log loss in micro-units; `recent_labelled` says how many labelled records it is over
+        # (0: no figure yet), so that a reader can weigh the subtasks' figures.
+        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.scored = metrics.counter("scored")
+        # Late-record lines (a record late for windows of two sizes has two), as the late output holds.
+        self.late = metrics.counter("late") if self.analytics is not None else None
+        self.recent_loss = RecentLogLoss()
+        metrics.gauge("model_keys", self._model_keys)
+        metrics.gauge("recent_log_loss_micro", self.recent_loss.value_micro)
+        metrics.gauge("recent_labelled", lambda: self.recent_loss.labelled)
         self.models = runtime_context.get_map_state(
             # Pickled bytes, as since version 1 of the model state, so that a savepoint of an
             # earlier release restores (its version-1 models are read, and written as version 2).
@@ -194,6 +225,8 @@ class ScoreShard(KeyedProcessFunction):
             for row in assessed.changed_rows:  # not put_all: PyFlink 2.2's is broken in both modes
                 self.models.put(keys[row], table.to_bytes(row))
             if len(batch):
+                self.scored.inc(len(batch))
+                self.recent_loss.add(assessed.probability, batch.labels)
                 yield output_bundle(self.scorer.score_lines(batch, assessed, now_ms()),
                                     batch.model_keys if self.keyed_output else None)
             if assessed.snapshots:
@@ -208,8 +241,14 @@ class ScoreShard(KeyedProcessFunction):
         for shard, shard_partials in partials.items():
             yield WINDOW_PARTIALS, (shard, pack_partials(shard_partials))
         if late:
+            self.late.inc(len(late))
             yield LATE, output_bundle([line for _, line in late],
                                       [txn_id for txn_id, _ in late] if self.keyed_output else None)
+
+    def _model_keys(self) -> int:
+        """Model keys in this worker's tables (the `model_keys` gauge): a shard's keys count from
+        its first batch after a start or restore, when its table is loaded from state."""
+        return sum(len(table) for table in self.shard_models.values())
 
     def _models_of(self, shard: int) -> ModelTable:
         table = self.shard_models.get(shard)
@@ -248,8 +287,13 @@ class MergeWindows(KeyedProcessFunction):
         self.mergers: dict[int, WindowMerger] = {}
         self.entry_prefix = ""
         self.entries = 0
+        self.late = None
+        self.windows_emitted = None
 
     def open(self, runtime_context: RuntimeContext):
+        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.late = metrics.counter("late")  # summed with the scoring operator's by `riskstream status`
+        self.windows_emitted = metrics.counter("windows_emitted")
         self.partials = runtime_context.get_map_state(
             MapStateDescriptor("window-partials", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
         self.emitted_through = runtime_context.get_state(ValueStateDescriptor("emitted-through", Types.LONG()))
@@ -269,6 +313,7 @@ class MergeWindows(KeyedProcessFunction):
             for due in due_times:
                 ctx.timer_service().register_event_time_timer(due - FLINK_WATERMARK_LAG_MS)
         if stragglers:
+            self.late.inc(len(stragglers))
             yield LATE, output_bundle(stragglers, [None] * len(stragglers) if self.keyed_output else None)
 
     def on_timer(self, timestamp, ctx):
@@ -279,6 +324,7 @@ class MergeWindows(KeyedProcessFunction):
             self.partials.remove(entry_id)
         self.emitted_through.update(merger.emitted_through)
         if lines:
+            self.windows_emitted.inc(len(lines))
             yield output_bundle([line for _, line in lines], [key for key, _ in lines] if self.keyed_output else None)
 
     def _merger_of(self, shard: int) -> WindowMerger:

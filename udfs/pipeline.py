@@ -25,6 +25,7 @@ from udfs.analytics import NO_WATERMARK
 from udfs.batch_cleaning import clean_batch
 from udfs.cleaning import SCHEMA_VERSION, CleaningRules, Rejected, clean, decode, parse, redact_account_id
 from udfs.features import EncodedBatch, FeatureEncoder
+from udfs.live_metrics import RecentLogLoss
 from udfs.model import KeyModel, Sgd
 
 if TYPE_CHECKING:
@@ -46,6 +47,18 @@ class KeyedLine(str):
         keyed = super().__new__(cls, line)
         keyed.key = key
         return keyed
+
+
+class DeadLetter(KeyedLine):
+    """A dead letter's JSON line, keyed by its txn_id, that also carries its `stage`, so that the
+    job counts dead letters per stage (udfs/live_metrics.py) without parsing the line."""
+
+    stage: str
+
+    def __new__(cls, line: str, key: str | None, stage: str) -> "DeadLetter":
+        letter = super().__new__(cls, line, key)
+        letter.stage = stage
+        return letter
 
 
 class ScoreContext(NamedTuple):
@@ -303,7 +316,7 @@ class TransactionReader:
         return by_shard, dead_letters
 
     def read_bundle_columns(self, bundle: str, shards: int, now_ms: int, watermarked: bool = False
-                            ) -> tuple[dict[int, RecordBatch], list[KeyedLine]]:
+                            ) -> tuple[dict[int, RecordBatch], list[DeadLetter]]:
         """`read_bundle`, batch by batch: the same records and dead letters (in arrival order),
         with each shard's records as one `RecordBatch`. `watermarked`: each envelope starts with
         its split's watermark (see `split_watermark_tag`), which the batches carry."""
@@ -318,7 +331,7 @@ class TransactionReader:
 
     def read_columns(self, raws: Sequence[bytes], source_of: Callable[[int], dict[str, Any]], shards: int,
                      now_ms: int, source_watermarks: np.ndarray | None = None
-                     ) -> tuple[dict[int, RecordBatch], list[KeyedLine]]:
+                     ) -> tuple[dict[int, RecordBatch], list[DeadLetter]]:
         """Reads records' bytes as `read` does one at a time, but over the whole batch at once
         (`clean_batch`, `FeatureEncoder.encode_batch`): returns each shard's records as one
         `RecordBatch` in arrival order, and the dead letters in arrival order; `source_of(i)` gives
@@ -352,7 +365,7 @@ class TransactionReader:
             return {used[0]: batch}, dead_letters
         return {shard: batch.take(np.flatnonzero(record_shards == shard)) for shard in used}, dead_letters
 
-    def dead_letter(self, raw: bytes, rejected: Rejected, source: dict[str, Any], now_ms: int) -> KeyedLine:
+    def dead_letter(self, raw: bytes, rejected: Rejected, source: dict[str, Any], now_ms: int) -> DeadLetter:
         """A dead letter as one JSON line, keyed by its txn_id. Bytes that are not UTF-8 appear as `\\xNN` escapes; a
         record over the size cap keeps its first `dead_letter_raw_bytes` bytes and a SHA-256 of all
         of them; account_id values are replaced by their pseudonyms."""
@@ -372,7 +385,7 @@ class TransactionReader:
             txn_id=rejected.txn_id,
             received_at=now_ms,
         )
-        return KeyedLine(orjson.dumps(letter).decode("utf-8"), rejected.txn_id)
+        return DeadLetter(orjson.dumps(letter).decode("utf-8"), rejected.txn_id, rejected.stage)
 
 
 def compile_model_code() -> None:
@@ -495,12 +508,16 @@ class ModelScorer:
 
         return ModelTable(len(self.feature_names), self.standardized)
 
-    def score_columns(self, batch: RecordBatch, table: ModelTable, now_ms: int) -> tuple[list[bytes], list[KeyedLine], list[int]]:
+    def score_columns(self, batch: RecordBatch, table: ModelTable, now_ms: int,
+                      recent_loss: RecentLogLoss | None = None) -> tuple[list[bytes], list[KeyedLine], list[int]]:
         """`score_batch` in compiled code: scores and learns from the batch's records in order, as
         `score_and_learn` would one at a time, with the models of `table` (a key not in it gets a
         new model). Returns (score JSON lines as UTF-8, snapshot JSON lines, rows of the table
-        the batch used)."""
+        the batch used). With `recent_loss`, the batch's scores and labels are added to it (the
+        job's live log loss, udfs/live_metrics.py), from the arrays, not from the JSON lines."""
         assessed = self.assess_columns(batch, table)
+        if recent_loss is not None:
+            recent_loss.add(assessed.probability, batch.labels)
         return self.score_lines(batch, assessed, now_ms), assessed.snapshots, assessed.changed_rows
 
     def assess_columns(self, batch: RecordBatch, table: ModelTable) -> "AssessedBatch":

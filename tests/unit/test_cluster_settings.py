@@ -231,3 +231,31 @@ def test_the_latest_restore_point_is_the_newest_complete_savepoint_or_retained_c
     assert latest_restore_point(str(checkpoints), str(savepoints)) == checkpoint
     newer_savepoint = complete(savepoints / "savepoint-0a1b2c-5678", 3_000)
     assert latest_restore_point(str(checkpoints), str(savepoints)) == newer_savepoint
+
+
+def flattened(mapping: dict, prefix: str = "") -> dict[str, object]:
+    """A nested Flink config.yaml as Flink reads it: `a: {b: 1}` is the key `a.b`."""
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_the_session_cluster_enables_the_prometheus_reporter_from_the_plugins_its_scripts_load():
+    """The reporter's factory class is in the plugin jar of the folder the cluster's scripts are
+    given as FLINK_PLUGINS_DIR, and each of a JobManager and TaskManagers on this machine gets a
+    port (tests/integration/test_job_metrics.py reads the metrics from them)."""
+    import zipfile
+
+    conf = flattened(yaml.safe_load((PROJECT / "conf" / "flink" / "config.yaml").read_text(encoding="utf-8")))
+    factory = conf["metrics.reporter.prom.factory.class"]
+    assert factory == "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+    plugins = Path(cluster.LocalCluster.of_project(PROJECT).environment()["FLINK_PLUGINS_DIR"])
+    jars = list(plugins.glob("*/flink-metrics-prometheus-*.jar"))
+    assert len(jars) == 1, f"no single Prometheus reporter plugin in {plugins}: {jars}"
+    assert factory.replace(".", "/") + ".class" in zipfile.ZipFile(jars[0]).namelist()
+    first, last = map(int, str(conf["metrics.reporter.prom.port"]).split("-"))
+    assert last - first + 1 >= 4, "a JobManager and the TaskManagers of a failover drill need a port each"

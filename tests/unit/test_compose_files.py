@@ -44,7 +44,10 @@ IMAGE_ROOT = PurePosixPath("/opt/riskstream")
 # The services `python -m streaming.health` has a check for (its docstring).
 HEALTH_CHECKS = ("kafka", "jobmanager", "taskmanager")
 # What the stack publishes on this machine: (service, host port, container port).
-EXPECTED_PORTS = {("kafka", 9092, 9092), ("jobmanager", 8081, 8081)}
+EXPECTED_PORTS = {("kafka", 9092, 9092), ("jobmanager", 8081, 8081), ("jobmanager", 9249, 9249),
+                  ("taskmanager", 9250, 9249)}
+# The Flink processes whose Prometheus reporter the stack publishes.
+PROMETHEUS_SERVICES = ("jobmanager", "taskmanager")
 # riskstream's options that name a file it reads (argparse dests holding a Path).
 INPUT_FILE_OPTIONS = ("config", "overrides", "file")
 # Where the build stage puts the extra certificate authorities; none of it may reach the runtime image.
@@ -673,6 +676,56 @@ def test_ports_on_other_interfaces_are_reported():
 def test_the_broker_and_the_flink_web_ui_are_published():
     published = published_ports(compose_file())
     assert EXPECTED_PORTS <= published, f"expected {sorted(EXPECTED_PORTS)}, published {sorted(published)}"
+
+
+def prometheus_port_problems(compose: dict[str, Any], overrides: dict[str, str], local_ports: str) -> list[str]:
+    """The Prometheus reporters' published ports against the port the containers' reporters listen on
+    (`overrides`, conf/flink/compose.yaml) and the range the local session cluster's reporters take
+    on this machine (`local_ports`, conf/flink/config.yaml): each Flink service publishes the
+    reporter's port, on a host port of its own, outside the local cluster's range (whose reporters
+    listen on every interface, so the two would clash)."""
+    problems = []
+    port = overrides.get("metrics.reporter.prom.port", "")
+    if not port.isdigit():
+        return [f"metrics.reporter.prom.port is {port!r} in the containers; it must be one port, to be published"]
+    first, _, last = local_ports.partition("-")
+    local = range(int(first), int(last or first) + 1)
+    published = {service: host for service, host, container in published_ports(compose) if container == int(port)}
+    for service in PROMETHEUS_SERVICES:
+        if service not in published:
+            problems.append(f"service {service}: its Prometheus reporter (port {port}) is not published")
+        elif published[service] in local:
+            problems.append(f"service {service}: host port {published[service]} is in the local cluster's "
+                            f"reporter range {local_ports}")
+    hosts = [published[service] for service in PROMETHEUS_SERVICES if service in published]
+    if len(set(hosts)) != len(hosts):
+        problems.append(f"the Flink services publish their reporters on the same host port: {hosts}")
+    return problems
+
+
+def test_the_prometheus_reporters_are_published_on_ports_of_their_own():
+    compose = compose_file()
+    arguments = command_line(compose["services"]["jobmanager"]["command"])
+    overrides = cluster.flink_overrides(PROJECT / arguments[arguments.index("--overrides") + 1])
+    config = yaml.safe_load((PROJECT / "conf" / "flink" / "config.yaml").read_text(encoding="utf-8"))
+    local_ports = str(config["metrics"]["reporter"]["prom"]["port"])
+    problems = prometheus_port_problems(compose, overrides, local_ports)
+    assert not problems, "\n".join(problems)
+
+
+def test_unpublished_shared_or_clashing_prometheus_ports_are_reported():
+    def stack(jobmanager: list[str], taskmanager: list[str]) -> dict[str, Any]:
+        return {"services": {"jobmanager": {"ports": jobmanager}, "taskmanager": {"ports": taskmanager}}}
+
+    overrides = {"metrics.reporter.prom.port": "9249"}
+    assert prometheus_port_problems(stack(["127.0.0.1:9249:9249"], ["127.0.0.1:9250:9249"]), overrides,
+                                    "19249-19260") == []
+    assert len(prometheus_port_problems(stack(["127.0.0.1:9249:9249"], []), overrides, "19249-19260")) == 1
+    assert len(prometheus_port_problems(stack(["127.0.0.1:9249:9249"], ["127.0.0.1:9249:9249"]), overrides,
+                                        "19249-19260")) == 1
+    assert len(prometheus_port_problems(stack(["127.0.0.1:9249:9249"], ["127.0.0.1:9250:9249"]), overrides,
+                                        "9249-9260")) == 2
+    assert len(prometheus_port_problems(stack([], []), {"metrics.reporter.prom.port": "9249-9250"}, "1")) == 1
 
 
 # ---------------------------------------------------------------- 5. the versions
