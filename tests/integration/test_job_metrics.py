@@ -19,6 +19,7 @@ from streaming import cluster
 from streaming.cli import main
 from streaming.outputs import committed_lines, committed_parts
 from tests.integration.conftest import LOCAL_PROFILE, PROJECT
+from tests.analytics_reference import analytics_overrides, delay_event_times
 from udfs.generator import GeneratorSettings, generate
 from udfs.live_metrics import RECENT_LABELLED
 from udfs.metrics import log_loss
@@ -76,7 +77,9 @@ def prometheus_sum(job_id: str, metric: str) -> float | None:
 
 
 def test_the_metrics_equal_the_committed_outputs(session_cluster, tmp_path, capsys):
-    lines = list(generate(GeneratorSettings(records=3000, seed=61, malformed_share=0.06, unlabelled_share=0.1)))
+    # Some event times delayed, so that windowed analytics (on here) find late records.
+    lines = delay_event_times(generate(GeneratorSettings(records=3000, seed=61, malformed_share=0.06,
+                                                         unlabelled_share=0.1)), seed=62, share=0.05, max_delay_ms=60_000)
     incoming, output = tmp_path / "incoming", tmp_path / "out"
     incoming.mkdir()
     drop(incoming, "transactions.jsonl", lines)
@@ -87,7 +90,9 @@ def test_the_metrics_equal_the_committed_outputs(session_cluster, tmp_path, caps
     overrides = ["source.kind=directory", f"source.directory={incoming}", "source.discovery_interval_ms=200",
                  f"output.path={output}", f"checkpointing.directory={tmp_path / 'checkpoints'}",
                  "checkpointing.interval_ms=500", "source.max_records_per_second=600",
-                 f"flink.rest_address={rest_address}"]
+                 f"flink.rest_address={rest_address}", *analytics_overrides(),
+                 # One file: the source subtask without it holds the watermark back until it counts as idle.
+                 "analytics.idleness_ms=2000"]
     job_id = cluster.submit(session_cluster.cluster, cluster.submit_command(LOCAL_PROFILE, rest_address, overrides))
     try:
         deadline = time.monotonic() + 180
@@ -116,6 +121,7 @@ def test_the_metrics_equal_the_committed_outputs(session_cluster, tmp_path, caps
     assert figures["dead_lettered"] == {**stages, "total": len(letters)}
     assert len(stages) == 4  # decode, parse, clean and features: each stage's counter is checked
     assert figures["model_keys"] == len({score["model_key"] for score in scores})
+    assert figures["late"] == len(list(committed_lines(output / "late"))) > 0
 
     # The gauges of the recent log loss: each subtask's last RECENT_LABELLED labelled scores,
     # pooled; micro-units lose at most 0.5e-6 per subtask.
