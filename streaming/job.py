@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple, Sequence
 
@@ -42,14 +41,14 @@ from pyflink.datastream.connectors.file_system import (
 )
 from pyflink.datastream.connectors import Sink, Source
 from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaOffsetsInitializer
-from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
 from streaming import pyflink_internals as internals
 from streaming.cluster import JOB_NAME, METRICS_GROUP
 from streaming.config import Settings
 from streaming.flink_options import flink_options
 from streaming.from_settings import transaction_reader, model_scorer, window_specs
-from udfs.analytics import NO_WATERMARK, BatchAnalytics, WindowMerger, pack_partials, unpack_partials
+from udfs.analytics import NO_WATERMARK, ScoredColumns, WindowAnalytics
 from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, records_in_bundle
 from udfs.ordering import BundleSequencer, split_bundle_header
 from udfs.pipeline import (
@@ -72,15 +71,11 @@ END_OF_INPUT = 2**63 - 1
 DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 SNAPSHOTS = OutputTag("model-snapshots", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 LATE = OutputTag("late", Types.PRIMITIVE_ARRAY(Types.BYTE()))
-# (merging shard, udfs.analytics.pack_partials bytes), from the scoring operator to the window merger.
-WINDOW_PARTIALS = OutputTag("window-partials", Types.TUPLE([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
+# (0, udfs.analytics.ScoredColumns bytes) of each scored batch, for the window-analytics operator.
+SCORED_COLUMNS = OutputTag("scored-columns", Types.TUPLE([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
 
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
 ANALYTICS_OUTPUTS = ("analytics", "late")
-
-# Windows' groups are merged in this many key groups: fixed, not the parallelism, so that merging
-# state restores under the same keys at any parallelism.
-ANALYTICS_SHARDS = 4
 
 # Flink's watermark trails the one udfs/analytics.py defines by 1 ms (Flink's bounded
 # out-of-orderness generator subtracts it), so a window due at `due` fires at Flink's `due - 1`.
@@ -180,15 +175,14 @@ class ScoreShard(KeyedProcessFunction):
     equals the state.
     """
 
-    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: BatchAnalytics | None):
+    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics_group_by: Sequence[str] | None):
         self.scorer = scorer
         self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
-        self.analytics = analytics  # None: windowed analytics off
+        self.analytics_group_by = analytics_group_by  # None: windowed analytics off
         self.models = None
         self.shard_models: dict[int, ModelTable] = {}
         self.sequencer = BundleSequencer()
         self.scored = None
-        self.late = None
         self.recent_loss: RecentLogLoss | None = None
 
     def open(self, runtime_context: RuntimeContext):
@@ -198,10 +192,6 @@ class ScoreShard(KeyedProcessFunction):
         # (0: no figure yet), so that a reader can weigh the subtasks' figures.
         metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
         self.scored = metrics.counter("scored")
-        # Late-record lines (a record late for windows of two sizes has two), as the late output holds.
-        self.late = metrics.counter("late") if self.analytics is not None else None
-        if self.late is not None:
-            self.late.inc(0)  # reported from the first batch on (process mode reports a counter once used)
         self.recent_loss = RecentLogLoss()
         metrics.gauge("model_keys", self._model_keys)
         metrics.gauge("recent_log_loss_micro", self.recent_loss.value_micro)
@@ -233,19 +223,9 @@ class ScoreShard(KeyedProcessFunction):
                                     batch.model_keys if self.keyed_output else None)
             if assessed.snapshots:
                 yield SNAPSHOTS, keyed_lines_bundle(assessed.snapshots, self.keyed_output)
-            if self.analytics is not None and len(batch):
-                yield from self._window_figures(batch, assessed.probability, ctx.timer_service().current_watermark())
-
-    def _window_figures(self, batch: RecordBatch, scores, flink_watermark: int):
-        """The batch's partial window figures (to WINDOW_PARTIALS, per merging shard) and late records (to LATE)."""
-        watermark = NO_WATERMARK if flink_watermark == JAVA_LONG_MIN else flink_watermark + FLINK_WATERMARK_LAG_MS
-        partials, late = self.analytics.assess(batch, scores, watermark)
-        for shard, shard_partials in partials.items():
-            yield WINDOW_PARTIALS, (shard, pack_partials(shard_partials))
-        if late:
-            self.late.inc(len(late))
-            yield LATE, output_bundle([line for _, line in late],
-                                      [txn_id for txn_id, _ in late] if self.keyed_output else None)
+            if self.analytics_group_by is not None and len(batch):
+                columns = ScoredColumns.of(batch, assessed.probability, self.analytics_group_by)
+                yield SCORED_COLUMNS, (0, columns.to_bytes())
 
     def _model_keys(self) -> int:
         """Model keys in this worker's tables (the `model_keys` gauge): a shard's keys count from
@@ -272,71 +252,72 @@ class ScoreShard(KeyedProcessFunction):
             yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
 
 
-class MergeWindows(KeyedProcessFunction):
-    """Merges the scoring operator's partial window figures, per merging shard (the key), and emits
-    each window's lines once, when the watermark reaches its end plus the allowed lateness (an
-    event-time timer per due time).
+class WindowAnalyticsFunction(KeyedProcessFunction):
+    """Event-time windowed analytics of the scored stream (udfs.analytics.WindowAnalytics): takes
+    each scored batch's columns as it comes, writes its late records to LATE at once, and emits
+    each window's lines once, at an event-time timer when the watermark reaches the window's end
+    plus the allowed lateness. One key (0): every window of every group is computed in one
+    subtask, on all the records due at once, which costs less than spreading batches of a few
+    dozen records.
 
-    Keyed state holds every partial as it came, until all its windows are emitted, and the
-    watermark through which windows were emitted; the worker's WindowMerger is loaded from it the
-    first time the worker sees a shard (after a start or a restore)."""
+    Keyed state holds the records whose windows are not all emitted yet (appended per batch,
+    rewritten when windows are emitted) and the watermark through which windows were emitted;
+    the worker's copy is loaded from it the first time it sees the key (after a start or a restore)."""
 
-    def __init__(self, merger_of: WindowMerger, keyed_output: bool):
-        self.merger_of = merger_of  # a template: each shard gets a fresh copy of its settings
+    def __init__(self, analytics: WindowAnalytics, keyed_output: bool):
+        self.template = analytics  # its settings; the worker's own copy is made in open()
         self.keyed_output = keyed_output
-        self.partials = None
+        self.analytics: WindowAnalytics | None = None
+        self.pending = None
         self.emitted_through = None
-        self.mergers: dict[int, WindowMerger] = {}
-        self.entry_prefix = ""
-        self.entries = 0
+        self.timers: set[int] = set()
         self.late = None
 
     def open(self, runtime_context: RuntimeContext):
         metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
-        # Summed with the scoring operator's by `riskstream status`. (No count of windows emitted: a
-        # counter this function raised only in on_timer, where windows are emitted, never reached
-        # Flink's REST API in process mode, on PyFlink 2.2.1.)
+        # Late-record lines (a record late for windows of two sizes has two), as the late output holds.
         self.late = metrics.counter("late")
-        self.partials = runtime_context.get_map_state(
-            MapStateDescriptor("window-partials", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
+        self.pending = runtime_context.get_list_state(ListStateDescriptor("pending-records", Types.PICKLED_BYTE_ARRAY()))
         self.emitted_through = runtime_context.get_state(ValueStateDescriptor("emitted-through", Types.LONG()))
-        self.mergers = {}
-        # Entry ids unique across restarts: this worker's own prefix, then a count.
-        self.entry_prefix = uuid.uuid4().hex[:12]
-        self.entries = 0
+        self.analytics = None
+        self.timers = set()
 
-    def process_element(self, shard_partials, ctx):
-        shard, data = shard_partials
-        merger = self._merger_of(shard)
-        self.entries += 1
-        entry_id = f"{self.entry_prefix}-{self.entries}"
-        due_times, stragglers = merger.add(entry_id, unpack_partials(data))
-        if due_times:
-            self.partials.put(entry_id, data)
-            for due in due_times:
-                ctx.timer_service().register_event_time_timer(due - FLINK_WATERMARK_LAG_MS)
-        if stragglers:
-            self.late.inc(len(stragglers))
-            yield LATE, output_bundle(stragglers, [None] * len(stragglers) if self.keyed_output else None)
+    def process_element(self, keyed_columns, ctx):
+        analytics = self._analytics()
+        flink_watermark = ctx.timer_service().current_watermark()
+        watermark = NO_WATERMARK if flink_watermark == JAVA_LONG_MIN else flink_watermark + FLINK_WATERMARK_LAG_MS
+        late, due_times, kept = analytics.receive(ScoredColumns.from_bytes(keyed_columns[1]), watermark)
+        self.pending.add(kept.to_bytes())
+        for due in due_times - self.timers:
+            ctx.timer_service().register_event_time_timer(due - FLINK_WATERMARK_LAG_MS)
+        self.timers |= due_times
+        self.late.inc(len(late))  # also when 0, so that the counter is reported from the first batch
+        if late:
+            yield LATE, output_bundle([line for _, line in late],
+                                      [txn_id for txn_id, _ in late] if self.keyed_output else None)
 
     def on_timer(self, timestamp, ctx):
-        merger = self._merger_of(ctx.get_current_key())
-        watermark = min(timestamp + FLINK_WATERMARK_LAG_MS, END_OF_INPUT)
-        lines, done = merger.emit(watermark)
-        for entry_id in done:
-            self.partials.remove(entry_id)
-        self.emitted_through.update(merger.emitted_through)
+        analytics = self._analytics()
+        # Every window due at the current watermark, not only this timer's: a watermark that jumps
+        # over several due times then emits them at its first timer, in one pass over the records.
+        flink_watermark = max(timestamp, ctx.timer_service().current_watermark())
+        watermark = min(flink_watermark + FLINK_WATERMARK_LAG_MS, END_OF_INPUT)
+        lines, remaining = analytics.emit(watermark)
+        self.timers = {due for due in self.timers if due > watermark}
+        if remaining is not None:
+            self.pending.update([remaining.to_bytes()] if len(remaining.event_times) else [])
+        self.emitted_through.update(analytics.emitted_through)
         if lines:
             yield output_bundle([line for _, line in lines], [key for key, _ in lines] if self.keyed_output else None)
 
-    def _merger_of(self, shard: int) -> WindowMerger:
-        merger = self.mergers.get(shard)
-        if merger is None:
-            merger = self.mergers[shard] = WindowMerger(self.merger_of.specs, self.merger_of.allowed_lateness_ms)
+    def _analytics(self) -> WindowAnalytics:
+        if self.analytics is None:
+            template = self.template
+            self.analytics = WindowAnalytics(template.specs, template.group_by, template.allowed_lateness_ms)
             emitted_through = self.emitted_through.value()
-            merger.restore(NO_WATERMARK if emitted_through is None else emitted_through,
-                           ((entry_id, unpack_partials(data)) for entry_id, data in self.partials.items()))
-        return merger
+            self.analytics.restore(NO_WATERMARK if emitted_through is None else emitted_through,
+                                   [ScoredColumns.from_bytes(data) for data in self.pending.get()])
+        return self.analytics
 
 
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
@@ -485,11 +466,10 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     model_inputs = transactions.process(
         ReadBundle(reader, settings.performance.shards, keyed_output, analytics.enabled), output_type=shard_batch_type
     ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
-    batch_analytics = BatchAnalytics(window_specs(settings), analytics.group_by, analytics.allowed_lateness_ms,
-                                     ANALYTICS_SHARDS) if analytics.enabled else None
     scored = (
         model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
-        .process(ScoreShard(scorer, keyed_output, batch_analytics), output_type=bundle_type)
+        .process(ScoreShard(scorer, keyed_output, analytics.group_by if analytics.enabled else None),
+                 output_type=bundle_type)
         .name("score-and-learn")
         .uid("score-and-learn")
         # Its own slots, so in process mode scoring gets Python workers apart from preparing.
@@ -502,16 +482,17 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     names = OUTPUTS
     if analytics.enabled:
         windows = (
-            scored.get_side_output(WINDOW_PARTIALS).key_by(lambda partials: partials[0], key_type=Types.INT())
-            .process(MergeWindows(WindowMerger(batch_analytics.specs, analytics.allowed_lateness_ms), keyed_output),
+            scored.get_side_output(SCORED_COLUMNS).key_by(lambda keyed: keyed[0], key_type=Types.INT())
+            .process(WindowAnalyticsFunction(WindowAnalytics(window_specs(settings), analytics.group_by,
+                                                             analytics.allowed_lateness_ms), keyed_output),
                      output_type=bundle_type)
-            .name("merge-windows")
-            .uid("merge-windows")
+            .name("window-analytics")
+            .uid("window-analytics")
             .slot_sharing_group("scoring")
         )
         names += ANALYTICS_OUTPUTS
         topics += (kafka.analytics_topic, kafka.late_topic)
-        output_bundles += (windows, scored.get_side_output(LATE).union(windows.get_side_output(LATE)))
+        output_bundles += (windows, windows.get_side_output(LATE))
     for name, topic, bundles in zip(names, topics, output_bundles):
         if keyed_output:
             split_lines(bundles, f"split-{name}").sink_to(kafka_sink(settings, topic, name)).name(

@@ -16,9 +16,8 @@ is late depends only on each split's own order, not on how splits interleave.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import pickle
-import zlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable, Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -276,227 +275,214 @@ class WindowKey(NamedTuple):
     group: str
 
 
-Partials = dict[WindowKey, WindowFigures]
+class ScoredColumns(NamedTuple):
+    """What windowed analytics needs of scored records, as numpy columns (strings as fixed-width
+    arrays), so that a batch pickles as a few buffers: the scoring operator sends one per batch."""
+
+    txn_ids: np.ndarray | None  # str; None once the late records have been found
+    model_keys: np.ndarray | None  # str; likewise
+    event_times: np.ndarray  # int64, epoch ms
+    watermarks: np.ndarray  # int64: the split's watermark at arrival; then the effective one (see WindowAnalytics)
+    scores: np.ndarray  # float64, probability of fraud before learning
+    labels: np.ndarray  # int8: 0, 1, or -1 for none
+    amounts: np.ndarray  # float64
+    currencies: np.ndarray  # str
+    accounts: np.ndarray  # bytes: pseudonyms (ASCII hex)
+    groups: tuple[np.ndarray, ...]  # str: each group_by field's values
+
+    @classmethod
+    def of(cls, batch: RecordBatch, scores: np.ndarray, group_by: Sequence[str]) -> ScoredColumns:
+        """The columns of a scored batch; `scores` in the batch's order."""
+        return cls(np.array(batch.txn_ids, np.str_), np.array(batch.model_keys, np.str_), batch.event_times,
+                   batch.source_watermarks, scores, batch.labels, batch.amounts, np.array(batch.currencies, np.str_),
+                   np.array(batch.accounts, np.bytes_),
+                   tuple(np.array(getattr(batch, GROUP_COLUMNS[name]), np.str_) for name in group_by))
+
+    def to_bytes(self) -> bytes:
+        return pickle.dumps(tuple(self), pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ScoredColumns:
+        return cls(*pickle.loads(data))
+
+    @classmethod
+    def joined(cls, chunks: Sequence[ScoredColumns]) -> ScoredColumns:
+        """The chunks' records one after the other (without txn_ids and model_keys)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        return cls(None, None, *(np.concatenate([getattr(chunk, name) for chunk in chunks])
+                                 for name in cls._fields[2:-1]),
+                   tuple(np.concatenate([chunk.groups[i] for chunk in chunks]) for i in range(len(chunks[0].groups))))
+
+    def take(self, rows: np.ndarray) -> ScoredColumns:
+        """The records at `rows` (without txn_ids and model_keys)."""
+        return ScoredColumns(None, None, *(getattr(self, name)[rows] for name in self._fields[2:-1]),
+                             tuple(values[rows] for values in self.groups))
 
 
-def pack_partials(partials: Partials) -> bytes:
-    """Partial figures as bytes for the hop to the merging operator and its state: each kind of
-    per-record value of all windows joined into one array (a pickle of a few buffers, whatever the
-    number of windows)."""
-    windows = list(partials.values())
-    joined = []
-    for chunks in ("account_chunks", "score_chunks", "label_chunks"):
-        lists = [getattr(window, chunks) for window in windows]
-        flat = [chunk for chunk_list in lists for chunk in chunk_list]
-        joined.append(np.concatenate(flat) if flat else None)
-        joined.append([sum(map(len, chunk_list)) for chunk_list in lists])
-    scalars = [(window.transactions, window.frauds, window.score_sum, window.amounts) for window in windows]
-    return pickle.dumps(([tuple(key) for key in partials], scalars, joined), pickle.HIGHEST_PROTOCOL)
+class WindowAnalytics:
+    """The windowed figures of the scored stream, as the job's `window-analytics` operator computes
+    them: it `receive`s each scored batch (ScoredColumns) as it comes, and `emit`s every window
+    whose end plus the allowed lateness the watermark has reached.
 
+    A record is late for each of its windows whose due time (end + allowed lateness) its effective
+    watermark has reached at its arrival here: the largest of its split's watermark, this
+    operator's watermark and the watermark through which windows were already emitted. While no
+    split is idle the last two never exceed the first, so what is late depends on each split's own
+    order only. Records wait (`pending`) until all their windows are emitted; figures are computed
+    when a window is emitted, for all the windows due at once, in numpy."""
 
-def unpack_partials(data: bytes) -> Partials:
-    """The partial figures of `pack_partials` (their per-record values as views of the joined arrays)."""
-    keys, scalars, joined = pickle.loads(data)
-    views = []
-    for values, lengths in zip(joined[0::2], joined[1::2]):
-        offsets = np.cumsum(lengths).tolist()
-        views.append([[values[end - length:end]] if length else [] for end, length in zip(offsets, lengths)])
-    return {WindowKey(*key): WindowFigures(transactions, frauds, score_sum, amounts, accounts, scores, labels)
-            for key, (transactions, frauds, score_sum, amounts), accounts, scores, labels
-            in zip(keys, scalars, *views)}
-
-
-def analytics_shard(group_by: str, group: str, shards: int) -> int:
-    """The merging shard (0..shards-1) of a group: crc32, so the same in every process and run."""
-    return zlib.crc32(f"{group_by}={group}".encode("utf-8")) % shards
-
-
-class BatchAnalytics:
-    """The scoring side of windowed analytics: a scored batch's records, as partial figures of
-    their windows and groups (to be merged across batches by `WindowMerger`), and its late records.
-
-    A record is late for each of its windows whose end plus `allowed_lateness_ms` its effective
-    watermark has reached: the larger of its split's watermark at its arrival (the batch's
-    source_watermarks) and the watermark of the operator that scores it. The second matters only
-    while a split is idle; otherwise it never exceeds the first. A late record is left out of the
-    windows it missed and counted in the others."""
-
-    def __init__(self, specs: Sequence[WindowSpec], group_by: Sequence[str], allowed_lateness_ms: int, shards: int):
+    def __init__(self, specs: Sequence[WindowSpec], group_by: Sequence[str], allowed_lateness_ms: int):
         self.specs = list(specs)
         self.group_by = list(group_by)
         self.allowed_lateness_ms = allowed_lateness_ms
-        self.shards = shards
+        self.pending: list[ScoredColumns] = []
+        self.emitted_through = NO_WATERMARK  # every window due at or before this was emitted
 
-    def assess(self, batch: RecordBatch, scores: np.ndarray, operator_watermark: int
-               ) -> tuple[dict[int, Partials], list[tuple[str, bytes]]]:
-        """(merging shard -> that shard's partial figures, [(txn_id, late-record JSON line)]) of a
-        batch and its records' scores (probabilities, in order).
-
-        Vectorized per window size: each record's k-th window (k < size / slide, rounded up) is
-        grouped with numpy by (window start, group), and only each group's figures are built in
-        Python. The figures equal WindowFigures.add over the group's records in batch order."""
-        n = len(batch)
-        partials: dict[int, Partials] = {}
-        late: list[tuple[str, bytes]] = []
-        if n == 0:
-            return partials, late
-        event_times = batch.event_times
+    def receive(self, columns: ScoredColumns, operator_watermark: int
+                ) -> tuple[list[tuple[str, bytes]], set[int], ScoredColumns]:
+        """Takes a scored batch arriving while this operator's watermark is `operator_watermark`.
+        Returns its late records as (txn_id, JSON line) pairs, the due times of the windows it
+        counts in (for timers), and the records as kept (to be stored: `restore` takes them)."""
         # Clamped: the watermark after the end of input is past the int64 range.
-        watermarks = np.maximum(batch.source_watermarks, min(max(operator_watermark, NO_WATERMARK), 2**63 - 1))
-        labelled = batch.labels >= 0
-        accounts = np.array(batch.accounts, np.bytes_)
-        currency_codes, currencies = _codes(batch.currencies)
-        columns = [(group_by, *_codes(getattr(batch, GROUP_COLUMNS[group_by]))) for group_by in self.group_by]
-        missed_by_record: list[dict[int, list]] = [{} for _ in self.specs]
-        for index, spec in enumerate(self.specs):
-            newest_start = event_times - event_times % spec.slide_ms
+        floor = min(max(operator_watermark, self.emitted_through, NO_WATERMARK), 2**63 - 1)
+        watermarks = np.maximum(columns.watermarks, floor)
+        event_times = columns.event_times
+        due_times: set[int] = set()
+        late: list[tuple[str, bytes]] = []
+        for spec in self.specs:
+            missed: dict[int, list] = {}
+            newest = event_times - event_times % spec.slide_ms
             for k in range(-(-spec.size_ms // spec.slide_ms)):
-                starts = newest_start - k * spec.slide_ms
+                starts = newest - k * spec.slide_ms
                 holds = starts > event_times - spec.size_ms  # the record is in [start, start + size)
                 due = starts + spec.size_ms + self.allowed_lateness_ms
                 is_late = holds & (watermarks >= due)
                 for r in np.flatnonzero(is_late).tolist():
-                    missed_by_record[index].setdefault(r, []).append(
-                        (int(starts[r]), int(watermarks[r] - due[r])))
-                rows = np.flatnonzero(holds & ~is_late)
-                if len(rows):
-                    self._group(index, rows, starts, columns, scores, labelled, batch, accounts, currency_codes,
-                                currencies, partials)
-        for index, spec in enumerate(self.specs):
-            for r, missed in sorted(missed_by_record[index].items()):
-                txn_id = batch.txn_ids[r]
+                    missed.setdefault(r, []).append((int(starts[r]), int(watermarks[r] - due[r])))
+                due_times.update(np.unique(due[holds & ~is_late]).tolist())
+            for r, windows in sorted(missed.items()):
+                txn_id = str(columns.txn_ids[r])
                 late.append((txn_id, orjson.dumps({
-                    "schema_version": ANALYTICS_SCHEMA_VERSION, "txn_id": txn_id, "model_key": batch.model_keys[r],
-                    "event_time": int(event_times[r]), "window": spec.name, "watermark": int(watermarks[r]),
+                    "schema_version": ANALYTICS_SCHEMA_VERSION, "txn_id": txn_id,
+                    "model_key": str(columns.model_keys[r]), "event_time": int(event_times[r]), "window": spec.name,
+                    "watermark": int(watermarks[r]),
                     "missed": [{"window_start": start, "window_end": start + spec.size_ms, "late_by_ms": by}
-                               for start, by in sorted(missed)]})))
-        return partials, late
+                               for start, by in sorted(windows)]})))
+        kept = columns._replace(txn_ids=None, model_keys=None, watermarks=watermarks)
+        self.pending.append(kept)
+        return late, due_times, kept
 
-    def _group(self, index, rows, starts, columns, scores, labelled, batch, accounts, currency_codes, currencies,
-               partials) -> None:
-        """Adds the records `rows` (in one window each, starting at `starts[row]`) to the partial
-        figures of their (window, group), for every group field: sums and counts for all groups at
-        once, then one WindowFigures update per group."""
-        row_starts = starts[rows]
-        for group_by, codes, values in columns:
-            # One group per (start, group value); rows ordered by group and, within it, by position.
-            combined = row_starts * len(values) + codes[rows]
-            order = np.argsort(combined, kind="stable")
-            ordered_rows = rows[order]
-            firsts = np.concatenate(([0], np.flatnonzero(np.diff(combined[order])) + 1))
-            group_of_row = np.repeat(np.arange(len(firsts)), np.diff(np.append(firsts, len(ordered_rows))))
-            ends = np.append(firsts[1:], len(ordered_rows)).tolist()
-            score_sums = np.add.reduceat(scores[ordered_rows], firsts).tolist()
-            is_labelled = labelled[ordered_rows]
-            labelled_rows = ordered_rows[is_labelled]
-            labelled_ends = np.cumsum(np.add.reduceat(is_labelled.astype(np.int64), firsts)).tolist()
-            labelled_scores = scores[labelled_rows]
-            labelled_labels = batch.labels[labelled_rows]
-            frauds = np.bincount(group_of_row, np.where(is_labelled, batch.labels[ordered_rows], 0),
-                                 len(firsts)).astype(np.int64).tolist()
-            ordered_accounts = accounts[ordered_rows]
-            # Amount count, sum and max per group and currency.
-            by_currency = group_of_row * len(currencies) + currency_codes[ordered_rows]
-            ordered_amounts = batch.amounts[ordered_rows]
-            amount_counts = np.bincount(by_currency, minlength=len(firsts) * len(currencies)).tolist()
-            amount_sums = np.bincount(by_currency, ordered_amounts, len(firsts) * len(currencies)).tolist()
-            amount_maxes = np.full(len(firsts) * len(currencies), -np.inf)
-            np.maximum.at(amount_maxes, by_currency, ordered_amounts)
-            amount_maxes = amount_maxes.tolist()
-            begin, labelled_begin = 0, 0
-            for group_index, (end, labelled_end) in enumerate(zip(ends, labelled_ends)):
-                first = ordered_rows[begin]
-                start, group = int(starts[first]), values[codes[first]]
-                shard_partials = partials.setdefault(analytics_shard(group_by, group, self.shards), {})
-                figures = shard_partials.get(key := WindowKey(index, start, group_by, group))
-                if figures is None:
-                    figures = shard_partials[key] = WindowFigures()
-                figures.transactions += end - begin
-                figures.score_sum += score_sums[group_index]
-                figures.account_chunks.append(ordered_accounts[begin:end])
-                if labelled_end > labelled_begin:
-                    figures.frauds += frauds[group_index]
-                    figures.score_chunks.append(labelled_scores[labelled_begin:labelled_end])
-                    figures.label_chunks.append(labelled_labels[labelled_begin:labelled_end])
-                for code, currency in enumerate(currencies):
-                    slot = group_index * len(currencies) + code
-                    if amount_counts[slot]:
-                        figures.add_amounts(currency, amount_counts[slot], amount_sums[slot], amount_maxes[slot])
-                begin, labelled_begin = end, labelled_end
-
-class WindowMerger:
-    """The merging side of windowed analytics: partial figures from the scoring side, merged per
-    window and group, and emitted once, when the watermark reaches a window's end plus the
-    allowed lateness.
-
-    Each partial is an entry with an id (the job keeps entries in keyed state, as they came, so
-    that a restored job merges them again); an entry is done once every window it touched has been
-    emitted."""
-
-    def __init__(self, specs: Sequence[WindowSpec], allowed_lateness_ms: int):
-        self.specs = list(specs)
-        self.allowed_lateness_ms = allowed_lateness_ms
-        self.open: Partials = {}
-        self.entries: dict[str, int] = {}  # entry id -> the due time of its last window
-        self.emitted_through = NO_WATERMARK  # every window due at or before this was emitted
-
-    def due(self, key: WindowKey) -> int:
-        """When a window is emitted: the watermark (epoch ms) that reaches its end plus the lateness."""
-        return key.start + self.specs[key.window].size_ms + self.allowed_lateness_ms
-
-    def add(self, entry_id: str, partials: Partials) -> tuple[set[int], list[bytes]]:
-        """Merges an entry's partials. Returns the due times of its windows (for timers), and a
-        late-output line for each partial of a window already emitted, which the scoring side's
-        rules never send (kept, not dropped, should it ever happen)."""
-        due_times: set[int] = set()
-        stragglers: list[bytes] = []
-        for key, figures in partials.items():
-            due = self.due(key)
-            if due <= self.emitted_through:
-                spec = self.specs[key.window]
-                stragglers.append(orjson.dumps({
-                    "schema_version": ANALYTICS_SCHEMA_VERSION, "window": spec.name, "window_start": key.start,
-                    "window_end": key.start + spec.size_ms, "group_by": key.group_by, "group": key.group,
-                    "transactions": figures.transactions, "reason": "arrived after its window was emitted"}))
-                continue
-            due_times.add(due)
-            mine = self.open.get(key)
-            if mine is None:  # a copy: the entry's own figures stay as they came, for a restore
-                mine = self.open[key] = WindowFigures()
-            mine.merge(figures)
-        if due_times:
-            self.entries[entry_id] = max(due_times)
-        return due_times, stragglers
-
-    def restore(self, emitted_through: int, entries: Iterable[tuple[str, Partials]]) -> None:
-        """Starts again from stored state: what was emitted through, and the entries not yet done
-        (their windows already emitted are skipped)."""
-        self.open, self.entries, self.emitted_through = {}, {}, emitted_through
-        for entry_id, partials in entries:
-            self.add(entry_id, {key: figures for key, figures in partials.items() if self.due(key) > emitted_through})
-
-    def emit(self, watermark: int) -> tuple[list[tuple[str, bytes]], list[str]]:
-        """The JSON lines of every window due at or before `watermark` (by due time, window, start,
-        group field and group), each with its group as `<group_by>=<group>` (a message key), and
-        the ids of the entries now done."""
-        if watermark <= self.emitted_through:
-            return [], []
+    def emit(self, watermark: int) -> tuple[list[tuple[str, bytes]], ScoredColumns | None]:
+        """The JSON lines of every window due at or before `watermark` and not emitted before (by due
+        time, window, start, group field and group), each with `<group_by>=<group>` (a message
+        key); and, when records were let go (all their windows emitted), the records still
+        pending, as one batch (None: the pending records did not change)."""
+        if watermark <= self.emitted_through or not self.pending:
+            self.emitted_through = max(self.emitted_through, watermark)
+            return [], None
+        pending = ScoredColumns.joined(self.pending)
+        lateness = self.allowed_lateness_ms
+        # Only the records with a window due now are grouped; the rest wait as they are.
+        due_now = np.zeros(len(pending.event_times), bool)
+        for spec in self.specs:
+            oldest_start = pending.event_times - pending.event_times % spec.slide_ms - (
+                -(-spec.size_ms // spec.slide_ms) - 1) * spec.slide_ms
+            due_now |= oldest_start + spec.size_ms + lateness <= watermark
+        records = pending.take(np.flatnonzero(due_now)) if not due_now.all() else pending
+        event_times = records.event_times
+        partials: dict[WindowKey, WindowFigures] = {}
+        still_pending = np.zeros(len(pending.event_times), bool)
+        currency_codes, currencies = _codes(records.currencies)
+        columns = [(name, *_codes(values)) for name, values in zip(self.group_by, records.groups)]
+        for index, spec in enumerate(self.specs):
+            newest_of_pending = pending.event_times - pending.event_times % spec.slide_ms
+            still_pending |= newest_of_pending + spec.size_ms + lateness > watermark  # its newest window is not due
+            newest = event_times - event_times % spec.slide_ms
+            for k in range(-(-spec.size_ms // spec.slide_ms)):
+                starts = newest - k * spec.slide_ms
+                due = starts + spec.size_ms + lateness
+                counted = ((starts > event_times - spec.size_ms) & (due <= watermark) & (due > self.emitted_through)
+                           & (records.watermarks < due))
+                rows = np.flatnonzero(counted)
+                if len(rows):
+                    _group(index, rows, starts, columns, records, currency_codes, currencies, partials)
         self.emitted_through = watermark
-        due = sorted((key for key in self.open if self.due(key) <= watermark),
-                     key=lambda key: (self.due(key), key))
-        if not due:
-            return [], []
-        figures = window_figures([self.open.pop(key) for key in due])
+        due = sorted(partials, key=lambda key: (key.start + self.specs[key.window].size_ms, key))
+        figures = window_figures([partials[key] for key in due])
         lines = [(f"{key.group_by}={key.group}", orjson.dumps(window_line(
             self.specs[key.window], key.start, key.group_by, key.group, window))) for key, window in zip(due, figures)]
-        done = [entry_id for entry_id, last_due in self.entries.items() if last_due <= watermark]
-        for entry_id in done:
-            del self.entries[entry_id]
-        return lines, done
+        if still_pending.all():
+            self.pending = [pending]
+            return lines, None
+        remaining = pending.take(np.flatnonzero(still_pending))
+        self.pending = [remaining] if len(remaining.event_times) else []
+        return lines, remaining
+
+    def restore(self, emitted_through: int, kept: Iterable[ScoredColumns]) -> None:
+        """Starts again from stored state: the watermark through which windows were emitted, and
+        the records kept (as `receive` and `emit` returned them, in order)."""
+        self.emitted_through = emitted_through
+        self.pending = list(kept)
 
 
-def _codes(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """(each value's code, as int64; the distinct values, by first appearance)."""
+def _group(index: int, rows: np.ndarray, starts: np.ndarray, columns, records: ScoredColumns,
+           currency_codes: np.ndarray, currencies: list, partials: dict[WindowKey, WindowFigures]) -> None:
+    """Adds the records `rows` (each in the window of spec `index` starting at `starts[row]`) to the
+    figures of their (window, group), for every group field: sums and counts for all groups at
+    once, then one WindowFigures update per group."""
+    scores, labels, amounts, accounts = records.scores, records.labels, records.amounts, records.accounts
+    labelled = labels >= 0
+    row_starts = starts[rows]
+    for group_by, codes, values in columns:
+        # One group per (start, group value); rows ordered by group and, within it, by position.
+        combined = row_starts * len(values) + codes[rows]
+        order = np.argsort(combined, kind="stable")
+        ordered_rows = rows[order]
+        firsts = np.concatenate(([0], np.flatnonzero(np.diff(combined[order])) + 1))
+        group_of_row = np.repeat(np.arange(len(firsts)), np.diff(np.append(firsts, len(ordered_rows))))
+        ends = np.append(firsts[1:], len(ordered_rows)).tolist()
+        score_sums = np.add.reduceat(scores[ordered_rows], firsts).tolist()
+        is_labelled = labelled[ordered_rows]
+        labelled_rows = ordered_rows[is_labelled]
+        labelled_ends = np.cumsum(np.add.reduceat(is_labelled.astype(np.int64), firsts)).tolist()
+        labelled_scores, labelled_labels = scores[labelled_rows], labels[labelled_rows]
+        frauds = np.bincount(group_of_row, np.where(is_labelled, labels[ordered_rows], 0),
+                             len(firsts)).astype(np.int64).tolist()
+        ordered_accounts = accounts[ordered_rows]
+        # Amount count, sum and max per group and currency.
+        by_currency = group_of_row * len(currencies) + currency_codes[ordered_rows]
+        ordered_amounts = amounts[ordered_rows]
+        slots = len(firsts) * len(currencies)
+        amount_counts = np.bincount(by_currency, minlength=slots).tolist()
+        amount_sums = np.bincount(by_currency, ordered_amounts, slots).tolist()
+        amount_maxes = np.full(slots, -np.inf)
+        np.maximum.at(amount_maxes, by_currency, ordered_amounts)
+        amount_maxes = amount_maxes.tolist()
+        begin, labelled_begin = 0, 0
+        for group_index, (end, labelled_end) in enumerate(zip(ends, labelled_ends)):
+            first = ordered_rows[begin]
+            key = WindowKey(index, int(starts[first]), group_by, values[codes[first]])
+            figures = partials.get(key)
+            if figures is None:
+                figures = partials[key] = WindowFigures()
+            figures.transactions += end - begin
+            figures.score_sum += score_sums[group_index]
+            figures.account_chunks.append(ordered_accounts[begin:end])
+            if labelled_end > labelled_begin:
+                figures.frauds += frauds[group_index]
+                figures.score_chunks.append(labelled_scores[labelled_begin:labelled_end])
+                figures.label_chunks.append(labelled_labels[labelled_begin:labelled_end])
+            for code, currency in enumerate(currencies):
+                slot = group_index * len(currencies) + code
+                if amount_counts[slot]:
+                    figures.add_amounts(currency, amount_counts[slot], amount_sums[slot], amount_maxes[slot])
+            begin, labelled_begin = end, labelled_end
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(each value's code, int64; the distinct values, by first appearance, as Python strings).
+    A dict, not np.unique: sorting strings costs more than hashing them."""
     index: dict[str, int] = {}
-    codes = np.fromiter((index.setdefault(value, len(index)) for value in values), np.int64, len(values))
+    codes = np.fromiter((index.setdefault(value, len(index)) for value in values.tolist()), np.int64, len(values))
     return codes, list(index)

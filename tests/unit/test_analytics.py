@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 
 from tests.analytics_reference import close
@@ -206,13 +207,11 @@ def test_window_line_names_window_group_and_figures():
     assert line["transactions"] == 1 and line["fraud_rate"] == 1.0
 
 
-# ------------------------------------------------- the job's side: per-batch partials, merged
+# ------------------------------------------------- the job's side: batches as they come, windows as they are due
 
 
 def batch_of(records: list[ScoredRecord], source_watermarks: list[int]):
     """A RecordBatch of scored records (their context, event time and label), each with its split's watermark."""
-    import numpy as np
-
     from udfs.pipeline import ModelInput, RecordBatch, ScoreContext
 
     inputs = [ModelInput(r.groups["merchant_category"], f"t{r.account}-{r.event_time}", r.event_time, r.label, [], [],
@@ -231,65 +230,55 @@ def random_splits(seed: int, per_split: int = 80) -> dict[str, list[ScoredRecord
                    for t in range(per_split)] for name in ("a", "b")}
 
 
-def run_through_the_job_side(splits, specs, lateness, out_of_orderness, batch_size, shards, restore_at=None):
-    """Splits interleaved in batches through BatchAnalytics (shards merged by WindowMerger each),
-    the watermark advancing to the minimum over splits after each batch; optionally a restore
-    from the stored entries after `restore_at` batches. Returns (window lines, late lines)."""
+def run_through_the_job_side(splits, specs, lateness, out_of_orderness, batch_size, restore_at=None):
+    """Splits interleaved in batches through WindowAnalytics, as the job's window-analytics
+    operator sees them: each batch with its records' split watermarks, the operator's watermark the
+    minimum over splits, windows emitted as it advances, and what is kept stored as the operator
+    stores it; optionally a restore from the stored state after `restore_at` batches (the records
+    since the last emission are kept, as after a checkpoint). Returns (window lines, late lines)."""
     import orjson
 
-    from udfs.analytics import NO_WATERMARK, BatchAnalytics, WindowMerger
+    from udfs.analytics import NO_WATERMARK, ScoredColumns, WindowAnalytics
 
-    analytics = BatchAnalytics(specs, ["merchant_category", "country"], lateness, shards)
-    mergers = {shard: WindowMerger(specs, lateness) for shard in range(shards)}
-    stored: dict[int, dict[str, object]] = {shard: {} for shard in range(shards)}
+    group_by = ["merchant_category", "country"]
+    analytics = WindowAnalytics(specs, group_by, lateness)
+    stored: list[bytes] = []  # the pending-records list state
     marks = SplitWatermarks(out_of_orderness)
     lines, late = [], []
     positions = {name: 0 for name in splits}
     batches = 0
+    operator_watermark = NO_WATERMARK
     while any(positions[name] < len(splits[name]) for name in splits):
         for name in splits:
             chunk = splits[name][positions[name]:positions[name] + batch_size]
             positions[name] += len(chunk)
             if not chunk:
                 continue
-            job_watermark = min((marks.watermark(n) for n in splits if marks.watermark(n) is not None),
-                                default=NO_WATERMARK) if all(marks.watermark(n) is not None for n in splits) \
-                else NO_WATERMARK
             watermarks = [marks.observe(name, r.event_time) for r in chunk]
-            partials, batch_late = analytics.assess(batch_of(chunk, watermarks),
-                                                    np.array([r.score for r in chunk]), job_watermark)
+            columns = ScoredColumns.of(batch_of(chunk, watermarks), np.array([r.score for r in chunk]), group_by)
+            batch_late, _, kept = analytics.receive(ScoredColumns.from_bytes(columns.to_bytes()), operator_watermark)
             late += [orjson.loads(line) for _, line in batch_late]
-            for shard, shard_partials in partials.items():
-                entry = f"{name}-{positions[name]}"
-                _, stragglers = mergers[shard].add(entry, shard_partials)
-                assert stragglers == []
-                stored[shard][entry] = shard_partials
+            stored.append(kept.to_bytes())
             batches += 1
             if all(marks.watermark(n) is not None for n in splits):
-                job_watermark = min(marks.watermark(n) for n in splits)
-                for shard, merger in mergers.items():
-                    emitted, done = merger.emit(job_watermark)
-                    lines += [orjson.loads(line) for _, line in emitted]
-                    for entry in done:
-                        del stored[shard][entry]
+                operator_watermark = min(marks.watermark(n) for n in splits)
+                emitted, remaining = analytics.emit(operator_watermark)
+                lines += [orjson.loads(line) for _, line in emitted]
+                if remaining is not None:
+                    stored = [remaining.to_bytes()] if len(remaining.event_times) else []
             if batches == restore_at:
-                for shard, merger in mergers.items():
-                    restored = WindowMerger(specs, lateness)
-                    restored.restore(merger.emitted_through, list(stored[shard].items()))
-                    mergers[shard] = restored
-    for merger in mergers.values():
-        lines += [orjson.loads(line) for _, line in merger.emit(2**63 - 1)[0]]
+                restored = WindowAnalytics(specs, group_by, lateness)
+                restored.restore(analytics.emitted_through, [ScoredColumns.from_bytes(data) for data in stored])
+                analytics = restored
+    lines += [orjson.loads(line) for _, line in analytics.emit(2**63 - 1)[0]]
     return lines, late
 
 
-import numpy as np  # noqa: E402  (for the helpers above)
-
-
 @pytest.mark.parametrize("seed, batch_size, restore_at", [(1, 7, None), (2, 1, None), (3, 25, 5), (4, 10, 3)])
-def test_batches_merged_across_shards_give_the_reference_windows_and_late_records(seed, batch_size, restore_at):
+def test_batches_through_the_job_side_give_the_reference_windows_and_late_records(seed, batch_size, restore_at):
     splits = random_splits(seed)
     specs = [WindowSpec(10_000, 10_000), WindowSpec(12_000, 4_000)]
-    lines, late = run_through_the_job_side(splits, specs, 1_500, 2_000, batch_size, shards=3, restore_at=restore_at)
+    lines, late = run_through_the_job_side(splits, specs, 1_500, 2_000, batch_size, restore_at=restore_at)
     arrivals = [(name, r) for name in splits for r in splits[name]]  # per split order is all that matters
     for index, spec in enumerate(specs):
         windows, expected_late = analyze(arrivals, spec, ["merchant_category", "country"], 2_000, 1_500)
@@ -306,17 +295,20 @@ def test_batches_merged_across_shards_give_the_reference_windows_and_late_record
     assert late, "the random splits have late records"
 
 
-def test_a_partial_for_a_window_already_emitted_goes_to_the_late_output():
-    from udfs.analytics import WindowKey, WindowMerger
+def test_a_record_for_a_window_already_emitted_is_late_whatever_its_splits_watermark():
+    """After an idle split let the watermark pass a window, a record of that window from the idle
+    split is late (not silently left out), though its own split's watermark is behind."""
+    import orjson
 
-    merger = WindowMerger([WindowSpec(10_000, 10_000)], 0)
-    figures = WindowFigures()
-    figures.add(record(5_000))
-    merger.add("e1", {WindowKey(0, 0, "country", "DE"): figures})
-    assert [key for key, _ in merger.emit(10_000)[0]] == ["country=DE"]
-    late_figures = WindowFigures()
-    late_figures.add(record(6_000))
-    due, stragglers = merger.add("e2", {WindowKey(0, 0, "country", "DE"): late_figures})
-    assert due == set() and len(stragglers) == 1
-    assert b'"transactions":1' in stragglers[0] and b"after its window was emitted" in stragglers[0]
-    assert merger.emit(20_000) == ([], ["e1"][:0])  # nothing more to emit, no entry left open
+    from udfs.analytics import ScoredColumns, WindowAnalytics
+
+    analytics = WindowAnalytics([WindowSpec(10_000, 10_000)], ["country"], 0)
+    first = [record(5_000), record(25_000)]
+    analytics.receive(ScoredColumns.of(batch_of(first, [5_000, 25_000]), np.array([0.5, 0.5]), ["country"]), 0)
+    lines, _ = analytics.emit(25_000)
+    assert [orjson.loads(line)["window_start"] for _, line in lines] == [0]
+    late, due_times, _ = analytics.receive(
+        ScoredColumns.of(batch_of([record(6_000)], [6_000]), np.array([0.5]), ["country"]), 0)
+    assert due_times == set()
+    assert [orjson.loads(line)["missed"] for _, line in late] == [
+        [{"window_start": 0, "window_end": 10_000, "late_by_ms": 15_000}]]
