@@ -48,7 +48,7 @@ from streaming.cluster import JOB_NAME, METRICS_GROUP
 from streaming.config import Settings
 from streaming.flink_options import flink_options
 from streaming.from_settings import transaction_reader, model_scorer, window_specs
-from udfs.analytics import NO_WATERMARK, ScoredColumns, WindowAnalytics
+from udfs.analytics import NO_WATERMARK, ScoredColumns, WindowAnalytics, late_records
 from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, records_in_bundle
 from udfs.ordering import BundleSequencer, split_bundle_header
 from udfs.pipeline import (
@@ -175,14 +175,15 @@ class ScoreShard(KeyedProcessFunction):
     equals the state.
     """
 
-    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics_group_by: Sequence[str] | None):
+    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: WindowAnalytics | None):
         self.scorer = scorer
         self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
-        self.analytics_group_by = analytics_group_by  # None: windowed analytics off
+        self.analytics = analytics  # its settings; None: windowed analytics off
         self.models = None
         self.shard_models: dict[int, ModelTable] = {}
         self.sequencer = BundleSequencer()
         self.scored = None
+        self.late = None
         self.recent_loss: RecentLogLoss | None = None
 
     def open(self, runtime_context: RuntimeContext):
@@ -192,6 +193,8 @@ class ScoreShard(KeyedProcessFunction):
         # (0: no figure yet), so that a reader can weigh the subtasks' figures.
         metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
         self.scored = metrics.counter("scored")
+        # Late-record lines (a record late for windows of two sizes has two), as the late output holds.
+        self.late = metrics.counter("late") if self.analytics is not None else None
         self.recent_loss = RecentLogLoss()
         metrics.gauge("model_keys", self._model_keys)
         metrics.gauge("recent_log_loss_micro", self.recent_loss.value_micro)
@@ -223,9 +226,19 @@ class ScoreShard(KeyedProcessFunction):
                                     batch.model_keys if self.keyed_output else None)
             if assessed.snapshots:
                 yield SNAPSHOTS, keyed_lines_bundle(assessed.snapshots, self.keyed_output)
-            if self.analytics_group_by is not None and len(batch):
-                columns = ScoredColumns.of(batch, assessed.probability, self.analytics_group_by)
-                yield SCORED_COLUMNS, (0, columns.to_bytes())
+            if self.analytics is not None and len(batch):
+                yield from self._to_analytics(batch, assessed.probability, ctx.timer_service().current_watermark())
+
+    def _to_analytics(self, batch: RecordBatch, scores, flink_watermark: int):
+        """The batch's late records (to LATE) and its columns (to SCORED_COLUMNS, for window-analytics)."""
+        analytics = self.analytics
+        watermark = NO_WATERMARK if flink_watermark == JAVA_LONG_MIN else flink_watermark + FLINK_WATERMARK_LAG_MS
+        watermarks, late = late_records(analytics.specs, analytics.allowed_lateness_ms, batch, watermark)
+        self.late.inc(len(late))  # also when 0, so that the counter is reported from the first batch
+        if late:
+            yield LATE, output_bundle([line for _, line in late],
+                                      [txn_id for txn_id, _ in late] if self.keyed_output else None)
+        yield SCORED_COLUMNS, (0, ScoredColumns.of(batch, scores, watermarks, analytics.group_by).to_bytes())
 
     def _model_keys(self) -> int:
         """Model keys in this worker's tables (the `model_keys` gauge): a shard's keys count from
@@ -254,11 +267,11 @@ class ScoreShard(KeyedProcessFunction):
 
 class WindowAnalyticsFunction(KeyedProcessFunction):
     """Event-time windowed analytics of the scored stream (udfs.analytics.WindowAnalytics): takes
-    each scored batch's columns as it comes, writes its late records to LATE at once, and emits
-    each window's lines once, at an event-time timer when the watermark reaches the window's end
-    plus the allowed lateness. One key (0): every window of every group is computed in one
-    subtask, on all the records due at once, which costs less than spreading batches of a few
-    dozen records.
+    each scored batch's columns as it comes (the scoring operator has already written its late
+    records), and emits each window's lines once, at an event-time timer when the watermark
+    reaches the window's end plus the allowed lateness. One key (0): every window of every group
+    is computed in one subtask, on all the records due at once, which costs less than spreading
+    batches of a few dozen records.
 
     Keyed state holds the records whose windows are not all emitted yet (appended per batch,
     rewritten when windows are emitted) and the watermark through which windows were emitted;
@@ -275,7 +288,8 @@ class WindowAnalyticsFunction(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext):
         metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
-        # Late-record lines (a record late for windows of two sizes has two), as the late output holds.
+        # Summed with the scoring operator's by `riskstream status`; counts only what the scoring
+        # side could not (see WindowAnalytics.receive).
         self.late = metrics.counter("late")
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending-records", Types.PICKLED_BYTE_ARRAY()))
         self.emitted_through = runtime_context.get_state(ValueStateDescriptor("emitted-through", Types.LONG()))
@@ -284,15 +298,12 @@ class WindowAnalyticsFunction(KeyedProcessFunction):
 
     def process_element(self, keyed_columns, ctx):
         analytics = self._analytics()
-        flink_watermark = ctx.timer_service().current_watermark()
-        watermark = NO_WATERMARK if flink_watermark == JAVA_LONG_MIN else flink_watermark + FLINK_WATERMARK_LAG_MS
-        late, due_times, kept = analytics.receive(ScoredColumns.from_bytes(keyed_columns[1]), watermark)
+        late, due_times, kept = analytics.receive(ScoredColumns.from_bytes(keyed_columns[1]))
         self.pending.add(kept.to_bytes())
-        for due in due_times - self.timers:
-            ctx.timer_service().register_event_time_timer(due - FLINK_WATERMARK_LAG_MS)
-        self.timers |= due_times
-        self.late.inc(len(late))  # also when 0, so that the counter is reported from the first batch
+        if due_times:
+            self._timer_at(min(due_times), ctx)
         if late:
+            self.late.inc(len(late))
             yield LATE, output_bundle([line for _, line in late],
                                       [txn_id for txn_id, _ in late] if self.keyed_output else None)
 
@@ -304,11 +315,22 @@ class WindowAnalyticsFunction(KeyedProcessFunction):
         watermark = min(flink_watermark + FLINK_WATERMARK_LAG_MS, END_OF_INPUT)
         lines, remaining = analytics.emit(watermark)
         self.timers = {due for due in self.timers if due > watermark}
+        next_due = analytics.next_due()
+        if next_due is not None:
+            self._timer_at(next_due, ctx)
         if remaining is not None:
             self.pending.update([remaining.to_bytes()] if len(remaining.event_times) else [])
         self.emitted_through.update(analytics.emitted_through)
         if lines:
             yield output_bundle([line for _, line in lines], [key for key, _ in lines] if self.keyed_output else None)
+
+    def _timer_at(self, due: int, ctx) -> None:
+        """A timer at `due` unless one is set at or before it: one timer at a time, at the earliest
+        due window, since each firing is a round trip to the Python worker; the firing emits every
+        window due by then and sets the next."""
+        if not self.timers or due < min(self.timers):
+            ctx.timer_service().register_event_time_timer(due - FLINK_WATERMARK_LAG_MS)
+            self.timers.add(due)
 
     def _analytics(self) -> WindowAnalytics:
         if self.analytics is None:
@@ -463,13 +485,14 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     if analytics.enabled:
         source = split_watermark_tagged(source, settings)
     transactions = bundled(source, settings)
+    window_analytics = WindowAnalytics(window_specs(settings), analytics.group_by,
+                                       analytics.allowed_lateness_ms) if analytics.enabled else None
     model_inputs = transactions.process(
         ReadBundle(reader, settings.performance.shards, keyed_output, analytics.enabled), output_type=shard_batch_type
     ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
     scored = (
         model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
-        .process(ScoreShard(scorer, keyed_output, analytics.group_by if analytics.enabled else None),
-                 output_type=bundle_type)
+        .process(ScoreShard(scorer, keyed_output, window_analytics), output_type=bundle_type)
         .name("score-and-learn")
         .uid("score-and-learn")
         # Its own slots, so in process mode scoring gets Python workers apart from preparing.
@@ -483,16 +506,14 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     if analytics.enabled:
         windows = (
             scored.get_side_output(SCORED_COLUMNS).key_by(lambda keyed: keyed[0], key_type=Types.INT())
-            .process(WindowAnalyticsFunction(WindowAnalytics(window_specs(settings), analytics.group_by,
-                                                             analytics.allowed_lateness_ms), keyed_output),
-                     output_type=bundle_type)
+            .process(WindowAnalyticsFunction(window_analytics, keyed_output), output_type=bundle_type)
             .name("window-analytics")
             .uid("window-analytics")
             .slot_sharing_group("scoring")
         )
         names += ANALYTICS_OUTPUTS
         topics += (kafka.analytics_topic, kafka.late_topic)
-        output_bundles += (windows, windows.get_side_output(LATE))
+        output_bundles += (windows, scored.get_side_output(LATE).union(windows.get_side_output(LATE)))
     for name, topic, bundles in zip(names, topics, output_bundles):
         if keyed_output:
             split_lines(bundles, f"split-{name}").sink_to(kafka_sink(settings, topic, name)).name(

@@ -275,28 +275,33 @@ class WindowKey(NamedTuple):
     group: str
 
 
-class ScoredColumns(NamedTuple):
-    """What windowed analytics needs of scored records, as numpy columns (strings as fixed-width
-    arrays), so that a batch pickles as a few buffers: the scoring operator sends one per batch."""
+def _utf8_column(values: Sequence[str]) -> np.ndarray:
+    """Strings as a fixed-width bytes array of their UTF-8 (1 byte a character for ASCII, not 4 as
+    numpy's str arrays take). numpy drops trailing NUL bytes, which cleaned values do not end in."""
+    return np.array([value.encode("utf-8") for value in values], np.bytes_)
 
-    txn_ids: np.ndarray | None  # str; None once the late records have been found
-    model_keys: np.ndarray | None  # str; likewise
+
+class ScoredColumns(NamedTuple):
+    """What windowed analytics needs of scored records, as numpy columns (strings as UTF-8 bytes
+    arrays), so that a batch pickles as a few small buffers: the scoring operator sends one per batch."""
+
+    txn_ids: np.ndarray  # bytes
     event_times: np.ndarray  # int64, epoch ms
-    watermarks: np.ndarray  # int64: the split's watermark at arrival; then the effective one (see WindowAnalytics)
+    watermarks: np.ndarray  # int64: each record's effective watermark at its arrival (see late_records)
     scores: np.ndarray  # float64, probability of fraud before learning
     labels: np.ndarray  # int8: 0, 1, or -1 for none
     amounts: np.ndarray  # float64
-    currencies: np.ndarray  # str
+    currencies: np.ndarray  # bytes
     accounts: np.ndarray  # bytes: pseudonyms (ASCII hex)
-    groups: tuple[np.ndarray, ...]  # str: each group_by field's values
+    groups: tuple[np.ndarray, ...]  # bytes: each group_by field's values
 
     @classmethod
-    def of(cls, batch: RecordBatch, scores: np.ndarray, group_by: Sequence[str]) -> ScoredColumns:
-        """The columns of a scored batch; `scores` in the batch's order."""
-        return cls(np.array(batch.txn_ids, np.str_), np.array(batch.model_keys, np.str_), batch.event_times,
-                   batch.source_watermarks, scores, batch.labels, batch.amounts, np.array(batch.currencies, np.str_),
-                   np.array(batch.accounts, np.bytes_),
-                   tuple(np.array(getattr(batch, GROUP_COLUMNS[name]), np.str_) for name in group_by))
+    def of(cls, batch: RecordBatch, scores: np.ndarray, watermarks: np.ndarray, group_by: Sequence[str]
+           ) -> ScoredColumns:
+        """The columns of a scored batch; `scores` and effective `watermarks` in the batch's order."""
+        return cls(_utf8_column(batch.txn_ids), batch.event_times, watermarks, scores, batch.labels, batch.amounts,
+                   _utf8_column(batch.currencies), np.array(batch.accounts, np.bytes_),
+                   tuple(_utf8_column(getattr(batch, GROUP_COLUMNS[name])) for name in group_by))
 
     def to_bytes(self) -> bytes:
         return pickle.dumps(tuple(self), pickle.HIGHEST_PROTOCOL)
@@ -307,30 +312,71 @@ class ScoredColumns(NamedTuple):
 
     @classmethod
     def joined(cls, chunks: Sequence[ScoredColumns]) -> ScoredColumns:
-        """The chunks' records one after the other (without txn_ids and model_keys)."""
+        """The chunks' records one after the other."""
         if len(chunks) == 1:
             return chunks[0]
-        return cls(None, None, *(np.concatenate([getattr(chunk, name) for chunk in chunks])
-                                 for name in cls._fields[2:-1]),
+        return cls(*(np.concatenate([getattr(chunk, name) for chunk in chunks]) for name in cls._fields[:-1]),
                    tuple(np.concatenate([chunk.groups[i] for chunk in chunks]) for i in range(len(chunks[0].groups))))
 
     def take(self, rows: np.ndarray) -> ScoredColumns:
-        """The records at `rows` (without txn_ids and model_keys)."""
-        return ScoredColumns(None, None, *(getattr(self, name)[rows] for name in self._fields[2:-1]),
+        """The records at `rows`."""
+        return ScoredColumns(*(getattr(self, name)[rows] for name in self._fields[:-1]),
                              tuple(values[rows] for values in self.groups))
+
+
+def _missed(spec: WindowSpec, event_times: np.ndarray, watermarks: np.ndarray, allowed_lateness_ms: int,
+            before: np.ndarray | None = None) -> dict[int, list[tuple[int, int]]]:
+    """Record position -> [(window start, late_by_ms)] of the windows of `spec` each record is late
+    for at `watermarks` (due time reached), leaving out those already due at `before`."""
+    missed: dict[int, list[tuple[int, int]]] = {}
+    newest = event_times - event_times % spec.slide_ms
+    for k in range(-(-spec.size_ms // spec.slide_ms)):
+        starts = newest - k * spec.slide_ms
+        due = starts + spec.size_ms + allowed_lateness_ms
+        is_late = (starts > event_times - spec.size_ms) & (watermarks >= due)
+        if before is not None:
+            is_late &= before < due
+        for r in np.flatnonzero(is_late).tolist():
+            missed.setdefault(r, []).append((int(starts[r]), int(watermarks[r] - due[r])))
+    return missed
+
+
+def _late_line(spec: WindowSpec, txn_id: str, model_key: str | None, event_time: int, watermark: int,
+               missed: list[tuple[int, int]]) -> bytes:
+    return orjson.dumps({
+        "schema_version": ANALYTICS_SCHEMA_VERSION, "txn_id": txn_id, "model_key": model_key,
+        "event_time": event_time, "window": spec.name, "watermark": watermark,
+        "missed": [{"window_start": start, "window_end": start + spec.size_ms, "late_by_ms": by}
+                   for start, by in sorted(missed)]})
+
+
+def late_records(specs: Sequence[WindowSpec], allowed_lateness_ms: int, batch: RecordBatch,
+                 operator_watermark: int) -> tuple[np.ndarray, list[tuple[str, bytes]]]:
+    """The scoring side of windowed analytics: each record's effective watermark (the larger of its
+    split's watermark at arrival and the scoring operator's, `operator_watermark`; the second
+    only matters while a split is idle), and a (txn_id, JSON line) per record and window size it
+    is late for: the windows whose end plus `allowed_lateness_ms` its effective watermark reached.
+
+    The windows are emitted downstream, when that operator's watermark reaches them; it can never
+    be ahead of this one, so a record not late here arrives there before its windows are emitted."""
+    # Clamped: the watermark after the end of input is past the int64 range.
+    watermarks = np.maximum(batch.source_watermarks, min(max(operator_watermark, NO_WATERMARK), 2**63 - 1))
+    late: list[tuple[str, bytes]] = []
+    for spec in specs:
+        for r, missed in sorted(_missed(spec, batch.event_times, watermarks, allowed_lateness_ms).items()):
+            late.append((batch.txn_ids[r], _late_line(spec, batch.txn_ids[r], batch.model_keys[r],
+                                                      int(batch.event_times[r]), int(watermarks[r]), missed)))
+    return watermarks, late
 
 
 class WindowAnalytics:
     """The windowed figures of the scored stream, as the job's `window-analytics` operator computes
-    them: it `receive`s each scored batch (ScoredColumns) as it comes, and `emit`s every window
-    whose end plus the allowed lateness the watermark has reached.
+    them: it `receive`s each scored batch (ScoredColumns, with its records' effective watermarks:
+    see `late_records`) as it comes, and `emit`s every window whose end plus the allowed lateness
+    the watermark has reached, once. A record counts in its windows it was not late for.
 
-    A record is late for each of its windows whose due time (end + allowed lateness) its effective
-    watermark has reached at its arrival here: the largest of its split's watermark, this
-    operator's watermark and the watermark through which windows were already emitted. While no
-    split is idle the last two never exceed the first, so what is late depends on each split's own
-    order only. Records wait (`pending`) until all their windows are emitted; figures are computed
-    when a window is emitted, for all the windows due at once, in numpy."""
+    Records wait (`pending`) until all their windows are emitted; figures are computed when windows
+    are emitted, for all the windows due at once, in numpy."""
 
     def __init__(self, specs: Sequence[WindowSpec], group_by: Sequence[str], allowed_lateness_ms: int):
         self.specs = list(specs)
@@ -339,37 +385,28 @@ class WindowAnalytics:
         self.pending: list[ScoredColumns] = []
         self.emitted_through = NO_WATERMARK  # every window due at or before this was emitted
 
-    def receive(self, columns: ScoredColumns, operator_watermark: int
-                ) -> tuple[list[tuple[str, bytes]], set[int], ScoredColumns]:
-        """Takes a scored batch arriving while this operator's watermark is `operator_watermark`.
-        Returns its late records as (txn_id, JSON line) pairs, the due times of the windows it
-        counts in (for timers), and the records as kept (to be stored: `restore` takes them)."""
-        # Clamped: the watermark after the end of input is past the int64 range.
-        floor = min(max(operator_watermark, self.emitted_through, NO_WATERMARK), 2**63 - 1)
-        watermarks = np.maximum(columns.watermarks, floor)
-        event_times = columns.event_times
-        due_times: set[int] = set()
+    def receive(self, columns: ScoredColumns) -> tuple[list[tuple[str, bytes]], set[int], ScoredColumns]:
+        """Takes a scored batch. Returns a late-record line for each record and window size that it
+        would have counted in though already emitted (which the scoring side's rules rule out
+        unless a restore met an idle split; never dropped silently), the due times of the windows
+        the batch counts in (for timers), and the records as kept (to be stored: `restore` takes them)."""
+        watermarks = np.maximum(columns.watermarks, self.emitted_through)
         late: list[tuple[str, bytes]] = []
+        due_times: set[int] = set()
+        event_times = columns.event_times
         for spec in self.specs:
-            missed: dict[int, list] = {}
+            if self.emitted_through > NO_WATERMARK:
+                for r, missed in sorted(_missed(spec, event_times, watermarks, self.allowed_lateness_ms,
+                                                columns.watermarks).items()):
+                    txn_id = columns.txn_ids[r].decode("utf-8")
+                    late.append((txn_id, _late_line(spec, txn_id, None, int(event_times[r]), int(watermarks[r]),
+                                                    missed)))
             newest = event_times - event_times % spec.slide_ms
             for k in range(-(-spec.size_ms // spec.slide_ms)):
                 starts = newest - k * spec.slide_ms
-                holds = starts > event_times - spec.size_ms  # the record is in [start, start + size)
                 due = starts + spec.size_ms + self.allowed_lateness_ms
-                is_late = holds & (watermarks >= due)
-                for r in np.flatnonzero(is_late).tolist():
-                    missed.setdefault(r, []).append((int(starts[r]), int(watermarks[r] - due[r])))
-                due_times.update(np.unique(due[holds & ~is_late]).tolist())
-            for r, windows in sorted(missed.items()):
-                txn_id = str(columns.txn_ids[r])
-                late.append((txn_id, orjson.dumps({
-                    "schema_version": ANALYTICS_SCHEMA_VERSION, "txn_id": txn_id,
-                    "model_key": str(columns.model_keys[r]), "event_time": int(event_times[r]), "window": spec.name,
-                    "watermark": int(watermarks[r]),
-                    "missed": [{"window_start": start, "window_end": start + spec.size_ms, "late_by_ms": by}
-                               for start, by in sorted(windows)]})))
-        kept = columns._replace(txn_ids=None, model_keys=None, watermarks=watermarks)
+                due_times.update(np.unique(due[(starts > event_times - spec.size_ms) & (watermarks < due)]).tolist())
+        kept = columns._replace(watermarks=watermarks)
         self.pending.append(kept)
         return late, due_times, kept
 
@@ -418,6 +455,23 @@ class WindowAnalytics:
         remaining = pending.take(np.flatnonzero(still_pending))
         self.pending = [remaining] if len(remaining.event_times) else []
         return lines, remaining
+
+    def next_due(self) -> int | None:
+        """The earliest due time of a window not emitted yet that a pending record counts in; None if none."""
+        earliest = None
+        for records in self.pending:
+            event_times = records.event_times
+            for spec in self.specs:
+                newest = event_times - event_times % spec.slide_ms
+                for k in range(-(-spec.size_ms // spec.slide_ms)):
+                    starts = newest - k * spec.slide_ms
+                    due = starts + spec.size_ms + self.allowed_lateness_ms
+                    due = due[(starts > event_times - spec.size_ms) & (due > self.emitted_through)
+                              & (records.watermarks < due)]
+                    if len(due):
+                        first = int(due.min())
+                        earliest = first if earliest is None else min(earliest, first)
+        return earliest
 
     def restore(self, emitted_through: int, kept: Iterable[ScoredColumns]) -> None:
         """Starts again from stored state: the watermark through which windows were emitted, and
@@ -481,8 +535,8 @@ def _group(index: int, rows: np.ndarray, starts: np.ndarray, columns, records: S
 
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """(each value's code, int64; the distinct values, by first appearance, as Python strings).
+    """(each value's code, int64; the distinct values, by first appearance, decoded from UTF-8).
     A dict, not np.unique: sorting strings costs more than hashing them."""
-    index: dict[str, int] = {}
+    index: dict[bytes, int] = {}
     codes = np.fromiter((index.setdefault(value, len(index)) for value in values.tolist()), np.int64, len(values))
-    return codes, list(index)
+    return codes, [value.decode("utf-8") for value in index]
