@@ -1,5 +1,5 @@
 """The figures the job reports as Flink metrics while it runs (pure Python; streaming/job.py
-registers them, README "Metrics" lists them).
+registers them, README "Monitoring" lists them).
 
 They are counted once per bundle or batch, never per record, so that the hot path pays a few
 operations per bundle. Flink's Python gauges carry integers only, so a fractional figure is
@@ -13,6 +13,8 @@ from typing import Iterable
 
 import numpy as np
 
+from udfs.metrics import SCORE_CLIP
+
 MICRO = 1_000_000
 
 # How many of the latest labelled records `RecentLogLoss` averages over, by default.
@@ -22,8 +24,6 @@ RECENT_LABELLED = 1000
 # registers a counter for each up front, so that a stage without dead letters shows 0.
 DEAD_LETTER_STAGES = ("decode", "parse", "clean", "features")
 
-# As udfs.metrics.log_loss clips scores: one confident mistake gives a large, finite loss.
-_EPSILON = 1e-15
 
 
 def micro(value: float) -> int:
@@ -62,7 +62,7 @@ class RecentLogLoss:
         labelled = labels >= 0
         if not labelled.any():
             return
-        p = np.clip(np.asarray(scores, np.float64)[labelled], _EPSILON, 1 - _EPSILON)
+        p = np.clip(np.asarray(scores, np.float64)[labelled], SCORE_CLIP, 1 - SCORE_CLIP)
         losses = -np.log(np.where(labels[labelled] == 1, p, 1 - p))[-self.window:]
         count = len(losses)
         first = min(count, self.window - self._next)  # up to the end of the ring, then from its start

@@ -25,7 +25,6 @@ from udfs.analytics import NO_WATERMARK
 from udfs.batch_cleaning import clean_batch
 from udfs.cleaning import SCHEMA_VERSION, CleaningRules, Rejected, clean, decode, parse, redact_account_id
 from udfs.features import EncodedBatch, FeatureEncoder
-from udfs.live_metrics import RecentLogLoss
 from udfs.model import KeyModel, Sgd
 
 if TYPE_CHECKING:
@@ -508,16 +507,14 @@ class ModelScorer:
 
         return ModelTable(len(self.feature_names), self.standardized)
 
-    def score_columns(self, batch: RecordBatch, table: ModelTable, now_ms: int,
-                      recent_loss: RecentLogLoss | None = None) -> tuple[list[bytes], list[KeyedLine], list[int]]:
+    def score_columns(self, batch: RecordBatch, table: ModelTable, now_ms: int
+                      ) -> tuple[list[bytes], list[KeyedLine], list[int]]:
         """`score_batch` in compiled code: scores and learns from the batch's records in order, as
         `score_and_learn` would one at a time, with the models of `table` (a key not in it gets a
         new model). Returns (score JSON lines as UTF-8, snapshot JSON lines, rows of the table
-        the batch used). With `recent_loss`, the batch's scores and labels are added to it (the
-        job's live log loss, udfs/live_metrics.py), from the arrays, not from the JSON lines."""
+        the batch used). The job calls `assess_columns` and `score_lines` itself, as it also
+        needs the probabilities (for its metrics and analytics)."""
         assessed = self.assess_columns(batch, table)
-        if recent_loss is not None:
-            recent_loss.add(assessed.probability, batch.labels)
         return self.score_lines(batch, assessed, now_ms), assessed.snapshots, assessed.changed_rows
 
     def assess_columns(self, batch: RecordBatch, table: ModelTable) -> "AssessedBatch":

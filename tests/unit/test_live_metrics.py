@@ -92,7 +92,7 @@ def test_the_bundle_counts_are_what_a_real_reader_makes_of_the_bundle(local_read
     assert set(seen_stages) == set(DEAD_LETTER_STAGES), seen_stages  # the generator makes every kind
 
 
-def test_score_columns_feeds_the_recent_log_loss_with_the_scores_it_writes(local_reader):
+def test_the_recent_log_loss_fed_as_the_job_feeds_it_is_that_of_the_scores_written(local_reader):
     lines = list(generate(GeneratorSettings(records=1500, seed=42, unlabelled_share=0.2)))
     encoder = local_reader.encoder
     scorer = ModelScorer(encoder.names, encoder.standardized, Sgd(0.05), snapshot_every=100, top_reasons=3)
@@ -102,8 +102,9 @@ def test_score_columns_feeds_the_recent_log_loss_with_the_scores_it_writes(local
     for start in range(0, len(lines), 200):
         bundle = "\n".join(file_envelope(line, number) for number, line in enumerate(lines[start:start + 200], 1))
         batch = local_reader.read_bundle_columns(bundle, 1, NOW)[0][0]
-        scores = scorer.score_columns(batch, table, NOW, recent)[0]
-        written += [json.loads(score) for score in scores]
+        assessed = scorer.assess_columns(batch, table)  # as ScoreShard does
+        recent.add(assessed.probability, batch.labels)
+        written += [json.loads(score) for score in scorer.score_lines(batch, assessed, NOW)]
     labelled = [(score["score"], score["label"]) for score in written if score["label"] is not None][-500:]
     assert recent.labelled == 500
     assert recent.value() == pytest.approx(log_loss(*map(list, zip(*labelled))), rel=1e-12)
