@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Hashable, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import orjson
@@ -53,6 +53,19 @@ class WindowSpec(NamedTuple):
         # The oldest window holding event_time starts after event_time - size.
         first = last - ((self.size_ms - 1 - (event_time - last)) // self.slide_ms) * self.slide_ms
         return range(first, last + 1, self.slide_ms)
+
+    @property
+    def windows_per_record(self) -> int:
+        """How many windows a time can fall in: size / slide, rounded up."""
+        return -(-self.size_ms // self.slide_ms)
+
+    def window_starts(self, event_times: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`starts` for an array of times (int64, epoch ms): for k = 0 .. windows_per_record - 1,
+        (the start of each time's k-th newest window, whether that window holds the time)."""
+        newest = event_times - event_times % self.slide_ms
+        for k in range(self.windows_per_record):
+            starts = newest - k * self.slide_ms
+            yield starts, starts > event_times - self.size_ms
 
 
 class SplitWatermarks:
@@ -111,18 +124,14 @@ class WindowFigures:
     label_chunks: list[np.ndarray] = field(default_factory=list)  # int8, 0 or 1, in step with score_chunks
 
     def add(self, record: ScoredRecord) -> None:
-        self.add_values(record.account, record.amount, record.currency, record.score, record.label)
-
-    def add_values(self, account: str, amount: float, currency: str, score: float, label: int | None) -> None:
-        """`add` of a record given field by field (label None: unlabelled)."""
         self.transactions += 1
-        self.score_sum += score
-        self.account_chunks.append(np.array([account], np.bytes_))
-        self.add_amounts(currency, 1, amount, amount)
-        if label is not None:
-            self.frauds += label
-            self.score_chunks.append(np.array([score], np.float64))
-            self.label_chunks.append(np.array([label], np.int8))
+        self.score_sum += record.score
+        self.account_chunks.append(np.array([record.account], np.bytes_))
+        self.add_amounts(record.currency, 1, record.amount, record.amount)
+        if record.label is not None:
+            self.frauds += record.label
+            self.score_chunks.append(np.array([record.score], np.float64))
+            self.label_chunks.append(np.array([record.label], np.int8))
 
     def add_amounts(self, currency: str, count: int, total: float, largest: float) -> None:
         figures = self.amounts.get(currency)
@@ -329,11 +338,9 @@ def _missed(spec: WindowSpec, event_times: np.ndarray, watermarks: np.ndarray, a
     """Record position -> [(window start, late_by_ms)] of the windows of `spec` each record is late
     for at `watermarks` (due time reached), leaving out those already due at `before`."""
     missed: dict[int, list[tuple[int, int]]] = {}
-    newest = event_times - event_times % spec.slide_ms
-    for k in range(-(-spec.size_ms // spec.slide_ms)):
-        starts = newest - k * spec.slide_ms
+    for starts, holds in spec.window_starts(event_times):
         due = starts + spec.size_ms + allowed_lateness_ms
-        is_late = (starts > event_times - spec.size_ms) & (watermarks >= due)
+        is_late = holds & (watermarks >= due)
         if before is not None:
             is_late &= before < due
         for r in np.flatnonzero(is_late).tolist():
@@ -401,11 +408,9 @@ class WindowAnalytics:
                     txn_id = columns.txn_ids[r].decode("utf-8")
                     late.append((txn_id, _late_line(spec, txn_id, None, int(event_times[r]), int(watermarks[r]),
                                                     missed)))
-            newest = event_times - event_times % spec.slide_ms
-            for k in range(-(-spec.size_ms // spec.slide_ms)):
-                starts = newest - k * spec.slide_ms
+            for starts, holds in spec.window_starts(event_times):
                 due = starts + spec.size_ms + self.allowed_lateness_ms
-                due_times.update(np.unique(due[(starts > event_times - spec.size_ms) & (watermarks < due)]).tolist())
+                due_times.update(np.unique(due[holds & (watermarks < due)]).tolist())
         kept = columns._replace(watermarks=watermarks)
         self.pending.append(kept)
         return late, due_times, kept
@@ -424,7 +429,7 @@ class WindowAnalytics:
         due_now = np.zeros(len(pending.event_times), bool)
         for spec in self.specs:
             oldest_start = pending.event_times - pending.event_times % spec.slide_ms - (
-                -(-spec.size_ms // spec.slide_ms) - 1) * spec.slide_ms
+                spec.windows_per_record - 1) * spec.slide_ms
             due_now |= oldest_start + spec.size_ms + lateness <= watermark
         records = pending.take(np.flatnonzero(due_now)) if not due_now.all() else pending
         event_times = records.event_times
@@ -435,13 +440,9 @@ class WindowAnalytics:
         for index, spec in enumerate(self.specs):
             newest_of_pending = pending.event_times - pending.event_times % spec.slide_ms
             still_pending |= newest_of_pending + spec.size_ms + lateness > watermark  # its newest window is not due
-            newest = event_times - event_times % spec.slide_ms
-            for k in range(-(-spec.size_ms // spec.slide_ms)):
-                starts = newest - k * spec.slide_ms
+            for starts, holds in spec.window_starts(event_times):
                 due = starts + spec.size_ms + lateness
-                counted = ((starts > event_times - spec.size_ms) & (due <= watermark) & (due > self.emitted_through)
-                           & (records.watermarks < due))
-                rows = np.flatnonzero(counted)
+                rows = np.flatnonzero(holds & (due <= watermark) & self._counts_in(due, records.watermarks))
                 if len(rows):
                     _group(index, rows, starts, columns, records, currency_codes, currencies, partials)
         self.emitted_through = watermark
@@ -456,18 +457,20 @@ class WindowAnalytics:
         self.pending = [remaining] if len(remaining.event_times) else []
         return lines, remaining
 
+    def _counts_in(self, due: np.ndarray, watermarks: np.ndarray) -> np.ndarray:
+        """Whether each record counts in its window due at `due`: the window is not emitted yet and
+        the record was not late for it (its effective watermark had not reached `due`)."""
+        return (due > self.emitted_through) & (watermarks < due)
+
     def next_due(self) -> int | None:
         """The earliest due time of a window not emitted yet that a pending record counts in; None if none."""
         earliest = None
         for records in self.pending:
             event_times = records.event_times
             for spec in self.specs:
-                newest = event_times - event_times % spec.slide_ms
-                for k in range(-(-spec.size_ms // spec.slide_ms)):
-                    starts = newest - k * spec.slide_ms
+                for starts, holds in spec.window_starts(event_times):
                     due = starts + spec.size_ms + self.allowed_lateness_ms
-                    due = due[(starts > event_times - spec.size_ms) & (due > self.emitted_through)
-                              & (records.watermarks < due)]
+                    due = due[holds & self._counts_in(due, records.watermarks)]
                     if len(due):
                         first = int(due.min())
                         earliest = first if earliest is None else min(earliest, first)
