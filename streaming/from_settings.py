@@ -4,7 +4,7 @@ tools (the benchmark's baselines, tests) use exactly the objects the job uses.""
 from __future__ import annotations
 
 from streaming.config import Settings
-from udfs.analytics import WindowSpec
+from udfs.analytics import Windowing, WindowSpec
 from udfs.cleaning import CleaningRules, MissingPolicy
 from udfs.features import FeatureEncoder
 from udfs.model import Sgd
@@ -44,3 +44,9 @@ def model_scorer(settings: Settings, encoder: FeatureEncoder) -> ModelScorer:
 def window_specs(settings: Settings) -> list[WindowSpec]:
     """The analytics windows, in the order configured (tumbling: slide = size)."""
     return [WindowSpec(window.size_ms, window.slide_ms or window.size_ms) for window in settings.analytics.windows]
+
+
+def windowing(settings: Settings) -> Windowing:
+    """The windows the job computes when analytics is enabled."""
+    analytics = settings.analytics
+    return Windowing(tuple(window_specs(settings)), tuple(analytics.group_by), analytics.allowed_lateness_ms)

@@ -41,15 +41,16 @@ from pyflink.datastream.connectors.file_system import (
 )
 from pyflink.datastream.connectors import Sink, Source
 from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaOffsetsInitializer
-from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor
 
 from streaming import pyflink_internals as internals
 from streaming.cluster import JOB_NAME, METRICS_GROUP
 from streaming.config import Settings
 from streaming.flink_options import flink_options
-from streaming.from_settings import transaction_reader, model_scorer, window_specs
-from udfs.analytics import NO_WATERMARK, ScoredColumns, WindowAnalytics, late_records
+from streaming.from_settings import model_scorer, transaction_reader, windowing
+from udfs.analytics import NO_WATERMARK, Windowing, late_records, scored_columns_bytes
 from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, records_in_bundle
+from udfs.metrics import SCORE_CLIP
 from udfs.ordering import BundleSequencer, split_bundle_header
 from udfs.pipeline import (
     KeyedLine,
@@ -71,8 +72,8 @@ END_OF_INPUT = 2**63 - 1
 DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 SNAPSHOTS = OutputTag("model-snapshots", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 LATE = OutputTag("late", Types.PRIMITIVE_ARRAY(Types.BYTE()))
-# (0, udfs.analytics.ScoredColumns bytes) of each scored batch, for the window-analytics operator.
-SCORED_COLUMNS = OutputTag("scored-columns", Types.TUPLE([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
+# Each scored batch's columns (udfs.analytics.scored_columns_bytes), for the window-analytics operator.
+SCORED_COLUMNS = OutputTag("scored-columns", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
 ANALYTICS_OUTPUTS = ("analytics", "late")
@@ -175,10 +176,10 @@ class ScoreShard(KeyedProcessFunction):
     equals the state.
     """
 
-    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: WindowAnalytics | None):
+    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: Windowing | None):
         self.scorer = scorer
         self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
-        self.analytics = analytics  # its settings; None: windowed analytics off
+        self.analytics = analytics  # None: windowed analytics off
         self.models = None
         self.shard_models: dict[int, ModelTable] = {}
         self.sequencer = BundleSequencer()
@@ -238,7 +239,7 @@ class ScoreShard(KeyedProcessFunction):
         if late:
             yield LATE, output_bundle([line for _, line in late],
                                       [txn_id for txn_id, _ in late] if self.keyed_output else None)
-        yield SCORED_COLUMNS, (0, ScoredColumns.of(batch, scores, watermarks, analytics.group_by).to_bytes())
+        yield SCORED_COLUMNS, scored_columns_bytes(batch, scores, watermarks, analytics.group_by)
 
     def _model_keys(self) -> int:
         """Model keys in this worker's tables (the `model_keys` gauge): a shard's keys count from
@@ -265,81 +266,25 @@ class ScoreShard(KeyedProcessFunction):
             yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
 
 
-class WindowAnalyticsFunction(KeyedProcessFunction):
-    """Event-time windowed analytics of the scored stream (udfs.analytics.WindowAnalytics): takes
-    each scored batch's columns as it comes (the scoring operator has already written its late
-    records), and emits each window's lines once, at an event-time timer when the watermark
-    reaches the window's end plus the allowed lateness. One key (0): every window of every group
-    is computed in one subtask, on all the records due at once, which costs less than spreading
-    batches of a few dozen records.
+def window_analytics(scored_columns: DataStream, windows: Windowing, keyed_output: bool) -> DataStream:
+    """The analytics lines of each window and group, emitted once when due (WindowAnalytics.java,
+    one subtask: one key), from the scored batches' columns. Java: a Python operator here cost
+    about as much CPU as scoring (the hop of every batch to a Python worker, its keyed state
+    writes and reads through the JVM, and the figures in numpy)."""
+    jvm = internals.jvm()
+    specs = windows.specs
+    function = jvm.riskstream.flink.WindowAnalytics(
+        internals.java_longs([spec.size_ms for spec in specs]), internals.java_longs([spec.slide_ms for spec in specs]),
+        internals.java_strings([spec.name for spec in specs]), internals.java_strings(windows.group_by),
+        windows.allowed_lateness_ms, SCORE_CLIP, keyed_output, METRICS_GROUP)
+    bytes_type = Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info()
+    return java_operator(scored_columns, "window-analytics", lambda j, jvm: j.keyBy(
+        jvm.riskstream.flink.WindowAnalytics.oneKey()).process(function, bytes_type)).slot_sharing_group("scoring")
 
-    Keyed state holds the records whose windows are not all emitted yet (appended per batch,
-    rewritten when windows are emitted) and the watermark through which windows were emitted;
-    the worker's copy is loaded from it the first time it sees the key (after a start or a restore)."""
 
-    def __init__(self, analytics: WindowAnalytics, keyed_output: bool):
-        self.template = analytics  # its settings; the worker's own copy is made in open()
-        self.keyed_output = keyed_output
-        self.analytics: WindowAnalytics | None = None
-        self.pending = None
-        self.emitted_through = None
-        self.timers: set[int] = set()
-        self.late = None
-
-    def open(self, runtime_context: RuntimeContext):
-        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
-        # Summed with the scoring operator's by `riskstream status`; counts only what the scoring
-        # side could not (see WindowAnalytics.receive).
-        self.late = metrics.counter("late")
-        self.pending = runtime_context.get_list_state(ListStateDescriptor("pending-records", Types.PICKLED_BYTE_ARRAY()))
-        self.emitted_through = runtime_context.get_state(ValueStateDescriptor("emitted-through", Types.LONG()))
-        self.analytics = None
-        self.timers = set()
-
-    def process_element(self, keyed_columns, ctx):
-        analytics = self._analytics()
-        late, due_times, kept = analytics.receive(ScoredColumns.from_bytes(keyed_columns[1]))
-        self.pending.add(kept.to_bytes())
-        if due_times:
-            self._timer_at(min(due_times), ctx)
-        if late:
-            self.late.inc(len(late))
-            yield LATE, output_bundle([line for _, line in late],
-                                      [txn_id for txn_id, _ in late] if self.keyed_output else None)
-
-    def on_timer(self, timestamp, ctx):
-        analytics = self._analytics()
-        # Every window due at the current watermark, not only this timer's: a watermark that jumps
-        # over several due times then emits them at its first timer, in one pass over the records.
-        flink_watermark = max(timestamp, ctx.timer_service().current_watermark())
-        watermark = min(flink_watermark + FLINK_WATERMARK_LAG_MS, END_OF_INPUT)
-        lines, remaining = analytics.emit(watermark)
-        self.timers = {due for due in self.timers if due > watermark}
-        next_due = analytics.next_due()
-        if next_due is not None:
-            self._timer_at(next_due, ctx)
-        if remaining is not None:
-            self.pending.update([remaining.to_bytes()] if len(remaining.event_times) else [])
-        self.emitted_through.update(analytics.emitted_through)
-        if lines:
-            yield output_bundle([line for _, line in lines], [key for key, _ in lines] if self.keyed_output else None)
-
-    def _timer_at(self, due: int, ctx) -> None:
-        """A timer at `due` unless one is set at or before it: one timer at a time, at the earliest
-        due window, since each firing is a round trip to the Python worker; the firing emits every
-        window due by then and sets the next."""
-        if not self.timers or due < min(self.timers):
-            ctx.timer_service().register_event_time_timer(due - FLINK_WATERMARK_LAG_MS)
-            self.timers.add(due)
-
-    def _analytics(self) -> WindowAnalytics:
-        if self.analytics is None:
-            template = self.template
-            self.analytics = WindowAnalytics(template.specs, template.group_by, template.allowed_lateness_ms)
-            emitted_through = self.emitted_through.value()
-            self.analytics.restore(NO_WATERMARK if emitted_through is None else emitted_through,
-                                   [ScoredColumns.from_bytes(data) for data in self.pending.get()])
-        return self.analytics
+def window_analytics_late(windows: DataStream) -> DataStream:
+    """The late lines the window-analytics operator writes (see WindowAnalytics.LATE)."""
+    return internals.apply_java(windows, lambda j: j.getSideOutput(internals.jvm().riskstream.flink.WindowAnalytics.LATE))
 
 
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
@@ -485,14 +430,13 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     if analytics.enabled:
         source = split_watermark_tagged(source, settings)
     transactions = bundled(source, settings)
-    window_analytics = WindowAnalytics(window_specs(settings), analytics.group_by,
-                                       analytics.allowed_lateness_ms) if analytics.enabled else None
+    windows_computed = windowing(settings) if analytics.enabled else None
     model_inputs = transactions.process(
         ReadBundle(reader, settings.performance.shards, keyed_output, analytics.enabled), output_type=shard_batch_type
     ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
     scored = (
         model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
-        .process(ScoreShard(scorer, keyed_output, window_analytics), output_type=bundle_type)
+        .process(ScoreShard(scorer, keyed_output, windows_computed), output_type=bundle_type)
         .name("score-and-learn")
         .uid("score-and-learn")
         # Its own slots, so in process mode scoring gets Python workers apart from preparing.
@@ -504,16 +448,10 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     output_bundles = (scored, model_inputs.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))
     names = OUTPUTS
     if analytics.enabled:
-        windows = (
-            scored.get_side_output(SCORED_COLUMNS).key_by(lambda keyed: keyed[0], key_type=Types.INT())
-            .process(WindowAnalyticsFunction(window_analytics, keyed_output), output_type=bundle_type)
-            .name("window-analytics")
-            .uid("window-analytics")
-            .slot_sharing_group("scoring")
-        )
+        windows = window_analytics(scored.get_side_output(SCORED_COLUMNS), windows_computed, keyed_output)
         names += ANALYTICS_OUTPUTS
         topics += (kafka.analytics_topic, kafka.late_topic)
-        output_bundles += (windows, scored.get_side_output(LATE).union(windows.get_side_output(LATE)))
+        output_bundles += (windows, scored.get_side_output(LATE).union(window_analytics_late(windows)))
     for name, topic, bundles in zip(names, topics, output_bundles):
         if keyed_output:
             split_lines(bundles, f"split-{name}").sink_to(kafka_sink(settings, topic, name)).name(

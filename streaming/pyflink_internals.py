@@ -52,6 +52,11 @@ def java_strings(values: Iterable[str]) -> Any:
     return to_jarray(jvm().String, list(values))
 
 
+def java_longs(values: Iterable[int]) -> Any:
+    """A Java long[] (`to_jarray` with py4j's primitive long type)."""
+    return to_jarray(get_gateway().jvm.long, list(values))
+
+
 def source_of(java_source: Any) -> Source:
     """A Python Source around a Source built in Java (PyFlink's wrapper takes the Java object)."""
     return Source(java_source)

@@ -31,6 +31,9 @@ def test_java_values_behind_python_wrappers():
     assert "OffsetsInitializer" in internals.java_offsets(KafkaOffsetsInitializer.earliest()).getClass().getName()
     topics = internals.java_strings(["transactions", "labels"])
     assert (len(topics), topics[0], topics[1]) == (2, "transactions", "labels")
+    sizes = internals.java_longs([60_000, 2**62])
+    assert (len(sizes), sizes[0], sizes[1]) == (2, 60_000, 2**62)
+    assert sizes.getClass().getName() == "[J"  # long[]
 
 
 def test_the_java_job_client_and_its_savepoint_call_are_where_stop_with_savepoint_looks():

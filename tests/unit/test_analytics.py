@@ -6,10 +6,8 @@ from __future__ import annotations
 import math
 import random
 
-import numpy as np
 import pytest
 
-from tests.analytics_reference import close
 from udfs.analytics import (
     ScoredRecord,
     SplitWatermarks,
@@ -95,31 +93,6 @@ def test_figures_without_labels_have_null_rates():
     assert WindowFigures().figures()["mean_score"] is None
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_merged_partials_equal_one_pass(seed):
-    rng = random.Random(seed)
-    records = [record(t, label=rng.choice([None, 0, 1]), score=rng.random(), amount=rng.uniform(0, 500),
-                      currency=rng.choice(["EUR", "USD"]), account=f"a{rng.randint(0, 9)}") for t in range(80)]
-    whole = WindowFigures()
-    for r in records:
-        whole.add(r)
-    merged = WindowFigures()
-    cut = sorted(rng.sample(range(1, 80), 4))
-    for part in (records[a:b] for a, b in zip([0, *cut], [*cut, 80])):
-        partial = WindowFigures()
-        for r in part:
-            partial.add(r)
-        merged.merge(partial)
-    a, b = whole.figures(), merged.figures()
-    for name in ("transactions", "labelled_transactions", "fraud_count", "distinct_accounts", "roc_auc"):
-        assert a[name] == b[name]
-    for name in ("mean_score", "log_loss", "fraud_rate"):
-        assert a[name] == pytest.approx(b[name], rel=1e-12)
-    for currency in a["amount"]:
-        assert a["amount"][currency]["max"] == b["amount"][currency]["max"]
-        assert a["amount"][currency]["sum"] == pytest.approx(b["amount"][currency]["sum"], rel=1e-12)
-
-
 def test_an_in_order_stream_has_no_late_record():
     arrivals = [(split, record(t)) for t in range(0, 100_000, 700) for split in ("a", "b")]
     windows, late = analyze(arrivals, WindowSpec(10_000, 5_000), ["merchant_category"], 0, 0)
@@ -167,36 +140,6 @@ def test_the_late_set_does_not_depend_on_how_splits_interleave(seed):
         assert first_windows[key]["roc_auc"] == again_windows[key]["roc_auc"]  # ranks do not depend on order
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_figures_of_many_windows_at_once_are_each_windows_own(seed):
-    """window_figures over many windows (scores tied within and across windows, windows with one
-    class or no labels) against udfs.metrics' pure-Python log loss and AUC, window by window."""
-    from udfs.analytics import window_figures
-    from udfs.metrics import labelled, log_loss, roc_auc
-
-    rng = random.Random(seed)
-    windows, records_of = [], []
-    for _ in range(12):
-        figures, records = WindowFigures(), []
-        for t in range(rng.choice([0, 1, 2, 5, 40])):
-            r = record(t, label=rng.choice([None, 0, 1] if rng.random() < 0.8 else [0]),
-                       score=rng.choice([0.25, 0.5, rng.random()]), account=f"a{rng.randint(0, 9)}",
-                       amount=rng.uniform(0, 100), currency=rng.choice(["EUR", "USD"]))
-            figures.add(r)
-            records.append(r)
-        windows.append(figures)
-        records_of.append(records)
-    for figures, records in zip(window_figures(windows), records_of):
-        scores, labels = labelled((r.score, r.label) for r in records)
-        assert figures["transactions"] == len(records) and figures["labelled_transactions"] == len(labels)
-        assert figures["distinct_accounts"] == len({r.account for r in records})
-        for name, expected in (("log_loss", log_loss(scores, labels)), ("roc_auc", roc_auc(scores, labels))):
-            if math.isnan(expected):
-                assert figures[name] is None, name
-            else:
-                assert figures[name] == pytest.approx(expected, rel=1e-12, abs=1e-12), name
-
-
 def test_window_line_names_window_group_and_figures():
     figures = WindowFigures()
     figures.add(record(12_000, category="fuel", label=1, score=0.7))
@@ -205,113 +148,3 @@ def test_window_line_names_window_group_and_figures():
     assert (line["window_start"], line["window_end"]) == (10_000, 20_000)
     assert (line["group_by"], line["group"]) == ("merchant_category", "fuel")
     assert line["transactions"] == 1 and line["fraud_rate"] == 1.0
-
-
-# ------------------------------------------------- the job's side: batches as they come, windows as they are due
-
-
-def batch_of(records: list[ScoredRecord], source_watermarks: list[int]):
-    """A RecordBatch of scored records (their context, event time and label), each with its split's watermark."""
-    from udfs.pipeline import ModelInput, RecordBatch, ScoreContext
-
-    inputs = [ModelInput(r.groups["merchant_category"], f"t{r.account}-{r.event_time}", r.event_time, r.label, [], [],
-                         ScoreContext(r.groups["merchant_category"], r.groups["country"], "web", r.amount, r.currency,
-                                      r.account)) for r in records]
-    # Not _replace: RecordBatch's __len__ counts records, which namedtuple's _replace takes for its fields.
-    return RecordBatch(*tuple(RecordBatch.of(inputs))[:-1], np.array(source_watermarks, np.int64))
-
-
-def random_splits(seed: int, per_split: int = 80) -> dict[str, list[ScoredRecord]]:
-    rng = random.Random(seed)
-    return {name: [record(max(0, t * 700 + rng.randint(-9_000, 1_000)), category=rng.choice("xyz"),
-                          country=rng.choice(["DE", "FR"]), account=f"{name}{rng.randint(0, 20)}",
-                          label=rng.choice([0, 1, None]), score=rng.random(), amount=rng.uniform(1, 100),
-                          currency=rng.choice(["EUR", "USD"]))
-                   for t in range(per_split)] for name in ("a", "b")}
-
-
-def run_through_the_job_side(splits, specs, lateness, out_of_orderness, batch_size, restore_at=None):
-    """Splits interleaved in batches through WindowAnalytics, as the job's window-analytics
-    operator sees them: each batch with its records' split watermarks, the operator's watermark the
-    minimum over splits, windows emitted as it advances, and what is kept stored as the operator
-    stores it; optionally a restore from the stored state after `restore_at` batches (the records
-    since the last emission are kept, as after a checkpoint). Returns (window lines, late lines)."""
-    import orjson
-
-    from udfs.analytics import NO_WATERMARK, ScoredColumns, WindowAnalytics, late_records
-
-    group_by = ["merchant_category", "country"]
-    analytics = WindowAnalytics(specs, group_by, lateness)
-    stored: list[bytes] = []  # the pending-records list state
-    marks = SplitWatermarks(out_of_orderness)
-    lines, late = [], []
-    positions = {name: 0 for name in splits}
-    batches = 0
-    operator_watermark = NO_WATERMARK
-    while any(positions[name] < len(splits[name]) for name in splits):
-        for name in splits:
-            chunk = splits[name][positions[name]:positions[name] + batch_size]
-            positions[name] += len(chunk)
-            if not chunk:
-                continue
-            batch = batch_of(chunk, [marks.observe(name, r.event_time) for r in chunk])
-            effective, batch_late = late_records(specs, lateness, batch, operator_watermark)
-            late += [orjson.loads(line) for _, line in batch_late]
-            columns = ScoredColumns.of(batch, np.array([r.score for r in chunk]), effective, group_by)
-            never_late, _, kept = analytics.receive(ScoredColumns.from_bytes(columns.to_bytes()))
-            assert never_late == []
-            stored.append(kept.to_bytes())
-            batches += 1
-            if all(marks.watermark(n) is not None for n in splits):
-                operator_watermark = min(marks.watermark(n) for n in splits)
-                emitted, remaining = analytics.emit(operator_watermark)
-                lines += [orjson.loads(line) for _, line in emitted]
-                if remaining is not None:
-                    stored = [remaining.to_bytes()] if len(remaining.event_times) else []
-            if batches == restore_at:
-                restored = WindowAnalytics(specs, group_by, lateness)
-                restored.restore(analytics.emitted_through, [ScoredColumns.from_bytes(data) for data in stored])
-                analytics = restored
-    lines += [orjson.loads(line) for _, line in analytics.emit(2**63 - 1)[0]]
-    return lines, late
-
-
-@pytest.mark.parametrize("seed, batch_size, restore_at", [(1, 7, None), (2, 1, None), (3, 25, 5), (4, 10, 3)])
-def test_batches_through_the_job_side_give_the_reference_windows_and_late_records(seed, batch_size, restore_at):
-    splits = random_splits(seed)
-    specs = [WindowSpec(10_000, 10_000), WindowSpec(12_000, 4_000)]
-    lines, late = run_through_the_job_side(splits, specs, 1_500, 2_000, batch_size, restore_at=restore_at)
-    arrivals = [(name, r) for name in splits for r in splits[name]]  # per split order is all that matters
-    for index, spec in enumerate(specs):
-        windows, expected_late = analyze(arrivals, spec, ["merchant_category", "country"], 2_000, 1_500)
-        emitted = [line for line in lines if line["window"] == spec.name]
-        keys = [(line["window_start"], line["group_by"], line["group"]) for line in emitted]
-        assert len(keys) == len(set(keys)), "a window emitted twice"
-        assert set(keys) == set(windows)
-        for line in emitted:
-            figures = windows[(line["window_start"], line["group_by"], line["group"])].figures()
-            assert close({name: line[name] for name in figures}, figures), (line, figures)
-        spec_late = sorted((line["event_time"], [(m["window_start"], m["late_by_ms"]) for m in line["missed"]])
-                           for line in late if line["window"] == spec.name)
-        assert spec_late == sorted((arrivals[x.index][1].event_time, x.missed) for x in expected_late)
-    assert late, "the random splits have late records"
-
-
-def test_a_record_for_a_window_already_emitted_is_late_whatever_its_effective_watermark():
-    """Should a record reach the window operator for a window it already emitted (after a restore
-    met an idle split), it is written as late there, not silently left out."""
-    import orjson
-
-    from udfs.analytics import ScoredColumns, WindowAnalytics
-
-    analytics = WindowAnalytics([WindowSpec(10_000, 10_000)], ["country"], 0)
-    first = [record(5_000), record(25_000)]
-    analytics.receive(ScoredColumns.of(batch_of(first, [5_000, 25_000]), np.array([0.5, 0.5]),
-                                       np.array([5_000, 25_000]), ["country"]))
-    lines, _ = analytics.emit(25_000)
-    assert [orjson.loads(line)["window_start"] for _, line in lines] == [0]
-    late, due_times, _ = analytics.receive(
-        ScoredColumns.of(batch_of([record(6_000)], [6_000]), np.array([0.5]), np.array([6_000]), ["country"]))
-    assert due_times == set()
-    assert [orjson.loads(line)["missed"] for _, line in late] == [
-        [{"window_start": 0, "window_end": 10_000, "late_by_ms": 15_000}]]

@@ -1,0 +1,331 @@
+package riskstream.flink;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+import java.util.stream.Collectors;
+
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
+import org.apache.flink.streaming.api.operators.KeyedProcessOperator;
+import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.streaming.util.KeyedOneInputStreamOperatorTestHarness;
+import org.junit.jupiter.api.Test;
+
+/**
+ * WindowAnalytics: a window's figures (worked out by hand here), emitted once when the watermark
+ * reaches its end plus the allowed lateness, records counted only in windows they were not late
+ * for, late lines for windows emitted before a record came, and a restore that changes nothing.
+ * The job's output against the plain-Python reference is tests/integration/test_analytics.py's.
+ */
+class WindowAnalyticsTest {
+
+    private static final ObjectMapper JSON = new ObjectMapper();
+    private static final String[] GROUP_BY = {"merchant_category", "country"};
+
+    private static KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness(
+            long[] sizes, long[] slides, long lateness, boolean keyed) throws Exception {
+        String[] names = new String[sizes.length];
+        for (int i = 0; i < sizes.length; i++) {
+            names[i] = sizes[i] == slides[i] ? "tumbling-" + sizes[i] + "ms" : "sliding-" + sizes[i] + "ms-" + slides[i] + "ms";
+        }
+        return new KeyedOneInputStreamOperatorTestHarness<>(
+                new KeyedProcessOperator<>(new WindowAnalytics(sizes, slides, names, GROUP_BY, lateness, 1e-15, keyed, "riskstream")),
+                WindowAnalytics.oneKey(), Types.INT);
+    }
+
+    private static KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> tumbling10s() throws Exception {
+        return harness(new long[] {10_000}, new long[] {10_000}, 0, false);
+    }
+
+    /** One scored record: event time, its effective watermark, score, label (-1: none), amount, currency, account, category, country. */
+    private static final class Rec {
+        final long eventTime;
+        final long watermark;
+        final double score;
+        final int label;
+        final double amount;
+        final String currency;
+        final String account;
+        final String category;
+        final String country;
+
+        Rec(long eventTime, long watermark, double score, int label, double amount, String currency, String account,
+            String category, String country) {
+            this.eventTime = eventTime;
+            this.watermark = watermark;
+            this.score = score;
+            this.label = label;
+            this.amount = amount;
+            this.currency = currency;
+            this.account = account;
+            this.category = category;
+            this.country = country;
+        }
+    }
+
+    private static Rec rec(long eventTime, long watermark, double score, int label, double amount, String currency,
+                           String account) {
+        return new Rec(eventTime, watermark, score, label, amount, currency, account, "grocery", "DE");
+    }
+
+    private static byte[] batch(Rec... records) {
+        int n = records.length;
+        long[] eventTimes = new long[n];
+        long[] watermarks = new long[n];
+        double[] scores = new double[n];
+        double[] amounts = new double[n];
+        byte[] labels = new byte[n];
+        String[] txnIds = new String[n];
+        String[] currencies = new String[n];
+        String[] accounts = new String[n];
+        String[][] groups = new String[2][n];
+        for (int i = 0; i < n; i++) {
+            Rec r = records[i];
+            eventTimes[i] = r.eventTime;
+            watermarks[i] = r.watermark;
+            scores[i] = r.score;
+            amounts[i] = r.amount;
+            labels[i] = (byte) r.label;
+            txnIds[i] = "t" + r.eventTime + "-" + r.account;
+            currencies[i] = r.currency;
+            accounts[i] = r.account;
+            groups[0][i] = r.category;
+            groups[1][i] = r.country;
+        }
+        return new ScoredColumns(eventTimes, watermarks, scores, amounts, labels, txnIds, currencies, accounts, groups)
+                .toBytes();
+    }
+
+    private static List<JsonNode> lines(List<byte[]> bundles) throws Exception {
+        List<JsonNode> lines = new ArrayList<>();
+        for (byte[] bundle : bundles) {
+            for (String line : new String(bundle, StandardCharsets.UTF_8).split("\n")) {
+                lines.add(JSON.readTree(line));
+            }
+        }
+        return lines;
+    }
+
+    private static List<JsonNode> windows(KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness)
+            throws Exception {
+        return lines(harness.extractOutputValues());
+    }
+
+    private static List<JsonNode> late(KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness)
+            throws Exception {
+        var output = harness.getSideOutput(WindowAnalytics.LATE);
+        List<byte[]> bundles = new ArrayList<>();
+        if (output != null) {
+            for (StreamRecord<byte[]> record : output) {
+                bundles.add(record.getValue());
+            }
+        }
+        return lines(bundles);
+    }
+
+    @Test
+    void aWindowsFiguresAreItsRecords() throws Exception {
+        try (var harness = tumbling10s()) {
+            harness.open();
+            harness.processElement(batch(
+                    rec(1_000, 0, 0.2, 0, 10.0, "EUR", "a"),
+                    rec(2_000, 0, 0.8, 1, 20.0, "EUR", "b"),
+                    rec(3_000, 0, 0.8, 0, 5.0, "USD", "a"),
+                    rec(4_000, 0, 0.5, -1, 1.0, "EUR", "c"),
+                    rec(12_000, 0, 0.9, 1, 7.0, "EUR", "d")), 0L); // the next window
+            harness.processWatermark(new Watermark(9_999)); // the window's due time, 10,000, less Flink's 1 ms
+            List<JsonNode> lines = windows(harness);
+            assertEquals(2, lines.size(), "one line per group field");
+            JsonNode category = lines.get(1).get("group_by").asText().equals("merchant_category") ? lines.get(1) : lines.get(0);
+            assertEquals("tumbling-10000ms", category.get("window").asText());
+            assertEquals(0, category.get("window_start").asLong());
+            assertEquals(10_000, category.get("window_end").asLong());
+            assertEquals("grocery", category.get("group").asText());
+            assertEquals(1, category.get("schema_version").asInt());
+            assertEquals(4, category.get("transactions").asInt());
+            assertEquals(3, category.get("labelled_transactions").asInt());
+            assertEquals(1, category.get("fraud_count").asInt());
+            assertEquals(1.0 / 3, category.get("fraud_rate").asDouble(), 1e-12);
+            assertEquals(31.0, category.at("/amount/EUR/sum").asDouble(), 1e-12);
+            assertEquals(31.0 / 3, category.at("/amount/EUR/mean").asDouble(), 1e-12);
+            assertEquals(20.0, category.at("/amount/EUR/max").asDouble(), 1e-12);
+            assertEquals(5.0, category.at("/amount/USD/mean").asDouble(), 1e-12);
+            assertEquals(3, category.get("distinct_accounts").asInt());
+            assertEquals((0.2 + 0.8 + 0.8 + 0.5) / 4, category.get("mean_score").asDouble(), 1e-12);
+            assertEquals(-(Math.log(0.8) + Math.log(0.2) + Math.log(0.8)) / 3, category.get("log_loss").asDouble(), 1e-12);
+            // The fraud (0.8) outranks the 0.2 and ties the other 0.8 (half): (1 + 0.5) / 2.
+            assertEquals(0.75, category.get("roc_auc").asDouble(), 1e-12);
+            JsonNode country = lines.get(0) == category ? lines.get(1) : lines.get(0);
+            assertEquals("DE", country.get("group").asText());
+            assertEquals(4, country.get("transactions").asInt());
+        }
+    }
+
+    @Test
+    void aWindowWithOneClassOrNoLabelsHasNullRates() throws Exception {
+        try (var harness = tumbling10s()) {
+            harness.open();
+            harness.processElement(batch(rec(1_000, 0, 0.3, -1, 1.0, "EUR", "a")), 0L);
+            harness.processElement(batch(rec(11_000, 0, 0.3, 0, 1.0, "EUR", "a")), 0L);
+            harness.processWatermark(new Watermark(19_999));
+            List<JsonNode> lines = windows(harness);
+            assertEquals(4, lines.size());
+            for (JsonNode line : lines) {
+                assertTrue(line.get("roc_auc").isNull());
+                if (line.get("window_start").asLong() == 0) {
+                    assertTrue(line.get("fraud_rate").isNull() && line.get("log_loss").isNull());
+                } else {
+                    assertEquals(0.0, line.get("fraud_rate").asDouble());
+                }
+            }
+        }
+    }
+
+    @Test
+    void aWindowIsEmittedOnceWhenTheWatermarkReachesItsEndPlusTheLateness() throws Exception {
+        try (var harness = harness(new long[] {10_000}, new long[] {10_000}, 2_000, false)) {
+            harness.open();
+            harness.processElement(batch(rec(1_000, 0, 0.5, 1, 1.0, "EUR", "a")), 0L);
+            harness.processWatermark(new Watermark(11_998));
+            assertEquals(0, windows(harness).size(), "not before 12,000");
+            harness.processWatermark(new Watermark(11_999));
+            assertEquals(2, windows(harness).size());
+            harness.processElement(batch(rec(15_000, 12_000, 0.5, 1, 1.0, "EUR", "a")), 0L);
+            harness.processWatermark(new Watermark(40_000));
+            List<Long> starts = windows(harness).stream().map(line -> line.get("window_start").asLong())
+                    .collect(Collectors.toList());
+            assertEquals(List.of(0L, 0L, 10_000L, 10_000L), starts, "each window once");
+        }
+    }
+
+    @Test
+    void aRecordCountsOnlyInTheSlidingWindowsItWasNotLateFor() throws Exception {
+        // Windows of 10 s every 5 s: a record at 12,000 is in [5,000, 15,000) and [10,000, 20,000);
+        // its own watermark, 16,000, passed the first one's end: it counts only in the second.
+        try (var harness = harness(new long[] {10_000}, new long[] {5_000}, 0, false)) {
+            harness.open();
+            harness.processElement(batch(rec(12_000, 16_000, 0.5, 1, 1.0, "EUR", "a"),
+                    rec(13_000, 0, 0.5, 0, 1.0, "EUR", "b")), 0L);
+            harness.processWatermark(new Watermark(Long.MAX_VALUE));
+            List<JsonNode> category = windows(harness).stream()
+                    .filter(line -> line.get("group_by").asText().equals("merchant_category")).collect(Collectors.toList());
+            assertEquals(List.of(5_000L, 10_000L), category.stream().map(line -> line.get("window_start").asLong())
+                    .collect(Collectors.toList()));
+            assertEquals(List.of(1, 2), category.stream().map(line -> line.get("transactions").asInt())
+                    .collect(Collectors.toList()));
+            assertEquals("sliding-10000ms-5000ms", category.get(0).get("window").asText());
+        }
+    }
+
+    @Test
+    void aRecordForAWindowAlreadyEmittedIsWrittenAsLate() throws Exception {
+        try (var harness = tumbling10s()) {
+            harness.open();
+            harness.processElement(batch(rec(5_000, 5_000, 0.5, -1, 1.0, "EUR", "a"),
+                    rec(25_000, 25_000, 0.5, -1, 1.0, "EUR", "a")), 0L);
+            harness.processWatermark(new Watermark(24_999));
+            assertEquals(List.of(0L, 0L), windows(harness).stream().map(line -> line.get("window_start").asLong())
+                    .collect(Collectors.toList()));
+            harness.processElement(batch(rec(6_000, 6_000, 0.5, -1, 1.0, "EUR", "b")), 0L);
+            List<JsonNode> late = late(harness);
+            assertEquals(1, late.size());
+            assertEquals("t6000-b", late.get(0).get("txn_id").asText());
+            assertTrue(late.get(0).get("model_key").isNull());
+            assertEquals(25_000, late.get(0).get("watermark").asLong());
+            assertEquals(JSON.readTree("[{\"window_start\":0,\"window_end\":10000,\"late_by_ms\":15000}]"),
+                    late.get(0).get("missed"));
+            harness.processWatermark(new Watermark(Long.MAX_VALUE));
+            assertEquals(4, windows(harness).size(), "the late record opens no window again");
+        }
+    }
+
+    @Test
+    void keyedOutputPrefixesEachLineWithItsGroup() throws Exception {
+        try (var harness = harness(new long[] {10_000}, new long[] {10_000}, 0, true)) {
+            harness.open();
+            harness.processElement(batch(rec(1_000, 0, 0.5, 1, 1.0, "EUR", "a")), 0L);
+            harness.processWatermark(new Watermark(Long.MAX_VALUE));
+            String bundle = new String(harness.extractOutputValues().get(0), StandardCharsets.UTF_8);
+            List<String> keys = Arrays.stream(bundle.split("\n")).map(line -> line.substring(0, line.indexOf('\t')))
+                    .collect(Collectors.toList());
+            assertEquals(List.of("country=DE", "merchant_category=grocery"), keys);
+        }
+    }
+
+    private static List<byte[]> randomBatches(long seed) {
+        Random random = new Random(seed);
+        List<byte[]> batches = new ArrayList<>();
+        long largest = 0;
+        for (int b = 0; b < 40; b++) {
+            Rec[] records = new Rec[1 + random.nextInt(8)];
+            for (int i = 0; i < records.length; i++) {
+                long eventTime = b * 1_500L + random.nextInt(6_000);
+                largest = Math.max(largest, eventTime);
+                records[i] = new Rec(eventTime, largest - 2_000, random.nextDouble(), random.nextInt(3) - 1,
+                        1 + random.nextInt(100), random.nextBoolean() ? "EUR" : "USD", "a" + random.nextInt(9),
+                        "c" + random.nextInt(3), random.nextBoolean() ? "DE" : "FR");
+            }
+            batches.add(batch(records));
+        }
+        return batches;
+    }
+
+    /** Feeds the batches with a watermark after each (largest event time so far less 2,000, less Flink's 1 ms). */
+    private static long feed(KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness, List<byte[]> batches,
+                             int from, int to, long watermark) throws Exception {
+        for (int b = from; b < to; b++) {
+            byte[] batch = batches.get(b);
+            harness.processElement(new StreamRecord<>(batch, 0L));
+            for (long eventTime : ScoredColumns.read(batch).eventTimes) {
+                watermark = Math.max(watermark, eventTime - 2_000 - 1);
+            }
+            harness.processWatermark(new Watermark(watermark));
+        }
+        return watermark;
+    }
+
+    @Test
+    void aRestoredOperatorEmitsWhatAnUninterruptedOneDoes() throws Exception {
+        List<byte[]> batches = randomBatches(7);
+        long[] sizes = {6_000, 10_000};
+        long[] slides = {6_000, 2_500};
+        List<String> uninterrupted;
+        try (var harness = harness(sizes, slides, 500, false)) {
+            harness.open();
+            feed(harness, batches, 0, batches.size(), Long.MIN_VALUE);
+            harness.processWatermark(new Watermark(Long.MAX_VALUE));
+            uninterrupted = windows(harness).stream().map(JsonNode::toString).collect(Collectors.toList());
+        }
+        List<String> restoredRun = new ArrayList<>();
+        OperatorSubtaskState state;
+        long watermark;
+        try (var harness = harness(sizes, slides, 500, false)) {
+            harness.open();
+            watermark = feed(harness, batches, 0, 17, Long.MIN_VALUE);
+            state = harness.snapshot(1L, 1L);
+            windows(harness).forEach(line -> restoredRun.add(line.toString()));
+            feed(harness, batches, 17, 25, watermark); // lost with the failure, replayed below
+        }
+        try (var restored = harness(sizes, slides, 500, false)) {
+            restored.initializeState(state);
+            restored.open();
+            feed(restored, batches, 17, batches.size(), watermark);
+            restored.processWatermark(new Watermark(Long.MAX_VALUE));
+            windows(restored).forEach(line -> restoredRun.add(line.toString()));
+        }
+        assertTrue(uninterrupted.size() > 40, "enough windows to mean something: " + uninterrupted.size());
+        assertEquals(uninterrupted.size(), restoredRun.size(), "windows emitted");
+        for (int i = 0; i < uninterrupted.size(); i++) {
+            assertEquals(uninterrupted.get(i), restoredRun.get(i), "window line " + i);
+        }
+    }
+}
