@@ -48,7 +48,7 @@ from streaming.cluster import JOB_NAME, METRICS_GROUP
 from streaming.config import Settings
 from streaming.flink_options import flink_options
 from streaming.from_settings import model_scorer, transaction_reader, windowing
-from udfs.analytics import NO_WATERMARK, Windowing, late_records, scored_columns_bytes
+from udfs.analytics import NO_WATERMARK, Windowing, analytics_header, late_records
 from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, records_in_bundle
 from udfs.metrics import SCORE_CLIP
 from udfs.ordering import BundleSequencer, split_bundle_header
@@ -72,8 +72,6 @@ END_OF_INPUT = 2**63 - 1
 DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 SNAPSHOTS = OutputTag("model-snapshots", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 LATE = OutputTag("late", Types.PRIMITIVE_ARRAY(Types.BYTE()))
-# Each scored batch's columns (udfs.analytics.scored_columns_bytes), for the window-analytics operator.
-SCORED_COLUMNS = OutputTag("scored-columns", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
 ANALYTICS_OUTPUTS = ("analytics", "late")
@@ -223,23 +221,26 @@ class ScoreShard(KeyedProcessFunction):
             if len(batch):
                 self.scored.inc(len(batch))
                 self.recent_loss.add(assessed.probability, batch.labels)
-                yield output_bundle(self.scorer.score_lines(batch, assessed, now_ms()),
-                                    batch.model_keys if self.keyed_output else None)
+                scores = output_bundle(self.scorer.score_lines(batch, assessed, now_ms()),
+                                       batch.model_keys if self.keyed_output else None)
+                if self.analytics is None:
+                    yield scores
+                else:
+                    yield from self._with_analytics(batch, scores, ctx.timer_service().current_watermark())
             if assessed.snapshots:
                 yield SNAPSHOTS, keyed_lines_bundle(assessed.snapshots, self.keyed_output)
-            if self.analytics is not None and len(batch):
-                yield from self._to_analytics(batch, assessed.probability, ctx.timer_service().current_watermark())
 
-    def _to_analytics(self, batch: RecordBatch, scores, flink_watermark: int):
-        """The batch's late records (to LATE) and its columns (to SCORED_COLUMNS, for window-analytics)."""
+    def _with_analytics(self, batch: RecordBatch, scores: bytes, flink_watermark: int):
+        """The batch's score lines after the header window-analytics reads (which records were late,
+        by what watermark: udfs.analytics.analytics_header), and its late records (to LATE)."""
         analytics = self.analytics
         watermark = NO_WATERMARK if flink_watermark == JAVA_LONG_MIN else flink_watermark + FLINK_WATERMARK_LAG_MS
-        watermarks, late = late_records(analytics.specs, analytics.allowed_lateness_ms, batch, watermark)
+        watermarks, late_rows, late = late_records(analytics.specs, analytics.allowed_lateness_ms, batch, watermark)
+        yield analytics_header(late_rows, watermarks) + scores
         self.late.inc(len(late))  # also when 0, so that the counter is reported from the first batch
         if late:
             yield LATE, output_bundle([line for _, line in late],
                                       [txn_id for txn_id, _ in late] if self.keyed_output else None)
-        yield SCORED_COLUMNS, scored_columns_bytes(batch, scores, watermarks, analytics.group_by)
 
     def _model_keys(self) -> int:
         """Model keys in this worker's tables (the `model_keys` gauge): a shard's keys count from
@@ -266,11 +267,11 @@ class ScoreShard(KeyedProcessFunction):
             yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
 
 
-def window_analytics(scored_columns: DataStream, windows: Windowing, keyed_output: bool) -> DataStream:
+def window_analytics(scored: DataStream, windows: Windowing, keyed_output: bool) -> DataStream:
     """The analytics lines of each window and group, emitted once when due (WindowAnalytics.java,
-    one subtask: one key), from the scored batches' columns. Java: a Python operator here cost
-    about as much CPU as scoring (the hop of every batch to a Python worker, its keyed state
-    writes and reads through the JVM, and the figures in numpy)."""
+    one subtask: one key), from the scoring operator's output (score lines after a header: see
+    udfs.analytics.analytics_header). Java, on the score lines the job writes anyway: a Python
+    operator here, or a second copy of each batch sent out of Python, cost more CPU than scoring."""
     jvm = internals.jvm()
     specs = windows.specs
     function = jvm.riskstream.flink.WindowAnalytics(
@@ -278,8 +279,15 @@ def window_analytics(scored_columns: DataStream, windows: Windowing, keyed_outpu
         internals.java_strings([spec.name for spec in specs]), internals.java_strings(windows.group_by),
         windows.allowed_lateness_ms, SCORE_CLIP, keyed_output, METRICS_GROUP)
     bytes_type = Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info()
-    return java_operator(scored_columns, "window-analytics", lambda j, jvm: j.keyBy(
+    return java_operator(scored, "window-analytics", lambda j, jvm: j.keyBy(
         jvm.riskstream.flink.WindowAnalytics.oneKey()).process(function, bytes_type)).slot_sharing_group("scoring")
+
+
+def without_analytics_header(scored: DataStream) -> DataStream:
+    """The scoring operator's output bundles without the header for window-analytics (AnalyticsHeader.java)."""
+    bytes_type = Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info()
+    return java_operator(scored, "scores-without-analytics-header", lambda j, jvm: j.map(
+        jvm.riskstream.flink.AnalyticsHeader(), bytes_type))
 
 
 def window_analytics_late(windows: DataStream) -> DataStream:
@@ -445,10 +453,11 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
     output = Path(settings.output.path)
     kafka = settings.kafka
     topics = (kafka.scores_topic, kafka.dead_letters_topic, kafka.snapshots_topic)
-    output_bundles = (scored, model_inputs.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))
+    scores = without_analytics_header(scored) if analytics.enabled else scored
+    output_bundles = (scores, model_inputs.get_side_output(DEAD_LETTERS), scored.get_side_output(SNAPSHOTS))
     names = OUTPUTS
     if analytics.enabled:
-        windows = window_analytics(scored.get_side_output(SCORED_COLUMNS), windows_computed, keyed_output)
+        windows = window_analytics(scored, windows_computed, keyed_output)
         names += ANALYTICS_OUTPUTS
         topics += (kafka.analytics_topic, kafka.late_topic)
         output_bundles += (windows, scored.get_side_output(LATE).union(window_analytics_late(windows)))

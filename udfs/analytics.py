@@ -209,30 +209,15 @@ GROUP_COLUMNS = {"merchant_category": "categories", "country": "countries", "cha
                  "currency": "currencies"}
 
 
-def _text_column(values: Sequence[str]) -> tuple[np.ndarray, bytes]:
-    """(each value's UTF-8 length as int32, the UTF-8 bytes joined)."""
-    encoded = [value.encode("utf-8") for value in values]
-    return np.fromiter(map(len, encoded), np.int32, len(encoded)), b"".join(encoded)
-
-
-def scored_columns_bytes(batch: RecordBatch, scores: np.ndarray, watermarks: np.ndarray,
-                         group_by: Sequence[str]) -> bytes:
-    """What windowed analytics needs of a scored batch, as the window operator reads it
-    (ScoredColumns.java, which documents the layout): little-endian int32 record count and group
-    field count; the event times, effective `watermarks` (int64, see `late_records`), `scores`
-    (float64, probability of fraud before learning), amounts (float64) and labels (int8, -1 for
-    none); then the transaction ids, currencies, account pseudonyms and each `group_by` field's
-    values, each as int32 UTF-8 lengths and the UTF-8 bytes joined. A few buffers a batch, no
-    pickling: the window operator is Java."""
-    texts = [batch.txn_ids, batch.currencies, batch.accounts] + [getattr(batch, GROUP_COLUMNS[name]) for name in group_by]
-    parts = [np.array([len(batch), len(group_by)], "<i4").tobytes(),
-             np.asarray(batch.event_times, "<i8").tobytes(), np.asarray(watermarks, "<i8").tobytes(),
-             np.asarray(scores, "<f8").tobytes(), np.asarray(batch.amounts, "<f8").tobytes(),
-             np.asarray(batch.labels, np.int8).tobytes()]
-    for values in texts:
-        lengths, joined = _text_column(values)
-        parts += [lengths.astype("<i4").tobytes(), joined]
-    return b"".join(parts)
+def analytics_header(late_rows: Sequence[int], watermarks: np.ndarray) -> bytes:
+    """What the window operator needs besides a scored batch's score lines, put before them in the
+    scoring operator's output bundle (AnalyticsHeader.java documents the layout and removes it for
+    the scores sinks): the positions of the records found late (`late_records`) and their effective
+    watermarks (`watermarks`: the whole batch's, epoch ms); a record not listed was late for none of
+    its windows. Little-endian int32 count, int32 positions, int64 watermarks."""
+    rows = np.asarray(late_rows, "<i4")
+    return b"".join((np.array([len(rows)], "<i4").tobytes(), rows.tobytes(),
+                     np.asarray(watermarks, "<i8")[rows].tobytes()))
 
 
 def _missed(spec: WindowSpec, event_times: np.ndarray, watermarks: np.ndarray, allowed_lateness_ms: int
@@ -258,19 +243,22 @@ def _late_line(spec: WindowSpec, txn_id: str, model_key: str | None, event_time:
 
 
 def late_records(specs: Sequence[WindowSpec], allowed_lateness_ms: int, batch: RecordBatch,
-                 operator_watermark: int) -> tuple[np.ndarray, list[tuple[str, bytes]]]:
+                 operator_watermark: int) -> tuple[np.ndarray, list[int], list[tuple[str, bytes]]]:
     """The scoring side of windowed analytics: each record's effective watermark (the larger of its
     split's watermark at arrival and the scoring operator's, `operator_watermark`; the second
     only matters while a split is idle), and a (txn_id, JSON line) per record and window size it
-    is late for: the windows whose end plus `allowed_lateness_ms` its effective watermark reached.
+    is late for: the windows whose end plus `allowed_lateness_ms` its effective watermark reached;
+    returns (the watermarks, the late records' positions in the batch, ascending, the lines).
 
     The windows are emitted downstream, when that operator's watermark reaches them; it can never
     be ahead of this one, so a record not late here arrives there before its windows are emitted."""
     # Clamped: the watermark after the end of input is past the int64 range.
     watermarks = np.maximum(batch.source_watermarks, min(max(operator_watermark, NO_WATERMARK), 2**63 - 1))
     late: list[tuple[str, bytes]] = []
+    rows: set[int] = set()
     for spec in specs:
         for r, missed in sorted(_missed(spec, batch.event_times, watermarks, allowed_lateness_ms).items()):
+            rows.add(r)
             late.append((batch.txn_ids[r], _late_line(spec, batch.txn_ids[r], batch.model_keys[r],
                                                       int(batch.event_times[r]), int(watermarks[r]), missed)))
-    return watermarks, late
+    return watermarks, sorted(rows), late

@@ -9,11 +9,14 @@ import random
 import pytest
 
 from udfs.analytics import (
+    NO_WATERMARK,
     ScoredRecord,
     SplitWatermarks,
     WindowFigures,
     WindowSpec,
+    analytics_header,
     analyze,
+    late_records,
     missed_windows,
     window_line,
 )
@@ -148,3 +151,42 @@ def test_window_line_names_window_group_and_figures():
     assert (line["window_start"], line["window_end"]) == (10_000, 20_000)
     assert (line["group_by"], line["group"]) == ("merchant_category", "fuel")
     assert line["transactions"] == 1 and line["fraud_rate"] == 1.0
+
+
+# ------------------------------------------------- the scoring operator's side (udfs.analytics.late_records)
+
+
+def batch_of(records: list[ScoredRecord], source_watermarks: list[int]):
+    """A RecordBatch of scored records (their context, event time and label), each with its split's watermark."""
+    import numpy as np
+
+    from udfs.pipeline import ModelInput, RecordBatch, ScoreContext
+
+    inputs = [ModelInput(r.groups["merchant_category"], f"t{r.event_time}", r.event_time, r.label, [], [],
+                         ScoreContext(r.groups["merchant_category"], r.groups["country"], "web", r.amount, r.currency,
+                                      r.account)) for r in records]
+    # Not _replace: RecordBatch's __len__ counts records, which namedtuple's _replace takes for its fields.
+    return RecordBatch(*tuple(RecordBatch.of(inputs))[:-1], np.array(source_watermarks, np.int64))
+
+
+@pytest.mark.parametrize("operator_watermark, late_rows", [(NO_WATERMARK, [1]), (20_000, [0, 1, 2])])
+def test_the_scoring_side_finds_late_records_and_heads_its_output_with_them(operator_watermark, late_rows):
+    """A record is late by the larger of its split's watermark and the scoring operator's; the
+    header before the batch's score lines lists the late ones with that watermark (the window
+    operator counts a listed record only in windows that watermark had not reached)."""
+    import numpy as np
+    import orjson
+
+    batch = batch_of([record(5_000), record(3_000), record(15_000)], [4_000, 12_000, 12_000])
+    watermarks, rows, late = late_records([WindowSpec(10_000, 10_000)], 0, batch, operator_watermark)
+    assert rows == late_rows
+    assert watermarks.tolist() == [max(w, operator_watermark) for w in (4_000, 12_000, 12_000)]
+    lines = {txn_id: orjson.loads(line) for txn_id, line in late}
+    assert sorted(lines) == sorted(f"t{batch.event_times[r]}" for r in late_rows)
+    if operator_watermark == NO_WATERMARK:
+        assert lines["t3000"]["missed"] == [{"window_start": 0, "window_end": 10_000, "late_by_ms": 2_000}]
+    header = analytics_header(rows, watermarks)
+    count = int(np.frombuffer(header[:4], "<i4")[0])
+    assert count == len(late_rows) and len(header) == 4 + 12 * count
+    assert np.frombuffer(header[4:4 + 4 * count], "<i4").tolist() == late_rows
+    assert np.frombuffer(header[4 + 4 * count:], "<i8").tolist() == watermarks[late_rows].tolist()

@@ -3,6 +3,8 @@ package riskstream.flink;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -30,6 +32,8 @@ class WindowAnalyticsTest {
 
     private static final ObjectMapper JSON = new ObjectMapper();
     private static final String[] GROUP_BY = {"merchant_category", "country"};
+    /** The watermark of a record the scoring operator did not find late: it is not in the header. */
+    private static final long NOT_LATE = Long.MIN_VALUE;
 
     private static KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness(
             long[] sizes, long[] slides, long lateness, boolean keyed) throws Exception {
@@ -77,32 +81,49 @@ class WindowAnalyticsTest {
         return new Rec(eventTime, watermark, score, label, amount, currency, account, "grocery", "DE");
     }
 
-    private static byte[] batch(Rec... records) {
-        int n = records.length;
-        long[] eventTimes = new long[n];
-        long[] watermarks = new long[n];
-        double[] scores = new double[n];
-        double[] amounts = new double[n];
-        byte[] labels = new byte[n];
-        String[] txnIds = new String[n];
-        String[] currencies = new String[n];
-        String[] accounts = new String[n];
-        String[][] groups = new String[2][n];
-        for (int i = 0; i < n; i++) {
+    /**
+     * A scoring operator's output bundle with analytics on: the header (the records whose effective
+     * watermark is given, i.e. not Long.MIN_VALUE, as late ones), then a score line per record.
+     */
+    private static byte[] batch(Rec... records) throws Exception {
+        return batch(false, records);
+    }
+
+    /** {@link #batch}, each line after {@code <model key>\t} when {@code keyed} (Kafka output). */
+    private static byte[] batch(boolean keyed, Rec... records) throws Exception {
+        List<Integer> late = new ArrayList<>();
+        StringBuilder lines = new StringBuilder();
+        for (int i = 0; i < records.length; i++) {
             Rec r = records[i];
-            eventTimes[i] = r.eventTime;
-            watermarks[i] = r.watermark;
-            scores[i] = r.score;
-            amounts[i] = r.amount;
-            labels[i] = (byte) r.label;
-            txnIds[i] = "t" + r.eventTime + "-" + r.account;
-            currencies[i] = r.currency;
-            accounts[i] = r.account;
-            groups[0][i] = r.category;
-            groups[1][i] = r.country;
+            if (r.watermark != Long.MIN_VALUE) {
+                late.add(i);
+            }
+            var line = JSON.createObjectNode();
+            line.put("schema_version", 1).put("txn_id", "t" + r.eventTime + "-" + r.account).put("model_key", r.category)
+                    .put("score", r.score);
+            if (r.label < 0) {
+                line.putNull("label");
+            } else {
+                line.put("label", r.label);
+            }
+            line.put("event_time", r.eventTime).put("model_updates", 3);
+            line.putArray("reasons").addObject().put("feature", "country=" + r.country).put("contribution", 0.1);
+            line.put("scored_at", 1L).put("merchant_category", r.category).put("country", r.country).put("channel", "web")
+                    .put("amount", r.amount).put("currency", r.currency).put("account", r.account);
+            lines.append(i > 0 ? "\n" : "").append(keyed ? "{odd key " + r.category + "\t" : "")
+                    .append(JSON.writeValueAsString(line));
         }
-        return new ScoredColumns(eventTimes, watermarks, scores, amounts, labels, txnIds, currencies, accounts, groups)
-                .toBytes();
+        byte[] body = lines.toString().getBytes(StandardCharsets.UTF_8);
+        ByteBuffer bundle = ByteBuffer.allocate(AnalyticsHeader.length(late.size()) + body.length)
+                .order(ByteOrder.LITTLE_ENDIAN);
+        bundle.putInt(late.size());
+        for (int row : late) {
+            bundle.putInt(row);
+        }
+        for (int row : late) {
+            bundle.putLong(records[row].watermark);
+        }
+        return bundle.put(body).array();
     }
 
     private static List<JsonNode> lines(List<byte[]> bundles) throws Exception {
@@ -137,11 +158,11 @@ class WindowAnalyticsTest {
         try (var harness = tumbling10s()) {
             harness.open();
             harness.processElement(batch(
-                    rec(1_000, 0, 0.2, 0, 10.0, "EUR", "a"),
-                    rec(2_000, 0, 0.8, 1, 20.0, "EUR", "b"),
-                    rec(3_000, 0, 0.8, 0, 5.0, "USD", "a"),
-                    rec(4_000, 0, 0.5, -1, 1.0, "EUR", "c"),
-                    rec(12_000, 0, 0.9, 1, 7.0, "EUR", "d")), 0L); // the next window
+                    rec(1_000, NOT_LATE, 0.2, 0, 10.0, "EUR", "a"),
+                    rec(2_000, NOT_LATE, 0.8, 1, 20.0, "EUR", "b"),
+                    rec(3_000, NOT_LATE, 0.8, 0, 5.0, "USD", "a"),
+                    rec(4_000, NOT_LATE, 0.5, -1, 1.0, "EUR", "c"),
+                    rec(12_000, NOT_LATE, 0.9, 1, 7.0, "EUR", "d")), 0L); // the next window
             harness.processWatermark(new Watermark(9_999)); // the window's due time, 10,000, less Flink's 1 ms
             List<JsonNode> lines = windows(harness);
             assertEquals(2, lines.size(), "one line per group field");
@@ -174,8 +195,8 @@ class WindowAnalyticsTest {
     void aWindowWithOneClassOrNoLabelsHasNullRates() throws Exception {
         try (var harness = tumbling10s()) {
             harness.open();
-            harness.processElement(batch(rec(1_000, 0, 0.3, -1, 1.0, "EUR", "a")), 0L);
-            harness.processElement(batch(rec(11_000, 0, 0.3, 0, 1.0, "EUR", "a")), 0L);
+            harness.processElement(batch(rec(1_000, NOT_LATE, 0.3, -1, 1.0, "EUR", "a")), 0L);
+            harness.processElement(batch(rec(11_000, NOT_LATE, 0.3, 0, 1.0, "EUR", "a")), 0L);
             harness.processWatermark(new Watermark(19_999));
             List<JsonNode> lines = windows(harness);
             assertEquals(4, lines.size());
@@ -194,7 +215,7 @@ class WindowAnalyticsTest {
     void aWindowIsEmittedOnceWhenTheWatermarkReachesItsEndPlusTheLateness() throws Exception {
         try (var harness = harness(new long[] {10_000}, new long[] {10_000}, 2_000, false)) {
             harness.open();
-            harness.processElement(batch(rec(1_000, 0, 0.5, 1, 1.0, "EUR", "a")), 0L);
+            harness.processElement(batch(rec(1_000, NOT_LATE, 0.5, 1, 1.0, "EUR", "a")), 0L);
             harness.processWatermark(new Watermark(11_998));
             assertEquals(0, windows(harness).size(), "not before 12,000");
             harness.processWatermark(new Watermark(11_999));
@@ -214,7 +235,7 @@ class WindowAnalyticsTest {
         try (var harness = harness(new long[] {10_000}, new long[] {5_000}, 0, false)) {
             harness.open();
             harness.processElement(batch(rec(12_000, 16_000, 0.5, 1, 1.0, "EUR", "a"),
-                    rec(13_000, 0, 0.5, 0, 1.0, "EUR", "b")), 0L);
+                    rec(13_000, NOT_LATE, 0.5, 0, 1.0, "EUR", "b")), 0L);
             harness.processWatermark(new Watermark(Long.MAX_VALUE));
             List<JsonNode> category = windows(harness).stream()
                     .filter(line -> line.get("group_by").asText().equals("merchant_category")).collect(Collectors.toList());
@@ -252,16 +273,21 @@ class WindowAnalyticsTest {
     void keyedOutputPrefixesEachLineWithItsGroup() throws Exception {
         try (var harness = harness(new long[] {10_000}, new long[] {10_000}, 0, true)) {
             harness.open();
-            harness.processElement(batch(rec(1_000, 0, 0.5, 1, 1.0, "EUR", "a")), 0L);
+            // Keyed input too: score lines after "<model key>\t" (a key may hold a brace).
+            harness.processElement(batch(true, rec(1_000, NOT_LATE, 0.5, 1, 1.0, "EUR", "a"),
+                    rec(2_000, NOT_LATE, 0.5, 0, 3.0, "EUR", "b")), 0L);
             harness.processWatermark(new Watermark(Long.MAX_VALUE));
             String bundle = new String(harness.extractOutputValues().get(0), StandardCharsets.UTF_8);
             List<String> keys = Arrays.stream(bundle.split("\n")).map(line -> line.substring(0, line.indexOf('\t')))
                     .collect(Collectors.toList());
             assertEquals(List.of("country=DE", "merchant_category=grocery"), keys);
+            JsonNode first = JSON.readTree(bundle.split("\n")[0].substring(keys.get(0).length() + 1));
+            assertEquals(2, first.get("transactions").asInt());
+            assertEquals(4.0, first.at("/amount/EUR/sum").asDouble());
         }
     }
 
-    private static List<byte[]> randomBatches(long seed) {
+    private static List<byte[]> randomBatches(long seed) throws Exception {
         Random random = new Random(seed);
         List<byte[]> batches = new ArrayList<>();
         long largest = 0;
@@ -270,7 +296,8 @@ class WindowAnalyticsTest {
             for (int i = 0; i < records.length; i++) {
                 long eventTime = b * 1_500L + random.nextInt(6_000);
                 largest = Math.max(largest, eventTime);
-                records[i] = new Rec(eventTime, largest - 2_000, random.nextDouble(), random.nextInt(3) - 1,
+                long watermark = largest - 2_000; // a record at or after it is late for no window
+                records[i] = new Rec(eventTime, eventTime < watermark ? watermark : NOT_LATE, random.nextDouble(), random.nextInt(3) - 1,
                         1 + random.nextInt(100), random.nextBoolean() ? "EUR" : "USD", "a" + random.nextInt(9),
                         "c" + random.nextInt(3), random.nextBoolean() ? "DE" : "FR");
             }
@@ -285,7 +312,7 @@ class WindowAnalyticsTest {
         for (int b = from; b < to; b++) {
             byte[] batch = batches.get(b);
             harness.processElement(new StreamRecord<>(batch, 0L));
-            for (long eventTime : ScoredColumns.read(batch).eventTimes) {
+            for (long eventTime : ScoredColumns.ofScoredBatch(batch, GROUP_BY, false).eventTimes) {
                 watermark = Math.max(watermark, eventTime - 2_000 - 1);
             }
             harness.processWatermark(new Watermark(watermark));

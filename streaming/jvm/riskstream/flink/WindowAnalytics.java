@@ -1,8 +1,6 @@
 package riskstream.flink;
 
 import java.io.ByteArrayOutputStream;
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -26,9 +24,9 @@ import org.apache.flink.util.Collector;
 import org.apache.flink.util.OutputTag;
 
 /**
- * Event-time windowed analytics of the scored stream: takes each scored batch's columns
- * ({@link ScoredColumns}, with every record's effective watermark at its arrival, as the scoring
- * operator's {@code late_records} in udfs/analytics.py computed it) and emits every window's
+ * Event-time windowed analytics of the scored stream: takes each scored batch's output (its score
+ * lines, after a header with the effective watermark of each record the scoring operator's {@code
+ * late_records} in udfs/analytics.py found late: see {@link AnalyticsHeader}) and emits every window's
  * figures per group once, when the watermark reaches the window's end plus the allowed lateness. A
  * record counts in each of its windows that were not emitted when it arrived and that its own
  * watermark had not reached. The rules and the figures are those of udfs/analytics.py ({@code
@@ -129,7 +127,7 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
     @Override
     public void processElement(byte[] batch, Context ctx, Collector<byte[]> out) throws Exception {
         loadPending();
-        ScoredColumns columns = ScoredColumns.read(batch);
+        ScoredColumns columns = ScoredColumns.ofScoredBatch(batch, groupBy, keyedOutput);
         List<byte[]> lateLines = new ArrayList<>();
         List<String> lateKeys = new ArrayList<>();
         if (emittedThrough != Long.MIN_VALUE) {
@@ -143,17 +141,12 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
                 }
             }
             // Kept with the watermark it counts by: a window emitted before it came is not its.
-            ByteBuffer view = ByteBuffer.wrap(batch).order(ByteOrder.LITTLE_ENDIAN);
-            int watermarksAt = 8 + 8 * columns.size();
             for (int r = 0; r < columns.size(); r++) {
-                if (columns.watermarks[r] < emittedThrough) {
-                    columns.watermarks[r] = emittedThrough;
-                    view.putLong(watermarksAt + 8 * r, emittedThrough);
-                }
+                columns.watermarks[r] = Math.max(columns.watermarks[r], emittedThrough);
             }
         }
         pending.add(columns);
-        pendingState.add(batch);
+        pendingState.add(columns.toBytes());
         setTimer(earliestDue(List.of(columns)), ctx);
         late.inc(lateLines.size());
         for (byte[] bundle : bundles(lateLines, lateKeys)) {
