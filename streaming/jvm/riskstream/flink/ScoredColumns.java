@@ -33,17 +33,17 @@ final class ScoredColumns {
     final String[] accounts;
     final String[][] groups; // [group field][record]
 
-    ScoredColumns(long[] eventTimes, long[] watermarks, double[] scores, double[] amounts, byte[] labels,
-                  String[] txnIds, String[] currencies, String[] accounts, String[][] groups) {
-        this.eventTimes = eventTimes;
-        this.watermarks = watermarks;
-        this.scores = scores;
-        this.amounts = amounts;
-        this.labels = labels;
-        this.txnIds = txnIds;
-        this.currencies = currencies;
-        this.accounts = accounts;
-        this.groups = groups;
+    /** Columns for {@code n} records and {@code groupFields} group fields, to be filled in. */
+    private ScoredColumns(int n, int groupFields) {
+        eventTimes = new long[n];
+        watermarks = new long[n];
+        scores = new double[n];
+        amounts = new double[n];
+        labels = new byte[n];
+        txnIds = new String[n];
+        currencies = new String[n];
+        accounts = new String[n];
+        groups = new String[groupFields][n];
     }
 
     int size() {
@@ -80,21 +80,11 @@ final class ScoredColumns {
             }
         }
         n += batch.length > start ? 1 : 0;
-        long[] eventTimes = new long[n];
-        long[] watermarks = new long[n];
-        double[] scores = new double[n];
-        double[] amounts = new double[n];
-        byte[] labels = new byte[n];
-        String[] txnIds = new String[n];
-        String[] currencies = new String[n];
-        String[] accounts = new String[n];
-        String[][] groups = new String[groupBy.length][n];
-        Arrays.fill(watermarks, Long.MIN_VALUE);
+        ScoredColumns columns = new ScoredColumns(n, groupBy.length);
+        Arrays.fill(columns.watermarks, Long.MIN_VALUE);
         for (int i = 0; i < lateCount; i++) {
-            watermarks[lateRows[i]] = lateWatermarks[i];
+            columns.watermarks[lateRows[i]] = lateWatermarks[i];
         }
-        ScoredColumns columns = new ScoredColumns(eventTimes, watermarks, scores, amounts, labels, txnIds, currencies,
-                accounts, groups);
         if (!keyed) { // one parser for the whole bundle: JSON values one after another
             try (JsonParser parser = JSON.createParser(batch, start, batch.length - start)) {
                 for (int row = 0; row < n; row++) {
@@ -149,76 +139,59 @@ final class ScoredColumns {
     static ScoredColumns read(byte[] data) {
         ByteBuffer buffer = ByteBuffer.wrap(data).order(ByteOrder.LITTLE_ENDIAN);
         int n = buffer.getInt();
-        int groupFields = buffer.getInt();
-        long[] eventTimes = new long[n];
-        long[] watermarks = new long[n];
-        double[] scores = new double[n];
-        double[] amounts = new double[n];
-        byte[] labels = new byte[n];
-        buffer.asLongBuffer().get(eventTimes);
+        ScoredColumns columns = new ScoredColumns(n, buffer.getInt());
+        buffer.asLongBuffer().get(columns.eventTimes);
         buffer.position(buffer.position() + 8 * n);
-        buffer.asLongBuffer().get(watermarks);
+        buffer.asLongBuffer().get(columns.watermarks);
         buffer.position(buffer.position() + 8 * n);
-        buffer.asDoubleBuffer().get(scores);
+        buffer.asDoubleBuffer().get(columns.scores);
         buffer.position(buffer.position() + 8 * n);
-        buffer.asDoubleBuffer().get(amounts);
+        buffer.asDoubleBuffer().get(columns.amounts);
         buffer.position(buffer.position() + 8 * n);
-        buffer.get(labels);
-        String[] txnIds = readText(buffer, n);
-        String[] currencies = readText(buffer, n);
-        String[] accounts = readText(buffer, n);
-        String[][] groups = new String[groupFields][];
-        for (int field = 0; field < groupFields; field++) {
-            groups[field] = readText(buffer, n);
+        buffer.get(columns.labels);
+        readText(buffer, columns.txnIds);
+        readText(buffer, columns.currencies);
+        readText(buffer, columns.accounts);
+        for (String[] values : columns.groups) {
+            readText(buffer, values);
         }
         if (buffer.hasRemaining()) {
             throw new IllegalArgumentException("scored columns: " + buffer.remaining() + " bytes after the last column");
         }
-        return new ScoredColumns(eventTimes, watermarks, scores, amounts, labels, txnIds, currencies, accounts, groups);
+        return columns;
     }
 
-    private static String[] readText(ByteBuffer buffer, int n) {
-        int[] lengths = new int[n];
+    private static void readText(ByteBuffer buffer, String[] values) {
+        int[] lengths = new int[values.length];
         buffer.asIntBuffer().get(lengths);
-        buffer.position(buffer.position() + 4 * n);
-        String[] values = new String[n];
+        buffer.position(buffer.position() + 4 * values.length);
         byte[] array = buffer.array();
         int position = buffer.position();
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < values.length; i++) {
             values[i] = new String(array, position, lengths[i], StandardCharsets.UTF_8);
             position += lengths[i];
         }
         buffer.position(position);
-        return values;
     }
 
     /** The records at {@code rows}, in that order. */
     ScoredColumns take(int[] rows) {
-        int n = rows.length;
-        long[] eventTimes = new long[n];
-        long[] watermarks = new long[n];
-        double[] scores = new double[n];
-        double[] amounts = new double[n];
-        byte[] labels = new byte[n];
-        String[] txnIds = new String[n];
-        String[] currencies = new String[n];
-        String[] accounts = new String[n];
-        String[][] groups = new String[this.groups.length][n];
-        for (int i = 0; i < n; i++) {
+        ScoredColumns taken = new ScoredColumns(rows.length, groups.length);
+        for (int i = 0; i < rows.length; i++) {
             int row = rows[i];
-            eventTimes[i] = this.eventTimes[row];
-            watermarks[i] = this.watermarks[row];
-            scores[i] = this.scores[row];
-            amounts[i] = this.amounts[row];
-            labels[i] = this.labels[row];
-            txnIds[i] = this.txnIds[row];
-            currencies[i] = this.currencies[row];
-            accounts[i] = this.accounts[row];
+            taken.eventTimes[i] = eventTimes[row];
+            taken.watermarks[i] = watermarks[row];
+            taken.scores[i] = scores[row];
+            taken.amounts[i] = amounts[row];
+            taken.labels[i] = labels[row];
+            taken.txnIds[i] = txnIds[row];
+            taken.currencies[i] = currencies[row];
+            taken.accounts[i] = accounts[row];
             for (int field = 0; field < groups.length; field++) {
-                groups[field][i] = this.groups[field][row];
+                taken.groups[field][i] = groups[field][row];
             }
         }
-        return new ScoredColumns(eventTimes, watermarks, scores, amounts, labels, txnIds, currencies, accounts, groups);
+        return taken;
     }
 
     /** The bytes {@link #read} reads. */
