@@ -270,8 +270,8 @@ class ScoreShard(KeyedProcessFunction):
 def window_analytics(scored: DataStream, windows: Windowing, keyed_output: bool) -> DataStream:
     """The analytics lines of each window and group, emitted once when due (WindowAnalytics.java,
     one subtask: one key), from the scoring operator's output (score lines after a header: see
-    udfs.analytics.analytics_header). Java, on the score lines the job writes anyway: a Python
-    operator here, or a second copy of each batch sent out of Python, cost more CPU than scoring."""
+    udfs.analytics.analytics_header). In Java, on the score lines the job writes anyway: a Python
+    window operator took about as much CPU as scoring (README, Benchmark)."""
     jvm = internals.jvm()
     specs = windows.specs
     function = jvm.riskstream.flink.WindowAnalytics(
