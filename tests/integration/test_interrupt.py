@@ -49,7 +49,7 @@ class WatchingRun:
             command += ["--set", setting]
         with self.stdout_path.open("wb") as stdout, self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(command, cwd=workdir, env=user_environment(), stdout=stdout,
-                                            stderr=stderr, start_new_session=True)
+                                            stderr=stderr, start_new_session=True, preexec_fn=default_sigint)
         self.files: dict[str, list[bytes]] = {}
 
     def drop(self, name: str, lines: list[bytes]) -> None:
@@ -133,6 +133,13 @@ class WatchingRun:
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait(timeout=30)
+
+
+def default_sigint() -> None:
+    """In the child before it runs the command: SIGINT as a terminal's shell leaves it. A suite
+    started in the background (`make test &`) inherits SIGINT ignored, and `riskstream run`, like
+    Python itself, then leaves Ctrl-C alone."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def ignores_sigint(pid: int) -> bool:
