@@ -153,13 +153,6 @@ class WindowFigures:
         }
 
 
-def window_line(spec: WindowSpec, start: int, group_by: str, group: str, figures: dict[str, Any]) -> dict[str, Any]:
-    """One analytics output line (before JSON encoding) for a window and group, of its figures
-    (`WindowFigures.figures`)."""
-    return {"schema_version": ANALYTICS_SCHEMA_VERSION, "window": spec.name, "window_start": start,
-            "window_end": start + spec.size_ms, "group_by": group_by, "group": group, **figures}
-
-
 class UnscoredRecord(NamedTuple):
     """A record that moves its split's watermark but is in no window: one dead-lettered whose
     event_time could still be read (epoch ms) when watermarks were taken."""

@@ -18,7 +18,6 @@ from udfs.analytics import (
     analyze,
     late_records,
     missed_windows,
-    window_line,
 )
 
 
@@ -141,16 +140,6 @@ def test_the_late_set_does_not_depend_on_how_splits_interleave(seed):
     for key in first_windows:
         assert first_windows[key]["transactions"] == again_windows[key]["transactions"]
         assert first_windows[key]["roc_auc"] == again_windows[key]["roc_auc"]  # ranks do not depend on order
-
-
-def test_window_line_names_window_group_and_figures():
-    figures = WindowFigures()
-    figures.add(record(12_000, category="fuel", label=1, score=0.7))
-    line = window_line(WindowSpec(10_000, 10_000), 10_000, "merchant_category", "fuel", figures.figures())
-    assert line["schema_version"] == 1 and line["window"] == "tumbling-10000ms"
-    assert (line["window_start"], line["window_end"]) == (10_000, 20_000)
-    assert (line["group_by"], line["group"]) == ("merchant_category", "fuel")
-    assert line["transactions"] == 1 and line["fraud_rate"] == 1.0
 
 
 # ------------------------------------------------- the scoring operator's side (udfs.analytics.late_records)
