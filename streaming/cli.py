@@ -23,6 +23,7 @@ import orjson
 
 from streaming.config import (DEFAULT_PROFILES, PROFILE_ENV, PROJECT_ROOT, ConfigError, ServiceUnreachable,
                               load_settings, profile_from_environment)
+from udfs.labels import LabelStreamSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job failed, its accounting does not reconcile, or the cluster refused a request
@@ -67,6 +68,42 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def label_stream_options(sub: argparse.ArgumentParser) -> None:
+    """The options of a generated label stream (udfs.labels.LabelStreamSettings)."""
+    defaults = LabelStreamSettings()
+    group = sub.add_argument_group("label stream (with --labels)")
+    group.add_argument("--label-seed", type=int, default=defaults.seed, help="random seed of the labels")
+    group.add_argument("--label-min-delay-ms", type=int, default=defaults.min_delay_ms,
+                       help="shortest delay from a transaction's event_time to its label_time")
+    group.add_argument("--label-max-delay-ms", type=int, default=defaults.max_delay_ms,
+                       help="longest such delay (delays are log-uniform in between)")
+    for name, help in (("never", "share of labelled transactions whose label never comes"),
+                       ("duplicate", "share labelled a second time, the same way"),
+                       ("contradicting", "share labelled a second time, the other way"),
+                       ("unknown", "share that also gets a label for a txn_id no transaction has"),
+                       ("malformed", "share of labels replaced by an unreadable one")):
+        group.add_argument(f"--label-{name}-share", type=float, default=getattr(defaults, f"{name}_share"),
+                           help=f"{help}, [0, 1]")
+
+
+def label_stream_settings(args: argparse.Namespace) -> LabelStreamSettings:
+    """The label stream the options of `label_stream_options` ask for; UsageError naming the problem."""
+    settings = LabelStreamSettings(
+        seed=args.label_seed, min_delay_ms=args.label_min_delay_ms, max_delay_ms=args.label_max_delay_ms,
+        never_share=args.label_never_share, duplicate_share=args.label_duplicate_share,
+        contradicting_share=args.label_contradicting_share, unknown_share=args.label_unknown_share,
+        malformed_share=args.label_malformed_share)
+    for option, valid, allowed in (
+            ("--label-min-delay-ms", 0 < settings.min_delay_ms, "> 0"),
+            ("--label-max-delay-ms", settings.min_delay_ms <= settings.max_delay_ms, ">= --label-min-delay-ms"),
+            *((f"--label-{name}-share", 0 <= getattr(settings, f"{name}_share") <= 1, "in [0, 1]")
+              for name in ("never", "duplicate", "contradicting", "unknown", "malformed"))):
+        if not valid:
+            raise UsageError(f"{args.command} {option}: must be {allowed} "
+                             f"(got {getattr(args, option[2:].replace('-', '_'))})")
+    return settings
+
+
 def parser() -> argparse.ArgumentParser:
     formatter = _HelpWithDefaults
     parser = argparse.ArgumentParser(prog="riskstream", description="Streaming fraud scoring on Apache Flink.",
@@ -101,6 +138,9 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--malformed-share", type=float, default=0.0, help="share of malformed records, [0, 1)")
     generate.add_argument("--unlabelled-share", type=float, default=0.02, help="share of records without a label, [0, 1]")
     generate.add_argument("--drift-at", type=float, default=None, help="position (0..1) of an abrupt drift")
+    generate.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                          help="also write the transactions' label stream to FILE (JSON lines, label-time order)")
+    label_stream_options(generate)
 
     run = command("run", "run the scoring job on the embedded Flink mini-cluster")
     profile(run, None)
@@ -109,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     profile(topics, "kafka")
     verbose(topics)
 
-    produce = command("produce", "send transactions to the transactions topic")
+    produce = command("produce", "send transactions to the transactions topic (or labels to the labels topic)")
     profile(produce, "kafka")
     verbose(produce)
     what = produce.add_mutually_exclusive_group(required=True)
@@ -121,6 +161,10 @@ def parser() -> argparse.ArgumentParser:
     produce.add_argument("--rate", type=float, default=None, help="records per second (default: as fast as possible)")
     produce.add_argument("--no-key", action="store_true", help="do not key messages by the normalized model key")
     produce.add_argument("--topic", default=None, help="another topic than kafka.transactions_topic")
+    produce.add_argument("--labels", action="store_true",
+                         help="send labels to kafka.labels_topic, keyed by txn_id: the --file as it is, or the "
+                              "label stream of the --generate transactions")
+    label_stream_options(produce)
 
     tail = command("tail", "print a topic's committed records (read_committed)")
     profile(tail, "kafka")
@@ -216,6 +260,7 @@ def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from udfs.generator import GeneratorSettings, generate
+    from udfs.labels import generate_labels
 
     for option, valid, allowed in (("--records", args.records >= 1, ">= 1"),
                                    ("--accounts", args.accounts >= 1, ">= 1"),
@@ -224,24 +269,39 @@ def _generate(args: argparse.Namespace) -> int:
                                    ("--drift-at", args.drift_at is None or 0 < args.drift_at < 1, "in (0, 1)")):
         if not valid:
             raise UsageError(f"generate {option}: must be {allowed} (got {getattr(args, option[2:].replace('-', '_'))})")
-    if args.out.is_dir():
-        raise UsageError(f"generate --out: {args.out} is a folder; give a file, e.g. {args.out / 'tx.jsonl'}")
+    for option, path in (("--out", args.out), ("--labels", args.labels)):
+        if path is not None and path.is_dir():
+            raise UsageError(f"generate {option}: {path} is a folder; give a file, e.g. {path / 'tx.jsonl'}")
+    if args.labels is not None and args.labels.resolve() == args.out.resolve():
+        raise UsageError(f"generate --labels: {args.labels} is also --out; give the labels their own file")
     settings = GeneratorSettings(records=args.records, seed=args.seed, accounts=args.accounts,
                                  malformed_share=args.malformed_share, unlabelled_share=args.unlabelled_share,
                                  drift_at=args.drift_at)
-    partial = args.out.with_name(args.out.name + ".partial")
+    label_settings = label_stream_settings(args) if args.labels is not None else None
+    _write_lines(args.out, "--out", tqdm(generate(settings), total=args.records, unit=" records", mininterval=0.5))
+    print(f"wrote {args.records:,} transactions to {args.out}")
+    if label_settings is not None:
+        written = _write_lines(args.labels, "--labels", generate_labels(generate(settings), label_settings))
+        print(f"wrote {written:,} labels to {args.labels}")
+    return EXIT_OK
+
+
+def _write_lines(path: Path, option: str, lines) -> int:
+    """Writes `lines` (bytes, no newline) to `path` as JSON lines; returns how many. Written under a
+    temporary name first, so a crash never leaves a half-written stream under the real name."""
+    partial = path.with_name(path.name + ".partial")
+    written = 0
     try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("wb") as out:
-            for line in tqdm(generate(settings), total=args.records, unit=" records", mininterval=0.5):
+            for written, line in enumerate(lines, 1):
                 out.write(line + b"\n")
-        partial.replace(args.out)  # a crash never leaves a half-written stream under the real name
+        partial.replace(path)
     except OSError as error:
-        raise UsageError(f"generate --out: cannot write {args.out}: {error.strerror or error}") from None
+        raise UsageError(f"generate {option}: cannot write {path}: {error.strerror or error}") from None
     finally:
         partial.unlink(missing_ok=True)
-    print(f"wrote {args.records:,} transactions to {args.out}")
-    return EXIT_OK
+    return written
 
 
 def _kafka_command(args: argparse.Namespace) -> int:
@@ -275,6 +335,7 @@ def _kafka_tool(args: argparse.Namespace) -> int:
             shown_key = key.decode("utf-8", "backslashreplace") if key is not None else ""
             print(f"{partition}:{offset}\t{shown_key}\t{value.decode('utf-8', 'backslashreplace')}", flush=True)
         return EXIT_OK
+    label_settings = label_stream_settings(args) if args.labels and args.generate is not None else None
     if args.file is not None:
         from streaming.outputs import file_records
 
@@ -285,9 +346,15 @@ def _kafka_tool(args: argparse.Namespace) -> int:
         lines = generate(GeneratorSettings(records=args.generate, seed=args.seed, accounts=args.accounts,
                                            malformed_share=args.malformed_share))
         total = args.generate
-    key_field = None if args.no_key else settings.model.key
-    sent = kafka_tools.produce(settings, lines, total=total, rate=args.rate, key_field=key_field, topic=args.topic)
-    print(f"produced {sent:,} records to {args.topic or settings.kafka.transactions_topic}")
+        if label_settings is not None:
+            from udfs.labels import generate_labels
+
+            lines, total = generate_labels(lines, label_settings), None
+    # Labels are keyed by txn_id, so that a transaction's labels share a partition and keep their order.
+    key_field = None if args.no_key else "txn_id" if args.labels else settings.model.key
+    topic = args.topic or (settings.kafka.labels_topic if args.labels else settings.kafka.transactions_topic)
+    sent = kafka_tools.produce(settings, lines, total=total, rate=args.rate, key_field=key_field, topic=topic)
+    print(f"produced {sent:,} {'labels' if args.labels else 'records'} to {topic}")
     return EXIT_OK
 
 

@@ -138,6 +138,8 @@ class KafkaSettings(_Settings):
     # Written only with analytics.enabled.
     analytics_topic: str = "analytics"
     late_topic: str = "late-records"
+    # Labels that arrive after their transactions (`riskstream produce --labels`), keyed by txn_id.
+    labels_topic: str = "labels"
     partitions: PositiveInt = 3
     replication_factor: PositiveInt = 1
     # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
@@ -166,7 +168,7 @@ class KafkaSettings(_Settings):
 
     def topics(self) -> tuple[str, ...]:
         return (self.transactions_topic, self.scores_topic, self.dead_letters_topic, self.snapshots_topic,
-                self.analytics_topic, self.late_topic)
+                self.analytics_topic, self.late_topic, self.labels_topic)
 
 
 class CleaningSettings(_Settings):

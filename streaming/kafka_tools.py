@@ -98,7 +98,7 @@ def isolated_overrides(prefix: str) -> list[str]:
     run = f"{prefix}-{uuid.uuid4().hex[:8]}"
     return [f"kafka.transactions_topic={run}-tx", f"kafka.scores_topic={run}-scores",
             f"kafka.dead_letters_topic={run}-dead", f"kafka.snapshots_topic={run}-snap",
-            f"kafka.analytics_topic={run}-analytics", f"kafka.late_topic={run}-late",
+            f"kafka.analytics_topic={run}-analytics", f"kafka.late_topic={run}-late", f"kafka.labels_topic={run}-labels",
             f"kafka.consumer_group={run}", f"kafka.transactional_id_prefix={run}"]
 
 
@@ -117,7 +117,7 @@ def delete_topics(settings: Settings) -> None:
 
 def partition_key(line: bytes, key_field: str, rules: CleaningRules) -> bytes | None:
     """The message key of a raw transaction line (any bytes) when the job is keyed by `key_field`
-    (a `ModelKeyField`) and cleans with `rules`: the line's model key as the job derives it
+    (a `ModelKeyField`; or txn_id, for a label line) and cleans with `rules`: the line's model key as the job derives it
     (`model_key_of`, after the job's own `decode` and `parse`), UTF-8, so that all of a key's
     records share a partition and keep their order. For account_id it is the normalized id, not
     its pseudonym. None when the job would dead-letter the line for its key (not UTF-8, over the

@@ -22,7 +22,7 @@ Why it is exact. A record is parsed in one of two ways, then cleaned in one of t
   `Rejected` from them is its outcome.
 - Cleaning. `_fast_cleaner` checks the eleven contract values with `clean`'s rules. It accepts
   only values of an exact type it handles (str, int, float, dict, None; never a bool or a
-  subclass), uses `clean`'s own helpers (`_normalized_text`, `_event_time`, `_amount`,
+  subclass), uses `clean`'s own helpers (`_normalized_text`, `epoch_millis`, `_amount`,
   `pseudonymize`, the code patterns, `rules.policy`) or repeats their one-line checks, so what
   it returns is what `clean` returns. Anything else (a field missing without an imputing policy,
   another type, an invalid value, any exception) makes it return None, and `clean` itself then
@@ -43,8 +43,8 @@ from typing import Annotated, Any, Callable, Sequence
 import msgspec
 
 from udfs.cleaning import (COUNTRY_CODE, CURRENCY_CODE, MAX_EVENT_TIME_MS, OPTIONAL_FIELDS, REQUIRED_FIELDS,
-                           CleaningRules, Rejected, _amount, _event_time, _normalized_text, clean,
-                           decode, parse, pseudonymize)
+                           CleaningRules, Rejected, _amount, _normalized_text, clean, decode,
+                           epoch_millis, parse, pseudonymize)
 
 # The contract fields in the order of `_Shape` and of `clean`'s missing-value checks.
 FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
@@ -189,12 +189,12 @@ def _fast_cleaner(rules: CleaningRules) -> Callable[[_Shape], dict[str, Any] | N
             txn_id = " ".join(txn_id.split())
             if not txn_id:
                 return None
-            # event_time: `_event_time`, written out for an int.
+            # event_time: `epoch_millis`, written out for an int.
             if type(event_time) is int:
                 if not 0 <= event_time < MAX_EVENT_TIME_MS:
                     return None
             elif type(event_time) is float or type(event_time) is str:
-                event_time = _event_time(event_time)
+                event_time = epoch_millis("event_time", event_time)
             else:
                 return None
             # amount: `_amount`, written out for a float (NaN fails both comparisons).

@@ -258,7 +258,7 @@ def clean(record: Mapping[str, Any], rules: CleaningRules) -> dict[str, Any]:
         merchant_id = values["merchant_id"]
         return {
             "txn_id": _text("txn_id", values["txn_id"]),
-            "event_time": _event_time(values["event_time"]),
+            "event_time": epoch_millis("event_time", values["event_time"]),
             "account_id": pseudonymize(account, rules.pseudonym_key),
             "merchant_id": _normalized_text("merchant_id", merchant_id) if merchant_id is not None else None,
             "merchant_category": _normalized_text("merchant_category", values["merchant_category"]),
@@ -320,30 +320,33 @@ def _amount(value: Any) -> float:
     return amount
 
 
-def _event_time(value: Any) -> int:
+def epoch_millis(name: str, value: Any) -> int:
+    """A moment as epoch milliseconds in [1970, 10000): `value` is epoch ms (an integer, or a
+    float without a fraction) or an ISO-8601 string with a time zone; `Rejected` (stage `clean`,
+    naming the field `name`) otherwise."""
     if isinstance(value, bool):
-        raise Rejected("clean", "event_time must be epoch milliseconds or ISO-8601, got boolean")
+        raise Rejected("clean", f"{name} must be epoch milliseconds or ISO-8601, got boolean")
     if isinstance(value, int):
         millis = value
     elif isinstance(value, float) and value.is_integer():
         millis = int(value)
     elif isinstance(value, str):
-        millis = _iso_millis(value.strip())
+        millis = _iso_millis(name, value.strip())
     else:
-        raise Rejected("clean", f"event_time must be epoch milliseconds or ISO-8601, got {_json_type(value)}")
+        raise Rejected("clean", f"{name} must be epoch milliseconds or ISO-8601, got {_json_type(value)}")
     if not 0 <= millis < MAX_EVENT_TIME_MS:
-        raise Rejected("clean", f"event_time {millis} is outside 1970..9999")
+        raise Rejected("clean", f"{name} {millis} is outside 1970..9999")
     return millis
 
 
-def _iso_millis(text: str) -> int:
+def _iso_millis(name: str, text: str) -> int:
     try:
         # Python 3.10 does not read a trailing "Z".
         moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
-        raise Rejected("clean", f"event_time {text[:40]!r} is not ISO-8601") from None
+        raise Rejected("clean", f"{name} {text[:40]!r} is not ISO-8601") from None
     if moment.tzinfo is None:
-        raise Rejected("clean", f"event_time {text[:40]!r} has no time zone")
+        raise Rejected("clean", f"{name} {text[:40]!r} has no time zone")
     return round(moment.timestamp() * 1000)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from tests.cli import assert_one_line_failure, riskstream
 from udfs.generator import GeneratorSettings, generate
+from udfs.labels import read_label
 
 ONE_MIB = 1_048_576  # the message size every topic allows (README, "Kafka mode")
 
@@ -82,7 +83,7 @@ def test_topics_creates_the_profiles_topics_with_its_partitions_and_a_second_cal
                                                                                              kafka_settings):
     names = topic_names(kafka_isolation)
     in_order = ("transactions_topic", "scores_topic", "dead_letters_topic", "snapshots_topic", "analytics_topic",
-                "late_topic")
+                "late_topic", "labels_topic")
     assert sorted(names) == sorted(in_order)
     listed = ", ".join(names[setting] for setting in in_order)
     options = [*set_options(kafka_isolation), "--set", "kafka.partitions=2"]
@@ -167,6 +168,38 @@ def test_produce_generate_sends_n_records_at_the_rate_asked(tmp_path, topics):
     stamps = sorted(timestamp for *_, timestamp in records)
     span_s = (stamps[-1] - stamps[0]) / 1000
     assert 0.8 * (count - 1) / rate <= span_s < 3 * (count - 1) / rate, span_s
+
+
+def test_produce_labels_sends_the_label_stream_keyed_by_txn_id_in_label_time_order(tmp_path, topics):
+    options, settings = topics
+    done = riskstream("produce", "--labels", "--generate", "400", "--seed", "29", "--label-min-delay-ms", "60000",
+                      "--label-max-delay-ms", "300000", "--label-duplicate-share", "0.2",
+                      "--label-contradicting-share", "0.1", *options, cwd=tmp_path, timeout_s=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    topic = settings.kafka.labels_topic
+    sent = int(done.stdout.removeprefix("produced ").split()[0])
+    assert done.stdout == f"produced {sent} labels to {topic}\n"
+    assert 300 < sent < 600  # about 95% of 400 labelled, a third of them twice
+
+    records = read_back(settings, topic, sent)
+    labels = [(partition, offset, key, read_label(value, ONE_MIB)) for partition, offset, key, value, _ in records]
+    assert all(key == label.txn_id.encode() for _, _, key, label in labels)  # keyed by txn_id
+    transactions = {json.loads(line)["txn_id"]: json.loads(line)
+                    for line in generate(GeneratorSettings(records=400, seed=29))}
+    partitions_of = {}
+    for partition, _, _, label in labels:
+        partitions_of.setdefault(label.txn_id, set()).add(partition)
+    assert all(len(partitions) == 1 for partitions in partitions_of.values())
+    # A transaction's labels are in its partition in label-time order, the first one the truth;
+    # more than 40 came twice.
+    own_labels: dict[str, list] = {}
+    for _, _, _, label in sorted(labels):
+        own_labels.setdefault(label.txn_id, []).append(label)
+    for txn_id, own in own_labels.items():
+        assert [label.label_time for label in own] == sorted(label.label_time for label in own)
+        if txn_id in transactions:
+            assert own[0].is_fraud == transactions[txn_id]["is_fraud"]
+    assert sum(len(own) == 2 for own in own_labels.values()) > 40
 
 
 # ---------------------------------------------------------------- tail

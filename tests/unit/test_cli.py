@@ -8,12 +8,14 @@ import json
 import re
 import socket
 import subprocess
+from datetime import datetime
 
 import pytest
 
 from streaming.config import PROFILE_ENV
 from tests.cli import (NOTHING_LISTENS, PROJECT, RISKSTREAM, assert_one_line_failure, riskstream, tree_bytes,
                        user_environment)
+from udfs.labels import read_label
 
 LOCAL = str(PROJECT / "conf" / "local.yaml")
 KAFKA = str(PROJECT / "conf" / "kafka.yaml")
@@ -126,6 +128,36 @@ def test_generate_from_another_folder_writes_relative_to_it(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "data" / "tx.jsonl").read_bytes().count(b"\n") == 25
     assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["tx.jsonl"]
+
+
+def test_generate_labels_writes_the_label_stream_of_the_transactions_beside_them(tmp_path):
+    done = riskstream("generate", "--out", "tx.jsonl", "--labels", "labels/labels.jsonl", "--records", "500",
+                      "--label-max-delay-ms", "3600000", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "labels" / "labels.jsonl").read_bytes().splitlines()
+    assert done.stdout.splitlines()[-1] == f"wrote {len(lines)} labels to labels/labels.jsonl"
+    labels = [read_label(line, 65_536) for line in lines]
+    transactions = {record["txn_id"]: record for record in map(json.loads, (tmp_path / "tx.jsonl").read_bytes().splitlines())}
+    assert [label.label_time for label in labels] == sorted(label.label_time for label in labels)
+    known = [label for label in labels if label.txn_id in transactions]
+    assert len(known) > 400  # about 95% of the labelled 98%, some twice
+    for label in known:
+        event_time = transactions[label.txn_id]["event_time"]
+        event_ms = event_time if isinstance(event_time, int) else round(
+            datetime.fromisoformat(event_time.replace("Z", "+00:00")).timestamp() * 1000)
+        assert 60_000 <= label.label_time - event_ms <= 2 * 3_600_000  # a second label comes up to one delay later
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--labels", "l.jsonl", "--label-duplicate-share", "1.5"], ["--label-duplicate-share", "[0, 1]", "1.5"]),
+    (["--labels", "l.jsonl", "--label-min-delay-ms", "0"], ["--label-min-delay-ms", "> 0"]),
+    (["--labels", "l.jsonl", "--label-min-delay-ms", "10", "--label-max-delay-ms", "5"], ["--label-max-delay-ms"]),
+    (["--labels", "tx.jsonl"], ["--labels", "also --out"]),
+])
+def test_generate_labels_with_a_bad_option_is_one_line_and_writes_nothing(tmp_path, options, named):
+    done = riskstream("generate", "--out", "tx.jsonl", "--records", "10", *options, cwd=tmp_path)
+    assert_one_line_failure(done, 2, *named)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_version_and_defaults_in_help(tmp_path):

@@ -1,0 +1,209 @@
+"""The label contract, its cleaning, the outcome rule and the label-stream generator (udfs/labels.py)."""
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from udfs.cleaning import Rejected, epoch_millis
+from udfs.generator import GeneratorSettings, generate
+from udfs.labels import (APPLIED, CONTRADICTING, DUPLICATE, EXPIRED, MALFORMED_LABEL_KINDS, UNKNOWN, Label,
+                         LabelStreamSettings, generate_labels, label_outcome, malformed_label, outcome_reason,
+                         read_label)
+
+CAP = 65_536
+MINUTE = 60_000
+
+
+def label_bytes(**fields) -> bytes:
+    return json.dumps(fields).encode("utf-8")
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"txn_id": "t-1", "is_fraud": 1, "label_time": 1_767_225_600_000}, Label("t-1", 1, 1_767_225_600_000, None)),
+    ({"txn_id": "t-1", "is_fraud": 0, "label_time": 1_767_225_600_000.0, "source": "review"},
+     Label("t-1", 0, 1_767_225_600_000, "review")),
+    ({"txn_id": "  t  1 ", "is_fraud": 1, "label_time": "2026-01-01T00:00:00Z", "source": " charge  back "},
+     Label("t 1", 1, 1_767_225_600_000, "charge back")),
+    ({"txn_id": "t-1", "is_fraud": 1, "label_time": "2026-01-01T02:00:00.250+02:00"},
+     Label("t-1", 1, 1_767_225_600_250, None)),
+    ({"txn_id": 42, "is_fraud": 0, "label_time": 5, "source": None, "extra": [1, 2]}, Label("42", 0, 5, None)),
+])
+def test_valid_labels_are_read_and_normalized(fields, expected):
+    assert read_label(label_bytes(**fields), CAP) == expected
+
+
+@pytest.mark.parametrize("raw, stage, reason, txn_id", [
+    (b"", "label-decode", "empty record", None),
+    (b"\xff{}", "label-decode", "not valid UTF-8: byte 0xff at offset 0", None),
+    (b"x" * 70, "label-decode", "record is 70 bytes, over the 64-byte limit", None),
+    (b'{"txn_id": "t"', "label-parse", "not valid JSON", None),
+    (b'["t", 1]', "label-parse", "expected a JSON object, got list", None),
+    (label_bytes(is_fraud=1, label_time=5), "label-clean", "txn_id is missing", None),
+    (label_bytes(txn_id=" ", is_fraud=1, label_time=5), "label-clean", "txn_id must be a non-empty string", None),
+    (label_bytes(txn_id=1.5, is_fraud=1, label_time=5), "label-clean", "txn_id must be a non-empty string", None),
+    (label_bytes(txn_id="t", label_time=5), "label-clean", "is_fraud is missing", "t"),
+    (label_bytes(txn_id="t", is_fraud=True, label_time=5), "label-clean", "is_fraud must be 0 or 1, got True", "t"),
+    (label_bytes(txn_id="t", is_fraud=2, label_time=5), "label-clean", "is_fraud must be 0 or 1, got 2", "t"),
+    (label_bytes(txn_id="t", is_fraud="1", label_time=5), "label-clean", "is_fraud must be 0 or 1, got '1'", "t"),
+    (label_bytes(txn_id="t", is_fraud=1), "label-clean", "label_time is missing", "t"),
+    (label_bytes(txn_id="t", is_fraud=1, label_time="2026-01-01T10:00:00"), "label-clean",
+     "label_time '2026-01-01T10:00:00' has no time zone", "t"),
+    (label_bytes(txn_id="t", is_fraud=1, label_time=-5), "label-clean", "label_time -5 is outside 1970..9999", "t"),
+    (label_bytes(txn_id="t", is_fraud=1, label_time=False), "label-clean",
+     "label_time must be epoch milliseconds or ISO-8601, got boolean", "t"),
+    (label_bytes(txn_id="t", is_fraud=1, label_time=5, source=7), "label-clean",
+     "source must be a string, got number", "t"),
+    (label_bytes(txn_id="t", is_fraud=1, label_time=5, source="s" * 65), "label-clean",
+     "source is 65 characters, over 64", "t"),
+])
+def test_unusable_labels_are_rejected_with_stage_reason_and_txn_id(raw, stage, reason, txn_id):
+    with pytest.raises(Rejected) as rejected:
+        read_label(raw, 64 if reason.startswith("record is") else CAP)
+    assert (rejected.value.stage, rejected.value.txn_id) == (stage, txn_id)
+    assert rejected.value.reason.startswith(reason)
+    assert "\n" not in rejected.value.reason
+
+
+TTL = 10 * MINUTE
+
+
+@pytest.mark.parametrize("label_delay, applied, is_fraud, outcome", [
+    (MINUTE, None, 1, APPLIED),
+    (TTL, None, 0, APPLIED),  # exactly at the TTL is still in time
+    (TTL + 1, None, 1, EXPIRED),
+    (-MINUTE, None, 1, APPLIED),  # a label stamped before its transaction is not expired
+    (MINUTE, 1, 1, DUPLICATE),
+    (MINUTE, 0, 0, DUPLICATE),
+    (MINUTE, 1, 0, CONTRADICTING),
+    (MINUTE, 0, 1, CONTRADICTING),
+    (TTL + 1, 1, 1, EXPIRED),  # expired whatever came before
+])
+def test_label_outcome(label_delay, applied, is_fraud, outcome):
+    event_time = 1_767_225_600_000
+    label = Label("t", is_fraud, event_time + label_delay, None)
+    assert label_outcome(event_time, applied, label, TTL) == outcome
+
+
+def test_each_dead_lettered_outcome_has_its_own_one_line_reason():
+    label = Label("t", 0, 2_000, None)
+    reasons = {outcome: outcome_reason(outcome, label, 1_000, 1, 500, 60_000)
+               for outcome in (DUPLICATE, CONTRADICTING, EXPIRED, UNKNOWN)}
+    assert len(set(reasons.values())) == 4
+    assert all("\n" not in reason and reason.startswith(outcome + ":") for outcome, reason in reasons.items())
+    assert "1000 ms after" in reasons[EXPIRED] and "labels.ttl_ms 500" in reasons[EXPIRED]
+    assert "labels.unknown_wait_ms 60000" in reasons[UNKNOWN]
+    with pytest.raises(ValueError):
+        outcome_reason(APPLIED, label, 1_000, None, 500, 60_000)
+
+
+def transactions(records: int, **overrides) -> list[bytes]:
+    return list(generate(GeneratorSettings(records=records, seed=5, **overrides)))
+
+
+def truths(lines: list[bytes]) -> dict[str, tuple[int, int | None]]:
+    """txn_id -> (event_time, is_fraud) of the generated transactions (all valid, epoch-ms or ISO)."""
+    found = {}
+    for line in lines:
+        record = json.loads(line)
+        found[record["txn_id"]] = (epoch_millis("event_time", record["event_time"]), record["is_fraud"])
+    return found
+
+
+def read_all(lines: list[bytes]) -> list[Label]:
+    return [read_label(line, CAP) for line in lines]
+
+
+def test_generated_labels_are_in_label_time_order_within_their_delays_and_tell_the_truth():
+    lines = transactions(3_000)
+    truth = truths(lines)
+    settings = LabelStreamSettings(min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.1,
+                                   duplicate_share=0.05, contradicting_share=0.05, unknown_share=0.02)
+    labels = read_all(list(generate_labels(lines, settings)))
+    assert [label.label_time for label in labels] == sorted(label.label_time for label in labels)
+    by_txn: dict[str, list[Label]] = {}
+    for label in labels:
+        by_txn.setdefault(label.txn_id, []).append(label)
+    unknown = [txn_id for txn_id in by_txn if txn_id not in truth]
+    seconds = Counter()
+    for txn_id, own in by_txn.items():
+        if txn_id in unknown:
+            assert len(own) == 1
+            continue
+        event_time, is_fraud = truth[txn_id]
+        first, *rest = own
+        assert first.is_fraud == is_fraud  # the first label is the truth
+        assert first.source == ("chargeback" if is_fraud else "review")
+        assert MINUTE <= first.label_time - event_time <= 5 * MINUTE
+        assert len(rest) <= 1
+        for second in rest:
+            assert MINUTE <= second.label_time - first.label_time <= 5 * MINUTE
+            seconds[DUPLICATE if second.is_fraud == first.is_fraud else CONTRADICTING] += 1
+    labelled = [txn_id for txn_id, (_, is_fraud) in truth.items() if is_fraud is not None]
+    assert not {txn_id for txn_id, (_, is_fraud) in truth.items() if is_fraud is None} & by_txn.keys()
+    # Shares as asked, within a binomial allowance of four standard deviations.
+    for count, share in ((len(labelled) - (len(by_txn) - len(unknown)), 0.1), (seconds[DUPLICATE], 0.045),
+                         (seconds[CONTRADICTING], 0.045), (len(unknown), 0.02)):
+        expected = share * len(labelled)
+        assert abs(count - expected) <= 4 * (expected * (1 - share)) ** 0.5 + 1, (count, expected)
+
+
+def test_label_streams_are_reproducible_and_depend_on_the_seed():
+    lines = transactions(500)
+    settings = LabelStreamSettings(min_delay_ms=MINUTE, max_delay_ms=MINUTE * 60 * 24, iso_time_share=0.5)
+    first = list(generate_labels(lines, settings))
+    assert first == list(generate_labels(lines, settings))
+    assert first != list(generate_labels(lines, LabelStreamSettings(seed=12, min_delay_ms=MINUTE,
+                                                                    max_delay_ms=MINUTE * 60 * 24)))
+    assert any(b'"label_time":"2026-' in line for line in first)  # ISO-8601 label times are exercised
+
+
+def test_every_share_at_its_extremes():
+    lines = transactions(300, unlabelled_share=0.0)
+
+    def labels(**shares) -> list[Label]:
+        return read_all(list(generate_labels(lines, LabelStreamSettings(unknown_share=0, **shares))))
+
+    assert Counter(Counter(label.txn_id for label in labels(never_share=0, duplicate_share=1)).values()) == {2: 300}
+    assert not labels(never_share=1)
+    flipped = labels(never_share=0, duplicate_share=0, contradicting_share=1)
+    assert len(flipped) == 600
+    assert all({label.is_fraud for label in flipped if label.txn_id == txn_id} == {0, 1}
+               for txn_id in {label.txn_id for label in flipped})
+
+
+def test_malformed_labels_are_all_unreadable_and_cover_every_kind():
+    lines = transactions(400)
+    broken = list(generate_labels(lines, LabelStreamSettings(malformed_share=1.0, never_share=0)))
+    stages = Counter()
+    for line in broken:
+        with pytest.raises(Rejected) as rejected:
+            read_label(line, CAP)
+        stages[rejected.value.stage] += 1
+    assert set(stages) == {"label-decode", "label-parse", "label-clean"}
+    rng = random.Random(1)
+    good = {"txn_id": "t", "is_fraud": 1, "label_time": 5, "source": "chargeback"}
+    for kind in MALFORMED_LABEL_KINDS:
+        for _ in range(20):  # every variant a kind draws
+            with pytest.raises(Rejected):
+                read_label(malformed_label(kind, good, rng), CAP)
+    with pytest.raises(ValueError, match="unknown malformed label kind"):
+        malformed_label("sideways", good, rng)
+
+
+def test_malformed_transactions_get_a_label_exactly_when_they_carry_txn_id_event_time_and_label():
+    lines = transactions(2_000, malformed_share=0.3)
+    labels = read_all(list(generate_labels(lines, LabelStreamSettings(never_share=0, unknown_share=0))))
+    labelled = set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+            event_time_readable = epoch_millis("event_time", record["event_time"]) >= 0
+        except (ValueError, TypeError, KeyError, Rejected):
+            continue
+        if (event_time_readable and isinstance(record.get("txn_id"), str) and record["txn_id"].strip()
+                and record.get("is_fraud") in (0, 1) and not isinstance(record.get("is_fraud"), bool)):
+            labelled.add(record["txn_id"])
+    assert {label.txn_id for label in labels} == labelled
+    assert len(labelled) > 1_000

@@ -1,0 +1,229 @@
+"""Labels that arrive after their transactions (pure Python, no Flink): the label contract and its
+cleaning, the rule that decides each label's outcome, and a seeded generator of label streams.
+
+A label is one JSON object (README, "Data contracts"): `txn_id`, `is_fraud` (0 or 1), `label_time`
+(epoch milliseconds, or ISO-8601 with a time zone) and optionally `source` (e.g. "chargeback",
+"review"); other fields are ignored. A label that cannot be used is rejected at stage
+`label-decode`, `label-parse` or `label-clean` (the stages of `udfs.cleaning`, named apart so that
+dead letters and counters tell labels from transactions).
+
+Each usable label ends in exactly one outcome (`label_outcome`):
+  applied        the first label of a transaction the job scored, within the TTL: its model learns;
+  duplicate      equal to the label already applied to that transaction;
+  contradicting  different from the label already applied;
+  expired        label_time - event_time > ttl, whatever came before;
+  unknown        no transaction with that txn_id was scored within the wait for early labels.
+Every outcome but `applied` is dead-lettered with stage `label` and its reason (`outcome_reason`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+from udfs.cleaning import Rejected, _json_type, _txn_id, decode, epoch_millis, parse
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+CONTRADICTING = "contradicting"
+EXPIRED = "expired"
+UNKNOWN = "unknown"
+OUTCOMES = (APPLIED, DUPLICATE, CONTRADICTING, EXPIRED, UNKNOWN)
+
+# The dead-letter stage of a label that is not applied, and of one that cannot be read.
+LABEL_STAGE = "label"
+LABEL_READ_STAGES = {"decode": "label-decode", "parse": "label-parse", "clean": "label-clean"}
+
+# A source longer than this is not a label source but something else pasted into the field.
+MAX_SOURCE_CHARS = 64
+
+
+class Label(NamedTuple):
+    """A cleaned label: `txn_id` whitespace-normalized, `is_fraud` 0 or 1, `label_time` in epoch
+    milliseconds, `source` (whitespace-normalized) or None."""
+
+    txn_id: str
+    is_fraud: int
+    label_time: int
+    source: str | None
+
+
+def read_label(raw: bytes, max_record_bytes: int) -> Label:
+    """The label in one raw record, or `Rejected` with stage label-decode (empty, over
+    `max_record_bytes`, not UTF-8), label-parse (not a JSON object) or label-clean (a field
+    missing or invalid), the reason naming the field, and the txn_id when it is usable."""
+    try:
+        return clean_label(parse(decode(raw, max_record_bytes)))
+    except Rejected as rejected:
+        rejected.stage = LABEL_READ_STAGES[rejected.stage]
+        raise
+
+
+def clean_label(record: Mapping[str, Any]) -> Label:
+    """A `Label` from a parsed record, or `Rejected` at stage `clean` (see `read_label`)."""
+    txn_id = _txn_id(record.get("txn_id"))
+    try:
+        if txn_id is None:
+            value = record.get("txn_id")
+            raise Rejected("clean", "txn_id is missing" if value is None else
+                           f"txn_id must be a non-empty string, got {_json_type(value)} {value!r:.40}")
+        is_fraud = record.get("is_fraud")
+        if isinstance(is_fraud, bool) or not isinstance(is_fraud, int) or is_fraud not in (0, 1):
+            raise Rejected("clean", "is_fraud is missing" if is_fraud is None else
+                           f"is_fraud must be 0 or 1, got {is_fraud!r:.40}")
+        label_time = record.get("label_time")
+        if label_time is None:
+            raise Rejected("clean", "label_time is missing")
+        return Label(" ".join(txn_id.split()), is_fraud, epoch_millis("label_time", label_time),
+                     _source(record.get("source")))
+    except Rejected as rejected:
+        rejected.txn_id = txn_id
+        raise
+
+
+def _source(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Rejected("clean", f"source must be a string, got {_json_type(value)}")
+    text = " ".join(value.split())
+    if len(text) > MAX_SOURCE_CHARS:
+        raise Rejected("clean", f"source is {len(text)} characters, over {MAX_SOURCE_CHARS}")
+    return text or None
+
+
+def label_outcome(event_time: int, applied: int | None, label: Label, ttl_ms: int) -> str:
+    """What becomes of `label` for a scored transaction of `event_time` (epoch ms) to which the
+    label `applied` (0, 1, or None for none yet) was applied before: EXPIRED when label_time -
+    event_time > ttl_ms; else APPLIED when none was; else DUPLICATE or CONTRADICTING."""
+    if label.label_time - event_time > ttl_ms:
+        return EXPIRED
+    if applied is None:
+        return APPLIED
+    return DUPLICATE if label.is_fraud == applied else CONTRADICTING
+
+
+def outcome_reason(outcome: str, label: Label, event_time: int | None, applied: int | None, ttl_ms: int,
+                   unknown_wait_ms: int) -> str:
+    """The one-line reason a label's dead letter gives for `outcome` (any but APPLIED)."""
+    if outcome == DUPLICATE:
+        return f"duplicate: is_fraud {label.is_fraud} was already applied to this transaction"
+    if outcome == CONTRADICTING:
+        return f"contradicting: is_fraud {label.is_fraud} after is_fraud {applied} was applied to this transaction"
+    if outcome == EXPIRED:
+        return (f"expired: label_time is {label.label_time - event_time} ms after the transaction's event_time, "
+                f"over labels.ttl_ms {ttl_ms}")
+    if outcome == UNKNOWN:
+        return f"unknown: no transaction with this txn_id was scored within labels.unknown_wait_ms {unknown_wait_ms}"
+    raise ValueError(f"{outcome!r} has no dead letter; outcomes with one: {', '.join(OUTCOMES[1:])}")
+
+
+@dataclass(frozen=True)
+class LabelStreamSettings:
+    """How `generate_labels` labels a transaction stream. Delays are event time, log-uniform in
+    [min_delay_ms, max_delay_ms]; shares are of the labelled transactions, each in [0, 1]."""
+
+    seed: int = 11
+    min_delay_ms: int = 60_000  # one minute
+    max_delay_ms: int = 14 * 86_400_000  # two weeks
+    never_share: float = 0.05  # labelled transactions whose label never comes
+    duplicate_share: float = 0.02  # labelled a second time, the same way, later
+    contradicting_share: float = 0.01  # labelled a second time, the other way, later
+    unknown_share: float = 0.01  # an extra label for a txn_id that no transaction has
+    malformed_share: float = 0.0  # a label replaced by one the job cannot read
+    iso_time_share: float = 0.1  # label times written as ISO-8601 strings
+
+
+MALFORMED_LABEL_KINDS = ("truncated_json", "not_an_object", "missing_txn_id", "bad_is_fraud", "bad_label_time",
+                         "empty_line")
+
+
+def generate_labels(transactions: Iterable[bytes], settings: LabelStreamSettings) -> Iterator[bytes]:
+    """The label stream of `transactions` (JSON lines, as `udfs.generator.generate` writes them),
+    as JSON lines in label-time order (ties in the order they were made). The label of a
+    transaction is its own `is_fraud`; a line that is not a transaction with a txn_id, an
+    event_time and an is_fraud of 0 or 1 gets none. The same arguments give the same bytes."""
+    rng = random.Random(settings.seed)
+    labels: list[tuple[int, int, bytes]] = []  # (label_time, order made, line)
+    for line in transactions:
+        transaction = _labelled_transaction(line)
+        if transaction is None:
+            continue
+        txn_id, event_time, is_fraud = transaction
+        if rng.random() < settings.unknown_share:
+            unknown_time = event_time + _delay(rng, settings)
+            labels.append(_label_line(rng, settings, f"unknown-{settings.seed}-{len(labels)}", rng.randint(0, 1),
+                                      unknown_time, len(labels)))
+        if rng.random() < settings.never_share:
+            continue
+        first_time = event_time + _delay(rng, settings)
+        labels.append(_label_line(rng, settings, txn_id, is_fraud, first_time, len(labels)))
+        second = rng.random()
+        if second < settings.duplicate_share + settings.contradicting_share:
+            again = is_fraud if second < settings.duplicate_share else 1 - is_fraud
+            labels.append(_label_line(rng, settings, txn_id, again, first_time + _delay(rng, settings), len(labels)))
+    labels.sort()
+    for _, _, line in labels:
+        yield line
+
+
+def _labelled_transaction(line: bytes) -> tuple[str, int, int] | None:
+    """(txn_id, event_time ms, is_fraud) of a transaction line, or None when it has no such three."""
+    try:
+        record = json.loads(line)
+        txn_id, is_fraud = record["txn_id"], record["is_fraud"]
+        event_time = epoch_millis("event_time", record["event_time"])
+    except (ValueError, TypeError, KeyError, Rejected):
+        return None
+    if not isinstance(txn_id, str) or not txn_id.strip() or is_fraud not in (0, 1) or isinstance(is_fraud, bool):
+        return None
+    return txn_id, event_time, is_fraud
+
+
+def _delay(rng: random.Random, settings: LabelStreamSettings) -> int:
+    low, high = math.log(settings.min_delay_ms), math.log(settings.max_delay_ms)
+    return min(settings.max_delay_ms, max(settings.min_delay_ms, round(math.exp(rng.uniform(low, high)))))
+
+
+def _label_line(rng: random.Random, settings: LabelStreamSettings, txn_id: str, is_fraud: int, label_time: int,
+                order: int) -> tuple[int, int, bytes]:
+    moment: int | str = label_time
+    if rng.random() < settings.iso_time_share:
+        moment = datetime.fromtimestamp(label_time / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    label = {"txn_id": txn_id, "is_fraud": is_fraud, "label_time": moment,
+             "source": "chargeback" if is_fraud else "review"}
+    if rng.random() < settings.malformed_share:
+        return label_time, order, malformed_label(rng.choice(MALFORMED_LABEL_KINDS), label, rng)
+    return label_time, order, _dumps(label)
+
+
+def malformed_label(kind: str, label: dict[str, Any], rng: random.Random) -> bytes:
+    """`label` broken in the way `kind` (one of MALFORMED_LABEL_KINDS) names, as one line of bytes."""
+    broken = dict(label)
+    if kind == "truncated_json":
+        text = _dumps(label)
+        return text[: rng.randint(5, len(text) - 5)]
+    if kind == "not_an_object":
+        return json.dumps([label["txn_id"], label["is_fraud"]]).encode("utf-8")
+    if kind == "missing_txn_id":
+        if rng.random() < 0.5:
+            del broken["txn_id"]
+        else:
+            broken["txn_id"] = rng.choice(["", "  ", 12.5, None])
+    elif kind == "bad_is_fraud":
+        broken["is_fraud"] = rng.choice([2, -1, "yes", 0.5, True, None])
+    elif kind == "bad_label_time":
+        broken["label_time"] = rng.choice(["last week", "2026-01-01T10:00:00", -5, True])
+    elif kind == "empty_line":
+        return rng.choice([b"", b"  "])
+    else:
+        raise ValueError(f"unknown malformed label kind {kind!r}; allowed: {', '.join(MALFORMED_LABEL_KINDS)}")
+    return _dumps(broken)
+
+
+def _dumps(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode("utf-8")
