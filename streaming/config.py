@@ -138,8 +138,11 @@ class KafkaSettings(_Settings):
     # Written only with analytics.enabled.
     analytics_topic: str = "analytics"
     late_topic: str = "late-records"
-    # Labels that arrive after their transactions (`riskstream produce --labels`), keyed by txn_id.
+    # Labels that arrive after their transactions (`riskstream produce --labels`), keyed by txn_id,
+    # and the job's log of the labels it learned from (labels.mode stream or both).
     labels_topic: str = "labels"
+    learning_topic: str = "learning"
+    label_dead_letters_topic: str = "label-dead-letters"
     partitions: PositiveInt = 3
     replication_factor: PositiveInt = 1
     # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
@@ -168,7 +171,8 @@ class KafkaSettings(_Settings):
 
     def topics(self) -> tuple[str, ...]:
         return (self.transactions_topic, self.scores_topic, self.dead_letters_topic, self.snapshots_topic,
-                self.analytics_topic, self.late_topic, self.labels_topic)
+                self.analytics_topic, self.late_topic, self.labels_topic, self.learning_topic,
+                self.label_dead_letters_topic)
 
 
 class CleaningSettings(_Settings):
@@ -455,6 +459,67 @@ class AnalyticsSettings(_Settings):
         return self
 
 
+class LabelSourceSettings(_Settings):
+    """Where labels come from (kafka: the kafka.labels_topic, with the transactions' offsets and bounds)."""
+
+    kind: Literal["files", "directory", "kafka"] = "files"
+    paths: tuple[str, ...] = ()
+    directory: str | None = None
+    discovery_interval_ms: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _one_kind_of_input(self) -> "LabelSourceSettings":
+        if self.kind == "files" and not self.paths:
+            raise ValueError("labels.source.paths: at least one file is needed when labels.source.kind is 'files'")
+        if self.kind == "directory" and not self.directory:
+            raise ValueError("labels.source.directory: a directory is needed when labels.source.kind is 'directory'")
+        return self
+
+
+DAY_MS = 86_400_000
+
+
+class LabelSettings(_Settings):
+    """What the models learn from (README, "Labels that arrive later"; udfs/labels.py decides each
+    label's outcome). inline: the `is_fraud` a transaction carries, when it is scored. stream: labels
+    from `source`, joined to their transactions by txn_id; an inline is_fraud is shown in the score
+    but not learned from. both: inline labels when scored, and stream labels (a stream label for a
+    transaction learned inline is a second label). Times are epoch milliseconds of event time."""
+
+    mode: Literal["inline", "stream", "both"] = "inline"
+    source: LabelSourceSettings | None = None
+    # A label more than this after its transaction's event_time is expired (not learned from); a
+    # scored transaction's features are kept this long for its label.
+    ttl_ms: PositiveInt = 30 * DAY_MS
+    # A label whose transaction has not been scored waits this long (after its label_time) for it,
+    # then is unknown.
+    unknown_wait_ms: int = Field(default=3_600_000, ge=0)
+    # How long after its event_time a transaction's txn_id is remembered, so that a label later than
+    # the TTL is told apart (expired) from one for a transaction never seen (unknown); at least
+    # ttl_ms. Unset: twice ttl_ms.
+    remember_ms: PositiveInt | None = None
+    # The label source's watermark trails its largest label_time by this much, per split.
+    out_of_orderness_ms: int = Field(default=5_000, ge=0)
+    # A split that sends nothing for this long (processing time) stops holding the watermark back.
+    idleness_ms: PositiveInt = 10_000
+
+    @model_validator(mode="after")
+    def _source_when_streamed(self) -> "LabelSettings":
+        if self.mode != "inline" and self.source is None:
+            raise ValueError(f"labels.source: a label source is needed when labels.mode is '{self.mode}'")
+        if self.remember_ms is not None and self.remember_ms < self.ttl_ms:
+            raise ValueError(f"labels.remember_ms: must be >= labels.ttl_ms ({self.ttl_ms}), got {self.remember_ms}")
+        return self
+
+    @property
+    def streamed(self) -> bool:
+        """Whether labels come from a label stream (mode stream or both)."""
+        return self.mode != "inline"
+
+    def remembered_ms(self) -> int:
+        return self.remember_ms if self.remember_ms is not None else 2 * self.ttl_ms
+
+
 class FlinkSettings(_Settings):
     parallelism: PositiveInt = 2
     # Pinned so keyed state in a savepoint maps to the same key groups after a change.
@@ -488,6 +553,7 @@ class Settings(_Settings):
     kafka: KafkaSettings = KafkaSettings()
     performance: PerformanceSettings = PerformanceSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
+    labels: LabelSettings = LabelSettings()
     flink: FlinkSettings = FlinkSettings()
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ route what comes back (scores, dead letters, snapshots) to sinks.
 
 from __future__ import annotations
 
+import secrets
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ from pyflink.common import (
 )
 from pyflink.datastream import (
     DataStream,
+    KeyedCoProcessFunction,
     KeyedProcessFunction,
     OutputTag,
     ProcessFunction,
@@ -49,6 +51,11 @@ from streaming.config import Settings
 from streaming.flink_options import flink_options
 from streaming.from_settings import model_scorer, transaction_reader, windowing
 from udfs.analytics import NO_WATERMARK, Windowing, analytics_header, late_records
+from udfs.cleaning import Rejected
+from udfs.labels import (APPLIED, LATE, OUTCOMES, FeatureLog, RoutedLabel, expiry_of, label_dead_letter, label_line,
+                         learning_line, log_id_of, log_position, outcome_reason, read_label, read_routed_label,
+                         route_line, routed_label_line, routed_outcome, where)
+from udfs.model import Sgd
 from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, records_in_bundle
 from udfs.metrics import SCORE_CLIP
 from udfs.ordering import BundleSequencer, split_bundle_header
@@ -59,6 +66,7 @@ from udfs.pipeline import (
     TransactionReader,
     compile_model_code,
     pack_shard_batch,
+    split_envelope,
     unpack_shard_batch,
 )
 
@@ -72,9 +80,15 @@ END_OF_INPUT = 2**63 - 1
 DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 SNAPSHOTS = OutputTag("model-snapshots", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 LATE = OutputTag("late", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+LABEL_DEAD_LETTERS = OutputTag("label-dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+# labels.mode stream or both: what LabelRouter.java learns of each transaction the job will score
+# (udfs.labels.route_line), and the scoring operator's log of the labels it learned from.
+ROUTES = OutputTag("routes", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+LEARNING = OutputTag("learning", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 OUTPUTS = ("scores", "dead-letters", "model-snapshots")
 ANALYTICS_OUTPUTS = ("analytics", "late")
+LABEL_OUTPUTS = ("learning", "label-dead-letters")
 
 # Flink's watermark trails the one udfs/analytics.py defines by 1 ms (Flink's bounded
 # out-of-orderness generator subtracts it), so a window due at `due` fires at Flink's `due - 1`.
@@ -127,14 +141,18 @@ class ReadBundle(ProcessFunction):
     arrival order as a packed RecordBatch) per shard, and the bundle's dead letters, as JSON
     lines, to DEAD_LETTERS."""
 
-    def __init__(self, reader: TransactionReader, shards: int, keyed_output: bool, watermarked: bool):
+    def __init__(self, reader: TransactionReader, shards: int, keyed_output: bool, watermarked: bool,
+                 routing: LabelRouting | None = None):
         self.reader = reader
         self.shards = shards
         self.keyed_output = keyed_output
         self.watermarked = watermarked  # records carry their split's watermark (SplitWatermarkTagger.java)
+        self.routing = routing  # None: labels are inline only, nothing is logged or routed
         self.metrics = None
         self.records_read = None
         self.dead_lettered = {}
+        self.worker = ""
+        self.logs_made = 0
 
     def open(self, runtime_context: RuntimeContext):
         # Counters go up once per bundle, by the bundle's count: per record would cost the hot path.
@@ -143,6 +161,9 @@ class ReadBundle(ProcessFunction):
         # A key-value group, so that Prometheus gets one metric with a `stage` label.
         self.dead_lettered = {stage: self.metrics.add_group("stage", stage).counter("dead_lettered")
                               for stage in DEAD_LETTER_STAGES}
+        # Feature log ids are unique across workers and runs (see udfs.labels.log_id_of).
+        self.worker = secrets.token_hex(6)
+        self.logs_made = 0
 
     def process_element(self, bundle, ctx):
         stream, seq, records = split_bundle_header(bundle.decode("utf-8"))
@@ -157,9 +178,66 @@ class ReadBundle(ProcessFunction):
         # A numbered bundle gives every shard a batch, even an empty one, so that each shard can
         # tell an empty batch from one still on its way (see udfs/ordering.py).
         shards = range(self.shards) if stream is not None else by_shard
+        routes = []
         for shard in shards:
             batch = by_shard.get(shard)
-            yield shard, pack_shard_batch(stream, seq, batch if batch is not None else EMPTY_BATCH)
+            if batch is None or self.routing is None or not len(batch):
+                yield shard, pack_shard_batch(stream, seq, batch if batch is not None else EMPTY_BATCH)
+                continue
+            log_id = log_id_of(int(batch.event_times.max()) + self.routing.ttl_ms, len(batch), self.worker,
+                               self.logs_made)
+            self.logs_made += 1
+            routes += self.routing.routes(batch, shard, log_id)
+            yield shard, pack_shard_batch(stream, seq, batch, log_id)
+        if routes:
+            yield ROUTES, b"\n".join(routes)
+
+
+class LabelRouting(NamedTuple):
+    """What the preparing operator tells LabelRouter.java of the transactions it sends to be scored."""
+
+    ttl_ms: int  # labels.ttl_ms: how long a batch's features are logged after its latest event time
+    learn_inline: bool  # labels.mode both: the inline label is learned from at scoring
+
+    def routes(self, batch: RecordBatch, shard: int, log_id: str) -> list[bytes]:
+        """One `udfs.labels.route_line` per record of `batch`, in order."""
+        inline = batch.labels.tolist() if self.learn_inline else [-1] * len(batch)
+        return [route_line(txn_id, shard, event_time, label, where(log_id, row))
+                for row, (txn_id, event_time, label) in enumerate(zip(batch.txn_ids, batch.event_times.tolist(), inline))]
+
+
+class ReadLabels(ProcessFunction):
+    """Decodes, parses and cleans a bundle of labels (udfs.labels.read_label): emits the usable
+    ones as one bundle of `label_line`s for LabelRouter.java, and dead letters (stages
+    label-decode, label-parse, label-clean) to LABEL_DEAD_LETTERS."""
+
+    def __init__(self, reader: TransactionReader, keyed_output: bool):
+        self.reader = reader  # for its size cap and its dead letters (pseudonymized raw text)
+        self.keyed_output = keyed_output
+        self.labels_read = None
+        self.dead_lettered = None
+
+    def open(self, runtime_context: RuntimeContext):
+        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.labels_read = metrics.counter("labels_read")
+        self.dead_lettered = metrics.counter("labels_unreadable")
+
+    def process_element(self, bundle, ctx):
+        lines, dead_letters = [], []
+        now = now_ms()
+        envelopes = bundle.decode("utf-8").split("\n")
+        for envelope in envelopes:
+            source, raw = split_envelope(envelope)
+            try:
+                lines.append(label_line(read_label(raw, self.reader.rules.max_record_bytes)))
+            except Rejected as rejected:
+                dead_letters.append(self.reader.dead_letter(raw, rejected, source, now))
+        self.labels_read.inc(len(envelopes))
+        if lines:
+            yield b"\n".join(lines)
+        if dead_letters:
+            self.dead_lettered.inc(len(dead_letters))
+            yield LABEL_DEAD_LETTERS, keyed_lines_bundle(dead_letters, self.keyed_output)
 
 
 class ScoreShard(KeyedProcessFunction):
@@ -174,10 +252,16 @@ class ScoreShard(KeyedProcessFunction):
     equals the state.
     """
 
-    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: Windowing | None):
+    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: Windowing | None,
+                 learn_inline: bool = True):
         self.scorer = scorer
         self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
         self.analytics = analytics  # None: windowed analytics off
+        # False in labels.mode stream: a record's is_fraud is shown in its score, not learned from.
+        self.learn_inline = learn_inline
+        # Called after each batch is scored, with (shard, batch, assessed, feature log id, ctx);
+        # yields more output (see ScoreShardWithLabelStream).
+        self.after_scoring = None
         self.models = None
         self.shard_models: dict[int, ModelTable] = {}
         self.sequencer = BundleSequencer()
@@ -208,13 +292,14 @@ class ScoreShard(KeyedProcessFunction):
 
     def process_element(self, shard_batch, ctx):
         shard, packed = shard_batch
-        stream, seq, batch = unpack_shard_batch(packed)
-        batches = [batch] if stream is None else self.sequencer.release(shard, stream, seq, batch)
+        stream, seq, batch, log_id = unpack_shard_batch(packed)
+        batches = [(batch, log_id)] if stream is None else self.sequencer.release(shard, stream, seq, (batch, log_id))
         if shard not in self.shard_models:  # once per shard and worker; Flink keeps one timer per key
             ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # the final snapshots
         table = self._models_of(shard)
-        for batch in batches:
-            assessed = self.scorer.assess_columns(batch, table)
+        for batch, log_id in batches:
+            learned_from = batch if self.learn_inline else batch.without_labels()
+            assessed = self.scorer.assess_columns(learned_from, table)
             keys = table.keys
             for row in assessed.changed_rows:  # not put_all: PyFlink 2.2's is broken in both modes
                 self.models.put(keys[row], table.to_bytes(row))
@@ -229,6 +314,8 @@ class ScoreShard(KeyedProcessFunction):
                     yield from self._with_analytics(batch, scores, ctx.timer_service().current_watermark())
             if assessed.snapshots:
                 yield SNAPSHOTS, keyed_lines_bundle(assessed.snapshots, self.keyed_output)
+            if self.after_scoring is not None:
+                yield from self.after_scoring(shard, batch, assessed, log_id, ctx)
 
     def _with_analytics(self, batch: RecordBatch, scores: bytes, flink_watermark: int):
         """The batch's score lines after the header window-analytics reads (which records were late,
@@ -265,6 +352,158 @@ class ScoreShard(KeyedProcessFunction):
             rows = range(start, min(start + FINAL_SNAPSHOTS_PER_BUNDLE, len(keys)))
             snapshots = [self.scorer.snapshot(table.key_model(row), keys[row]) for row in rows]
             yield SNAPSHOTS, keyed_lines_bundle(snapshots, self.keyed_output)
+
+
+class LabelRules(NamedTuple):
+    ttl_ms: int
+    unknown_wait_ms: int
+
+
+class ScoreShardWithLabelStream(KeyedCoProcessFunction):
+    """ScoreShard (input 1: shard batches) whose models also learn from labels that arrive later
+    (input 2: LabelRouter.java's lines, bundled per shard by ShardBundler.java), in labels.mode
+    stream or both.
+
+    Each scored batch's features, as its models saw them, are logged in keyed map state (log id ->
+    udfs.labels.FeatureLog bytes) until the watermark passes the batch's latest event time plus
+    labels.ttl_ms. A routed label's outcome is decided by udfs.labels.routed_outcome; an applied
+    label takes one SGD step on its record's logged features (ModelTable.learn_logged) and writes a
+    learning line; the others are dead-lettered with their reason. A label whose log has not
+    arrived yet (it can overtake its batch on the way) waits in keyed state for it.
+
+    The worker keeps each shard's log ids (and the logs it has read) in memory, read from state the
+    first time it sees the shard after a start or restore, as ScoreShard does with models.
+    """
+
+    def __init__(self, scoring: ScoreShard, rules: LabelRules, sgd: Sgd, snapshot_every: int):
+        self.scoring = scoring
+        self.rules = rules
+        self.sgd = sgd
+        self.snapshot_every = snapshot_every
+        self.logs = None
+        self.held = None
+        self.shard_logs: dict[int, dict[str, FeatureLog | None]] = {}
+        self.shard_held: dict[int, set[str]] = {}
+        self.outcomes = {}
+
+    def open(self, runtime_context: RuntimeContext):
+        self.scoring.open(runtime_context)
+        self.scoring.after_scoring = self._log_features
+        # Pickled bytes, as the models (see ScoreShard.open).
+        self.logs = runtime_context.get_map_state(MapStateDescriptor("feature-log", Types.STRING(),
+                                                                     Types.PICKLED_BYTE_ARRAY()))
+        self.held = runtime_context.get_map_state(MapStateDescriptor("labels-awaiting-log", Types.STRING(),
+                                                                     Types.PICKLED_BYTE_ARRAY()))
+        self.shard_logs, self.shard_held = {}, {}
+        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.outcomes = {outcome: metrics.add_group("outcome", outcome).counter("labels") for outcome in OUTCOMES}
+        # Records whose features are logged (until their TTL passes), in this worker's shards.
+        metrics.gauge("feature_log_records", self._logged_records)
+
+    def process_element1(self, shard_batch, ctx):
+        yield from self.scoring.process_element(shard_batch, ctx)
+
+    def process_element2(self, shard_labels, ctx):
+        shard, bundle = shard_labels
+        yield from self._apply(shard, [read_routed_label(line) for line in bundle.split(b"\n") if line], ctx)
+
+    def on_timer(self, timestamp, ctx):
+        shard = ctx.get_current_key()
+        logs = self._logs_of(shard)
+        for log_id in [log_id for log_id in logs if expiry_of(log_id)[0] <= timestamp]:
+            del logs[log_id]
+            self.logs.remove(log_id)
+        if timestamp == END_OF_INPUT:
+            yield from self.scoring.on_timer(timestamp, ctx)
+
+    def _log_features(self, shard: int, batch: RecordBatch, assessed, log_id: str | None, ctx):
+        """Logs a scored batch's features, then applies the labels that were waiting for them."""
+        if log_id is None:
+            return
+        log = FeatureLog(batch.model_keys, batch.event_times, assessed.probability, batch.indptr, batch.indices,
+                         assessed.standardized)
+        self.logs.put(log_id, log.to_bytes())
+        self._logs_of(shard)[log_id] = log
+        ctx.timer_service().register_event_time_timer(expiry_of(log_id)[0])
+        held = self._held_of(shard)
+        if log_id in held:
+            held.discard(log_id)
+            waiting = self.held.get(log_id)
+            self.held.remove(log_id)
+            yield from self._apply(shard, [read_routed_label(line) for line in waiting.split(b"\n")], ctx)
+
+    def _apply(self, shard: int, routed_labels: list[RoutedLabel], ctx):
+        table = self.scoring._models_of(shard)
+        logs = self._logs_of(shard)
+        watermark = ctx.timer_service().current_watermark()
+        learned, letters, snapshots = [], [], []
+        now = now_ms()
+        for routed in routed_labels:
+            outcome, applied = routed_outcome(routed, self.rules.ttl_ms)
+            log = None
+            if outcome == APPLIED:
+                log_id, row = log_position(routed.where)
+                log = self._log(logs, log_id)
+                if log is None and watermark < expiry_of(log_id)[0]:
+                    self._hold(shard, log_id, routed)  # its batch is still on its way
+                    continue
+                if log is None:
+                    outcome = LATE
+            self.outcomes[outcome].inc()
+            label = routed.label
+            if outcome != APPLIED:
+                reason = outcome_reason(outcome, label, routed.event_time, applied, self.rules.ttl_ms,
+                                        self.rules.unknown_wait_ms)
+                letters.append(KeyedLine(label_dead_letter(label, outcome, reason, now).decode("utf-8"), label.txn_id))
+                continue
+            model_key = log.model_keys[row]
+            model_row = table.rows[model_key]
+            indices, values = log.entries(row)
+            stepped = table.learn_logged(model_row, indices, values, label.is_fraud, self.sgd, routed.event_time)
+            self.scoring.models.put(model_key, table.to_bytes(model_row))
+            updates = int(table.updates[model_row])
+            learned.append(KeyedLine(learning_line(label.txn_id, model_key, label, routed.event_time, updates,
+                                                   not stepped).decode("utf-8"), model_key))
+            if stepped and updates % self.snapshot_every == 0:
+                snapshots.append(self.scoring.scorer.snapshot(table.key_model(model_row), model_key))
+        keyed = self.scoring.keyed_output
+        if learned:
+            yield LEARNING, keyed_lines_bundle(learned, keyed)
+        if letters:
+            yield LABEL_DEAD_LETTERS, keyed_lines_bundle(letters, keyed)
+        if snapshots:
+            yield SNAPSHOTS, keyed_lines_bundle(snapshots, keyed)
+
+    def _hold(self, shard: int, log_id: str, routed: RoutedLabel) -> None:
+        line = routed_label_line(routed)
+        waiting = self.held.get(log_id)
+        self.held.put(log_id, line if waiting is None else waiting + b"\n" + line)
+        self._held_of(shard).add(log_id)
+
+    def _log(self, logs: dict[str, FeatureLog | None], log_id: str) -> FeatureLog | None:
+        """The log `log_id`, read from state the first time it is needed; None when there is none."""
+        if log_id not in logs:
+            return None
+        log = logs[log_id]
+        if log is None:
+            log = logs[log_id] = FeatureLog.from_bytes(self.logs.get(log_id))
+        return log
+
+    def _logs_of(self, shard: int) -> dict[str, FeatureLog | None]:
+        """The shard's log ids, each with its log once read (None until then)."""
+        logs = self.shard_logs.get(shard)
+        if logs is None:
+            logs = self.shard_logs[shard] = dict.fromkeys(self.logs.keys())
+        return logs
+
+    def _held_of(self, shard: int) -> set[str]:
+        held = self.shard_held.get(shard)
+        if held is None:
+            held = self.shard_held[shard] = set(self.held.keys())
+        return held
+
+    def _logged_records(self) -> int:
+        return sum(expiry_of(log_id)[1] for logs in self.shard_logs.values() for log_id in logs)
 
 
 def window_analytics(scored: DataStream, windows: Windowing, keyed_output: bool) -> DataStream:
@@ -341,10 +580,60 @@ def watermarks(settings: Settings) -> WatermarkStrategy:
     none: the model works in arrival order, and the final watermark of a bounded input still
     arrives to fire the end-of-input timers."""
     analytics = settings.analytics
-    if not analytics.enabled:
+    if not (analytics.enabled or settings.labels.streamed):
         return WatermarkStrategy.no_watermarks()
     return WatermarkStrategy(internals.jvm().riskstream.flink.EventTime.watermarks(
         analytics.out_of_orderness_ms, analytics.idleness_ms))
+
+
+def labels_source(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
+    """Raw labels tagged with where they came from (as `transactions_source`), with per-split
+    watermarks on their label_time (EventTime.java) and labels.idleness_ms."""
+    labels = settings.labels
+    source = labels.source
+    strategy = WatermarkStrategy(internals.jvm().riskstream.flink.EventTime.watermarks(
+        "label_time", labels.out_of_orderness_ms, labels.idleness_ms))
+    if source.kind == "kafka":
+        built = kafka_source(settings, settings.kafka.labels_topic)
+    else:
+        line_format = BulkFormat(internals.jvm().riskstream.flink.SourceTaggedLineFormat())
+        if source.kind == "files":
+            built = FileSource.for_bulk_file_format(line_format, *source.paths).build()
+        else:
+            built = FileSource.for_bulk_file_format(line_format, source.directory).monitor_continuously(
+                Duration.of_millis(source.discovery_interval_ms)).build()
+    return env.from_source(built, strategy, "labels-source").uid("labels-source")
+
+
+def bundled_labels(stream: DataStream, settings: Settings) -> DataStream:
+    """Labels joined into bundles as `bundled` joins transactions, counted in their own
+    accumulator (RecordBundler.LABELS_READ)."""
+    bundling = settings.performance.bundling()
+    bytes_type = Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info()
+    return java_operator(stream, "bundle-labels", lambda j, jvm: j.transform(
+        "bundle-labels", bytes_type, jvm.riskstream.flink.RecordBundler(
+            bundling.max_records, bundling.max_delay_ms, False, 0, jvm.riskstream.flink.RecordBundler.LABELS_READ)))
+
+
+def routed_labels(routes: DataStream, labels: DataStream, settings: Settings) -> tuple[DataStream, DataStream]:
+    """Each label joined to its transaction's route by txn_id (LabelRouter.java), as (shard,
+    bundle of LabelRouter's lines for that shard) (ShardBundler.java); and the dead letters of
+    lines LabelRouter could not read (LabelRouter.UNREADABLE: a bug upstream)."""
+    jvm = internals.jvm()
+    rules = settings.labels
+    router = jvm.riskstream.flink.LabelRouter(rules.remembered_ms(), rules.unknown_wait_ms,
+                                              settings.performance.shards, METRICS_GROUP)
+    key = jvm.riskstream.flink.LabelRouter.txnIdKey()
+    string_type = Types.STRING().get_java_type_info()
+    bytes_type = Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info()
+    routed = internals.apply_java_to_two(routes, labels, lambda j_routes, j_labels: j_routes.keyBy(key, string_type).connect(
+        j_labels.keyBy(key, string_type)).process(router, bytes_type)).name("route-labels").uid("route-labels")
+    bundling = settings.performance.bundling()
+    shard_batch_type = Types.TUPLE([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())]).get_java_type_info()
+    bundles = java_operator(routed, "bundle-routed-labels", lambda j, jvm: j.transform(
+        "bundle-routed-labels", shard_batch_type, jvm.riskstream.flink.ShardBundler(
+            bundling.max_records, bundling.max_delay_ms)))
+    return bundles, internals.apply_java(routed, lambda j: j.getSideOutput(jvm.riskstream.flink.LabelRouter.UNREADABLE))
 
 
 def split_watermark_tagged(stream: DataStream, settings: Settings) -> DataStream:
@@ -355,7 +644,8 @@ def split_watermark_tagged(stream: DataStream, settings: Settings) -> DataStream
             settings.analytics.out_of_orderness_ms)))
 
 
-def kafka_source(settings: Settings) -> Source:
+def kafka_source(settings: Settings, topic: str | None = None) -> Source:
+    """The Kafka source of `topic` (default: kafka.transactions_topic)."""
     kafka = settings.kafka
     jvm = internals.jvm()
     offsets = {
@@ -365,7 +655,7 @@ def kafka_source(settings: Settings) -> Source:
     }[kafka.starting_offsets]()
     builder = (
         jvm.org.apache.flink.connector.kafka.source.KafkaSource.builder()
-        .setTopics(internals.java_strings([kafka.transactions_topic]))
+        .setTopics(internals.java_strings([topic or kafka.transactions_topic]))
         .setGroupId(kafka.consumer_group)
         .setStartingOffsets(internals.java_offsets(offsets))
         .setDeserializer(jvm.riskstream.flink.kafka.TaggedKafkaDeserializer())
@@ -439,17 +729,26 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
         source = split_watermark_tagged(source, settings)
     transactions = bundled(source, settings)
     windows_computed = windowing(settings) if analytics.enabled else None
+    labels = settings.labels
+    routing = LabelRouting(labels.ttl_ms, labels.mode == "both") if labels.streamed else None
     model_inputs = transactions.process(
-        ReadBundle(reader, settings.performance.shards, keyed_output, analytics.enabled), output_type=shard_batch_type
+        ReadBundle(reader, settings.performance.shards, keyed_output, analytics.enabled, routing),
+        output_type=shard_batch_type
     ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
-    scored = (
-        model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
-        .process(ScoreShard(scorer, keyed_output, windows_computed), output_type=bundle_type)
-        .name("score-and-learn")
-        .uid("score-and-learn")
-        # Its own slots, so in process mode scoring gets Python workers apart from preparing.
-        .slot_sharing_group("scoring")
-    )
+    shard_batches = model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
+    scoring = ScoreShard(scorer, keyed_output, windows_computed, learn_inline=labels.mode != "stream")
+    if labels.streamed:
+        label_lines = bundled_labels(labels_source(env, settings), settings).process(
+            ReadLabels(reader, keyed_output), output_type=bundle_type).name("read-labels").uid("read-labels")
+        routed, unroutable = routed_labels(split_lines(model_inputs.get_side_output(ROUTES), "split-routes"),
+                                           split_lines(label_lines, "split-labels"), settings)
+        scored = shard_batches.connect(routed.key_by(lambda shard_labels: shard_labels[0], key_type=Types.INT())).process(
+            ScoreShardWithLabelStream(scoring, LabelRules(labels.ttl_ms, labels.unknown_wait_ms), scorer.sgd,
+                                      scorer.snapshot_every), output_type=bundle_type)
+    else:
+        scored = shard_batches.process(scoring, output_type=bundle_type)
+    # Its own slots, so in process mode scoring gets Python workers apart from preparing.
+    scored = scored.name("score-and-learn").uid("score-and-learn").slot_sharing_group("scoring")
     output = Path(settings.output.path)
     kafka = settings.kafka
     topics = (kafka.scores_topic, kafka.dead_letters_topic, kafka.snapshots_topic)
@@ -461,6 +760,11 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
         names += ANALYTICS_OUTPUTS
         topics += (kafka.analytics_topic, kafka.late_topic)
         output_bundles += (windows, scored.get_side_output(LATE).union(window_analytics_late(windows)))
+    if labels.streamed:
+        names += LABEL_OUTPUTS
+        topics += (kafka.learning_topic, kafka.label_dead_letters_topic)
+        output_bundles += (scored.get_side_output(LEARNING), label_lines.get_side_output(LABEL_DEAD_LETTERS).union(
+            scored.get_side_output(LABEL_DEAD_LETTERS), unroutable))
     for name, topic, bundles in zip(names, topics, output_bundles):
         if keyed_output:
             split_lines(bundles, f"split-{name}").sink_to(kafka_sink(settings, topic, name)).name(

@@ -14,8 +14,8 @@ import orjson
 from udfs.metrics import labelled, log_loss, roc_auc
 
 # The folders a file-output job writes under `output.path`, one FileSink each (analytics and
-# late with analytics.enabled only).
-OUTPUTS = ("scores", "dead-letters", "model-snapshots", "analytics", "late")
+# late with analytics.enabled only; learning and label-dead-letters with labels.mode stream or both).
+OUTPUTS = ("scores", "dead-letters", "model-snapshots", "analytics", "late", "learning", "label-dead-letters")
 
 
 def committed_parts(folder: Path) -> Iterator[Path]:

@@ -37,6 +37,12 @@ def apply_java(stream: DataStream, build) -> DataStream:
     return DataStream(build(stream._j_data_stream))
 
 
+def apply_java_to_two(first: DataStream, second: DataStream, build) -> DataStream:
+    """`build(first_java_stream, second_java_stream)` wrapped again: `apply_java` for a Java
+    operator of two inputs (LabelRouter.java's keyed join of routes and labels)."""
+    return DataStream(build(first._j_data_stream, second._j_data_stream))
+
+
 def java_offsets(initializer: KafkaOffsetsInitializer) -> Any:
     """The Java OffsetsInitializer behind a Python one (its private `_j_initializer`).
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from udfs.model import MAX_ABS_WEIGHT, STATE_HEADER, STATE_VERSION, KeyModel, read_state
+from udfs.model import MAX_ABS_WEIGHT, STATE_HEADER, STATE_VERSION, KeyModel, Sgd, read_state, sigmoid
 
 
 @numba.njit(cache=True)
@@ -36,11 +36,12 @@ def _sigmoid(z):
 def learn_batch(start, rows, indptr, indices, values, labels, event_times,
                 weights, bias, updates, rejected, last_event_time, count, mean, m2, positions,
                 learning_rate, inverse_scaling, power_t, l2, snapshot_every,
-                probability, updates_before, learned, reason_index, reason_value, reason_count) -> int:
+                probability, updates_before, learned, reason_index, reason_value, reason_count, standardized) -> int:
     """Scores and learns from records start.. of a batch in order, each with its key's model
     row `rows[r]`, as `ModelScorer.assess` would; fills the per-record outputs (probability 0..1,
     model updates before learning, learned, up to reason_index.shape[1] top reasons as (feature
-    index, contribution)) and updates the table in place. Returns the position after the first
+    index, contribution)), `standardized` (the values of each record's entries as the model saw
+    them, after standardization: what a label arriving later learns from) and updates the table in place. Returns the position after the first
     record whose update makes its key's update count a multiple of `snapshot_every` (the caller
     snapshots that key there, then calls again from that position), or the batch's length.
 
@@ -52,7 +53,7 @@ def learn_batch(start, rows, indptr, indices, values, labels, event_times,
     """
     arrays = (rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
               last_event_time, count, mean, m2, positions, probability, updates_before, learned, reason_index,
-              reason_value, reason_count)
+              reason_value, reason_count, standardized)
     for array_, dtype in zip(arrays, _DTYPES):
         if array_.dtype != dtype or not array_.flags.c_contiguous:
             raise TypeError(f"learn_batch needs C-contiguous {dtype} arrays, got {array_.dtype}")
@@ -65,7 +66,7 @@ def learn_batch(start, rows, indptr, indices, values, labels, event_times,
 _DTYPES = tuple(np.dtype(t) for t in (
     np.int64, np.int64, np.int32, np.float64, np.int8, np.int64,  # the batch
     np.float64, np.float64, np.int64, np.int64, np.int64, np.int64, np.float64, np.float64, np.int64,  # the table
-    np.float64, np.int64, np.bool_, np.int32, np.float64, np.int8))  # the outputs
+    np.float64, np.int64, np.bool_, np.int32, np.float64, np.int8, np.float64))  # the outputs
 _NUMBA_TYPES = {np.dtype(np.int64): numba.types.int64, np.dtype(np.int32): numba.types.int32,
                 np.dtype(np.float64): numba.types.float64, np.dtype(np.int8): numba.types.int8,
                 np.dtype(np.bool_): numba.types.uint8}
@@ -82,7 +83,7 @@ def _learn_batch_pointer():
 def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
                  weights, bias, updates, rejected, last_event_time, count, mean, m2, positions,
                  learning_rate, inverse_scaling, power_t, l2, snapshot_every,
-                 probability, updates_before, learned, reason_index, reason_value, reason_count):
+                 probability, updates_before, learned, reason_index, reason_value, reason_count, standardized):
     n_records = rows.shape[0]
     n_features = weights.shape[1]
     top_k = reason_index.shape[1]
@@ -107,6 +108,8 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
                 variance = m2[row, j] / c
                 std = np.sqrt(variance) if c > 1 and variance > 0 else 1.0
                 x[i] = (value - mean[row, j]) / std
+        for e in range(end - begin):
+            standardized[begin + e] = x[e]
         # LogisticRegression.predict_proba: the sum in feature order, then the bias.
         margin = 0.0
         for e in range(end - begin):
@@ -184,7 +187,7 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
 def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standardized, top_k,
                    rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
                    last_event_time, count, mean, m2, positions, probability, updates_before, learned,
-                   reason_index, reason_value, reason_count,
+                   reason_index, reason_value, reason_count, standardized,
                    learning_rate, inverse_scaling, power_t, l2, snapshot_every):
     carray = numba.carray
     return _learn_batch(
@@ -196,7 +199,7 @@ def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standard
         carray(positions, n_standardized), learning_rate, inverse_scaling, power_t, l2, snapshot_every,
         carray(probability, n_records), carray(updates_before, n_records), carray(learned, n_records),
         carray(reason_index, (n_records, top_k)), carray(reason_value, (n_records, top_k)),
-        carray(reason_count, n_records))
+        carray(reason_count, n_records), carray(standardized, n_entries))
 
 
 class ModelTable:
@@ -262,6 +265,35 @@ class ModelTable:
                                    float(self.bias[row]))
         return b"".join((header, self._positions_bytes, self.weights[row].tobytes(), self.mean[row].tobytes(),
                          self.m2[row].tobytes()))
+
+    def learn_logged(self, row: int, indices: np.ndarray, values: np.ndarray, label: int, sgd: Sgd,
+                     event_time: int) -> bool:
+        """One SGD step of the row's model on a record scored earlier, for a label that came later:
+        `values` are the record's standardized values as logged when it was scored (the
+        standardization statistics are not updated again), and the probability is recomputed from
+        the row's current weights. `LogisticRegression.learn`'s arithmetic in its order, with its
+        guard; the last update's event time becomes `event_time` (ms). False when the guard
+        discarded the step (counted in `rejected`)."""
+        weights = self.weights[row]
+        margin = 0.0
+        for i, v in zip(indices.tolist(), values.tolist()):  # the reference's order of summation
+            margin += weights[i] * v
+        bias = float(self.bias[row])
+        p = sigmoid(bias + margin)
+        rate = sgd.rate(int(self.updates[row]))
+        step = rate * (p - label)
+        new = weights * (1.0 - rate * sgd.l2) if sgd.l2 else weights.copy()
+        new[indices] -= step * values  # a record has at most one entry per feature
+        new_bias = bias - step
+        moved = new if sgd.l2 else new[indices]
+        if not (abs(new_bias) <= MAX_ABS_WEIGHT and np.all(np.abs(moved) <= MAX_ABS_WEIGHT)):
+            self.rejected[row] += 1
+            return False
+        self.weights[row] = new
+        self.bias[row] = new_bias
+        self.updates[row] += 1
+        self.last_event_time[row] = event_time
+        return True
 
     def key_model(self, row: int) -> KeyModel:
         """The row's model as the reference `KeyModel` (for snapshots and comparisons)."""

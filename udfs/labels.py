@@ -21,9 +21,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+import numpy as np
+import orjson
 
 from udfs.cleaning import Rejected, _json_type, _txn_id, decode, epoch_millis, parse
 
@@ -32,7 +36,11 @@ DUPLICATE = "duplicate"
 CONTRADICTING = "contradicting"
 EXPIRED = "expired"
 UNKNOWN = "unknown"
-OUTCOMES = (APPLIED, DUPLICATE, CONTRADICTING, EXPIRED, UNKNOWN)
+# Not one of the rule's outcomes: a label that reached the job after its transaction's logged
+# features were removed (the watermark had passed event_time + ttl): it came later than the label
+# source's out-of-orderness allows.
+LATE = "late"
+OUTCOMES = (APPLIED, DUPLICATE, CONTRADICTING, EXPIRED, UNKNOWN, LATE)
 
 # The dead-letter stage of a label that is not applied, and of one that cannot be read.
 LABEL_STAGE = "label"
@@ -119,6 +127,9 @@ def outcome_reason(outcome: str, label: Label, event_time: int | None, applied: 
                 f"over labels.ttl_ms {ttl_ms}")
     if outcome == UNKNOWN:
         return f"unknown: no transaction with this txn_id was scored within labels.unknown_wait_ms {unknown_wait_ms}"
+    if outcome == LATE:
+        return ("late: the label came after the watermark passed its transaction's event_time + labels.ttl_ms, "
+                "when its features were no longer kept; raise labels.out_of_orderness_ms")
     raise ValueError(f"{outcome!r} has no dead letter; outcomes with one: {', '.join(OUTCOMES[1:])}")
 
 
@@ -227,3 +238,160 @@ def malformed_label(kind: str, label: dict[str, Any], rng: random.Random) -> byt
 
 def _dumps(record: Mapping[str, Any]) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode("utf-8")
+
+
+# ---------------------------------------------------------------- what the job passes along
+#
+# In labels.mode stream or both the job joins labels to transactions by txn_id in Java
+# (LabelRouter.java, keyed by txn_id) and sends each label to the scoring operator of its
+# transaction's shard, which decides its outcome here and learns from the transaction's logged
+# features. The lines between them are UTF-8, fields separated by tabs (txn_ids and sources are
+# whitespace-normalized, so they hold no tab or newline).
+
+
+def route_line(txn_id: str, shard: int, event_time: int, inline_label: int, where: str) -> bytes:
+    """What LabelRouter learns of a transaction the job will score: its shard, event_time (ms),
+    the inline label learned from when it is scored (-1: none) and `where` its features are logged
+    (`FeatureLog` id and row: "<log id>:<row>")."""
+    return f"{txn_id}\t{shard}\t{event_time}\t{inline_label}\t{where}".encode("utf-8")
+
+
+def label_line(label: Label) -> bytes:
+    """A cleaned label as LabelRouter reads it: txn_id, is_fraud, label_time, source ('' for none)."""
+    return f"{label.txn_id}\t{label.is_fraud}\t{label.label_time}\t{label.source or ''}".encode("utf-8")
+
+
+class RoutedLabel(NamedTuple):
+    """A label as LabelRouter sends it to its transaction's shard.
+
+    known: False when no transaction with its txn_id was routed within the wait (then event_time
+    is -1 and where is ''). history: the labels of this transaction before this one, in the order
+    they reached the router, as (is_fraud, label_time), the inline label first (at its event_time)
+    when the transaction was learned from at scoring. where: the route's "<log id>:<row>"."""
+
+    shard: int
+    known: bool
+    label: Label
+    event_time: int
+    history: tuple[tuple[int, int], ...]
+    where: str
+
+
+def read_routed_label(line: bytes) -> RoutedLabel:
+    """The `RoutedLabel` in one of LabelRouter's lines:
+    shard, 'label' | 'unknown', txn_id, event_time, is_fraud, label_time, source, history, where."""
+    shard, kind, txn_id, event_time, is_fraud, label_time, source, history, where = line.decode("utf-8").split("\t")
+    pairs = tuple(tuple(int(part) for part in pair.split(":")) for pair in history.split(",") if pair)
+    return RoutedLabel(int(shard), kind == "label", Label(txn_id, int(is_fraud), int(label_time), source or None),
+                       int(event_time), pairs, where)
+
+
+def routed_label_line(routed: RoutedLabel) -> bytes:
+    """`routed` as LabelRouter wrote it (the inverse of `read_routed_label`)."""
+    label = routed.label
+    history = ",".join(f"{is_fraud}:{label_time}" for is_fraud, label_time in routed.history)
+    return (f"{routed.shard}\t{'label' if routed.known else 'unknown'}\t{label.txn_id}\t{routed.event_time}\t"
+            f"{label.is_fraud}\t{label.label_time}\t{label.source or ''}\t{history}\t{routed.where}").encode("utf-8")
+
+
+def routed_outcome(routed: RoutedLabel, ttl_ms: int) -> tuple[str, int | None]:
+    """(outcome of the routed label, the label applied to its transaction before it or None):
+    UNKNOWN when no transaction was found; otherwise `label_outcome` after the history's labels,
+    each decided the same way in its turn (so the first in time that is not expired was applied)."""
+    if not routed.known:
+        return UNKNOWN, None
+    applied = None
+    for is_fraud, label_time in routed.history:
+        if label_outcome(routed.event_time, applied, Label(routed.label.txn_id, is_fraud, label_time, None),
+                         ttl_ms) == APPLIED:
+            applied = is_fraud
+    return label_outcome(routed.event_time, applied, routed.label, ttl_ms), applied
+
+
+def where(log_id: str, row: int) -> str:
+    """Where a record's features are logged, as a route carries it."""
+    return f"{log_id}:{row}"
+
+
+def log_position(where_: str) -> tuple[str, int]:
+    """(log id, row) of `where`'s text."""
+    log_id, _, row = where_.rpartition(":")
+    return log_id, int(row)
+
+
+def log_id_of(expires_at: int, records: int, worker: str, counter: int) -> str:
+    """A feature log's id: unique (a worker's random token and its count of logs), starting with
+    the event time (ms) at which the log expires and how many records it holds, so that ids alone
+    tell what to remove when and how many records are kept."""
+    return f"{expires_at}~{records}~{worker}~{counter}"
+
+
+def expiry_of(log_id: str) -> tuple[int, int]:
+    """(event time in ms at which the log `log_id` expires, its records) (see `log_id_of`)."""
+    expires_at, records, _ = log_id.split("~", 2)
+    return int(expires_at), int(records)
+
+
+_LOG_HEADER = struct.Struct("<BII")  # version, records, entries
+LOG_VERSION = 1
+
+
+class FeatureLog(NamedTuple):
+    """One scored shard batch's features as its models saw them, kept in keyed state until the
+    batch's labels come or its time-to-live passes: record r has model key model_keys[r], event
+    time event_times[r] (ms), score scores[r] (0..1) and standardized entries
+    indices/values[indptr[r]:indptr[r+1]]. As bytes (`to_bytes`), a record costs 24 bytes, 12 per
+    feature entry and its model key's UTF-8 bytes plus one."""
+
+    model_keys: list[str]
+    event_times: np.ndarray  # int64
+    scores: np.ndarray  # float64
+    indptr: np.ndarray  # int64
+    indices: np.ndarray  # int32
+    values: np.ndarray  # float64
+
+    def to_bytes(self) -> bytes:
+        keys = "\n".join(self.model_keys).encode("utf-8", "surrogatepass")
+        return b"".join((_LOG_HEADER.pack(LOG_VERSION, len(self.model_keys), len(self.indices)),
+                         self.event_times.astype(np.int64).tobytes(), self.scores.astype(np.float64).tobytes(),
+                         self.indptr.astype(np.int64).tobytes(), self.indices.astype(np.int32).tobytes(),
+                         self.values.astype(np.float64).tobytes(), keys))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FeatureLog":
+        version, n, entries = _LOG_HEADER.unpack_from(data)
+        if version != LOG_VERSION:
+            raise ValueError(f"feature log version {version} is not supported (this release reads {LOG_VERSION})")
+        offset = _LOG_HEADER.size
+        arrays = []
+        for dtype, count in ((np.int64, n), (np.float64, n), (np.int64, n + 1), (np.int32, entries),
+                             (np.float64, entries)):
+            array = np.frombuffer(data, dtype, count, offset)
+            offset += array.nbytes
+            arrays.append(array)
+        keys = data[offset:].decode("utf-8", "surrogatepass").split("\n") if n else []
+        return cls(keys, *arrays)
+
+    def entries(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(feature indices, standardized values) of record `row`."""
+        begin, end = self.indptr[row], self.indptr[row + 1]
+        return self.indices[begin:end], self.values[begin:end]
+
+
+def learning_line(txn_id: str, model_key: str, label: Label, event_time: int, model_updates: int,
+                  update_rejected: bool) -> bytes:
+    """The learning output's line for an applied label (README, "Data contracts"): what the key's
+    model learned from, with its update count after the step."""
+    return orjson.dumps({"schema_version": 1, "txn_id": txn_id, "model_key": model_key, "label": label.is_fraud,
+                         "label_time": label.label_time, "event_time": event_time,
+                         "delay_ms": label.label_time - event_time, "source": label.source,
+                         "model_updates": model_updates, "update_rejected": update_rejected})
+
+
+def label_dead_letter(label: Label, outcome: str, reason: str, now_ms: int) -> bytes:
+    """The dead letter of a label that was not applied (stage `label`): the label itself as raw,
+    its outcome and the one-line reason."""
+    raw = orjson.dumps({"txn_id": label.txn_id, "is_fraud": label.is_fraud, "label_time": label.label_time,
+                        "source": label.source}).decode("utf-8")
+    return orjson.dumps({"schema_version": 1, "raw": raw, "stage": LABEL_STAGE, "outcome": outcome, "reason": reason,
+                         "source": None, "txn_id": label.txn_id, "received_at": now_ms})

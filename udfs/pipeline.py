@@ -114,6 +114,13 @@ class RecordBatch(NamedTuple):
     def __len__(self) -> int:
         return len(self.model_keys)
 
+    def without_labels(self) -> "RecordBatch":
+        """The batch with every label -1 (none): what learning sees of it in labels.mode stream.
+        (Not `_replace`: NamedTuple's checks the field count with `len`, which counts records here.)"""
+        fields = list(self)
+        fields[RecordBatch._fields.index("labels")] = np.full(len(self), -1, np.int8)
+        return RecordBatch(*fields)
+
     @classmethod
     def of(cls, records: Sequence[ModelInput]) -> "RecordBatch":
         """The batch of `ModelInput` records (the reference's form)."""
@@ -203,22 +210,36 @@ class RecordBatch(NamedTuple):
                    amounts, currencies, accounts, source_watermarks)
 
 
-_SHARD_BATCH_HEADER = struct.Struct("<qi")  # sequence number (-1: none), bytes of the stream's name
+# sequence number (-1: none), bytes of the stream's name, bytes of the feature log id (-1: none for both)
+_SHARD_BATCH_HEADER = struct.Struct("<qii")
 
 
-def pack_shard_batch(stream: str | None, seq: int | None, batch: RecordBatch) -> bytes:
-    """A shard's batch with the number of the bundle it came from (see udfs/ordering.py), as bytes."""
+def pack_shard_batch(stream: str | None, seq: int | None, batch: RecordBatch, log_id: str | None = None) -> bytes:
+    """A shard's batch with the number of the bundle it came from (see udfs/ordering.py) and, when
+    labels come later on their own stream, the id under which its features are logged
+    (udfs.labels.FeatureLog), as bytes."""
     name = b"" if stream is None else stream.encode("utf-8")
-    header = _SHARD_BATCH_HEADER.pack(-1 if seq is None else seq, -1 if stream is None else len(name))
-    return header + name + batch.to_bytes()
+    log = b"" if log_id is None else log_id.encode("utf-8")
+    header = _SHARD_BATCH_HEADER.pack(-1 if seq is None else seq, -1 if stream is None else len(name),
+                                      -1 if log_id is None else len(log))
+    return header + name + log + batch.to_bytes()
 
 
-def unpack_shard_batch(data: bytes) -> tuple[str | None, int | None, RecordBatch]:
-    """(stream, sequence number, batch) of `pack_shard_batch`'s bytes."""
-    seq, name_bytes = _SHARD_BATCH_HEADER.unpack_from(data)
-    offset = _SHARD_BATCH_HEADER.size + max(name_bytes, 0)
-    stream = None if name_bytes < 0 else data[_SHARD_BATCH_HEADER.size:offset].decode("utf-8")
-    return stream, None if seq < 0 else seq, RecordBatch.from_bytes(data[offset:])
+class ShardBatch(NamedTuple):
+    stream: str | None
+    seq: int | None
+    batch: RecordBatch
+    log_id: str | None
+
+
+def unpack_shard_batch(data: bytes) -> ShardBatch:
+    """`pack_shard_batch`'s arguments, from its bytes."""
+    seq, name_bytes, log_bytes = _SHARD_BATCH_HEADER.unpack_from(data)
+    name_end = _SHARD_BATCH_HEADER.size + max(name_bytes, 0)
+    log_end = name_end + max(log_bytes, 0)
+    stream = None if name_bytes < 0 else data[_SHARD_BATCH_HEADER.size:name_end].decode("utf-8")
+    log_id = None if log_bytes < 0 else data[name_end:log_end].decode("utf-8")
+    return ShardBatch(stream, None if seq < 0 else seq, RecordBatch.from_bytes(data[log_end:]), log_id)
 
 
 def shard_of(model_key: str, shards: int) -> int:
@@ -421,6 +442,8 @@ class AssessedBatch(NamedTuple):
     reason_index: np.ndarray  # int32 (records, top_reasons): feature indices, largest |contribution| first
     reason_value: np.ndarray  # float64 (records, top_reasons): their contributions
     reason_count: np.ndarray  # int8: how many reasons of the row are set
+    # float64, one per feature entry (the batch's indices): the values the model saw, standardized
+    standardized: np.ndarray
     snapshots: list[KeyedLine]
     changed_rows: list[int]  # every row the batch used (the job writes them to state)
 
@@ -526,7 +549,7 @@ class ModelScorer:
         rows = np.fromiter((rows_of[key] if key in rows_of else add(key) for key in batch.model_keys), np.int64, n)
         assessed = AssessedBatch(np.empty(n), np.empty(n, np.int64), np.empty(n, np.bool_),
                                  np.zeros((n, self.top_reasons), np.int32), np.zeros((n, self.top_reasons)),
-                                 np.zeros(n, np.int8), [], np.unique(rows).tolist())
+                                 np.zeros(n, np.int8), np.empty(len(batch.values)), [], np.unique(rows).tolist())
         sgd = self.sgd
         position = 0
         while position < n:
@@ -534,7 +557,7 @@ class ModelScorer:
                 position, rows, batch.indptr, batch.indices, batch.values, batch.labels, batch.event_times,
                 table.weights, table.bias, table.updates, table.rejected, table.last_event_time, table.count,
                 table.mean, table.m2, table.positions, sgd.learning_rate, sgd.schedule != "constant", sgd.power_t,
-                sgd.l2, self.snapshot_every, *assessed[:6])
+                sgd.l2, self.snapshot_every, *assessed[:7])
             last = position - 1
             if assessed.learned[last] and table.updates[rows[last]] % self.snapshot_every == 0:
                 assessed.snapshots.append(self.snapshot(table.key_model(int(rows[last])), batch.model_keys[last]))

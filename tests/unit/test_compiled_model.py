@@ -116,6 +116,24 @@ def test_compiled_model_matches_the_reference_on_random_streams(case, batch_size
         assert sum(model.model.rejected_updates for model in ref_models.values()) > 0  # the guard was exercised
 
 
+@pytest.mark.parametrize("standardized", [(), (0, 2, 3)])
+def test_each_records_standardized_values_are_those_the_reference_model_saw(standardized):
+    scorer = ModelScorer(NAMES, standardized, Sgd(0.05), snapshot_every=1000, top_reasons=2)
+    stream = random_stream(11, 400, keys=3, dense=False)
+    reference = {}
+    seen = []
+    for record in stream:  # what ModelScorer.assess gives the model: the standardizer's transform
+        key_model = reference.setdefault(record.model_key, scorer.new_model())
+        seen.append(key_model.standardizer.transform(record.values))
+    table = scorer.new_table()
+    for start in range(0, len(stream), 64):
+        batch = RecordBatch.of(stream[start:start + 64])
+        standardized_values = scorer.assess_columns(batch, table).standardized
+        for r, values in enumerate(seen[start:start + 64]):
+            ours = standardized_values[batch.indptr[r]:batch.indptr[r + 1]].tolist()
+            assert len(ours) == len(values) and all(close(a, b) for a, b in zip(ours, values)), (start + r, ours, values)
+
+
 def test_snapshots_are_taken_at_the_update_that_reaches_snapshot_every():
     scorer = ModelScorer(NAMES, (0, 1), Sgd(0.05), snapshot_every=3, top_reasons=2)
     stream = [r._replace(label=1) for r in random_stream(5, 12, keys=1, dense=True)]
@@ -199,9 +217,11 @@ def test_record_batch_round_trips_through_bytes_and_take(records):
     assert again.records() == stream
     rows = np.arange(0, records, 3)
     assert batch.take(rows).records() == [stream[r] for r in rows]
-    stream_name, seq, unpacked = unpack_shard_batch(pack_shard_batch("s-1", 7, batch))
-    assert (stream_name, seq, unpacked.records()) == ("s-1", 7, stream)
+    stream_name, seq, unpacked, log_id = unpack_shard_batch(pack_shard_batch("s-1", 7, batch))
+    assert (stream_name, seq, unpacked.records(), log_id) == ("s-1", 7, stream, None)
     assert unpack_shard_batch(pack_shard_batch(None, None, batch))[:2] == (None, None)
+    stream_name, seq, unpacked, log_id = unpack_shard_batch(pack_shard_batch(None, None, batch, "wörker-3"))
+    assert (stream_name, seq, unpacked.records(), log_id) == (None, None, stream, "wörker-3")
 
 
 def test_record_batch_keeps_unusual_text():

@@ -4,13 +4,17 @@ import json
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from udfs.cleaning import Rejected, epoch_millis
+from udfs.compiled_model import ModelTable
 from udfs.generator import GeneratorSettings, generate
-from udfs.labels import (APPLIED, CONTRADICTING, DUPLICATE, EXPIRED, MALFORMED_LABEL_KINDS, UNKNOWN, Label,
-                         LabelStreamSettings, generate_labels, label_outcome, malformed_label, outcome_reason,
-                         read_label)
+from udfs.labels import (APPLIED, CONTRADICTING, DUPLICATE, EXPIRED, MALFORMED_LABEL_KINDS, UNKNOWN, FeatureLog, Label,
+                         LabelStreamSettings, RoutedLabel, expiry_of, generate_labels, label_outcome, log_id_of,
+                         log_position, malformed_label, outcome_reason, read_label, read_routed_label,
+                         routed_label_line, routed_outcome, where)
+from udfs.model import LogisticRegression, Sgd
 
 CAP = 65_536
 MINUTE = 60_000
@@ -207,3 +211,85 @@ def test_malformed_transactions_get_a_label_exactly_when_they_carry_txn_id_event
             labelled.add(record["txn_id"])
     assert {label.txn_id for label in labels} == labelled
     assert len(labelled) > 1_000
+
+
+# ---------------------------------------------------------------- what the job passes along
+
+
+def routed(history=(), known=True, is_fraud=1, label_time=2_000, event_time=1_000) -> RoutedLabel:
+    return RoutedLabel(3, known, Label("t 1", is_fraud, label_time, "review"), event_time if known else -1,
+                       tuple(history), "99~2~ab~0:1" if known else "")
+
+
+def test_routed_labels_round_trip_through_the_routers_line_format():
+    for message in (routed(), routed(history=[(0, 1_000), (1, 1_500)]), routed(known=False),
+                    routed()._replace(label=Label("t", 0, 5, None))):
+        assert read_routed_label(routed_label_line(message)) == message
+
+
+@pytest.mark.parametrize("history, is_fraud, label_time, expected", [
+    ((), 1, 2_000, (APPLIED, None)),
+    (((1, 1_500),), 1, 2_000, (DUPLICATE, 1)),
+    (((1, 1_500),), 0, 2_000, (CONTRADICTING, 1)),
+    (((0, 1_000),), 1, 2_000, (CONTRADICTING, 0)),  # an inline label comes first, at its event time
+    (((1, 99_000),), 0, 2_000, (APPLIED, None)),  # the earlier label was expired, so this one applies
+    (((1, 99_000), (0, 1_500)), 0, 3_000, (DUPLICATE, 0)),
+    ((), 1, 1_000 + TTL + 1, (EXPIRED, None)),
+    (((1, 1_500),), 0, 1_000 + TTL + 1, (EXPIRED, 1)),
+])
+def test_a_routed_labels_outcome_follows_its_history(history, is_fraud, label_time, expected):
+    history = tuple((y, t if t != 99_000 else 1_000 + TTL + 5) for y, t in history)
+    assert routed_outcome(routed(history, is_fraud=is_fraud, label_time=label_time), TTL) == expected
+
+
+def test_a_label_without_a_transaction_is_unknown():
+    assert routed_outcome(routed(known=False), TTL) == (UNKNOWN, None)
+
+
+def test_log_ids_carry_expiry_and_size_and_positions_round_trip():
+    log_id = log_id_of(1_767_225_600_000 + TTL, 37, "ab12", 5)
+    assert expiry_of(log_id) == (1_767_225_600_000 + TTL, 37)
+    assert log_position(where(log_id, 36)) == (log_id, 36)
+    assert log_id != log_id_of(1_767_225_600_000 + TTL, 37, "ab12", 6)
+
+
+def test_feature_logs_round_trip_and_cost_what_they_say():
+    log = FeatureLog(["grocery", "clé"], np.array([5, 7], np.int64), np.array([0.25, 0.5]),
+                     np.array([0, 3, 4], np.int64), np.array([0, 2, 9, 1], np.int32), np.array([1.5, -2.0, 1.0, 0.0]))
+    again = FeatureLog.from_bytes(log.to_bytes())
+    assert again.model_keys == log.model_keys
+    for ours, theirs in zip(again[1:], log[1:]):
+        assert ours.tolist() == theirs.tolist()
+    assert [a.tolist() for a in again.entries(0)] == [[0, 2, 9], [1.5, -2.0, 1.0]]
+    assert [a.tolist() for a in again.entries(1)] == [[1], [0.0]]
+    header = 9
+    assert len(log.to_bytes()) == header + 8 + 24 * 2 + 12 * 4 + len("grocery\nclé".encode())
+    assert FeatureLog.from_bytes(FeatureLog([], *(np.zeros(0, t) for t in (np.int64, np.float64)),
+                                            np.zeros(1, np.int64), np.zeros(0, np.int32),
+                                            np.zeros(0)).to_bytes()).model_keys == []
+
+
+@pytest.mark.parametrize("sgd", [Sgd(0.05), Sgd(0.2, "inverse_scaling", 0.5, l2=0.01)])
+def test_learning_from_a_logged_vector_is_the_reference_models_step(sgd):
+    rng = random.Random(3)
+    table = ModelTable(6, ())
+    reference = LogisticRegression(6)
+    row = table.add("k")
+    last_learned = -1
+    for step in range(300):
+        indices = sorted(rng.sample(range(6), rng.randint(1, 6)))
+        values = [rng.gauss(0, 2) for _ in indices]
+        p = reference.predict_proba(indices, values)
+        label = rng.randint(0, 1)
+        if step == 150:
+            values[0] = 1e14  # a step this large is discarded by the guard in both
+            p = reference.predict_proba(indices, values)
+            label = 0 if p >= 0.5 else 1
+        expected = reference.learn(indices, values, label, p, sgd)
+        assert table.learn_logged(row, np.array(indices, np.int32), np.array(values), label, sgd, 10 + step) == expected
+        last_learned = 10 + step if expected else last_learned
+        assert table.updates[row] == reference.updates and table.rejected[row] == reference.rejected_updates
+        assert abs(table.bias[row] - reference.bias) <= 1e-12 * max(1.0, abs(reference.bias))
+        assert np.allclose(table.weights[row], reference.weights, rtol=1e-12, atol=1e-12)
+    assert reference.rejected_updates == 1
+    assert table.last_event_time[row] == last_learned

@@ -38,6 +38,15 @@ class EventTimeTest {
     }
 
     @Test
+    void labelsAreTimedByTheirLabelTime() {
+        EventTime labelTime = new EventTime("label_time");
+        String label = "file:3:/data/labels.jsonl\t{\"txn_id\": \"t1\", \"event_time\": 5, \"label_time\": \"2026-01-01T00:00:00Z\"}";
+        assertEquals(1767225600000L, labelTime.extractTimestamp(label, 0));
+        assertEquals(5L, new EventTime().extractTimestamp(label, 0));
+        assertEquals(Long.MIN_VALUE, labelTime.extractTimestamp("file:1:/l.jsonl\t{\"txn_id\": \"t1\"}", 0));
+    }
+
+    @Test
     void theTagIsNotRead() {
         assertEquals(Long.MIN_VALUE, EventTime.of("file:1:/data/\"event_time\": 5\t{}"));
     }

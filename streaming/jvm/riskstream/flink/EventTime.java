@@ -21,7 +21,18 @@ public final class EventTime implements SerializableTimestampAssigner<String> {
     private static final long serialVersionUID = 1L;
     /** Event times at or past 10000-01-01 are not plausible (the cleaning code rejects them too). */
     static final long MAX_EVENT_TIME_MS = 253_402_300_800_000L;
-    private static final String FIELD = "\"event_time\"";
+    private static final String EVENT_TIME = "event_time";
+    /** The field read, with its quotes: {@code "event_time"} for transactions, {@code "label_time"} for labels. */
+    private final String field;
+
+    public EventTime() {
+        this(EVENT_TIME);
+    }
+
+    /** Reads the time from the payload's field {@code fieldName} (same forms as event_time). */
+    public EventTime(String fieldName) {
+        this.field = "\"" + fieldName + "\"";
+    }
 
     /**
      * Flink's per-split watermarks (each split's largest event time minus {@code outOfOrdernessMs},
@@ -29,23 +40,32 @@ public final class EventTime implements SerializableTimestampAssigner<String> {
      * sends nothing for {@code idlenessMs} no longer holding the watermark back.
      */
     public static WatermarkStrategy<String> watermarks(long outOfOrdernessMs, long idlenessMs) {
+        return watermarks(EVENT_TIME, outOfOrdernessMs, idlenessMs);
+    }
+
+    /** {@link #watermarks(long, long)} on the time in the payload's field {@code fieldName}. */
+    public static WatermarkStrategy<String> watermarks(String fieldName, long outOfOrdernessMs, long idlenessMs) {
         return WatermarkStrategy.<String>forBoundedOutOfOrderness(Duration.ofMillis(outOfOrdernessMs))
-                .withTimestampAssigner(new EventTime())
+                .withTimestampAssigner(new EventTime(fieldName))
                 .withIdleness(Duration.ofMillis(idlenessMs));
     }
 
     @Override
     public long extractTimestamp(String envelope, long recordTimestamp) {
-        return of(envelope);
+        return timeOf(envelope, field);
     }
 
     /** The envelope's event time in epoch milliseconds, or Long.MIN_VALUE when it has none readable. */
     public static long of(String envelope) {
-        int key = envelope.indexOf(FIELD, envelope.indexOf('\t') + 1);
+        return timeOf(envelope, "\"" + EVENT_TIME + "\"");
+    }
+
+    private static long timeOf(String envelope, String field) {
+        int key = envelope.indexOf(field, envelope.indexOf('\t') + 1);
         if (key < 0) {
             return Long.MIN_VALUE;
         }
-        int i = skipSpaces(envelope, key + FIELD.length());
+        int i = skipSpaces(envelope, key + field.length());
         if (i >= envelope.length() || envelope.charAt(i) != ':') {
             return Long.MIN_VALUE;
         }

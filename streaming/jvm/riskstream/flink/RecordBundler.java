@@ -46,10 +46,13 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
     private static final long serialVersionUID = 1L;
     /** The name of the accumulator that counts records read (a {@link LongCounter}). */
     public static final String RECORDS_READ = "records-read";
+    /** The accumulator of a label stream's bundler: labels read, counted apart from transactions. */
+    public static final String LABELS_READ = "labels-read";
     private final int maxRecords;
     private final long maxDelayMs;
     private final boolean sequenced;
     private final long maxRecordsPerSecond;
+    private final String accumulator;
     private transient long nextRecordDueNanos;
     private transient String stream;
     private transient StringBuilder bundle;
@@ -60,6 +63,12 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
     private transient LongCounter recordsRead;
 
     public RecordBundler(int maxRecords, long maxDelayMs, boolean sequenced, long maxRecordsPerSecond) {
+        this(maxRecords, maxDelayMs, sequenced, maxRecordsPerSecond, RECORDS_READ);
+    }
+
+    /** Counts its records in the accumulator {@code accumulator} ({@link #RECORDS_READ} or {@link #LABELS_READ}). */
+    public RecordBundler(int maxRecords, long maxDelayMs, boolean sequenced, long maxRecordsPerSecond,
+                         String accumulator) {
         if (maxRecords < 1 || maxDelayMs < 0 || maxRecordsPerSecond < 0) {
             throw new IllegalArgumentException("maxRecords must be >= 1, maxDelayMs and maxRecordsPerSecond >= 0");
         }
@@ -67,6 +76,7 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
         this.maxDelayMs = maxDelayMs;
         this.sequenced = sequenced;
         this.maxRecordsPerSecond = maxRecordsPerSecond;
+        this.accumulator = accumulator;
     }
 
     @Override
@@ -74,7 +84,7 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
         super.open();
         bundle = new StringBuilder(1 << 16);
         recordsRead = new LongCounter();
-        getRuntimeContext().addAccumulator(RECORDS_READ, recordsRead);
+        getRuntimeContext().addAccumulator(accumulator, recordsRead);
         stream = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask() + "-"
                 + Long.toHexString(new java.security.SecureRandom().nextLong());
     }
