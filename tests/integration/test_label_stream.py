@@ -1,0 +1,189 @@
+"""Through the real job (file sources), labels that arrive on their own stream, 1 to 5 minutes of
+event time after their transactions: every label's outcome equals the one worked out from the
+inputs alone, every applied label comes after its transaction's score, and a sequential reference
+that takes only the interleaving from the outputs reproduces every score and final model."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from streaming.config import load_settings
+from streaming.outputs import committed_lines
+from udfs.cleaning import Rejected
+from udfs.labels import LabelStreamSettings, generate_labels, read_label
+
+PROJECT = Path(__file__).resolve().parents[2]
+START = 1_767_225_600_000
+MINUTE = 60_000
+TTL_MS = 4 * MINUTE
+FEATURES = ("a", "b", "c")
+STANDARDIZED = (0, 2)  # amount and b
+LEARNING_RATE = 0.05
+PROFILE = [
+    "features={numeric: [{field: amount, standardize: true}, {field: features.a}, {field: features.b, standardize: true},"
+    " {field: features.c}], categorical: [], time: {hour_of_day: none, day_of_week: none}}",
+    f"model.learning_rate={LEARNING_RATE}", "model.schedule=constant", "model.l2=0", "model.snapshot_every=100000",
+    f"labels.ttl_ms={TTL_MS}", f"labels.remember_ms={30 * MINUTE}", f"labels.unknown_wait_ms={10 * MINUTE}",
+]
+KEYS = ("grocery", "travel", "fuel")
+
+
+def transactions(records: int, seed: int) -> list[dict]:
+    """Three keys, a second apart, bounded features, labels from a fixed logistic rule."""
+    rng = random.Random(seed)
+    stream = []
+    for i in range(records):
+        x = {name: rng.uniform(-1, 1) for name in FEATURES}
+        amount = rng.uniform(0, 50)
+        truth = 1 / (1 + math.exp(-(2 * x["a"] - 3 * x["c"] + 0.04 * amount - 1)))
+        stream.append({
+            "txn_id": f"l-{i:05d}", "event_time": START + 1000 * i, "account_id": f"acct-{i % 13}",
+            "merchant_category": rng.choice(KEYS), "country": "US", "channel": "web", "amount": amount,
+            "features": x, "is_fraud": int(rng.random() < truth),
+        })
+    return stream
+
+
+def run(tmp_path: Path, stream: list[dict], label_lines: list[bytes], mode: str, parallelism: int):
+    from streaming.job import run_job
+
+    (tmp_path / "tx.jsonl").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in stream))
+    (tmp_path / "labels.jsonl").write_bytes(b"".join(line + b"\n" for line in label_lines))
+    settings = load_settings(PROJECT / "conf" / "local.yaml", [
+        f"source.paths=[{json.dumps(str(tmp_path / 'tx.jsonl'))}]", f"output.path={tmp_path / 'out'}",
+        f"checkpointing.directory={tmp_path / 'checkpoints'}", f"flink.parallelism={parallelism}",
+        f"labels.mode={mode}", f"labels.source={{kind: files, paths: [{json.dumps(str(tmp_path / 'labels.jsonl'))}]}}",
+        *PROFILE,
+    ])
+    job_run = run_job(settings)
+    out = tmp_path / "out"
+    return job_run, {name: list(committed_lines(out / name)) for name in
+                     ("scores", "dead-letters", "model-snapshots", "learning", "label-dead-letters")}
+
+
+def expected_outcomes(stream: list[dict], labels: list, mode: str) -> list[str]:
+    """Each readable label's outcome from the inputs alone, in label-stream order: unknown without
+    such a transaction; expired more than the TTL after it; else the first is applied (in mode
+    both, the transaction's own label comes first) and the others are duplicate or contradicting."""
+    event_time = {r["txn_id"]: r["event_time"] for r in stream}
+    applied = {r["txn_id"]: r["is_fraud"] for r in stream if r["is_fraud"] is not None} if mode == "both" else {}
+    outcomes = []
+    for label in labels:
+        if label.txn_id not in event_time:
+            outcomes.append("unknown")
+        elif label.label_time - event_time[label.txn_id] > TTL_MS:
+            outcomes.append("expired")
+        elif label.txn_id not in applied:
+            applied[label.txn_id] = label.is_fraud
+            outcomes.append("applied")
+        else:
+            outcomes.append("duplicate" if applied[label.txn_id] == label.is_fraud else "contradicting")
+    return outcomes
+
+
+class Reference:
+    """One key's textbook model: running standardization (Welford) of the STANDARDIZED inputs, then
+    plain SGD on the standardized vector; a label that comes later steps on the vector as scored."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, [0.0] * len(STANDARDIZED), [0.0] * len(STANDARDIZED)
+        self.weights, self.bias, self.updates = [0.0] * (1 + len(FEATURES)), 0.0, 0
+
+    def standardize(self, record: dict) -> list[float]:
+        x = [record["amount"]] + [record["features"][name] for name in FEATURES]
+        self.count += 1
+        for j, i in enumerate(STANDARDIZED):
+            delta = x[i] - self.mean[j]
+            self.mean[j] += delta / self.count
+            self.m2[j] += delta * (x[i] - self.mean[j])
+            variance = self.m2[j] / self.count
+            std = math.sqrt(variance) if self.count > 1 and variance > 0 else 1.0
+            x[i] = (x[i] - self.mean[j]) / std
+        return x
+
+    def probability(self, x: list[float]) -> float:
+        return 1 / (1 + math.exp(-(self.bias + sum(w * v for w, v in zip(self.weights, x)))))
+
+    def learn(self, x: list[float], label: int) -> None:
+        error = self.probability(x) - label
+        self.weights = [w - LEARNING_RATE * error * v for w, v in zip(self.weights, x)]
+        self.bias -= LEARNING_RATE * error
+        self.updates += 1
+
+
+@pytest.mark.parametrize("mode, parallelism", [("stream", 2), ("both", 1)])
+def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tmp_path, mode, parallelism):
+    stream = transactions(3000, seed=parallelism)
+    truth = [json.dumps(r).encode() for r in stream]  # the label stream tells each transaction's truth
+    if mode == "both":  # a third carry no label of their own, so that some stream labels are first
+        stream = [{**r, "is_fraud": None} if n % 3 == 0 else r for n, r in enumerate(stream)]
+    label_lines = list(generate_labels(truth, LabelStreamSettings(
+        seed=parallelism, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
+        contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
+    readable, unreadable = [], 0
+    for line in label_lines:
+        try:
+            readable.append(read_label(line, 65_536))
+        except Rejected:
+            unreadable += 1
+
+    job_run, out = run(tmp_path, stream, label_lines, mode, parallelism)
+
+    # Transactions as before: every one scored once; labels: every one accounted for.
+    assert job_run.records_read == len(stream) == len(out["scores"]) and out["dead-letters"] == []
+    assert len(label_lines) == len(out["learning"]) + len(out["label-dead-letters"])
+    unreadable_stages = Counter(letter["stage"] for letter in out["label-dead-letters"] if letter["stage"] != "label")
+    assert sum(unreadable_stages.values()) == unreadable > 0
+    assert set(unreadable_stages) <= {"label-decode", "label-parse", "label-clean"}
+
+    # Each label's outcome as the inputs say.
+    got = {}
+    for line in out["learning"]:
+        got[(line["txn_id"], line["label_time"], line["label"])] = "applied"
+    for letter in out["label-dead-letters"]:
+        if letter["stage"] == "label":
+            raw = json.loads(letter["raw"])
+            got[(raw["txn_id"], raw["label_time"], raw["is_fraud"])] = letter["outcome"]
+            assert letter["reason"].startswith(letter["outcome"] + ":")
+    expected = expected_outcomes(stream, readable, mode)
+    assert {(label.txn_id, label.label_time, label.is_fraud): outcome
+            for label, outcome in zip(readable, expected)} == got
+    assert {"applied", "duplicate", "contradicting", "expired", "unknown"} <= set(expected)
+
+    # Each applied label after its transaction's score, and the models as a sequential reference
+    # replays them, taking from the outputs only the order of scores and label steps per key.
+    scores = {score["txn_id"]: score for score in out["scores"]}
+    records = {r["txn_id"]: r for r in stream}
+    steps = defaultdict(list)
+    for line in out["learning"]:
+        assert line["model_updates"] > scores[line["txn_id"]]["model_updates"]
+        assert not line["update_rejected"]
+        steps[line["model_key"]].append(line)
+    inline = mode == "both"
+    for key in KEYS:
+        events = [((scores[r["txn_id"]]["model_updates"], 0, n), r) for n, r in enumerate(stream)
+                  if r["merchant_category"] == key]
+        events += [((line["model_updates"] - 1, 1, line["model_updates"]), line) for line in steps[key]]
+        model, scored = Reference(), {}
+        for (_, kind, _), event in sorted(events, key=lambda e: e[0]):
+            if kind == 0:
+                x = scored[event["txn_id"]] = model.standardize(event)
+                assert scores[event["txn_id"]]["score"] == pytest.approx(model.probability(x), rel=1e-9, abs=1e-12)
+                assert scores[event["txn_id"]]["model_updates"] == model.updates
+                if inline and event["is_fraud"] is not None:
+                    model.learn(x, event["is_fraud"])
+            else:
+                model.learn(scored[event["txn_id"]], event["label"])
+                assert event["model_updates"] == model.updates
+                assert event["txn_id"] in records
+        final = max((s for s in out["model-snapshots"] if s["model_key"] == key), key=lambda s: s["model_updates"])
+        assert final["model_updates"] == model.updates
+        assert list(final["weights"].values()) == pytest.approx(model.weights, rel=1e-9, abs=1e-12)
+        assert final["bias"] == pytest.approx(model.bias, rel=1e-9, abs=1e-12)
+
