@@ -527,7 +527,7 @@ def _run(args: argparse.Namespace) -> int:
     # Records read: counted in the input files when the job read them all, else by the job's source.
     finished_files = job_run.ending == "finished" and records_in_files is not None
     records_read = records_in_files if finished_files else job_run.records_read
-    summary = summarize(outputs.folder, records_read, job_run.wall_seconds)
+    summary = summarize(outputs.folder, records_read, job_run.wall_seconds, settings.labels.streamed, job_run.labels_read)
     print("\n".join(summary.lines()))
     if job_run.savepoint is not None:
         print(f"stopped with savepoint {job_run.savepoint}")
@@ -570,7 +570,8 @@ def _check_inputs(settings) -> int | None:
     starts; returns how many records the input files hold (None for other sources). Raises
     ConfigError naming the setting, or ServiceUnreachable."""
     source = settings.source
-    if "kafka" in (source.kind, settings.output.kind):
+    _check_label_inputs(settings)
+    if "kafka" in (source.kind, settings.output.kind) or (settings.labels.streamed and settings.labels.source.kind == "kafka"):
         from streaming import kafka_tools
 
         kafka_tools.show_client_log(False)
@@ -597,6 +598,24 @@ def _check_inputs(settings) -> int | None:
     if records == 0:
         raise ConfigError(f"source.paths: no records in {', '.join(source.paths)}")
     return records
+
+
+def _check_label_inputs(settings) -> None:
+    """In labels.mode stream or both, that the label files or folder exist (a label file may be
+    empty: no label has come yet); the broker is checked with the transactions'."""
+    labels = settings.labels
+    if not labels.streamed or labels.source.kind == "kafka":
+        return
+    if labels.source.kind == "directory":
+        folder = Path(labels.source.directory)
+        if not folder.is_dir():
+            raise ConfigError(f"labels.source.directory: {folder} {'is a file, not a folder' if folder.exists() else 'does not exist'}")
+        return
+    for path in map(Path, labels.source.paths):
+        if path.is_dir():
+            raise ConfigError(f"labels.source.paths: {path} is a folder; to watch a folder set labels.source.kind=directory")
+        if not path.is_file():
+            raise ConfigError(f"labels.source.paths: {path} does not exist")
 
 
 def _cause(error: BaseException) -> str:

@@ -52,7 +52,8 @@ from streaming.flink_options import flink_options
 from streaming.from_settings import model_scorer, transaction_reader, windowing
 from udfs.analytics import NO_WATERMARK, Windowing, analytics_header, late_records
 from udfs.cleaning import Rejected
-from udfs.labels import (APPLIED, LATE, OUTCOMES, FeatureLog, RoutedLabel, expiry_of, label_dead_letter, label_line,
+from udfs.labels import LATE as LATE_LABEL
+from udfs.labels import (APPLIED, OUTCOMES, FeatureLog, RoutedLabel, expiry_of, label_dead_letter, label_line,
                          learning_line, log_id_of, log_position, outcome_reason, read_label, read_routed_label,
                          route_line, routed_label_line, routed_outcome, where)
 from udfs.model import Sgd
@@ -102,6 +103,8 @@ EMPTY_BATCH = RecordBatch.of([])
 
 # The accumulator in which RecordBundler.java counts every record the source emits (its RECORDS_READ).
 RECORDS_READ_ACCUMULATOR = "records-read"
+# ... and the labels a label stream's bundler counts (RecordBundler.LABELS_READ).
+LABELS_READ_ACCUMULATOR = "labels-read"
 
 # How often a waiting client looks at the job and at Ctrl-C, in seconds.
 POLL_SECONDS = 0.2
@@ -448,7 +451,7 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
                     self._hold(shard, log_id, routed)  # its batch is still on its way
                     continue
                 if log is None:
-                    outcome = LATE
+                    outcome = LATE_LABEL
             self.outcomes[outcome].inc()
             label = routed.label
             if outcome != APPLIED:
@@ -790,6 +793,7 @@ class JobRun(NamedTuple):
     records_read: int | None
     ending: Literal["finished", "stopped", "cancelled"]
     savepoint: str | None = None
+    labels_read: int | None = None  # as records_read, for a label stream (None without one)
 
     @property
     def interrupted(self) -> bool:
@@ -816,8 +820,9 @@ def run_job(settings: Settings) -> JobRun:
             ending, savepoint = "finished", None
         else:
             ending, savepoint = _stop(client, result, settings.checkpointing.savepoint_directory, ctrl_c)
-        records_read = None if ending == "cancelled" else _records_read(result.result())
-    return JobRun(time.perf_counter() - started, records_read, ending, savepoint)
+        counts = None if ending == "cancelled" else result.result()
+    return JobRun(time.perf_counter() - started, _accumulated(counts, RECORDS_READ_ACCUMULATOR), ending, savepoint,
+                  _accumulated(counts, LABELS_READ_ACCUMULATOR))
 
 
 class CtrlCPresses:
@@ -916,8 +921,8 @@ def _cancel(client: JobClient, result: CompletableFuture, ctrl_c: CtrlCPresses) 
         time.sleep(POLL_SECONDS)
 
 
-def _records_read(result: JobExecutionResult) -> int | None:
-    count = result.get_accumulator_result(RECORDS_READ_ACCUMULATOR)
+def _accumulated(result: JobExecutionResult | None, accumulator: str) -> int | None:
+    count = None if result is None else result.get_accumulator_result(accumulator)
     return None if count is None else int(count)
 
 

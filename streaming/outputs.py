@@ -81,10 +81,23 @@ class RunSummary:
     # was late for); None when analytics were off.
     windows: int | None = None
     late: int | None = None
+    # With labels.mode stream or both: labels read (None: not counted), applied (learning lines),
+    # and dead-lettered by outcome (unreadable ones by stage); None when labels were inline only.
+    labels_read: int | None = None
+    labels_applied: int | None = None
+    labels_dead_lettered: Counter | None = None
+
+    @property
+    def labels_pending(self) -> int | None:
+        """Labels read but neither applied nor dead-lettered: waiting for their transaction or its
+        logged features when the run stopped (0 when the input ended)."""
+        if self.labels_read is None or self.labels_applied is None:
+            return None
+        return self.labels_read - self.labels_applied - sum(self.labels_dead_lettered.values())
 
     @property
     def reconciled(self) -> bool:
-        return self.records_read == self.scored + self.dead_lettered
+        return self.records_read == self.scored + self.dead_lettered and (self.labels_pending or 0) >= 0
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{stage} {n}" for stage, n in sorted(self.dead_letters_by_stage.items())) or "none"
@@ -97,11 +110,25 @@ class RunSummary:
             f"prequential       log loss {self.log_loss:.4f}, ROC AUC {self.roc_auc:.4f} over {self.labelled:,} labels",
             f"throughput        {rate:,.0f} records/s over {self.wall_seconds:.1f} s (including start-up)",
         ] + ([] if self.windows is None else [
-            f"analytics         {self.windows:,} window lines, {self.late:,} late-record lines (see late/)"])
+            f"analytics         {self.windows:,} window lines, {self.late:,} late-record lines (see late/)"]
+        ) + ([] if self.labels_applied is None else self._label_lines())
+
+    def _label_lines(self) -> list[str]:
+        outcomes = ", ".join(f"{name} {n}" for name, n in sorted(self.labels_dead_lettered.items())) or "none"
+        read = "not counted" if self.labels_read is None else f"{self.labels_read:,}"
+        return [
+            f"labels read       {read:>12}",
+            f"labels applied    {self.labels_applied:>12,}   (see learning/)",
+            f"labels dead-lettered {sum(self.labels_dead_lettered.values()):>9,}   (by outcome or stage: {outcomes})",
+            f"labels pending    {self.labels_pending if self.labels_pending is not None else 'unknown':>12}   "
+            "(read = applied + dead-lettered + pending)",
+        ]
 
 
-def summarize(output: Path, records_read: int, wall_seconds: float) -> RunSummary:
-    """The summary of a finished run from its committed outputs."""
+def summarize(output: Path, records_read: int, wall_seconds: float, labels_streamed: bool = False,
+              labels_read: int | None = None) -> RunSummary:
+    """The summary of a finished run from its committed outputs; with `labels_streamed` (labels.mode
+    stream or both) also its labels', `labels_read` being what the label source read (None: not known)."""
     pairs = []
     keys = set()
     for score in committed_lines(output / "scores"):
@@ -122,7 +149,14 @@ def summarize(output: Path, records_read: int, wall_seconds: float) -> RunSummar
         wall_seconds=wall_seconds,
         windows=sum(1 for _ in committed_lines(output / "analytics")) if analytics else None,
         late=sum(1 for _ in committed_lines(output / "late")) if analytics else None,
+        **(_label_figures(output, labels_read) if labels_streamed else {}),
     )
+
+
+def _label_figures(output: Path, labels_read: int | None) -> dict[str, Any]:
+    letters = Counter(letter.get("outcome") or letter["stage"] for letter in committed_lines(output / "label-dead-letters"))
+    return {"labels_read": labels_read, "labels_applied": sum(1 for _ in committed_lines(output / "learning")),
+            "labels_dead_lettered": letters}
 
 
 class RunOutputs:

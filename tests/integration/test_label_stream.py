@@ -50,7 +50,7 @@ def transactions(records: int, seed: int) -> list[dict]:
     return stream
 
 
-def run(tmp_path: Path, stream: list[dict], label_lines: list[bytes], mode: str, parallelism: int):
+def run(tmp_path: Path, stream: list[dict], label_lines: list[bytes], mode: str, parallelism: int, *overrides: str):
     from streaming.job import run_job
 
     (tmp_path / "tx.jsonl").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in stream))
@@ -59,7 +59,7 @@ def run(tmp_path: Path, stream: list[dict], label_lines: list[bytes], mode: str,
         f"source.paths=[{json.dumps(str(tmp_path / 'tx.jsonl'))}]", f"output.path={tmp_path / 'out'}",
         f"checkpointing.directory={tmp_path / 'checkpoints'}", f"flink.parallelism={parallelism}",
         f"labels.mode={mode}", f"labels.source={{kind: files, paths: [{json.dumps(str(tmp_path / 'labels.jsonl'))}]}}",
-        *PROFILE,
+        *PROFILE, *overrides,
     ])
     job_run = run_job(settings)
     out = tmp_path / "out"
@@ -187,3 +187,30 @@ def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tm
         assert list(final["weights"].values()) == pytest.approx(model.weights, rel=1e-9, abs=1e-12)
         assert final["bias"] == pytest.approx(model.bias, rel=1e-9, abs=1e-12)
 
+
+
+def test_run_prints_the_label_figures_of_a_label_stream(tmp_path):
+    from tests.cli import riskstream
+
+    from udfs.generator import GeneratorSettings, generate
+
+    stream = list(generate(GeneratorSettings(records=400, seed=6)))  # the local profile's features
+    label_lines = list(generate_labels(stream, LabelStreamSettings(
+        seed=6, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, malformed_share=0.05)))
+    (tmp_path / "tx.jsonl").write_bytes(b"".join(line + b"\n" for line in stream))
+    (tmp_path / "labels.jsonl").write_bytes(b"".join(line + b"\n" for line in label_lines))
+    profile = tmp_path / "labels.yaml"
+    profile.write_text(f"extends: {PROJECT / 'conf' / 'local.yaml'}\nsource: {{paths: [tx.jsonl]}}\n"
+                       "output: {path: out}\nlabels: {mode: stream, source: {paths: [labels.jsonl]}, ttl_ms: 240000}\n")
+    done = riskstream("run", "--config", str(profile), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    applied = sum(1 for _ in committed_lines(tmp_path / "out" / "learning"))
+    letters = Counter(letter.get("outcome") or letter["stage"]
+                      for letter in committed_lines(tmp_path / "out" / "label-dead-letters"))
+    figures = {" ".join(line.split()[:2]): line for line in done.stdout.splitlines() if line.startswith("labels")}
+    assert "labels read" in figures, done.stdout
+    assert figures["labels read"].split()[2] == f"{len(label_lines):,}"
+    assert figures["labels applied"].split()[2] == f"{applied:,}"
+    assert figures["labels dead-lettered"].split()[2] == f"{sum(letters.values()):,}"
+    assert figures["labels pending"].split()[2] == "0"
+    assert applied + sum(letters.values()) == len(label_lines) and letters["expired"] > 0

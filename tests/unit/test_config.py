@@ -99,6 +99,13 @@ def test_assigning_a_setting_is_refused_and_changes_nothing(local_settings, sect
     assert local_settings.model_dump() == before
 
 
+def test_the_labels_profile_learns_from_the_labels_topic_with_state_in_rocksdb(no_key_in_environment):
+    settings = load_settings(PROJECT / "conf" / "labels.yaml")
+    assert (settings.labels.mode, settings.labels.source.kind, settings.kafka.labels_topic) == ("stream", "kafka", "labels")
+    assert settings.labels.ttl_ms == 30 * 86_400_000 and settings.labels.remembered_ms() == 60 * 86_400_000
+    assert (settings.checkpointing.state_backend, settings.checkpointing.incremental) == ("rocksdb", True)
+
+
 # ---------------------------------------------------------------- bad profiles
 
 
@@ -238,6 +245,12 @@ CONTRADICTIONS = [
     (["analytics.enabled=true", "analytics.windows=[]"], "analytics.group_by, analytics.windows",
      "at least one of each"),
     (["analytics.group_by=[amount]"], "analytics.group_by.0", "'merchant_category', 'country', 'channel' or"),
+    (["labels.mode=stream"], "labels.source", "a label source is needed when labels.mode is 'stream'"),
+    (["labels.mode=later"], "labels.mode", "'inline', 'stream' or 'both'"),
+    (["labels.mode=both", "labels.source={kind: files}"], "labels.source.paths", "at least one file is needed"),
+    (["labels.mode=stream", "labels.source={kind: directory}"], "labels.source.directory", "a directory is needed"),
+    (["labels.ttl_ms=1000", "labels.remember_ms=999"], "labels.remember_ms", "must be >= labels.ttl_ms (1000)"),
+    (["labels.unknown_wait_ms=-1"], "labels.unknown_wait_ms", "greater than or equal to 0"),
 ]
 
 
@@ -256,6 +269,8 @@ def test_settings_that_contradict_each_other_fail_with_one_line_naming_the_field
     ["checkpointing.restart={strategy: exponential-delay, delay_ms: 1000, max_delay_ms: 1000}"],
     ["output.kind=kafka", "kafka.delivery=at-least-once", "checkpointing.interval_ms=600000"],
     ["checkpointing.interval_ms=600000"],  # file output has no transactions to time out
+    ["labels.mode=both", "labels.source={kind: kafka}", "labels.ttl_ms=60000"],
+    ["labels.source={kind: files, paths: [l.jsonl]}"],  # inline: a source is allowed, and unused
 ], ids=lambda overrides: " ".join(overrides))
 def test_settings_that_agree_load(no_key_in_environment, overrides):
     load_settings(LOCAL_PROFILE, overrides)
