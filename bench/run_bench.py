@@ -17,8 +17,13 @@ loops report their own process's CPU over the loop. The per-stage profile (bench
 each stage of the record code in one process on the same file; the framework's share is the job's
 CPU per record minus the sum of the stages. `--repeat N` runs the 20-key job and loops N times,
 interleaved, and reports medians; `--only PART` runs one part (jobs, loops, stages, analytics, kafka,
-failover). `analytics` runs the 20-key job with windowed analytics on (its default windows and
-groups) beside the same job with them off, in every round, for what analytics add per record. checkpoint_ms is the median checkpoint
+failover, labels). `analytics` runs the 20-key job with windowed analytics on (its default windows and
+groups) beside the same job with them off, in every round, for what analytics add per record.
+`labels` likewise runs the 20-key job learning from the file's label stream (labels.mode stream;
+generated once beside it, labels one minute to a week after their transactions) beside the inline
+job; as labels keep coming after the last score, both are measured from the first score to the
+end of the job (core_us_per_record_to_end), and a logged transaction's state is the difference of
+the two jobs' largest checkpoints divided by the records. checkpoint_ms is the median checkpoint
 duration and state_bytes_per_key the last checkpoint's size divided by the number of keys (both from
 Flink's log); peak_rss_mb is the largest summed RSS of the job's whole process tree.
 Then Kafka-mode latency (bench/kafka_latency.py) and the failover drill on the session cluster at
@@ -50,6 +55,20 @@ from streaming.outputs import committed_lines
 PROFILE = PROJECT / "conf" / "bench.yaml"
 OUT = PROJECT / "out"
 CHECKPOINT_LINE = re.compile(r"Completed checkpoint \d+ for job \w+ \((\d+) bytes, checkpointDuration=(\d+) ms")
+
+
+def ensure_labels(data: Path) -> Path:
+    """The label stream of the transactions in `data`, generated once beside it."""
+    from udfs.labels import LabelStreamSettings, generate_labels
+
+    path = data.with_name(data.stem + "-labels.jsonl")
+    if not path.exists():
+        settings = LabelStreamSettings(seed=3, min_delay_ms=60_000, max_delay_ms=7 * 86_400_000)
+        with open(data, "rb") as transactions, open(path.with_suffix(".partial"), "wb") as out:
+            for line in generate_labels((line.rstrip(b"\n") for line in transactions), settings):
+                out.write(line + b"\n")
+        path.with_suffix(".partial").replace(path)
+    return path
 
 
 def ensure_input(records: int) -> Path:
@@ -115,8 +134,11 @@ def cpu_per_record(samples: list[TreeSample], scored_at: list[int]) -> dict:
     records = sum(1 for at in scored_at if start.at_ms < at <= end.at_ms)
     if not records:
         return {"core_us_per_record": None, "core_us_per_record_by_kind": {}, "startup_cpu_s": start.cpu_s,
-                "measured_records": 0}
+                "measured_records": 0, "core_us_per_record_to_end": None}
+    # To the end: from the same first sample to the last one taken, over every record scored after it.
+    to_end = sum(1 for at in scored_at if start.at_ms < at)
     return {"core_us_per_record": (end.cpu_s - start.cpu_s) / records * 1e6,
+            "core_us_per_record_to_end": (samples[-1].cpu_s - start.cpu_s) / to_end * 1e6,
             "core_us_per_record_by_kind": {kind: (end.cpu_s_by_kind[kind] - start.cpu_s_by_kind.get(kind, 0.0))
                                            / records * 1e6 for kind in end.cpu_s_by_kind},
             "startup_cpu_s": start.cpu_s, "measured_records": records}
@@ -178,6 +200,9 @@ def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = P
         "checkpoints": len(checkpoints),
         "checkpoint_ms": statistics.median(ms for _, ms in checkpoints) if checkpoints else None,
         "state_bytes_per_key": checkpoints[-1][0] / len(keys) if checkpoints else None,
+        "max_checkpoint_bytes": max(size for size, _ in checkpoints) if checkpoints else None,
+        "labels_applied": sum(1 for _ in committed_lines(work / "learning")),
+        "labels_dead_lettered": sum(1 for _ in committed_lines(work / "label-dead-letters")),
         "peak_rss_mb": max(taken.rss_bytes for taken in samples) / 2**20,
         "peak_rss_mb_by_kind": {kind: max(taken.rss_bytes_by_kind.get(kind, 0) for taken in samples) / 2**20
                                 for kind in samples[-1].rss_bytes_by_kind},
@@ -257,7 +282,7 @@ def recovery_times_s(kills: list, settings) -> list[float]:
     return times
 
 
-PARTS = ("jobs", "loops", "stages", "analytics", "kafka", "failover")
+PARTS = ("jobs", "loops", "stages", "analytics", "kafka", "failover", "labels")
 
 
 def main() -> int:
@@ -266,7 +291,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the 20-key job and both 20-key loops this many times, interleaved, and report medians")
     parser.add_argument("--only", choices=PARTS, action="append",
-                        help="run only this part (repeatable): jobs, loops, stages, analytics, kafka or failover")
+                        help="run only this part (repeatable): jobs, loops, stages, analytics, kafka, failover or labels")
     parser.add_argument("--baseline", type=Path,
                         help="a checkout of an earlier commit with its jars built (README, Benchmark): its 20-key "
                              "job runs in every round too, interleaved with this one's")
@@ -282,10 +307,13 @@ def main() -> int:
     rounds = []
     for round_number in range(args.repeat):
         measured = {}
-        if "jobs" in parts or "analytics" in parts:
+        if parts & {"jobs", "analytics", "labels"}:
             measured["job"] = run_job("job-20-keys", data, "merchant_category")
         if "analytics" in parts:
             measured["analytics"] = run_job("job-20-keys-analytics", data, "merchant_category", "analytics.enabled=true")
+        if "labels" in parts:
+            measured["labels"] = run_job("job-20-keys-labels", data, "merchant_category", "labels.mode=stream",
+                                         f"labels.source={{kind: files, paths: ['{ensure_labels(data)}']}}")
         if "jobs" in parts:
             if args.baseline:
                 measured["baseline"] = run_job("baseline-20-keys", data, "merchant_category",
@@ -346,6 +374,20 @@ def main() -> int:
             "analytics_windows": rounds[-1]["analytics"]["windows"],
             "analytics_late": rounds[-1]["analytics"]["late"],
         })
+    if "labels" in parts:
+        to_end = {name: statistics.median(r[name]["core_us_per_record_to_end"] for r in rounds)
+                  for name in ("job", "labels")}
+        last = rounds[-1]
+        results.update({
+            "labels_rps": median["labels"]["records_per_second"],
+            "labels_core_us_per_record_to_end": to_end["labels"],
+            "labels_off_core_us_per_record_to_end": to_end["job"],
+            "labels_added_core_us_per_record": to_end["labels"] - to_end["job"],
+            "labels_applied": last["labels"]["labels_applied"],
+            "labels_dead_lettered": last["labels"]["labels_dead_lettered"],
+            "labels_state_bytes_per_transaction": (last["labels"]["max_checkpoint_bytes"]
+                                                   - last["job"]["max_checkpoint_bytes"]) / last["labels"]["scored"],
+        })
     if "stages" in parts:
         from bench.stages import stage_profile
 
@@ -371,7 +413,8 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     keys_20 = f"{results.get('keys_20', 20)} keys"
     keys_large = f"{results.get('keys_100k', 0):,} keys" if "keys_100k" in results else "account keys"
     names = {"job": "Riskstream job", "baseline": "baseline commit's job", "river": "River loop (one process)",
-             "exact": "Python loop, exact SGD (one process)", "analytics": "job with windowed analytics on"}
+             "exact": "Python loop, exact SGD (one process)", "analytics": "job with windowed analytics on",
+             "labels": "job learning from a label stream"}
     note = f" (20 keys: median of {repeat})" if repeat > 1 else ""
     print(f"\n{'records/s' + note:<44}{keys_20:>12}{keys_large:>16}")
     for name in median:
@@ -391,6 +434,11 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     if "analytics" in median:
         print(f"{'analytics on - off (core-µs/record)':<44}{results['analytics_added_core_us_per_record']:>12.1f}")
         print(f"{'analytics: window lines, late lines':<44}{results['analytics_windows']:>12,}{results['analytics_late']:>16,}")
+    if "labels" in median:
+        print(f"{'labels stream - inline, to the job end (core-µs)':<44}{results['labels_added_core_us_per_record']:>12.1f}"
+              f"   ({results['labels_core_us_per_record_to_end']:.1f} vs {results['labels_off_core_us_per_record_to_end']:.1f})")
+        print(f"{'labels: applied, dead-lettered':<44}{results['labels_applied']:>12,}{results['labels_dead_lettered']:>16,}")
+        print(f"{'state per logged transaction (bytes)':<44}{results['labels_state_bytes_per_transaction']:>12,.0f}")
     if "job" in median and "river" in median:
         print(f"{'job / River (records/s)':<44}{median['job']['records_per_second'] / median['river']['records_per_second']:>12.2f}"
               f"{large['job']['records_per_second'] / large['river']['records_per_second']:>16.2f}")

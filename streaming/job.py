@@ -267,6 +267,7 @@ class ScoreShard(KeyedProcessFunction):
         self.after_scoring = None
         self.models = None
         self.shard_models: dict[int, ModelTable] = {}
+        self.final_snapshots_timed: set[int] = set()  # shards whose END_OF_INPUT timer this worker set
         self.sequencer = BundleSequencer()
         self.scored = None
         self.late = None
@@ -291,14 +292,14 @@ class ScoreShard(KeyedProcessFunction):
             # Not PRIMITIVE_ARRAY(BYTE): thread mode would convert its state values byte by byte.
             MapStateDescriptor("models", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
         self.shard_models = {}
+        self.final_snapshots_timed = set()
         self.sequencer = BundleSequencer()
 
     def process_element(self, shard_batch, ctx):
         shard, packed = shard_batch
         stream, seq, batch, log_id = unpack_shard_batch(packed)
         batches = [(batch, log_id)] if stream is None else self.sequencer.release(shard, stream, seq, (batch, log_id))
-        if shard not in self.shard_models:  # once per shard and worker; Flink keeps one timer per key
-            ctx.timer_service().register_event_time_timer(END_OF_INPUT)  # the final snapshots
+        self.time_final_snapshots(shard, ctx)
         table = self._models_of(shard)
         for batch, log_id in batches:
             learned_from = batch if self.learn_inline else batch.without_labels()
@@ -331,6 +332,14 @@ class ScoreShard(KeyedProcessFunction):
         if late:
             yield LATE, output_bundle([line for _, line in late],
                                       [txn_id for txn_id, _ in late] if self.keyed_output else None)
+
+    def time_final_snapshots(self, shard: int, ctx) -> None:
+        """Sets the shard's END_OF_INPUT timer (its final snapshots), once per shard and worker
+        (Flink keeps one timer per key and time, and restores it with the state). Called wherever a
+        shard's models are used: labels can reach a shard before its first batch does."""
+        if shard not in self.final_snapshots_timed:
+            ctx.timer_service().register_event_time_timer(END_OF_INPUT)
+            self.final_snapshots_timed.add(shard)
 
     def _model_keys(self) -> int:
         """Model keys in this worker's tables (the `model_keys` gauge): a shard's keys count from
@@ -436,6 +445,7 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             yield from self._apply(shard, [read_routed_label(line) for line in waiting.split(b"\n")], ctx)
 
     def _apply(self, shard: int, routed_labels: list[RoutedLabel], ctx):
+        self.scoring.time_final_snapshots(shard, ctx)
         table = self.scoring._models_of(shard)
         logs = self._logs_of(shard)
         watermark = ctx.timer_service().current_watermark()

@@ -126,6 +126,15 @@ def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tm
     label_lines = list(generate_labels(truth, LabelStreamSettings(
         seed=parallelism, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
         contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
+    job_run, out = run(tmp_path, stream, label_lines, mode, parallelism)
+
+    assert job_run.records_read == len(stream)
+    assert_labels_learned_as_the_inputs_say(stream, label_lines, out, mode)
+
+
+def assert_labels_learned_as_the_inputs_say(stream: list[dict], label_lines: list[bytes], out: dict[str, list[dict]],
+                                            mode: str) -> None:
+    """The checks of the module's docstring on a run's committed outputs (`out`: each output's lines)."""
     readable, unreadable = [], 0
     for line in label_lines:
         try:
@@ -133,10 +142,8 @@ def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tm
         except Rejected:
             unreadable += 1
 
-    job_run, out = run(tmp_path, stream, label_lines, mode, parallelism)
-
     # Transactions as before: every one scored once; labels: every one accounted for.
-    assert job_run.records_read == len(stream) == len(out["scores"]) and out["dead-letters"] == []
+    assert len(stream) == len(out["scores"]) and out["dead-letters"] == []
     assert len(label_lines) == len(out["learning"]) + len(out["label-dead-letters"])
     unreadable_stages = Counter(letter["stage"] for letter in out["label-dead-letters"] if letter["stage"] != "label")
     assert sum(unreadable_stages.values()) == unreadable > 0
@@ -188,10 +195,8 @@ def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tm
         assert final["bias"] == pytest.approx(model.bias, rel=1e-9, abs=1e-12)
 
 
-
 def test_run_prints_the_label_figures_of_a_label_stream(tmp_path):
     from tests.cli import riskstream
-
     from udfs.generator import GeneratorSettings, generate
 
     stream = list(generate(GeneratorSettings(records=400, seed=6)))  # the local profile's features
@@ -214,3 +219,69 @@ def test_run_prints_the_label_figures_of_a_label_stream(tmp_path):
     assert figures["labels dead-lettered"].split()[2] == f"{sum(letters.values()):,}"
     assert figures["labels pending"].split()[2] == "0"
     assert applied + sum(letters.values()) == len(label_lines) and letters["expired"] > 0
+
+
+def test_labels_from_a_kafka_topic_are_learned_once_each_as_the_inputs_say(tmp_path, kafka_isolation):
+    """The same through Kafka: transactions keyed by model key, labels keyed by txn_id on the labels
+    topic, a bounded run with exactly-once outputs."""
+    from streaming import kafka_tools
+    from streaming.job import run_job
+
+    stream = transactions(3000, seed=8)
+    label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
+        seed=8, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
+        contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
+    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
+        *kafka_isolation, "kafka.bounded=true", f"checkpointing.directory={tmp_path / 'checkpoints'}",
+        "checkpointing.interval_ms=1000", "labels.mode=stream", "labels.source={kind: kafka}", *PROFILE])
+    kafka_tools.create_topics(settings)
+    assert kafka_tools.produce(settings, [json.dumps(r).encode() for r in stream], key_field="merchant_category") == len(stream)
+    assert kafka_tools.produce(settings, label_lines, key_field="txn_id", topic=settings.kafka.labels_topic) == len(label_lines)
+
+    job_run = run_job(settings)
+
+    kafka = settings.kafka
+    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8)]
+           for name, topic in (("scores", kafka.scores_topic), ("dead-letters", kafka.dead_letters_topic),
+                               ("model-snapshots", kafka.snapshots_topic), ("learning", kafka.learning_topic),
+                               ("label-dead-letters", kafka.label_dead_letters_topic))}
+    assert job_run.records_read == len(stream) and job_run.labels_read == len(label_lines)
+    assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
+
+
+@pytest.mark.cluster
+def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, kafka_isolation, tmp_path):
+    """On the session cluster, Kafka exactly-once, the TaskManager killed at the drill's three
+    points (tests/failover_drill.py): the committed learning log and label dead letters hold every
+    label once, with the outcome the inputs say (so a label whose transaction was scored before a
+    kill is applied, never unknown), and the models equal the reference replayed in the committed
+    log's order."""
+    from streaming import kafka_tools
+    from tests import failover_drill
+
+    stream = transactions(20_000, seed=9)
+    label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
+        seed=9, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
+        contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
+    overrides = [*kafka_isolation, *failover_drill.drill_overrides(tmp_path), "labels.mode=stream",
+                 "labels.source={kind: kafka}", *PROFILE]
+    settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
+    kafka_tools.create_topics(settings)
+    assert kafka_tools.produce(settings, [json.dumps(r).encode() for r in stream], key_field="merchant_category") == len(stream)
+    assert kafka_tools.produce(settings, label_lines, key_field="txn_id", topic=settings.kafka.labels_topic) == len(label_lines)
+    try:
+        run = failover_drill.run_with_kills(session_cluster.cluster, overrides, min_attempt_records=2000,
+                                            taskmanager_overrides=session_cluster.overrides)
+    finally:
+        session_cluster.cancel_jobs()
+    for point in failover_drill.KILL_POINTS:  # run_with_kills fails unless Flink confirms each
+        assert run.confirmed_kill(point).restored is not None
+
+    kafka = settings.kafka
+    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8)]
+           for name, topic in (("scores", kafka.scores_topic), ("dead-letters", kafka.dead_letters_topic),
+                               ("model-snapshots", kafka.snapshots_topic), ("learning", kafka.learning_topic),
+                               ("label-dead-letters", kafka.label_dead_letters_topic))}
+    learned = [(line["txn_id"], line["label_time"]) for line in out["learning"]]
+    assert len(learned) == len(set(learned)), "a label was learned twice"
+    assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
