@@ -135,10 +135,12 @@ def cpu_per_record(samples: list[TreeSample], scored_at: list[int]) -> dict:
     if not records:
         return {"core_us_per_record": None, "core_us_per_record_by_kind": {}, "startup_cpu_s": start.cpu_s,
                 "measured_records": 0, "core_us_per_record_to_end": None}
-    # To the end: from the same first sample to the last one taken, over every record scored after it.
+    # To the end: from the same first sample to the one that saw the most CPU (as the job ends its
+    # processes exit, and their CPU leaves the tree's sum), over every record scored after it.
     to_end = sum(1 for at in scored_at if start.at_ms < at)
+    most = max(samples, key=lambda taken: taken.cpu_s)
     return {"core_us_per_record": (end.cpu_s - start.cpu_s) / records * 1e6,
-            "core_us_per_record_to_end": (samples[-1].cpu_s - start.cpu_s) / to_end * 1e6,
+            "core_us_per_record_to_end": (most.cpu_s - start.cpu_s) / to_end * 1e6,
             "core_us_per_record_by_kind": {kind: (end.cpu_s_by_kind[kind] - start.cpu_s_by_kind.get(kind, 0.0))
                                            / records * 1e6 for kind in end.cpu_s_by_kind},
             "startup_cpu_s": start.cpu_s, "measured_records": records}

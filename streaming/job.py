@@ -450,6 +450,7 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
         logs = self._logs_of(shard)
         watermark = ctx.timer_service().current_watermark()
         learned, letters, snapshots = [], [], []
+        changed_rows = set()  # written to state once per bundle, not once per label
         now = now_ms()
         for routed in routed_labels:
             outcome, applied = routed_outcome(routed, self.rules.ttl_ms)
@@ -473,12 +474,14 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             model_row = table.rows[model_key]
             indices, values = log.entries(row)
             stepped = table.learn_logged(model_row, indices, values, label.is_fraud, self.sgd, routed.event_time)
-            self.scoring.models.put(model_key, table.to_bytes(model_row))
+            changed_rows.add(model_row)
             updates = int(table.updates[model_row])
             learned.append(KeyedLine(learning_line(label.txn_id, model_key, label, routed.event_time, updates,
                                                    not stepped).decode("utf-8"), model_key))
             if stepped and updates % self.snapshot_every == 0:
                 snapshots.append(self.scoring.scorer.snapshot(table.key_model(model_row), model_key))
+        for row in changed_rows:
+            self.scoring.models.put(table.keys[row], table.to_bytes(row))
         keyed = self.scoring.keyed_output
         if learned:
             yield LEARNING, keyed_lines_bundle(learned, keyed)

@@ -28,6 +28,9 @@ def test_cpu_per_record_counts_from_the_sample_before_the_first_score_to_the_one
         (3.0 / 4 * 1e6, 5.0, 4)
     # To the end of the job (labels keep coming after the last score): to the 4 s sample, over all 5.
     assert measured["core_us_per_record_to_end"] == 4.5 / 5 * 1e6
+    # ... the sample that saw the most CPU: as the job's processes exit, the tree's sum drops.
+    ended = cpu_per_record([*samples, TreeSample(5_000, 2.0, 0)], [2_500, 1_500, 2_500, 3_500, 2_500])
+    assert ended["core_us_per_record_to_end"] == 4.5 / 5 * 1e6
 
 
 def test_cpu_per_record_is_split_by_the_kind_of_process_that_spent_it():
