@@ -367,6 +367,8 @@ class ScoreShard(KeyedProcessFunction):
 
 
 class LabelRules(NamedTuple):
+    """What the scoring operator needs of labels.* to decide and explain a label's outcome (ms)."""
+
     ttl_ms: int
     unknown_wait_ms: int
 
