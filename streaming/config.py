@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_origin
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, TypeVar, get_origin
 
 import yaml
 from immutabledict import immutabledict
@@ -78,27 +78,35 @@ ReadOnlyMapping = Annotated[
 ]
 
 
-class SourceSettings(_Settings):
-    """Where transactions come from."""
+class _InputSettings(_Settings):
+    """An input's kind and where it is (SourceSettings, LabelSourceSettings); `_section` names it in errors."""
 
-    # kafka: the kafka.transactions_topic (see KafkaSettings for offsets, group and bounds).
+    _section: ClassVar[str]
+    # kafka: the input's topic (see KafkaSettings for offsets, group and bounds).
     kind: Literal["files", "directory", "kafka"] = "files"
     # files: a fixed set of files, read once (a bounded stream).
     paths: tuple[str, ...] = ()
     # directory: every file that appears in it, watched continuously (an unbounded stream).
     directory: str | None = None
     discovery_interval_ms: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _one_kind_of_input(self) -> "_InputSettings":
+        section = self._section
+        if self.kind == "files" and not self.paths:
+            raise ValueError(f"{section}.paths: at least one file is needed when {section}.kind is 'files'")
+        if self.kind == "directory" and not self.directory:
+            raise ValueError(f"{section}.directory: a directory is needed when {section}.kind is 'directory'")
+        return self
+
+
+class SourceSettings(_InputSettings):
+    """Where transactions come from (kafka: the kafka.transactions_topic)."""
+
+    _section: ClassVar[str] = "source"
     # A ceiling on the records each source subtask reads per second (none when unset): for replaying
     # a backlog without flooding the outputs, or to watch a job work through a fixed input.
     max_records_per_second: PositiveInt | None = None
-
-    @model_validator(mode="after")
-    def _one_kind_of_input(self) -> "SourceSettings":
-        if self.kind == "files" and not self.paths:
-            raise ValueError("source.paths: at least one file is needed when source.kind is 'files'")
-        if self.kind == "directory" and not self.directory:
-            raise ValueError("source.directory: a directory is needed when source.kind is 'directory'")
-        return self
 
 
 class OutputSettings(_Settings):
@@ -459,21 +467,10 @@ class AnalyticsSettings(_Settings):
         return self
 
 
-class LabelSourceSettings(_Settings):
+class LabelSourceSettings(_InputSettings):
     """Where labels come from (kafka: the kafka.labels_topic, with the transactions' offsets and bounds)."""
 
-    kind: Literal["files", "directory", "kafka"] = "files"
-    paths: tuple[str, ...] = ()
-    directory: str | None = None
-    discovery_interval_ms: PositiveInt = 1000
-
-    @model_validator(mode="after")
-    def _one_kind_of_input(self) -> "LabelSourceSettings":
-        if self.kind == "files" and not self.paths:
-            raise ValueError("labels.source.paths: at least one file is needed when labels.source.kind is 'files'")
-        if self.kind == "directory" and not self.directory:
-            raise ValueError("labels.source.directory: a directory is needed when labels.source.kind is 'directory'")
-        return self
+    _section: ClassVar[str] = "labels.source"
 
 
 DAY_MS = 86_400_000

@@ -47,7 +47,7 @@ from pyflink.datastream.state import MapStateDescriptor
 
 from streaming import pyflink_internals as internals
 from streaming.cluster import JOB_NAME, METRICS_GROUP
-from streaming.config import Settings
+from streaming.config import LabelSourceSettings, Settings, SourceSettings
 from streaming.flink_options import flink_options
 from streaming.from_settings import model_scorer, transaction_reader, windowing
 from udfs.analytics import NO_WATERMARK, Windowing, analytics_header, late_records
@@ -580,17 +580,20 @@ def split_lines(stream: DataStream, name: str) -> DataStream:
 def transactions_source(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
     """Raw records tagged with where they came from: file and line (SourceTaggedLineFormat.java),
     or topic, partition and offset (TaggedKafkaDeserializer.java)."""
-    source = settings.source
+    return env.from_source(tagged_source(settings, settings.source, settings.kafka.transactions_topic),
+                           watermarks(settings), "transactions-source").uid("transactions-source")
+
+
+def tagged_source(settings: Settings, source: SourceSettings | LabelSourceSettings, topic: str) -> Source:
+    """The source `source` describes, its records tagged with where they came from: a file set, a
+    watched folder, or the Kafka topic `topic`."""
     if source.kind == "kafka":
-        return env.from_source(kafka_source(settings), watermarks(settings), "transactions-source").uid(
-            "transactions-source")
+        return kafka_source(settings, topic)
     line_format = BulkFormat(internals.jvm().riskstream.flink.SourceTaggedLineFormat())
     if source.kind == "files":
-        builder = FileSource.for_bulk_file_format(line_format, *source.paths)
-    else:
-        builder = FileSource.for_bulk_file_format(line_format, source.directory).monitor_continuously(
-            Duration.of_millis(source.discovery_interval_ms))
-    return env.from_source(builder.build(), watermarks(settings), "transactions-source").uid("transactions-source")
+        return FileSource.for_bulk_file_format(line_format, *source.paths).build()
+    return FileSource.for_bulk_file_format(line_format, source.directory).monitor_continuously(
+        Duration.of_millis(source.discovery_interval_ms)).build()
 
 
 def watermarks(settings: Settings) -> WatermarkStrategy:
@@ -608,19 +611,10 @@ def labels_source(env: StreamExecutionEnvironment, settings: Settings) -> DataSt
     """Raw labels tagged with where they came from (as `transactions_source`), with per-split
     watermarks on their label_time (EventTime.java) and labels.idleness_ms."""
     labels = settings.labels
-    source = labels.source
     strategy = WatermarkStrategy(internals.jvm().riskstream.flink.EventTime.watermarks(
         "label_time", labels.out_of_orderness_ms, labels.idleness_ms))
-    if source.kind == "kafka":
-        built = kafka_source(settings, settings.kafka.labels_topic)
-    else:
-        line_format = BulkFormat(internals.jvm().riskstream.flink.SourceTaggedLineFormat())
-        if source.kind == "files":
-            built = FileSource.for_bulk_file_format(line_format, *source.paths).build()
-        else:
-            built = FileSource.for_bulk_file_format(line_format, source.directory).monitor_continuously(
-                Duration.of_millis(source.discovery_interval_ms)).build()
-    return env.from_source(built, strategy, "labels-source").uid("labels-source")
+    return env.from_source(tagged_source(settings, labels.source, settings.kafka.labels_topic), strategy,
+                           "labels-source").uid("labels-source")
 
 
 def bundled_labels(stream: DataStream, settings: Settings) -> DataStream:
@@ -662,8 +656,8 @@ def split_watermark_tagged(stream: DataStream, settings: Settings) -> DataStream
             settings.analytics.out_of_orderness_ms)))
 
 
-def kafka_source(settings: Settings, topic: str | None = None) -> Source:
-    """The Kafka source of `topic` (default: kafka.transactions_topic)."""
+def kafka_source(settings: Settings, topic: str) -> Source:
+    """The Kafka source of `topic`, with the profile's group, offsets and bounds."""
     kafka = settings.kafka
     jvm = internals.jvm()
     offsets = {
@@ -673,7 +667,7 @@ def kafka_source(settings: Settings, topic: str | None = None) -> Source:
     }[kafka.starting_offsets]()
     builder = (
         jvm.org.apache.flink.connector.kafka.source.KafkaSource.builder()
-        .setTopics(internals.java_strings([topic or kafka.transactions_topic]))
+        .setTopics(internals.java_strings([topic]))
         .setGroupId(kafka.consumer_group)
         .setStartingOffsets(internals.java_offsets(offsets))
         .setDeserializer(jvm.riskstream.flink.kafka.TaggedKafkaDeserializer())

@@ -303,6 +303,14 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
         }
     }
 
+    /** A label's value, exactly "0" or "1"; else unreadable, the reason saying what is {@code allowed}. */
+    private static int parseLabel(String kind, String name, String field, String allowed) throws UnreadableLine {
+        if (field.equals("0") || field.equals("1")) {
+            return field.charAt(0) - '0';
+        }
+        throw new UnreadableLine(kind + ": " + name + " '" + field + "' is not " + allowed);
+    }
+
     /** A route line: {@code txn_id \t shard \t event_time \t inline_label \t where}. */
     private static final class Route {
         final int shard;
@@ -329,21 +337,10 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
                 throw new UnreadableLine("route: shard '" + fields[1] + "' is not an integer in [0, " + shards + ")");
             }
             long eventTime = parseTime("route", "event_time", fields[2]);
-            int inlineLabel;
-            switch (fields[3]) {
-                case "-1":
-                    inlineLabel = NO_LABEL;
-                    break;
-                case "0":
-                    inlineLabel = 0;
-                    break;
-                case "1":
-                    inlineLabel = 1;
-                    break;
-                default:
-                    throw new UnreadableLine("route: inline_label '" + fields[3] + "' is not -1, 0 or 1");
+            if (fields[3].equals("-1")) {
+                return new Route(shard, eventTime, NO_LABEL, fields[4]);
             }
-            return new Route(shard, eventTime, inlineLabel, fields[4]);
+            return new Route(shard, eventTime, parseLabel("route", "inline_label", fields[3], "-1, 0 or 1"), fields[4]);
         }
     }
 
@@ -363,18 +360,8 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
 
         static Label parse(byte[] line) throws UnreadableLine {
             String[] fields = fields(line, "label", "txn_id", "is_fraud", "label_time", "source");
-            int isFraud;
-            switch (fields[1]) {
-                case "0":
-                    isFraud = 0;
-                    break;
-                case "1":
-                    isFraud = 1;
-                    break;
-                default:
-                    throw new UnreadableLine("label: is_fraud '" + fields[1] + "' is not 0 or 1");
-            }
-            return new Label(fields[0], isFraud, parseTime("label", "label_time", fields[2]), fields[3]);
+            return new Label(fields[0], parseLabel("label", "is_fraud", fields[1], "0 or 1"),
+                    parseTime("label", "label_time", fields[2]), fields[3]);
         }
     }
 
