@@ -455,7 +455,9 @@ class AnalyticsSettings(_Settings):
     out_of_orderness_ms: int = Field(default=5_000, ge=0)
     # A window is emitted when the watermark reaches its end plus this.
     allowed_lateness_ms: int = Field(default=0, ge=0)
-    # A split that sends nothing for this long (processing time) stops holding the watermark back.
+    # A split that sends nothing for this long (processing time) stops holding the watermark back;
+    # a source subtask that reads nothing for this long emits the watermark of all it read, then
+    # (one period later) stops holding it back (RecordBundler.java).
     idleness_ms: PositiveInt = 10_000
 
     @model_validator(mode="after")
@@ -497,7 +499,9 @@ class LabelSettings(_Settings):
     remember_ms: PositiveInt | None = None
     # The label source's watermark trails its largest label_time by this much, per split.
     out_of_orderness_ms: int = Field(default=5_000, ge=0)
-    # A split that sends nothing for this long (processing time) stops holding the watermark back.
+    # A split that sends nothing for this long (processing time) stops holding the watermark back;
+    # a source subtask that reads nothing for this long emits the watermark of all it read, then
+    # (one period later) stops holding it back (RecordBundler.java).
     idleness_ms: PositiveInt = 10_000
 
     @model_validator(mode="after")

@@ -565,9 +565,17 @@ def bundled(stream: DataStream, settings: Settings) -> DataStream:
     bundling = settings.performance.bundling()
     sequenced = settings.performance.spreads_bundles()
     bytes_type = Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info()
-    bundles = java_operator(stream, "bundle-records", lambda j, jvm: j.transform(
-        "bundle-records", bytes_type, jvm.riskstream.flink.RecordBundler(
-            bundling.max_records, bundling.max_delay_ms, sequenced, settings.source.max_records_per_second or 0)))
+    analytics = settings.analytics
+
+    def bundler(jvm):
+        bundler = jvm.riskstream.flink.RecordBundler(bundling.max_records, bundling.max_delay_ms, sequenced,
+                                                     settings.source.max_records_per_second or 0)
+        if uses_event_time(settings):  # a quiet source holds event time back no more (see RecordBundler.java)
+            bundler.quietAfter(analytics.idleness_ms, analytics.out_of_orderness_ms)
+        return bundler
+
+    bundles = java_operator(stream, "bundle-records", lambda j, jvm: j.transform("bundle-records", bytes_type,
+                                                                                 bundler(jvm)))
     return bundles.rebalance() if sequenced else bundles
 
 
@@ -601,10 +609,16 @@ def watermarks(settings: Settings) -> WatermarkStrategy:
     none: the model works in arrival order, and the final watermark of a bounded input still
     arrives to fire the end-of-input timers."""
     analytics = settings.analytics
-    if not (analytics.enabled or settings.labels.streamed):
+    if not uses_event_time(settings):
         return WatermarkStrategy.no_watermarks()
     return WatermarkStrategy(internals.jvm().riskstream.flink.EventTime.watermarks(
         analytics.out_of_orderness_ms, analytics.idleness_ms))
+
+
+def uses_event_time(settings: Settings) -> bool:
+    """Whether transactions carry event-time watermarks: for windowed analytics, or to expire the
+    feature log of a label stream."""
+    return settings.analytics.enabled or settings.labels.streamed
 
 
 def labels_source(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
@@ -619,12 +633,13 @@ def labels_source(env: StreamExecutionEnvironment, settings: Settings) -> DataSt
 
 def bundled_labels(stream: DataStream, settings: Settings) -> DataStream:
     """Labels joined into bundles as `bundled` joins transactions, counted in their own
-    accumulator (RecordBundler.LABELS_READ)."""
-    bundling = settings.performance.bundling()
+    accumulator (RecordBundler.LABELS_READ); a quiet label stream holds event time back no more."""
+    bundling, labels = settings.performance.bundling(), settings.labels
     bytes_type = Types.PRIMITIVE_ARRAY(Types.BYTE()).get_java_type_info()
     return java_operator(stream, "bundle-labels", lambda j, jvm: j.transform(
         "bundle-labels", bytes_type, jvm.riskstream.flink.RecordBundler(
-            bundling.max_records, bundling.max_delay_ms, False, 0, jvm.riskstream.flink.RecordBundler.LABELS_READ)))
+            bundling.max_records, bundling.max_delay_ms, False, 0, jvm.riskstream.flink.RecordBundler.LABELS_READ,
+        ).quietAfter(labels.idleness_ms, labels.out_of_orderness_ms)))
 
 
 def routed_labels(routes: DataStream, labels: DataStream, settings: Settings) -> tuple[DataStream, DataStream]:
@@ -644,7 +659,7 @@ def routed_labels(routes: DataStream, labels: DataStream, settings: Settings) ->
     shard_batch_type = Types.TUPLE([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())]).get_java_type_info()
     bundles = java_operator(routed, "bundle-routed-labels", lambda j, jvm: j.transform(
         "bundle-routed-labels", shard_batch_type, jvm.riskstream.flink.ShardBundler(
-            bundling.max_records, bundling.max_delay_ms)))
+            bundling.max_records, bundling.max_delay_ms, rules.idleness_ms)))
     return bundles, internals.apply_java(routed, lambda j: j.getSideOutput(jvm.riskstream.flink.LabelRouter.UNREADABLE))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -135,33 +136,7 @@ def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tm
 def assert_labels_learned_as_the_inputs_say(stream: list[dict], label_lines: list[bytes], out: dict[str, list[dict]],
                                             mode: str) -> None:
     """The checks of the module's docstring on a run's committed outputs (`out`: each output's lines)."""
-    readable, unreadable = [], 0
-    for line in label_lines:
-        try:
-            readable.append(read_label(line, 65_536))
-        except Rejected:
-            unreadable += 1
-
-    # Transactions as before: every one scored once; labels: every one accounted for.
-    assert len(stream) == len(out["scores"]) and out["dead-letters"] == []
-    assert len(label_lines) == len(out["learning"]) + len(out["label-dead-letters"])
-    unreadable_stages = Counter(letter["stage"] for letter in out["label-dead-letters"] if letter["stage"] != "label")
-    assert sum(unreadable_stages.values()) == unreadable > 0
-    assert set(unreadable_stages) <= {"label-decode", "label-parse", "label-clean"}
-
-    # Each label's outcome as the inputs say.
-    got = {}
-    for line in out["learning"]:
-        got[(line["txn_id"], line["label_time"], line["label"])] = "applied"
-    for letter in out["label-dead-letters"]:
-        if letter["stage"] == "label":
-            raw = json.loads(letter["raw"])
-            got[(raw["txn_id"], raw["label_time"], raw["is_fraud"])] = letter["outcome"]
-            assert letter["reason"].startswith(letter["outcome"] + ":")
-    expected = expected_outcomes(stream, readable, mode)
-    assert {(label.txn_id, label.label_time, label.is_fraud): outcome
-            for label, outcome in zip(readable, expected)} == got
-    assert {"applied", "duplicate", "contradicting", "expired", "unknown"} <= set(expected)
+    assert_outcomes_as_the_inputs_say(stream, label_lines, out, mode)
 
     # Each applied label after its transaction's score, and the models as a sequential reference
     # replays them, taking from the outputs only the order of scores and label steps per key.
@@ -193,6 +168,46 @@ def assert_labels_learned_as_the_inputs_say(stream: list[dict], label_lines: lis
         assert final["model_updates"] == model.updates
         assert list(final["weights"].values()) == pytest.approx(model.weights, rel=1e-9, abs=1e-12)
         assert final["bias"] == pytest.approx(model.bias, rel=1e-9, abs=1e-12)
+
+
+def read_label_or_none(line: bytes):
+    try:
+        return read_label(line, 65_536)
+    except Rejected:
+        return None
+
+
+def assert_outcomes_as_the_inputs_say(stream: list[dict], label_lines: list[bytes], out: dict[str, list[dict]],
+                                      mode: str) -> None:
+    """Every transaction scored once and every label accounted for in `out` (each output's committed
+    lines), each with the outcome the inputs alone say."""
+    readable, unreadable = [], 0
+    for line in label_lines:
+        try:
+            readable.append(read_label(line, 65_536))
+        except Rejected:
+            unreadable += 1
+
+    # Transactions as before: every one scored once; labels: every one accounted for.
+    assert len(stream) == len(out["scores"]) and out["dead-letters"] == []
+    assert len(label_lines) == len(out["learning"]) + len(out["label-dead-letters"])
+    unreadable_stages = Counter(letter["stage"] for letter in out["label-dead-letters"] if letter["stage"] != "label")
+    assert sum(unreadable_stages.values()) == unreadable > 0
+    assert set(unreadable_stages) <= {"label-decode", "label-parse", "label-clean"}
+
+    # Each label's outcome as the inputs say.
+    got = {}
+    for line in out["learning"]:
+        got[(line["txn_id"], line["label_time"], line["label"])] = "applied"
+    for letter in out["label-dead-letters"]:
+        if letter["stage"] == "label":
+            raw = json.loads(letter["raw"])
+            got[(raw["txn_id"], raw["label_time"], raw["is_fraud"])] = letter["outcome"]
+            assert letter["reason"].startswith(letter["outcome"] + ":")
+    expected = expected_outcomes(stream, readable, mode)
+    assert {(label.txn_id, label.label_time, label.is_fraud): outcome
+            for label, outcome in zip(readable, expected)} == got
+    assert {"applied", "duplicate", "contradicting", "expired", "unknown"} <= set(expected)
 
 
 def test_run_prints_the_label_figures_of_a_label_stream(tmp_path):
@@ -285,3 +300,65 @@ def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, k
     learned = [(line["txn_id"], line["label_time"]) for line in out["learning"]]
     assert len(learned) == len(set(learned)), "a label was learned twice"
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
+
+
+@pytest.mark.cluster
+def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluster, tmp_path, capsys):
+    """State is bounded: on the session cluster, watched folders, the transactions (2.5 minutes of
+    event time, all within one TTL) are all logged; once labels' event time is past the last
+    transaction's time plus the TTL, while the transactions' folder stays quiet, the gauge
+    feature_log_records is 0 and every label is accounted for in the outputs."""
+    from streaming import cluster
+    from tests.integration.conftest import LOCAL_PROFILE
+    from tests.integration.test_job_metrics import drop, status
+
+    stream = [{**r, "event_time": START + 100 * n} for n, r in enumerate(transactions(1500, seed=12))]
+    label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
+        seed=12, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.2, duplicate_share=0.05,
+        contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
+    # The last label: an hour past the last transaction plus the TTL (expired, as the inputs say).
+    last = stream[-1]
+    label_lines.append(json.dumps({"txn_id": last["txn_id"], "is_fraud": last["is_fraud"],
+                                   "label_time": last["event_time"] + TTL_MS + 60 * MINUTE}).encode())
+    transactions_in, labels_in, output = tmp_path / "transactions", tmp_path / "labels", tmp_path / "out"
+    transactions_in.mkdir()
+    labels_in.mkdir()
+    rest_url = session_cluster.cluster.rest_url
+    rest_address = rest_url.removeprefix("http://")
+    overrides = ["source.kind=directory", f"source.directory={transactions_in}", "source.discovery_interval_ms=200",
+                 f"output.path={output}", f"checkpointing.directory={tmp_path / 'checkpoints'}",
+                 "checkpointing.interval_ms=500", f"flink.rest_address={rest_address}", "labels.mode=stream",
+                 f"labels.source={{kind: directory, directory: {json.dumps(str(labels_in))}, discovery_interval_ms: 200}}",
+                 "analytics.idleness_ms=1000", "labels.idleness_ms=1000", *PROFILE]
+
+    def figures_when(done, seconds: float) -> dict:
+        deadline = time.monotonic() + seconds
+        while True:
+            figures = status(rest_address, job_id, capsys)["metrics"]
+            if done(figures) or time.monotonic() > deadline:
+                return figures
+            time.sleep(0.5)
+
+    job_id = cluster.submit(session_cluster.cluster, cluster.submit_command(LOCAL_PROFILE, rest_address, overrides))
+    try:
+        drop(transactions_in, "transactions.jsonl", [json.dumps(r).encode() for r in stream])
+        logged = figures_when(lambda f: f.get("feature_log_records") == len(stream), 120)
+        time.sleep(3)  # the transactions' side is idle by now: still nothing expired, all within one TTL
+        still_logged = figures_when(lambda f: True, 0)
+        drop(labels_in, "labels.jsonl", label_lines)
+        emptied = figures_when(lambda f: f.get("feature_log_records") == 0 and f.get("labels_read") == len(label_lines), 120)
+        committed = figures_when(lambda f: sum(1 for _ in committed_lines(output / "learning"))
+                                 + sum(1 for _ in committed_lines(output / "label-dead-letters")) == len(label_lines), 60)
+        state = status(rest_address, job_id, capsys)["state"]
+    finally:
+        cluster.cancel(rest_url, job_id)
+
+    assert state == "RUNNING"
+    assert logged["feature_log_records"] == still_logged["feature_log_records"] == len(stream), (logged, still_logged)
+    assert emptied["feature_log_records"] == 0, emptied
+    out = {name: list(committed_lines(output / name)) for name in
+           ("scores", "dead-letters", "model-snapshots", "learning", "label-dead-letters")}
+    assert_outcomes_as_the_inputs_say(stream, label_lines, out, "stream")
+    # A transaction whose label never came is counted once, when its route is forgotten.
+    labelled = {label.txn_id for label in map(read_label_or_none, label_lines) if label is not None}
+    assert committed.get("unlabelled_transactions") == sum(r["txn_id"] not in labelled for r in stream) > 0, committed

@@ -7,6 +7,9 @@ import java.nio.charset.StandardCharsets;
 import java.util.List;
 import java.util.stream.Collectors;
 
+import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.streaming.runtime.watermarkstatus.WatermarkStatus;
 import org.apache.flink.streaming.util.OneInputStreamOperatorTestHarness;
 import org.junit.jupiter.api.Test;
 
@@ -133,6 +136,64 @@ class RecordBundlerTest {
                     records + " records in " + seconds + " s, under the " + fastestAllowed + " s a ceiling of "
                             + perSecond + "/s allows");
             assertEquals(records / 100, bundles(harness).size()); // nothing lost on the way
+        }
+    }
+
+    /**
+     * What the operator emitted, in order: each bundle as its text, each watermark as W and its
+     * time, each watermark status as IDLE or ACTIVE.
+     */
+    private static List<String> emitted(OneInputStreamOperatorTestHarness<String, byte[]> harness) {
+        return harness.getOutput().stream().map(element -> {
+            if (element instanceof WatermarkStatus) {
+                return ((WatermarkStatus) element).isIdle() ? "IDLE" : "ACTIVE";
+            }
+            if (element instanceof Watermark) {
+                return "W" + ((Watermark) element).getTimestamp();
+            }
+            return new String((byte[]) ((StreamRecord<?>) element).getValue(), StandardCharsets.UTF_8);
+        }).collect(Collectors.toList());
+    }
+
+    @Test
+    void aQuietInputGetsItsRecordsWatermarkAndAnIdleMarkAndIsActiveBeforeItsNextRecord() throws Exception {
+        long idleMs = 1_000;
+        long outOfOrdernessMs = 100;
+        var bundler = new RecordBundler(100, 50, false, NO_CEILING).quietAfter(idleMs, outOfOrdernessMs);
+        try (var harness = new OneInputStreamOperatorTestHarness<String, byte[]>(bundler)) {
+            harness.setProcessingTime(0);
+            harness.open();
+            harness.processWatermarkStatus(WatermarkStatus.IDLE); // the source's, not passed on
+            harness.processElement("a", 5_000L);
+            harness.processWatermark(4_000L); // the source's last watermark: behind its records
+            harness.setProcessingTime(idleMs); // a record came in the first period: not quiet yet
+            harness.processElement("b", 4_500L); // out of order: the largest timestamp stays 5,000
+            harness.setProcessingTime(2 * idleMs); // ... and in the second
+            assertEquals(List.of("a", "W4000", "b"), emitted(harness));
+            harness.setProcessingTime(3 * idleMs - 1);
+            assertEquals(List.of("a", "W4000", "b"), emitted(harness));
+            harness.setProcessingTime(3 * idleMs); // a whole period without a record: the watermark
+            assertEquals(List.of("a", "W4000", "b", "W4899"), emitted(harness));
+            harness.setProcessingTime(4 * idleMs); // another: the idle mark
+            assertEquals(List.of("a", "W4000", "b", "W4899", "IDLE"), emitted(harness));
+            harness.setProcessingTime(6 * idleMs); // said once
+            harness.processWatermark(4_200L); // the source's, behind what was said: not passed on
+            harness.processElement("c", 6_000L);
+            harness.processElement("d", 6_100L);
+            harness.processWatermark(5_500L);
+            assertEquals(List.of("a", "W4000", "b", "W4899", "IDLE", "ACTIVE", "c\nd", "W5500"), emitted(harness));
+        }
+    }
+
+    @Test
+    void theSourcesIdleMarkIsNotPassedOnAndWithoutQuietAfterTheOutputIsNeverIdle() throws Exception {
+        try (var harness = harnessOf(new RecordBundler(100, NEVER_MS, false, NO_CEILING))) {
+            harness.processWatermarkStatus(WatermarkStatus.IDLE); // a source before its first watermark
+            harness.processElement("a", 5_000L);
+            harness.setProcessingTime(NEVER_MS * 10);
+            harness.processElement("b", 6_000L);
+            harness.endInput();
+            assertEquals(List.of("a", "b"), emitted(harness)); // "a" when its delay ran out
         }
     }
 }

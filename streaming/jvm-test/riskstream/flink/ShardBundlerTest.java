@@ -14,6 +14,7 @@ import org.apache.flink.api.java.tuple.Tuple2;
 import org.apache.flink.api.java.typeutils.TupleTypeInfo;
 import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.streaming.runtime.watermarkstatus.WatermarkStatus;
 import org.apache.flink.streaming.util.OneInputStreamOperatorTestHarness;
 import org.junit.jupiter.api.Test;
 
@@ -39,8 +40,11 @@ class ShardBundlerTest {
         }
     }
 
-    /** A bundle as "shard: lines", its bytes decoded from UTF-8, a watermark as "W time". */
+    /** A bundle as "shard: lines", its bytes decoded from UTF-8, a watermark as "W time", a status as IDLE or ACTIVE. */
     private static String describe(Object element) {
+        if (element instanceof WatermarkStatus) {
+            return ((WatermarkStatus) element).isIdle() ? "IDLE" : "ACTIVE";
+        }
         if (element instanceof Watermark) {
             return "W " + ((Watermark) element).getTimestamp();
         }
@@ -160,6 +164,30 @@ class ShardBundlerTest {
             process(harness, "3\tc");
             harness.processWatermark(new Watermark(6_000));
             assertEquals(List.of("1: 1\tb", "3: 3\ta", "W 5000", "3: 3\tc", "W 6000"), output(harness));
+        }
+    }
+
+    @Test
+    void passesAnIdleMarkOnOnlyOnceTheInputHasStayedIdleForIdleDelayMs() throws Exception {
+        long idleDelayMs = 1_000;
+        var bundler = new ShardBundler(100, NEVER_MS, idleDelayMs);
+        try (var harness = new OneInputStreamOperatorTestHarness<byte[], Tuple2<Integer, byte[]>>(bundler)) {
+            harness.setProcessingTime(0);
+            harness.open();
+            process(harness, "0\ta");
+            harness.processWatermark(new Watermark(5_000));
+            harness.processWatermarkStatus(WatermarkStatus.IDLE);
+            harness.setProcessingTime(idleDelayMs - 1);
+            assertEquals(List.of("0: 0\ta", "W 5000"), output(harness)); // not yet
+            harness.processWatermarkStatus(WatermarkStatus.ACTIVE); // active again: this spell's mark never goes
+            harness.processWatermarkStatus(WatermarkStatus.IDLE);
+            harness.setProcessingTime(idleDelayMs);
+            assertEquals(List.of("0: 0\ta", "W 5000"), output(harness));
+            harness.setProcessingTime(2 * idleDelayMs - 1);
+            assertEquals(List.of("0: 0\ta", "W 5000", "IDLE"), output(harness));
+            process(harness, "1\tb"); // a line makes it active again
+            harness.endInput();
+            assertEquals(List.of("0: 0\ta", "W 5000", "IDLE", "ACTIVE", "1: 1\tb"), output(harness));
         }
     }
 

@@ -7,6 +7,7 @@ import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.BoundedOneInput;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.runtime.watermarkstatus.WatermarkStatus;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 
 /**
@@ -39,6 +40,19 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * ended or the job was stopped with a savepoint (then: the records before the savepoint). Flink
  * keeps accumulators per execution attempt, so after a restart it counts from the restored
  * checkpoint on.
+ *
+ * <p>After {@link #quietAfter}, once no record has come for between {@code idleMs} and twice that,
+ * the operator emits the watermark of every record it has seen (the largest timestamp, less the
+ * source's out-of-orderness bound and 1 ms, as Flink's bounded-out-of-orderness watermarks), and
+ * {@code idleMs} later, still without a record, marks its output idle (Flink's {@link
+ * WatermarkStatus}); before its next record, active again.
+ * Without {@link #quietAfter} its output is never idle.
+ * An operator downstream that joins this stream with another then takes its event time from the
+ * other alone while this one is quiet. The source does neither for a watched folder: when a file's
+ * split ends, Flink 2.2 drops that split's watermark output, losing what the split read since the
+ * last periodic watermark, and the source stays active at that watermark, holding back every
+ * event-time timer downstream until another file comes. As with Flink's own idleness, a record
+ * that comes after a quiet spell with an event time below the watermark is late.
  */
 public final class RecordBundler extends AbstractStreamOperator<byte[]>
         implements OneInputStreamOperator<String, byte[]>, BoundedOneInput {
@@ -53,6 +67,8 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
     private final boolean sequenced;
     private final long maxRecordsPerSecond;
     private final String accumulator;
+    private long idleMs;
+    private long outOfOrdernessMs;
     private transient long nextRecordDueNanos;
     private transient String stream;
     private transient StringBuilder bundle;
@@ -61,6 +77,12 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
     // of a bundle already emitted (full, or before a barrier) does not emit a later one early.
     private transient long bundleNumber;
     private transient LongCounter recordsRead;
+    // Idleness: whether a record came since the last check, and whether this operator found its
+    // input quiet (and said so to the operators after it).
+    private transient boolean recordSinceCheck;
+    private transient boolean quiet;
+    private transient long maxTimestamp;
+    private transient long lastWatermark;
 
     public RecordBundler(int maxRecords, long maxDelayMs, boolean sequenced, long maxRecordsPerSecond) {
         this(maxRecords, maxDelayMs, sequenced, maxRecordsPerSecond, RECORDS_READ);
@@ -79,6 +101,20 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
         this.accumulator = accumulator;
     }
 
+    /**
+     * Makes this operator emit its records' watermark and mark its output idle once its input has
+     * been quiet for {@code idleMs} milliseconds (> 0), its records' timestamps being event times
+     * whose source's watermarks trail them by {@code outOfOrdernessMs} (>= 0). Returns this operator.
+     */
+    public RecordBundler quietAfter(long idleMs, long outOfOrdernessMs) {
+        if (idleMs < 1 || outOfOrdernessMs < 0) {
+            throw new IllegalArgumentException("idleMs must be >= 1 and outOfOrdernessMs >= 0");
+        }
+        this.idleMs = idleMs;
+        this.outOfOrdernessMs = outOfOrdernessMs;
+        return this;
+    }
+
     @Override
     public void open() throws Exception {
         super.open();
@@ -87,6 +123,11 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
         getRuntimeContext().addAccumulator(accumulator, recordsRead);
         stream = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask() + "-"
                 + Long.toHexString(new java.security.SecureRandom().nextLong());
+        maxTimestamp = Long.MIN_VALUE;
+        lastWatermark = Long.MIN_VALUE;
+        if (idleMs > 0) {
+            scheduleIdleCheck();
+        }
     }
 
     @Override
@@ -95,6 +136,14 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
             waitForTurn();
         }
         recordsRead.add(1L);
+        recordSinceCheck = true;
+        if (element.hasTimestamp() && element.getTimestamp() > maxTimestamp) {
+            maxTimestamp = element.getTimestamp();
+        }
+        if (quiet) {
+            quiet = false;
+            output.emitWatermarkStatus(WatermarkStatus.ACTIVE);
+        }
         if (count > 0) {
             bundle.append('\n');
         } else if (sequenced) {
@@ -128,7 +177,42 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
     @Override
     public void processWatermark(Watermark mark) throws Exception {
         emit();
-        super.processWatermark(mark);
+        if (mark.getTimestamp() > lastWatermark) { // after a quiet spell the source's can be behind
+            lastWatermark = mark.getTimestamp();
+            super.processWatermark(mark);
+        }
+    }
+
+    /**
+     * Its output's status is its own, from its records alone: the source's can say idle while its
+     * records flow (before a split's first periodic watermark), and a split read whole between two
+     * periodic watermarks never makes it active.
+     */
+    @Override
+    public void processWatermarkStatus(WatermarkStatus status) {
+    }
+
+    private void scheduleIdleCheck() {
+        long now = getProcessingTimeService().getCurrentProcessingTime();
+        getProcessingTimeService().registerTimer(now + idleMs, time -> checkIdle());
+    }
+
+    // A first check without a record since the last one emits the watermark; the next, the idle
+    // mark: a Python operator after this one holds a watermark until its current bundle of work is
+    // done and drops it if an idle mark has passed meanwhile (PyFlink 2.2).
+    private void checkIdle() {
+        if (!recordSinceCheck && !quiet) {
+            emit();
+            if (maxTimestamp != Long.MIN_VALUE && maxTimestamp - outOfOrdernessMs - 1 > lastWatermark) {
+                lastWatermark = maxTimestamp - outOfOrdernessMs - 1;
+                output.emitWatermark(new Watermark(lastWatermark));
+            } else {
+                quiet = true;
+                output.emitWatermarkStatus(WatermarkStatus.IDLE);
+            }
+        }
+        recordSinceCheck = false;
+        scheduleIdleCheck();
     }
 
     @Override

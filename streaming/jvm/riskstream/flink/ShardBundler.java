@@ -15,6 +15,7 @@ import org.apache.flink.streaming.api.operators.BoundedOneInput;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.streaming.runtime.watermarkstatus.WatermarkStatus;
 
 /**
  * Bundles {@link LabelRouter}'s lines per shard, so Python is called once per bundle of a shard
@@ -31,6 +32,12 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * the end of input. Nothing is held across a checkpoint, so the operator needs no state, and no line
  * is ever behind a watermark that passed it. Lines are never reordered within a shard, dropped or
  * changed.
+ *
+ * <p>An idle mark (Flink's {@link WatermarkStatus}) from upstream is passed on only once the input
+ * has stayed idle for {@code idleDelayMs} more: the Python operator after this one holds a
+ * watermark until its current bundle of work is done, and drops it if an idle mark has passed
+ * meanwhile (PyFlink 2.2, AbstractPythonFunctionOperator), which would leave event time downstream
+ * behind for as long as the input stays quiet. An active mark, or a line, ends the hold.
  */
 public final class ShardBundler extends AbstractStreamOperator<Tuple2<Integer, byte[]>>
         implements OneInputStreamOperator<byte[], Tuple2<Integer, byte[]>>, BoundedOneInput {
@@ -38,8 +45,14 @@ public final class ShardBundler extends AbstractStreamOperator<Tuple2<Integer, b
     private static final long serialVersionUID = 1L;
     private final int maxRecords;
     private final long maxDelayMs;
+    private final long idleDelayMs;
     // By shard, so that flushing all of them goes in ascending shard order.
     private transient TreeMap<Integer, Pending> pending;
+    // Whether the input is idle, whether this operator said so downstream, and a count of idle
+    // spells, so that the timer of a spell already over does not say idle in a later one early.
+    private transient boolean inputIdle;
+    private transient boolean saidIdle;
+    private transient long idleSpell;
 
     /** One shard's bundle being filled. */
     private static final class Pending {
@@ -57,11 +70,20 @@ public final class ShardBundler extends AbstractStreamOperator<Tuple2<Integer, b
      *     0 emits every line as it comes)
      */
     public ShardBundler(int maxRecords, long maxDelayMs) {
-        if (maxRecords < 1 || maxDelayMs < 0) {
-            throw new IllegalArgumentException("maxRecords must be >= 1, maxDelayMs >= 0");
+        this(maxRecords, maxDelayMs, 0L);
+    }
+
+    /**
+     * @param idleDelayMs how long an idle input stays idle before this operator says so downstream,
+     *     ms of processing time (>= 0)
+     */
+    public ShardBundler(int maxRecords, long maxDelayMs, long idleDelayMs) {
+        if (maxRecords < 1 || maxDelayMs < 0 || idleDelayMs < 0) {
+            throw new IllegalArgumentException("maxRecords must be >= 1, maxDelayMs and idleDelayMs >= 0");
         }
         this.maxRecords = maxRecords;
         this.maxDelayMs = maxDelayMs;
+        this.idleDelayMs = idleDelayMs;
     }
 
     /**
@@ -87,6 +109,9 @@ public final class ShardBundler extends AbstractStreamOperator<Tuple2<Integer, b
      */
     @Override
     public void processElement(StreamRecord<byte[]> element) throws Exception {
+        if (inputIdle) {
+            beActive();
+        }
         byte[] line = element.getValue();
         int shard = shardOf(line);
         Pending bundle = pending.computeIfAbsent(shard, s -> new Pending());
@@ -123,6 +148,36 @@ public final class ShardBundler extends AbstractStreamOperator<Tuple2<Integer, b
     public void processWatermark(Watermark mark) throws Exception {
         emitAll();
         super.processWatermark(mark);
+    }
+
+    /** Passes an idle mark on after {@code idleDelayMs}, unless the input is active again by then. */
+    @Override
+    public void processWatermarkStatus(WatermarkStatus status) {
+        if (!status.isIdle()) {
+            beActive();
+        } else if (!inputIdle) {
+            inputIdle = true;
+            long spell = ++idleSpell;
+            long now = getProcessingTimeService().getCurrentProcessingTime();
+            getProcessingTimeService().registerTimer(now + idleDelayMs, time -> sayIdle(spell));
+        }
+    }
+
+    private void sayIdle(long spell) {
+        if (spell == idleSpell && inputIdle && !saidIdle) {
+            emitAll();
+            saidIdle = true;
+            output.emitWatermarkStatus(WatermarkStatus.IDLE);
+        }
+    }
+
+    private void beActive() {
+        inputIdle = false;
+        idleSpell++;
+        if (saidIdle) {
+            saidIdle = false;
+            output.emitWatermarkStatus(WatermarkStatus.ACTIVE);
+        }
     }
 
     /** Emits every pending bundle at the end of a bounded input. */
