@@ -131,7 +131,8 @@ class LocalCluster:
 
     def down(self) -> None:
         """Stops every JobManager and TaskManager of this cluster, and kills what the scripts could
-        not stop (for example a TaskManager whose pid file went stale), with its Python workers."""
+        not stop (for example a TaskManager whose pid file went stale), with its Python workers,
+        and any Python worker a TaskManager that died earlier left behind."""
         if (self.state_dir / "lib").is_dir():  # the scripts need it
             self._script("taskmanager.sh", "stop-all")
             self._script("jobmanager.sh", "stop-all")
@@ -140,6 +141,23 @@ class LocalCluster:
             time.sleep(0.5)
         for pid in self.processes():
             kill_tree(pid)
+        for pid in self.python_workers():
+            kill_tree(pid)
+
+    def python_workers(self) -> list[int]:
+        """Pids of the Python workers this cluster's TaskManagers started (pyflink's beam_boot,
+        with the FLINK_CONF_DIR they inherited), running or left behind by a TaskManager that died."""
+        conf_dir = str(self.conf_dir.resolve())
+        found = []
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            if "pyflink.fn_execution.beam.beam_boot" not in (process.info["cmdline"] or ()):
+                continue
+            try:
+                if process.environ().get("FLINK_CONF_DIR") == conf_dir:
+                    found.append(process.pid)
+            except psutil.Error:  # ended meanwhile, or not ours to read
+                continue
+        return found
 
     def run_in_foreground(self, role: str, overrides: dict[str, str] | None = None) -> None:
         """Becomes one JobManager or TaskManager (`role`) of this cluster, logging to the console:
@@ -220,7 +238,9 @@ def submit_command(profile: Path, rest_address: str, overrides: list[str] | tupl
     resumes from that savepoint or retained checkpoint. Run it with `LocalCluster.client_environment()`
     (Flink's client settings and class path)."""
     command = [str(flink_home() / "bin" / "flink"), "run", "--detached", "--jobmanager", rest_address,
-               "--pyClientExecutable", python, "--pyExecutable", python]
+               "--pyClientExecutable", python,
+               # The workers' interpreter (streaming/python_worker.py), as the job's own settings say.
+               "--pyExecutable", str(Path(python).with_name("riskstream-python-worker"))]
     if from_path is not None:
         command += ["--fromSavepoint", from_path]
     command += ["--pyModule", ENTRY_MODULE, "--config", str(Path(profile).resolve())]

@@ -29,6 +29,12 @@ def job_jars(settings: Settings) -> list[Path]:
     return [*jars, *map(Path, settings.flink.jars)]
 
 
+def python_worker_executable() -> Path:
+    """This environment's `riskstream-python-worker` (streaming/python_worker.py): its Python, with
+    a watchdog that ends each worker when the JVM that started it dies."""
+    return Path(sys.executable).with_name("riskstream-python-worker")
+
+
 def flink_options(settings: Settings) -> dict[str, str]:
     """Flink's configuration keys for the job (strings, as Flink takes them); the Python workers
     use this interpreter and its packages. The same keys apply on a mini-cluster and when the job is
@@ -42,7 +48,7 @@ def flink_options(settings: Settings) -> dict[str, str]:
         "taskmanager.numberOfTaskSlots": str(2 * flink.parallelism),  # preparing and scoring groups
         "pipeline.max-parallelism": str(flink.max_parallelism),
         "python.execution-mode": flink.python_execution_mode,
-        "python.executable": sys.executable,
+        "python.executable": str(python_worker_executable()),
         "python.client.executable": sys.executable,
         # Thread mode embeds CPython in the JVM, which does not read the virtual environment.
         "python.pythonpath": ":".join(site.getsitepackages()),

@@ -5,11 +5,15 @@ the final models are bit for bit those of a run without failures."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from streaming import kafka_tools
+from streaming import cluster, kafka_tools
 from streaming.config import load_settings
 from streaming.outputs import latest_snapshots
 from tests import failover_drill
@@ -130,6 +134,40 @@ def assert_analytics_as_without_failures(settings, committed):
     assert late_records(committed_lines(settings.kafka.late_topic)) == late
     assert late, "the delayed records should give late ones"
 
+
+
+def test_a_taskmanager_jvm_killed_alone_takes_its_python_workers_with_it(session_cluster, drill, stream, reference):
+    """Only the TaskManager's JVM SIGKILLed (as the kernel's OOM killer does), mid-run: its Python
+    workers are gone within 10 s (streaming/python_worker.py), and with a new TaskManager the job
+    still ends with every record exactly once."""
+    settings, overrides = drill
+    local = session_cluster.cluster
+    run = failover_drill.DrillRun(job_id=failover_drill.submit(local, overrides))
+    watch = failover_drill.Watch(local, run)
+    watch.until("2000 records in the attempt", lambda: watch.attempt_records() >= 2000, 600)
+    [taskmanager] = local.taskmanager_pids()
+    workers = [pid for pid in cluster.descendants(taskmanager) if pid in local.python_workers()]
+    assert len(workers) >= 2, "process mode at parallelism 2 runs a worker per Python task"
+
+    os.kill(taskmanager, signal.SIGKILL)
+    killed_at = time.monotonic()
+    local.start_taskmanager(session_cluster.overrides)  # as a supervisor would
+    while any(alive(pid) for pid in workers) and time.monotonic() - killed_at < 10:
+        time.sleep(0.2)
+    left = [pid for pid in workers if alive(pid)]
+    assert left == [], f"Python workers {left} outlived their TaskManager by 10 s"
+
+    watch.until_finished(600)
+    committed = failover_drill.read_committed(settings)
+    assert_exactly_once_with_reference_models(settings, stream, reference, committed)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not yet reaped by whoever adopted it, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 def test_stop_with_savepoint_and_resume_after_a_graph_change(session_cluster, drill, stream, reference):
     settings, overrides = drill
