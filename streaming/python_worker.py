@@ -5,8 +5,8 @@ the JVM that started it is gone.
 Flink starts a worker through a shell script (pyflink-udf-runner.sh: `$python -m
 pyflink.fn_execution.beam.beam_boot ...`), so the worker is the JVM's grandchild. When the
 TaskManager's JVM dies without stopping its workers (SIGKILL, the kernel's OOM killer), the script
-and the worker are re-parented and the worker lives on, holding its memory, until the machine is
-restarted: nothing in Beam's harness notices. The kernel's parent-death signal
+and the worker are re-parented and the worker lives on, holding its memory (7 minutes and more when
+measured, with no sign of ending): nothing in Beam's harness notices. The kernel's parent-death signal
 (PR_SET_PDEATHSIG) would not help: the worker's parent is the script, which outlives the JVM.
 So the watchdog checks once a second that the nearest `java` ancestor found at start (the
 TaskManager, or a mini-cluster's JVM) still runs, the same process by its start time, and ends the
@@ -58,8 +58,9 @@ def watch(jvm: psutil.Process) -> None:
             time.sleep(CHECK_EVERY_S)
     except psutil.NoSuchProcess:  # reaped between the two checks
         pass
-    # One line for the boot log, written straight to the file descriptor without waiting: Beam's
-    # harness routes sys.stderr to the dead JVM, and a write there could block this thread forever.
+    # One line for the boot log, written straight to the file descriptor without waiting: a print
+    # to sys.stderr at this point kept workers alive here (the thread never reached the exit once
+    # the JVM was gone), so nothing may wait or raise before the exit.
     try:
         os.set_blocking(2, False)
         os.write(2, f"riskstream: the JVM that started this Python worker (pid {jvm.pid}) has ended; "
