@@ -171,6 +171,7 @@ def assert_labels_learned_as_the_inputs_say(stream: list[dict], label_lines: lis
 
 
 def read_label_or_none(line: bytes):
+    """The label on `line`, or None when the job dead-letters it as unreadable."""
     try:
         return read_label(line, 65_536)
     except Rejected:
@@ -343,11 +344,13 @@ def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluste
     try:
         drop(transactions_in, "transactions.jsonl", [json.dumps(r).encode() for r in stream])
         logged = figures_when(lambda f: f.get("feature_log_records") == len(stream), 120)
-        time.sleep(3)  # the transactions' side is idle by now: still nothing expired, all within one TTL
+        # Time for the quiet transactions' side to send its last watermark and go idle (1-3 s at an
+        # idleness of 1 s): still nothing expired, all within one TTL.
+        time.sleep(3)
         still_logged = figures_when(lambda f: True, 0)
         drop(labels_in, "labels.jsonl", label_lines)
         emptied = figures_when(lambda f: f.get("feature_log_records") == 0 and f.get("labels_read") == len(label_lines), 120)
-        committed = figures_when(lambda f: sum(1 for _ in committed_lines(output / "learning"))
+        final = figures_when(lambda f: sum(1 for _ in committed_lines(output / "learning"))
                                  + sum(1 for _ in committed_lines(output / "label-dead-letters")) == len(label_lines), 60)
         state = status(rest_address, job_id, capsys)["state"]
     finally:
@@ -361,4 +364,4 @@ def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluste
     assert_outcomes_as_the_inputs_say(stream, label_lines, out, "stream")
     # A transaction whose label never came is counted once, when its route is forgotten.
     labelled = {label.txn_id for label in map(read_label_or_none, label_lines) if label is not None}
-    assert committed.get("unlabelled_transactions") == sum(r["txn_id"] not in labelled for r in stream) > 0, committed
+    assert final.get("unlabelled_transactions") == sum(r["txn_id"] not in labelled for r in stream) > 0, final
