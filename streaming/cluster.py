@@ -27,6 +27,7 @@ import psutil
 import yaml
 
 from streaming.config import PROJECT_ROOT, ConfigError, ServiceUnreachable
+from streaming.flink_options import python_worker_executable
 from udfs.live_metrics import DEAD_LETTER_STAGES
 
 JOB_NAME = "riskstream-scoring"
@@ -238,9 +239,7 @@ def submit_command(profile: Path, rest_address: str, overrides: list[str] | tupl
     resumes from that savepoint or retained checkpoint. Run it with `LocalCluster.client_environment()`
     (Flink's client settings and class path)."""
     command = [str(flink_home() / "bin" / "flink"), "run", "--detached", "--jobmanager", rest_address,
-               "--pyClientExecutable", python,
-               # The workers' interpreter (streaming/python_worker.py), as the job's own settings say.
-               "--pyExecutable", str(Path(python).with_name("riskstream-python-worker"))]
+               "--pyClientExecutable", python, "--pyExecutable", str(python_worker_executable(python))]
     if from_path is not None:
         command += ["--fromSavepoint", from_path]
     command += ["--pyModule", ENTRY_MODULE, "--config", str(Path(profile).resolve())]

@@ -29,10 +29,10 @@ def job_jars(settings: Settings) -> list[Path]:
     return [*jars, *map(Path, settings.flink.jars)]
 
 
-def python_worker_executable() -> Path:
-    """This environment's `riskstream-python-worker` (streaming/python_worker.py): its Python, with
-    a watchdog that ends each worker when the JVM that started it dies."""
-    return Path(sys.executable).with_name("riskstream-python-worker")
+def python_worker_executable(python: str | Path = sys.executable) -> Path:
+    """The `riskstream-python-worker` beside the interpreter `python` (streaming/python_worker.py):
+    that Python, with a watchdog that ends each worker when the JVM that started it dies."""
+    return Path(python).with_name("riskstream-python-worker")
 
 
 def flink_options(settings: Settings) -> dict[str, str]:
