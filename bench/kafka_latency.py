@@ -43,9 +43,9 @@ SETTINGS = (
 def measure(setting: str, delivery: str, extra: list[str]) -> dict:
     from confluent_kafka import Consumer, Producer
 
-    from streaming import kafka_tools
     from streaming.config import load_settings
-    from streaming.from_settings import cleaning_rules
+    from streaming.config.from_settings import cleaning_rules
+    from streaming.ops import kafka_tools
     from udfs.generator import GeneratorSettings, generate
 
     run = uuid.uuid4().hex[:8]

@@ -21,10 +21,9 @@ from pathlib import Path
 import orjson
 
 from streaming.config import load_settings
-from streaming.outputs import file_records
-from streaming.from_settings import transaction_reader, model_scorer
+from streaming.config.from_settings import model_scorer, transaction_reader
+from streaming.reporting.outputs import file_records
 from udfs.cleaning import SCHEMA_VERSION
-
 
 BATCH = 1_000
 

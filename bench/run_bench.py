@@ -50,7 +50,7 @@ import psutil
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))  # bench.kafka_latency, when run as a script
-from streaming.outputs import committed_lines
+from streaming.reporting.outputs import committed_lines  # noqa: E402 (after the path is set)
 
 PROFILE = PROJECT / "conf" / "bench.yaml"
 OUT = PROJECT / "out"
@@ -228,13 +228,13 @@ def failover_bench(records: int = 200_000, records_per_second: int = 5000) -> di
     (a missed moment is tried again), and whether the committed output held each record exactly once."""
     import tempfile
 
-    from streaming import cluster, kafka_tools
     from streaming.config import load_settings
-    from tests import failover_drill
+    from streaming.ops import drill as failover_drill
+    from streaming.ops import kafka_tools, local_cluster
     from udfs.generator import GeneratorSettings, generate
 
-    overrides_of_cluster = cluster.flink_overrides(PROJECT / "conf" / "flink" / "test.yaml")
-    local = cluster.LocalCluster.of_project(PROJECT)
+    overrides_of_cluster = local_cluster.flink_overrides(PROJECT / "conf" / "flink" / "test.yaml")
+    local = local_cluster.LocalCluster.of_project(PROJECT)
     started_cluster = local.up(overrides_of_cluster)
     with tempfile.TemporaryDirectory(dir=PROJECT / "var") as state_dir:
         overrides = [*kafka_tools.isolated_overrides("bench-failover"),
@@ -273,7 +273,7 @@ def recovery_times_s(kills: list, settings) -> list[float]:
     """For each of `kills` (failover_drill.Kill, on the topics of `settings`): seconds from the kill
     to the first score computed after it (scored_at), among all the scores the job wrote, committed
     or not (a later kill may abort the first ones)."""
-    from streaming import kafka_tools
+    from streaming.ops import kafka_tools
 
     scored_at = sorted(json.loads(value)["scored_at"] for _, _, _, value in kafka_tools.tail(
         settings, settings.kafka.scores_topic, idle_timeout_s=5, committed_only=False))

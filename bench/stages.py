@@ -19,8 +19,8 @@ from itertools import islice
 from pathlib import Path
 
 from streaming.config import load_settings
-from streaming.from_settings import model_scorer, transaction_reader
-from streaming.outputs import file_records
+from streaming.config.from_settings import model_scorer, transaction_reader
+from streaming.reporting.outputs import file_records
 from udfs.batch_cleaning import clean_batch
 from udfs.cleaning import Rejected
 from udfs.pipeline import RecordBatch

@@ -24,9 +24,10 @@ import json
 import sys
 import time
 
-from streaming import cluster
 from streaming.config import DEFAULT_PROFILES, load_settings, profile_from_environment
-from tests import failover_drill
+from streaming.job import identity
+from streaming.ops import drill as failover_drill
+from streaming.ops import rest
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
 
@@ -40,7 +41,7 @@ def wait_for(what: str, condition, timeout_s: float, poll_s: float = 1.0):
     while time.monotonic() < deadline:
         try:
             value = condition()
-        except cluster.ClusterError:  # the JobManager is briefly busy, e.g. while the job restarts
+        except rest.ClusterError:  # the JobManager is briefly busy, e.g. while the job restarts
             value = None
         if value:
             return value
@@ -50,10 +51,10 @@ def wait_for(what: str, condition, timeout_s: float, poll_s: float = 1.0):
 
 def running_job(url: str) -> str | None:
     """The id of the one scoring job, once it and all its tasks run."""
-    jobs = cluster.scoring_jobs(url)
+    jobs = rest.scoring_jobs(url)
     if len(jobs) != 1:
         return None
-    job = cluster.rest(url, "GET", f"/jobs/{jobs[0]}")
+    job = rest.rest(url, "GET", f"/jobs/{jobs[0]}")
     running = job["state"] == "RUNNING" and all(vertex["status"] == "RUNNING" for vertex in job["vertices"])
     return job["jid"] if running else None
 
@@ -119,15 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.check == "job":
             print(wait_for("a running riskstream-scoring job", lambda: running_job(url), args.timeout))
         elif args.check == "one-job":
-            jobs = cluster.scoring_jobs(url)
+            jobs = rest.scoring_jobs(url)
             if len(jobs) != 1:
-                raise CheckFailed(f"{len(jobs)} {cluster.JOB_NAME} jobs have not ended; expected one")
-            print(f"one {cluster.JOB_NAME} job: {jobs[0]}")
+                raise CheckFailed(f"{len(jobs)} {identity.JOB_NAME} jobs have not ended; expected one")
+            print(f"one {identity.JOB_NAME} job: {jobs[0]}")
         elif args.check == "phase-checkpoint":
-            job_id = cluster.scoring_jobs(url)[0]
+            job_id = rest.scoring_jobs(url)[0]
 
             def completed_in_phase():
-                latest = (cluster.rest(url, "GET", f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("completed")
+                latest = (rest.rest(url, "GET", f"/jobs/{job_id}/checkpoints").get("latest") or {}).get("completed")
                 return latest if latest and latest["trigger_timestamp"] > args.since_ms else None
 
             checkpoint = wait_for("a checkpoint of this phase", completed_in_phase, args.timeout, poll_s=0.2)
@@ -137,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"checkpoint {checkpoint['id']} of this phase completed; {committed:,} of {args.total:,} "
                   "records committed")
         elif args.check == "restored":
-            job_id = cluster.scoring_jobs(url)[0]
+            job_id = rest.scoring_jobs(url)[0]
 
             def restored():
-                counts = cluster.rest(url, "GET", f"/jobs/{job_id}/checkpoints")
+                counts = rest.rest(url, "GET", f"/jobs/{job_id}/checkpoints")
                 return counts if counts["counts"]["restored"] >= 1 and running_job(url) == job_id else None
 
             answer = wait_for("the job to restore from a checkpoint", restored, args.timeout)

@@ -42,9 +42,22 @@ from typing import Annotated, Any, Callable, Sequence
 
 import msgspec
 
-from udfs.cleaning import (COUNTRY_CODE, CURRENCY_CODE, MAX_EVENT_TIME_MS, OPTIONAL_FIELDS, REQUIRED_FIELDS,
-                           CleaningRules, Rejected, _amount, _normalized_text, clean, decode,
-                           epoch_millis, parse, pseudonymize)
+from udfs.cleaning import (
+    COUNTRY_CODE,
+    CURRENCY_CODE,
+    MAX_EVENT_TIME_MS,
+    OPTIONAL_FIELDS,
+    REQUIRED_FIELDS,
+    CleaningRules,
+    Rejected,
+    _amount,
+    _normalized_text,
+    clean,
+    decode,
+    epoch_millis,
+    parse,
+    pseudonymize,
+)
 
 # The contract fields in the order of `_Shape` and of `clean`'s missing-value checks.
 FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS

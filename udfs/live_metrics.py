@@ -1,4 +1,4 @@
-"""The figures the job reports as Flink metrics while it runs (pure Python; streaming/job.py
+"""The figures the job reports as Flink metrics while it runs (pure Python; streaming/job/
 registers them, README "Monitoring" lists them).
 
 They are counted once per bundle or batch, never per record, so that the hot path pays a few

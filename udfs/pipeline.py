@@ -525,7 +525,7 @@ class ModelScorer:
     def new_table(self) -> ModelTable:
         """An empty table of models for `score_columns`."""
         # Imported here, not with this module: numba takes 0.3 s to import, and only the
-        # scoring side needs it (see also streaming/pyflink_internals.py).
+        # scoring side needs it (see also streaming/job/pyflink_internals.py).
         from udfs.compiled_model import ModelTable
 
         return ModelTable(len(self.feature_names), self.standardized)

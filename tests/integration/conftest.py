@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streaming.config import Settings, load_settings
-from streaming.outputs import committed_lines
+from streaming.reporting.outputs import committed_lines
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
@@ -34,7 +34,7 @@ def run_scoring_job(workdir: Path, lines: list[bytes], *overrides: str,
                     file_name: str = "transactions.jsonl") -> JobOutputs:
     """Writes `lines` to one input file, `workdir / file_name`, runs the real job on it with the
     local profile plus `overrides`, and returns everything it committed."""
-    from streaming.job import run_job  # imports pyflink: only the integration tier pays for it
+    from streaming.job.graph import run_job  # imports pyflink: only the integration tier pays for it
 
     workdir.mkdir(parents=True, exist_ok=True)
     source = workdir / file_name
@@ -64,7 +64,7 @@ def scoring_job():
 def kafka_isolation():
     """Overrides giving this test topics, a consumer group and transactional ids of its own; the
     topics are deleted afterwards so the broker does not accumulate them."""
-    from streaming import kafka_tools
+    from streaming.ops import kafka_tools
 
     overrides = kafka_tools.isolated_overrides("test")
     yield overrides
@@ -79,22 +79,22 @@ def kafka_settings(kafka_isolation):
 
 @dataclass
 class SessionCluster:
-    cluster: Any  # streaming.cluster.LocalCluster
+    cluster: Any  # streaming.ops.local_cluster.LocalCluster
     overrides: dict[str, str]  # conf/flink/test.yaml: also given to TaskManagers started later
 
     def cancel_jobs(self) -> None:
         """Cancels every job on the cluster that has not ended."""
-        from streaming import cluster
+        from streaming.ops import rest
 
-        for job in cluster.unended_jobs(self.cluster.rest_url):
-            cluster.cancel(self.cluster.rest_url, job["jid"])
+        for job in rest.unended_jobs(self.cluster.rest_url):
+            rest.cancel(self.cluster.rest_url, job["jid"])
 
 
 @pytest.fixture(scope="session")
 def session_cluster():
     """The local session cluster with the test overrides (short heartbeats); started here unless
     one is already up, and then stopped here."""
-    from streaming.cluster import LocalCluster, flink_overrides
+    from streaming.ops.local_cluster import LocalCluster, flink_overrides
 
     overrides = flink_overrides(PROJECT / "conf" / "flink" / "test.yaml")
     local = LocalCluster.of_project(PROJECT)

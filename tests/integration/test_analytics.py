@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming.outputs import committed_lines, summarize
+from streaming.reporting.outputs import committed_lines, summarize
 from tests.analytics_reference import (
     SPECS,
     analytics_overrides,
@@ -21,6 +21,7 @@ from tests.analytics_reference import (
 from udfs.generator import GeneratorSettings, generate
 
 from .conftest import run_scoring_job
+
 
 @pytest.fixture(scope="module")
 def analytics_run(tmp_path_factory):

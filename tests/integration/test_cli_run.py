@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from streaming.outputs import committed_lines
+from streaming.reporting.outputs import committed_lines
 from tests.cli import PROJECT, assert_one_line_failure, riskstream, shell, tree_bytes
 from udfs.generator import GeneratorSettings, generate
 

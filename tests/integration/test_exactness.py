@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from streaming.job import FINAL_SNAPSHOTS_PER_BUNDLE
+from streaming.job.graph import FINAL_SNAPSHOTS_PER_BUNDLE
 from udfs.generator import GeneratorSettings, generate
 
 FEATURES = ("a", "b", "c", "d")
@@ -123,7 +123,7 @@ def test_out_of_order_and_late_records_are_all_learned_in_arrival_order(tmp_path
 
 def test_a_shard_of_thousands_of_keys_writes_one_final_snapshot_per_key(tmp_path, scoring_job):
     # One shard holding thousands of keys: its end-of-input snapshots leave in several bundles
-    # (streaming/job.py, FINAL_SNAPSHOTS_PER_BUNDLE), and none may be lost or repeated.
+    # (streaming/job/, FINAL_SNAPSHOTS_PER_BUNDLE), and none may be lost or repeated.
     lines = list(generate(GeneratorSettings(records=8000, seed=44, accounts=3000)))
     outputs = scoring_job(tmp_path, lines, "model.key=account_id", "performance.shards=1",
                           "model.snapshot_every=1000000")

@@ -13,10 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from streaming import cluster, kafka_tools
 from streaming.config import load_settings
-from streaming.outputs import latest_snapshots
-from tests import failover_drill
+from streaming.job import identity
+from streaming.ops import drill as failover_drill
+from streaming.ops import kafka_tools, local_cluster, rest
+from streaming.reporting.outputs import latest_snapshots
 from tests.analytics_reference import (
     analytics_overrides,
     delay_event_times,
@@ -138,7 +139,7 @@ def assert_analytics_as_without_failures(settings, committed):
 
 def test_a_taskmanager_jvm_killed_alone_takes_its_python_workers_with_it(session_cluster, drill, stream, reference):
     """Only the TaskManager's JVM SIGKILLed (as the kernel's OOM killer does), mid-run: its Python
-    workers are gone within 10 s (streaming/python_worker.py), and with a new TaskManager the job
+    workers are gone within 10 s (streaming/ops/python_worker.py), and with a new TaskManager the job
     still ends with every record exactly once."""
     settings, overrides = drill
     local = session_cluster.cluster
@@ -146,7 +147,7 @@ def test_a_taskmanager_jvm_killed_alone_takes_its_python_workers_with_it(session
     watch = failover_drill.Watch(local, run)
     watch.until("2000 records in the attempt", lambda: watch.attempt_records() >= 2000, 600)
     [taskmanager] = local.taskmanager_pids()
-    workers = [pid for pid in cluster.descendants(taskmanager) if pid in local.python_workers()]
+    workers = [pid for pid in local_cluster.descendants(taskmanager) if pid in local.python_workers()]
     assert len(workers) >= 2, "process mode at parallelism 2 runs a worker per Python task"
 
     os.kill(taskmanager, signal.SIGKILL)
@@ -196,23 +197,22 @@ def test_a_broker_restart_during_a_run_loses_and_duplicates_nothing(session_clus
 def new_jobs(session_cluster):
     """A function returning the ids of the jobs submitted to the cluster since this test began; the
     ones still running are cancelled afterwards, so a failed test leaves none behind."""
-    from streaming import cluster
+    from streaming.ops import rest
 
     rest_url = session_cluster.cluster.rest_url
-    before = {job["jid"] for job in cluster.rest(rest_url, "GET", "/jobs/overview")["jobs"]}
+    before = {job["jid"] for job in rest.rest(rest_url, "GET", "/jobs/overview")["jobs"]}
 
     def submitted() -> set[str]:
-        return {job["jid"] for job in cluster.rest(rest_url, "GET", "/jobs/overview")["jobs"]} - before
+        return {job["jid"] for job in rest.rest(rest_url, "GET", "/jobs/overview")["jobs"]} - before
 
     yield submitted
-    for job in cluster.unended_jobs(rest_url):
+    for job in rest.unended_jobs(rest_url):
         if job["jid"] not in before:
-            cluster.cancel(rest_url, job["jid"])
+            rest.cancel(rest_url, job["jid"])
 
 
 def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_cluster, kafka_isolation, tmp_path, capsys,
                                                                      monkeypatch, new_jobs):
-    from streaming import cluster
     from streaming.cli import main
     from streaming.config import PROFILE_ENV
 
@@ -226,16 +226,16 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
     options = ["--config", str(failover_drill.CLUSTER_PROFILE), *[arg for o in overrides for arg in ("--set", o)]]
 
     job_id, command = submit_and_wait_for_a_checkpoint(main, options, session_cluster, capsys)
-    assert "flink run --detached" in command and "--pyModule streaming.flink_main" in command
+    assert "flink run --detached" in command and "--pyModule streaming.job.flink_main" in command
 
     # A second submit while the job runs submits nothing: a second job would share the first one's
     # consumer group and transactional ids.
     assert main(["submit", *options]) == 0
     printed = capsys.readouterr()
-    assert printed.out.strip() == (f"job {job_id} ({cluster.JOB_NAME}) is already running on "
+    assert printed.out.strip() == (f"job {job_id} ({identity.JOB_NAME}) is already running on "
                                    f"{session_cluster.cluster.rest_url}; not submitting another"), printed
-    assert [job["jid"] for job in cluster.unended_jobs(session_cluster.cluster.rest_url)
-            if job["name"] == cluster.JOB_NAME] == [job_id]
+    assert [job["jid"] for job in rest.unended_jobs(session_cluster.cluster.rest_url)
+            if job["name"] == identity.JOB_NAME] == [job_id]
     assert new_jobs() == {job_id}
 
     assert main(["status"]) == 0
@@ -257,8 +257,8 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
     printed = capsys.readouterr()
     assert printed.out == "" and len(printed.err.strip().splitlines()) == 1, printed
     assert f"job {resumed} is running" in printed.err and "stop it first" in printed.err, printed.err
-    assert [job["jid"] for job in cluster.unended_jobs(session_cluster.cluster.rest_url)
-            if job["name"] == cluster.JOB_NAME] == [resumed]
+    assert [job["jid"] for job in rest.unended_jobs(session_cluster.cluster.rest_url)
+            if job["name"] == identity.JOB_NAME] == [resumed]
     assert new_jobs() == {job_id, resumed}
     assert main(["status", resumed]) == 0
     status = json.loads(capsys.readouterr().out)

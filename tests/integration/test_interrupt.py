@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from streaming.config import load_settings
-from streaming.outputs import committed_lines, count_file_records
+from streaming.reporting.outputs import committed_lines, count_file_records
 from tests.cli import RISKSTREAM, assert_one_line_failure, user_environment
 from tests.integration.conftest import LOCAL_PROFILE
 from tests.integration.test_cli_run import number, summary_figures
@@ -236,7 +236,7 @@ def test_ctrl_c_during_start_up_ends_the_command_in_one_line(tmp_path, after_jvm
 
 
 def test_records_read_counts_every_line_of_the_input_files(tmp_path):
-    from streaming.job import run_job
+    from streaming.job.graph import run_job
 
     lines = transactions(seed=91, records=700) + [b"", b"not json", b'{"unterminated": ']
     source = tmp_path / "transactions.jsonl"

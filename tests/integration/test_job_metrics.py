@@ -15,15 +15,14 @@ from pathlib import Path
 import orjson
 import yaml
 
-from streaming import cluster
 from streaming.cli import main
-from streaming.outputs import committed_lines, committed_parts
-from tests.integration.conftest import LOCAL_PROFILE, PROJECT
+from streaming.ops import local_cluster, rest
+from streaming.reporting.outputs import committed_lines, committed_parts
 from tests.analytics_reference import analytics_overrides, delay_event_times
+from tests.integration.conftest import LOCAL_PROFILE, PROJECT
 from udfs.generator import GeneratorSettings, generate
 from udfs.live_metrics import RECENT_LABELLED
 from udfs.metrics import log_loss
-
 
 
 def prometheus_ports() -> range:
@@ -93,7 +92,7 @@ def test_the_metrics_equal_the_committed_outputs(session_cluster, tmp_path, caps
                  f"flink.rest_address={rest_address}", *analytics_overrides(),
                  # One file: the source subtask without it holds the watermark back until it counts as idle.
                  "analytics.idleness_ms=2000"]
-    job_id = cluster.submit(session_cluster.cluster, cluster.submit_command(LOCAL_PROFILE, rest_address, overrides))
+    job_id = local_cluster.submit(session_cluster.cluster, local_cluster.submit_command(LOCAL_PROFILE, rest_address, overrides))
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -108,7 +107,7 @@ def test_the_metrics_equal_the_committed_outputs(session_cluster, tmp_path, caps
         prometheus = {name: prometheus_sum(job_id, f"flink_taskmanager_job_task_operator_riskstream_{name}")
                       for name in ("records_read", "scored", "stage_dead_lettered")}
     finally:
-        cluster.cancel(rest_url, job_id)
+        rest.cancel(rest_url, job_id)
 
     assert printed["state"] == "RUNNING"
     figures = printed["metrics"]

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from streaming import kafka_tools
-from streaming.outputs import latest_snapshots
-from tests import failover_drill
+from streaming.ops import drill as failover_drill
+from streaming.ops import kafka_tools
+from streaming.reporting.outputs import latest_snapshots
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
 RECORDS = 50_000
@@ -17,7 +17,7 @@ RECORDS = 50_000
 
 def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scoring_job, kafka_settings, kafka_isolation,
                                                                 capsys):
-    from streaming.job import run_job
+    from streaming.job.graph import run_job
 
     settings = kafka_settings.model_copy(update={
         "kafka": kafka_settings.kafka.model_copy(update={"bounded": True, "delivery": "exactly-once"}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from streaming import kafka_tools
+from streaming.ops import kafka_tools
 from udfs.generator import CATEGORIES, GeneratorSettings, generate
 
 

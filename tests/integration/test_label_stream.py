@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from streaming.config import load_settings
-from streaming.outputs import committed_lines
+from streaming.reporting.outputs import committed_lines
 from udfs.cleaning import Rejected
 from udfs.labels import LabelStreamSettings, generate_labels, read_label
 
@@ -52,7 +52,7 @@ def transactions(records: int, seed: int) -> list[dict]:
 
 
 def run(tmp_path: Path, stream: list[dict], label_lines: list[bytes], mode: str, parallelism: int, *overrides: str):
-    from streaming.job import run_job
+    from streaming.job.graph import run_job
 
     (tmp_path / "tx.jsonl").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in stream))
     (tmp_path / "labels.jsonl").write_bytes(b"".join(line + b"\n" for line in label_lines))
@@ -240,8 +240,8 @@ def test_run_prints_the_label_figures_of_a_label_stream(tmp_path):
 def test_labels_from_a_kafka_topic_are_learned_once_each_as_the_inputs_say(tmp_path, kafka_isolation):
     """The same through Kafka: transactions keyed by model key, labels keyed by txn_id on the labels
     topic, a bounded run with exactly-once outputs."""
-    from streaming import kafka_tools
-    from streaming.job import run_job
+    from streaming.job.graph import run_job
+    from streaming.ops import kafka_tools
 
     stream = transactions(3000, seed=8)
     label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
@@ -272,8 +272,8 @@ def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, k
     label once, with the outcome the inputs say (so a label whose transaction was scored before a
     kill is applied, never unknown), and the models equal the reference replayed in the committed
     log's order."""
-    from streaming import kafka_tools
-    from tests import failover_drill
+    from streaming.ops import drill as failover_drill
+    from streaming.ops import kafka_tools
 
     stream = transactions(20_000, seed=9)
     label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
@@ -309,7 +309,7 @@ def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluste
     event time, all within one TTL) are all logged; once labels' event time is past the last
     transaction's time plus the TTL, while the transactions' folder stays quiet, the gauge
     feature_log_records is 0 and every label is accounted for in the outputs."""
-    from streaming import cluster
+    from streaming.ops import local_cluster, rest
     from tests.integration.conftest import LOCAL_PROFILE
     from tests.integration.test_job_metrics import drop, status
 
@@ -340,7 +340,7 @@ def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluste
                 return figures
             time.sleep(0.5)
 
-    job_id = cluster.submit(session_cluster.cluster, cluster.submit_command(LOCAL_PROFILE, rest_address, overrides))
+    job_id = local_cluster.submit(session_cluster.cluster, local_cluster.submit_command(LOCAL_PROFILE, rest_address, overrides))
     try:
         drop(transactions_in, "transactions.jsonl", [json.dumps(r).encode() for r in stream])
         logged = figures_when(lambda f: f.get("feature_log_records") == len(stream), 120)
@@ -354,7 +354,7 @@ def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluste
                                  + sum(1 for _ in committed_lines(output / "label-dead-letters")) == len(label_lines), 60)
         state = status(rest_address, job_id, capsys)["state"]
     finally:
-        cluster.cancel(rest_url, job_id)
+        rest.cancel(rest_url, job_id)
 
     assert state == "RUNNING"
     assert logged["feature_log_records"] == still_logged["feature_log_records"] == len(stream), (logged, still_logged)

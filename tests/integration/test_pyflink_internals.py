@@ -1,4 +1,4 @@
-"""The private PyFlink APIs Riskstream relies on (streaming/pyflink_internals.py), each exercised, so
+"""The private PyFlink APIs Riskstream relies on (streaming/job/pyflink_internals.py), each exercised, so
 that a PyFlink upgrade that removes or changes one fails here, by name, rather than in a job."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 
-from streaming import pyflink_internals as internals
+from streaming.job import pyflink_internals as internals
 
 
 def test_a_kafka_job_graph_builds_through_the_java_builders_and_operators(kafka_settings):
@@ -14,7 +14,7 @@ def test_a_kafka_job_graph_builds_through_the_java_builders_and_operators(kafka_
     and java_strings (the Java KafkaSource builder), source_of and sink_of; the plan shows them all."""
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from streaming.job import build_job, flink_configuration
+    from streaming.job.graph import build_job, flink_configuration
 
     settings = kafka_settings.model_copy(update={"kafka": kafka_settings.kafka.model_copy(update={"bounded": True})})
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming.report import PLOT_HEIGHT_PX, PLOT_WIDTH_PX
+from streaming.reporting.report import PLOT_HEIGHT_PX, PLOT_WIDTH_PX
 from tests.cli import riskstream
 from udfs.generator import GeneratorSettings, generate
 from udfs.report_tables import report_window_ms

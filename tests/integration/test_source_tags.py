@@ -31,7 +31,7 @@ def test_a_path_with_backslashes_is_tagged_so_that_it_reads_back_whole(tmp_path)
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.java_gateway import get_gateway
 
-    from streaming.job import flink_configuration
+    from streaming.job.graph import flink_configuration
 
     path = tmp_path / "back\\slash\\new\ttab\nline\\t.jsonl"  # "\\n", "\\t": a backslash, then a letter
     path.write_bytes(b"first\nsecond")

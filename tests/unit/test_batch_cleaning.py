@@ -16,12 +16,11 @@ import msgspec
 import orjson
 import pytest
 
+from tests.records import VALID_RECORD
 from udfs import batch_cleaning
 from udfs.batch_cleaning import clean_batch
 from udfs.cleaning import CleaningRules, MissingPolicy, Rejected, clean, decode, parse
 from udfs.generator import MALFORMED_KINDS, GeneratorSettings, generate, generate_with_kinds, malformed
-
-from tests.records import VALID_RECORD
 
 BASE = VALID_RECORD
 DROP = object()  # `line(field=DROP)` leaves the field out

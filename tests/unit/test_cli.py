@@ -13,8 +13,15 @@ from datetime import datetime
 import pytest
 
 from streaming.config import PROFILE_ENV
-from tests.cli import (NOTHING_LISTENS, PROJECT, RISKSTREAM, assert_one_line_failure, riskstream, tree_bytes,
-                       user_environment)
+from tests.cli import (
+    NOTHING_LISTENS,
+    PROJECT,
+    RISKSTREAM,
+    assert_one_line_failure,
+    riskstream,
+    tree_bytes,
+    user_environment,
+)
 from udfs.labels import read_label
 
 LOCAL = str(PROJECT / "conf" / "local.yaml")

@@ -1,6 +1,6 @@
-"""Checkpointing settings and the Flink keys they become (streaming/config.py,
-streaming/flink_options.py), profiles that extend one another, the session cluster's helpers that
-need no Flink (streaming/cluster.py), and `riskstream model show` (streaming/cli.py)."""
+"""Checkpointing settings and the Flink keys they become (streaming/config/,
+streaming/config/flink_options.py), profiles that extend one another, the session cluster's helpers that
+need no Flink (streaming/ops/local_cluster.py, streaming/ops/rest.py), and `riskstream model show` (streaming/cli/)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streaming import cluster
 from streaming.cli import main
 from streaming.config import ConfigError, load_settings
-from streaming.flink_options import flink_options
-from streaming.outputs import latest_snapshot, latest_snapshots
+from streaming.config.flink_options import flink_options
+from streaming.ops import local_cluster, rest
+from streaming.reporting.outputs import latest_snapshot, latest_snapshots
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -99,34 +99,34 @@ def test_profiles_that_extend_each_other_fail_in_one_line(tmp_path):
 
 def test_the_rest_address_comes_from_flinks_config(tmp_path):
     (tmp_path / "config.yaml").write_text("rest:\n  address: 127.0.0.1\n  port: 18999\n")
-    assert cluster.LocalCluster(conf_dir=tmp_path).rest_url == "http://127.0.0.1:18999"
-    assert cluster.LocalCluster().rest_url == "http://127.0.0.1:18081"  # conf/flink, as the README says
+    assert local_cluster.LocalCluster(conf_dir=tmp_path).rest_url == "http://127.0.0.1:18999"
+    assert local_cluster.LocalCluster().rest_url == "http://127.0.0.1:18081"  # conf/flink, as the README says
 
 
 def test_the_cluster_profile_finds_the_local_clusters_rest_api():
     settings = load_settings(PROJECT / "conf" / "cluster.yaml")
-    assert settings.flink.rest_url == cluster.LocalCluster().rest_url
+    assert settings.flink.rest_url == local_cluster.LocalCluster().rest_url
 
 
 def test_the_submit_command_line_is_what_a_user_would_type_in_a_shell():
-    typed = cluster.command_line(["flink", "run", "--set", "model.key=account id"])
+    typed = local_cluster.command_line(["flink", "run", "--set", "model.key=account id"])
     assert typed == f"FLINK_CONF_DIR={PROJECT / 'conf' / 'flink'} flink run --set 'model.key=account id'"
 
 
 def test_the_rest_client_says_where_it_found_no_cluster_and_how_to_start_one():
-    with pytest.raises(cluster.ClusterUnreachable, match=r"no Flink cluster answers at http://127.0.0.1:1 .*make cluster-up"):
-        cluster.rest("http://127.0.0.1:1", "GET", "/overview", timeout=2)
+    with pytest.raises(rest.ClusterUnreachable, match=r"no Flink cluster answers at http://127.0.0.1:1 .*make cluster-up"):
+        rest.rest("http://127.0.0.1:1", "GET", "/overview", timeout=2)
 
 
 def test_kill_tree_kills_a_process_and_everything_below_it():
     parent = subprocess.Popen(["bash", "-c", "sleep 300 & sleep 300 & wait"])
     deadline = time.monotonic() + 10
-    while len(cluster.descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+    while len(local_cluster.descendants(parent.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    children = cluster.descendants(parent.pid)
+    children = local_cluster.descendants(parent.pid)
     assert len(children) == 2
 
-    assert sorted(cluster.kill_tree(parent.pid)) == sorted([parent.pid, *children])
+    assert sorted(local_cluster.kill_tree(parent.pid)) == sorted([parent.pid, *children])
     parent.wait(timeout=10)
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in children):
@@ -135,7 +135,7 @@ def test_kill_tree_kills_a_process_and_everything_below_it():
 
 
 def test_the_cluster_finds_its_processes_by_their_configuration_folder(tmp_path):
-    local = cluster.LocalCluster(conf_dir=tmp_path / "flink", state_dir=tmp_path / "var")
+    local = local_cluster.LocalCluster(conf_dir=tmp_path / "flink", state_dir=tmp_path / "var")
     assert local.processes() == []
     # Stands in for a TaskManager's JVM, which Flink's scripts start with --configDir <FLINK_CONF_DIR>
     # (one process that forks nothing, whose command line holds the arguments after the code).
@@ -143,9 +143,9 @@ def test_the_cluster_finds_its_processes_by_their_configuration_folder(tmp_path)
                                 "--configDir", str(tmp_path / "flink")])
     try:
         assert local.processes() == local.taskmanager_pids() == [process.pid]
-        assert cluster.LocalCluster(conf_dir=tmp_path / "other").processes() == []
+        assert local_cluster.LocalCluster(conf_dir=tmp_path / "other").processes() == []
     finally:
-        cluster.kill_tree(process.pid)
+        local_cluster.kill_tree(process.pid)
         process.wait(timeout=10)
 
 
@@ -186,11 +186,11 @@ def test_model_show_prints_a_keys_latest_model_from_the_file_output(tmp_path, ca
 
 
 def test_flink_overrides_are_strings_and_a_bad_file_fails_in_one_line(tmp_path):
-    assert cluster.flink_overrides(PROJECT / "conf" / "flink" / "test.yaml")["heartbeat.timeout"] == "5000"
+    assert local_cluster.flink_overrides(PROJECT / "conf" / "flink" / "test.yaml")["heartbeat.timeout"] == "5000"
     (tmp_path / "bad.yaml").write_text("- just\n- a list\n")
     for path in (tmp_path / "bad.yaml", tmp_path / "missing.yaml"):
         with pytest.raises(ConfigError) as info:
-            cluster.flink_overrides(path)
+            local_cluster.flink_overrides(path)
         assert len(str(info.value).splitlines()) == 1 and str(path) in str(info.value)
 
 
@@ -205,14 +205,14 @@ def test_the_innermost_cause_of_a_java_trace_is_its_last_caused_by():
     trace = ("org.apache.flink.client.program.ProgramInvocationException: outer\n\tat a.b(C.java:1)\n"
              "Caused by: java.io.IOException: middle\n\tat d.e(F.java:2)\n"
              "Caused by: java.nio.file.FileAlreadyExistsException: /tmp/a-file\n\tat g.h(I.java:3)\n")
-    assert cluster.innermost_cause(trace, "none") == "java.nio.file.FileAlreadyExistsException: /tmp/a-file"
-    assert cluster.innermost_cause("just one line", "just one line") == "just one line"
+    assert local_cluster.innermost_cause(trace, "none") == "java.nio.file.FileAlreadyExistsException: /tmp/a-file"
+    assert local_cluster.innermost_cause("just one line", "just one line") == "just one line"
 
 
 def test_the_latest_restore_point_is_the_newest_complete_savepoint_or_retained_checkpoint(tmp_path):
     import os
 
-    from streaming.cluster import latest_restore_point
+    from streaming.ops.local_cluster import latest_restore_point
 
     checkpoints, savepoints = tmp_path / "checkpoints", tmp_path / "savepoints"
     assert latest_restore_point(str(checkpoints), str(savepoints)) is None  # neither folder exists yet
@@ -253,7 +253,7 @@ def test_the_session_cluster_enables_the_prometheus_reporter_from_the_plugins_it
     conf = flattened(yaml.safe_load((PROJECT / "conf" / "flink" / "config.yaml").read_text(encoding="utf-8")))
     factory = conf["metrics.reporter.prom.factory.class"]
     assert factory == "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
-    plugins = Path(cluster.LocalCluster.of_project(PROJECT).environment()["FLINK_PLUGINS_DIR"])
+    plugins = Path(local_cluster.LocalCluster.of_project(PROJECT).environment()["FLINK_PLUGINS_DIR"])
     jars = list(plugins.glob("*/flink-metrics-prometheus-*.jar"))
     assert len(jars) == 1, f"no single Prometheus reporter plugin in {plugins}: {jars}"
     assert factory.replace(".", "/") + ".class" in zipfile.ZipFile(jars[0]).namelist()

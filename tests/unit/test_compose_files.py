@@ -1,5 +1,5 @@
 """Static checks of the docker-compose stack's files: docker-compose.yml, the Dockerfile, .dockerignore,
-and what they must agree with (the profiles in conf/, the CLI, streaming.health, constraints.txt,
+and what they must agree with (the profiles in conf/, the CLI, streaming.ops.health, constraints.txt,
 kafka/pom.xml, pyproject.toml).
 
 Why static: CI (`make test`) has no Docker engine, so nothing there builds the image or starts the
@@ -23,25 +23,25 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from streaming import cluster, health, kafka_tools
 from streaming.cli import parser
 from streaming.config import PROFILE_ENV, ConfigError, ServiceUnreachable, load_settings
+from streaming.ops import health, kafka_tools, local_cluster, rest
 
 PROJECT = Path(__file__).resolve().parents[2]
 # The image's working directory (the Dockerfile's WORKDIR), where the repository's files are.
 IMAGE_ROOT = PurePosixPath("/opt/riskstream")
-# The services `python -m streaming.health` has a check for (its docstring).
+# The services `python -m streaming.ops.health` has a check for (its docstring).
 HEALTH_CHECKS = ("kafka", "jobmanager", "taskmanager")
 # What the stack publishes on this machine: (service, host port, container port).
 EXPECTED_PORTS = {("kafka", 9092, 9092), ("jobmanager", 8081, 8081), ("jobmanager", 9249, 9249),
@@ -324,7 +324,7 @@ def test_compose_substitution_takes_the_defaults():
 
 
 def health_verdict(name: str, profile: str, monkeypatch, capsys) -> tuple[int, str]:
-    """`python -m streaming.health NAME`'s exit code and what it prints, run here with the service's
+    """`python -m streaming.ops.health NAME`'s exit code and what it prints, run here with the service's
     profile. Nothing runs here, so the probes (broker metadata, REST API, own address) are replaced by
     ones that fail at once: a service the module checks ends in (1, "unhealthy: probe ... reached")."""
     def probe(what: str):
@@ -333,7 +333,7 @@ def health_verdict(name: str, profile: str, monkeypatch, capsys) -> tuple[int, s
         return fail
     monkeypatch.setenv(PROFILE_ENV, str(PROJECT / profile))
     monkeypatch.setattr(kafka_tools, "check_broker", probe("check_broker"))
-    monkeypatch.setattr(cluster, "rest", probe("rest"))
+    monkeypatch.setattr(rest, "rest", probe("rest"))
     monkeypatch.setattr(health.socket, "gethostbyname", lambda host: "127.0.0.1")
     code = health.main([name])
     return code, capsys.readouterr().err.strip()
@@ -345,7 +345,7 @@ def test_every_health_check_runs_a_check_the_health_module_has(monkeypatch, caps
         if "healthcheck" not in service:
             continue
         command = healthcheck_command(service["healthcheck"]["test"])
-        assert command[:3] == ["python", "-m", "streaming.health"] and len(command) == 4, (name, command)
+        assert command[:3] == ["python", "-m", "streaming.ops.health"] and len(command) == 4, (name, command)
         assert command[3] in HEALTH_CHECKS, f"service {name}: health check {command[3]!r} is not one of {HEALTH_CHECKS}"
         code, verdict = health_verdict(command[3], environment(service)[PROFILE_ENV], monkeypatch, capsys)
         assert code == 1 and verdict.startswith("unhealthy: probe"), f"service {name}: exit {code}: {verdict}"
@@ -376,7 +376,7 @@ def test_the_brokers_advertised_listeners_are_the_profiles_and_the_published_add
 def test_the_jobmanagers_rest_port_is_the_profiles_and_the_published_one():
     compose = compose_file()
     arguments = command_line(compose["services"]["jobmanager"]["command"])
-    overrides = cluster.flink_overrides(PROJECT / arguments[arguments.index("--overrides") + 1])
+    overrides = local_cluster.flink_overrides(PROJECT / arguments[arguments.index("--overrides") + 1])
     rest_address = load_settings(PROJECT / "conf" / "compose.yaml").flink.rest_address
     assert rest_address == f"{overrides['rest.address']}:{overrides['rest.port']}", (rest_address, overrides)
     assert ("jobmanager", int(overrides["rest.port"]), int(overrides["rest.port"])) in published_ports(compose)
@@ -623,7 +623,7 @@ def test_the_image_works_in_the_project_root_and_has_every_file_the_stack_names(
     for service in compose["services"].values():
         named.update(argument for argument in command_line(service.get("command") or [])
                      if looks_like_a_project_file(argument))
-    named.add("streaming/health.py")  # the health checks' module
+    named.add("streaming/ops/health.py")  # the health checks' module
     missing = sorted(path for path in named
                      if not any(PurePosixPath(normalized(path)).is_relative_to(source) for source in copied))
     assert not missing, f"files the stack uses that the runtime stage does not copy: {missing} (copies: {copied})"
@@ -706,7 +706,7 @@ def prometheus_port_problems(compose: dict[str, Any], overrides: dict[str, str],
 def test_the_prometheus_reporters_are_published_on_ports_of_their_own():
     compose = compose_file()
     arguments = command_line(compose["services"]["jobmanager"]["command"])
-    overrides = cluster.flink_overrides(PROJECT / arguments[arguments.index("--overrides") + 1])
+    overrides = local_cluster.flink_overrides(PROJECT / arguments[arguments.index("--overrides") + 1])
     config = yaml.safe_load((PROJECT / "conf" / "flink" / "config.yaml").read_text(encoding="utf-8"))
     local_ports = str(config["metrics"]["reporter"]["prom"]["port"])
     problems = prometheus_port_problems(compose, overrides, local_ports)

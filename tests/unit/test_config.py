@@ -1,4 +1,4 @@
-"""Profile loading and validation (streaming/config.py) and the CLI's non-Flink paths (streaming/cli.py)."""
+"""Profile loading and validation (streaming/config/) and the CLI's non-Flink paths (streaming/cli/)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_profile_paths_resolve_against_each_profiles_folder_and_overrides_agains
 
 
 def test_the_job_gets_the_projects_jars_and_names_a_missing_one(tmp_path, monkeypatch, local_settings):
-    from streaming import flink_options
+    from streaming.config import flink_options
 
     kafka = load_settings(PROJECT / "conf" / "kafka.yaml")
     assert [jar.name for jar in flink_options.job_jars(local_settings)] == ["riskstream-flink.jar"]
@@ -343,7 +343,7 @@ def test_the_key_is_not_shown_when_settings_are_printed(local_settings):
 @pytest.fixture
 def no_flink(monkeypatch):
     """Any import of the job module or pyflink during the test raises ImportError."""
-    for name in ("streaming.job", "streaming.outputs", "pyflink"):
+    for name in ("streaming.job", "streaming.reporting.outputs", "pyflink"):
         monkeypatch.setitem(sys.modules, name, None)
 
 

@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.records import Categorical, Numeric
 from udfs.cleaning import MissingPolicy, Rejected
 from udfs.features import EncodedBatch, FeatureEncoder
-
-from tests.records import Categorical, Numeric
 
 TIME_ENCODINGS = ("one_hot", "cyclic", "none")
 MAX_EVENT_TIME_MS = 253_402_300_800_000

@@ -14,10 +14,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from tests.records import Categorical, Numeric
 from udfs.cleaning import MissingPolicy, Rejected
 from udfs.features import FeatureEncoder, Standardizer
-
-from tests.records import Categorical, Numeric
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -1,5 +1,5 @@
-"""The docker-compose stack's health checks (streaming/health.py), without Docker, a broker or a
-cluster: which REST entry is this container's TaskManager, and `python -m streaming.health` run as
+"""The docker-compose stack's health checks (streaming/ops/health.py), without Docker, a broker or a
+cluster: which REST entry is this container's TaskManager, and `python -m streaming.ops.health` run as
 Docker runs it, against addresses where nothing answers."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from streaming.config import PROFILE_ENV
-from streaming.health import registered_here
+from streaming.ops.health import registered_here
 from tests.cli import NOTHING_LISTENS, PROJECT, assert_one_line_failure, user_environment
 
 CLUSTER = PROJECT / "conf" / "cluster.yaml"
@@ -37,12 +37,12 @@ def test_registered_here_finds_this_containers_taskmanager_by_its_exact_address(
 
 
 def health(*arguments: str, profile: str | None, cwd, timeout_s: float = 60) -> subprocess.CompletedProcess:
-    """`python -m streaming.health arguments...` in `cwd`, with RISKSTREAM_PROFILE set to `profile`
+    """`python -m streaming.ops.health arguments...` in `cwd`, with RISKSTREAM_PROFILE set to `profile`
     (None: unset, so the cluster profile)."""
     environment = {name: value for name, value in user_environment().items() if name != PROFILE_ENV}
     if profile is not None:
         environment[PROFILE_ENV] = profile
-    return subprocess.run([sys.executable, "-m", "streaming.health", *arguments], cwd=cwd, env=environment,
+    return subprocess.run([sys.executable, "-m", "streaming.ops.health", *arguments], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=timeout_s)
 
 
@@ -58,7 +58,7 @@ def nothing_answers(tmp_path):
 @pytest.mark.parametrize("arguments", [[], ["jobmanager", "taskmanager"], ["zookeeper"]])
 def test_health_without_exactly_one_known_service_prints_its_usage(tmp_path, arguments):
     done = health(*arguments, profile=None, cwd=tmp_path)
-    assert_one_line_failure(done, 2, "usage: python -m streaming.health kafka|jobmanager|taskmanager")
+    assert_one_line_failure(done, 2, "usage: python -m streaming.ops.health kafka|jobmanager|taskmanager")
     assert done.stdout == ""
 
 

@@ -1,4 +1,4 @@
-"""What `riskstream status` prints of the job's metrics (streaming.cluster.metric_figures), from REST
+"""What `riskstream status` prints of the job's metrics (streaming.ops.local_cluster.metric_figures), from REST
 API answers as a real session cluster gave them (Flink 2.2.1, the scoring job at parallelism 2 on
 3,000 generated records; tests/integration/test_job_metrics.py reads them from a running job)."""
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from streaming.cluster import metric_figures
+from streaming.ops.rest import metric_figures
 
 # GET /jobs/<id>/vertices/<vid>/subtasks/metrics?get=...&agg=sum of both Python vertices, with
 # some of Flink's own metrics beside the job's (listed by the same endpoint without `get`).

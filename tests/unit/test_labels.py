@@ -10,10 +10,30 @@ import pytest
 from udfs.cleaning import Rejected, epoch_millis
 from udfs.compiled_model import ModelTable
 from udfs.generator import GeneratorSettings, generate
-from udfs.labels import (APPLIED, CONTRADICTING, DUPLICATE, EXPIRED, MALFORMED_LABEL_KINDS, UNKNOWN, FeatureLog, Label,
-                         LabelStreamSettings, RoutedLabel, expiry_of, generate_labels, label_outcome, log_id_of,
-                         log_position, malformed_label, outcome_reason, read_label, read_routed_label,
-                         routed_label_line, routed_outcome, where)
+from udfs.labels import (
+    APPLIED,
+    CONTRADICTING,
+    DUPLICATE,
+    EXPIRED,
+    MALFORMED_LABEL_KINDS,
+    UNKNOWN,
+    FeatureLog,
+    Label,
+    LabelStreamSettings,
+    RoutedLabel,
+    expiry_of,
+    generate_labels,
+    label_outcome,
+    log_id_of,
+    log_position,
+    malformed_label,
+    outcome_reason,
+    read_label,
+    read_routed_label,
+    routed_label_line,
+    routed_outcome,
+    where,
+)
 from udfs.model import LogisticRegression, Sgd
 
 CAP = 65_536

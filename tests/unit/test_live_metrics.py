@@ -13,8 +13,7 @@ import pytest
 
 from tests.unit.conftest import file_envelope
 from udfs.generator import GeneratorSettings, generate
-from udfs.live_metrics import (DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, micro,
-                               records_in_bundle)
+from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, micro, records_in_bundle
 from udfs.metrics import log_loss
 from udfs.model import Sgd
 from udfs.pipeline import ModelScorer

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from streaming.config import Settings, load_settings
-from streaming.kafka_tools import partition_key
-from streaming.from_settings import cleaning_rules, transaction_reader
+from streaming.config.from_settings import cleaning_rules, transaction_reader
+from streaming.ops.kafka_tools import partition_key
 from tests.key_spellings import CURRENCY_OF_COUNTRY, respelled_lines
 from tests.pseudonyms import hmac_pseudonym
 from udfs.generator import CATEGORIES, COUNTRIES, GeneratorSettings

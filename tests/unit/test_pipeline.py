@@ -562,7 +562,7 @@ def stream_records(local_reader) -> list[ModelInput]:
 
 
 def stream_scorer(encoder: FeatureEncoder, sgd: Sgd, snapshot_every: int) -> ModelScorer:
-    """A scorer wired like streaming/job.py's model_scorer."""
+    """A scorer wired like streaming/job/'s model_scorer."""
     return ModelScorer(encoder.names, encoder.standardized, sgd, snapshot_every, top_reasons=3)
 
 

@@ -1,4 +1,4 @@
-"""The Python workers' interpreter (streaming/python_worker.py) and the cluster's sweep of workers
+"""The Python workers' interpreter (streaming/ops/python_worker.py) and the cluster's sweep of workers
 left behind (LocalCluster.python_workers / down), on real processes."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from streaming.cluster import LocalCluster
-from streaming.flink_options import python_worker_executable
+from streaming.config.flink_options import python_worker_executable
+from streaming.ops.local_cluster import LocalCluster
 
 BEAM_BOOT = "pyflink.fn_execution.beam.beam_boot"
 

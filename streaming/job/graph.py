@@ -33,6 +33,7 @@ from pyflink.datastream import (
     RuntimeContext,
     StreamExecutionEnvironment,
 )
+from pyflink.datastream.connectors import Sink, Source
 from pyflink.datastream.connectors.file_system import (
     BucketAssigner,
     BulkFormat,
@@ -41,24 +42,39 @@ from pyflink.datastream.connectors.file_system import (
     OutputFileConfig,
     RollingPolicy,
 )
-from pyflink.datastream.connectors import Sink, Source
 from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaOffsetsInitializer
 from pyflink.datastream.state import MapStateDescriptor
 
-from streaming import pyflink_internals as internals
-from streaming.cluster import JOB_NAME, METRICS_GROUP
 from streaming.config import LabelSourceSettings, Settings, SourceSettings
-from streaming.flink_options import flink_options
-from streaming.from_settings import model_scorer, transaction_reader, windowing
+from streaming.config.flink_options import flink_options
+from streaming.config.from_settings import model_scorer, transaction_reader, windowing
+from streaming.job import pyflink_internals as internals
+from streaming.job.identity import JOB_NAME, METRICS_GROUP
 from udfs.analytics import NO_WATERMARK, Windowing, analytics_header, late_records
 from udfs.cleaning import Rejected
+from udfs.labels import (
+    APPLIED,
+    OUTCOMES,
+    FeatureLog,
+    RoutedLabel,
+    expiry_of,
+    label_dead_letter,
+    label_line,
+    learning_line,
+    log_id_of,
+    log_position,
+    outcome_reason,
+    read_label,
+    read_routed_label,
+    route_line,
+    routed_label_line,
+    routed_outcome,
+    where,
+)
 from udfs.labels import LATE as LATE_LABEL
-from udfs.labels import (APPLIED, OUTCOMES, FeatureLog, RoutedLabel, expiry_of, label_dead_letter, label_line,
-                         learning_line, log_id_of, log_position, outcome_reason, read_label, read_routed_label,
-                         route_line, routed_label_line, routed_outcome, where)
-from udfs.model import Sgd
 from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, records_in_bundle
 from udfs.metrics import SCORE_CLIP
+from udfs.model import Sgd
 from udfs.ordering import BundleSequencer, split_bundle_header
 from udfs.pipeline import (
     KeyedLine,

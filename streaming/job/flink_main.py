@@ -1,8 +1,8 @@
-"""The program `flink run` runs (see `riskstream submit` and `streaming.cluster.submit_command`):
+"""The program `flink run` runs (see `riskstream submit` and `streaming.ops.local_cluster.submit_command`):
 builds the scoring job from a profile and hands it to the cluster `flink run` points at, without
 waiting for it to finish.
 
-    flink run --detached --pyModule streaming.flink_main --config conf/cluster.yaml [--set KEY=VALUE]
+    flink run --detached --pyModule streaming.job.flink_main --config conf/cluster.yaml [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from streaming.config import ConfigError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streaming.flink_main")
+    parser = argparse.ArgumentParser(prog="streaming.job.flink_main")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"riskstream: configuration error: {error}", file=sys.stderr)
         return 2
-    from streaming.job import start_job
+    from streaming.job.graph import start_job
 
     start_job(settings)
     return 0

@@ -30,7 +30,7 @@ def job_jars(settings: Settings) -> list[Path]:
 
 
 def python_worker_executable(python: str | Path = sys.executable) -> Path:
-    """The `riskstream-python-worker` beside the interpreter `python` (streaming/python_worker.py):
+    """The `riskstream-python-worker` beside the interpreter `python` (streaming/ops/python_worker.py):
     that Python, with a watchdog that ends each worker when the JVM that started it dies."""
     return Path(python).with_name("riskstream-python-worker")
 

@@ -13,9 +13,8 @@ import uuid
 from typing import Any, Iterable, Iterator
 
 from streaming.config import ServiceUnreachable, Settings
-from streaming.from_settings import cleaning_rules
+from streaming.config.from_settings import cleaning_rules
 from udfs.cleaning import CleaningRules, Rejected, decode, model_key_of, parse
-
 
 # The confluent-kafka clients' own log (librdkafka: connection attempts, retries) goes here rather
 # than straight to stderr; the CLI shows it only with --verbose.

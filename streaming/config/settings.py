@@ -10,180 +10,28 @@ the environment (`RISKSTREAM_PSEUDONYM_KEY`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple, TypeVar, get_origin
+from typing import Literal, NamedTuple
 
-import yaml
-from immutabledict import immutabledict
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveInt,
     SecretStr,
-    ValidationError,
-    WrapSerializer,
     model_validator,
 )
 
-PSEUDONYM_KEY_ENV = "RISKSTREAM_PSEUDONYM_KEY"
-
-# The project's own files (built jars, shipped profiles, Flink's configuration of the local
-# cluster) are found from this package, so every command works from any folder.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PROFILES = {"local": PROJECT_ROOT / "conf" / "local.yaml", "kafka": PROJECT_ROOT / "conf" / "kafka.yaml",
-                    "cluster": PROJECT_ROOT / "conf" / "cluster.yaml"}
-# A profile that every command takes instead of its default (the docker-compose stack's containers
-# set it to conf/compose.yaml); --config still wins.
-PROFILE_ENV = "RISKSTREAM_PROFILE"
+from streaming.config.base import PSEUDONYM_KEY_ENV, ConfigError, ModelKeyField, ReadOnlyMapping, Section
+from streaming.config.endpoints import KafkaSettings, LabelSourceSettings, OutputSettings, SourceSettings
 
 
-def profile_from_environment() -> Path | None:
-    """The profile RISKSTREAM_PROFILE names, or None when it is unset or empty."""
-    named = os.environ.get(PROFILE_ENV)
-    return Path(named) if named else None
-
-# Fields of a cleaned transaction a model can be keyed by (all strings after cleaning).
-ModelKeyField = Literal["merchant_category", "account_id", "merchant_id", "country", "channel", "currency"]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message is one line naming the field."""
-
-
-class ServiceUnreachable(RuntimeError):
-    """A Kafka broker or Flink cluster the command needs does not answer; the message is one line
-    naming its address and how to start it."""
-
-
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-_Key = TypeVar("_Key")
-_Value = TypeVar("_Value")
-
-# A mapping setting that cannot change after loading, as `frozen=True` promises for the rest:
-# validated as a dict, then made an immutabledict (assigning to it raises TypeError), defaults
-# included; it dumps as a plain dict. Not types.MappingProxyType: that cannot be deep-copied or
-# pickled, and pydantic deep-copies the section defaults (`kafka: KafkaSettings = KafkaSettings()`).
-ReadOnlyMapping = Annotated[
-    Mapping[_Key, _Value],
-    AfterValidator(lambda mapping: immutabledict(mapping)),
-    WrapSerializer(lambda mapping, to_dict: to_dict(dict(mapping))),
-    Field(validate_default=True),
-]
-
-
-class _InputSettings(_Settings):
-    """An input's kind and where it is (SourceSettings, LabelSourceSettings); `_section` names it in errors."""
-
-    _section: ClassVar[str]
-    # kafka: the input's topic (see KafkaSettings for offsets, group and bounds).
-    kind: Literal["files", "directory", "kafka"] = "files"
-    # files: a fixed set of files, read once (a bounded stream).
-    paths: tuple[str, ...] = ()
-    # directory: every file that appears in it, watched continuously (an unbounded stream).
-    directory: str | None = None
-    discovery_interval_ms: PositiveInt = 1000
-
-    @model_validator(mode="after")
-    def _one_kind_of_input(self) -> "_InputSettings":
-        section = self._section
-        if self.kind == "files" and not self.paths:
-            raise ValueError(f"{section}.paths: at least one file is needed when {section}.kind is 'files'")
-        if self.kind == "directory" and not self.directory:
-            raise ValueError(f"{section}.directory: a directory is needed when {section}.kind is 'directory'")
-        return self
-
-
-class SourceSettings(_InputSettings):
-    """Where transactions come from (kafka: the kafka.transactions_topic)."""
-
-    _section: ClassVar[str] = "source"
-    # A ceiling on the records each source subtask reads per second (none when unset): for replaying
-    # a backlog without flooding the outputs, or to watch a job work through a fixed input.
-    max_records_per_second: PositiveInt | None = None
-
-
-class OutputSettings(_Settings):
-    """Where the job writes. files: JSON lines under `<path>/scores`, `<path>/dead-letters` and
-    `<path>/model-snapshots`; kafka: the kafka.*_topic topics (message key: the model key, or the
-    txn_id for dead letters)."""
-
-    kind: Literal["files", "kafka"] = "files"
-    path: str = "out/local"
-
-
-class MissingValue(_Settings):
+class MissingValue(Section):
     """What to do when a field is absent or null: dead-letter the record, or use `value`."""
 
     action: Literal["dead_letter", "impute"]
     value: str | float | int | None = None
 
 
-KAFKA_PROPERTY_ENV_PREFIX = "RISKSTREAM_KAFKA__"
-
-
-class KafkaSettings(_Settings):
-    """The Kafka cluster, topics and delivery settings shared by the job and the CLI tools.
-
-    `properties` are extra client properties (e.g. security.protocol, sasl.mechanism,
-    sasl.jaas.config, ssl.truststore.location) given to every producer, consumer and admin client
-    and to Flink's Kafka connector. Environment variables RISKSTREAM_KAFKA__<NAME> add or override
-    them (NAME upper case with '.' written as '_': RISKSTREAM_KAFKA__SASL_JAAS_CONFIG is
-    sasl.jaas.config). Their values are secret: never printed or logged.
-    """
-
-    bootstrap_servers: str = "127.0.0.1:19092"
-    transactions_topic: str = "transactions"
-    scores_topic: str = "risk-scores"
-    dead_letters_topic: str = "dead-letters"
-    snapshots_topic: str = "model-snapshots"
-    # Written only with analytics.enabled.
-    analytics_topic: str = "analytics"
-    late_topic: str = "late-records"
-    # Labels that arrive after their transactions (`riskstream produce --labels`), keyed by txn_id,
-    # and the job's log of the labels it learned from (labels.mode stream or both).
-    labels_topic: str = "labels"
-    learning_topic: str = "learning"
-    label_dead_letters_topic: str = "label-dead-letters"
-    partitions: PositiveInt = 3
-    replication_factor: PositiveInt = 1
-    # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
-    max_message_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024)
-    properties: ReadOnlyMapping[str, SecretStr] = {}
-    # The job's source: consumer group, where to start without committed offsets (or from them),
-    # and whether to stop at the offsets present when it starts (a bounded run).
-    consumer_group: str = "riskstream"
-    starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
-    bounded: bool = False
-    # The job's sinks. exactly-once writes in Kafka transactions committed at checkpoints; the
-    # prefix must stay the same across restarts, and the timeout must not exceed the broker's
-    # transaction.max.timeout.ms (15 minutes by default).
-    delivery: Literal["exactly-once", "at-least-once"] = "exactly-once"
-    transactional_id_prefix: str = Field(default="riskstream", pattern=r"^[A-Za-z0-9._-]+$")
-    transaction_timeout_ms: int = Field(default=600_000, ge=1000, le=900_000)
-
-    def client_properties(self) -> dict[str, str]:
-        """bootstrap.servers plus `properties` plus the environment's overrides (secret values)."""
-        merged = {"bootstrap.servers": self.bootstrap_servers}
-        merged.update({name: value.get_secret_value() for name, value in self.properties.items()})
-        for name, value in os.environ.items():
-            if name.startswith(KAFKA_PROPERTY_ENV_PREFIX):
-                merged[name[len(KAFKA_PROPERTY_ENV_PREFIX):].lower().replace("_", ".")] = value
-        return merged
-
-    def topics(self) -> tuple[str, ...]:
-        return (self.transactions_topic, self.scores_topic, self.dead_letters_topic, self.snapshots_topic,
-                self.analytics_topic, self.late_topic, self.labels_topic, self.learning_topic,
-                self.label_dead_letters_topic)
-
-
-class CleaningSettings(_Settings):
+class CleaningSettings(Section):
     max_record_bytes: int = Field(default=65536, ge=64, le=16 * 1024 * 1024)
     # How much of a rejected record's bytes a dead letter keeps when the record is over the cap.
     dead_letter_raw_bytes: int = Field(default=1024, ge=0, le=65536)
@@ -234,19 +82,19 @@ class CleaningSettings(_Settings):
         return self
 
 
-class PrivacySettings(_Settings):
+class PrivacySettings(Section):
     # The HMAC key that pseudonymizes account_id. The environment variable RISKSTREAM_PSEUDONYM_KEY
     # wins over this value; a profile for real data should leave it unset.
     pseudonym_key: SecretStr | None = None
 
 
-class NumericFeature(_Settings):
+class NumericFeature(Section):
     field: str = Field(pattern=r"^(amount|features\.[A-Za-z0-9_]+)$")
     log: bool = False  # log1p(value); needs value > -1
     standardize: bool = False  # online z-score with per-key running mean and variance
 
 
-class CategoricalFeature(_Settings):
+class CategoricalFeature(Section):
     field: Literal["merchant_category", "country", "channel", "currency", "merchant_id"]
     encoding: Literal["one_hot", "hashed"]
     vocabulary: tuple[str, ...] = ()  # one_hot: normalized values; others encode as all zeros
@@ -284,12 +132,12 @@ class CategoricalFeature(_Settings):
 TimeEncoding = Literal["none", "one_hot", "cyclic"]
 
 
-class TimeFeatures(_Settings):
+class TimeFeatures(Section):
     hour_of_day: TimeEncoding = "none"  # UTC hour from event_time
     day_of_week: TimeEncoding = "none"  # UTC weekday from event_time, Monday = 0
 
 
-class FeatureSettings(_Settings):
+class FeatureSettings(Section):
     numeric: tuple[NumericFeature, ...] = ()
     categorical: tuple[CategoricalFeature, ...] = ()
     time: TimeFeatures = TimeFeatures()
@@ -315,7 +163,7 @@ class FeatureSettings(_Settings):
         return self
 
 
-class ModelSettings(_Settings):
+class ModelSettings(Section):
     key: ModelKeyField = "merchant_category"
     learning_rate: float = Field(default=0.01, gt=0, le=10)
     # constant: rate = learning_rate; inverse_scaling: rate = learning_rate / (1 + updates) ** power_t
@@ -327,7 +175,7 @@ class ModelSettings(_Settings):
     top_reasons: int = Field(default=3, ge=0, le=20)
 
 
-class RestartSettings(_Settings):
+class RestartSettings(Section):
     """What Flink does when a task fails: `none` fails the job; `fixed-delay` restarts it up to
     `attempts` times, `delay_ms` apart; `exponential-delay` restarts it without limit, waiting
     `delay_ms` at first and doubling the wait up to `max_delay_ms`. A restart resumes from the last
@@ -350,7 +198,7 @@ class RestartSettings(_Settings):
         return self
 
 
-class CheckpointSettings(_Settings):
+class CheckpointSettings(Section):
     """Checkpoints of the job's state (models, source offsets, open sink transactions).
 
     `state_backend`: `hashmap` keeps state on the JVM heap (fast; bounded by memory), `rocksdb` in
@@ -391,7 +239,7 @@ class Bundling(NamedTuple):
 BUNDLING_MODES = {"throughput": Bundling(2000, 200, 100), "low_latency": Bundling(512, 5, 5)}
 
 
-class PerformanceSettings(_Settings):
+class PerformanceSettings(Section):
     """How records are batched on their way through Python.
 
     Records cross into Python in bundles of up to `bundle_max_records`, and a bundle waits at most
@@ -428,7 +276,7 @@ class PerformanceSettings(_Settings):
         )
 
 
-class WindowSettings(_Settings):
+class WindowSettings(Section):
     """Windows of `size_ms` starting every `slide_ms` (tumbling when slide_ms is left out)."""
 
     size_ms: PositiveInt
@@ -441,7 +289,7 @@ class WindowSettings(_Settings):
         return self
 
 
-class AnalyticsSettings(_Settings):
+class AnalyticsSettings(Section):
     """Event-time windowed figures of the scored stream per group (udfs/analytics.py says how
     windows, watermarks and late records are defined), written to `<output>/analytics` and
     `<output>/late` (or the kafka.analytics_topic and kafka.late_topic). Off by default: it costs
@@ -469,16 +317,10 @@ class AnalyticsSettings(_Settings):
         return self
 
 
-class LabelSourceSettings(_InputSettings):
-    """Where labels come from (kafka: the kafka.labels_topic, with the transactions' offsets and bounds)."""
-
-    _section: ClassVar[str] = "labels.source"
-
-
 DAY_MS = 86_400_000
 
 
-class LabelSettings(_Settings):
+class LabelSettings(Section):
     """What the models learn from (README, "Labels that arrive later"; udfs/labels.py decides each
     label's outcome). inline: the `is_fraud` a transaction carries, when it is scored. stream: labels
     from `source`, joined to their transactions by txn_id; an inline is_fraud is shown in the score
@@ -521,7 +363,7 @@ class LabelSettings(_Settings):
         return self.remember_ms if self.remember_ms is not None else 2 * self.ttl_ms
 
 
-class FlinkSettings(_Settings):
+class FlinkSettings(Section):
     parallelism: PositiveInt = 2
     # Pinned so keyed state in a savepoint maps to the same key groups after a change.
     max_parallelism: PositiveInt = 128
@@ -543,7 +385,7 @@ class FlinkSettings(_Settings):
         return self
 
 
-class Settings(_Settings):
+class Settings(Section):
     source: SourceSettings
     output: OutputSettings = OutputSettings()
     cleaning: CleaningSettings = CleaningSettings()
@@ -588,157 +430,3 @@ class Settings(_Settings):
         return key.encode("utf-8")
 
 
-def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Settings:
-    """Loads and validates a profile; `overrides` are `dotted.key=value` strings applied on top.
-
-    Relative file paths in a profile resolve against that profile file's folder (so a profile means
-    the same from any folder); relative paths given in `overrides` resolve against the current
-    folder, as paths on a command line do. All paths in the result are absolute.
-    """
-    raw = _read_profile(Path(path), ())
-    for override in overrides:
-        _apply_override(raw, override)
-    try:
-        settings = Settings.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_one_line(error)) from None
-    settings.pseudonym_key()
-    return _absolute_paths(settings, Path(path).resolve().parent)  # the defaults' relative paths
-
-
-# The settings that are file paths: (section, setting) -> whether it holds a list of paths.
-PATH_SETTINGS = {("source", "paths"): True, ("source", "directory"): False, ("output", "path"): False,
-                 ("checkpointing", "directory"): False, ("checkpointing", "savepoint_directory"): False,
-                 ("flink", "jars"): True}
-
-
-def _read_profile(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """A profile's sections with its relative paths made absolute against its folder;
-    `extends: other.yaml` (relative to the profile) starts from that profile, and sections given
-    here are merged over it setting by setting."""
-    if path.is_dir():
-        raise ConfigError(f"config file {path}: is a folder; give a profile such as conf/local.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as error:
-        raise ConfigError(f"config file {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path}: {_yaml_problem(error)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path}: must be a mapping of sections")
-    _resolve_paths(raw, path.resolve().parent)
-    base = raw.pop("extends", None)
-    if base is None:
-        return raw
-    parent = (path.parent / str(base)).resolve()
-    if parent in seen:
-        raise ConfigError(f"config file {path}: extends: {base} extends this profile again")
-    return _merged(_read_profile(parent, (*seen, path.resolve())), raw)
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """One line: what YAML found wrong, and where (1-based line and column)."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return f"invalid YAML at {where}{problem}"
-
-
-def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
-    """Makes the relative paths of PATH_SETTINGS in `raw` absolute against `folder`, in place;
-    values of the wrong type are left for validation to report."""
-    for (section, name), is_list in PATH_SETTINGS.items():
-        values = raw.get(section)
-        if not isinstance(values, dict) or name not in values:
-            continue
-        value = values[name]
-        if is_list and isinstance(value, list):
-            values[name] = [_absolute(item, folder) if isinstance(item, str) else item for item in value]
-        elif not is_list and isinstance(value, str):
-            values[name] = _absolute(value, folder)
-
-
-def _absolute(path: str, folder: Path) -> str:
-    return str((folder / Path(path).expanduser()).resolve())
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for name, value in over.items():
-        both_sections = isinstance(value, dict) and isinstance(merged.get(name), dict)
-        merged[name] = _merged(merged[name], value) if both_sections else value
-    return merged
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    dotted, sep, value = override.partition("=")
-    if not sep or not dotted:
-        raise ConfigError(f"--set {override}: expected dotted.key=value")
-    *parents, leaf = dotted.split(".")
-    node = raw
-    for name in parents:
-        node = node.setdefault(name, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {override}: {name} is not a section")
-    try:
-        node[leaf] = yaml.safe_load(value)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {override}: {_yaml_problem(error)}") from None
-    if len(parents) == 1:
-        _resolve_paths({parents[0]: node}, Path.cwd())
-
-
-def _one_line(error: ValidationError) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        allowed = ", ".join(_settings_at(first["loc"][:-1]))
-        return f"{field}: unknown setting; allowed here: {allowed}"
-    if message.startswith(field.split(".")[0]) or ":" in message.split(" ")[0]:
-        return message  # a model validator already named the field
-    got = first.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{field}: {message}{shown}"
-
-
-def _settings_at(location: tuple[Any, ...]) -> list[str]:
-    """The setting names allowed in the section at `location` (list positions and the keys of
-    mapping settings, such as the field in cleaning.missing.<field>, are skipped)."""
-    section: Any = Settings
-    parts = iter(location)
-    for part in parts:
-        if isinstance(part, int):
-            continue
-        annotation = section.model_fields[part].annotation
-        if get_origin(annotation) is Mapping:
-            next(parts, None)  # the key
-        candidates = (annotation, *getattr(annotation, "__args__", ()))
-        section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if section is None:
-            return []
-    return list(section.model_fields)
-
-
-def _absolute_paths(settings: Settings, folder: Path) -> Settings:
-    """`settings` with every path that is still relative (a default) made absolute against `folder`."""
-    def absolute(path: str) -> str:
-        return _absolute(path, folder)
-
-    source = settings.source.model_copy(
-        update={
-            "paths": tuple(absolute(p) for p in settings.source.paths),
-            "directory": absolute(settings.source.directory) if settings.source.directory else None,
-        }
-    )
-    return settings.model_copy(
-        update={
-            "source": source,
-            "output": settings.output.model_copy(update={"path": absolute(settings.output.path)}),
-            "checkpointing": settings.checkpointing.model_copy(
-                update={"directory": absolute(settings.checkpointing.directory),
-                        "savepoint_directory": absolute(settings.checkpointing.savepoint_directory)}
-            ),
-            "flink": settings.flink.model_copy(update={"jars": tuple(absolute(j) for j in settings.flink.jars)}),
-        }
-    )

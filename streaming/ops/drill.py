@@ -3,8 +3,8 @@ TaskManager killed (SIGKILL, whole process tree) at points chosen by progress an
 supervisor would, a stop with savepoint and resume, or a broker restart. Used by
 tests/integration/test_failover.py (50,000 transactions, which checks the outcome) and by
 `make bench` (bench/run_bench.py: 200,000, which reports recovery time and checkpoint durations).
-It lives with the tests, which depend on what it checks, so that a change made for the benchmark
-cannot weaken them.
+It only drives the job and reports what happened; the tests decide what must hold, so a change made
+for the benchmark cannot weaken them.
 
 Progress is read from Flink's REST API: the records the source has emitted in the job's current
 attempt, and the checkpoints completed and in progress. Where a kill landed is read from the same
@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from streaming import cluster, kafka_tools
-from streaming.config import Settings
+from streaming.config import PROJECT_ROOT, Settings
+from streaming.ops import kafka_tools, local_cluster, rest
 
-PROJECT = Path(__file__).resolve().parents[1]
-CLUSTER_PROFILE = PROJECT / "conf" / "cluster.yaml"
+CLUSTER_PROFILE = PROJECT_ROOT / "conf" / "cluster.yaml"
 # When each kill happens: right after a checkpoint completed; between checkpoints, while the sinks'
 # transactions hold uncommitted records; while a checkpoint is in progress.
 KILL_POINTS = ("after-checkpoint", "open-transaction", "during-checkpoint")
@@ -82,17 +81,17 @@ class Committed:
 class Watch:
     """Polls one job's progress through the REST API and keeps every completed checkpoint's duration."""
 
-    def __init__(self, local: cluster.LocalCluster, run: DrillRun):
+    def __init__(self, local: local_cluster.LocalCluster, run: DrillRun):
         self.url = local.rest_url
         self.run = run
         self.last_checkpoints: dict[str, Any] = {}  # the latest answers, to describe a kill as it happened
         self.last_attempt_records = 0
 
     def job(self) -> dict[str, Any]:
-        return cluster.rest(self.url, "GET", f"/jobs/{self.run.job_id}")
+        return rest.rest(self.url, "GET", f"/jobs/{self.run.job_id}")
 
     def checkpoints(self) -> dict[str, Any]:
-        answer = cluster.rest(self.url, "GET", f"/jobs/{self.run.job_id}/checkpoints")
+        answer = rest.rest(self.url, "GET", f"/jobs/{self.run.job_id}/checkpoints")
         for checkpoint in answer.get("history", []):
             if checkpoint["status"] == "COMPLETED":
                 self.run.checkpoint_durations_ms[checkpoint["id"]] = checkpoint["end_to_end_duration"]
@@ -115,7 +114,7 @@ class Watch:
             if condition():
                 return
             state = self.job()["state"]
-            if state in cluster.ENDED:
+            if state in rest.ENDED:
                 raise DrillError(f"the job was {state} before {what}")
             time.sleep(poll_s)
         raise DrillError(f"timed out after {timeout_s:.0f} s waiting for {what}")
@@ -146,13 +145,13 @@ def drill_overrides(state_dir: Path, records_per_second: int = 1000) -> list[str
             "checkpointing.restart={strategy: fixed-delay, attempts: 20, delay_ms: 1000}"]
 
 
-def submit(local: cluster.LocalCluster, overrides: list[str], from_path: str | None = None) -> str:
+def submit(local: local_cluster.LocalCluster, overrides: list[str], from_path: str | None = None) -> str:
     """Submits the job of the cluster profile with `overrides`; returns the job id."""
-    command = cluster.submit_command(CLUSTER_PROFILE, local.rest_url.removeprefix("http://"), overrides, from_path)
-    return cluster.submit(local, command)
+    command = local_cluster.submit_command(CLUSTER_PROFILE, local.rest_url.removeprefix("http://"), overrides, from_path)
+    return local_cluster.submit(local, command)
 
 
-def run_with_kills(local: cluster.LocalCluster, overrides: list[str], min_attempt_records: int,
+def run_with_kills(local: local_cluster.LocalCluster, overrides: list[str], min_attempt_records: int,
                    taskmanager_overrides: dict[str, str] | None = None, timeout_s: float = 600,
                    kills_per_point: int = 3) -> DrillRun:
     """Submits the job and, for each kill point (KILL_POINTS) in turn, SIGKILLs the TaskManager
@@ -179,7 +178,7 @@ def run_with_kills(local: cluster.LocalCluster, overrides: list[str], min_attemp
     return run
 
 
-def _kill_and_restore(local: cluster.LocalCluster, watch: Watch, point: str, min_attempt_records: int,
+def _kill_and_restore(local: local_cluster.LocalCluster, watch: Watch, point: str, min_attempt_records: int,
                       taskmanager_overrides: dict[str, str] | None, timeout_s: float) -> Kill:
     run = watch.run
     watch.until(f"{min_attempt_records} records in an attempt (kills so far: {run.kills})",
@@ -228,18 +227,18 @@ def landed_at_its_point(kill: Kill, checkpoints: dict[int, dict[str, Any]]) -> b
         for checkpoint_id, checkpoint in checkpoints.items())
 
 
-def checkpoint_history(local: cluster.LocalCluster, job_id: str) -> dict[int, dict[str, Any]]:
+def checkpoint_history(local: local_cluster.LocalCluster, job_id: str) -> dict[int, dict[str, Any]]:
     """The job's checkpoints as the REST API reports them now, by id: status, trigger_timestamp,
     latest_ack_timestamp, ... It keeps the last `web.checkpoints.history` of them (conf/flink/test.yaml
     keeps a whole drill's), also once the job has ended."""
-    return checkpoints_by_id(cluster.rest(local.rest_url, "GET", f"/jobs/{job_id}/checkpoints"))
+    return checkpoints_by_id(rest.rest(local.rest_url, "GET", f"/jobs/{job_id}/checkpoints"))
 
 
 def checkpoints_by_id(answer: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {checkpoint["id"]: checkpoint for checkpoint in answer.get("history", [])}
 
 
-def run_with_savepoint(local: cluster.LocalCluster, settings: Settings, overrides: list[str],
+def run_with_savepoint(local: local_cluster.LocalCluster, settings: Settings, overrides: list[str],
                        resume_overrides: list[str], min_records: int, timeout_s: float = 600) -> DrillRun:
     """Submits the job, stops it with a savepoint after `min_records`, and resumes from the
     savepoint with `resume_overrides` added (a changed job graph).
@@ -254,20 +253,20 @@ def run_with_savepoint(local: cluster.LocalCluster, settings: Settings, override
     watch = Watch(local, first)
     watch.until(f"{min_records} records", lambda: watch.attempt_records() >= min_records, timeout_s)
     savepoint_dir = Path(settings.checkpointing.savepoint_directory).as_uri()
-    savepoint = cluster.stop_with_savepoint(local.rest_url, first.job_id, savepoint_dir)
+    savepoint = rest.stop_with_savepoint(local.rest_url, first.job_id, savepoint_dir)
     resumed = DrillRun(job_id=submit(local, [*overrides, *resume_overrides], savepoint), savepoint=savepoint)
     watch = Watch(local, resumed)
     produced = sum(1 for _ in kafka_tools.tail(settings, settings.kafka.transactions_topic, idle_timeout_s=3))
     watch.until("a committed output for every record", lambda: committed_outputs(settings) >= produced,
                 timeout_s, poll_s=1)
-    cluster.stop_with_savepoint(local.rest_url, resumed.job_id, savepoint_dir, drain=True)
+    rest.stop_with_savepoint(local.rest_url, resumed.job_id, savepoint_dir, drain=True)
     watch.until_finished(timeout_s)
     resumed.checkpoint_durations_ms.update(first.checkpoint_durations_ms)
     resumed.wall_s = time.monotonic() - started
     return resumed
 
 
-def run_with_broker_restart(local: cluster.LocalCluster, overrides: list[str], min_records: int,
+def run_with_broker_restart(local: local_cluster.LocalCluster, overrides: list[str], min_records: int,
                             timeout_s: float = 600) -> DrillRun:
     """Submits the job, stops and restarts the broker (kafka/kafka.sh) after `min_records`, and
     returns when the job finished without anyone touching it."""
@@ -276,8 +275,8 @@ def run_with_broker_restart(local: cluster.LocalCluster, overrides: list[str], m
     watch = Watch(local, run)
     watch.until(f"{min_records} records", lambda: watch.attempt_records() >= min_records, timeout_s)
     run.broker_restarted_at_ms = time.time_ns() // 1_000_000
-    subprocess.run([str(PROJECT / "kafka" / "kafka.sh"), "down"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([str(PROJECT / "kafka" / "kafka.sh"), "up"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(PROJECT_ROOT / "kafka" / "kafka.sh"), "down"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(PROJECT_ROOT / "kafka" / "kafka.sh"), "up"], check=True, stdout=subprocess.DEVNULL)
     watch.until_finished(timeout_s)
     run.wall_s = time.monotonic() - started
     return run
@@ -313,14 +312,14 @@ def committed_outputs(settings: Settings) -> int:
                for _ in kafka_tools.tail(settings, topic, idle_timeout_s=1))
 
 
-def _kill_taskmanagers(local: cluster.LocalCluster, point: str, watch: Watch) -> Kill:
+def _kill_taskmanagers(local: local_cluster.LocalCluster, point: str, watch: Watch) -> Kill:
     """Kills at once, and describes the job by the poll that chose this moment."""
     pids = local.taskmanager_pids()
     if not pids:
         raise DrillError("no TaskManager process to kill")
     at_ms = time.time_ns() // 1_000_000
     for pid in pids:
-        cluster.kill_tree(pid)
+        local_cluster.kill_tree(pid)
     in_progress = [checkpoint_id for checkpoint_id, checkpoint in checkpoints_by_id(watch.last_checkpoints).items()
                    if checkpoint["status"] == "IN_PROGRESS"]
     return Kill(point=point, at_ms=at_ms, attempt_records=watch.last_attempt_records,

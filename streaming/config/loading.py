@@ -1,0 +1,170 @@
+"""Reading a profile: YAML files (with `extends`), `--set` overrides, paths made absolute, and
+validation errors turned into one line naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from streaming.config.base import ConfigError
+from streaming.config.settings import Settings
+
+
+def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Settings:
+    """Loads and validates a profile; `overrides` are `dotted.key=value` strings applied on top.
+
+    Relative file paths in a profile resolve against that profile file's folder (so a profile means
+    the same from any folder); relative paths given in `overrides` resolve against the current
+    folder, as paths on a command line do. All paths in the result are absolute.
+    """
+    raw = _read_profile(Path(path), ())
+    for override in overrides:
+        _apply_override(raw, override)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None
+    settings.pseudonym_key()
+    return _absolute_paths(settings, Path(path).resolve().parent)  # the defaults' relative paths
+
+
+# The settings that are file paths: (section, setting) -> whether it holds a list of paths.
+PATH_SETTINGS = {("source", "paths"): True, ("source", "directory"): False, ("output", "path"): False,
+                 ("checkpointing", "directory"): False, ("checkpointing", "savepoint_directory"): False,
+                 ("flink", "jars"): True}
+
+
+def _read_profile(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A profile's sections with its relative paths made absolute against its folder;
+    `extends: other.yaml` (relative to the profile) starts from that profile, and sections given
+    here are merged over it setting by setting."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path}: is a folder; give a profile such as conf/local.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise ConfigError(f"config file {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path}: {_yaml_problem(error)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of sections")
+    _resolve_paths(raw, path.resolve().parent)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    parent = (path.parent / str(base)).resolve()
+    if parent in seen:
+        raise ConfigError(f"config file {path}: extends: {base} extends this profile again")
+    return _merged(_read_profile(parent, (*seen, path.resolve())), raw)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: what YAML found wrong, and where (1-based line and column)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"invalid YAML at {where}{problem}"
+
+
+def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Makes the relative paths of PATH_SETTINGS in `raw` absolute against `folder`, in place;
+    values of the wrong type are left for validation to report."""
+    for (section, name), is_list in PATH_SETTINGS.items():
+        values = raw.get(section)
+        if not isinstance(values, dict) or name not in values:
+            continue
+        value = values[name]
+        if is_list and isinstance(value, list):
+            values[name] = [_absolute(item, folder) if isinstance(item, str) else item for item in value]
+        elif not is_list and isinstance(value, str):
+            values[name] = _absolute(value, folder)
+
+
+def _absolute(path: str, folder: Path) -> str:
+    return str((folder / Path(path).expanduser()).resolve())
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for name, value in over.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(name), dict)
+        merged[name] = _merged(merged[name], value) if both_sections else value
+    return merged
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    dotted, sep, value = override.partition("=")
+    if not sep or not dotted:
+        raise ConfigError(f"--set {override}: expected dotted.key=value")
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for name in parents:
+        node = node.setdefault(name, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {override}: {name} is not a section")
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {override}: {_yaml_problem(error)}") from None
+    if len(parents) == 1:
+        _resolve_paths({parents[0]: node}, Path.cwd())
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(_settings_at(first["loc"][:-1]))
+        return f"{field}: unknown setting; allowed here: {allowed}"
+    if message.startswith(field.split(".")[0]) or ":" in message.split(" ")[0]:
+        return message  # a model validator already named the field
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{field}: {message}{shown}"
+
+
+def _settings_at(location: tuple[Any, ...]) -> list[str]:
+    """The setting names allowed in the section at `location` (list positions and the keys of
+    mapping settings, such as the field in cleaning.missing.<field>, are skipped)."""
+    section: Any = Settings
+    parts = iter(location)
+    for part in parts:
+        if isinstance(part, int):
+            continue
+        annotation = section.model_fields[part].annotation
+        if get_origin(annotation) is Mapping:
+            next(parts, None)  # the key
+        candidates = (annotation, *getattr(annotation, "__args__", ()))
+        section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if section is None:
+            return []
+    return list(section.model_fields)
+
+
+def _absolute_paths(settings: Settings, folder: Path) -> Settings:
+    """`settings` with every path that is still relative (a default) made absolute against `folder`."""
+    def absolute(path: str) -> str:
+        return _absolute(path, folder)
+
+    source = settings.source.model_copy(
+        update={
+            "paths": tuple(absolute(p) for p in settings.source.paths),
+            "directory": absolute(settings.source.directory) if settings.source.directory else None,
+        }
+    )
+    return settings.model_copy(
+        update={
+            "source": source,
+            "output": settings.output.model_copy(update={"path": absolute(settings.output.path)}),
+            "checkpointing": settings.checkpointing.model_copy(
+                update={"directory": absolute(settings.checkpointing.directory),
+                        "savepoint_directory": absolute(settings.checkpointing.savepoint_directory)}
+            ),
+            "flink": settings.flink.model_copy(update={"jars": tuple(absolute(j) for j in settings.flink.jars)}),
+        }
+    )

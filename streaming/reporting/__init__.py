@@ -1,0 +1,1 @@
+"""What a run leaves behind: its committed outputs and their summary, and the HTML report."""
