@@ -26,10 +26,10 @@ def analytics_overrides() -> list[str]:
     """--set overrides that turn analytics on with the windows above."""
     windows = json.dumps([{"size_ms": spec.size_ms, "slide_ms": spec.slide_ms} for spec in SPECS])
     return ["analytics.enabled=true", f"analytics.windows={windows}", f"analytics.group_by={json.dumps(GROUP_BY)}",
-            f"analytics.out_of_orderness_ms={OUT_OF_ORDERNESS_MS}",
+            f"event_time.transactions.out_of_orderness_ms={OUT_OF_ORDERNESS_MS}",
             f"analytics.allowed_lateness_ms={ALLOWED_LATENESS_MS}",
             # No split goes idle in a test: what is late then depends on each split alone.
-            "analytics.idleness_ms=600000"]
+            "event_time.transactions.idleness_ms=600000"]
 
 
 # The first "event_time" field of a line and its value, as the job's source reads it for watermarks

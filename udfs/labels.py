@@ -129,7 +129,7 @@ def outcome_reason(outcome: str, label: Label, event_time: int | None, applied: 
         return f"unknown: no transaction with this txn_id was scored within labels.unknown_wait_ms {unknown_wait_ms}"
     if outcome == LATE:
         return ("late: the label came after the watermark passed its transaction's event_time + labels.ttl_ms, "
-                "when its features were no longer kept; raise labels.out_of_orderness_ms")
+                "when its features were no longer kept; raise event_time.labels.out_of_orderness_ms")
     raise ValueError(f"{outcome!r} has no dead letter; outcomes with one: {', '.join(OUTCOMES[1:])}")
 
 

@@ -22,7 +22,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     job_jars(settings)  # a missing jar: one line naming it, before Flink starts
     os.environ.setdefault("FLINK_LOG_DIR", str(FLINK_LOG_DIR))
-    from streaming.job.graph import run_job
+    from streaming.job.run import run_job
     from streaming.reporting.outputs import RunOutputs, summarize
 
     outputs = RunOutputs(Path(settings.output.path)) if settings.output.kind == "files" else None

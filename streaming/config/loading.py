@@ -3,6 +3,7 @@ validation errors turned into one line naming the field."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_origin
@@ -24,12 +25,47 @@ def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     raw = _read_profile(Path(path), ())
     for override in overrides:
         _apply_override(raw, override)
+    _move_deprecated_settings(raw)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
     settings.pseudonym_key()
     return _absolute_paths(settings, Path(path).resolve().parent)  # the defaults' relative paths
+
+
+# Settings that moved, old place -> new place: accepted at the old place, with a one-line warning,
+# for one release (until RENAMED_SETTINGS_UNTIL), then refused as unknown keys.
+RENAMED_SETTINGS = {
+    ("analytics", "out_of_orderness_ms"): ("event_time", "transactions", "out_of_orderness_ms"),
+    ("analytics", "idleness_ms"): ("event_time", "transactions", "idleness_ms"),
+    ("labels", "out_of_orderness_ms"): ("event_time", "labels", "out_of_orderness_ms"),
+    ("labels", "idleness_ms"): ("event_time", "labels", "idleness_ms"),
+}
+RENAMED_SETTINGS_UNTIL = "0.3"
+
+
+def _move_deprecated_settings(raw: dict[str, Any]) -> None:
+    """Moves each setting of RENAMED_SETTINGS found at its old place to its new one, warning once
+    per setting (one line on stderr through the `streaming.config` logger); ConfigError when the
+    same setting is given at both places."""
+    for old, new in RENAMED_SETTINGS.items():
+        section = raw.get(old[0])
+        if not isinstance(section, dict) or old[1] not in section:
+            continue
+        value = section.pop(old[1])
+        old_name, new_name = ".".join(old), ".".join(new)
+        target = raw
+        for key in new[:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{new_name}: {key} must be a mapping")
+        if new[-1] in target:
+            raise ConfigError(f"{old_name}: renamed to {new_name}, which is also given; keep only {new_name}")
+        target[new[-1]] = value
+        logging.getLogger("streaming.config").warning(
+            "riskstream: warning: %s is deprecated; use %s (the old name is refused from version %s)",
+            old_name, new_name, RENAMED_SETTINGS_UNTIL)
 
 
 # The settings that are file paths: (section, setting) -> whether it holds a list of paths.

@@ -293,20 +293,15 @@ class AnalyticsSettings(Section):
     """Event-time windowed figures of the scored stream per group (udfs/analytics.py says how
     windows, watermarks and late records are defined), written to `<output>/analytics` and
     `<output>/late` (or the kafka.analytics_topic and kafka.late_topic). Off by default: it costs
-    CPU per record, and an event-time watermark, read from each record's event_time in the source."""
+    CPU per record, and an event-time watermark, read from each record's event_time in the source
+    (event_time.transactions)."""
 
     enabled: bool = False
     group_by: tuple[Literal["merchant_category", "country", "channel", "currency"], ...] = (
         "merchant_category", "country")
     windows: tuple[WindowSettings, ...] = (WindowSettings(size_ms=60_000),)
-    # A split's (file's, Kafka partition's) watermark trails its largest event time by this much.
-    out_of_orderness_ms: int = Field(default=5_000, ge=0)
-    # A window is emitted when the watermark reaches its end plus this.
+    # A window is emitted when the watermark reaches its end plus this (the watermark: event_time.transactions).
     allowed_lateness_ms: int = Field(default=0, ge=0)
-    # A split that sends nothing for this long (processing time) stops holding the watermark back;
-    # a source subtask that reads nothing for this long emits the watermark of all it read, then
-    # (one period later) stops holding it back (RecordBundler.java).
-    idleness_ms: PositiveInt = 10_000
 
     @model_validator(mode="after")
     def _something_to_compute(self) -> "AnalyticsSettings":
@@ -315,6 +310,26 @@ class AnalyticsSettings(Section):
         if len(set(self.group_by)) != len(self.group_by):
             raise ValueError("analytics.group_by: a field may appear once")
         return self
+
+
+class WatermarkSettings(Section):
+    """How one input's event time advances, per split (a file, a Kafka partition)."""
+
+    # A split's watermark trails the largest event time it has read by this much.
+    out_of_orderness_ms: int = Field(default=5_000, ge=0)
+    # A split that sends nothing for this long (processing time) stops holding the watermark back;
+    # a source subtask that reads nothing for this long emits the watermark of all it read, then
+    # (one period later) stops holding it back (RecordBundler.java).
+    idleness_ms: PositiveInt = 10_000
+
+
+class EventTimeSettings(Section):
+    """The event time of the job's inputs, shared by everything that needs it. transactions: their
+    event_time, for windowed analytics and to expire a label stream's feature logs (the job
+    watermarks transactions only when one of those is on); labels: their label_time."""
+
+    transactions: WatermarkSettings = WatermarkSettings()
+    labels: WatermarkSettings = WatermarkSettings()
 
 
 DAY_MS = 86_400_000
@@ -339,12 +354,6 @@ class LabelSettings(Section):
     # the TTL is told apart (expired) from one for a transaction never seen (unknown); at least
     # ttl_ms. Unset: twice ttl_ms.
     remember_ms: PositiveInt | None = None
-    # The label source's watermark trails its largest label_time by this much, per split.
-    out_of_orderness_ms: int = Field(default=5_000, ge=0)
-    # A split that sends nothing for this long (processing time) stops holding the watermark back;
-    # a source subtask that reads nothing for this long emits the watermark of all it read, then
-    # (one period later) stops holding it back (RecordBundler.java).
-    idleness_ms: PositiveInt = 10_000
 
     @model_validator(mode="after")
     def _source_when_streamed(self) -> "LabelSettings":
@@ -397,6 +406,7 @@ class Settings(Section):
     performance: PerformanceSettings = PerformanceSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     labels: LabelSettings = LabelSettings()
+    event_time: EventTimeSettings = EventTimeSettings()
     flink: FlinkSettings = FlinkSettings()
 
     @model_validator(mode="after")
@@ -419,6 +429,12 @@ class Settings(Section):
                 raise ValueError(f"checkpointing.interval_ms: must be below kafka.transaction_timeout_ms "
                                  f"({kafka.transaction_timeout_ms}) for exactly-once Kafka output")
         return self
+
+    @property
+    def transactions_in_event_time(self) -> bool:
+        """Whether transactions carry event-time watermarks: for windowed analytics, or to expire the
+        feature logs of a label stream."""
+        return self.analytics.enabled or self.labels.streamed
 
     def pseudonym_key(self) -> bytes:
         """The account_id HMAC key: the environment's, else the profile's; fails if neither is set."""

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"riskstream: configuration error: {error}", file=sys.stderr)
         return 2
-    from streaming.job.graph import start_job
+    from streaming.job.run import start_job
 
     start_job(settings)
     return 0

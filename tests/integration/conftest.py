@@ -34,7 +34,7 @@ def run_scoring_job(workdir: Path, lines: list[bytes], *overrides: str,
                     file_name: str = "transactions.jsonl") -> JobOutputs:
     """Writes `lines` to one input file, `workdir / file_name`, runs the real job on it with the
     local profile plus `overrides`, and returns everything it committed."""
-    from streaming.job.graph import run_job  # imports pyflink: only the integration tier pays for it
+    from streaming.job.run import run_job  # imports pyflink: only the integration tier pays for it
 
     workdir.mkdir(parents=True, exist_ok=True)
     source = workdir / file_name

@@ -54,7 +54,7 @@ def latest_checkpoint(directory: Path) -> Path:
 
 
 def test_files_dropped_into_a_watched_directory_are_scored(tmp_path):
-    from streaming.job.graph import start_job
+    from streaming.job.run import start_job
 
     incoming = tmp_path / "incoming"
     incoming.mkdir()
@@ -83,7 +83,7 @@ def test_files_dropped_into_a_watched_directory_are_scored(tmp_path):
 def test_a_job_restored_from_a_checkpoint_reads_no_file_again_and_outputs_every_line_once(tmp_path):
     """The first run is cancelled with one file read and the next half read; the second resumes
     from its last checkpoint with both files still in the directory and a third dropped later."""
-    from streaming.job.graph import start_job
+    from streaming.job.run import start_job
 
     incoming = tmp_path / "incoming"
     incoming.mkdir()

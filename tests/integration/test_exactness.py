@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from streaming.job.graph import FINAL_SNAPSHOTS_PER_BUNDLE
+from streaming.job.shard_models import FINAL_SNAPSHOTS_PER_BUNDLE
 from udfs.generator import GeneratorSettings, generate
 
 FEATURES = ("a", "b", "c", "d")

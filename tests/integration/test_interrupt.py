@@ -236,7 +236,7 @@ def test_ctrl_c_during_start_up_ends_the_command_in_one_line(tmp_path, after_jvm
 
 
 def test_records_read_counts_every_line_of_the_input_files(tmp_path):
-    from streaming.job.graph import run_job
+    from streaming.job.run import run_job
 
     lines = transactions(seed=91, records=700) + [b"", b"not json", b'{"unterminated": ']
     source = tmp_path / "transactions.jsonl"

@@ -91,7 +91,7 @@ def test_the_metrics_equal_the_committed_outputs(session_cluster, tmp_path, caps
                  "checkpointing.interval_ms=500", "source.max_records_per_second=600",
                  f"flink.rest_address={rest_address}", *analytics_overrides(),
                  # One file: the source subtask without it holds the watermark back until it counts as idle.
-                 "analytics.idleness_ms=2000"]
+                 "event_time.transactions.idleness_ms=2000"]
     job_id = local_cluster.submit(session_cluster.cluster, local_cluster.submit_command(LOCAL_PROFILE, rest_address, overrides))
     try:
         deadline = time.monotonic() + 180

@@ -17,7 +17,7 @@ RECORDS = 50_000
 
 def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scoring_job, kafka_settings, kafka_isolation,
                                                                 capsys):
-    from streaming.job.graph import run_job
+    from streaming.job.run import run_job
 
     settings = kafka_settings.model_copy(update={
         "kafka": kafka_settings.kafka.model_copy(update={"bounded": True, "delivery": "exactly-once"}),

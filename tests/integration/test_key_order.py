@@ -26,7 +26,7 @@ IMPUTED_KEY = {"merchant_category": "other", "merchant_id": "m-unknown", "curren
 
 @pytest.mark.parametrize("field", MODEL_KEY_FIELDS)
 def test_every_model_key_is_read_from_one_partition_in_production_order(tmp_path, kafka_settings, field):
-    from streaming.job.graph import run_job
+    from streaming.job.run import run_job
 
     settings = kafka_settings.model_copy(update={
         "kafka": kafka_settings.kafka.model_copy(update={"bounded": True}),

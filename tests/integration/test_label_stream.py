@@ -52,7 +52,7 @@ def transactions(records: int, seed: int) -> list[dict]:
 
 
 def run(tmp_path: Path, stream: list[dict], label_lines: list[bytes], mode: str, parallelism: int, *overrides: str):
-    from streaming.job.graph import run_job
+    from streaming.job.run import run_job
 
     (tmp_path / "tx.jsonl").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in stream))
     (tmp_path / "labels.jsonl").write_bytes(b"".join(line + b"\n" for line in label_lines))
@@ -240,7 +240,7 @@ def test_run_prints_the_label_figures_of_a_label_stream(tmp_path):
 def test_labels_from_a_kafka_topic_are_learned_once_each_as_the_inputs_say(tmp_path, kafka_isolation):
     """The same through Kafka: transactions keyed by model key, labels keyed by txn_id on the labels
     topic, a bounded run with exactly-once outputs."""
-    from streaming.job.graph import run_job
+    from streaming.job.run import run_job
     from streaming.ops import kafka_tools
 
     stream = transactions(3000, seed=8)
@@ -330,7 +330,7 @@ def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluste
                  f"output.path={output}", f"checkpointing.directory={tmp_path / 'checkpoints'}",
                  "checkpointing.interval_ms=500", f"flink.rest_address={rest_address}", "labels.mode=stream",
                  f"labels.source={{kind: directory, directory: {json.dumps(str(labels_in))}, discovery_interval_ms: 200}}",
-                 "analytics.idleness_ms=1000", "labels.idleness_ms=1000", *PROFILE]
+                 "event_time.transactions.idleness_ms=1000", "event_time.labels.idleness_ms=1000", *PROFILE]
 
     def figures_when(done, seconds: float) -> dict:
         deadline = time.monotonic() + seconds

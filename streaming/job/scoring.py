@@ -1,0 +1,304 @@
+"""The scoring operators (uid score-and-learn): each shard batch is scored in arrival order, then
+learned from, with the shard's models (ShardModels); with a label stream, labels that arrive later
+are learned from too. Every decision about a record or a label is made in udfs/."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, NamedTuple
+
+from pyflink.common import Types
+from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor
+
+from streaming.job import pyflink_internals as internals
+from streaming.job.bundles import (
+    LABEL_DEAD_LETTERS,
+    LATE,
+    LEARNING,
+    SNAPSHOTS,
+    keyed_lines_bundle,
+    now_ms,
+    output_bundle,
+)
+from streaming.job.identity import METRICS_GROUP
+from streaming.job.shard_models import END_OF_INPUT, ShardModels
+from udfs.analytics import NO_WATERMARK, Windowing, analytics_header, late_records
+from udfs.labels import (
+    APPLIED,
+    OUTCOMES,
+    FeatureLog,
+    RoutedLabel,
+    expiry_of,
+    label_dead_letter,
+    learning_line,
+    log_position,
+    outcome_reason,
+    read_routed_label,
+    routed_label_line,
+    routed_outcome,
+)
+from udfs.labels import LATE as LATE_LABEL
+from udfs.live_metrics import RecentLogLoss
+from udfs.model import Sgd
+from udfs.ordering import BundleSequencer
+from udfs.pipeline import KeyedLine, ModelScorer, RecordBatch, unpack_shard_batch
+
+# Flink's watermark trails the one udfs/analytics.py defines by 1 ms (Flink's bounded
+# out-of-orderness generator subtracts it), so a window due at `due` fires at Flink's `due - 1`.
+FLINK_WATERMARK_LAG_MS = 1
+# The watermark before the first one: Java's Long.MIN_VALUE.
+JAVA_LONG_MIN = -2**63
+
+# Called after a batch is scored, with (shard, batch, assessed, feature log id or None, ctx); yields
+# more output.
+AfterScoring = Callable[..., Iterator]
+
+
+class ShardScoring:
+    """What both scoring operators do with a shard batch: put the numbered bundles of a shard back
+    in order (udfs.ordering), score each batch in compiled code (ModelScorer.assess_columns) and
+    learn from its inline labels (unless labels.mode is stream), write the changed models through,
+    and emit the score lines (after the header window-analytics reads, when analytics are on), late
+    records and snapshots. Not a Flink function itself: the operators own one and call it."""
+
+    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: Windowing | None, learn_inline: bool):
+        self.scorer = scorer
+        self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
+        self.analytics = analytics  # None: windowed analytics off
+        # False in labels.mode stream: a record's is_fraud is shown in its score, not learned from.
+        self.learn_inline = learn_inline
+        self.models = ShardModels(scorer)
+        self.sequencer = BundleSequencer()
+        self.scored = None
+        self.late = None
+        self.recent_loss: RecentLogLoss | None = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        internals.let_numba_import_in_python_workers()
+        # Per batch, not per record (see ReadBundle.open). Gauges are integers in PyFlink, hence
+        # the log loss in micro-units; `recent_labelled` says how many labelled records it is over
+        # (0: no figure yet), so that a reader can weigh the subtasks' figures.
+        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.scored = metrics.counter("scored")
+        # Late-record lines (a record late for windows of two sizes has two), as the late output holds.
+        self.late = metrics.counter("late") if self.analytics is not None else None
+        self.recent_loss = RecentLogLoss()
+        metrics.gauge("model_keys", self.models.key_count)
+        metrics.gauge("recent_log_loss_micro", self.recent_loss.value_micro)
+        metrics.gauge("recent_labelled", lambda: self.recent_loss.labelled)
+        self.models.open(runtime_context)
+        self.sequencer = BundleSequencer()
+
+    def score(self, shard_batch: tuple[int, bytes], ctx, after_scoring: AfterScoring | None = None) -> Iterator:
+        shard, packed = shard_batch
+        stream, seq, batch, log_id = unpack_shard_batch(packed)
+        batches = [(batch, log_id)] if stream is None else self.sequencer.release(shard, stream, seq, (batch, log_id))
+        self.models.time_final_snapshots(shard, ctx)
+        table = self.models.table(shard)
+        for batch, log_id in batches:
+            learned_from = batch if self.learn_inline else batch.without_labels()
+            assessed = self.scorer.assess_columns(learned_from, table)
+            self.models.write_through(table, assessed.changed_rows)
+            if len(batch):
+                self.scored.inc(len(batch))
+                self.recent_loss.add(assessed.probability, batch.labels)
+                scores = output_bundle(self.scorer.score_lines(batch, assessed, now_ms()),
+                                       batch.model_keys if self.keyed_output else None)
+                if self.analytics is None:
+                    yield scores
+                else:
+                    yield from self._with_analytics(batch, scores, ctx.timer_service().current_watermark())
+            if assessed.snapshots:
+                yield SNAPSHOTS, keyed_lines_bundle(assessed.snapshots, self.keyed_output)
+            if after_scoring is not None:
+                yield from after_scoring(shard, batch, assessed, log_id, ctx)
+
+    def _with_analytics(self, batch: RecordBatch, scores: bytes, flink_watermark: int) -> Iterator:
+        """The batch's score lines after the header window-analytics reads (which records were late,
+        by what watermark: udfs.analytics.analytics_header), and its late records (to LATE)."""
+        analytics = self.analytics
+        watermark = NO_WATERMARK if flink_watermark == JAVA_LONG_MIN else flink_watermark + FLINK_WATERMARK_LAG_MS
+        watermarks, late_rows, late = late_records(analytics.specs, analytics.allowed_lateness_ms, batch, watermark)
+        yield analytics_header(late_rows, watermarks) + scores
+        self.late.inc(len(late))  # also when 0, so that the counter is reported from the first batch
+        if late:
+            yield LATE, output_bundle([line for _, line in late],
+                                      [txn_id for txn_id, _ in late] if self.keyed_output else None)
+
+    def final_snapshots(self, shard: int) -> Iterator:
+        for bundle in self.models.final_snapshots(shard, self.keyed_output):
+            yield SNAPSHOTS, bundle
+
+
+class ScoreShard(KeyedProcessFunction):
+    """Scores and learns from each shard batch (ShardScoring); at the end of a bounded input, emits
+    a final snapshot of every model of the shard (to SNAPSHOTS)."""
+
+    def __init__(self, scoring: ShardScoring):
+        self.scoring = scoring
+
+    def open(self, runtime_context: RuntimeContext):
+        self.scoring.open(runtime_context)
+
+    def process_element(self, shard_batch, ctx):
+        yield from self.scoring.score(shard_batch, ctx)
+
+    def on_timer(self, timestamp, ctx):
+        yield from self.scoring.final_snapshots(ctx.get_current_key())
+
+
+class LabelRules(NamedTuple):
+    """What the scoring operator needs of labels.* to decide and explain a label's outcome (ms)."""
+
+    ttl_ms: int
+    unknown_wait_ms: int
+
+
+class ScoreShardWithLabelStream(KeyedCoProcessFunction):
+    """ScoreShard (input 1: shard batches) whose models also learn from labels that arrive later
+    (input 2: LabelRouter.java's lines, bundled per shard by ShardBundler.java), in labels.mode
+    stream or both.
+
+    Each scored batch's features, as its models saw them, are logged in keyed map state (log id ->
+    udfs.labels.FeatureLog bytes) until the watermark passes the batch's latest event time plus
+    labels.ttl_ms. A routed label's outcome is decided by udfs.labels.routed_outcome; an applied
+    label takes one SGD step on its record's logged features (ModelTable.learn_logged) and writes a
+    learning line; the others are dead-lettered with their reason. A label whose log has not
+    arrived yet (it can overtake its batch on the way) waits in keyed state for it.
+
+    The worker keeps each shard's log ids (and the logs it has read) in memory, read from state the
+    first time it sees the shard after a start or restore, as ShardModels does with models.
+    """
+
+    def __init__(self, scoring: ShardScoring, rules: LabelRules, sgd: Sgd, snapshot_every: int):
+        self.scoring = scoring
+        self.rules = rules
+        self.sgd = sgd
+        self.snapshot_every = snapshot_every
+        self.logs = None
+        self.held = None
+        self.shard_logs: dict[int, dict[str, FeatureLog | None]] = {}
+        self.shard_held: dict[int, set[str]] = {}
+        self.outcomes = {}
+
+    def open(self, runtime_context: RuntimeContext):
+        self.scoring.open(runtime_context)
+        # Pickled bytes, as the models (see ShardModels.open).
+        self.logs = runtime_context.get_map_state(MapStateDescriptor("feature-log", Types.STRING(),
+                                                                     Types.PICKLED_BYTE_ARRAY()))
+        self.held = runtime_context.get_map_state(MapStateDescriptor("labels-awaiting-log", Types.STRING(),
+                                                                     Types.PICKLED_BYTE_ARRAY()))
+        self.shard_logs, self.shard_held = {}, {}
+        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.outcomes = {outcome: metrics.add_group("outcome", outcome).counter("labels") for outcome in OUTCOMES}
+        # Records whose features are logged (until their TTL passes), in this worker's shards.
+        metrics.gauge("feature_log_records", self._logged_records)
+
+    def process_element1(self, shard_batch, ctx):
+        yield from self.scoring.score(shard_batch, ctx, self._log_features)
+
+    def process_element2(self, shard_labels, ctx):
+        shard, bundle = shard_labels
+        yield from self._apply(shard, [read_routed_label(line) for line in bundle.split(b"\n") if line], ctx)
+
+    def on_timer(self, timestamp, ctx):
+        shard = ctx.get_current_key()
+        logs = self._logs_of(shard)
+        for log_id in [log_id for log_id in logs if expiry_of(log_id)[0] <= timestamp]:
+            del logs[log_id]
+            self.logs.remove(log_id)
+        if timestamp == END_OF_INPUT:
+            yield from self.scoring.final_snapshots(shard)
+
+    def _log_features(self, shard: int, batch: RecordBatch, assessed, log_id: str | None, ctx):
+        """Logs a scored batch's features, then applies the labels that were waiting for them."""
+        if log_id is None:
+            return
+        log = FeatureLog(batch.model_keys, batch.event_times, assessed.probability, batch.indptr, batch.indices,
+                         assessed.standardized)
+        self.logs.put(log_id, log.to_bytes())
+        self._logs_of(shard)[log_id] = log
+        ctx.timer_service().register_event_time_timer(expiry_of(log_id)[0])
+        held = self._held_of(shard)
+        if log_id in held:
+            held.discard(log_id)
+            waiting = self.held.get(log_id)
+            self.held.remove(log_id)
+            yield from self._apply(shard, [read_routed_label(line) for line in waiting.split(b"\n")], ctx)
+
+    def _apply(self, shard: int, routed_labels: list[RoutedLabel], ctx):
+        models = self.scoring.models
+        models.time_final_snapshots(shard, ctx)
+        table = models.table(shard)
+        logs = self._logs_of(shard)
+        watermark = ctx.timer_service().current_watermark()
+        learned, letters, snapshots = [], [], []
+        changed_rows = set()  # written to state once per bundle, not once per label
+        now = now_ms()
+        for routed in routed_labels:
+            outcome, applied = routed_outcome(routed, self.rules.ttl_ms)
+            log = None
+            if outcome == APPLIED:
+                log_id, row = log_position(routed.where)
+                log = self._log(logs, log_id)
+                if log is None and watermark < expiry_of(log_id)[0]:
+                    self._hold(shard, log_id, routed)  # its batch is still on its way
+                    continue
+                if log is None:
+                    outcome = LATE_LABEL
+            self.outcomes[outcome].inc()
+            label = routed.label
+            if outcome != APPLIED:
+                reason = outcome_reason(outcome, label, routed.event_time, applied, self.rules.ttl_ms,
+                                        self.rules.unknown_wait_ms)
+                letters.append(KeyedLine(label_dead_letter(label, outcome, reason, now).decode("utf-8"), label.txn_id))
+                continue
+            model_key = log.model_keys[row]
+            model_row = table.rows[model_key]
+            indices, values = log.entries(row)
+            stepped = table.learn_logged(model_row, indices, values, label.is_fraud, self.sgd, routed.event_time)
+            changed_rows.add(model_row)
+            updates = int(table.updates[model_row])
+            learned.append(KeyedLine(learning_line(label.txn_id, model_key, label, routed.event_time, updates,
+                                                   not stepped).decode("utf-8"), model_key))
+            if stepped and updates % self.snapshot_every == 0:
+                snapshots.append(self.scoring.scorer.snapshot(table.key_model(model_row), model_key))
+        models.write_through(table, changed_rows)
+        keyed = self.scoring.keyed_output
+        if learned:
+            yield LEARNING, keyed_lines_bundle(learned, keyed)
+        if letters:
+            yield LABEL_DEAD_LETTERS, keyed_lines_bundle(letters, keyed)
+        if snapshots:
+            yield SNAPSHOTS, keyed_lines_bundle(snapshots, keyed)
+
+    def _hold(self, shard: int, log_id: str, routed: RoutedLabel) -> None:
+        line = routed_label_line(routed)
+        waiting = self.held.get(log_id)
+        self.held.put(log_id, line if waiting is None else waiting + b"\n" + line)
+        self._held_of(shard).add(log_id)
+
+    def _log(self, logs: dict[str, FeatureLog | None], log_id: str) -> FeatureLog | None:
+        """The log `log_id`, read from state the first time it is needed; None when there is none."""
+        if log_id not in logs:
+            return None
+        log = logs[log_id]
+        if log is None:
+            log = logs[log_id] = FeatureLog.from_bytes(self.logs.get(log_id))
+        return log
+
+    def _logs_of(self, shard: int) -> dict[str, FeatureLog | None]:
+        """The shard's log ids, each with its log once read (None until then)."""
+        logs = self.shard_logs.get(shard)
+        if logs is None:
+            logs = self.shard_logs[shard] = dict.fromkeys(self.logs.keys())
+        return logs
+
+    def _held_of(self, shard: int) -> set[str]:
+        held = self.shard_held.get(shard)
+        if held is None:
+            held = self.shard_held[shard] = set(self.held.keys())
+        return held
+
+    def _logged_records(self) -> int:
+        return sum(expiry_of(log_id)[1] for logs in self.shard_logs.values() for log_id in logs)
