@@ -295,7 +295,7 @@ def main() -> int:
     parser.add_argument("--only", choices=PARTS, action="append",
                         help="run only this part (repeatable): jobs, loops, stages, analytics, kafka, failover or labels")
     parser.add_argument("--baseline", type=Path,
-                        help="a checkout of an earlier commit with its jars built (README, Benchmark): its 20-key "
+                        help="a checkout of an earlier commit with its jars built (docs/benchmark.md): its 20-key "
                              "job runs in every round too, interleaved with this one's")
     args = parser.parse_args()
     parts = set(args.only or PARTS)

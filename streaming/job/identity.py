@@ -4,7 +4,7 @@ importing PyFlink."""
 
 JOB_NAME = "riskstream-scoring"
 ENTRY_MODULE = "streaming.job.flink_main"  # what `flink run` runs
-# The group of the job's own metrics under its operators' (streaming/job/; README "Metrics"): the
+# The group of the job's own metrics under its operators' (streaming/job/; docs/monitoring.md): the
 # REST API names them `<operator>.riskstream.<name>`, and a dead-letter counter
 # `<operator>.riskstream.stage.<stage>.dead_lettered`.
 METRICS_GROUP = "riskstream"
