@@ -1,7 +1,8 @@
 # The one image of the docker-compose stack (docker-compose.yml): the broker, the Flink JobManager
 # and TaskManager, and the riskstream command, from the project's own lock file (constraints.txt)
-# and Maven build (kafka/pom.xml). Base image: `docker/base-image.sh` makes it where no registry
-# answers. The build uses only what the classic builder supports, as docker-compose 1.29 does.
+# and Maven builds (kafka/pom.xml, jvm/pom.xml). Base image: `docker/base-image.sh` makes it where
+# no registry answers. The build uses only what the classic builder supports, as docker-compose
+# 1.29 does.
 
 FROM debian:bookworm-slim AS base
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
@@ -12,7 +13,8 @@ RUN mkdir -p /usr/share/man/man1 \
  && rm -rf /var/lib/apt/lists/*
 
 # Build stage: the virtual environment, the broker's and the connector's jars, the project's Java
-# pieces. Nothing of it but those reaches the runtime image (no compilers, no Maven, no extra CA).
+# pieces (jvm/, built by Maven). Nothing of it but those reaches the runtime image (no compilers,
+# no Maven, no extra CA).
 FROM base AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv openjdk-17-jdk-headless maven make \
@@ -45,9 +47,12 @@ COPY kafka/pom.xml kafka/
 RUN touch .venv/.installed \
  && make --no-print-directory build/kafka-libs/.resolved build/flink-jars/.resolved \
  && rm -rf "$HOME/.m2"
-COPY streaming/jvm streaming/jvm/
-COPY streaming/jvm-kafka streaming/jvm-kafka/
-RUN make --no-print-directory jars && rm -rf build/classes build/kafka-classes
+# The project's Java pieces, one Maven project (jvm/): first what its build needs from Maven
+# Central (`make java-deps` runs the build on the pom alone), then the jar, built offline.
+COPY jvm/pom.xml jvm/
+RUN make --no-print-directory java-deps
+COPY jvm/src/main jvm/src/main/
+RUN make --no-print-directory jars MAVEN_FLAGS=--offline && rm -rf jvm/target "$HOME/.m2"
 
 FROM base
 RUN useradd --create-home --uid 1000 riskstream \

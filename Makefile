@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# The project's Java pieces: one Maven project (jvm/pom.xml), one jar, copied here for the jobs;
+# its sources and their folders (a deleted source changes its folder, which rebuilds the jar).
 JAR := build/riskstream-flink.jar
-JAVA_SOURCES := $(wildcard streaming/jvm/riskstream/flink/*.java)
+JAVA_SOURCES := $(shell find jvm/src/main 2>/dev/null)
 SAMPLE := data/sample.jsonl
 
 RIVER_VENV := .venv-river
@@ -13,13 +15,15 @@ BENCH_ARGS ?=
 
 KAFKA_LIBS := build/kafka-libs/.resolved
 FLINK_KAFKA := build/flink-jars/.resolved
-KAFKA_JAR := build/riskstream-flink-kafka.jar
-KAFKA_JAVA_SOURCES := $(wildcard streaming/jvm-kafka/riskstream/flink/kafka/*.java)
 
-JAVA_TEST_LIBS := build/java-test-libs/.resolved
-JAVA_TEST_SOURCES := $(wildcard streaming/jvm-test/riskstream/flink/*.java)
+# Maven on jvm/pom.xml, at the installed PyFlink's Flink version and kafka/pom.xml's connector
+# version; MAVEN_FLAGS adds options (the image's build stage: --offline).
+MAVEN_FLAGS ?=
+MAVEN = flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version.__version__)') && \
+	connector_version=$$(sed -n 's:.*<flink.kafka.connector.version>\(.*\)</flink.kafka.connector.version>.*:\1:p' kafka/pom.xml) && \
+	mvn -B -f jvm/pom.xml -Dflink.version=$$flink_version -Dflink.kafka.connector.version=$$connector_version $(MAVEN_FLAGS)
 
-.PHONY: run test unit integration java-test bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
+.PHONY: run test unit integration java-test java-deps bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
@@ -27,7 +31,7 @@ run: $(JAR) $(SAMPLE)
 
 # Runs the Java operators' tests, starts the project's Kafka broker and session cluster (or reuses
 # running ones), runs the Python suite, stops both.
-test: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS) java-test
+test: java-test $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
 	kafka/kafka.sh up
 	$(VENV)/bin/riskstream cluster up --overrides conf/flink/test.yaml
 	$(PY) -m pytest -q; status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
@@ -35,20 +39,15 @@ test: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS) java-test
 unit: $(INSTALLED)
 	$(PY) -m pytest -q tests/unit
 
-integration: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS)
+integration: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
 	kafka/kafka.sh up
 	$(VENV)/bin/riskstream cluster up --overrides conf/flink/test.yaml
 	$(PY) -m pytest -q tests/integration; status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
 
-# The Java operators' unit tests (streaming/jvm-test), on Flink's operator test harness, compiled
-# against the installed PyFlink's jars and run with JUnit's console launcher.
-java-test: $(JAR) $(JAVA_TEST_LIBS)
-	rm -rf build/java-test-classes && mkdir -p build/java-test-classes
-	flink_home=$$($(PY) -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))') && \
-	class_path="$$flink_home/lib/*:$(JAR):build/java-test-libs/*" && \
-	javac --release 11 -nowarn -d build/java-test-classes -cp "$$class_path" $(JAVA_TEST_SOURCES) && \
-	java -cp "build/java-test-classes:$$class_path" org.junit.platform.console.ConsoleLauncher execute \
-		--disable-banner --disable-ansi-colors --details=tree --include-engine=junit-jupiter --fail-if-no-tests --scan-class-path build/java-test-classes
+# The Java pieces' unit tests (jvm/src/test), JUnit 5 on Flink's operator test harness, run by
+# Maven's surefire against the installed PyFlink's Flink version; every test is listed.
+java-test: $(JAR)
+	$(MAVEN) --no-transfer-progress test
 
 kafka-up: $(KAFKA_LIBS)
 	kafka/kafka.sh up
@@ -57,7 +56,7 @@ kafka-down:
 	kafka/kafka.sh down
 
 # The local Flink session cluster (conf/flink; pid files, logs and lib/ under var/flink).
-cluster-up: $(JAR) $(KAFKA_JAR)
+cluster-up: $(JAR) $(FLINK_KAFKA)
 	$(VENV)/bin/riskstream cluster up
 
 cluster-down:
@@ -75,14 +74,21 @@ $(KAFKA_LIBS): kafka/pom.xml
 # TaskManager kills on the session cluster (started and stopped by the benchmark), with CPU per
 # record and a per-stage profile; `make bench BENCH_ARGS=--quick` for 100k records,
 # BENCH_ARGS="--only jobs --only stages --repeat 3" for part of it (bench/run_bench.py).
-bench: $(JAR) $(KAFKA_JAR) $(KAFKA_LIBS) $(RIVER_INSTALLED)
+bench: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS) $(RIVER_INSTALLED)
 	kafka/kafka.sh up
 	$(PY) bench/run_bench.py $(BENCH_ARGS); status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
 
 jar: $(JAR)
 
 # Every jar a job needs: the project's Java pieces and Flink's Kafka connector.
-jars: $(JAR) $(KAFKA_JAR)
+jars: $(JAR) $(FLINK_KAFKA)
+
+# Everything the jar's build needs from Maven Central (dependencies and plugins), into the local
+# repository, so that `make jars MAVEN_FLAGS=--offline` then builds without a network: the build
+# itself, run once (the image runs it on jvm/pom.xml alone, before its sources arrive).
+java-deps: $(INSTALLED)
+	$(MAVEN) -q -Dmaven.test.skip=true clean package
+	rm -rf jvm/target
 
 # Every package at the version of constraints.txt, the lock file the Dockerfile installs from too.
 $(INSTALLED): pyproject.toml constraints.txt
@@ -115,20 +121,11 @@ $(RIVER_INSTALLED): pyproject.toml | $(INSTALLED)
 	$(RIVER_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-# Compiled against the jars of the installed PyFlink, so the classes always match its Flink version.
-$(JAR): $(INSTALLED) $(JAVA_SOURCES)
-	rm -rf build/classes && mkdir -p build/classes
-	flink_home=$$($(PY) -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))') && \
-	javac --release 11 -nowarn -d build/classes -cp "$$flink_home/lib/*:$$flink_home/opt/*" $(JAVA_SOURCES)
-	jar cf $@ -C build/classes .
-
-# The operator test harness matching PyFlink's Flink version, and JUnit (streaming/jvm-test/pom.xml).
-$(JAVA_TEST_LIBS): streaming/jvm-test/pom.xml $(INSTALLED)
-	rm -rf build/java-test-libs
-	flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version.__version__)') && \
-	cd streaming/jvm-test && mvn -q -B dependency:copy-dependencies -Dflink.version=$$flink_version \
-		-DoutputDirectory=../../build/java-test-libs
-	touch $@
+# Compiled against the installed PyFlink's Flink version, so the classes always match it; from
+# clean, as no class of a deleted source stays behind (tests skipped: `make java-test` runs them).
+$(JAR): $(INSTALLED) jvm/pom.xml kafka/pom.xml $(JAVA_SOURCES)
+	$(MAVEN) -q -Dmaven.test.skip=true clean package
+	mkdir -p build && cp jvm/target/riskstream-flink.jar $@
 
 # The Flink Kafka connector matching PyFlink's Flink version (kafka/pom.xml, profile flink-connector).
 $(FLINK_KAFKA): kafka/pom.xml
@@ -136,14 +133,8 @@ $(FLINK_KAFKA): kafka/pom.xml
 	cd kafka && mvn -q -B -P flink-connector dependency:copy-dependencies -DoutputDirectory=../build/flink-jars
 	touch $@
 
-$(KAFKA_JAR): $(INSTALLED) $(FLINK_KAFKA) $(KAFKA_JAVA_SOURCES)
-	rm -rf build/kafka-classes && mkdir -p build/kafka-classes
-	flink_home=$$($(PY) -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))') && \
-	javac --release 11 -nowarn -d build/kafka-classes -cp "$$flink_home/lib/*:build/flink-jars/*" $(KAFKA_JAVA_SOURCES)
-	jar cf $@ -C build/kafka-classes .
-
 $(SAMPLE): | $(INSTALLED)
 	$(VENV)/bin/riskstream generate --out $@ --records 200000 --malformed-share 0.02 --drift-at 0.6
 
 clean:
-	rm -rf build out var .pytest_cache $(RIVER_VENV)
+	rm -rf build out var .pytest_cache $(RIVER_VENV) jvm/target

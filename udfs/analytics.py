@@ -117,7 +117,7 @@ class ScoredRecord(NamedTuple):
 @dataclass
 class WindowFigures:
     """The figures of one window and group, from its records one by one: the reference that the
-    job's window operator (streaming/jvm/riskstream/flink/WindowAnalytics.java) is tested against."""
+    job's window operator (jvm/src/main/java/riskstream/flink/WindowAnalytics.java) is tested against."""
 
     records: list[ScoredRecord] = field(default_factory=list)
 

@@ -13,13 +13,13 @@ KAFKA_CONNECTOR_PATTERN = "flink-sql-connector-kafka-*.jar"
 
 
 def job_jars(settings: Settings) -> list[Path]:
-    """The jars on the job's class path: the project's Java pieces, in Kafka mode also its Kafka
-    pieces and Flink's Kafka connector, then the profile's own `flink.jars`. Raises ConfigError
-    naming the first one that is missing and how to build it."""
+    """The jars on the job's class path: the project's Java pieces (jvm/; its Kafka classes load
+    only in Kafka mode), in Kafka mode also Flink's Kafka connector, then the profile's own
+    `flink.jars`. Raises ConfigError naming the first one that is missing and how to build it."""
     jars = [BUILD / "riskstream-flink.jar"]
     if "kafka" in (settings.source.kind, settings.output.kind):
         connectors = sorted((BUILD / "flink-jars").glob(KAFKA_CONNECTOR_PATTERN))
-        jars += [BUILD / "riskstream-flink-kafka.jar", *(connectors or [BUILD / "flink-jars" / KAFKA_CONNECTOR_PATTERN])]
+        jars += connectors or [BUILD / "flink-jars" / KAFKA_CONNECTOR_PATTERN]
     for jar in jars:
         if not jar.is_file():
             raise ConfigError(f"{jar} is missing; build the project's jars with `make jars` in {PROJECT_ROOT}")

@@ -831,6 +831,17 @@ def test_flink_is_the_same_minor_version_in_the_lock_file_the_connector_and_pyfl
     assert not problems, "\n".join(problems)
 
 
+def test_the_java_builds_own_versions_are_the_pinned_flink_and_kafka_poms_connector():
+    """jvm/pom.xml's defaults, for `mvn` run by hand (make passes the installed PyFlink's version and
+    kafka/pom.xml's connector version): the same, so both ways build against the same Flink."""
+    pinned, _ = pins((PROJECT / "constraints.txt").read_text(encoding="utf-8"))
+    jvm_pom = (PROJECT / "jvm" / "pom.xml").read_text(encoding="utf-8")
+    project = ElementTree.fromstring(jvm_pom)
+    namespace = project.tag.partition("}")[0] + "}"
+    assert project.findtext(f"{namespace}properties/{namespace}flink.version") == pinned["apache-flink"]
+    assert connector_version(jvm_pom) == connector_version((PROJECT / "kafka" / "pom.xml").read_text(encoding="utf-8"))
+
+
 def test_a_connector_or_pyflink_for_another_flink_is_reported():
     pom = (PROJECT / "kafka" / "pom.xml").read_text(encoding="utf-8")
     old_pom = re.sub(r"<flink.kafka.connector.version>[^<]*<", "<flink.kafka.connector.version>4.0.0-2.0<", pom)

@@ -1,59 +1,21 @@
-package riskstream.flink;
+package riskstream.flink.kafka;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNull;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import java.io.ByteArrayOutputStream;
-import java.net.URL;
-import java.net.URLClassLoader;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
-import java.nio.file.Path;
-
-import javax.tools.JavaCompiler;
-import javax.tools.ToolProvider;
 
 import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
 import org.apache.flink.kafka.shaded.org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.flink.util.InstantiationUtil;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.io.TempDir;
 
-/**
- * Which Kafka message KeyedLineBytesSerializer makes of a line.
- *
- * <p>The serializer is in streaming/jvm-kafka, which `make java-test` does not compile: this test
- * compiles its source (make runs in the repository's root) against the test class path, which has
- * the Kafka connector from streaming/jvm-test/pom.xml, so it always checks the current source.
- */
+/** Which Kafka message KeyedLineBytesSerializer makes of a line. */
 class KeyedLineBytesSerializerTest {
 
-    private static final String SOURCE = "streaming/jvm-kafka/riskstream/flink/kafka/KeyedLineBytesSerializer.java";
     private static final String TOPIC = "scores";
-
-    @TempDir
-    static Path classes;
-    private static ClassLoader loader;
-    private static KafkaRecordSerializationSchema<byte[]> serializer;
-
-    @BeforeAll
-    @SuppressWarnings("unchecked")
-    static void compileTheSerializer() throws Exception {
-        assertTrue(Files.isRegularFile(Path.of(SOURCE)), SOURCE + " not found from " + Path.of("").toAbsolutePath());
-        JavaCompiler javac = ToolProvider.getSystemJavaCompiler();
-        ByteArrayOutputStream errors = new ByteArrayOutputStream();
-        int status = javac.run(null, errors, errors, "--release", "11", "-nowarn", "-d", classes.toString(), "-cp",
-                System.getProperty("java.class.path"), SOURCE);
-        assertEquals(0, status, "javac " + SOURCE + ":\n" + errors.toString(StandardCharsets.UTF_8));
-        loader = new URLClassLoader(new URL[] {classes.toUri().toURL()},
-                KeyedLineBytesSerializerTest.class.getClassLoader());
-        serializer = (KafkaRecordSerializationSchema<byte[]>) loader
-                .loadClass("riskstream.flink.kafka.KeyedLineBytesSerializer").getConstructor(String.class)
-                .newInstance(TOPIC);
-    }
+    private final KafkaRecordSerializationSchema<byte[]> serializer = new KeyedLineBytesSerializer(TOPIC);
 
     private static byte[] utf8(String text) {
         return text.getBytes(StandardCharsets.UTF_8);
@@ -122,7 +84,7 @@ class KeyedLineBytesSerializerTest {
     @SuppressWarnings("unchecked")
     void survivesJavaSerializationAsFlinkShipsIt() throws Exception {
         KafkaRecordSerializationSchema<byte[]> copy = (KafkaRecordSerializationSchema<byte[]>) InstantiationUtil
-                .deserializeObject(InstantiationUtil.serializeObject(serializer), loader);
+                .deserializeObject(InstantiationUtil.serializeObject(serializer), getClass().getClassLoader());
         ProducerRecord<byte[], byte[]> message = message(copy, "k\tv");
         assertEquals(TOPIC, message.topic());
         assertArrayEquals(utf8("k"), message.key());
