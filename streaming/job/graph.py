@@ -50,48 +50,46 @@ from streaming.config.flink_options import flink_options
 from streaming.config.from_settings import model_scorer, transaction_reader, windowing
 from streaming.job import pyflink_internals as internals
 from streaming.job.identity import JOB_NAME, METRICS_GROUP
-from udfs.analytics import NO_WATERMARK, Windowing, analytics_header, late_records
+from udfs.analytics import Windowing, late_records
 from udfs.cleaning import Rejected
-from udfs.labels import (
+from udfs.feature_log import FeatureLog, expiry_of, log_id_of, log_position, where
+from udfs.label_outcomes import (
     APPLIED,
+    HOLD,
     OUTCOMES,
-    FeatureLog,
-    RoutedLabel,
-    expiry_of,
     label_dead_letter,
-    label_line,
+    label_disposition,
     learning_line,
-    log_id_of,
-    log_position,
     outcome_reason,
-    read_label,
-    read_routed_label,
-    route_line,
-    routed_label_line,
     routed_outcome,
-    where,
 )
-from udfs.labels import LATE as LATE_LABEL
+from udfs.labels import read_label
 from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, records_in_bundle
 from udfs.metrics import SCORE_CLIP
 from udfs.model import Sgd
-from udfs.ordering import BundleSequencer, split_bundle_header
-from udfs.pipeline import (
-    KeyedLine,
-    ModelScorer,
+from udfs.ordering import BundleSequencer
+from udfs.reading import TransactionReader
+from udfs.records import KeyedLine
+from udfs.scoring import ModelScorer, compile_model_code
+from udfs.wire import (
+    END_OF_INPUT,
+    JAVA_LONG_MIN,
+    NO_WATERMARK,
     RecordBatch,
-    TransactionReader,
-    compile_model_code,
+    RoutedLabel,
+    analytics_header,
+    label_line,
     pack_shard_batch,
+    read_routed_label,
+    route_line,
+    routed_label_line,
+    split_bundle_header,
     split_envelope,
     unpack_shard_batch,
 )
 
 if TYPE_CHECKING:
     from udfs.compiled_model import ModelTable
-
-# The final watermark of a bounded input; a timer here fires only when the input has ended.
-END_OF_INPUT = 2**63 - 1
 
 # Output bundles are UTF-8 bytes (see output_bundle).
 DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
@@ -110,7 +108,6 @@ LABEL_OUTPUTS = ("learning", "label-dead-letters")
 # Flink's watermark trails the one udfs/analytics.py defines by 1 ms (Flink's bounded
 # out-of-orderness generator subtracts it), so a window due at `due` fires at Flink's `due - 1`.
 FLINK_WATERMARK_LAG_MS = 1
-JAVA_LONG_MIN = -2**63
 
 # The end-of-input snapshots of a shard's models leave in bundles of at most this many lines.
 FINAL_SNAPSHOTS_PER_BUNDLE = 1000
@@ -476,11 +473,10 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             if outcome == APPLIED:
                 log_id, row = log_position(routed.where)
                 log = self._log(logs, log_id)
-                if log is None and watermark < expiry_of(log_id)[0]:
+                outcome = label_disposition(outcome, log is not None, watermark, expiry_of(log_id)[0])
+                if outcome == HOLD:
                     self._hold(shard, log_id, routed)  # its batch is still on its way
                     continue
-                if log is None:
-                    outcome = LATE_LABEL
             self.outcomes[outcome].inc()
             label = routed.label
             if outcome != APPLIED:
