@@ -77,5 +77,5 @@ ENV PATH=/opt/riskstream/.venv/bin:$PATH \
     NUMBA_CACHE_DIR=/opt/riskstream/var/numba-cache
 USER riskstream
 # The model's compiled code, cached in the image, so that no container compiles it at start.
-RUN python -c "from udfs.pipeline import compile_model_code; compile_model_code()"
+RUN python -c "from udfs.scoring import compile_model_code; compile_model_code()"
 CMD ["riskstream", "--help"]

@@ -59,7 +59,7 @@ CHECKPOINT_LINE = re.compile(r"Completed checkpoint \d+ for job \w+ \((\d+) byte
 
 def ensure_labels(data: Path) -> Path:
     """The label stream of the transactions in `data`, generated once beside it."""
-    from udfs.labels import LabelStreamSettings, generate_labels
+    from udfs.label_generator import LabelStreamSettings, generate_labels
 
     path = data.with_name(data.stem + "-labels.jsonl")
     if not path.exists():

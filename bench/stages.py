@@ -23,7 +23,7 @@ from streaming.config.from_settings import model_scorer, transaction_reader
 from streaming.reporting.outputs import file_records
 from udfs.batch_cleaning import clean_batch
 from udfs.cleaning import Rejected
-from udfs.pipeline import RecordBatch
+from udfs.wire import RecordBatch
 
 BATCH = 1_000
 

@@ -1,4 +1,4 @@
-"""A plain-Python reference for the job's windowed analytics (udfs.analytics.analyze over the
+"""A plain-Python reference for the job's windowed analytics (tests.reference.analytics.analyze over the
 inputs, split by split), and readers of the job's analytics and late outputs, shared by the file
 and Kafka tests."""
 
@@ -13,7 +13,8 @@ from typing import Any, Iterable, Sequence
 
 import orjson
 
-from udfs.analytics import ScoredRecord, UnscoredRecord, WindowSpec, analyze
+from tests.reference.analytics import ScoredRecord, UnscoredRecord, analyze
+from udfs.analytics import WindowSpec
 
 # The windows of the analytics tests: a tumbling and a sliding size, some out-of-orderness and lateness.
 OUT_OF_ORDERNESS_MS = 2_000

@@ -1,5 +1,7 @@
-"""Event-time windowed analytics over scored transactions: what a window is, when a record is
-late for it, and the figures of a window and group (no Flink).
+"""Event-time windowed analytics over scored transactions: what a window is and when a record is
+late for it (no Flink). The scoring operator finds the late records here (`late_records`); the
+windows' figures are computed by the window operator (WindowAnalytics.java), and a plain-Python
+reference of both that the tests hold the job to is tests/reference/analytics.py.
 
 Times are epoch milliseconds. A window is [start, end), end exclusive. Tumbling windows of `size`
 are sliding windows whose `slide` equals `size`; a sliding window starts at every multiple of
@@ -16,21 +18,17 @@ is late depends only on each split's own order, not on how splits interleave.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Hashable, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import orjson
 
-from udfs.metrics import labelled, log_loss, none_if_nan, roc_auc
+from udfs.wire import END_OF_INPUT, NO_WATERMARK
 
 if TYPE_CHECKING:
-    from udfs.pipeline import RecordBatch
+    from udfs.wire import RecordBatch
 
 ANALYTICS_SCHEMA_VERSION = 1
-
-# The watermark before any event time is known (Java's Long.MIN_VALUE, as Flink has it).
-NO_WATERMARK = -2**63
 
 
 class WindowSpec(NamedTuple):
@@ -76,143 +74,6 @@ class Windowing(NamedTuple):
     allowed_lateness_ms: int
 
 
-class SplitWatermarks:
-    """Each source split's watermark, from its records in arrival order: the largest event time
-    seen in the split minus `out_of_orderness_ms` (None before its first record)."""
-
-    def __init__(self, out_of_orderness_ms: int):
-        self.out_of_orderness_ms = out_of_orderness_ms
-        self.max_event_time: dict[Hashable, int] = {}
-
-    def observe(self, split: Hashable, event_time: int) -> int:
-        """Takes the split's next record; returns the split's watermark with it."""
-        seen = self.max_event_time.get(split)
-        if seen is None or event_time > seen:
-            self.max_event_time[split] = seen = event_time
-        return seen - self.out_of_orderness_ms
-
-    def watermark(self, split: Hashable) -> int | None:
-        seen = self.max_event_time.get(split)
-        return None if seen is None else seen - self.out_of_orderness_ms
-
-
-def missed_windows(spec: WindowSpec, event_time: int, watermark: int, allowed_lateness_ms: int) -> list[int]:
-    """Starts of the windows of `event_time` already emitted at `watermark` (its split's, at the
-    record's arrival): those with watermark >= end + allowed_lateness_ms."""
-    return [start for start in spec.starts(event_time) if watermark >= start + spec.size_ms + allowed_lateness_ms]
-
-
-class ScoredRecord(NamedTuple):
-    """What analytics needs of one scored transaction."""
-
-    event_time: int  # epoch ms
-    groups: dict[str, str]  # group field -> value, e.g. {"merchant_category": "grocery", "country": "DE"}
-    account: str  # the account's pseudonym
-    amount: float
-    currency: str
-    score: float  # probability of fraud before learning, 0..1
-    label: int | None  # 0 / 1, or None when unlabelled
-
-
-@dataclass
-class WindowFigures:
-    """The figures of one window and group, from its records one by one: the reference that the
-    job's window operator (jvm/src/main/java/riskstream/flink/WindowAnalytics.java) is tested against."""
-
-    records: list[ScoredRecord] = field(default_factory=list)
-
-    def add(self, record: ScoredRecord) -> None:
-        self.records.append(record)
-
-    @property
-    def transactions(self) -> int:
-        return len(self.records)
-
-    def figures(self) -> dict[str, Any]:
-        """The window's figures, JSON-ready: counts; fraud rate over the labelled records; amount
-        sum, mean and max per currency; distinct accounts; mean score; log loss (nats, scores
-        clipped as udfs.metrics.log_loss does) and ROC AUC (ties counting half) of the labelled
-        records. A rate, mean or loss is null when it has nothing to average over, the AUC also
-        when the window's labels are all one class."""
-        records = self.records
-        scores, labels = labelled((r.score, r.label) for r in records)
-        amounts: dict[str, list[float]] = {}
-        for r in records:
-            amounts.setdefault(r.currency, []).append(r.amount)
-        return {
-            "transactions": len(records),
-            "labelled_transactions": len(labels),
-            "fraud_count": sum(labels),
-            "fraud_rate": sum(labels) / len(labels) if labels else None,
-            "amount": {currency: {"sum": sum(values), "mean": sum(values) / len(values), "max": max(values)}
-                       for currency, values in sorted(amounts.items())},
-            "distinct_accounts": len({r.account for r in records}),
-            "mean_score": sum(r.score for r in records) / len(records) if records else None,
-            "log_loss": none_if_nan(log_loss(scores, labels)),
-            "roc_auc": none_if_nan(roc_auc(scores, labels)),
-        }
-
-
-class UnscoredRecord(NamedTuple):
-    """A record that moves its split's watermark but is in no window: one dead-lettered whose
-    event_time could still be read (epoch ms) when watermarks were taken."""
-
-    event_time: int
-
-
-class LateRecord(NamedTuple):
-    """A record that arrived after some of its windows were emitted."""
-
-    index: int  # its position in the arrivals
-    window: str  # WindowSpec.name
-    missed: list[tuple[int, int]]  # (window start, late_by_ms): watermark - (window end + allowed lateness)
-
-
-def analyze(arrivals: Iterable[tuple[Hashable, ScoredRecord | UnscoredRecord]], spec: WindowSpec,
-            group_by: Sequence[str], out_of_orderness_ms: int, allowed_lateness_ms: int
-            ) -> tuple[dict[tuple[int, str, str], WindowFigures], list[LateRecord]]:
-    """The windows and late records of `arrivals`, (split, record) pairs in arrival order, by the
-    rules of this module: (window start, group field, group value) -> the figures of the records
-    that were not late for that window; and every record late for at least one window."""
-    watermarks = SplitWatermarks(out_of_orderness_ms)
-    windows: dict[tuple[int, str, str], WindowFigures] = {}
-    late: list[LateRecord] = []
-    for index, (split, record) in enumerate(arrivals):
-        watermark = watermarks.observe(split, record.event_time)
-        if isinstance(record, UnscoredRecord):
-            continue
-        missed = missed_windows(spec, record.event_time, watermark, allowed_lateness_ms)
-        if missed:
-            late.append(LateRecord(index, spec.name, [
-                (start, watermark - (start + spec.size_ms + allowed_lateness_ms)) for start in missed]))
-        for start in spec.starts(record.event_time):
-            if start in missed:
-                continue
-            for group_field in group_by:
-                key = (start, group_field, record.groups[group_field])
-                figures = windows.get(key)
-                if figures is None:
-                    windows[key] = figures = WindowFigures()
-                figures.add(record)
-    return windows, late
-
-
-# The RecordBatch column of each field windows can be grouped by.
-GROUP_COLUMNS = {"merchant_category": "categories", "country": "countries", "channel": "channels",
-                 "currency": "currencies"}
-
-
-def analytics_header(late_rows: Sequence[int], watermarks: np.ndarray) -> bytes:
-    """What the window operator needs besides a scored batch's score lines, put before them in the
-    scoring operator's output bundle (AnalyticsHeader.java documents the layout and removes it for
-    the scores sinks): the positions of the records found late (`late_records`) and their effective
-    watermarks (`watermarks`: the whole batch's, epoch ms); a record not listed was late for none of
-    its windows. Little-endian int32 count, int32 positions, int64 watermarks."""
-    rows = np.asarray(late_rows, "<i4")
-    return b"".join((np.array([len(rows)], "<i4").tobytes(), rows.tobytes(),
-                     np.asarray(watermarks, "<i8")[rows].tobytes()))
-
-
 def _missed(spec: WindowSpec, event_times: np.ndarray, watermarks: np.ndarray, allowed_lateness_ms: int
             ) -> dict[int, list[tuple[int, int]]]:
     """Record position -> [(window start, late_by_ms)] of the windows of `spec` each record is late
@@ -245,8 +106,9 @@ def late_records(specs: Sequence[WindowSpec], allowed_lateness_ms: int, batch: R
 
     The windows are emitted downstream, when that operator's watermark reaches them; it can never
     be ahead of this one, so a record not late here arrives there before its windows are emitted."""
-    # Clamped: the watermark after the end of input is past the int64 range.
-    watermarks = np.maximum(batch.source_watermarks, min(max(operator_watermark, NO_WATERMARK), 2**63 - 1))
+    # Clamped to Java's long range: the watermark after the end of input (END_OF_INPUT, plus the
+    # 1 ms by which Flink's trails) is past it.
+    watermarks = np.maximum(batch.source_watermarks, min(max(operator_watermark, NO_WATERMARK), END_OF_INPUT))
     late: list[tuple[str, bytes]] = []
     rows: set[int] = set()
     for spec in specs:

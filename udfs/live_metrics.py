@@ -38,7 +38,7 @@ def records_in_bundle(records: str) -> int:
 
 
 def dead_letters_by_stage(dead_letters: Iterable) -> dict[str, int]:
-    """{stage: how many} of dead letters that carry their `stage` (udfs.pipeline.DeadLetter)."""
+    """{stage: how many} of dead letters that carry their `stage` (udfs.records.DeadLetter)."""
     return dict(Counter(letter.stage for letter in dead_letters))
 
 

@@ -1,26 +1,15 @@
 """Putting bundles back in the order they were made (pure Python).
 
 When bundles are spread over several parallel workers, the batches of one shard can arrive out of
-order. Every bundle of a sequenced stream has a number (see RecordBundler.java) and every worker
-sends each shard one batch per bundle, even an empty one, so a shard sees every number of every
-stream and can release batches strictly in order.
+order. Every bundle of a sequenced stream has a number (RecordBundler.java writes it in the
+bundle's header, udfs.wire.split_bundle_header reads it) and every worker sends each shard one
+batch per bundle, even an empty one, so a shard sees every number of every stream and can release
+batches strictly in order.
 """
 
 from __future__ import annotations
 
 from typing import Any, Hashable
-
-
-def split_bundle_header(bundle: str) -> tuple[str | None, int | None, str]:
-    """(stream, sequence number, records) of a bundle; (None, None, bundle) if it has no header.
-
-    A header is a first line `#<stream>:<seq>`; a record line never starts with '#' because the
-    file source tags every line with `file:`."""
-    if not bundle.startswith("#"):
-        return None, None, bundle
-    header, _, records = bundle.partition("\n")
-    stream, _, seq = header[1:].rpartition(":")
-    return stream, int(seq), records
 
 
 class BundleSequencer:

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from streaming.cli.common import EXIT_OK, UsageError
-from udfs.labels import LabelStreamSettings
+from udfs.label_generator import LabelStreamSettings
 
 
 def label_stream_options(sub: argparse.ArgumentParser) -> None:
-    """The options of a generated label stream (udfs.labels.LabelStreamSettings)."""
+    """The options of a generated label stream (udfs.label_generator.LabelStreamSettings)."""
     defaults = LabelStreamSettings()
     group = sub.add_argument_group("label stream (with --labels)")
     group.add_argument("--label-seed", type=int, default=defaults.seed, help="random seed of the labels")
@@ -49,7 +49,7 @@ def generate_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from udfs.generator import GeneratorSettings, generate
-    from udfs.labels import generate_labels
+    from udfs.label_generator import generate_labels
 
     for option, valid, allowed in (("--records", args.records >= 1, ">= 1"),
                                    ("--accounts", args.accounts >= 1, ">= 1"),

@@ -52,7 +52,7 @@ def _kafka_tool(args: argparse.Namespace) -> int:
                                            malformed_share=args.malformed_share))
         total = args.generate
         if label_settings is not None:
-            from udfs.labels import generate_labels
+            from udfs.label_generator import generate_labels
 
             lines, total = generate_labels(lines, label_settings), None
     # Labels are keyed by txn_id, so that a transaction's labels share a partition and keep their order.

@@ -8,7 +8,8 @@ from udfs.analytics import Windowing, WindowSpec
 from udfs.cleaning import CleaningRules, MissingPolicy
 from udfs.features import FeatureEncoder
 from udfs.model import Sgd
-from udfs.pipeline import ModelScorer, TransactionReader
+from udfs.reading import TransactionReader
+from udfs.scoring import ModelScorer
 
 
 def transaction_reader(settings: Settings) -> TransactionReader:

@@ -336,7 +336,7 @@ DAY_MS = 86_400_000
 
 
 class LabelSettings(Section):
-    """What the models learn from (docs/labels.md; udfs/labels.py decides each
+    """What the models learn from (docs/labels.md; udfs/label_outcomes.py decides each
     label's outcome). inline: the `is_fraud` a transaction carries, when it is scored. stream: labels
     from `source`, joined to their transactions by txn_id; an inline is_fraud is shown in the score
     but not learned from. both: inline labels when scored, and stream labels (a stream label for a

@@ -84,7 +84,7 @@ def split_lines(stream: DataStream, name: str) -> DataStream:
 def window_analytics(scored: DataStream, windows: Windowing, keyed_output: bool) -> DataStream:
     """The analytics lines of each window and group, emitted once when due (WindowAnalytics.java,
     one subtask: one key), from the scoring operator's output (score lines after a header: see
-    udfs.analytics.analytics_header). In Java, on the score lines the job writes anyway: a Python
+    udfs.wire.analytics_header). In Java, on the score lines the job writes anyway: a Python
     window operator took about as much CPU as scoring (docs/benchmark.md)."""
     specs = windows.specs
     function = internals.jvm().riskstream.flink.WindowAnalytics(

@@ -9,13 +9,22 @@ from typing import NamedTuple
 
 from pyflink.datastream import ProcessFunction, RuntimeContext
 
-from streaming.job.bundles import DEAD_LETTERS, LABEL_DEAD_LETTERS, ROUTES, keyed_lines_bundle, now_ms
+from streaming.job.bundles import DEAD_LETTERS, LABEL_DEAD_LETTERS, ROUTES, now_ms
 from streaming.job.identity import METRICS_GROUP
 from udfs.cleaning import Rejected
-from udfs.labels import label_line, log_id_of, read_label, route_line, where
+from udfs.feature_log import log_id_of, where
+from udfs.labels import read_label
 from udfs.live_metrics import DEAD_LETTER_STAGES, dead_letters_by_stage, records_in_bundle
-from udfs.ordering import split_bundle_header
-from udfs.pipeline import RecordBatch, TransactionReader, pack_shard_batch, split_envelope
+from udfs.reading import TransactionReader
+from udfs.wire import (
+    RecordBatch,
+    keyed_lines_bundle,
+    label_line,
+    pack_shard_batch,
+    route_line,
+    split_bundle_header,
+    split_envelope,
+)
 
 EMPTY_BATCH = RecordBatch.of([])
 
@@ -45,7 +54,7 @@ class ReadBundle(ProcessFunction):
         # A key-value group, so that Prometheus gets one metric with a `stage` label.
         self.dead_lettered = {stage: self.metrics.add_group("stage", stage).counter("dead_lettered")
                               for stage in DEAD_LETTER_STAGES}
-        # Feature log ids are unique across workers and runs (see udfs.labels.log_id_of).
+        # Feature log ids are unique across workers and runs (see udfs.feature_log.log_id_of).
         self.worker = secrets.token_hex(6)
         self.logs_made = 0
 
@@ -84,7 +93,7 @@ class LabelRouting(NamedTuple):
     learn_inline: bool  # labels.mode both: the inline label is learned from at scoring
 
     def routes(self, batch: RecordBatch, shard: int, log_id: str) -> list[bytes]:
-        """One `udfs.labels.route_line` per record of `batch`, in order."""
+        """One `udfs.wire.route_line` per record of `batch`, in order."""
         inline = batch.labels.tolist() if self.learn_inline else [-1] * len(batch)
         return [route_line(txn_id, shard, event_time, label, where(log_id, row))
                 for row, (txn_id, event_time, label) in enumerate(zip(batch.txn_ids, batch.event_times.tolist(), inline))]

@@ -17,7 +17,7 @@ from streaming.config import Settings
 from streaming.job import pyflink_internals as internals
 from streaming.job.graph import build_job, flink_configuration
 from streaming.job.identity import JOB_NAME
-from udfs.pipeline import compile_model_code
+from udfs.scoring import compile_model_code
 
 # The accumulator in which RecordBundler.java counts every record the source emits (its RECORDS_READ).
 RECORDS_READ_ACCUMULATOR = "records-read"

@@ -11,43 +11,43 @@ from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, Run
 from pyflink.datastream.state import MapStateDescriptor
 
 from streaming.job import pyflink_internals as internals
-from streaming.job.bundles import (
-    LABEL_DEAD_LETTERS,
-    LATE,
-    LEARNING,
-    SNAPSHOTS,
-    keyed_lines_bundle,
-    now_ms,
-    output_bundle,
-)
+from streaming.job.bundles import LABEL_DEAD_LETTERS, LATE, LEARNING, SNAPSHOTS, now_ms
 from streaming.job.identity import METRICS_GROUP
-from streaming.job.shard_models import END_OF_INPUT, ShardModels
-from udfs.analytics import NO_WATERMARK, Windowing, analytics_header, late_records
-from udfs.labels import (
+from streaming.job.shard_models import ShardModels
+from udfs.analytics import Windowing, late_records
+from udfs.feature_log import FeatureLog, expiry_of, log_position
+from udfs.label_outcomes import (
     APPLIED,
+    HOLD,
     OUTCOMES,
-    FeatureLog,
-    RoutedLabel,
-    expiry_of,
     label_dead_letter,
+    label_disposition,
     learning_line,
-    log_position,
     outcome_reason,
-    read_routed_label,
-    routed_label_line,
     routed_outcome,
 )
-from udfs.labels import LATE as LATE_LABEL
 from udfs.live_metrics import RecentLogLoss
 from udfs.model import Sgd
 from udfs.ordering import BundleSequencer
-from udfs.pipeline import KeyedLine, ModelScorer, RecordBatch, unpack_shard_batch
+from udfs.records import KeyedLine
+from udfs.scoring import ModelScorer
+from udfs.wire import (
+    END_OF_INPUT,
+    JAVA_LONG_MIN,
+    NO_WATERMARK,
+    RecordBatch,
+    RoutedLabel,
+    analytics_header,
+    keyed_lines_bundle,
+    output_bundle,
+    read_routed_label,
+    routed_label_line,
+    unpack_shard_batch,
+)
 
 # Flink's watermark trails the one udfs/analytics.py defines by 1 ms (Flink's bounded
 # out-of-orderness generator subtracts it), so a window due at `due` fires at Flink's `due - 1`.
 FLINK_WATERMARK_LAG_MS = 1
-# The watermark before the first one: Java's Long.MIN_VALUE.
-JAVA_LONG_MIN = -2**63
 
 # Called after a batch is scored, with (shard, batch, assessed, feature log id or None, ctx); yields
 # more output.
@@ -115,7 +115,7 @@ class ShardScoring:
 
     def _with_analytics(self, batch: RecordBatch, scores: bytes, flink_watermark: int) -> Iterator:
         """The batch's score lines after the header window-analytics reads (which records were late,
-        by what watermark: udfs.analytics.analytics_header), and its late records (to LATE)."""
+        by what watermark: udfs.wire.analytics_header), and its late records (to LATE)."""
         analytics = self.analytics
         watermark = NO_WATERMARK if flink_watermark == JAVA_LONG_MIN else flink_watermark + FLINK_WATERMARK_LAG_MS
         watermarks, late_rows, late = late_records(analytics.specs, analytics.allowed_lateness_ms, batch, watermark)
@@ -160,8 +160,8 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
     stream or both.
 
     Each scored batch's features, as its models saw them, are logged in keyed map state (log id ->
-    udfs.labels.FeatureLog bytes) until the watermark passes the batch's latest event time plus
-    labels.ttl_ms. A routed label's outcome is decided by udfs.labels.routed_outcome; an applied
+    udfs.feature_log.FeatureLog bytes) until the watermark passes the batch's latest event time plus
+    labels.ttl_ms. A routed label's outcome is decided by udfs.label_outcomes (routed_outcome, label_disposition); an applied
     label takes one SGD step on its record's logged features (ModelTable.learn_logged) and writes a
     learning line; the others are dead-lettered with their reason. A label whose log has not
     arrived yet (it can overtake its batch on the way) waits in keyed state for it.
@@ -241,11 +241,10 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             if outcome == APPLIED:
                 log_id, row = log_position(routed.where)
                 log = self._log(logs, log_id)
-                if log is None and watermark < expiry_of(log_id)[0]:
+                outcome = label_disposition(outcome, log is not None, watermark, expiry_of(log_id)[0])
+                if outcome == HOLD:
                     self._hold(shard, log_id, routed)  # its batch is still on its way
                     continue
-                if log is None:
-                    outcome = LATE_LABEL
             self.outcomes[outcome].inc()
             label = routed.label
             if outcome != APPLIED:

@@ -8,14 +8,11 @@ from pyflink.common import Types
 from pyflink.datastream import RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
-from streaming.job.bundles import keyed_lines_bundle
-from udfs.pipeline import ModelScorer
+from udfs.scoring import ModelScorer
+from udfs.wire import END_OF_INPUT, keyed_lines_bundle
 
 if TYPE_CHECKING:
     from udfs.compiled_model import ModelTable
-
-# The final watermark of a bounded input; a timer here fires only when the input has ended.
-END_OF_INPUT = 2**63 - 1
 
 # The end-of-input snapshots of a shard's models leave in bundles of at most this many lines.
 FINAL_SNAPSHOTS_PER_BUNDLE = 1000
@@ -72,7 +69,7 @@ class ShardModels:
             self.final_snapshots_timed.add(shard)
 
     def final_snapshots(self, shard: int, keyed_output: bool) -> Iterator[bytes]:
-        """Bundles of the snapshot lines of every model of the shard (udfs.pipeline.ModelScorer.snapshot).
+        """Bundles of the snapshot lines of every model of the shard (udfs.scoring.ModelScorer.snapshot).
         In bundles of a bounded size: a shard of 100k keys would otherwise be one bundle of hundreds
         of MB, held whole by the worker and again by the JVM."""
         table = self.table(shard)

@@ -16,7 +16,7 @@ from streaming.ops import kafka_tools
 from tests.key_spellings import respelled_lines
 from tests.pseudonyms import hmac_pseudonym
 from udfs.generator import GeneratorSettings
-from udfs.pipeline import ModelInput
+from udfs.records import ModelInput
 
 RECORDS = 400
 MODEL_KEY_FIELDS = ("merchant_category", "account_id", "merchant_id", "country", "channel", "currency")

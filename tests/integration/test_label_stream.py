@@ -17,7 +17,8 @@ import pytest
 from streaming.config import load_settings
 from streaming.reporting.outputs import committed_lines
 from udfs.cleaning import Rejected
-from udfs.labels import LabelStreamSettings, generate_labels, read_label
+from udfs.label_generator import LabelStreamSettings, generate_labels
+from udfs.labels import read_label
 
 PROJECT = Path(__file__).resolve().parents[2]
 START = 1_767_225_600_000

@@ -1,4 +1,4 @@
-"""The file source's tags (SourceTaggedLineFormat.java) read back by split_envelope (udfs/pipeline.py)
+"""The file source's tags (SourceTaggedLineFormat.java) read back by split_envelope (udfs/wire.py)
 as the real path, whatever characters it holds: the Java side escapes, the Python side unescapes,
 and only running both shows that they agree."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from streaming.config import load_settings
 from tests.integration.conftest import LOCAL_PROFILE, run_scoring_job
-from udfs.pipeline import split_envelope
+from udfs.wire import split_envelope
 
 # Tab and newline must be escaped (a tab ends the tag, a newline would cut a bundle in two); the
 # colons look like the tag's own separators.

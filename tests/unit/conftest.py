@@ -12,7 +12,7 @@ from streaming.config import PSEUDONYM_KEY_ENV, Settings, load_settings
 from streaming.config.from_settings import transaction_reader
 from tests.records import VALID_RECORD
 from udfs.cleaning import CleaningRules, MissingPolicy
-from udfs.pipeline import TransactionReader
+from udfs.reading import TransactionReader
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"

@@ -1,4 +1,5 @@
-"""udfs/analytics.py: windows, per-split watermarks and lateness, and a window's figures, each
+"""udfs/analytics.py and its reference (tests/reference/analytics.py): windows, per-split
+watermarks and lateness, and a window's figures, each
 checked against a brute-force computation written here."""
 
 from __future__ import annotations
@@ -8,17 +9,9 @@ import random
 
 import pytest
 
-from udfs.analytics import (
-    NO_WATERMARK,
-    ScoredRecord,
-    SplitWatermarks,
-    WindowFigures,
-    WindowSpec,
-    analytics_header,
-    analyze,
-    late_records,
-    missed_windows,
-)
+from tests.reference.analytics import ScoredRecord, SplitWatermarks, WindowFigures, analyze, missed_windows
+from udfs.analytics import WindowSpec, late_records
+from udfs.wire import NO_WATERMARK, analytics_header
 
 
 def record(event_time: int, category: str = "grocery", label: int | None = None, score: float = 0.5,
@@ -149,7 +142,8 @@ def batch_of(records: list[ScoredRecord], source_watermarks: list[int]):
     """A RecordBatch of scored records (their context, event time and label), each with its split's watermark."""
     import numpy as np
 
-    from udfs.pipeline import ModelInput, RecordBatch, ScoreContext
+    from udfs.records import ModelInput, ScoreContext
+    from udfs.wire import RecordBatch
 
     inputs = [ModelInput(r.groups["merchant_category"], f"t{r.event_time}", r.event_time, r.label, [], [],
                          ScoreContext(r.groups["merchant_category"], r.groups["country"], "web", r.amount, r.currency,

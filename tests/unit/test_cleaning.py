@@ -14,7 +14,7 @@ import pytest
 
 from tests.pseudonyms import as_pairs, hmac_pseudonym, pseudonymized
 from udfs.cleaning import MissingPolicy, Rejected, clean, decode, parse, pseudonymize, redact_account_id
-from udfs.pipeline import TransactionReader
+from udfs.reading import TransactionReader
 
 KEY = b"unit-test-pseudonym-key"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

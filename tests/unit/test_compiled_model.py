@@ -1,5 +1,5 @@
 """The compiled batch model (udfs/compiled_model.py, ModelScorer.score_columns) against the
-pure-Python reference (udfs/model.py, ModelScorer.score_batch), and the columnar batch format."""
+pure-Python reference (udfs/model.py, tests.reference.pipeline.score_batch), and the columnar batch format."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import numpy as np
 import orjson
 import pytest
 
+from tests.reference.pipeline import score_batch
 from udfs.compiled_model import ModelTable
 from udfs.model import STATE_HEADER_V1, KeyModel, Sgd, read_state
-from udfs.pipeline import ModelInput, ModelScorer, RecordBatch, ScoreContext, pack_shard_batch, unpack_shard_batch
+from udfs.records import ModelInput, ScoreContext
+from udfs.scoring import ModelScorer
+from udfs.wire import RecordBatch, pack_shard_batch, unpack_shard_batch
 
 NOW = 1_767_300_000_000
 N_FEATURES = 12
@@ -48,7 +51,7 @@ def random_stream(seed: int, records: int, keys: int, dense: bool, n_numeric: in
 
 def reference_run(scorer: ModelScorer, stream: list[ModelInput]):
     models: dict[str, KeyModel] = {}
-    scores, snapshots = scorer.score_batch(stream, models, lambda key: None, NOW)
+    scores, snapshots = score_batch(scorer, stream, models, lambda key: None, NOW)
     return [orjson.loads(line) for line in scores], [orjson.loads(str(line)) for line in snapshots], models
 
 
@@ -169,7 +172,7 @@ def test_score_columns_reports_the_rows_it_changed_and_grows_the_table():
 def test_table_state_is_what_the_reference_writes_and_reads():
     reference = KeyModel(N_FEATURES, (0, 2, 3))
     scorer = ModelScorer(NAMES, (0, 2, 3), Sgd(0.1), snapshot_every=1000, top_reasons=3)
-    scorer.score_batch(random_stream(2, 50, keys=1, dense=True), {"k0": reference}, lambda key: None, NOW)
+    score_batch(scorer, random_stream(2, 50, keys=1, dense=True), {"k0": reference}, lambda key: None, NOW)
     table = scorer.new_table()
     row = table.add("k0", reference.to_bytes())
     assert table.to_bytes(row) == reference.to_bytes()
@@ -189,7 +192,7 @@ def version_1_bytes(key_model: KeyModel) -> bytes:
 def test_version_1_state_is_migrated_on_load(standardized):
     reference = KeyModel(N_FEATURES, standardized)
     scorer = ModelScorer(NAMES, standardized, Sgd(0.1), snapshot_every=1000, top_reasons=3)
-    scorer.score_batch(random_stream(4, 40, keys=1, dense=True), {"k0": reference}, lambda key: None, NOW)
+    score_batch(scorer, random_stream(4, 40, keys=1, dense=True), {"k0": reference}, lambda key: None, NOW)
     old = version_1_bytes(reference)
     assert old[0] == 1 and old != reference.to_bytes()
     assert KeyModel.from_bytes(old).to_bytes() == reference.to_bytes()

@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 
 from udfs.generator import MALFORMED_KINDS, GeneratorSettings, generate, generate_with_kinds
-from udfs.pipeline import ModelInput
+from udfs.records import ModelInput
 
 # The stage at which each malformed kind must be dead-lettered by the local profile's pipeline.
 EXPECTED_STAGE = {

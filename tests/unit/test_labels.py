@@ -1,4 +1,6 @@
-"""The label contract, its cleaning, the outcome rule and the label-stream generator (udfs/labels.py)."""
+"""The label contract and its cleaning (udfs/labels.py), the outcome rule (udfs/label_outcomes.py),
+the label-stream generator (udfs/label_generator.py), the lines to and from LabelRouter.java
+(udfs/wire.py) and the feature log (udfs/feature_log.py)."""
 
 import json
 import random
@@ -9,32 +11,26 @@ import pytest
 
 from udfs.cleaning import Rejected, epoch_millis
 from udfs.compiled_model import ModelTable
+from udfs.feature_log import FeatureLog, expiry_of, log_id_of, log_position, where
 from udfs.generator import GeneratorSettings, generate
-from udfs.labels import (
+from udfs.label_generator import MALFORMED_LABEL_KINDS, LabelStreamSettings, generate_labels, malformed_label
+from udfs.label_outcomes import (
     APPLIED,
     CONTRADICTING,
     DUPLICATE,
     EXPIRED,
-    MALFORMED_LABEL_KINDS,
+    HOLD,
+    LATE,
+    OUTCOMES,
     UNKNOWN,
-    FeatureLog,
-    Label,
-    LabelStreamSettings,
-    RoutedLabel,
-    expiry_of,
-    generate_labels,
+    label_disposition,
     label_outcome,
-    log_id_of,
-    log_position,
-    malformed_label,
     outcome_reason,
-    read_label,
-    read_routed_label,
-    routed_label_line,
     routed_outcome,
-    where,
 )
+from udfs.labels import Label, read_label
 from udfs.model import LogisticRegression, Sgd
+from udfs.wire import RoutedLabel, read_routed_label, routed_label_line
 
 CAP = 65_536
 MINUTE = 60_000
@@ -264,6 +260,32 @@ def test_a_routed_labels_outcome_follows_its_history(history, is_fraud, label_ti
 
 def test_a_label_without_a_transaction_is_unknown():
     assert routed_outcome(routed(known=False), TTL) == (UNKNOWN, None)
+
+
+EXPIRY = 50_000  # the event time (ms) at which a routed label's feature log expires
+
+
+@pytest.mark.parametrize("log_present, watermark, expected", [
+    (True, 0, APPLIED),  # its features are logged: learn now
+    (True, EXPIRY + 10, APPLIED),  # a log still at hand is used, whatever the watermark says
+    (False, -2**63, HOLD),  # no watermark yet: its batch can still come
+    (False, EXPIRY - 1, HOLD),  # the label overtook its batch, which is still on its way
+    (False, EXPIRY, LATE),  # the log has expired (its timer fired at EXPIRY)
+    (False, EXPIRY + 1, LATE),
+])
+def test_an_applied_label_is_learned_held_or_late_by_its_log_and_the_watermark(log_present, watermark, expected):
+    assert label_disposition(APPLIED, log_present, watermark, EXPIRY) == expected
+
+
+@pytest.mark.parametrize("outcome", [DUPLICATE, CONTRADICTING, EXPIRED, UNKNOWN])
+@pytest.mark.parametrize("log_present, watermark", [(True, 0), (False, 0), (False, EXPIRY)])
+def test_a_label_not_applied_keeps_its_outcome_whatever_its_log(outcome, log_present, watermark):
+    assert label_disposition(outcome, log_present, watermark, EXPIRY) == outcome
+
+
+def test_held_is_not_an_outcome_and_late_has_a_reason():
+    assert HOLD not in OUTCOMES
+    assert outcome_reason(LATE, Label("t", 1, 5, None), 1, None, TTL, 1_000).startswith("late: ")
 
 
 def test_log_ids_carry_expiry_and_size_and_positions_round_trip():

@@ -16,7 +16,7 @@ from udfs.generator import GeneratorSettings, generate
 from udfs.live_metrics import DEAD_LETTER_STAGES, RecentLogLoss, dead_letters_by_stage, micro, records_in_bundle
 from udfs.metrics import log_loss
 from udfs.model import Sgd
-from udfs.pipeline import ModelScorer
+from udfs.scoring import ModelScorer
 
 NOW = 1_767_300_000_000
 

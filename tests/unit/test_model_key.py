@@ -15,7 +15,7 @@ from streaming.ops.kafka_tools import partition_key
 from tests.key_spellings import CURRENCY_OF_COUNTRY, respelled_lines
 from tests.pseudonyms import hmac_pseudonym
 from udfs.generator import CATEGORIES, COUNTRIES, GeneratorSettings
-from udfs.pipeline import ModelInput
+from udfs.records import ModelInput
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"

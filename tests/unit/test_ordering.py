@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from udfs.ordering import BundleSequencer, split_bundle_header
+from udfs.ordering import BundleSequencer
+from udfs.wire import split_bundle_header
 
 
 def test_a_bundle_header_is_split_from_its_records():

@@ -1,4 +1,5 @@
-"""TransactionReader, dead letters and ModelScorer (udfs/pipeline.py)."""
+"""TransactionReader (udfs/reading.py), dead letters, envelopes (udfs/wire.py) and ModelScorer
+(udfs/scoring.py), held to the one-record-at-a-time reference (tests/reference/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ from collections import Counter
 import pytest
 
 from tests.pseudonyms import hmac_pseudonym
+from tests.reference.pipeline import read_bundle, score_and_learn, score_batch
 from udfs.features import FeatureEncoder
 from udfs.generator import GeneratorSettings, generate
 from udfs.model import KeyModel, Sgd
-from udfs.pipeline import ModelInput, ModelScorer, ScoreContext, TransactionReader, shard_of, split_envelope
+from udfs.reading import TransactionReader, shard_of
+from udfs.records import ModelInput, ScoreContext
+from udfs.scoring import ModelScorer
+from udfs.wire import split_envelope
 
 DEAD_LETTER_FIELDS = {"schema_version", "raw", "stage", "reason", "source", "txn_id", "received_at"}
 NOW = 1_767_300_000_000
@@ -249,7 +254,7 @@ def trained(scorer: ModelScorer, records: int = 5) -> KeyModel:
     key_model = scorer.new_model()
     rng = random.Random(1)
     for i in range(records):
-        scorer.score_and_learn(key_model, model_input([rng.uniform(-1, 1) for _ in NAMES], i % 2), NOW)
+        score_and_learn(scorer, key_model, model_input([rng.uniform(-1, 1) for _ in NAMES], i % 2), NOW)
     return key_model
 
 
@@ -259,7 +264,7 @@ def test_an_unlabelled_record_is_scored_and_leaves_the_model_unchanged():
     before = key_model.to_bytes()
     x = [0.3, -1.2, 2.0]
     expected = margin_probability(key_model, x)
-    score, snapshot = scorer.score_and_learn(key_model, model_input(x, None, 4242, "t-u", "grocery"), NOW + 1)
+    score, snapshot = score_and_learn(scorer, key_model, model_input(x, None, 4242, "t-u", "grocery"), NOW + 1)
     assert key_model.to_bytes() == before
     assert snapshot is None
     out = json.loads(score)
@@ -274,7 +279,7 @@ def test_an_unlabelled_record_leaves_the_weights_unchanged_with_standardization(
     scorer = ModelScorer(NAMES, (0, 2), Sgd(0.5), snapshot_every=1000, top_reasons=2)
     key_model = trained(scorer)
     weights, bias, updates = list(key_model.model.weights), key_model.model.bias, key_model.model.updates
-    scorer.score_and_learn(key_model, model_input([0.3, -1.2, 2.0], None), NOW)
+    score_and_learn(scorer, key_model, model_input([0.3, -1.2, 2.0], None), NOW)
     assert (key_model.model.weights, key_model.model.bias, key_model.model.updates) == (weights, bias, updates)
 
 
@@ -284,7 +289,7 @@ def test_a_labelled_record_is_scored_before_the_model_learns_from_it():
     x = [1.0, 2.0, -0.5]
     expected = margin_probability(key_model, x)
     weights_before = list(key_model.model.weights)
-    score, _ = scorer.score_and_learn(key_model, model_input(x, 1, 777), NOW)
+    score, _ = score_and_learn(scorer, key_model, model_input(x, 1, 777), NOW)
     out = json.loads(score)
     assert out["score"] == pytest.approx(expected, rel=1e-12)
     assert out["model_updates"] == 5
@@ -298,7 +303,7 @@ def test_the_score_json_has_the_contract_fields_and_ranked_reasons():
     scorer = ModelScorer(NAMES, (), Sgd(0.5), snapshot_every=1000, top_reasons=2)
     key_model = scorer.new_model()
     key_model.model.weights = [0.5, -3.0, 1.0]
-    out = json.loads(scorer.score_and_learn(key_model, model_input([1.0, 1.0, -4.0], None), NOW)[0])
+    out = json.loads(score_and_learn(scorer, key_model, model_input([1.0, 1.0, -4.0], None), NOW)[0])
     assert set(out) == {"schema_version", "txn_id", "model_key", "score", "label", "event_time",
                         "model_updates", "reasons", "scored_at", "merchant_category", "country", "channel", "amount", "currency",
                         "account"}
@@ -314,7 +319,7 @@ def test_a_snapshot_is_emitted_every_snapshot_every_updates():
     labels = [1, 0, None, 0, 1, None, None, 0, 1, 1, 0]  # 8 labelled records
     for i, label in enumerate(labels):
         record = model_input([rng.uniform(-1, 1) for _ in NAMES], label, event_time=5000 + i, key="grocery")
-        _, snapshot = scorer.score_and_learn(key_model, record, NOW)
+        _, snapshot = score_and_learn(scorer, key_model, record, NOW)
         if snapshot is not None:
             emitted.append((i, json.loads(snapshot)))
     # the 3rd and 6th labelled records are at positions 3 and 8
@@ -337,7 +342,7 @@ def test_plain_sgd_matches_the_textbook_sequential_update():
     for i in range(300):
         x = [rng.uniform(-3, 3) for _ in NAMES]
         y = rng.choice([0, 1, None])
-        score, _ = scorer.score_and_learn(key_model, model_input(x, y), NOW)
+        score, _ = score_and_learn(scorer, key_model, model_input(x, y), NOW)
         p = 1.0 / (1.0 + math.exp(-(sum(t * xi for t, xi in zip(theta, x)) + b)))
         assert json.loads(score)["score"] == pytest.approx(p, abs=1e-9)
         if y is not None:
@@ -367,8 +372,8 @@ def test_a_sparse_record_is_scored_and_learned_from_exactly_like_its_dense_form(
         for j, v in zip(indices, values):
             x[j] = v
         label = rng.choice([0, 1, None])
-        sparse = scorer.score_and_learn(sparse_model, ModelInput("k", f"t{i}", 10 + i, label, indices, values, CONTEXT), NOW)
-        dense = scorer.score_and_learn(dense_model, model_input(x, label, 10 + i, f"t{i}"), NOW)
+        sparse = score_and_learn(scorer, sparse_model, ModelInput("k", f"t{i}", 10 + i, label, indices, values, CONTEXT), NOW)
+        dense = score_and_learn(scorer, dense_model, model_input(x, label, 10 + i, f"t{i}"), NOW)
         assert sparse == dense, i
     assert sparse_model.model.weights == dense_model.model.weights
     assert sparse_model.model.bias == dense_model.model.bias
@@ -398,7 +403,7 @@ def test_shard_of_spreads_keys_over_shards():
 
 SHARD_PROBE = """
 import json, sys
-from udfs.pipeline import shard_of
+from udfs.reading import shard_of
 keys = json.loads(sys.argv[1])
 print(json.dumps({str(n): [shard_of(k, n) for k in keys] for n in (3, 32, 4096)}))
 """
@@ -472,7 +477,7 @@ def test_read_bundle_gives_every_record_exactly_once_grouped_by_shard_in_arrival
     lines = bundle_lines()
     envelopes = envelopes_of(lines)
     assert all("\n" not in e for e in envelopes)
-    by_shard, dead_letters = local_reader.read_bundle("\n".join(envelopes), shards, NOW)
+    by_shard, dead_letters = read_bundle(local_reader, "\n".join(envelopes), shards, NOW)
 
     # Expected, one envelope at a time: the line number each output must come from.
     line_of_txn = {}
@@ -512,7 +517,7 @@ def test_read_bundle_gives_every_record_exactly_once_grouped_by_shard_in_arrival
 
 def test_read_bundle_gives_the_same_records_as_reading_them_one_at_a_time(local_reader):
     envelopes = envelopes_of(bundle_lines(seed=4))
-    by_shard, dead_letters = local_reader.read_bundle("\n".join(envelopes), 5, NOW)
+    by_shard, dead_letters = read_bundle(local_reader, "\n".join(envelopes), 5, NOW)
     expected_by_shard: dict[int, list[ModelInput]] = {}
     expected_dead = []
     for envelope in envelopes:
@@ -527,14 +532,14 @@ def test_read_bundle_gives_the_same_records_as_reading_them_one_at_a_time(local_
 
 def test_a_bundle_of_one_record(local_reader):
     envelope = tagged(line_of(transaction()), 7)
-    by_shard, dead_letters = local_reader.read_bundle(envelope, 32, NOW)
+    by_shard, dead_letters = read_bundle(local_reader, envelope, 32, NOW)
     assert by_shard == {zlib.crc32(b"grocery") % 32: [local_reader.read_envelope(envelope, NOW)]}
     assert dead_letters == []
 
 
 def test_a_bundle_of_dead_letters_only_has_no_shards(local_reader):
     envelopes = [tagged(b"", 1), tagged(b"[1]", 2), tagged(line_of(transaction(amount=-1)), 3)]
-    by_shard, dead_letters = local_reader.read_bundle("\n".join(envelopes), 4, NOW)
+    by_shard, dead_letters = read_bundle(local_reader, "\n".join(envelopes), 4, NOW)
     assert by_shard == {}
     assert [json.loads(d)["source"]["line"] for d in dead_letters] == [1, 2, 3]
     assert [json.loads(d)["stage"] for d in dead_letters] == ["decode", "parse", "clean"]
@@ -542,7 +547,7 @@ def test_a_bundle_of_dead_letters_only_has_no_shards(local_reader):
 
 def test_a_bundle_keeps_records_with_equal_content_apart(local_reader):
     envelope = tagged(line_of(transaction(txn_id="dup")), 1)
-    by_shard, dead_letters = local_reader.read_bundle("\n".join([envelope] * 5), 2, NOW)
+    by_shard, dead_letters = read_bundle(local_reader, "\n".join([envelope] * 5), 2, NOW)
     assert [r.txn_id for records in by_shard.values() for r in records] == ["dup"] * 5
     assert dead_letters == []
 
@@ -571,7 +576,7 @@ def one_at_a_time(scorer: ModelScorer, records: list[ModelInput]) -> tuple[list[
     scores, snapshots = [], []
     for record in records:
         key_model = models.setdefault(record.model_key, scorer.new_model())
-        score, snapshot = scorer.score_and_learn(key_model, record, NOW)
+        score, snapshot = score_and_learn(scorer, key_model, record, NOW)
         scores.append(score)
         if snapshot is not None:
             snapshots.append(snapshot)
@@ -592,7 +597,7 @@ def in_batches(scorer: ModelScorer, records: list[ModelInput], size: int):
             return KeyModel.from_bytes(store[key]) if key in store else None
 
         batch_models: dict[str, KeyModel] = {}
-        batch_scores, batch_snapshots = scorer.score_batch(batch, batch_models, load, NOW)
+        batch_scores, batch_snapshots = score_batch(scorer, batch, batch_models, load, NOW)
         keys = {r.model_key for r in batch}
         assert Counter(loads) == Counter(keys), start  # each key of the batch loaded exactly once
         assert set(batch_models) == keys  # every touched model is handed back for storing
@@ -635,7 +640,7 @@ def test_score_batch_uses_the_models_it_is_given_without_loading_them(local_read
         loads.append(key)
         return None
 
-    scorer.score_batch(batch, models, load, NOW)
+    score_batch(scorer, batch, models, load, NOW)
     assert given_key not in loads
     assert Counter(loads) == Counter(keys - {given_key})
     assert models[given_key] is given
@@ -645,7 +650,7 @@ def test_score_batch_uses_the_models_it_is_given_without_loading_them(local_read
 def test_score_batch_of_nothing_loads_nothing():
     scorer = ModelScorer(NAMES, (), Sgd(0.1), snapshot_every=1, top_reasons=1)
     models: dict[str, KeyModel] = {}
-    assert scorer.score_batch([], models, lambda key: pytest.fail(f"loaded {key}"), NOW) == ([], [])
+    assert score_batch(scorer, [], models, lambda key: pytest.fail(f"loaded {key}"), NOW) == ([], [])
     assert models == {}
 
 
@@ -675,7 +680,7 @@ def test_dead_letters_and_snapshots_carry_the_key_of_their_kafka_message(local_r
     assert local_reader.read_envelope(tagged(b"not json"), NOW).key is None
     scorer = ModelScorer(["x"], (), Sgd(0.1), snapshot_every=1, top_reasons=1)
     key_model = scorer.new_model()
-    _, snapshot = scorer.score_and_learn(key_model, model_input([1.0], 1, key="grocery"), NOW)
+    _, snapshot = score_and_learn(scorer, key_model, model_input([1.0], 1, key="grocery"), NOW)
     assert (snapshot.key, json.loads(snapshot)["model_key"]) == ("grocery", "grocery")
 
 
@@ -694,7 +699,7 @@ def test_read_bundle_columns_gives_what_read_bundle_gives(local_reader, shards, 
     lines = bundle_lines(seed=6) + [line + b"\\n" for line in bundle_lines(seed=7)[:50]]
     envelopes = envelopes_of(lines) if source == "files" else [kafka_envelope(line, i) for i, line in enumerate(lines)]
     bundle = "\n".join(envelopes)
-    expected_by_shard, expected_dead = local_reader.read_bundle(bundle, shards, NOW)
+    expected_by_shard, expected_dead = read_bundle(local_reader, bundle, shards, NOW)
     by_shard, dead_letters = local_reader.read_bundle_columns(bundle, shards, NOW)
     assert {shard: batch.records() for shard, batch in by_shard.items()} == expected_by_shard
     assert dead_letters == expected_dead
@@ -711,12 +716,12 @@ def test_the_columnar_path_scores_a_generated_stream_as_the_reference_does(local
     table = scorer.new_table()
     for start in range(0, len(lines), 256):
         bundle = "\n".join(envelopes_of(lines[start:start + 256]))
-        expected, expected_dead = local_reader.read_bundle(bundle, 1, NOW)
+        expected, expected_dead = read_bundle(local_reader, bundle, 1, NOW)
         batches, dead = local_reader.read_bundle_columns(bundle, 1, NOW)
         assert dead == expected_dead
         if not expected:
             continue
-        ref_scores, ref_snapshots = scorer.score_batch(expected[0], models, lambda key: None, NOW)
+        ref_scores, ref_snapshots = score_batch(scorer, expected[0], models, lambda key: None, NOW)
         scores, snapshots, _ = scorer.score_columns(batches[0], table, NOW)
         for ours, theirs in zip(map(json.loads, scores), map(json.loads, ref_scores), strict=True):
             assert math.isclose(ours.pop("score"), theirs.pop("score"), rel_tol=1e-12, abs_tol=1e-12)

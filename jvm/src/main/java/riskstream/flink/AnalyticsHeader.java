@@ -8,7 +8,7 @@ import org.apache.flink.api.common.functions.MapFunction;
 
 /**
  * With windowed analytics on, each output bundle of the scoring operator starts with a header for
- * {@link WindowAnalytics} (udfs/analytics.py, {@code analytics_header}): little-endian int32 k, then
+ * {@link WindowAnalytics} (udfs/wire.py, {@code analytics_header}): little-endian int32 k, then
  * the k int32 positions in the bundle of the records the scoring operator found late, then their k
  * int64 effective watermarks (epoch ms). The score lines follow. This map removes the header, so
  * that the scores sinks get the score lines alone.

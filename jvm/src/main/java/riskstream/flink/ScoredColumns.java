@@ -98,7 +98,7 @@ final class ScoredColumns {
             while (end < batch.length && batch[end] != '\n') {
                 end++;
             }
-            int json = start; // past the "<key>\t" prefix (a key holds no tab: see output_bundle in streaming/job/bundles.py)
+            int json = start; // past the "<key>\t" prefix (a key holds no tab: see output_bundle in udfs/wire.py)
             while (json < end && batch[json] != '\t') {
                 json++;
             }

@@ -29,8 +29,8 @@ import org.apache.flink.util.OutputTag;
  * late_records} in udfs/analytics.py found late: see {@link AnalyticsHeader}) and emits every window's
  * figures per group once, when the watermark reaches the window's end plus the allowed lateness. A
  * record counts in each of its windows that were not emitted when it arrived and that its own
- * watermark had not reached. The rules and the figures are those of udfs/analytics.py ({@code
- * analyze}, the reference the tests compare the job with); the output lines are its {@code
+ * watermark had not reached. The rules are those of udfs/analytics.py, the figures those of
+ * tests/reference/analytics.py ({@code analyze}, the reference the tests compare the job with); the output lines are its {@code
  * window_line}s and {@code late} lines.
  *
  * <p>One key ({@link #oneKey}): every window of every group is computed in one subtask, on all the
@@ -384,7 +384,7 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
         }
     }
 
-    /** The running figures of one window and group (udfs.analytics.WindowFigures). */
+    /** The running figures of one window and group (tests/reference/analytics.py, WindowFigures). */
     static final class Figures {
         long transactions;
         long frauds;

@@ -1,0 +1,85 @@
+"""The feature log (labels.mode stream or both): each scored shard batch's features as its models
+saw them, kept in the scoring operator's keyed state (log id -> `FeatureLog` bytes) until the
+batch's labels come or its time-to-live passes. Its id and a record's position in it travel with
+the record's route to LabelRouter.java and back (udfs/wire.py).
+
+The id is a state key and the bytes are state values: a savepoint holds both, so neither format
+changes without a tested migration.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+
+def where(log_id: str, row: int) -> str:
+    """Where a record's features are logged, as a route carries it."""
+    return f"{log_id}:{row}"
+
+
+def log_position(where_: str) -> tuple[str, int]:
+    """(log id, row) of `where`'s text."""
+    log_id, _, row = where_.rpartition(":")
+    return log_id, int(row)
+
+
+def log_id_of(expires_at: int, records: int, worker: str, counter: int) -> str:
+    """A feature log's id: unique (a worker's random token and its count of logs), starting with
+    the event time (ms) at which the log expires and how many records it holds, so that ids alone
+    tell what to remove when and how many records are kept."""
+    return f"{expires_at}~{records}~{worker}~{counter}"
+
+
+def expiry_of(log_id: str) -> tuple[int, int]:
+    """(event time in ms at which the log `log_id` expires, its records) (see `log_id_of`)."""
+    expires_at, records, _ = log_id.split("~", 2)
+    return int(expires_at), int(records)
+
+
+_LOG_HEADER = struct.Struct("<BII")  # version, records, entries
+LOG_VERSION = 1
+
+
+class FeatureLog(NamedTuple):
+    """One scored shard batch's features as its models saw them, kept in keyed state until the
+    batch's labels come or its time-to-live passes: record r has model key model_keys[r], event
+    time event_times[r] (ms), score scores[r] (0..1) and standardized entries
+    indices/values[indptr[r]:indptr[r+1]]. As bytes (`to_bytes`), a record costs 24 bytes, 12 per
+    feature entry and its model key's UTF-8 bytes plus one."""
+
+    model_keys: list[str]
+    event_times: np.ndarray  # int64
+    scores: np.ndarray  # float64
+    indptr: np.ndarray  # int64
+    indices: np.ndarray  # int32
+    values: np.ndarray  # float64
+
+    def to_bytes(self) -> bytes:
+        keys = "\n".join(self.model_keys).encode("utf-8", "surrogatepass")
+        return b"".join((_LOG_HEADER.pack(LOG_VERSION, len(self.model_keys), len(self.indices)),
+                         self.event_times.astype(np.int64).tobytes(), self.scores.astype(np.float64).tobytes(),
+                         self.indptr.astype(np.int64).tobytes(), self.indices.astype(np.int32).tobytes(),
+                         self.values.astype(np.float64).tobytes(), keys))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FeatureLog":
+        version, n, entries = _LOG_HEADER.unpack_from(data)
+        if version != LOG_VERSION:
+            raise ValueError(f"feature log version {version} is not supported (this release reads {LOG_VERSION})")
+        offset = _LOG_HEADER.size
+        arrays = []
+        for dtype, count in ((np.int64, n), (np.float64, n), (np.int64, n + 1), (np.int32, entries),
+                             (np.float64, entries)):
+            array = np.frombuffer(data, dtype, count, offset)
+            offset += array.nbytes
+            arrays.append(array)
+        keys = data[offset:].decode("utf-8", "surrogatepass").split("\n") if n else []
+        return cls(keys, *arrays)
+
+    def entries(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(feature indices, standardized values) of record `row`."""
+        begin, end = self.indptr[row], self.indptr[row + 1]
+        return self.indices[begin:end], self.values[begin:end]

@@ -1,0 +1,142 @@
+"""Scoring and learning (pure Python, no Flink): `ModelScorer.score_columns` scores a shard's
+`RecordBatch` with its keys' models and learns from its labelled records, in arrival order, in
+compiled code (udfs/compiled_model.py), and writes the scores and snapshots as JSON lines.
+
+The reference it is held to, one record at a time on a `KeyModel` (udfs/model.py), is in the
+tests (tests/reference/pipeline.py): with plain SGD both give exactly the same scores and models.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+import numpy as np
+import orjson
+
+from udfs.cleaning import SCHEMA_VERSION
+from udfs.model import KeyModel, Sgd
+from udfs.records import KeyedLine, ModelInput, ScoreContext
+from udfs.wire import RecordBatch
+
+if TYPE_CHECKING:
+    from udfs.compiled_model import ModelTable
+
+
+class AssessedBatch(NamedTuple):
+    """What the models made of a batch, per record as arrays (its probability of fraud before
+    learning, the model's updates before learning, whether it learned, its top reasons), the
+    snapshots taken on the way, and the table rows whose models changed."""
+
+    probability: np.ndarray  # float64, 0..1, before learning
+    updates: np.ndarray  # int64, the model's updates before learning
+    learned: np.ndarray  # bool
+    reason_index: np.ndarray  # int32 (records, top_reasons): feature indices, largest |contribution| first
+    reason_value: np.ndarray  # float64 (records, top_reasons): their contributions
+    reason_count: np.ndarray  # int8: how many reasons of the row are set
+    # float64, one per feature entry (the batch's indices): the values the model saw, standardized
+    standardized: np.ndarray
+    snapshots: list[KeyedLine]
+    changed_rows: list[int]  # every row the batch used (the job writes them to state)
+
+
+class ModelScorer:
+    """Scores each record with its key's model, then learns from it when it has a label."""
+
+    def __init__(self, feature_names: Sequence[str], standardized: Sequence[int], sgd: Sgd,
+                 snapshot_every: int, top_reasons: int):
+        self.feature_names = tuple(feature_names)
+        self.standardized = tuple(standardized)
+        self.sgd = sgd
+        self.snapshot_every = snapshot_every
+        self.top_reasons = top_reasons
+
+    def new_model(self) -> KeyModel:
+        """A new key's model, for one record at a time (the tests' reference; bench/loops.py's
+        River baseline uses its standardizer)."""
+        return KeyModel(len(self.feature_names), self.standardized)
+
+    def new_table(self) -> ModelTable:
+        """An empty table of models for `score_columns`."""
+        # Imported here, not with this module: numba takes 0.3 s to import, and only the
+        # scoring side needs it (see also streaming/job/pyflink_internals.py).
+        from udfs.compiled_model import ModelTable
+
+        return ModelTable(len(self.feature_names), self.standardized)
+
+    def score_columns(self, batch: RecordBatch, table: ModelTable, now_ms: int
+                      ) -> tuple[list[bytes], list[KeyedLine], list[int]]:
+        """Scores and learns from the batch's records in order, in compiled code, as the reference
+        (tests/reference/pipeline.py) does one at a time, with the models of `table` (a key not in
+        it gets a new model). Returns (score JSON lines as UTF-8, snapshot JSON lines, rows of the table
+        the batch used). The job calls `assess_columns` and `score_lines` itself, as it also
+        needs the probabilities (for its metrics and analytics)."""
+        assessed = self.assess_columns(batch, table)
+        return self.score_lines(batch, assessed, now_ms), assessed.snapshots, assessed.changed_rows
+
+    def assess_columns(self, batch: RecordBatch, table: ModelTable) -> "AssessedBatch":
+        """Standardizes each record's features, scores it and learns from it when it has a label,
+        for every record of the batch in order (see `score_columns`), with snapshots."""
+        from udfs.compiled_model import learn_batch
+
+        n = len(batch)
+        rows_of, add = table.rows, table.add
+        rows = np.fromiter((rows_of[key] if key in rows_of else add(key) for key in batch.model_keys), np.int64, n)
+        assessed = AssessedBatch(np.empty(n), np.empty(n, np.int64), np.empty(n, np.bool_),
+                                 np.zeros((n, self.top_reasons), np.int32), np.zeros((n, self.top_reasons)),
+                                 np.zeros(n, np.int8), np.empty(len(batch.values)), [], np.unique(rows).tolist())
+        sgd = self.sgd
+        position = 0
+        while position < n:
+            position = learn_batch(
+                position, rows, batch.indptr, batch.indices, batch.values, batch.labels, batch.event_times,
+                table.weights, table.bias, table.updates, table.rejected, table.last_event_time, table.count,
+                table.mean, table.m2, table.positions, sgd.learning_rate, sgd.schedule != "constant", sgd.power_t,
+                sgd.l2, self.snapshot_every, *assessed[:7])
+            last = position - 1
+            if assessed.learned[last] and table.updates[rows[last]] % self.snapshot_every == 0:
+                assessed.snapshots.append(self.snapshot(table.key_model(int(rows[last])), batch.model_keys[last]))
+        return assessed
+
+    def score_lines(self, batch: RecordBatch, assessed: "AssessedBatch", now_ms: int) -> list[bytes]:
+        """The batch's scores as JSON lines in UTF-8 (README, "Data contracts")."""
+        names = self.feature_names
+        dumps = orjson.dumps
+        return [
+            dumps({
+                "schema_version": SCHEMA_VERSION,
+                "txn_id": txn_id,
+                "model_key": key,
+                "score": p,
+                "label": None if label < 0 else label,
+                "event_time": event_time,
+                "model_updates": updates,
+                "reasons": [{"feature": names[i], "contribution": c} for i, c in zip(indexes[:count], values[:count])],
+                "scored_at": now_ms,
+                "merchant_category": category,
+                "country": country,
+                "channel": channel,
+                "amount": amount,
+                "currency": currency,
+                "account": account,
+            })
+            for txn_id, key, p, label, event_time, updates, indexes, values, count, category, country, channel, amount,
+            currency, account in zip(
+                batch.txn_ids, batch.model_keys, assessed.probability.tolist(), batch.labels.tolist(),
+                batch.event_times.tolist(), assessed.updates.tolist(), assessed.reason_index.tolist(),
+                assessed.reason_value.tolist(), assessed.reason_count.tolist(), batch.categories, batch.countries,
+                batch.channels, batch.amounts.tolist(), batch.currencies, batch.accounts)
+        ]
+
+    def snapshot(self, key_model: KeyModel, model_key: str) -> KeyedLine:
+        """The key's model snapshot as one JSON line, keyed by the model key."""
+        return KeyedLine(orjson.dumps(key_model.to_snapshot(model_key, self.feature_names)).decode("utf-8"), model_key)
+
+
+def compile_model_code() -> None:
+    """Compiles the model's batch code, or loads it from numba's on-disk cache, for both forms a
+    batch takes (read from bytes between operators, or built in place), so that the workers of a
+    job find it cached. About 2 s the first time after the code changed, 0.1 s after that."""
+    scorer = ModelScorer(("x",), (0,), Sgd(0.1), snapshot_every=1, top_reasons=1)
+    batch = RecordBatch.of([ModelInput("k", "t", 0, 1, [0], [1.0], ScoreContext("fuel", "US", "web", 1.0, "USD", "a"))])
+    for form in (batch, RecordBatch.from_bytes(batch.to_bytes())):
+        scorer.score_columns(form, scorer.new_table(), 0)
