@@ -10,6 +10,7 @@ A change to operator uids or state formats must keep these passing, or ship a te
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -117,15 +118,17 @@ def assert_scores_and_models_equal_reference(committed: failover_drill.Committed
 def test_the_c926163_savepoint_restores_from_another_folder_and_continues(session_cluster, fixture, fixture_topics):
     settings, overrides, lines, layout = fixture_topics
     assert fixture.manifest["commit"].startswith("c926163")
+    assert {str(path.relative_to(fixture.savepoint)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in fixture.savepoint.rglob("*") if path.is_file()} == fixture.manifest["savepoint"]["files"]
     offsets = fixture.source_offsets()
     before = {txn_id for partition, txn_ids in layout.items() for txn_id in txn_ids[:offsets[partition]]}
     after = {json.loads(line)["txn_id"] for line in lines} - before
     assert before and after, offsets
 
-    job_id, committed = resume_until_all_scored(session_cluster.cluster, settings, overrides,
-                                                str(fixture.savepoint), len(after))
+    local = session_cluster.cluster
+    job_id, committed = resume_until_all_scored(local, settings, overrides, str(fixture.savepoint), len(after))
 
-    restored = cluster.rest(session_cluster.cluster.rest_url, "GET", f"/jobs/{job_id}/checkpoints")["latest"]["restored"]
+    restored = cluster.rest(local.rest_url, "GET", f"/jobs/{job_id}/checkpoints")["latest"]["restored"]
     assert restored["is_savepoint"] and restored["external_path"].removeprefix("file:") == str(fixture.savepoint)
     # Each record after the savepoint's source offsets scored once, none before them again; the
     # scores and the final models (every key's, also one whose records all came before the
@@ -175,7 +178,8 @@ def test_a_savepoint_at_parallelism_2_resumes_at_parallelism_4(session_cluster, 
     local = session_cluster.cluster
 
     # At parallelism 2, paced, stopped with a savepoint part way through.
-    first = failover_drill.DrillRun(job_id=failover_drill.submit(local, [*overrides, "source.max_records_per_second=100"]))
+    paced = [*overrides, "source.max_records_per_second=100"]
+    first = failover_drill.DrillRun(job_id=failover_drill.submit(local, paced))
     watch = failover_drill.Watch(local, first)
     watch.until("800 records", lambda: watch.attempt_records() >= 800, TIMEOUT_S)
     savepoint = cluster.stop_with_savepoint(local.rest_url, first.job_id,
