@@ -1,0 +1,201 @@
+"""Savepoints keep restoring (issue 25, "What must hold"): a savepoint taken by commit c926163 of the
+Kafka-sourced job (tests/fixtures/savepoints/c926163-kafka-sgd, made by make_fixture.py there)
+restores from any folder and continues where it stopped; and a savepoint taken at parallelism 2
+resumes at parallelism 4. Both on the local session cluster against the real broker, with plain
+SGD, so that every score and final model can be compared with the sequential reference over the
+whole input (tests/savepoints.py): a model that did not start from the restored state differs.
+
+A change to operator uids or state formats must keep these passing, or ship a tested migration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from streaming import cluster, kafka_tools
+from streaming.config import load_settings
+from streaming.outputs import latest_snapshots
+from tests import failover_drill
+from tests.savepoints import (
+    FEATURES,
+    FIXTURES,
+    Fixture,
+    layout_digest,
+    partition_layout,
+    recreate_topics,
+    reference_models,
+    state_overrides,
+)
+
+pytestmark = pytest.mark.cluster
+
+FIXTURE = FIXTURES / "c926163-kafka-sgd"
+TIMEOUT_S = 180
+
+
+@pytest.fixture
+def fixture(tmp_path) -> Fixture:
+    """The fixture, copied into this test's folder: a savepoint must restore from any folder."""
+    shutil.copytree(FIXTURE, tmp_path / FIXTURE.name)
+    return Fixture.load(tmp_path / FIXTURE.name)
+
+
+@pytest.fixture
+def fixture_topics(session_cluster, fixture, tmp_path):
+    """The fixture job's settings and overrides, on its own topics (their names are in the
+    savepoint), deleted and created afresh, with the fixture's input produced into them as it was
+    when the savepoint was taken: each record at the partition and offset it had then."""
+    overrides = fixture.overrides(tmp_path / "state")
+    settings = load_settings(fixture.profile, overrides)
+    recreate_topics(settings)
+    lines = fixture.lines()
+    assert kafka_tools.produce(settings, lines, total=len(lines), key_field=settings.model.key) == len(lines)
+    layout = partition_layout(settings, len(lines))
+    expected = fixture.manifest["input"]["partitions"]
+    assert {str(partition): {"records": len(txn_ids), "txn_ids_sha256": layout_digest(txn_ids)}
+            for partition, txn_ids in layout.items()} == expected, \
+        "the records are not where the fixture's source state expects them (has the producer's partitioner changed?)"
+    yield settings, overrides, lines, layout
+    session_cluster.cancel_jobs()  # a failed test must not leave its job holding the slots
+    kafka_tools.delete_topics(settings)
+
+
+def resume_until_all_scored(local: cluster.LocalCluster, settings, overrides: list[str], from_path: str | None,
+                            expected_scores: int) -> tuple[str, failover_drill.Committed]:
+    """Submits the job resumed from `from_path` (None: started afresh), waits until the scores
+    topic holds `expected_scores` committed scores, ends the job with stop --drain (a Kafka source
+    restored from a savepoint does not end by itself, FLINK-31006; draining passes the end of input
+    through the job, which writes each model's final snapshot), and returns the job id and what a
+    read_committed consumer finds in the output topics."""
+    job_id = failover_drill.submit(local, overrides, from_path)
+    watch = failover_drill.Watch(local, failover_drill.DrillRun(job_id=job_id))
+    watch.until(f"{expected_scores} committed outputs",
+                lambda: failover_drill.committed_outputs(settings) >= expected_scores, TIMEOUT_S, poll_s=1)
+    savepoints = Path(settings.checkpointing.savepoint_directory).as_uri()
+    cluster.stop_with_savepoint(local.rest_url, job_id, savepoints, drain=True)
+    watch.until_finished(TIMEOUT_S)
+    return job_id, failover_drill.read_committed(settings, idle_timeout_s=3)
+
+
+def assert_scores_and_models_equal_reference(committed: failover_drill.Committed, lines: list[bytes],
+                                             settings, scored: set[str]) -> None:
+    """Exactly the records `scored` were scored, each once, with the sequential reference's score
+    (over the whole input, before and after any savepoint), and every model key's final snapshot
+    is the reference's final model, to 1e-9."""
+    assert committed.scores, "nothing was scored"
+    assert (settings.model.schedule, settings.model.l2) == ("constant", 0), "the reference is plain SGD"
+    reference_scores, reference = reference_models(lines, settings.model.learning_rate)
+    txn_ids = [score["txn_id"] for _, score in committed.scores]
+    assert len(txn_ids) == len(set(txn_ids)), "a record was scored twice"
+    assert set(txn_ids) == scored, (f"{len(scored - set(txn_ids))} records were never scored, "
+                                    f"{len(set(txn_ids) - scored)} were scored that should not have been")
+    assert committed.dead_letters == []
+    for key, score in committed.scores:
+        expected_score, updates_before = reference_scores[score["txn_id"]]
+        assert key.decode() == score["model_key"]
+        assert score["model_updates"] == updates_before, score
+        assert score["score"] == pytest.approx(expected_score, abs=1e-9), score
+
+    models = latest_snapshots(committed.snapshots)
+    assert models.keys() == reference.keys()
+    for key, model in models.items():
+        expected = reference[key]
+        assert model["model_updates"] == expected.updates, key
+        assert list(model["weights"]) == list(FEATURES)
+        assert list(model["weights"].values()) == pytest.approx(expected.weights, abs=1e-9), key
+        assert model["bias"] == pytest.approx(expected.bias, abs=1e-9), key
+
+
+def test_the_c926163_savepoint_restores_from_another_folder_and_continues(session_cluster, fixture, fixture_topics):
+    settings, overrides, lines, layout = fixture_topics
+    assert fixture.manifest["commit"].startswith("c926163")
+    assert {str(path.relative_to(fixture.savepoint)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in fixture.savepoint.rglob("*") if path.is_file()} == fixture.manifest["savepoint"]["files"]
+    offsets = fixture.source_offsets()
+    before = {txn_id for partition, txn_ids in layout.items() for txn_id in txn_ids[:offsets[partition]]}
+    after = {json.loads(line)["txn_id"] for line in lines} - before
+    assert before and after, offsets
+
+    local = session_cluster.cluster
+    job_id, committed = resume_until_all_scored(local, settings, overrides, str(fixture.savepoint), len(after))
+
+    restored = cluster.rest(local.rest_url, "GET", f"/jobs/{job_id}/checkpoints")["latest"]["restored"]
+    assert restored["is_savepoint"] and restored["external_path"].removeprefix("file:") == str(fixture.savepoint)
+    # Each record after the savepoint's source offsets scored once, none before them again; the
+    # scores and the final models (every key's, also one whose records all came before the
+    # savepoint) as the sequential reference over all records gives them: the restored models
+    # were used.
+    assert_scores_and_models_equal_reference(committed, lines, settings, after)
+
+
+@pytest.fixture
+def second_taskmanager(session_cluster):
+    """A second TaskManager for this test: a job at parallelism 4 needs 8 slots (its two slot
+    sharing groups) and the test cluster's TaskManager has 4. Stopped afterwards (SIGTERM, then
+    any Python worker it leaves)."""
+    local = session_cluster.cluster
+    before = set(local.taskmanager_pids())
+    count = cluster.rest(local.rest_url, "GET", "/overview")["taskmanagers"]
+    local.start_taskmanager(session_cluster.overrides)
+    local.wait_for_taskmanagers(count + 1)
+    [started] = set(local.taskmanager_pids()) - before
+    yield started
+    session_cluster.cancel_jobs()
+    workers = cluster.descendants(started)
+    os.kill(started, signal.SIGTERM)
+    try:
+        psutil.Process(started).wait(30)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        cluster.kill_tree(started)
+    for pid in workers:
+        cluster.kill_tree(pid)  # none should be left; ends any that is
+    deadline = time.monotonic() + 30
+    while cluster.rest(local.rest_url, "GET", "/overview")["taskmanagers"] > count and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def test_a_savepoint_at_parallelism_2_resumes_at_parallelism_4(session_cluster, second_taskmanager, kafka_isolation,
+                                                               tmp_path):
+    # The fixture's input and job, on this test's own topics.
+    fixture = Fixture.load(FIXTURE)
+    overrides = [*fixture.manifest["job"]["overrides"], *kafka_isolation, *state_overrides(tmp_path)]
+    settings = load_settings(fixture.profile, overrides)
+    assert settings.flink.parallelism == 2
+    kafka_tools.create_topics(settings)
+    lines = fixture.lines()
+    assert kafka_tools.produce(settings, lines, total=len(lines), key_field=settings.model.key) == len(lines)
+    local = session_cluster.cluster
+
+    # At parallelism 2, paced, stopped with a savepoint part way through.
+    paced = [*overrides, "source.max_records_per_second=100"]
+    first = failover_drill.DrillRun(job_id=failover_drill.submit(local, paced))
+    watch = failover_drill.Watch(local, first)
+    watch.until("800 records", lambda: watch.attempt_records() >= 800, TIMEOUT_S)
+    savepoint = cluster.stop_with_savepoint(local.rest_url, first.job_id,
+                                            Path(settings.checkpointing.savepoint_directory).as_uri())
+    watch.until_finished(TIMEOUT_S)
+    scored_first = failover_drill.committed_outputs(settings)
+    assert 0 < scored_first < len(lines), scored_first
+
+    # Resumed at parallelism 4: keyed state, source splits and the sinks' transactions spread over 4.
+    resumed, committed = resume_until_all_scored(local, settings, [*overrides, "flink.parallelism=4"], savepoint,
+                                                 len(lines))
+    vertices = cluster.rest(local.rest_url, "GET", f"/jobs/{resumed}")["vertices"]
+    assert {vertex["parallelism"] for vertex in vertices} == {4}, [(v["name"], v["parallelism"]) for v in vertices]
+    restored = cluster.rest(local.rest_url, "GET", f"/jobs/{resumed}/checkpoints")["latest"]["restored"]
+    assert restored["is_savepoint"] and restored["external_path"] == savepoint
+
+    # Across both runs every record scored once, as the sequential reference scores it, and every
+    # model key's final model the reference's.
+    assert_scores_and_models_equal_reference(committed, lines, settings, {json.loads(line)["txn_id"] for line in lines})
