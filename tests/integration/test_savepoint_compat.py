@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from streaming import cluster, kafka_tools
 from streaming.config import load_settings
-from streaming.outputs import latest_snapshots
-from tests import failover_drill
+from streaming.ops import drill as failover_drill
+from streaming.ops import kafka_tools, local_cluster, rest
+from streaming.reporting.outputs import latest_snapshots
 from tests.savepoints import (
     FEATURES,
     FIXTURES,
@@ -69,7 +69,7 @@ def fixture_topics(session_cluster, fixture, tmp_path):
     kafka_tools.delete_topics(settings)
 
 
-def resume_until_all_scored(local: cluster.LocalCluster, settings, overrides: list[str], from_path: str | None,
+def resume_until_all_scored(local: local_cluster.LocalCluster, settings, overrides: list[str], from_path: str | None,
                             expected_scores: int) -> tuple[str, failover_drill.Committed]:
     """Submits the job resumed from `from_path` (None: started afresh), waits until the scores
     topic holds `expected_scores` committed scores, ends the job with stop --drain (a Kafka source
@@ -81,7 +81,7 @@ def resume_until_all_scored(local: cluster.LocalCluster, settings, overrides: li
     watch.until(f"{expected_scores} committed outputs",
                 lambda: failover_drill.committed_outputs(settings) >= expected_scores, TIMEOUT_S, poll_s=1)
     savepoints = Path(settings.checkpointing.savepoint_directory).as_uri()
-    cluster.stop_with_savepoint(local.rest_url, job_id, savepoints, drain=True)
+    rest.stop_with_savepoint(local.rest_url, job_id, savepoints, drain=True)
     watch.until_finished(TIMEOUT_S)
     return job_id, failover_drill.read_committed(settings, idle_timeout_s=3)
 
@@ -128,7 +128,7 @@ def test_the_c926163_savepoint_restores_from_another_folder_and_continues(sessio
     local = session_cluster.cluster
     job_id, committed = resume_until_all_scored(local, settings, overrides, str(fixture.savepoint), len(after))
 
-    restored = cluster.rest(local.rest_url, "GET", f"/jobs/{job_id}/checkpoints")["latest"]["restored"]
+    restored = rest.rest(local.rest_url, "GET", f"/jobs/{job_id}/checkpoints")["latest"]["restored"]
     assert restored["is_savepoint"] and restored["external_path"].removeprefix("file:") == str(fixture.savepoint)
     # Each record after the savepoint's source offsets scored once, none before them again; the
     # scores and the final models (every key's, also one whose records all came before the
@@ -144,24 +144,24 @@ def second_taskmanager(session_cluster):
     any Python worker it leaves)."""
     local = session_cluster.cluster
     before = set(local.taskmanager_pids())
-    count = cluster.rest(local.rest_url, "GET", "/overview")["taskmanagers"]
+    count = rest.rest(local.rest_url, "GET", "/overview")["taskmanagers"]
     local.start_taskmanager(session_cluster.overrides)
     local.wait_for_taskmanagers(count + 1)
     [started] = set(local.taskmanager_pids()) - before
     yield started
     session_cluster.cancel_jobs()
-    workers = cluster.descendants(started)
+    workers = local_cluster.descendants(started)
     os.kill(started, signal.SIGTERM)
     try:
         psutil.Process(started).wait(30)
     except psutil.NoSuchProcess:
         pass
     except psutil.TimeoutExpired:
-        cluster.kill_tree(started)
+        local_cluster.kill_tree(started)
     for pid in workers:
-        cluster.kill_tree(pid)  # none should be left; ends any that is
+        local_cluster.kill_tree(pid)  # none should be left; ends any that is
     deadline = time.monotonic() + 30
-    while cluster.rest(local.rest_url, "GET", "/overview")["taskmanagers"] > count and time.monotonic() < deadline:
+    while rest.rest(local.rest_url, "GET", "/overview")["taskmanagers"] > count and time.monotonic() < deadline:
         time.sleep(0.5)
 
 
@@ -182,7 +182,7 @@ def test_a_savepoint_at_parallelism_2_resumes_at_parallelism_4(session_cluster, 
     first = failover_drill.DrillRun(job_id=failover_drill.submit(local, paced))
     watch = failover_drill.Watch(local, first)
     watch.until("800 records", lambda: watch.attempt_records() >= 800, TIMEOUT_S)
-    savepoint = cluster.stop_with_savepoint(local.rest_url, first.job_id,
+    savepoint = rest.stop_with_savepoint(local.rest_url, first.job_id,
                                             Path(settings.checkpointing.savepoint_directory).as_uri())
     watch.until_finished(TIMEOUT_S)
     scored_first = failover_drill.committed_outputs(settings)
@@ -191,9 +191,9 @@ def test_a_savepoint_at_parallelism_2_resumes_at_parallelism_4(session_cluster, 
     # Resumed at parallelism 4: keyed state, source splits and the sinks' transactions spread over 4.
     resumed, committed = resume_until_all_scored(local, settings, [*overrides, "flink.parallelism=4"], savepoint,
                                                  len(lines))
-    vertices = cluster.rest(local.rest_url, "GET", f"/jobs/{resumed}")["vertices"]
+    vertices = rest.rest(local.rest_url, "GET", f"/jobs/{resumed}")["vertices"]
     assert {vertex["parallelism"] for vertex in vertices} == {4}, [(v["name"], v["parallelism"]) for v in vertices]
-    restored = cluster.rest(local.rest_url, "GET", f"/jobs/{resumed}/checkpoints")["latest"]["restored"]
+    restored = rest.rest(local.rest_url, "GET", f"/jobs/{resumed}/checkpoints")["latest"]["restored"]
     assert restored["is_savepoint"] and restored["external_path"] == savepoint
 
     # Across both runs every record scored once, as the sequential reference scores it, and every
