@@ -16,10 +16,19 @@ PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
 
 
+# The fixtures through which a test reaches a shared service, and the marker each gives it: a test
+# that needs the broker or the session cluster gets it from these fixtures (never by its own
+# address), so `pytest -m "not kafka and not session_cluster"` leaves both services alone.
+SERVICE_MARKERS = {"kafka_isolation": "kafka", "session_cluster": "session_cluster"}
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+            for fixture, marker in SERVICE_MARKERS.items():
+                if fixture in item.fixturenames:  # every fixture it uses, also through other fixtures
+                    item.add_marker(marker)
 
 
 @dataclass

@@ -32,7 +32,6 @@ from udfs.generator import GeneratorSettings, generate_with_kinds
 from .conftest import run_scoring_job
 
 RECORDS = 50_000
-pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

@@ -265,7 +265,6 @@ def test_labels_from_a_kafka_topic_are_learned_once_each_as_the_inputs_say(tmp_p
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
 
 
-@pytest.mark.cluster
 def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, kafka_isolation, tmp_path):
     """On the session cluster, Kafka exactly-once, the TaskManager killed at the drill's three
     points (tests/failover_drill.py): the committed learning log and label dead letters hold every
@@ -303,7 +302,6 @@ def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, k
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
 
 
-@pytest.mark.cluster
 def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluster, tmp_path, capsys):
     """State is bounded: on the session cluster, watched folders, the transactions (2.5 minutes of
     event time, all within one TTL) are all logged; once labels' event time is past the last
