@@ -23,26 +23,34 @@ MAVEN = flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version
 	connector_version=$$(sed -n 's:.*<flink.kafka.connector.version>\(.*\)</flink.kafka.connector.version>.*:\1:p' kafka/pom.xml) && \
 	mvn -B -f jvm/pom.xml -Dflink.version=$$flink_version -Dflink.kafka.connector.version=$$connector_version $(MAVEN_FLAGS)
 
-.PHONY: run test unit integration java-test java-deps bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
+.PHONY: run test lint unit integration java-test java-deps bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
 	$(VENV)/bin/riskstream report --config conf/local.yaml
 
-# Runs the Java operators' tests, starts the project's Kafka broker and session cluster (or reuses
-# running ones), runs the Python suite, stops both.
-test: java-test $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
-	kafka/kafka.sh up
-	$(VENV)/bin/riskstream cluster up --overrides conf/flink/test.yaml
-	$(PY) -m pytest -q; status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
+# The checks in order of cost, so that a mistake fails early: ruff (well under a minute), the unit
+# tier (no JVM, no services: about a minute), the Java operators' tests, then the integration tier
+# with the project's Kafka broker and session cluster, started here and stopped again whatever
+# happens (about 20 minutes). Each pytest run lists its 15 slowest tests.
+PYTEST := $(PY) -m pytest -q --durations=15
+# Starts the broker and the session cluster, runs the integration tier, and stops both on the way
+# out: on success, on failure and on Ctrl-C (the trap keeps the tests' exit status).
+WITH_SERVICES = trap 'status=$$?; set +e; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status' EXIT; \
+	trap 'exit 130' INT TERM; \
+	kafka/kafka.sh up; $(VENV)/bin/riskstream cluster up --overrides conf/flink/test.yaml
+
+test: lint unit java-test $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
+	set -e; $(WITH_SERVICES); $(PYTEST) tests/integration
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
 
 unit: $(INSTALLED)
-	$(PY) -m pytest -q tests/unit
+	$(PYTEST) tests/unit
 
 integration: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
-	kafka/kafka.sh up
-	$(VENV)/bin/riskstream cluster up --overrides conf/flink/test.yaml
-	$(PY) -m pytest -q tests/integration; status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status
+	set -e; $(WITH_SERVICES); $(PYTEST) tests/integration
 
 # The Java pieces' unit tests (jvm/src/test), JUnit 5 on Flink's operator test harness, run by
 # Maven's surefire against the installed PyFlink's Flink version; every test is listed.

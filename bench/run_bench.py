@@ -27,7 +27,7 @@ the two jobs' largest checkpoints divided by the records. checkpoint_ms is the m
 duration and state_bytes_per_key the last checkpoint's size divided by the number of keys (both from
 Flink's log); peak_rss_mb is the largest summed RSS of the job's whole process tree.
 Then Kafka-mode latency (bench/kafka_latency.py) and the failover drill on the session cluster at
-200,000 transactions (the failover tests' drill, tests/failover_drill.py): recovery time from each
+200,000 transactions (the failover tests' drill, streaming/ops/drill.py): recovery time from each
 TaskManager kill to the first new score, and checkpoint durations.
 """
 

@@ -1,7 +1,7 @@
 """The failover drill: the job on the local session cluster against the real broker, with its
 TaskManager killed (SIGKILL, whole process tree) at points chosen by progress and restarted as a
 supervisor would, a stop with savepoint and resume, or a broker restart. Used by
-tests/integration/test_failover.py (50,000 transactions, which checks the outcome) and by
+tests/integration/test_failover.py and test_label_stream.py (which check the outcome) and by
 `make bench` (bench/run_bench.py: 200,000, which reports recovery time and checkpoint durations).
 It only drives the job and reports what happened; the tests decide what must hold, so a change made
 for the benchmark cannot weaken them.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from streaming.config import PROJECT_ROOT, Settings
+from streaming.config import PROJECT_ROOT, Settings, load_settings
 from streaming.ops import kafka_tools, local_cluster, rest
 
 CLUSTER_PROFILE = PROJECT_ROOT / "conf" / "cluster.yaml"
@@ -31,6 +31,63 @@ KILL_POINTS = ("after-checkpoint", "open-transaction", "during-checkpoint")
 # no moment between them, where two of the kill points are; a pause after each checkpoint keeps
 # one. It is longer than the 400 ms that the open-transaction kill waits after a checkpoint.
 PAUSE_BETWEEN_CHECKPOINTS = "checkpointing.min_pause_ms=800"
+
+# Pacing. A drill acts on a running job, so its bounded input must outlast every kill, stop or
+# restart, however fast the job becomes. The source's ceiling (source.max_records_per_second per
+# source subtask, RecordBundler.java) caps how fast any machine reads it, so what the drill uses up
+# before it acts is bounded. One attempt of the job (from its start or a restore to the kill) reads
+# at most:
+#   STARTUP_RECORDS while its tasks start: the source runs before the Python operators do and reads
+#     until the network buffers between them are full (seen here: 1,500 to 2,550 records in all at
+#     350 or 175 records per second per subtask, the Python workers taking 10 to 15 s to start; a
+#     faster machine reads less);
+#   + `min_attempt_records`, which the drill waits for before it picks its moment;
+#   + ATTEMPT_S at the ceiling: 1 s at once (the ceiling lets a second's worth through in a burst),
+#     and up to 3 s waiting for the kill point: checkpoints start every second and at least 800 ms
+#     after the previous one ended (checkpointing.interval_ms, PAUSE_BETWEEN_CHECKPOINTS), so a new
+#     completed checkpoint, one 400 ms old, or one in progress comes within 2.5 s, and the REST API's
+#     figures are up to 200 ms old (conf/flink/test.yaml).
+# None of these grows as the job gets faster: checkpoints come no sooner than their interval. An input
+# holding that much for every possible kill (every try at every point) cannot run out before the
+# last kill, on any machine; run_with_kills refuses a shorter one before it submits anything.
+STARTUP_RECORDS = 3_000
+ATTEMPT_S = 4.0
+# The single-action drills (a stop with savepoint, a broker restart, a kill by a test) act within a
+# poll of reaching `min_records`; the input left after that must last this long at the ceiling.
+ACT_MARGIN_S = 10.0
+
+
+def source_records_per_second(settings: Settings) -> float:
+    """How many records per second the job's Kafka source reads at most: the ceiling per subtask
+    times the subtasks that read (no more than the topic's partitions); infinite without a ceiling."""
+    ceiling = settings.source.max_records_per_second
+    if ceiling is None:
+        return float("inf")
+    return ceiling * min(settings.flink.parallelism, settings.kafka.partitions)
+
+
+def input_seconds(settings: Settings, records: int) -> float:
+    """How long the job's source takes at least to read `records` (0 without a ceiling)."""
+    return records / source_records_per_second(settings)
+
+
+def kills_need_records(settings: Settings, min_attempt_records: int, kills: int) -> float:
+    """The input that `kills` kills can use up at most (see STARTUP_RECORDS and ATTEMPT_S)."""
+    return kills * (STARTUP_RECORDS + min_attempt_records + ATTEMPT_S * source_records_per_second(settings))
+
+
+def check_pacing(settings: Settings, input_records: int, need_records: float, what: str) -> None:
+    """Raises DrillError unless there are `need_records` in `input_records`."""
+    if input_records < need_records:
+        raise DrillError(f"{input_records} records (at source.max_records_per_second="
+                         f"{settings.source.max_records_per_second}: {input_seconds(settings, input_records):.1f} s) "
+                         f"are fewer than the {need_records:.0f} that {what} can use up: the job could finish "
+                         f"first. Lower the ceiling or add records.")
+
+
+def action_need_records(settings: Settings) -> float:
+    """The input a single action needs left once it is due: ACT_MARGIN_S at the ceiling."""
+    return ACT_MARGIN_S * source_records_per_second(settings)
 
 
 class DrillError(RuntimeError):
@@ -100,11 +157,15 @@ class Watch:
         return answer
 
     def attempt_records(self) -> int:
-        """Records the source emitted in the current attempt (0 until all tasks run)."""
+        """Records the source emitted in the current attempt (0 until all tasks run). A task that
+        has finished counts as running: a bounded input other than the transactions (the labels
+        topic) may be read to its end long before them, and is finished again at once after a
+        restore, so waiting for it to run would wait until the job ends."""
         job = self.job()
-        if job["state"] != "RUNNING" or any(v["status"] != "RUNNING" for v in job["vertices"]):
-            return 0
         source = next(v for v in job["vertices"] if "transactions-source" in v["name"])
+        if job["state"] != "RUNNING" or source["status"] != "RUNNING" or any(
+                v["status"] not in ("RUNNING", "FINISHED") for v in job["vertices"]):
+            return 0
         self.last_attempt_records = source["metrics"]["read-records"]  # the Kafka records it consumed
         return self.last_attempt_records
 
@@ -153,7 +214,7 @@ def submit(local: local_cluster.LocalCluster, overrides: list[str], from_path: s
 
 def run_with_kills(local: local_cluster.LocalCluster, overrides: list[str], min_attempt_records: int,
                    taskmanager_overrides: dict[str, str] | None = None, timeout_s: float = 600,
-                   kills_per_point: int = 3) -> DrillRun:
+                   kills_per_point: int = 3, input_records: int | None = None) -> DrillRun:
     """Submits the job and, for each kill point (KILL_POINTS) in turn, SIGKILLs the TaskManager
     process tree once the current attempt has emitted `min_attempt_records` and the point is
     reached, starts a new TaskManager and waits for the job to restore a checkpoint. A kill counts
@@ -161,7 +222,15 @@ def run_with_kills(local: local_cluster.LocalCluster, overrides: list[str], min_
     (landed_at_its_point): the moment chosen from a poll can be missed (the checkpoint seen in
     progress completes, or the next one starts, before the kill lands), so a point is tried again,
     at most `kills_per_point` times, and the drill fails when none of them is confirmed. Returns
-    when the job finished its bounded input; `kills` holds every kill, confirmed or not."""
+    when the job finished its bounded input; `kills` holds every kill, confirmed or not.
+
+    With `input_records` (the records in the transactions topic), it first checks that they last
+    every possible kill (see STARTUP_RECORDS), and fails at once if not."""
+    if input_records is not None:
+        settings = load_settings(CLUSTER_PROFILE, overrides)
+        kills = kills_per_point * len(KILL_POINTS)
+        check_pacing(settings, input_records, kills_need_records(settings, min_attempt_records, kills),
+                     f"{kills} kills (up to {kills_per_point} tries at each of {len(KILL_POINTS)} points)")
     started = time.monotonic()
     run = DrillRun(job_id=submit(local, [*overrides, PAUSE_BETWEEN_CHECKPOINTS]))
     watch = Watch(local, run)
@@ -239,7 +308,8 @@ def checkpoints_by_id(answer: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 
 def run_with_savepoint(local: local_cluster.LocalCluster, settings: Settings, overrides: list[str],
-                       resume_overrides: list[str], min_records: int, timeout_s: float = 600) -> DrillRun:
+                       resume_overrides: list[str], min_records: int, timeout_s: float = 600,
+                       input_records: int | None = None) -> DrillRun:
     """Submits the job, stops it with a savepoint after `min_records`, and resumes from the
     savepoint with `resume_overrides` added (a changed job graph).
 
@@ -247,7 +317,10 @@ def run_with_savepoint(local: local_cluster.LocalCluster, settings: Settings, ov
     (FLINK-31006, open in flink-connector-kafka 5.0.0-2.2), so the resumed job is ended the way a
     user ends one: once the committed scores and dead letters account for every record produced,
     stop with --drain, which passes the end of input through the job (final model snapshots) and
-    commits."""
+    commits. With `input_records`, it first checks that the input outlasts the stop (ACT_MARGIN_S)."""
+    if input_records is not None:
+        check_pacing(settings, input_records - min_records, action_need_records(settings),
+                     "the stop after the first records")
     started = time.monotonic()
     first = DrillRun(job_id=submit(local, overrides))
     watch = Watch(local, first)
@@ -267,9 +340,14 @@ def run_with_savepoint(local: local_cluster.LocalCluster, settings: Settings, ov
 
 
 def run_with_broker_restart(local: local_cluster.LocalCluster, overrides: list[str], min_records: int,
-                            timeout_s: float = 600) -> DrillRun:
+                            timeout_s: float = 600, input_records: int | None = None) -> DrillRun:
     """Submits the job, stops and restarts the broker (kafka/kafka.sh) after `min_records`, and
-    returns when the job finished without anyone touching it."""
+    returns when the job finished without anyone touching it. With `input_records`, it first checks
+    that the input outlasts the moment the broker stops (ACT_MARGIN_S)."""
+    if input_records is not None:
+        settings = load_settings(CLUSTER_PROFILE, overrides)
+        check_pacing(settings, input_records - min_records, action_need_records(settings),
+                     "stopping the broker after the first records")
     started = time.monotonic()
     run = DrillRun(job_id=submit(local, overrides))
     watch = Watch(local, run)

@@ -16,10 +16,19 @@ PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
 
 
+# The fixtures through which a test reaches a shared service, and the marker each gives it: a test
+# that needs the broker or the session cluster gets it from these fixtures (never by its own
+# address), so `pytest -m "not kafka and not session_cluster"` leaves both services alone.
+SERVICE_MARKERS = {"kafka_isolation": "kafka", "session_cluster": "session_cluster"}
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+            for fixture, marker in SERVICE_MARKERS.items():
+                if fixture in item.fixturenames:  # every fixture it uses, also through other fixtures
+                    item.add_marker(marker)
 
 
 @dataclass
@@ -34,13 +43,21 @@ def run_scoring_job(workdir: Path, lines: list[bytes], *overrides: str,
                     file_name: str = "transactions.jsonl") -> JobOutputs:
     """Writes `lines` to one input file, `workdir / file_name`, runs the real job on it with the
     local profile plus `overrides`, and returns everything it committed."""
+    return run_scoring_job_on_files(workdir, {file_name: lines}, *overrides)
+
+
+def run_scoring_job_on_files(workdir: Path, files: dict[str, list[bytes]], *overrides: str) -> JobOutputs:
+    """`run_scoring_job` on several input files at once: each name's lines written to `workdir / name`."""
     from streaming.job.run import run_job  # imports pyflink: only the integration tier pays for it
 
     workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / file_name
-    source.write_bytes(b"".join(line + b"\n" for line in lines))
+    sources = []
+    for file_name, lines in files.items():
+        sources.append(workdir / file_name)
+        sources[-1].write_bytes(b"".join(line + b"\n" for line in lines))
+    # A JSON string is YAML: any character of a path survives.
     settings = load_settings(LOCAL_PROFILE, [
-        f"source.paths=[{json.dumps(str(source))}]",  # a JSON string is YAML: any character survives
+        f"source.paths=[{', '.join(json.dumps(str(source)) for source in sources)}]",
         f"output.path={workdir / 'out'}",
         f"checkpointing.directory={workdir / 'checkpoints'}",
         *overrides,
@@ -58,6 +75,34 @@ def run_scoring_job(workdir: Path, lines: list[bytes], *overrides: str,
 @pytest.fixture
 def scoring_job():
     return run_scoring_job
+
+
+@dataclass
+class SharedRun:
+    """One run of the job (the local profile, model.snapshot_every=1) on the inputs of several
+    tests that only read what it committed, each in a file of its own: the accounting test's
+    generated stream, the privacy test's spellings of an account id, the source-tag test's file
+    with an awkward name. Saves a job start per test (a mini-cluster and its Python workers)."""
+    folder: Path  # where the input files and `out/` are
+    inputs: dict[str, list[bytes]]  # file name -> its lines
+    outputs: JobOutputs  # everything the run committed
+
+    def path(self, file_name: str) -> str:
+        return str(self.folder / file_name)
+
+    def dead_letters_of(self, file_name: str) -> list[dict[str, Any]]:
+        return [letter for letter in self.outputs.dead_letters if letter["source"]["file"] == self.path(file_name)]
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory) -> SharedRun:
+    from tests.integration import test_accounting, test_dead_letter_privacy, test_source_tags
+
+    folder = tmp_path_factory.mktemp("shared-run")
+    inputs = {test_accounting.INPUT_FILE: [line for _, line in test_accounting.generated_stream()],
+              test_dead_letter_privacy.INPUT_FILE: test_dead_letter_privacy.privacy_records()[0],
+              test_source_tags.AWKWARD_NAME: test_source_tags.LINES}
+    return SharedRun(folder, inputs, run_scoring_job_on_files(folder, inputs, "model.snapshot_every=1"))
 
 
 @pytest.fixture

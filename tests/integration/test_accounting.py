@@ -1,5 +1,5 @@
 """Every record read is scored or dead-lettered, and each kind of bad record is dead-lettered
-at the right stage with the right reason."""
+at the right stage with the right reason (in the run shared with other tests: conftest.shared_run)."""
 
 from __future__ import annotations
 
@@ -31,20 +31,34 @@ EXPECTED = {
 }
 
 
-def test_every_record_is_scored_or_dead_lettered_at_the_right_stage(tmp_path, scoring_job):
+INPUT_FILE = "generated.jsonl"  # this test's file in the shared run (conftest.shared_run)
+
+
+SEED = 11
+
+
+def generated_stream() -> list[tuple[str | None, bytes]]:
+    """6,000 transactions, 5% malformed: (the kind of fault or None, line). Their txn_ids start with
+    t11- (udfs/generator.py), which no other input of the shared run uses."""
+    return list(generate_with_kinds(GeneratorSettings(records=6000, seed=SEED, malformed_share=0.05)))
+
+
+def test_every_record_is_scored_or_dead_lettered_at_the_right_stage(shared_run):
     assert set(EXPECTED) == set(MALFORMED_KINDS)
-    generated = list(generate_with_kinds(GeneratorSettings(records=6000, seed=11, malformed_share=0.05)))
+    generated = generated_stream()
     kinds = Counter(kind for kind, _ in generated if kind)
     assert set(kinds) == set(MALFORMED_KINDS)
     assert 0.04 < sum(kinds.values()) / len(generated) < 0.06
+    assert shared_run.inputs[INPUT_FILE] == [line for _, line in generated]
 
-    outputs = scoring_job(tmp_path, [line for _, line in generated])
-
-    assert len(outputs.scores) + len(outputs.dead_letters) == len(generated)
-    assert len(outputs.dead_letters) == sum(kinds.values())
-    input_path = outputs.settings.source.paths[0]
-    for letter in outputs.dead_letters:
-        assert letter["source"]["file"] == input_path
+    outputs = shared_run.outputs
+    # The whole run: every line of every input file scored or dead-lettered.
+    assert len(outputs.scores) + len(outputs.dead_letters) == sum(map(len, shared_run.inputs.values()))
+    scores = [score for score in outputs.scores if score["txn_id"].startswith(f"t{SEED}-")]
+    dead_letters = shared_run.dead_letters_of(INPUT_FILE)
+    assert len(scores) + len(dead_letters) == len(generated)
+    assert len(dead_letters) == sum(kinds.values())
+    for letter in dead_letters:
         line_number = letter["source"]["line"]
         kind, raw = generated[line_number - 1]
         assert kind is not None, f"line {line_number} is valid but was dead-lettered: {letter['reason']}"
@@ -67,5 +81,5 @@ def test_every_record_is_scored_or_dead_lettered_at_the_right_stage(tmp_path, sc
             assert letter["txn_id"] is not None and letter["txn_id"] in raw.decode()
 
     valid_ids = {raw.split(b'"txn_id":"')[1].split(b'"')[0].decode() for kind, raw in generated if kind is None}
-    assert {s["txn_id"] for s in outputs.scores} == valid_ids
+    assert {s["txn_id"] for s in scores} == valid_ids
     assert all("acct-" not in str(s) for s in outputs.scores)

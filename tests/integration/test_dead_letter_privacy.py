@@ -90,18 +90,27 @@ def privacy_records() -> tuple[list[bytes], set[int]]:
     return lines, set(range(len(valid) + 1, len(lines) + 1))
 
 
-def test_no_output_carries_a_real_account_id_in_any_spelling(tmp_path, scoring_job):
+INPUT_FILE = "privacy.jsonl"  # this test's file in the shared run (conftest.shared_run)
+
+
+def test_no_output_carries_a_real_account_id_in_any_spelling(shared_run):
+    """Every file the shared run wrote (its model snapshots at every update) is searched: the other
+    tests' inputs only add records that carry no such id."""
     lines, dead_lettered = privacy_records()
+    assert shared_run.inputs[INPUT_FILE] == lines
     assert sum(bool(SECRET_PATTERNS[0].search(raw)) for raw in lines) > 25  # the premise: the id is in the input
     assert sum(SECRET.encode() in raw for raw in lines) < 20  # ... often in another spelling
 
-    outputs = scoring_job(tmp_path, lines, "model.snapshot_every=1")
+    outputs = shared_run.outputs
     assert outputs.settings.cleaning.dead_letter_raw_bytes == KEPT_BYTES
+    assert outputs.settings.model.snapshot_every == 1
 
-    assert {letter["source"]["line"] for letter in outputs.dead_letters} == dead_lettered
-    assert len(outputs.dead_letters) == len(dead_lettered)
-    assert {score["txn_id"] for score in outputs.scores} == {f"p-{i:03d}" for i in range(20)}
-    assert outputs.snapshots
+    letters = shared_run.dead_letters_of(INPUT_FILE)
+    assert {letter["source"]["line"] for letter in letters} == dead_lettered
+    assert len(letters) == len(dead_lettered)
+    assert {score["txn_id"] for score in outputs.scores if score["txn_id"].startswith("p-")} \
+        == {f"p-{i:03d}" for i in range(20)}
+    assert any(snapshot["model_key"] == "grocery" for snapshot in outputs.snapshots)
 
     written = [path for path in Path(outputs.settings.output.path).rglob("*") if path.is_file()]
     assert {path.relative_to(outputs.settings.output.path).parts[0] for path in written} \
@@ -113,7 +122,7 @@ def test_no_output_carries_a_real_account_id_in_any_spelling(tmp_path, scoring_j
 
     key = outputs.settings.pseudonym_key()
     checked = 0
-    for letter in outputs.dead_letters:
+    for letter in letters:
         raw = lines[letter["source"]["line"] - 1]
         if "raw_bytes" in letter:
             continue  # oversize: only a prefix is kept

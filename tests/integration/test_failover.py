@@ -1,5 +1,5 @@
 """Crashes, savepoints and a broker restart on the local session cluster with the real broker
-(tests/failover_drill.py): every produced record appears exactly once in the committed output, and
+(streaming/ops/drill.py): every produced record appears exactly once in the committed output, and
 the final models are bit for bit those of a run without failures."""
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from udfs.generator import GeneratorSettings, generate_with_kinds
 from .conftest import run_scoring_job
 
 RECORDS = 50_000
-pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +82,23 @@ def assert_exactly_once_with_reference_models(settings, stream, reference, commi
         assert model == reference_models[key], f"model {key} differs from the run without failures"
 
 
+# The three-point kill's pace: up to 9 kills (3 tries at each point), each using up to 3,000 records
+# while the tasks start, the 100 the drill waits for, and 4 s at the source's ceiling
+# (streaming/ops/drill.py, "Pacing"): at 300 records per second in each of the 2 source subtasks,
+# 49,500 of the 50,000, which last 83 s on any machine (the drill checks it before it starts). That
+# is what the test takes at least: about 58 s more than at the drill's default ceiling, whose 25 s
+# three kills could outrun.
+KILLS_RECORDS_PER_SECOND = 300
+KILLS_MIN_ATTEMPT_RECORDS = 100
+
+
 def test_taskmanager_killed_at_three_points_changes_nothing(session_cluster, drill, stream, reference):
     settings, overrides = drill
-    run = failover_drill.run_with_kills(session_cluster.cluster, [*overrides, *analytics_overrides()],
-                                        min_attempt_records=2000, taskmanager_overrides=session_cluster.overrides)
+    run = failover_drill.run_with_kills(
+        session_cluster.cluster,
+        [*overrides, *analytics_overrides(), f"source.max_records_per_second={KILLS_RECORDS_PER_SECOND}"],
+        min_attempt_records=KILLS_MIN_ATTEMPT_RECORDS, taskmanager_overrides=session_cluster.overrides,
+        input_records=RECORDS)
     checkpoints = failover_drill.checkpoint_history(session_cluster.cluster, run.job_id)  # as Flink reports them now
 
     # During a checkpoint: the one Flink showed in progress before the kill never completed, and
@@ -143,6 +155,9 @@ def test_a_taskmanager_jvm_killed_alone_takes_its_python_workers_with_it(session
     still ends with every record exactly once."""
     settings, overrides = drill
     local = session_cluster.cluster
+    # The kill comes within a poll of the 2,000th record; the 48,000 after it last 24 s at the
+    # drill's ceiling (1,000 per second in each of 2 subtasks) on any machine.
+    failover_drill.check_pacing(settings, RECORDS - 2000, failover_drill.action_need_records(settings), "the kill")
     run = failover_drill.DrillRun(job_id=failover_drill.submit(local, overrides))
     watch = failover_drill.Watch(local, run)
     watch.until("2000 records in the attempt", lambda: watch.attempt_records() >= 2000, 600)
@@ -177,7 +192,8 @@ def test_stop_with_savepoint_and_resume_after_a_graph_change(session_cluster, dr
     # stateful operator). Only the operators' uids tie the state to the new graph.
     run = failover_drill.run_with_savepoint(session_cluster.cluster, settings,
                                             [*overrides, "performance.parallel_prepare=false"],
-                                            ["performance.parallel_prepare=true"], min_records=15_000)
+                                            ["performance.parallel_prepare=true"], min_records=15_000,
+                                            input_records=RECORDS)  # 17.5 s of input left for the stop
 
     assert run.savepoint and "savepoint" in run.savepoint
     committed = failover_drill.read_committed(settings)
@@ -186,7 +202,8 @@ def test_stop_with_savepoint_and_resume_after_a_graph_change(session_cluster, dr
 
 def test_a_broker_restart_during_a_run_loses_and_duplicates_nothing(session_cluster, drill, stream, reference):
     settings, overrides = drill
-    run = failover_drill.run_with_broker_restart(session_cluster.cluster, overrides, min_records=10_000)
+    run = failover_drill.run_with_broker_restart(session_cluster.cluster, overrides, min_records=10_000,
+                                                 input_records=RECORDS)  # 20 s of input left for the restart
 
     assert run.broker_restarted_at_ms is not None
     committed = failover_drill.read_committed(settings)

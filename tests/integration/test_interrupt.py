@@ -26,8 +26,12 @@ from tests.integration.conftest import LOCAL_PROFILE
 from tests.integration.test_cli_run import number, summary_figures
 from udfs.generator import GeneratorSettings, generate
 
-# Per source subtask: slow enough that a Ctrl-C lands while a file is still being read.
+# Per source subtask: slow enough that a Ctrl-C lands while a file is still being read. A file is one
+# split, read by one subtask: LONG_FILE records take 49 s or more (a second's worth comes at once) on
+# any machine, however fast, while the tests press Ctrl-C within a poll of the file's first committed
+# record (a checkpoint every 500 ms). Nothing waits for the rest of such a file, so this adds no time.
 RECORDS_PER_SECOND = 40
+LONG_FILE = 2000
 
 
 class WatchingRun:
@@ -172,9 +176,12 @@ def test_ctrl_c_stops_a_watching_run_with_everything_it_read_committed_and_accou
     try:
         run.drop("first.jsonl", transactions(seed=61, records=120))
         run.wait_until(lambda: len(run.accounted_lines()) == 120, 180, "commit of every record of first.jsonl")
-        run.drop("second.jsonl", transactions(seed=62, records=400))
+        run.drop("second.jsonl", transactions(seed=62, records=LONG_FILE))
         run.wait_until(lambda: any(file == "second.jsonl" for file, _ in run.accounted_lines()), 60,
                        "committed record of second.jsonl")
+        # Python workers as processes of their own: on a local mini-cluster PyFlink runs them so only
+        # when the variable pyflink_internals.run_python_workers_as_processes sets is read (else they
+        # are threads of the client, "loopback"); this is the check that PyFlink still reads it.
         workers = [pid for pid, command in run.live_processes().items() if "beam_boot" in command]
         assert workers, "no Python worker processes: the run should use process mode"
         # The JVM and so its Python workers ignore SIGINT (PyFlink starts the JVM so), which is
@@ -193,7 +200,7 @@ def test_ctrl_c_stops_a_watching_run_with_everything_it_read_committed_and_accou
         assert (len(scores), len(dead_letters)) == (scored, dead_lettered)
         prefixes = assert_each_file_accounted_as_a_prefix(run.accounted_lines(), run.files)
         assert prefixes["first.jsonl"] == 120
-        assert prefixes["second.jsonl"] >= 1
+        assert 1 <= prefixes["second.jsonl"] < LONG_FILE  # stopped mid-file, with what it read committed
         assert sum(prefixes.values()) == read
         run.assert_no_process_left()
     finally:
@@ -203,7 +210,7 @@ def test_ctrl_c_stops_a_watching_run_with_everything_it_read_committed_and_accou
 def test_a_second_ctrl_c_cancels_and_leaves_whole_checkpoints_committed(tmp_path):
     run = WatchingRun(tmp_path)
     try:
-        run.drop("first.jsonl", transactions(seed=71, records=400))
+        run.drop("first.jsonl", transactions(seed=71, records=LONG_FILE))
         run.wait_until(lambda: len(run.accounted_lines()) > 0, 180, "committed record")
         run.ctrl_c()
         time.sleep(0.3)  # two signals in one instant would reach the process as one
@@ -212,7 +219,8 @@ def test_a_second_ctrl_c_cancels_and_leaves_whole_checkpoints_committed(tmp_path
         assert done.returncode == 130, done.stderr[-3000:]
         assert "Traceback" not in done.stdout + done.stderr and "\tat " not in done.stdout + done.stderr
         assert "cancel" in done.stderr, done.stderr
-        assert_each_file_accounted_as_a_prefix(run.accounted_lines(), run.files)
+        prefixes = assert_each_file_accounted_as_a_prefix(run.accounted_lines(), run.files)
+        assert 1 <= prefixes["first.jsonl"] < LONG_FILE  # cancelled mid-file: what was committed is whole
         run.assert_no_process_left()
     finally:
         run.kill()

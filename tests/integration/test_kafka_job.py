@@ -12,6 +12,8 @@ from streaming.ops import kafka_tools
 from streaming.reporting.outputs import latest_snapshots
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
+from .conftest import PROJECT
+
 RECORDS = 50_000
 
 
@@ -62,7 +64,7 @@ def test_a_bounded_kafka_run_delivers_every_record_exactly_once(tmp_path, scorin
     from streaming.cli import main
 
     options = [arg for override in kafka_isolation for arg in ("--set", override)]
-    assert main(["report", "--config", str(failover_drill.PROJECT / "conf" / "kafka.yaml"), *options,
+    assert main(["report", "--config", str(PROJECT / "conf" / "kafka.yaml"), *options,
                  "--to", str(tmp_path / "report"), "--idle-timeout", "3"]) == 0
     assert capsys.readouterr().out.strip().endswith(str((tmp_path / "report" / "index.html").resolve()))
     page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")

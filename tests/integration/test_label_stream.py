@@ -266,29 +266,45 @@ def test_labels_from_a_kafka_topic_are_learned_once_each_as_the_inputs_say(tmp_p
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
 
 
-@pytest.mark.cluster
+# The kills' pace: up to 9 kills (3 tries at each of the drill's points), each using up to 3,000
+# transactions while the tasks start, the 100 the drill waits for, and 4 s at the source's ceiling
+# (streaming/ops/drill.py, "Pacing"): at 300 per second in each of the 2 source subtasks, 49,500 of
+# the 50,000 here, which last 83 s on any machine (the drill checks it before it starts). That is
+# what the test takes at least: about 73 s more than before, when 20,000 at the drill's default
+# ceiling lasted 10 s, which three kills could outrun.
+KILLS_RECORDS = 50_000
+KILLS_RECORDS_PER_SECOND = 300
+KILLS_MIN_ATTEMPT_RECORDS = 100
+
+
 def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, kafka_isolation, tmp_path):
     """On the session cluster, Kafka exactly-once, the TaskManager killed at the drill's three
-    points (tests/failover_drill.py): the committed learning log and label dead letters hold every
+    points (streaming/ops/drill.py): the committed learning log and label dead letters hold every
     label once, with the outcome the inputs say (so a label whose transaction was scored before a
     kill is applied, never unknown), and the models equal the reference replayed in the committed
     log's order."""
     from streaming.ops import drill as failover_drill
     from streaming.ops import kafka_tools
 
-    stream = transactions(20_000, seed=9)
+    stream = transactions(KILLS_RECORDS, seed=9)
     label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
         seed=9, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
         contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
-    overrides = [*kafka_isolation, *failover_drill.drill_overrides(tmp_path), "labels.mode=stream",
-                 "labels.source={kind: kafka}", *PROFILE]
+    overrides = [*kafka_isolation, *failover_drill.drill_overrides(tmp_path, KILLS_RECORDS_PER_SECOND),
+                 "labels.mode=stream", "labels.source={kind: kafka}", *PROFILE,
+                 # No transactions split goes idle (as in the analytics tests): at this ceiling a source
+                 # subtask works through one partition's fetch (up to 1 MiB) for longer than the default
+                 # 10 s, and a split idle meanwhile lets the watermark pass transactions that are still
+                 # to come, whose labels, read long before, are then declared unknown.
+                 "event_time.transactions.idleness_ms=600000"]
     settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
     kafka_tools.create_topics(settings)
     assert kafka_tools.produce(settings, [json.dumps(r).encode() for r in stream], key_field="merchant_category") == len(stream)
     assert kafka_tools.produce(settings, label_lines, key_field="txn_id", topic=settings.kafka.labels_topic) == len(label_lines)
     try:
-        run = failover_drill.run_with_kills(session_cluster.cluster, overrides, min_attempt_records=2000,
-                                            taskmanager_overrides=session_cluster.overrides)
+        run = failover_drill.run_with_kills(session_cluster.cluster, overrides,
+                                            min_attempt_records=KILLS_MIN_ATTEMPT_RECORDS,
+                                            taskmanager_overrides=session_cluster.overrides, input_records=len(stream))
     finally:
         session_cluster.cancel_jobs()
     for point in failover_drill.KILL_POINTS:  # run_with_kills fails unless Flink confirms each
@@ -304,7 +320,6 @@ def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, k
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
 
 
-@pytest.mark.cluster
 def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluster, tmp_path, capsys):
     """State is bounded: on the session cluster, watched folders, the transactions (2.5 minutes of
     event time, all within one TTL) are all logged; once labels' event time is past the last

@@ -14,7 +14,6 @@ import pytest
 
 from streaming.reporting.report import PLOT_HEIGHT_PX, PLOT_WIDTH_PX
 from tests.cli import riskstream
-from udfs.generator import GeneratorSettings, generate
 from udfs.report_tables import report_window_ms
 
 PLOTS = ("learning_curve", "fraud_rate_by_category", "amount_distribution", "score_distribution",
@@ -32,10 +31,12 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_report_of_a_run(tmp_path, scoring_job):
-    lines = list(generate(GeneratorSettings(records=3000, seed=41, malformed_share=0.05)))
-    outputs = scoring_job(tmp_path, lines)
-    done = riskstream("report", "--from", str(tmp_path / "out"), "--to", "rep", cwd=tmp_path)
+def test_report_of_a_run(tmp_path, shared_run):
+    """The report of the run shared with other tests (conftest.shared_run: 6,000 generated
+    transactions, 5% malformed, and a few dozen more), written here."""
+    lines = [line for lines in shared_run.inputs.values() for line in lines]
+    outputs = shared_run.outputs
+    done = riskstream("report", "--from", str(shared_run.folder / "out"), "--to", str(tmp_path / "rep"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     report = tmp_path / "rep"
     assert done.stdout.strip().endswith(str((report / "index.html").resolve()))

@@ -5,7 +5,7 @@ and only running both shows that they agree."""
 from __future__ import annotations
 
 from streaming.config import load_settings
-from tests.integration.conftest import LOCAL_PROFILE, run_scoring_job
+from tests.integration.conftest import LOCAL_PROFILE
 from udfs.wire import split_envelope
 
 # Tab and newline must be escaped (a tab ends the tag, a newline would cut a bundle in two); the
@@ -13,14 +13,19 @@ from udfs.wire import split_envelope
 AWKWARD_NAME = "tab\tand\nnewline:7:.jsonl"
 
 
-def test_dead_letters_name_their_file_byte_for_byte_whatever_its_name(tmp_path):
-    lines = [b"not json", b'{"txn_id": "t-2"}', b""]
+LINES = [b"not json", b'{"txn_id": "t-2"}', b""]  # each dead-lettered: parse, clean, decode
 
-    outputs = run_scoring_job(tmp_path, lines, file_name=AWKWARD_NAME)
 
-    real_path = str(tmp_path / AWKWARD_NAME)
-    sources = sorted((letter["source"].get("file"), letter["source"].get("line")) for letter in outputs.dead_letters)
+def test_dead_letters_name_their_file_byte_for_byte_whatever_its_name(shared_run):
+    """The file AWKWARD_NAME in the run shared with other tests (conftest.shared_run)."""
+    real_path = shared_run.path(AWKWARD_NAME)
+    assert shared_run.inputs[AWKWARD_NAME] == LINES and "\t" in real_path and "\n" in real_path
+    sources = sorted((letter["source"].get("file"), letter["source"].get("line"))
+                     for letter in shared_run.outputs.dead_letters if letter["source"].get("file") == real_path)
     assert sources == [(real_path, 1), (real_path, 2), (real_path, 3)]
+    # ... and no dead letter of the run names a file that is not one of its inputs.
+    named = {letter["source"].get("file") for letter in shared_run.outputs.dead_letters}
+    assert named <= {shared_run.path(name) for name in shared_run.inputs}, named
 
 
 def test_a_path_with_backslashes_is_tagged_so_that_it_reads_back_whole(tmp_path):

@@ -261,19 +261,37 @@ def test_settings_that_contradict_each_other_fail_with_one_line_naming_the_field
     assert message.startswith(f"{field}: ") and allowed in message and "\n" not in message, message
 
 
-@pytest.mark.parametrize("overrides", [
-    ["features.categorical=[{field: channel, encoding: one_hot, vocabulary: [' WEB ', pos]}]"],
-    ["cleaning.missing={merchant_id: {action: impute}, is_fraud: {action: impute}, currency: {action: impute}}"],
-    ["cleaning.missing={channel: {action: impute, value: ' Mobile'},"
-     " features.txn_count_1h: {action: impute, value: 0}}"],
-    ["checkpointing.restart={strategy: exponential-delay, delay_ms: 1000, max_delay_ms: 1000}"],
-    ["output.kind=kafka", "kafka.delivery=at-least-once", "checkpointing.interval_ms=600000"],
-    ["checkpointing.interval_ms=600000"],  # file output has no transactions to time out
-    ["labels.mode=both", "labels.source={kind: kafka}", "labels.ttl_ms=60000"],
-    ["labels.source={kind: files, paths: [l.jsonl]}"],  # inline: a source is allowed, and unused
-], ids=lambda overrides: " ".join(overrides))
-def test_settings_that_agree_load(no_key_in_environment, overrides):
-    load_settings(LOCAL_PROFILE, overrides)
+# Settings next to the contradictions above that must load, each with what it must then say: the
+# value as given, not a default, a repair or a neighbouring field.
+AGREEMENTS = [
+    (["features.categorical=[{field: channel, encoding: one_hot, vocabulary: [' WEB ', pos]}]"],
+     lambda s: [(f.field, f.encoding, f.vocabulary) for f in s.features.categorical]
+     == [("channel", "one_hot", (" WEB ", "pos"))]),  # as written: cleaning normalizes both sides
+    (["cleaning.missing={merchant_id: {action: impute}, is_fraud: {action: impute}, currency: {action: impute}}"],
+     lambda s: {name: (p.action, p.value) for name, p in s.cleaning.missing.items()}
+     == {"merchant_id": ("impute", None), "is_fraud": ("impute", None), "currency": ("impute", None)}),
+    (["cleaning.missing={channel: {action: impute, value: ' Mobile'},"
+      " features.txn_count_1h: {action: impute, value: 0}}"],
+     lambda s: {name: (p.action, p.value) for name, p in s.cleaning.missing.items()}
+     == {"channel": ("impute", " Mobile"), "features.txn_count_1h": ("impute", 0)}),
+    (["checkpointing.restart={strategy: exponential-delay, delay_ms: 1000, max_delay_ms: 1000}"],
+     lambda s: (s.checkpointing.restart.strategy, s.checkpointing.restart.delay_ms, s.checkpointing.restart.max_delay_ms)
+     == ("exponential-delay", 1000, 1000)),
+    (["output.kind=kafka", "kafka.delivery=at-least-once", "checkpointing.interval_ms=600000"],
+     lambda s: (s.output.kind, s.kafka.delivery, s.checkpointing.interval_ms) == ("kafka", "at-least-once", 600_000)),
+    (["checkpointing.interval_ms=600000"],  # file output has no transactions to time out
+     lambda s: (s.output.kind, s.checkpointing.interval_ms) == ("files", 600_000)),
+    (["labels.mode=both", "labels.source={kind: kafka}", "labels.ttl_ms=60000"],
+     lambda s: (s.labels.mode, s.labels.streamed, s.labels.source.kind, s.labels.ttl_ms) == ("both", True, "kafka", 60_000)),
+    (["labels.source={kind: files, paths: [l.jsonl]}"],  # inline: a source is allowed, and unused
+     lambda s: (s.labels.mode, s.labels.streamed, s.labels.source.paths) == ("inline", False, ("l.jsonl",))),
+]
+
+
+@pytest.mark.parametrize("overrides, holds", AGREEMENTS, ids=[" ".join(o) for o, _ in AGREEMENTS])
+def test_settings_that_agree_load_and_say_what_was_given(no_key_in_environment, overrides, holds):
+    settings = load_settings(LOCAL_PROFILE, overrides)
+    assert holds(settings), settings
 
 
 # ---------------------------------------------------------------- overrides

@@ -65,8 +65,7 @@ def test_split_envelope_unescapes_the_path(tag_path, path):
 @pytest.mark.parametrize("tag_path, path", [("/data/dir\\\\new.jsonl", "/data/dir\\new.jsonl"),
                                             ("/data/dir\\\\todo.jsonl", "/data/dir\\todo.jsonl")])
 def test_split_envelope_unescapes_a_backslash_followed_by_n_or_t(tag_path, path):
-    source, _ = split_envelope(tagged(b"{}", 1, tag_path))
-    assert source["file"] == path
+    assert split_envelope(tagged(b"{}", 1, tag_path)) == ({"file": path, "line": 1}, b"{}")
 
 
 def test_split_envelope_keeps_tabs_inside_the_payload():
