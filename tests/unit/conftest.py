@@ -21,6 +21,20 @@ TEST_KEY = b"unit-test-pseudonym-key"
 CHANNELS = frozenset({"web", "pos", "atm", "mobile"})
 
 
+@pytest.fixture(autouse=True)
+def built_jars(tmp_path_factory, monkeypatch) -> Path:
+    """A build folder holding (empty) jars where `make jars` puts them, for every unit test: the
+    unit tier runs before the jars are built (`make test` lints and runs it first), and the code it
+    tests only checks that they are there (streaming.config.flink_options.job_jars)."""
+    from streaming.config import flink_options
+
+    build = tmp_path_factory.getbasetemp() / "build"
+    (build / "flink-jars").mkdir(parents=True, exist_ok=True)
+    (build / "riskstream-flink.jar").touch()
+    (build / "flink-jars" / "flink-sql-connector-kafka-5.0.0-2.2.jar").touch()
+    monkeypatch.setattr(flink_options, "BUILD", build)
+    return build
+
 
 @pytest.fixture
 def record() -> dict[str, Any]:
