@@ -172,3 +172,14 @@ def test_udfs_imports_no_pyflink_and_nothing_of_the_job():
                 offending.append(f"{path.relative_to(PROJECT)}:{line} imports {imported}")
     assert len(modules_of(PROJECT, ("udfs",))) > 10
     assert not offending, "\n".join(offending)
+
+
+# A module a newcomer can read in one sitting: split a longer one by capability (CONTRIBUTING.md).
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_of_streaming_or_udfs_is_over_500_lines():
+    modules = modules_of(PROJECT, ("streaming", "udfs"))
+    assert len(modules) > 20  # it read the project
+    lengths = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in modules.items()}
+    assert {name: lines for name, lines in lengths.items() if lines > MAX_MODULE_LINES} == {}
