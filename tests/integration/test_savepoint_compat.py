@@ -36,8 +36,6 @@ from tests.savepoints import (
     state_overrides,
 )
 
-pytestmark = pytest.mark.cluster
-
 FIXTURE = FIXTURES / "c926163-kafka-sgd"
 TIMEOUT_S = 180
 
