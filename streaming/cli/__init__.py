@@ -9,7 +9,6 @@ exit codes. Every failure a user can cause ends in one line on stderr and one of
 from __future__ import annotations
 
 import argparse
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -155,8 +154,3 @@ COMMANDS = {"generate": generate_command, "run": run_command, "topics": kafka_co
             "tail": kafka_command, "cluster": cluster_command, "submit": cluster_command,
             "status": cluster_command, "stop": cluster_command, "model": model_show,
             "report": report_command}
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

@@ -340,3 +340,14 @@ def test_report_of_a_run_without_output_lines_says_to_run_the_job(tmp_path):
     (tmp_path / "out" / "scores").mkdir(parents=True)
     done = riskstream("report", "--from", "out", cwd=tmp_path)
     assert_one_line_failure(done, 1, "no committed scores or dead letters", "run the job first")
+
+
+def test_python_dash_m_streaming_cli_is_the_riskstream_command(tmp_path):
+    """`python -m streaming.cli` (how make bench runs a baseline checkout's code) runs the same
+    command as `riskstream`: a bad argument is refused in one line naming it, exit 2."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "streaming.cli", "generate", "--out", str(tmp_path / "tx.jsonl"),
+                           "--records", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr.strip()) == (2, "riskstream: generate --records: must be >= 1 (got 0)")
+    assert not (tmp_path / "tx.jsonl").exists()
