@@ -153,15 +153,16 @@ class _StateMismatch(ValueError):
 # as River's detectors do; one detector-specific byte), then:
 #   Page-Hinkley (60 bytes in all): u64 values since the reset, u64 detections over the detector's
 #     life, f64 mean, sum_increase, sum_decrease, min_increase, max_decrease.
-#   ADWIN (40 bytes + 1 per bucket row + 16 per bucket): the 4th header byte is the number of bucket
+#   ADWIN (56 bytes + 1 per bucket row + 16 per bucket): the 4th header byte is the number of bucket
 #     rows; u8 max_buckets, 3 pad bytes, u64 values since the reset (River's tick), u64 detections,
-#     f64 total, f64 variance (the window's sum of squared deviations); then one u8 count per row
+#     f64 total, f64 variance (the window's sum of squared deviations), u64 values dropped by the
+#     pending detection's cuts, f64 their sum; then one u8 count per row
 #     (row i holds summaries of 2^i values), then each row's totals and variances as f64,
 #     oldest first, row 0 first.
 DRIFT_STATE_VERSION = 1
 _HEADER = struct.Struct("<BBBB")
 _PAGE_HINKLEY_STATE = struct.Struct("<BBBxQQddddd")
-_ADWIN_STATE = struct.Struct("<BBBBB3xQQdd")
+_ADWIN_STATE = struct.Struct("<BBBBB3xQQddQd")
 
 
 class PageHinkley:
@@ -251,8 +252,8 @@ class Adwin:
     and while one's means differ by more than the Hoeffding-style bound the oldest bucket is
     dropped. A detection then resets the whole detector on the next update, as River does."""
 
-    __slots__ = ("parameters", "totals", "variances", "total", "variance", "width", "tick", "detections",
-                 "drift_detected")
+    __slots__ = ("parameters", "totals", "variances", "total", "variance", "width", "tick", "dropped",
+                 "dropped_total", "detections", "drift_detected")
     name = "adwin"
     KIND = 2
 
@@ -269,6 +270,10 @@ class Adwin:
         self.variance = 0.0  # sum of squared deviations from the window's mean
         self.width = 0  # values in the window
         self.tick = 0  # values since the reset
+        # The values the cuts of a detection dropped from the window (the older part), and their sum:
+        # beside the window's mean, they say whether the mean rose or fell.
+        self.dropped = 0
+        self.dropped_total = 0.0
         self.drift_detected = False
 
     def update(self, value: float) -> bool:
@@ -358,6 +363,8 @@ class Adwin:
         bucket_total, bucket_variance = self.totals[last][0], self.variances[last][0]
         bucket_mean = bucket_total / size
         self.width -= 1 << last
+        self.dropped += 1 << last
+        self.dropped_total += bucket_total
         width = float(self.width)
         self.total -= bucket_total
         window_mean = self.total / width
@@ -371,16 +378,19 @@ class Adwin:
     def statistics(self) -> dict[str, float | int]:
         """`values`: values since the last reset (this one included); `window`: values in the
         window (at a detection: after the cut, so the newer part); `mean` and `variance`: the
-        window's (0 when empty); `detections`: drifts detected over the detector's life."""
-        width = self.width
+        window's (0 when empty); `dropped` and `dropped_mean`: how many values the detection cut
+        from the window (the older part) and their mean (0 and 0.0 outside a detection);
+        `detections`: drifts detected over the detector's life."""
+        width, dropped = self.width, self.dropped
         return {"values": self.tick, "window": width, "mean": self.total / width if width else 0.0,
-                "variance": self.variance / width if width else 0.0, "detections": self.detections}
+                "variance": self.variance / width if width else 0.0, "dropped": dropped,
+                "dropped_mean": self.dropped_total / dropped if dropped else 0.0, "detections": self.detections}
 
     def to_bytes(self) -> bytes:
         rows = len(self.totals)
         header = _ADWIN_STATE.pack(DRIFT_STATE_VERSION, self.KIND, self.drift_detected, rows,
                                    self.parameters.max_buckets, self.tick, self.detections, self.total,
-                                   self.variance)
+                                   self.variance, self.dropped, self.dropped_total)
         body = array("d")
         for row_totals, row_variances in zip(self.totals, self.variances):
             body.extend(row_totals)
@@ -391,8 +401,8 @@ class Adwin:
     def from_bytes(cls, data: bytes, parameters: AdwinParameters = AdwinParameters()) -> Adwin:
         """The detector `to_bytes` wrote, continued with `parameters`; ValueError when the state was
         written with another `max_buckets` (its rows would never merge again)."""
-        _, _, pending, rows, max_buckets, tick, detections, total, variance = _ADWIN_STATE.unpack_from(
-            _checked(data, cls.KIND))
+        (_, _, pending, rows, max_buckets, tick, detections, total, variance, dropped,
+         dropped_total) = _ADWIN_STATE.unpack_from(_checked(data, cls.KIND))
         if max_buckets != parameters.max_buckets:
             raise _StateMismatch(f"ADWIN state kept {max_buckets} buckets per row, the settings {parameters.max_buckets}")
         offset = _ADWIN_STATE.size
@@ -409,6 +419,7 @@ class Adwin:
             start += 2 * count
         detector.width = sum(len(row) << i for i, row in enumerate(detector.totals))
         detector.total, detector.variance = total, variance
+        detector.dropped, detector.dropped_total = dropped, dropped_total
         detector.tick, detector.detections, detector.drift_detected = tick, detections, bool(pending)
         return detector
 

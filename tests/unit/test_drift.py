@@ -65,9 +65,16 @@ def test_detects_drift_at_the_same_indices_as_river(case):
             windows.append(detector.statistics())
     assert detections == case["detections"]
     if case["detector"] == "adwin":
-        # The window River kept at each detection and at the end, to the last bit.
-        for statistics, river in zip(windows, case["windows_at_detections"], strict=True):
+        # The window River kept at each detection and at the end, to the last bit; what the cut
+        # dropped is the rest of the values since the previous detection (River resets after each).
+        starts = ([0] + [i + 1 for i in detections])[:len(detections)]
+        for start, end, statistics, river in zip(starts, detections, windows, case["windows_at_detections"],
+                                                 strict=True):
             assert (statistics["window"], statistics["mean"]) == (river["width"], river["total"] / river["width"])
+            dropped = end + 1 - start - river["width"]
+            assert statistics["values"] == end + 1 - start and statistics["dropped"] == dropped > 0
+            assert statistics["dropped_mean"] == pytest.approx(math.fsum(values[start:start + dropped]) / dropped,
+                                                               rel=1e-9, abs=1e-12)
         end = case["window_at_end"]
         assert (detector.width, detector.total, detector.variance) == (end["width"], end["total"], end["variance"])
 
@@ -132,7 +139,7 @@ def test_state_is_compact():
         adwin.update(value)
     assert len(page_hinkley.to_bytes()) == 60
     # 20,000 values, none dropped by a cut: 15 rows of at most 5 buckets, 16 bytes each.
-    assert adwin.width > 10_000 and len(adwin.to_bytes()) <= 40 + 15 * (1 + 5 * 16)
+    assert adwin.width > 10_000 and len(adwin.to_bytes()) <= 56 + 15 * (1 + 5 * 16)
     assert adwin.to_bytes()[:2] == bytes([DRIFT_STATE_VERSION, Adwin.KIND])
 
 
@@ -173,8 +180,10 @@ def test_adwin_statistics_describe_the_window():
     detector = Adwin()
     for value in (1.0, 2.0, 3.0, 4.0, 5.0):
         detector.update(value)
-    assert detector.statistics() == {"values": 5, "window": 5, "mean": 3.0, "variance": 2.0, "detections": 0}
-    assert Adwin().statistics() == {"values": 0, "window": 0, "mean": 0.0, "variance": 0.0, "detections": 0}
+    assert detector.statistics() == {"values": 5, "window": 5, "mean": 3.0, "variance": 2.0, "dropped": 0,
+                                     "dropped_mean": 0.0, "detections": 0}
+    assert Adwin().statistics() == {"values": 0, "window": 0, "mean": 0.0, "variance": 0.0, "dropped": 0,
+                                    "dropped_mean": 0.0, "detections": 0}
 
 
 def test_drift_loss_is_the_log_loss_capped():
