@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import math
 import struct
-from array import array
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Literal, Protocol
 
 DetectorName = Literal["page_hinkley", "adwin", "none"]
@@ -157,8 +157,8 @@ class _StateMismatch(ValueError):
 #     rows; u8 max_buckets, 3 pad bytes, u64 values since the reset (River's tick), u64 detections,
 #     f64 total, f64 variance (the window's sum of squared deviations), u64 values dropped by the
 #     pending detection's cuts, f64 their sum; then one u8 count per row
-#     (row i holds summaries of 2^i values), then each row's totals and variances as f64,
-#     oldest first, row 0 first.
+#     (row i holds summaries of 2^i values), then every row's totals, then every row's variances,
+#     as f64, row 0 first, each row oldest first.
 DRIFT_STATE_VERSION = 1
 _HEADER = struct.Struct("<BBBB")
 _PAGE_HINKLEY_STATE = struct.Struct("<BBBxQQddddd")
@@ -391,11 +391,10 @@ class Adwin:
         header = _ADWIN_STATE.pack(DRIFT_STATE_VERSION, self.KIND, self.drift_detected, rows,
                                    self.parameters.max_buckets, self.tick, self.detections, self.total,
                                    self.variance, self.dropped, self.dropped_total)
-        body = array("d")
-        for row_totals, row_variances in zip(self.totals, self.variances):
-            body.extend(row_totals)
-            body.extend(row_variances)
-        return header + bytes(len(row) for row in self.totals) + body.tobytes()
+        counts = bytes(map(len, self.totals))
+        floats = struct.pack(f"<{2 * sum(counts)}d", *chain.from_iterable(self.totals),
+                             *chain.from_iterable(self.variances))
+        return header + counts + floats
 
     @classmethod
     def from_bytes(cls, data: bytes, parameters: AdwinParameters = AdwinParameters()) -> Adwin:
@@ -405,19 +404,20 @@ class Adwin:
          dropped_total) = _ADWIN_STATE.unpack_from(_checked(data, cls.KIND))
         if max_buckets != parameters.max_buckets:
             raise _StateMismatch(f"ADWIN state kept {max_buckets} buckets per row, the settings {parameters.max_buckets}")
-        offset = _ADWIN_STATE.size
-        counts = data[offset:offset + rows]
-        values = array("d")
-        values.frombytes(data[offset + rows:])
+        offset = _ADWIN_STATE.size + rows
+        flat = struct.unpack_from(f"<{(len(data) - offset) // 8}d", data, offset)
         detector = cls.__new__(cls)
         detector.parameters = parameters
-        detector.totals, detector.variances = [], []
-        start = 0
-        for count in counts:
-            detector.totals.append(values[start:start + count].tolist())
-            detector.variances.append(values[start + count:start + 2 * count].tolist())
-            start += 2 * count
-        detector.width = sum(len(row) << i for i, row in enumerate(detector.totals))
+        totals: list[list[float]] = []
+        variances: list[list[float]] = []
+        start, n, width = 0, len(flat) // 2, 0
+        for row, count in enumerate(data[offset - rows:offset]):
+            end = start + count
+            totals.append(list(flat[start:end]))
+            variances.append(list(flat[n + start:n + end]))
+            width += count << row
+            start = end
+        detector.totals, detector.variances, detector.width = totals, variances, width
         detector.total, detector.variance = total, variance
         detector.dropped, detector.dropped_total = dropped, dropped_total
         detector.tick, detector.detections, detector.drift_detected = tick, detections, bool(pending)
