@@ -190,7 +190,11 @@ class PageHinkley:
         self.drift_detected = False
 
     def update(self, value: float) -> bool:
-        """Adds one finite value; True when drift is detected at it (the next update resets)."""
+        """Adds one value; True when drift is detected at it (the next update resets). A value that
+        is not finite is ignored (False, nothing changes): River's would make every later statistic
+        NaN, a detector that never fires again."""
+        if not math.isfinite(value):
+            return False
         if self.drift_detected:
             self._reset()
         p = self.parameters
@@ -277,7 +281,10 @@ class Adwin:
         self.drift_detected = False
 
     def update(self, value: float) -> bool:
-        """Adds one finite value; True when drift is detected at it (the next update resets)."""
+        """Adds one value; True when drift is detected at it (the next update resets). A value that
+        is not finite is ignored, as by `PageHinkley.update`."""
+        if not math.isfinite(value):
+            return False
         if self.drift_detected:
             self._reset()
         self._insert(value)

@@ -132,6 +132,22 @@ def test_state_round_trip_continues_like_an_uninterrupted_detector(detector_name
         assert detector.statistics() == uninterrupted.statistics()
 
 
+@pytest.mark.parametrize("detector_name", ["page_hinkley", "adwin"])
+def test_a_value_that_is_not_finite_is_ignored(detector_name):
+    values = SEQUENCES["abrupt_mean_shifts"]
+    clean = make_detector(DriftSettings(detector=detector_name))
+    expected = [i for i, value in enumerate(values) if clean.update(value)]
+    assert expected  # so that a detector made useless by a NaN would fail below
+    detector = make_detector(DriftSettings(detector=detector_name))
+    detections = []
+    for i, value in enumerate(values):
+        if i % 500 == 7:
+            assert detector.update(math.nan) is False and detector.update(-math.inf) is False
+        if detector.update(value):
+            detections.append(i)
+    assert detections == expected and detector.to_bytes() == clean.to_bytes()
+
+
 def test_state_is_compact():
     page_hinkley, adwin = PageHinkley(), Adwin()
     for value in SEQUENCES["log_loss_stream_no_change"]:
