@@ -1,10 +1,22 @@
-"""Keyed online logistic regression trained by plain SGD (pure Python, no Flink).
+"""Keyed online logistic regression (pure Python, no Flink), trained by one of three optimizers.
 
 For each record of a key, in arrival order: `p = sigmoid(w . x + b)` is the score; a labelled record
-then updates `w <- w - rate * ((p - y) x + l2 w)` and `b <- b - rate (p - y)`. An update that would
-leave any weight or the bias non-finite or above 1e12 in magnitude is discarded (the model keeps
-its previous weights) and counted in `rejected_updates`, so one corrupt record cannot destroy a
-key's model and every later margin stays finite.
+then takes one optimizer step on the log-loss gradient `g = (p - y) x` (the bias's: `p - y`):
+
+- `Sgd`: `w <- w - rate * (g + l2 w)` (the l2 decay reaches every weight), `b <- b - rate (p - y)`.
+- `AdaGrad` (River's form): per coordinate `G += g_i^2; w_i <- w_i - rate / sqrt(G + eps) * g_i`,
+  with `g_i = (p - y) x_i + l2 w_i` for the record's entries only (lazy, sparse L2); the bias has its
+  own `G` and no L2.
+- `Ftrl`: FTRL-Proximal (McMahan et al. 2013, "Ad Click Prediction: a View from the Trenches",
+  Algorithm 1), per coordinate `sigma = (sqrt(n + g_i^2) - sqrt(n)) / alpha; z += g_i - sigma w_i;
+  n += g_i^2`, then `w_i = 0` if `|z| <= l1`, else `-(z - sign(z) l1) / ((beta + sqrt(n)) / alpha + l2)`;
+  the bias has its own `z, n` and neither l1 nor l2.
+
+The weights are stored (not recomputed from z and n at each score), so every optimizer scores the
+same way. A step that would leave any weight or the bias non-finite or above 1e12 in magnitude, or
+an accumulator non-finite, is discarded whole (the model keeps its previous weights and
+accumulators) and counted in `rejected_updates`, so one corrupt record cannot destroy a key's model
+and every later margin stays finite.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ import math
 import struct
 from array import array
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence, Union
 
 from udfs.features import Standardizer
 
@@ -40,36 +52,154 @@ class Sgd:
     power_t: float = 0.5
     l2: float = 0.0
 
+    kind: ClassVar[str] = "sgd"
+    accumulators: ClassVar[tuple[str, ...]] = ()
+
     def rate(self, updates: int) -> float:
         if self.schedule == "constant":
             return self.learning_rate
         return self.learning_rate / (1.0 + updates) ** self.power_t
 
 
-class LogisticRegression:
-    """One key's model: weights over `n_features` inputs, a bias and counters."""
+@dataclass(frozen=True)
+class AdaGrad:
+    """AdaGrad as River's `optim.AdaGrad`: per coordinate, G += g^2 and w -= learning_rate / sqrt(G + eps) * g;
+    l2 >= 0 adds l2 * w_i to the gradient of each entry of the record (not to the bias's)."""
 
-    __slots__ = ("weights", "bias", "updates", "rejected_updates")
+    learning_rate: float
+    eps: float = 1e-8
+    l2: float = 0.0
+
+    kind: ClassVar[str] = "adagrad"
+    accumulators: ClassVar[tuple[str, ...]] = ("g2",)  # the sum of squared gradients, G
+
+
+@dataclass(frozen=True)
+class Ftrl:
+    """FTRL-Proximal with per-coordinate learning rates alpha / (beta + sqrt(n)) (alpha > 0, beta > 0)
+    and L1 (l1 >= 0, makes weights exactly 0) and L2 (l2 >= 0) regularization of the weights."""
+
+    alpha: float
+    beta: float = 1.0
+    l1: float = 0.0
+    l2: float = 0.0
+
+    kind: ClassVar[str] = "ftrl"
+    accumulators: ClassVar[tuple[str, ...]] = ("z", "n")
+
+    def weight(self, z: float, n: float, l1: float, l2: float) -> float:
+        """The weight FTRL-Proximal's closed form gives for the accumulators z, n (l1, l2: the
+        weights' own, or 0 for the bias)."""
+        if abs(z) <= l1:  # also False for a NaN z, whose weight is NaN, so the guard discards it
+            return 0.0
+        return -(z - (l1 if z > 0 else -l1)) / ((self.beta + math.sqrt(n)) / self.alpha + l2)
+
+    def z_keeping(self, w: float, n: float, l1: float, l2: float) -> float:
+        """The z for which `weight(z, n, l1, l2)` is w (to rounding): how a model that did not learn
+        with FTRL starts with its weights as they are."""
+        if w == 0.0:
+            return 0.0
+        return -w * ((self.beta + math.sqrt(n)) / self.alpha + l2) - (l1 if w > 0 else -l1)
+
+
+Optimizer = Union[Sgd, AdaGrad, Ftrl]
+# The optimizer kinds in the order of their codes in the model state (version 3).
+OPTIMIZER_KINDS = (Sgd.kind, AdaGrad.kind, Ftrl.kind)
+ACCUMULATOR_NAMES = {optimizer.kind: optimizer.accumulators for optimizer in (Sgd, AdaGrad, Ftrl)}
+
+
+def converted_accumulators(optimizer: Optimizer, kind: str, accumulators: list[list[float]],
+                           weights: Sequence[float], bias: float) -> list[list[float]]:
+    """The accumulators a model whose optimizer was `kind` (with `accumulators`) continues with
+    under `optimizer`, with its weights and bias kept as they are: its own when the kind is the
+    same (FTRL's z and n also when alpha, beta, l1 or l2 changed: a coordinate's weight then
+    follows the new parameters from its next step); none for SGD; zeros for AdaGrad (G = 0: the
+    first step of each coordinate is as large as on a new model); for FTRL n = 0 and each z such
+    that FTRL's closed form gives the current weight. Each accumulator has one entry per weight
+    and the bias's last."""
+    if optimizer.kind == kind:
+        return accumulators
+    if isinstance(optimizer, Ftrl):
+        o = optimizer
+        z = [o.z_keeping(w, 0.0, o.l1, o.l2) for w in weights]
+        z.append(o.z_keeping(bias, 0.0, 0.0, 0.0))
+        return [z, [0.0] * (len(weights) + 1)]
+    return [[0.0] * (len(weights) + 1) for _ in optimizer.accumulators]
+
+
+class LogisticRegression:
+    """One key's model: weights over `n_features` inputs, a bias, counters, and the accumulators
+    of the optimizer it learns with (`optimizer_kind`: a list per accumulator name of
+    `ACCUMULATOR_NAMES`, each of n_features + 1 entries, the bias's last)."""
+
+    __slots__ = ("weights", "bias", "updates", "rejected_updates", "optimizer_kind", "accumulators")
 
     def __init__(self, n_features: int, weights: Sequence[float] | None = None, bias: float = 0.0,
-                 updates: int = 0, rejected_updates: int = 0):
+                 updates: int = 0, rejected_updates: int = 0, accumulators: Sequence[Sequence[float]] | None = None,
+                 optimizer_kind: str = Sgd.kind):
         self.weights = list(weights) if weights is not None else [0.0] * n_features
         self.bias = bias
         self.updates = updates
         self.rejected_updates = rejected_updates
+        self.optimizer_kind = optimizer_kind
+        slots = len(ACCUMULATOR_NAMES[optimizer_kind])
+        self.accumulators = ([list(values) for values in accumulators] if accumulators is not None
+                             else [[0.0] * (n_features + 1) for _ in range(slots)])
+        if len(self.accumulators) != slots or any(len(a) != n_features + 1 for a in self.accumulators):
+            raise ValueError(f"{optimizer_kind} needs {slots} accumulators of {n_features + 1} entries")
+
+    def adopt(self, optimizer: Optimizer) -> None:
+        """Makes `optimizer` the one this model learns with, converting its accumulators as
+        `converted_accumulators` says (nothing changes when it already is)."""
+        if optimizer.kind != self.optimizer_kind:
+            self.accumulators = converted_accumulators(optimizer, self.optimizer_kind, self.accumulators,
+                                                       self.weights, self.bias)
+            self.optimizer_kind = optimizer.kind
 
     def predict_proba(self, indices: Sequence[int], values: Sequence[float]) -> float:
         """Probability of the positive class (fraud) for the sparse features (indices, values), in (0, 1)."""
         weights = self.weights
         return sigmoid(self.bias + sum([weights[i] * v for i, v in zip(indices, values)]))
 
-    def learn(self, indices: Sequence[int], values: Sequence[float], y: int, p: float, sgd: Sgd) -> bool:
-        """One SGD step on (x, y) given this model's score `p` for x; False if the step was discarded.
+    def learn(self, indices: Sequence[int], values: Sequence[float], y: int, p: float, optimizer: Optimizer) -> bool:
+        """One optimizer step on (x, y) given this model's score `p` for x: the step `step` takes for
+        the gradient (p - y) x and bias gradient p - y. False if the step was discarded.
 
-        Only the weights of x's entries move (the others have a zero gradient), unless l2 decays all."""
+        Only the weights of x's entries move (the others have a zero gradient), unless SGD's l2 decays all."""
+        error = p - y
+        return self._step(indices, values, error, error, optimizer)
+
+    def step(self, indices: Sequence[int], gradient: Sequence[float], bias_gradient: float,
+             optimizer: Optimizer) -> bool:
+        """One optimizer step on an explicit sparse gradient of the log loss (without the L2 term,
+        which the optimizer adds its own way): `gradient[j]` for weight `indices[j]` (each index at
+        most once), `bias_gradient` for the bias. Adopts `optimizer` first (see `adopt`). False if
+        the step was discarded (the model is unchanged but for `rejected_updates`).
+
+        `learn(indices, values, y, p, o)` equals `step(indices, [(p - y) * v for v in values], p - y, o)`
+        exactly for AdaGrad and FTRL, and to rounding for SGD (which scales x by rate * (p - y), as it
+        always has)."""
+        return self._step(indices, gradient, 1.0, bias_gradient, optimizer)
+
+    def _step(self, indices: Sequence[int], values: Sequence[float], scale: float, bias_gradient: float,
+              optimizer: Optimizer) -> bool:
+        """The step for the gradient `scale * values[j]` at `indices[j]` and `bias_gradient`."""
+        self.adopt(optimizer)
+        if isinstance(optimizer, Sgd):
+            moved = self._sgd(indices, values, scale, bias_gradient, optimizer)
+        elif isinstance(optimizer, AdaGrad):
+            moved = self._adagrad(indices, values, scale, bias_gradient, optimizer)
+        else:
+            moved = self._ftrl(indices, values, scale, bias_gradient, optimizer)
+        if moved is None:
+            self.rejected_updates += 1  # also catches NaN: every comparison with NaN is False
+            return False
+        self.updates += 1
+        return True
+
+    def _sgd(self, indices, values, scale, bias_gradient, sgd: Sgd) -> bool | None:
         rate = sgd.rate(self.updates)
-        g = p - y
-        step = rate * g
+        step = rate * scale
         weights = self.weights
         if sgd.l2:
             weights = [w * (1.0 - rate * sgd.l2) for w in weights]
@@ -77,17 +207,56 @@ class LogisticRegression:
             weights = weights.copy()
         for i, v in zip(indices, values):
             weights[i] -= step * v
-        bias = self.bias - step
+        bias = self.bias - rate * bias_gradient
         moved = weights if sgd.l2 else [weights[i] for i in indices]
         magnitudes = list(map(abs, moved))
         # The sum is NaN or infinite if any weight is; once it is finite, max() is reliable.
         if not (abs(bias) <= MAX_ABS_WEIGHT and math.isfinite(sum(magnitudes))
                 and max(magnitudes, default=0.0) <= MAX_ABS_WEIGHT):
-            self.rejected_updates += 1  # also catches NaN: every comparison with NaN is False
-            return False
+            return None
         self.weights = weights
         self.bias = bias
-        self.updates += 1
+        return True
+
+    def _adagrad(self, indices, values, scale, bias_gradient, adagrad: AdaGrad) -> bool | None:
+        rate, eps, l2 = adagrad.learning_rate, adagrad.eps, adagrad.l2
+        weights = self.weights
+        [g2] = self.accumulators
+        moved = []  # (index, weight, G)
+        for i, v in zip(indices, values):
+            g = scale * v + l2 * weights[i]
+            total = g2[i] + g * g
+            moved.append((i, weights[i] - rate / math.sqrt(total + eps) * g, total))
+        bias_total = g2[-1] + bias_gradient * bias_gradient
+        bias = self.bias - rate / math.sqrt(bias_total + eps) * bias_gradient
+        moved.append((-1, bias, bias_total))
+        if not all(abs(w) <= MAX_ABS_WEIGHT and math.isfinite(total) for _, w, total in moved):
+            return None
+        for i, w, total in moved[:-1]:
+            weights[i] = w
+            g2[i] = total
+        self.bias = bias
+        g2[-1] = bias_total
+        return True
+
+    def _ftrl(self, indices, values, scale, bias_gradient, ftrl: Ftrl) -> bool | None:
+        weights = self.weights
+        z, n = self.accumulators
+        moved = []  # (index, weight, z, n); index -1: the bias
+        for i, g in [(i, scale * v) for i, v in zip(indices, values)] + [(-1, bias_gradient)]:
+            w = weights[i] if i >= 0 else self.bias
+            n_new = n[i] + g * g
+            sigma = (math.sqrt(n_new) - math.sqrt(n[i])) / ftrl.alpha
+            z_new = z[i] + g - sigma * w
+            l1, l2 = (ftrl.l1, ftrl.l2) if i >= 0 else (0.0, 0.0)
+            moved.append((i, ftrl.weight(z_new, n_new, l1, l2), z_new, n_new))
+        if not all(abs(w) <= MAX_ABS_WEIGHT and math.isfinite(z_i) and math.isfinite(n_i) for _, w, z_i, n_i in moved):
+            return None
+        for i, w, z_i, n_i in moved[:-1]:
+            weights[i] = w
+            z[i] = z_i
+            n[i] = n_i
+        _, self.bias, z[-1], n[-1] = moved[-1]
         return True
 
     def top_contributions(self, indices: Sequence[int], values: Sequence[float], k: int) -> list[tuple[int, float]]:
@@ -167,9 +336,10 @@ class KeyModel:
 
     __slots__ = ("standardizer", "model", "last_event_time")
 
-    def __init__(self, n_features: int, standardized: Sequence[int]):
+    def __init__(self, n_features: int, standardized: Sequence[int], initial_bias: float = 0.0):
+        """A new key's model: weights 0, bias `initial_bias` (log-odds of fraud: the prior's)."""
         self.standardizer = Standardizer(standardized)
-        self.model = LogisticRegression(n_features)
+        self.model = LogisticRegression(n_features, bias=initial_bias)
         self.last_event_time = -1
 
     def to_bytes(self) -> bytes:
