@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Sequence
 
 import orjson
 
-from udfs.model import LogisticRegression, Sgd, sigmoid
+from udfs.model import ACCUMULATOR_NAMES, LogisticRegression, Optimizer, sigmoid
 
 MESSAGE_VERSION = 1
 
@@ -58,7 +58,7 @@ class GlobalSettings:
             if not valid:
                 raise ValueError(f"model.global.{name}: must be {allowed}, got {getattr(self, name)!r}")
 
-    def optimizer_for(self, optimizer: Any) -> Any:
+    def optimizer_for(self, optimizer: Optimizer) -> Optimizer:
         """The global model's optimizer: `optimizer` (the key models') with this rate and l2."""
         changes: dict[str, Any] = {"l2": self.l2}
         if self.learning_rate is not None:
@@ -199,7 +199,11 @@ class GlobalModel:
             "weights": dict(zip(names, regression.weights)),
             "updates": regression.updates,
             "rejected_updates": regression.rejected_updates,
-            "accumulators": _accumulators_of(regression),
+            "optimizer": regression.optimizer_kind,
+            "accumulators": {
+                name: {"weights": dict(zip(names, values)), "bias": values[-1]}
+                for name, values in zip(ACCUMULATOR_NAMES[regression.optimizer_kind], regression.accumulators)
+            },
             "standardization": {
                 "count": stats.count,
                 "features": {names[i]: {"mean": stats.mean[j], "m2": stats.m2[j]} for j, i in enumerate(self.positions)},
@@ -218,31 +222,26 @@ class GlobalModel:
             raise ValueError("global model message features differ from the configured features")
         index = {name: i for i, name in enumerate(feature_names)}
         stats = data["standardization"]["features"]
+        kind = data["optimizer"]
+        if kind not in ACCUMULATOR_NAMES:
+            raise ValueError(f"global model message optimizer {kind!r} is not one of {', '.join(ACCUMULATOR_NAMES)}")
+        accumulators = [list(data["accumulators"][name]["weights"].values()) + [data["accumulators"][name]["bias"]]
+                        for name in ACCUMULATOR_NAMES[kind]]
         regression = LogisticRegression(len(feature_names), list(data["weights"].values()), data["bias"],
-                                        data["updates"], data["rejected_updates"])
-        _set_accumulators(regression, data["accumulators"])
+                                        data["updates"], data["rejected_updates"], accumulators, kind)
         return cls(tuple(feature_names), tuple(index[name] for name in stats), regression,
                    Statistics(data["standardization"]["count"], [v["mean"] for v in stats.values()],
                               [v["m2"] for v in stats.values()]),
                    data["version"], data["created_at"], data["partials"], data["labelled_records"])
 
     def copy_regression(self) -> LogisticRegression:
-        """A fresh copy of the regression (weights, bias, accumulators; counters at 0), e.g. to start
-        a new key's model from this version (cold start `global`)."""
-        regression = LogisticRegression(len(self.feature_names), self.regression.weights, self.regression.bias)
-        _set_accumulators(regression, _accumulators_of(self.regression))
-        return regression
-
-
-def _accumulators_of(regression: LogisticRegression) -> Any:
-    """The optimizer's accumulators as plain JSON-ready data (None for plain SGD)."""
-    accumulators = getattr(regression, "accumulators", None)
-    return None if accumulators is None else orjson.loads(orjson.dumps(accumulators, option=orjson.OPT_SERIALIZE_NUMPY))
-
-
-def _set_accumulators(regression: LogisticRegression, accumulators: Any) -> None:
-    if accumulators is not None:
-        regression.accumulators = accumulators
+        """A new regression with this version's weights and bias and nothing else (counters at 0, no
+        accumulators), e.g. a new key's model under cold start `global`. Its first step adopts the
+        key's optimizer, whose accumulators then start so that the weights are kept (AdaGrad: G = 0;
+        FTRL: n = 0 and z giving these weights; LogisticRegression.adopt): the global model's own
+        accumulators sum MEAN gradients of mini-batches at the global rate, so they would mean
+        something else to a key learning one record at a time at its own rate."""
+        return LogisticRegression(len(self.feature_names), self.regression.weights, self.regression.bias)
 
 
 @dataclass
@@ -280,14 +279,14 @@ def compute_partial(model: GlobalModel, examples: Sequence[Example], instance: i
     return GradientPartial(instance, model.version, labelled, gradient, bias_gradient, statistics)
 
 
-def apply_partials(model: GlobalModel, partials: Sequence[GradientPartial], optimizer: Any, now_ms: int
+def apply_partials(model: GlobalModel, partials: Sequence[GradientPartial], optimizer: Optimizer, now_ms: int
                    ) -> GlobalModel:
     """Version model.version + 1: the partials' gradients summed and divided by their labelled
     records, then one optimizer step (none when they cover no labelled record, so the version
     keeps the parameters: a heartbeat); their statistics merged in the order given."""
-    regression = LogisticRegression(len(model.feature_names), model.regression.weights, model.regression.bias,
-                                    model.regression.updates, model.regression.rejected_updates)
-    _set_accumulators(regression, _accumulators_of(model.regression))
+    held = model.regression
+    regression = LogisticRegression(len(model.feature_names), held.weights, held.bias, held.updates,
+                                    held.rejected_updates, held.accumulators, held.optimizer_kind)
     statistics = model.statistics
     total: dict[int, float] = {}
     bias_total = 0.0
@@ -300,35 +299,12 @@ def apply_partials(model: GlobalModel, partials: Sequence[GradientPartial], opti
         labelled += partial.labelled
     if labelled:
         indices = sorted(total)
-        step(regression, indices, [total[i] / labelled for i in indices], bias_total / labelled, optimizer)
+        regression.step(indices, [total[i] / labelled for i in indices], bias_total / labelled, optimizer)
     return GlobalModel(model.feature_names, model.positions, regression, statistics, model.version + 1, now_ms,
                        len(partials), labelled)
 
 
-def step(regression: LogisticRegression, indices: Sequence[int], gradient: Sequence[float], bias_gradient: float,
-         optimizer: Any) -> bool:
-    """One optimizer step on an explicit sparse gradient: `LogisticRegression.step` (udfs/model.py)
-    where it exists; until then plain SGD, exactly as `LogisticRegression.learn` steps."""
-    own_step = getattr(regression, "step", None)
-    if own_step is not None:
-        return own_step(indices, gradient, bias_gradient, optimizer)
-    if not isinstance(optimizer, Sgd):
-        raise ValueError(f"{type(optimizer).__name__} needs LogisticRegression.step (udfs/model.py)")
-    rate = optimizer.rate(regression.updates)
-    weights = [w * (1.0 - rate * optimizer.l2) for w in regression.weights] if optimizer.l2 else list(regression.weights)
-    for i, g in zip(indices, gradient):
-        weights[i] -= rate * g
-    bias = regression.bias - rate * bias_gradient
-    if not (math.isfinite(sum(map(abs, weights))) and max(map(abs, weights), default=0.0) <= 1e12
-            and abs(bias) <= 1e12):
-        regression.rejected_updates += 1
-        return False
-    regression.weights, regression.bias = weights, bias
-    regression.updates += 1
-    return True
-
-
-def train_sequential(model: GlobalModel, minibatches: Sequence[Sequence[Example]], optimizer: Any,
+def train_sequential(model: GlobalModel, minibatches: Sequence[Sequence[Example]], optimizer: Optimizer,
                      now_ms: int = 0) -> list[GlobalModel]:
     """The reference the aggregator is held to: one model stepping on each mini-batch in turn
     (one partial of the whole mini-batch). Returns versions model.version + 1, + 2, ..."""
@@ -375,7 +351,7 @@ class Aggregator:
     """
 
     model: GlobalModel
-    optimizer: Any
+    optimizer: Optimizer
     instances: int = 1
     max_staleness: int = 0
     cadence_records: int = 1000

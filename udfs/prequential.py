@@ -177,13 +177,11 @@ class PrequentialLearner:
         return probability, Details(-1 if held is None else held.version, updates, new_key, drift)
 
     def _new_key_model(self, cold_start: str) -> KeyModel:
-        key_model = KeyModel(len(self.feature_names), self.standardized)
-        if self.settings.blend == "sum":
-            return key_model  # the global margin carries the prior; the key part starts at zero
+        if self.settings.blend == "sum":  # the global margin carries the prior; the key part starts at zero
+            return KeyModel(len(self.feature_names), self.standardized)
+        key_model = KeyModel(len(self.feature_names), self.standardized, self.settings.initial_bias)
         if cold_start == "global":
             key_model.model = self.global_model.copy_regression()
-        else:
-            key_model.model.bias = self.settings.initial_bias
         return key_model
 
     def _react(self, state: _KeyState, record: ModelInput, held: GlobalModel | None) -> None:

@@ -19,7 +19,7 @@ from udfs.global_model import (
     compute_partial,
     train_sequential,
 )
-from udfs.model import Sgd
+from udfs.model import AdaGrad, Ftrl, Sgd
 
 NAMES = ("amount", "age", "count", "flag", "cat=a", "cat=b", "cat=c", "hour_sin", "hour_cos")
 POSITIONS = (0, 1, 2)  # amount, age, count are standardized; flag is raw
@@ -117,7 +117,11 @@ def test_standardizing_needs_two_records_and_centres_a_constant_feature():
 # ---------------------------------------------------------------- aggregation
 
 
-@pytest.mark.parametrize("optimizer", [Sgd(0.5), Sgd(0.3, "inverse_scaling", 0.5, l2=0.01)], ids=["sgd", "sgd-l2"])
+OPTIMIZERS = [Sgd(0.5), Sgd(0.3, "inverse_scaling", 0.5, l2=0.01), AdaGrad(0.1, l2=0.01), Ftrl(0.2, 1.0, 0.001, 0.01)]
+OPTIMIZER_IDS = ["sgd", "sgd-inverse-scaling-l2", "adagrad", "ftrl"]
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=OPTIMIZER_IDS)
 @pytest.mark.parametrize("instances", [1, 2, 3, 5])
 def test_aggregated_versions_equal_the_sequential_reference_on_the_union_minibatches(optimizer, instances):
     batches = minibatches(seed=instances, batches=30, size=40)
@@ -252,8 +256,9 @@ def test_the_time_cadence_publishes_what_is_pending_once_cadence_ms_passed():
 # ---------------------------------------------------------------- versions and messages
 
 
-def test_a_version_survives_its_message_exactly():
-    version = train_sequential(GlobalModel.initial(NAMES, POSITIONS, -2.0), minibatches(8, 5, 50), Sgd(0.5),
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_a_version_survives_its_message_exactly(optimizer):
+    version = train_sequential(GlobalModel.initial(NAMES, POSITIONS, -2.0), minibatches(8, 5, 50), optimizer,
                                now_ms=1_767_300_000_000)[-1]
     version.partials = 3
     message = version.to_message()
@@ -262,6 +267,8 @@ def test_a_version_survives_its_message_exactly():
     assert parameters(again) == parameters(version)
     assert (again.statistics, again.positions, again.feature_names) == (version.statistics, POSITIONS, NAMES)
     assert (again.version, again.created_at, again.partials) == (5, 1_767_300_000_000, 3)
+    assert again.regression.optimizer_kind == optimizer.kind
+    assert all(any(values) for values in again.regression.accumulators)  # AdaGrad's and FTRL's were carried
 
 
 def test_a_message_of_another_schema_or_feature_layout_is_refused():
@@ -301,3 +308,5 @@ def test_global_settings_refuse_bad_values_in_one_line(changes, message):
 def test_the_global_optimizer_takes_the_global_rate_and_l2():
     assert GlobalSettings(learning_rate=0.5, l2=0.1).optimizer_for(Sgd(0.01, l2=0.2)) == Sgd(0.5, l2=0.1)
     assert GlobalSettings().optimizer_for(Sgd(0.01, l2=0.2)) == Sgd(0.01, l2=0.0)
+    assert GlobalSettings(learning_rate=0.5).optimizer_for(AdaGrad(0.1, l2=0.3)) == AdaGrad(0.5)
+    assert GlobalSettings(learning_rate=0.5).optimizer_for(Ftrl(0.1, 2.0, l1=0.01)) == Ftrl(0.5, 2.0, l1=0.01)
