@@ -258,6 +258,26 @@ class GradientPartial:
     bias_gradient: float
     statistics: Statistics
 
+    def to_bytes(self) -> bytes:
+        """This partial as compact JSON (floats round-trip exactly), for the edge from a scoring
+        instance to the aggregator and for the aggregator's state."""
+        return orjson.dumps(self._plain())
+
+    def _plain(self) -> dict[str, Any]:
+        stats = self.statistics
+        return {"instance": self.instance, "base_version": self.base_version, "labelled": self.labelled,
+                "indices": list(self.gradient), "gradient": list(self.gradient.values()),
+                "bias_gradient": self.bias_gradient, "count": stats.count, "mean": stats.mean, "m2": stats.m2}
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "GradientPartial":
+        return cls._of(orjson.loads(data))
+
+    @classmethod
+    def _of(cls, d: dict[str, Any]) -> "GradientPartial":
+        return cls(d["instance"], d["base_version"], d["labelled"], dict(zip(d["indices"], d["gradient"])),
+                   d["bias_gradient"], Statistics(d["count"], d["mean"], d["m2"]))
+
 
 def compute_partial(model: GlobalModel, examples: Sequence[Example], instance: int = 0) -> GradientPartial:
     """The partial of `examples` against `model`: each labelled example is standardized by the
@@ -394,6 +414,28 @@ class Aggregator:
                 and any(p.labelled for p in self.pending)):
             return self._publish(now_ms)
         return None
+
+    def to_bytes(self) -> bytes:
+        """The aggregator's state (current version, pending partials, counters) as JSON, for Flink
+        state: restored with `from_bytes`, it publishes exactly what it would have."""
+        stale = self._stale_statistics
+        return orjson.dumps({
+            "model": orjson.loads(self.model.to_message()), "pending": [p._plain() for p in self.pending],
+            "dropped_stale": self.dropped_stale, "dropped_stale_records": self.dropped_stale_records,
+            "applied_partials": self.applied_partials,
+            "stale_statistics": None if stale is None else [stale.count, stale.mean, stale.m2],
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes, feature_names: Sequence[str], optimizer: Optimizer, instances: int,
+                   max_staleness: int, cadence_records: int, cadence_ms: int | None) -> "Aggregator":
+        """The aggregator `to_bytes` saved, with the given (configured) settings."""
+        d = orjson.loads(data)
+        stale = d["stale_statistics"]
+        return cls(GlobalModel.from_message(orjson.dumps(d["model"]), feature_names), optimizer, instances,
+                   max_staleness, cadence_records, cadence_ms, [GradientPartial._of(p) for p in d["pending"]],
+                   d["dropped_stale"], d["dropped_stale_records"], d["applied_partials"],
+                   None if stale is None else Statistics(*stale))
 
     def _publish(self, now_ms: int) -> GlobalModel:
         partials = self.pending

@@ -108,15 +108,19 @@ class PrequentialLearner:
     """Scores records in order, then learns from each labelled one (see the module docstring).
 
     `feature_names` and `standardized` are the FeatureEncoder's `names` and `standardized`;
-    `detector_factory` makes one drift detector per key (None: no drift detection); `instances`
+    `detector_factory` makes one drift detector per key (None: no drift detection), fed
+    `detector_loss(probability, label)` for each labelled record (the job feeds udfs/drift.py's
+    `drift_loss`, capped at model.drift.loss_cap: pass it for the job's detections); `instances`
     is how many scoring instances the global model's training simulates (>= 1)."""
 
     def __init__(self, feature_names: Sequence[str], standardized: Sequence[int], settings: LearningSettings,
-                 instances: int = 1, detector_factory: Callable[[], DriftDetector] | None = None):
+                 instances: int = 1, detector_factory: Callable[[], DriftDetector] | None = None,
+                 detector_loss: Callable[[float, int], float] = log_loss):
         self.feature_names = tuple(feature_names)
         self.standardized = tuple(standardized)
         self.settings = settings
         self.detector_factory = detector_factory
+        self.detector_loss = detector_loss
         self.keys: dict[str, _KeyState] = {}
         self.drift_events: list[DriftEvent] = []
         self.records = 0
@@ -170,7 +174,7 @@ class PrequentialLearner:
         if held is not None:
             self._collect(Example(indices, record.values, label, key_margin), record.event_time)
         if label is not None and state.detector is not None:
-            drift = bool(state.detector.update(log_loss(probability, label)))
+            drift = bool(state.detector.update(self.detector_loss(probability, label)))
             if drift:
                 self._react(state, record, held)
         self.records += 1

@@ -14,6 +14,7 @@ from udfs.global_model import (
     Example,
     GlobalModel,
     GlobalSettings,
+    GradientPartial,
     Statistics,
     VersionHolder,
     compute_partial,
@@ -310,3 +311,19 @@ def test_the_global_optimizer_takes_the_global_rate_and_l2():
     assert GlobalSettings().optimizer_for(Sgd(0.01, l2=0.2)) == Sgd(0.01, l2=0.0)
     assert GlobalSettings(learning_rate=0.5).optimizer_for(AdaGrad(0.1, l2=0.3)) == AdaGrad(0.5)
     assert GlobalSettings(learning_rate=0.5).optimizer_for(Ftrl(0.1, 2.0, l1=0.01)) == Ftrl(0.5, 2.0, l1=0.01)
+
+
+def test_a_partial_and_the_aggregator_state_survive_their_bytes_and_publish_the_same_version():
+    aggregator, history = trained_aggregator(max_staleness=1)
+    aggregator.cadence_records = 100  # from here on, two partials are pending before a version
+    batches = minibatches(seed=12, batches=2, size=60)
+    stale = compute_partial(history[1], batches[0], 1)
+    pending = compute_partial(history[3], batches[0], 0)
+    assert GradientPartial.from_bytes(pending.to_bytes()) == pending
+    assert aggregator.add(stale, 0) is None and aggregator.add(pending, 0) is None  # dropped; pending
+    restored = Aggregator.from_bytes(aggregator.to_bytes(), NAMES, Sgd(0.5), 2, 1, 100, None)
+    assert restored.to_bytes() == aggregator.to_bytes()
+    last = compute_partial(history[3], batches[1], 1)
+    published, again = aggregator.add(last, 9), restored.add(last, 9)
+    assert again.to_message() == published.to_message()
+    assert (again.version, again.partials, restored.dropped_stale) == (4, 2, 1)
