@@ -134,8 +134,10 @@ class Statistics:
 
     def standardize(self, values: Sequence[float], positions: Sequence[int]) -> list[float]:
         """A copy of `values` with each value at `positions` replaced by (value - mean) / std.
-        While fewer than two records are counted the scale is unknown and the value becomes 0.0
-        (contributes nothing); a feature with zero variance is only centred (std taken as 1)."""
+        While fewer than two records are counted, or while a feature has shown one value only (zero
+        variance), its scale is unknown and the value becomes 0.0 (contributes nothing), as River's
+        StandardScaler does: taking the scale as 1 would let the first different value enter raw
+        (an amount of 3000 as a z-score of 3000) and throw the weights off."""
         out = list(values)
         if self.count < 2:
             for i in positions:
@@ -144,8 +146,7 @@ class Statistics:
         count = self.count
         for j, i in enumerate(positions):
             variance = self.m2[j] / count
-            std = math.sqrt(variance) if variance > 0 else 1.0
-            out[i] = (values[i] - self.mean[j]) / std
+            out[i] = (values[i] - self.mean[j]) / math.sqrt(variance) if variance > 0 else 0.0
         return out
 
 

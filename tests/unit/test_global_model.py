@@ -108,11 +108,12 @@ def test_merged_statistics_equal_one_pass_over_all_records_and_numpy():
     assert merged.m2 == pytest.approx((matrix.var(axis=0) * 1000).tolist(), rel=1e-9)
 
 
-def test_standardizing_needs_two_records_and_centres_a_constant_feature():
+def test_standardizing_needs_two_records_and_a_feature_that_varied():
     values = [10.0, 5.0, 3.0, 1.0]  # the numeric features come first, so positions index the values
     assert Statistics.of([values], POSITIONS).standardize(values, POSITIONS) == [0.0, 0.0, 0.0, 1.0]
-    stats = Statistics.of([[2.0, 5.0, 0.0, 0.0], [4.0, 5.0, 0.0, 0.0]], POSITIONS)  # age constant
-    assert stats.standardize(values, POSITIONS) == [7.0, 0.0, 3.0, 1.0]  # (10 - 3) / 1; 5 - 5; 3 - 0
+    stats = Statistics.of([[2.0, 5.0, 0.0, 0.0], [4.0, 5.0, 0.0, 0.0]], POSITIONS)  # features 1 and 2 constant
+    # (10 - 3) / 1; a feature that never varied contributes nothing, even at a new value (3 after 0s)
+    assert stats.standardize(values, POSITIONS) == [7.0, 0.0, 0.0, 1.0]
 
 
 # ---------------------------------------------------------------- aggregation
