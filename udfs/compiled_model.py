@@ -22,7 +22,18 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from udfs.model import MAX_ABS_WEIGHT, STATE_HEADER, STATE_VERSION, KeyModel, Sgd, read_state, sigmoid
+from udfs.model import (
+    MAX_ABS_WEIGHT,
+    OPTIMIZER_KINDS,
+    STATE_HEADER,
+    STATE_VERSION,
+    KeyModel,
+    Optimizer,
+    Sgd,
+    converted_accumulators,
+    read_state,
+    sigmoid,
+)
 
 
 @numba.njit(cache=True)
@@ -207,11 +218,17 @@ class ModelTable:
     `KeyModel` of Python objects takes about 10 KB). `rows` maps a model key to its row, `keys`
     the other way."""
 
-    def __init__(self, n_features: int, standardized: Sequence[int], capacity: int = 64):
+    def __init__(self, n_features: int, standardized: Sequence[int], capacity: int = 64,
+                 optimizer: Optimizer = Sgd(0.01), initial_bias: float = 0.0):
         self.n_features = n_features
         self.positions = np.array(standardized, dtype=np.int64)
         k = len(self.positions)
         self._positions_bytes = self.positions.astype(np.int32).tobytes() + bytes(4 * (k % 2))
+        self.optimizer = optimizer  # the one every row learns with; a loaded state is converted to it
+        self.initial_bias = initial_bias
+        self._optimizer_code = OPTIMIZER_KINDS.index(optimizer.kind)
+        # A new row's accumulators: zeros, but FTRL's bias z, which makes the bias start at initial_bias.
+        self._new_accumulators = np.array(converted_accumulators(optimizer, Sgd.kind, [], [], initial_bias))
         self.rows: dict[str, int] = {}
         self.keys: list[str] = []
         n = n_features
@@ -219,21 +236,28 @@ class ModelTable:
         self.updates, self.rejected = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
         self.last_event_time, self.count = np.full(capacity, -1, np.int64), np.zeros(capacity, np.int64)
         self.mean, self.m2 = np.zeros((capacity, k)), np.zeros((capacity, k))
+        # (row, accumulator of ACCUMULATOR_NAMES[optimizer.kind], feature; the bias's last): none for SGD
+        self.accumulators = np.zeros((capacity, len(optimizer.accumulators), n + 1))
 
-    _ARRAYS = ("weights", "bias", "updates", "rejected", "last_event_time", "count", "mean", "m2")
+    _ARRAYS = ("weights", "bias", "updates", "rejected", "last_event_time", "count", "mean", "m2", "accumulators")
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def add(self, model_key: str, state: bytes | None = None) -> int:
         """A new row for `model_key`: its model from Flink state bytes (`udfs.model.read_state`:
-        version 1 or 2), or a new model. ValueError when the state's feature layout differs from
-        the table's."""
+        version 1, 2 or 3; of another optimizer than the table's, converted as
+        `LogisticRegression.adopt` does), or a new model (bias `initial_bias`). ValueError when the
+        state's feature layout differs from the table's."""
         row = len(self.keys)
         if row == len(self.bias):
             self._grow(2 * row)
         if state is not None:
             self._load(row, state)
+        else:
+            self.bias[row] = self.initial_bias
+            if self._new_accumulators.size:
+                self.accumulators[row, :, -1] = self._new_accumulators[:, -1]
         self.rows[model_key] = row
         self.keys.append(model_key)
         return row
@@ -257,14 +281,17 @@ class ModelTable:
         self.weights[row], self.mean[row], self.m2[row] = state.weights, state.mean, state.m2
         self.bias[row], self.updates[row], self.rejected[row] = state.bias, state.updates, state.rejected_updates
         self.last_event_time[row], self.count[row] = state.last_event_time, state.count
+        if self.accumulators.shape[1]:
+            self.accumulators[row] = converted_accumulators(self.optimizer, state.optimizer_kind, state.accumulators,
+                                                            state.weights, state.bias)
 
     def to_bytes(self, row: int) -> bytes:
         """The row's model as Flink state, exactly as `KeyModel.to_bytes` writes it."""
-        header = STATE_HEADER.pack(STATE_VERSION, self.n_features, len(self.positions), int(self.updates[row]),
-                                   int(self.rejected[row]), int(self.last_event_time[row]), int(self.count[row]),
-                                   float(self.bias[row]))
+        header = STATE_HEADER.pack(STATE_VERSION, self._optimizer_code, self.n_features, len(self.positions),
+                                   int(self.updates[row]), int(self.rejected[row]), int(self.last_event_time[row]),
+                                   int(self.count[row]), float(self.bias[row]))
         return b"".join((header, self._positions_bytes, self.weights[row].tobytes(), self.mean[row].tobytes(),
-                         self.m2[row].tobytes()))
+                         self.m2[row].tobytes(), self.accumulators[row].tobytes()))
 
     def learn_logged(self, row: int, indices: np.ndarray, values: np.ndarray, label: int, sgd: Sgd,
                      event_time: int) -> bool:
