@@ -27,9 +27,13 @@ from udfs.model import (
     OPTIMIZER_KINDS,
     STATE_HEADER,
     STATE_VERSION,
+    AdaGrad,
+    Ftrl,
     KeyModel,
     Optimizer,
     Sgd,
+    adaptive_step,
+    apply_moves,
     converted_accumulators,
     read_state,
     sigmoid,
@@ -45,14 +49,15 @@ def _sigmoid(z):
 
 
 def learn_batch(start, rows, indptr, indices, values, labels, event_times,
-                weights, bias, updates, rejected, last_event_time, count, mean, m2, positions,
-                learning_rate, inverse_scaling, power_t, l2, snapshot_every,
+                weights, bias, updates, rejected, last_event_time, count, mean, m2, positions, accumulators,
+                optimizer: Optimizer, snapshot_every,
                 probability, updates_before, learned, reason_index, reason_value, reason_count, standardized) -> int:
     """Scores and learns from records start.. of a batch in order, each with its key's model
     row `rows[r]`, as `ModelScorer.assess` would; fills the per-record outputs (probability 0..1,
     model updates before learning, learned, up to reason_index.shape[1] top reasons as (feature
     index, contribution)), `standardized` (the values of each record's entries as the model saw
-    them, after standardization: what a label arriving later learns from) and updates the table in place. Returns the position after the first
+    them, after standardization: what a label arriving later learns from) and updates the table in
+    place, learning with `optimizer` (the table's: `accumulators` has its layout). Returns the position after the first
     record whose update makes its key's update count a multiple of `snapshot_every` (the caller
     snapshots that key there, then calls again from that position), or the batch's length.
 
@@ -63,20 +68,33 @@ def learn_batch(start, rows, indptr, indices, values, labels, event_times,
     runs Python on JVM threads the GIL state API does not know). ctypes releases the GIL for the call.
     """
     arrays = (rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
-              last_event_time, count, mean, m2, positions, probability, updates_before, learned, reason_index,
-              reason_value, reason_count, standardized)
+              last_event_time, count, mean, m2, positions, accumulators, probability, updates_before, learned,
+              reason_index, reason_value, reason_count, standardized)
     for array_, dtype in zip(arrays, _DTYPES):
         if array_.dtype != dtype or not array_.flags.c_contiguous:
             raise TypeError(f"learn_batch needs C-contiguous {dtype} arrays, got {array_.dtype}")
+    if accumulators.shape != (weights.shape[0], len(optimizer.accumulators), weights.shape[1] + 1):
+        raise ValueError(f"accumulators of shape {accumulators.shape} are not those of {optimizer.kind}")
     return _learn_batch_pointer()(
         start, rows.shape[0], indices.shape[0], weights.shape[0], weights.shape[1], positions.shape[0],
-        reason_index.shape[1], *[array_.ctypes.data for array_ in arrays],
-        learning_rate, bool(inverse_scaling), power_t, l2, snapshot_every)
+        reason_index.shape[1], accumulators.shape[1], *[array_.ctypes.data for array_ in arrays],
+        OPTIMIZER_KINDS.index(optimizer.kind), *_parameters(optimizer), snapshot_every)
+
+
+def _parameters(optimizer: Optimizer) -> tuple[float, bool, float, float, float, float, float]:
+    """The compiled code's optimizer parameters: (rate or FTRL's alpha, inverse scaling, power_t, l2,
+    AdaGrad's eps, FTRL's beta, FTRL's l1)."""
+    if isinstance(optimizer, Sgd):
+        return optimizer.learning_rate, optimizer.schedule != "constant", optimizer.power_t, optimizer.l2, 0.0, 0.0, 0.0
+    if isinstance(optimizer, AdaGrad):
+        return optimizer.learning_rate, False, 0.0, optimizer.l2, optimizer.eps, 0.0, 0.0
+    return optimizer.alpha, False, 0.0, optimizer.l2, 0.0, optimizer.beta, optimizer.l1
 
 
 _DTYPES = tuple(np.dtype(t) for t in (
     np.int64, np.int64, np.int32, np.float64, np.int8, np.int64,  # the batch
     np.float64, np.float64, np.int64, np.int64, np.int64, np.int64, np.float64, np.float64, np.int64,  # the table
+    np.float64,  # its accumulators
     np.float64, np.int64, np.bool_, np.int32, np.float64, np.int8, np.float64))  # the outputs
 _NUMBA_TYPES = {np.dtype(np.int64): numba.types.int64, np.dtype(np.int32): numba.types.int32,
                 np.dtype(np.float64): numba.types.float64, np.dtype(np.int8): numba.types.int8,
@@ -84,21 +102,87 @@ _NUMBA_TYPES = {np.dtype(np.int64): numba.types.int64, np.dtype(np.int32): numba
 @functools.cache
 def _learn_batch_pointer():
     """`_learn_batch_c` as a ctypes function (built once)."""
-    scalars = [ctypes.c_int64] * 7
+    scalars = [ctypes.c_int64] * 8
     pointers = [ctypes.c_void_p] * len(_DTYPES)
-    parameters = [ctypes.c_double, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_int64]
+    parameters = [ctypes.c_int64, ctypes.c_double, ctypes.c_bool, *[ctypes.c_double] * 5, ctypes.c_int64]
     return ctypes.CFUNCTYPE(ctypes.c_int64, *scalars, *pointers, *parameters)(_learn_batch_c.address)
+
+
+_SGD, _ADAGRAD, _FTRL = (OPTIMIZER_KINDS.index(kind) for kind in (Sgd.kind, AdaGrad.kind, Ftrl.kind))
+
+
+@numba.njit(cache=True)
+def _ftrl_weight(z, n, alpha, beta, l1, l2):
+    # Ftrl.weight
+    if abs(z) <= l1:
+        return 0.0
+    return -(z - (l1 if z > 0 else -l1)) / ((beta + np.sqrt(n)) / alpha + l2)
+
+
+@numba.njit(cache=True)
+def _adaptive_step(optimizer, row, indices, begin, end, x, error, weights, bias, accumulators,
+                   rate, l2, eps, beta, l1, moved):
+    """udfs.model.adaptive_step and apply_moves for the record's entries x (indices[begin:end]) and
+    the log-loss error p - y, on the table's row; False (nothing changed) when the guard discards
+    the step. `rate` is AdaGrad's learning rate or FTRL's alpha."""
+    n_entries = end - begin
+    bias_slot = weights.shape[1]
+    ok = True
+    for e in range(n_entries + 1):
+        if e < n_entries:
+            i = indices[begin + e]
+            g = error * x[e]
+            w = weights[row, i]
+            l1_i, l2_i = l1, l2
+        else:  # the bias: no L1 or L2
+            i = bias_slot
+            g = error
+            w = bias[row]
+            l1_i, l2_i = 0.0, 0.0
+        if optimizer == _ADAGRAD:
+            if e < n_entries:
+                g = g + l2 * w
+            total = accumulators[row, 0, i] + g * g
+            moved[e, 0] = w - rate / np.sqrt(total + eps) * g
+            moved[e, 1] = total
+            if not np.isfinite(total):
+                ok = False
+        else:
+            n_old = accumulators[row, 1, i]
+            n_new = n_old + g * g
+            sigma = (np.sqrt(n_new) - np.sqrt(n_old)) / rate
+            z_new = accumulators[row, 0, i] + g - sigma * w
+            moved[e, 0] = _ftrl_weight(z_new, n_new, rate, beta, l1_i, l2_i)
+            moved[e, 1] = z_new
+            moved[e, 2] = n_new
+            if not (np.isfinite(z_new) and np.isfinite(n_new)):
+                ok = False
+        if not abs(moved[e, 0]) <= MAX_ABS_WEIGHT:
+            ok = False
+    if not ok:
+        return False
+    slots = accumulators.shape[1]
+    for e in range(n_entries + 1):
+        i = indices[begin + e] if e < n_entries else bias_slot
+        if e < n_entries:
+            weights[row, i] = moved[e, 0]
+        else:
+            bias[row] = moved[e, 0]
+        for s in range(slots):
+            accumulators[row, s, i] = moved[e, 1 + s]
+    return True
 
 
 @numba.njit(cache=True)
 def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
-                 weights, bias, updates, rejected, last_event_time, count, mean, m2, positions,
-                 learning_rate, inverse_scaling, power_t, l2, snapshot_every,
+                 weights, bias, updates, rejected, last_event_time, count, mean, m2, positions, accumulators,
+                 optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every,
                  probability, updates_before, learned, reason_index, reason_value, reason_count, standardized):
     n_records = rows.shape[0]
     n_features = weights.shape[1]
     top_k = reason_index.shape[1]
     scratch = np.empty(n_features)
+    moved = np.empty((n_features + 1, 3))  # AdaGrad and FTRL: (weight, accumulators) per entry, the bias's last
     x = np.empty(n_features)  # the record's standardized values; a row has at most one entry per feature
     for r in range(start, n_records):
         row = rows[r]
@@ -156,33 +240,39 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
         if labels[r] < 0:
             continue
         # LogisticRegression.learn, with its guard against non-finite or huge weights.
-        rate = learning_rate / (1.0 + updates[row]) ** power_t if inverse_scaling else learning_rate
-        step = rate * (p - labels[r])
-        if l2 != 0.0:
-            decay = 1.0 - rate * l2
-            for i in range(n_features):
-                scratch[i] = weights[row, i] * decay
+        if optimizer != _SGD:
+            if not _adaptive_step(optimizer, row, indices, begin, end, x, p - labels[r], weights, bias,
+                                  accumulators, learning_rate, l2, eps, beta, l1, moved):
+                rejected[row] += 1
+                continue
         else:
-            for i in range(n_features):
-                scratch[i] = weights[row, i]
-        for e in range(end - begin):
-            scratch[indices[begin + e]] -= step * x[e]
-        new_bias = bias[row] - step
-        ok = abs(new_bias) <= MAX_ABS_WEIGHT
-        if l2 != 0.0:
-            for i in range(n_features):
-                if not abs(scratch[i]) <= MAX_ABS_WEIGHT:
-                    ok = False
-        else:
+            rate = learning_rate / (1.0 + updates[row]) ** power_t if inverse_scaling else learning_rate
+            step = rate * (p - labels[r])
+            if l2 != 0.0:
+                decay = 1.0 - rate * l2
+                for i in range(n_features):
+                    scratch[i] = weights[row, i] * decay
+            else:
+                for i in range(n_features):
+                    scratch[i] = weights[row, i]
             for e in range(end - begin):
-                if not abs(scratch[indices[begin + e]]) <= MAX_ABS_WEIGHT:
-                    ok = False
-        if not ok:
-            rejected[row] += 1
-            continue
-        for i in range(n_features):
-            weights[row, i] = scratch[i]
-        bias[row] = new_bias
+                scratch[indices[begin + e]] -= step * x[e]
+            new_bias = bias[row] - step
+            ok = abs(new_bias) <= MAX_ABS_WEIGHT
+            if l2 != 0.0:
+                for i in range(n_features):
+                    if not abs(scratch[i]) <= MAX_ABS_WEIGHT:
+                        ok = False
+            else:
+                for e in range(end - begin):
+                    if not abs(scratch[indices[begin + e]]) <= MAX_ABS_WEIGHT:
+                        ok = False
+            if not ok:
+                rejected[row] += 1
+                continue
+            for i in range(n_features):
+                weights[row, i] = scratch[i]
+            bias[row] = new_bias
         updates[row] += 1
         last_event_time[row] = event_times[r]
         learned[r] = 1
@@ -192,14 +282,14 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
 
 
 @numba.cfunc(numba.types.int64(
-    *[numba.types.int64] * 7, *[numba.types.CPointer(_NUMBA_TYPES[d]) for d in _DTYPES],
-    numba.types.float64, numba.types.boolean, numba.types.float64, numba.types.float64, numba.types.int64),
+    *[numba.types.int64] * 8, *[numba.types.CPointer(_NUMBA_TYPES[d]) for d in _DTYPES],
+    numba.types.int64, numba.types.float64, numba.types.boolean, *[numba.types.float64] * 5, numba.types.int64),
     cache=True)
-def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standardized, top_k,
+def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standardized, top_k, slots,
                    rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
-                   last_event_time, count, mean, m2, positions, probability, updates_before, learned,
+                   last_event_time, count, mean, m2, positions, accumulators, probability, updates_before, learned,
                    reason_index, reason_value, reason_count, standardized,
-                   learning_rate, inverse_scaling, power_t, l2, snapshot_every):
+                   optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every):
     carray = numba.carray
     return _learn_batch(
         start, carray(rows, n_records), carray(indptr, n_records + 1), carray(indices, n_entries),
@@ -207,7 +297,8 @@ def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standard
         carray(weights, (capacity, n_features)), carray(bias, capacity), carray(updates, capacity),
         carray(rejected, capacity), carray(last_event_time, capacity), carray(count, capacity),
         carray(mean, (capacity, n_standardized)), carray(m2, (capacity, n_standardized)),
-        carray(positions, n_standardized), learning_rate, inverse_scaling, power_t, l2, snapshot_every,
+        carray(positions, n_standardized), carray(accumulators, (capacity, slots, n_features + 1)),
+        optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every,
         carray(probability, n_records), carray(updates_before, n_records), carray(learned, n_records),
         carray(reason_index, (n_records, top_k)), carray(reason_value, (n_records, top_k)),
         carray(reason_count, n_records), carray(standardized, n_entries))
@@ -293,31 +384,42 @@ class ModelTable:
         return b"".join((header, self._positions_bytes, self.weights[row].tobytes(), self.mean[row].tobytes(),
                          self.m2[row].tobytes(), self.accumulators[row].tobytes()))
 
-    def learn_logged(self, row: int, indices: np.ndarray, values: np.ndarray, label: int, sgd: Sgd,
-                     event_time: int) -> bool:
-        """One SGD step of the row's model on a record scored earlier, for a label that came later:
-        `values` are the record's standardized values as logged when it was scored (the
-        standardization statistics are not updated again), and the probability is recomputed from
-        the row's current weights. `LogisticRegression.learn`'s arithmetic in its order, with its
-        guard; the last update's event time becomes `event_time` (ms). False when the guard
-        discarded the step (counted in `rejected`)."""
+    def learn_logged(self, row: int, indices: np.ndarray, values: np.ndarray, label: int, event_time: int) -> bool:
+        """One step of the table's optimizer for the row's model on a record scored earlier, for a
+        label that came later: `values` are the record's standardized values as logged when it was
+        scored (the standardization statistics are not updated again), and the probability is
+        recomputed from the row's current weights. `LogisticRegression.learn`'s arithmetic in its
+        order, with its guard; the last update's event time becomes `event_time` (ms). False when
+        the guard discarded the step (counted in `rejected`)."""
         weights = self.weights[row]
         margin = 0.0
         for i, v in zip(indices.tolist(), values.tolist()):  # the reference's order of summation
             margin += weights[i] * v
         bias = float(self.bias[row])
         p = sigmoid(bias + margin)
-        rate = sgd.rate(int(self.updates[row]))
-        step = rate * (p - label)
-        new = weights * (1.0 - rate * sgd.l2) if sgd.l2 else weights.copy()
-        new[indices] -= step * values  # a record has at most one entry per feature
-        new_bias = bias - step
-        moved = new if sgd.l2 else new[indices]
-        if not (abs(new_bias) <= MAX_ABS_WEIGHT and np.all(np.abs(moved) <= MAX_ABS_WEIGHT)):
+        optimizer = self.optimizer
+        if isinstance(optimizer, Sgd):
+            rate = optimizer.rate(int(self.updates[row]))
+            step = rate * (p - label)
+            new = weights * (1.0 - rate * optimizer.l2) if optimizer.l2 else weights.copy()
+            new[indices] -= step * values  # a record has at most one entry per feature
+            new_bias = bias - step
+            moved = new if optimizer.l2 else new[indices]
+            stepped = abs(new_bias) <= MAX_ABS_WEIGHT and bool(np.all(np.abs(moved) <= MAX_ABS_WEIGHT))
+            if stepped:
+                self.weights[row] = new
+                self.bias[row] = new_bias
+        else:
+            error = p - label
+            # On Python floats, as the reference computes (numpy scalars would warn where it overflows).
+            moves = adaptive_step(optimizer, weights.tolist(), bias, self.accumulators[row].tolist(), indices.tolist(),
+                                  values.tolist(), error, error)
+            stepped = moves is not None
+            if stepped:
+                self.bias[row] = apply_moves(moves, weights, self.accumulators[row])  # the row's views, in place
+        if not stepped:
             self.rejected[row] += 1
             return False
-        self.weights[row] = new
-        self.bias[row] = new_bias
         self.updates[row] += 1
         self.last_event_time[row] = event_time
         return True

@@ -127,6 +127,54 @@ def converted_accumulators(optimizer: Optimizer, kind: str, accumulators: list[l
     return [[0.0] * (len(weights) + 1) for _ in optimizer.accumulators]
 
 
+# One coordinate an AdaGrad or FTRL step moves: (weight index, or -1 for the bias; its new value;
+# the new values of its accumulators, in ACCUMULATOR_NAMES order).
+Move = tuple[int, float, tuple[float, ...]]
+
+
+def adaptive_step(optimizer: AdaGrad | Ftrl, weights, bias: float, accumulators, indices: Sequence[int],
+                  values: Sequence[float], scale: float, bias_gradient: float) -> list[Move] | None:
+    """The coordinates one AdaGrad or FTRL step moves, for the log-loss gradient `scale * values[j]`
+    of weight `indices[j]` and `bias_gradient` of the bias, the bias's move last; None when the
+    guard discards the step (a weight or the bias non-finite or over 1e12, an accumulator
+    non-finite). `weights` and `accumulators[slot]` (n_features + 1 entries, the bias's last) may be
+    lists or numpy rows: the reference model and the compiled table's label step share this code.
+    Nothing is changed."""
+    moves: list[Move] = []
+    if isinstance(optimizer, AdaGrad):
+        rate, eps, l2 = optimizer.learning_rate, optimizer.eps, optimizer.l2
+        g2 = accumulators[0]
+        for i, v in zip(indices, values):
+            g = scale * v + l2 * weights[i]
+            total = g2[i] + g * g
+            moves.append((i, weights[i] - rate / math.sqrt(total + eps) * g, (total,)))
+        total = g2[-1] + bias_gradient * bias_gradient
+        moves.append((-1, bias - rate / math.sqrt(total + eps) * bias_gradient, (total,)))
+    else:
+        z, n = accumulators
+        for i, g in [(i, scale * v) for i, v in zip(indices, values)] + [(-1, bias_gradient)]:
+            n_new = n[i] + g * g
+            sigma = (math.sqrt(n_new) - math.sqrt(n[i])) / optimizer.alpha
+            z_new = z[i] + g - sigma * (weights[i] if i >= 0 else bias)
+            l1, l2 = (optimizer.l1, optimizer.l2) if i >= 0 else (0.0, 0.0)
+            moves.append((i, optimizer.weight(z_new, n_new, l1, l2), (z_new, n_new)))
+    if all(abs(w) <= MAX_ABS_WEIGHT and all(map(math.isfinite, state)) for _, w, state in moves):
+        return moves
+    return None
+
+
+def apply_moves(moves: list[Move], weights, accumulators) -> float:
+    """Writes `adaptive_step`'s moves into `weights` and `accumulators`; returns the new bias."""
+    for i, w, state in moves[:-1]:
+        weights[i] = w
+        for accumulator, value in zip(accumulators, state):
+            accumulator[i] = value
+    _, bias, state = moves[-1]
+    for accumulator, value in zip(accumulators, state):
+        accumulator[-1] = value
+    return bias
+
+
 class LogisticRegression:
     """One key's model: weights over `n_features` inputs, a bias, counters, and the accumulators
     of the optimizer it learns with (`optimizer_kind`: a list per accumulator name of
@@ -186,18 +234,20 @@ class LogisticRegression:
         """The step for the gradient `scale * values[j]` at `indices[j]` and `bias_gradient`."""
         self.adopt(optimizer)
         if isinstance(optimizer, Sgd):
-            moved = self._sgd(indices, values, scale, bias_gradient, optimizer)
-        elif isinstance(optimizer, AdaGrad):
-            moved = self._adagrad(indices, values, scale, bias_gradient, optimizer)
+            stepped = self._sgd(indices, values, scale, bias_gradient, optimizer)
         else:
-            moved = self._ftrl(indices, values, scale, bias_gradient, optimizer)
-        if moved is None:
+            moves = adaptive_step(optimizer, self.weights, self.bias, self.accumulators, indices, values, scale,
+                                  bias_gradient)
+            if moves is not None:
+                self.bias = apply_moves(moves, self.weights, self.accumulators)
+            stepped = moves is not None
+        if not stepped:
             self.rejected_updates += 1  # also catches NaN: every comparison with NaN is False
             return False
         self.updates += 1
         return True
 
-    def _sgd(self, indices, values, scale, bias_gradient, sgd: Sgd) -> bool | None:
+    def _sgd(self, indices, values, scale, bias_gradient, sgd: Sgd) -> bool:
         rate = sgd.rate(self.updates)
         step = rate * scale
         weights = self.weights
@@ -213,50 +263,9 @@ class LogisticRegression:
         # The sum is NaN or infinite if any weight is; once it is finite, max() is reliable.
         if not (abs(bias) <= MAX_ABS_WEIGHT and math.isfinite(sum(magnitudes))
                 and max(magnitudes, default=0.0) <= MAX_ABS_WEIGHT):
-            return None
+            return False
         self.weights = weights
         self.bias = bias
-        return True
-
-    def _adagrad(self, indices, values, scale, bias_gradient, adagrad: AdaGrad) -> bool | None:
-        rate, eps, l2 = adagrad.learning_rate, adagrad.eps, adagrad.l2
-        weights = self.weights
-        [g2] = self.accumulators
-        moved = []  # (index, weight, G)
-        for i, v in zip(indices, values):
-            g = scale * v + l2 * weights[i]
-            total = g2[i] + g * g
-            moved.append((i, weights[i] - rate / math.sqrt(total + eps) * g, total))
-        bias_total = g2[-1] + bias_gradient * bias_gradient
-        bias = self.bias - rate / math.sqrt(bias_total + eps) * bias_gradient
-        moved.append((-1, bias, bias_total))
-        if not all(abs(w) <= MAX_ABS_WEIGHT and math.isfinite(total) for _, w, total in moved):
-            return None
-        for i, w, total in moved[:-1]:
-            weights[i] = w
-            g2[i] = total
-        self.bias = bias
-        g2[-1] = bias_total
-        return True
-
-    def _ftrl(self, indices, values, scale, bias_gradient, ftrl: Ftrl) -> bool | None:
-        weights = self.weights
-        z, n = self.accumulators
-        moved = []  # (index, weight, z, n); index -1: the bias
-        for i, g in [(i, scale * v) for i, v in zip(indices, values)] + [(-1, bias_gradient)]:
-            w = weights[i] if i >= 0 else self.bias
-            n_new = n[i] + g * g
-            sigma = (math.sqrt(n_new) - math.sqrt(n[i])) / ftrl.alpha
-            z_new = z[i] + g - sigma * w
-            l1, l2 = (ftrl.l1, ftrl.l2) if i >= 0 else (0.0, 0.0)
-            moved.append((i, ftrl.weight(z_new, n_new, l1, l2), z_new, n_new))
-        if not all(abs(w) <= MAX_ABS_WEIGHT and math.isfinite(z_i) and math.isfinite(n_i) for _, w, z_i, n_i in moved):
-            return None
-        for i, w, z_i, n_i in moved[:-1]:
-            weights[i] = w
-            z[i] = z_i
-            n[i] = n_i
-        _, self.bias, z[-1], n[-1] = moved[-1]
         return True
 
     def top_contributions(self, indices: Sequence[int], values: Sequence[float], k: int) -> list[tuple[int, float]]:

@@ -88,16 +88,13 @@ class ModelScorer:
         assessed = AssessedBatch(np.empty(n), np.empty(n, np.int64), np.empty(n, np.bool_),
                                  np.zeros((n, self.top_reasons), np.int32), np.zeros((n, self.top_reasons)),
                                  np.zeros(n, np.int8), np.empty(len(batch.values)), [], np.unique(rows).tolist())
-        sgd = self.optimizer
-        if not isinstance(sgd, Sgd):
-            raise NotImplementedError(f"the compiled model does not learn with {sgd.kind} yet")
         position = 0
         while position < n:
             position = learn_batch(
                 position, rows, batch.indptr, batch.indices, batch.values, batch.labels, batch.event_times,
                 table.weights, table.bias, table.updates, table.rejected, table.last_event_time, table.count,
-                table.mean, table.m2, table.positions, sgd.learning_rate, sgd.schedule != "constant", sgd.power_t,
-                sgd.l2, self.snapshot_every, *assessed[:7])
+                table.mean, table.m2, table.positions, table.accumulators, table.optimizer, self.snapshot_every,
+                *assessed[:7])
             last = position - 1
             if assessed.learned[last] and table.updates[rows[last]] % self.snapshot_every == 0:
                 assessed.snapshots.append(self.snapshot(table.key_model(int(rows[last])), batch.model_keys[last]))
