@@ -5,9 +5,9 @@ thing for a batch of records of many keys at once: the models of a shard's keys 
 arrays (`ModelTable`), and `learn_batch`, compiled by numba, walks the batch in arrival order doing
 for each record exactly what `ModelScorer.assess` does: update the key's standardization
 statistics and standardize, score (probability of fraud before learning), pick the top reasons,
-and take one SGD step when the record has a label, with the same non-finite guard. The
-arithmetic is the reference's, operation for operation and in the same order; the unit tests hold
-the two to 1e-12 (tests/unit/test_compiled_model.py).
+and take one step of the table's optimizer (SGD, AdaGrad or FTRL) when the record has a label,
+with the same non-finite guard. The arithmetic is the reference's, operation for operation and in
+the same order; the unit tests hold the two to 1e-12 (tests/unit/test_compiled_model.py).
 
 The compiled code is cached on disk (numba's `cache=True`, beside this file or in
 NUMBA_CACHE_DIR), so a worker that starts loads it rather than compiling it again.
@@ -57,9 +57,10 @@ def learn_batch(start, rows, indptr, indices, values, labels, event_times,
     model updates before learning, learned, up to reason_index.shape[1] top reasons as (feature
     index, contribution)), `standardized` (the values of each record's entries as the model saw
     them, after standardization: what a label arriving later learns from) and updates the table in
-    place, learning with `optimizer` (the table's: `accumulators` has its layout). Returns the position after the first
-    record whose update makes its key's update count a multiple of `snapshot_every` (the caller
-    snapshots that key there, then calls again from that position), or the batch's length.
+    place, learning with `optimizer` (the table's: `accumulators` has its layout). Returns the
+    position after the first record whose update makes its key's update count a multiple of
+    `snapshot_every` (the caller snapshots that key there, then calls again from that position),
+    or the batch's length.
 
     Every array must be C-contiguous, of the dtype `RecordBatch` and `ModelTable` give it (checked).
     The compiled code is called through a C function pointer with the arrays' addresses rather
