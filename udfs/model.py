@@ -137,9 +137,9 @@ def adaptive_step(optimizer: AdaGrad | Ftrl, weights, bias: float, accumulators,
     """The coordinates one AdaGrad or FTRL step moves, for the log-loss gradient `scale * values[j]`
     of weight `indices[j]` and `bias_gradient` of the bias, the bias's move last; None when the
     guard discards the step (a weight or the bias non-finite or over 1e12, an accumulator
-    non-finite). `weights` and `accumulators[slot]` (n_features + 1 entries, the bias's last) may be
-    lists or numpy rows: the reference model and the compiled table's label step share this code.
-    Nothing is changed."""
+    non-finite). `weights` and `accumulators[slot]` (n_features + 1 entries, the bias's last) are
+    read only: the reference model and the compiled table's label step (ModelTable.learn_logged)
+    share this code, and write the moves with `apply_moves`."""
     moves: list[Move] = []
     if isinstance(optimizer, AdaGrad):
         rate, eps, l2 = optimizer.learning_rate, optimizer.eps, optimizer.l2
