@@ -3,11 +3,13 @@
 One Python process reads the file and scores and learns with one model per key. `--learner river`:
 a loop over the lines runs Riskstream's per-record decode, parse, clean, feature and per-key
 standardization code on each (as a user writing a River script would), then River's
-LogisticRegression with plain SGD (run in its own virtual environment). `--learner exact`: the
+LogisticRegression with the profile's optimizer, plain SGD or AdaGrad (run in its own virtual
+environment). `--learner exact`: the
 fastest record code the job uses, on batches of 1,000 lines (TransactionReader.read_columns,
 ModelScorer.score_columns: columnar cleaning and features, the compiled model). Scores are written as JSON lines, as the job
 writes them. Prints one JSON object: learner, records, seconds, records_per_second, and
-core_us_per_record (this process's user + system CPU over the loop, per record).
+core_us_per_record (this process's user + system CPU over the loop, per record), and the
+profile's model.optimizer; `--set dotted.key=value` overrides the profile (as the CLI's does).
 """
 
 from __future__ import annotations
@@ -47,19 +49,33 @@ def exact_loop(preparer, scorer, path: Path, out) -> int:
     return start
 
 
-def river_learner(scorer, learning_rate: float):
-    from river import linear_model, optim
+def river_optimizer(settings):
+    """River's optimizer for the profile's model.optimizer and rate (sgd or adagrad; River has no
+    FTRL-Proximal), with its intercept learning at the same rate."""
+    from river import optim
+
+    model = settings.model
+    if model.optimizer == "ftrl":
+        raise SystemExit("bench/loops.py: --learner river has no FTRL-Proximal; use model.optimizer sgd or adagrad")
+    if model.optimizer == "adagrad":
+        return lambda: optim.AdaGrad(model.learning_rate)
+    return lambda: optim.SGD(model.learning_rate)
+
+
+def river_learner(scorer, settings):
+    from river import linear_model
 
     names = scorer.feature_names
     models: dict[str, tuple] = {}
+    new_optimizer = river_optimizer(settings)
+    learning_rate = settings.model.learning_rate
 
     def score(record, now_ms):
         entry = models.get(record.model_key)
         if entry is None:
             entry = models[record.model_key] = (
                 scorer.new_model().standardizer,
-                linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=0.0,
-                                                intercept_lr=learning_rate),
+                linear_model.LogisticRegression(optimizer=new_optimizer(), l2=0.0, intercept_lr=learning_rate),
             )
         standardizer, model = entry
         values = standardizer.transform(record.values)
@@ -82,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, type=Path)
     parser.add_argument("--key", required=True)
     parser.add_argument("--out", required=True, type=Path, help="where to write the scores (JSON lines)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the profile, e.g. model.optimizer=adagrad (repeatable)")
     args = parser.parse_args(argv)
 
-    settings = load_settings(args.config, [f"model.key={args.key}"])
+    settings = load_settings(args.config, [f"model.key={args.key}", *args.set])
     preparer = transaction_reader(settings)
     scorer = model_scorer(settings, preparer.encoder)
     source = {"file": str(args.input)}
@@ -96,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         with args.out.open("wb") as out:
             records = exact_loop(preparer, scorer, args.input, out)
     else:
-        score = river_learner(scorer, settings.model.learning_rate)
+        score = river_learner(scorer, settings)
         with args.out.open("w", encoding="utf-8") as out:
             for line in file_records(args.input):
                 records += 1
@@ -108,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 out.write("\n")
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_at_first
-    print(orjson.dumps({"learner": args.learner, "key": args.key, "records": records, "seconds": seconds,
+    print(orjson.dumps({"learner": args.learner, "key": args.key, "optimizer": settings.model.optimizer,
+                        "records": records, "seconds": seconds,
                         "records_per_second": records / seconds,
                         "core_us_per_record": cpu_seconds / records * 1e6}).decode())
     return 0

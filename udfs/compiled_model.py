@@ -5,9 +5,9 @@ thing for a batch of records of many keys at once: the models of a shard's keys 
 arrays (`ModelTable`), and `learn_batch`, compiled by numba, walks the batch in arrival order doing
 for each record exactly what `ModelScorer.assess` does: update the key's standardization
 statistics and standardize, score (probability of fraud before learning), pick the top reasons,
-and take one SGD step when the record has a label, with the same non-finite guard. The
-arithmetic is the reference's, operation for operation and in the same order; the unit tests hold
-the two to 1e-12 (tests/unit/test_compiled_model.py).
+and take one step of the table's optimizer (SGD, AdaGrad or FTRL) when the record has a label,
+with the same non-finite guard. The arithmetic is the reference's, operation for operation and in
+the same order; the unit tests hold the two to 1e-12 (tests/unit/test_compiled_model.py).
 
 The compiled code is cached on disk (numba's `cache=True`, beside this file or in
 NUMBA_CACHE_DIR), so a worker that starts loads it rather than compiling it again.
@@ -22,7 +22,22 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from udfs.model import MAX_ABS_WEIGHT, STATE_HEADER, STATE_VERSION, KeyModel, Sgd, read_state, sigmoid
+from udfs.model import (
+    MAX_ABS_WEIGHT,
+    OPTIMIZER_KINDS,
+    STATE_HEADER,
+    STATE_VERSION,
+    AdaGrad,
+    Ftrl,
+    KeyModel,
+    Optimizer,
+    Sgd,
+    adaptive_step,
+    apply_moves,
+    converted_accumulators,
+    read_state,
+    sigmoid,
+)
 
 
 @numba.njit(cache=True)
@@ -34,16 +49,18 @@ def _sigmoid(z):
 
 
 def learn_batch(start, rows, indptr, indices, values, labels, event_times,
-                weights, bias, updates, rejected, last_event_time, count, mean, m2, positions,
-                learning_rate, inverse_scaling, power_t, l2, snapshot_every,
+                weights, bias, updates, rejected, last_event_time, count, mean, m2, positions, accumulators,
+                optimizer: Optimizer, snapshot_every,
                 probability, updates_before, learned, reason_index, reason_value, reason_count, standardized) -> int:
     """Scores and learns from records start.. of a batch in order, each with its key's model
     row `rows[r]`, as `ModelScorer.assess` would; fills the per-record outputs (probability 0..1,
     model updates before learning, learned, up to reason_index.shape[1] top reasons as (feature
     index, contribution)), `standardized` (the values of each record's entries as the model saw
-    them, after standardization: what a label arriving later learns from) and updates the table in place. Returns the position after the first
-    record whose update makes its key's update count a multiple of `snapshot_every` (the caller
-    snapshots that key there, then calls again from that position), or the batch's length.
+    them, after standardization: what a label arriving later learns from) and updates the table in
+    place, learning with `optimizer` (the table's: `accumulators` has its layout). Returns the
+    position after the first record whose update makes its key's update count a multiple of
+    `snapshot_every` (the caller snapshots that key there, then calls again from that position),
+    or the batch's length.
 
     Every array must be C-contiguous, of the dtype `RecordBatch` and `ModelTable` give it (checked).
     The compiled code is called through a C function pointer with the arrays' addresses rather
@@ -52,20 +69,33 @@ def learn_batch(start, rows, indptr, indices, values, labels, event_times,
     runs Python on JVM threads the GIL state API does not know). ctypes releases the GIL for the call.
     """
     arrays = (rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
-              last_event_time, count, mean, m2, positions, probability, updates_before, learned, reason_index,
-              reason_value, reason_count, standardized)
+              last_event_time, count, mean, m2, positions, accumulators, probability, updates_before, learned,
+              reason_index, reason_value, reason_count, standardized)
     for array_, dtype in zip(arrays, _DTYPES):
         if array_.dtype != dtype or not array_.flags.c_contiguous:
             raise TypeError(f"learn_batch needs C-contiguous {dtype} arrays, got {array_.dtype}")
+    if accumulators.shape != (weights.shape[0], len(optimizer.accumulators), weights.shape[1] + 1):
+        raise ValueError(f"accumulators of shape {accumulators.shape} are not those of {optimizer.kind}")
     return _learn_batch_pointer()(
         start, rows.shape[0], indices.shape[0], weights.shape[0], weights.shape[1], positions.shape[0],
-        reason_index.shape[1], *[array_.ctypes.data for array_ in arrays],
-        learning_rate, bool(inverse_scaling), power_t, l2, snapshot_every)
+        reason_index.shape[1], accumulators.shape[1], *[array_.ctypes.data for array_ in arrays],
+        OPTIMIZER_KINDS.index(optimizer.kind), *_parameters(optimizer), snapshot_every)
+
+
+def _parameters(optimizer: Optimizer) -> tuple[float, bool, float, float, float, float, float]:
+    """The compiled code's optimizer parameters: (rate or FTRL's alpha, inverse scaling, power_t, l2,
+    AdaGrad's eps, FTRL's beta, FTRL's l1)."""
+    if isinstance(optimizer, Sgd):
+        return optimizer.learning_rate, optimizer.schedule != "constant", optimizer.power_t, optimizer.l2, 0.0, 0.0, 0.0
+    if isinstance(optimizer, AdaGrad):
+        return optimizer.learning_rate, False, 0.0, optimizer.l2, optimizer.eps, 0.0, 0.0
+    return optimizer.alpha, False, 0.0, optimizer.l2, 0.0, optimizer.beta, optimizer.l1
 
 
 _DTYPES = tuple(np.dtype(t) for t in (
     np.int64, np.int64, np.int32, np.float64, np.int8, np.int64,  # the batch
     np.float64, np.float64, np.int64, np.int64, np.int64, np.int64, np.float64, np.float64, np.int64,  # the table
+    np.float64,  # its accumulators
     np.float64, np.int64, np.bool_, np.int32, np.float64, np.int8, np.float64))  # the outputs
 _NUMBA_TYPES = {np.dtype(np.int64): numba.types.int64, np.dtype(np.int32): numba.types.int32,
                 np.dtype(np.float64): numba.types.float64, np.dtype(np.int8): numba.types.int8,
@@ -73,21 +103,87 @@ _NUMBA_TYPES = {np.dtype(np.int64): numba.types.int64, np.dtype(np.int32): numba
 @functools.cache
 def _learn_batch_pointer():
     """`_learn_batch_c` as a ctypes function (built once)."""
-    scalars = [ctypes.c_int64] * 7
+    scalars = [ctypes.c_int64] * 8
     pointers = [ctypes.c_void_p] * len(_DTYPES)
-    parameters = [ctypes.c_double, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_int64]
+    parameters = [ctypes.c_int64, ctypes.c_double, ctypes.c_bool, *[ctypes.c_double] * 5, ctypes.c_int64]
     return ctypes.CFUNCTYPE(ctypes.c_int64, *scalars, *pointers, *parameters)(_learn_batch_c.address)
+
+
+_SGD, _ADAGRAD, _FTRL = (OPTIMIZER_KINDS.index(kind) for kind in (Sgd.kind, AdaGrad.kind, Ftrl.kind))
+
+
+@numba.njit(cache=True)
+def _ftrl_weight(z, n, alpha, beta, l1, l2):
+    # Ftrl.weight
+    if abs(z) <= l1:
+        return 0.0
+    return -(z - (l1 if z > 0 else -l1)) / ((beta + np.sqrt(n)) / alpha + l2)
+
+
+@numba.njit(cache=True)
+def _adaptive_step(optimizer, row, indices, begin, end, x, error, weights, bias, accumulators,
+                   rate, l2, eps, beta, l1, moved):
+    """udfs.model.adaptive_step and apply_moves for the record's entries x (indices[begin:end]) and
+    the log-loss error p - y, on the table's row; False (nothing changed) when the guard discards
+    the step. `rate` is AdaGrad's learning rate or FTRL's alpha."""
+    n_entries = end - begin
+    bias_slot = weights.shape[1]
+    ok = True
+    for e in range(n_entries + 1):
+        if e < n_entries:
+            i = indices[begin + e]
+            g = error * x[e]
+            w = weights[row, i]
+            l1_i, l2_i = l1, l2
+        else:  # the bias: no L1 or L2
+            i = bias_slot
+            g = error
+            w = bias[row]
+            l1_i, l2_i = 0.0, 0.0
+        if optimizer == _ADAGRAD:
+            if e < n_entries:
+                g = g + l2 * w
+            total = accumulators[row, 0, i] + g * g
+            moved[e, 0] = w - rate / np.sqrt(total + eps) * g
+            moved[e, 1] = total
+            if not np.isfinite(total):
+                ok = False
+        else:
+            n_old = accumulators[row, 1, i]
+            n_new = n_old + g * g
+            sigma = (np.sqrt(n_new) - np.sqrt(n_old)) / rate
+            z_new = accumulators[row, 0, i] + g - sigma * w
+            moved[e, 0] = _ftrl_weight(z_new, n_new, rate, beta, l1_i, l2_i)
+            moved[e, 1] = z_new
+            moved[e, 2] = n_new
+            if not (np.isfinite(z_new) and np.isfinite(n_new)):
+                ok = False
+        if not abs(moved[e, 0]) <= MAX_ABS_WEIGHT:
+            ok = False
+    if not ok:
+        return False
+    slots = accumulators.shape[1]
+    for e in range(n_entries + 1):
+        i = indices[begin + e] if e < n_entries else bias_slot
+        if e < n_entries:
+            weights[row, i] = moved[e, 0]
+        else:
+            bias[row] = moved[e, 0]
+        for s in range(slots):
+            accumulators[row, s, i] = moved[e, 1 + s]
+    return True
 
 
 @numba.njit(cache=True)
 def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
-                 weights, bias, updates, rejected, last_event_time, count, mean, m2, positions,
-                 learning_rate, inverse_scaling, power_t, l2, snapshot_every,
+                 weights, bias, updates, rejected, last_event_time, count, mean, m2, positions, accumulators,
+                 optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every,
                  probability, updates_before, learned, reason_index, reason_value, reason_count, standardized):
     n_records = rows.shape[0]
     n_features = weights.shape[1]
     top_k = reason_index.shape[1]
     scratch = np.empty(n_features)
+    moved = np.empty((n_features + 1, 3))  # AdaGrad and FTRL: (weight, accumulators) per entry, the bias's last
     x = np.empty(n_features)  # the record's standardized values; a row has at most one entry per feature
     for r in range(start, n_records):
         row = rows[r]
@@ -145,33 +241,39 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
         if labels[r] < 0:
             continue
         # LogisticRegression.learn, with its guard against non-finite or huge weights.
-        rate = learning_rate / (1.0 + updates[row]) ** power_t if inverse_scaling else learning_rate
-        step = rate * (p - labels[r])
-        if l2 != 0.0:
-            decay = 1.0 - rate * l2
-            for i in range(n_features):
-                scratch[i] = weights[row, i] * decay
+        if optimizer != _SGD:
+            if not _adaptive_step(optimizer, row, indices, begin, end, x, p - labels[r], weights, bias,
+                                  accumulators, learning_rate, l2, eps, beta, l1, moved):
+                rejected[row] += 1
+                continue
         else:
-            for i in range(n_features):
-                scratch[i] = weights[row, i]
-        for e in range(end - begin):
-            scratch[indices[begin + e]] -= step * x[e]
-        new_bias = bias[row] - step
-        ok = abs(new_bias) <= MAX_ABS_WEIGHT
-        if l2 != 0.0:
-            for i in range(n_features):
-                if not abs(scratch[i]) <= MAX_ABS_WEIGHT:
-                    ok = False
-        else:
+            rate = learning_rate / (1.0 + updates[row]) ** power_t if inverse_scaling else learning_rate
+            step = rate * (p - labels[r])
+            if l2 != 0.0:
+                decay = 1.0 - rate * l2
+                for i in range(n_features):
+                    scratch[i] = weights[row, i] * decay
+            else:
+                for i in range(n_features):
+                    scratch[i] = weights[row, i]
             for e in range(end - begin):
-                if not abs(scratch[indices[begin + e]]) <= MAX_ABS_WEIGHT:
-                    ok = False
-        if not ok:
-            rejected[row] += 1
-            continue
-        for i in range(n_features):
-            weights[row, i] = scratch[i]
-        bias[row] = new_bias
+                scratch[indices[begin + e]] -= step * x[e]
+            new_bias = bias[row] - step
+            ok = abs(new_bias) <= MAX_ABS_WEIGHT
+            if l2 != 0.0:
+                for i in range(n_features):
+                    if not abs(scratch[i]) <= MAX_ABS_WEIGHT:
+                        ok = False
+            else:
+                for e in range(end - begin):
+                    if not abs(scratch[indices[begin + e]]) <= MAX_ABS_WEIGHT:
+                        ok = False
+            if not ok:
+                rejected[row] += 1
+                continue
+            for i in range(n_features):
+                weights[row, i] = scratch[i]
+            bias[row] = new_bias
         updates[row] += 1
         last_event_time[row] = event_times[r]
         learned[r] = 1
@@ -181,14 +283,14 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
 
 
 @numba.cfunc(numba.types.int64(
-    *[numba.types.int64] * 7, *[numba.types.CPointer(_NUMBA_TYPES[d]) for d in _DTYPES],
-    numba.types.float64, numba.types.boolean, numba.types.float64, numba.types.float64, numba.types.int64),
+    *[numba.types.int64] * 8, *[numba.types.CPointer(_NUMBA_TYPES[d]) for d in _DTYPES],
+    numba.types.int64, numba.types.float64, numba.types.boolean, *[numba.types.float64] * 5, numba.types.int64),
     cache=True)
-def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standardized, top_k,
+def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standardized, top_k, slots,
                    rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
-                   last_event_time, count, mean, m2, positions, probability, updates_before, learned,
+                   last_event_time, count, mean, m2, positions, accumulators, probability, updates_before, learned,
                    reason_index, reason_value, reason_count, standardized,
-                   learning_rate, inverse_scaling, power_t, l2, snapshot_every):
+                   optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every):
     carray = numba.carray
     return _learn_batch(
         start, carray(rows, n_records), carray(indptr, n_records + 1), carray(indices, n_entries),
@@ -196,7 +298,8 @@ def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standard
         carray(weights, (capacity, n_features)), carray(bias, capacity), carray(updates, capacity),
         carray(rejected, capacity), carray(last_event_time, capacity), carray(count, capacity),
         carray(mean, (capacity, n_standardized)), carray(m2, (capacity, n_standardized)),
-        carray(positions, n_standardized), learning_rate, inverse_scaling, power_t, l2, snapshot_every,
+        carray(positions, n_standardized), carray(accumulators, (capacity, slots, n_features + 1)),
+        optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every,
         carray(probability, n_records), carray(updates_before, n_records), carray(learned, n_records),
         carray(reason_index, (n_records, top_k)), carray(reason_value, (n_records, top_k)),
         carray(reason_count, n_records), carray(standardized, n_entries))
@@ -207,11 +310,17 @@ class ModelTable:
     `KeyModel` of Python objects takes about 10 KB). `rows` maps a model key to its row, `keys`
     the other way."""
 
-    def __init__(self, n_features: int, standardized: Sequence[int], capacity: int = 64):
+    def __init__(self, n_features: int, standardized: Sequence[int], capacity: int = 64,
+                 optimizer: Optimizer = Sgd(0.01), initial_bias: float = 0.0):
         self.n_features = n_features
         self.positions = np.array(standardized, dtype=np.int64)
         k = len(self.positions)
         self._positions_bytes = self.positions.astype(np.int32).tobytes() + bytes(4 * (k % 2))
+        self.optimizer = optimizer  # the one every row learns with; a loaded state is converted to it
+        self.initial_bias = initial_bias
+        self._optimizer_code = OPTIMIZER_KINDS.index(optimizer.kind)
+        # A new row's accumulators: zeros, but FTRL's bias z, which makes the bias start at initial_bias.
+        self._new_accumulators = np.array(converted_accumulators(optimizer, Sgd.kind, [], [], initial_bias))
         self.rows: dict[str, int] = {}
         self.keys: list[str] = []
         n = n_features
@@ -219,21 +328,28 @@ class ModelTable:
         self.updates, self.rejected = np.zeros(capacity, np.int64), np.zeros(capacity, np.int64)
         self.last_event_time, self.count = np.full(capacity, -1, np.int64), np.zeros(capacity, np.int64)
         self.mean, self.m2 = np.zeros((capacity, k)), np.zeros((capacity, k))
+        # (row, accumulator of ACCUMULATOR_NAMES[optimizer.kind], feature; the bias's last): none for SGD
+        self.accumulators = np.zeros((capacity, len(optimizer.accumulators), n + 1))
 
-    _ARRAYS = ("weights", "bias", "updates", "rejected", "last_event_time", "count", "mean", "m2")
+    _ARRAYS = ("weights", "bias", "updates", "rejected", "last_event_time", "count", "mean", "m2", "accumulators")
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def add(self, model_key: str, state: bytes | None = None) -> int:
         """A new row for `model_key`: its model from Flink state bytes (`udfs.model.read_state`:
-        version 1 or 2), or a new model. ValueError when the state's feature layout differs from
-        the table's."""
+        version 1, 2 or 3; of another optimizer than the table's, converted as
+        `LogisticRegression.adopt` does), or a new model (bias `initial_bias`). ValueError when the
+        state's feature layout differs from the table's."""
         row = len(self.keys)
         if row == len(self.bias):
             self._grow(2 * row)
         if state is not None:
             self._load(row, state)
+        else:
+            self.bias[row] = self.initial_bias
+            if self._new_accumulators.size:
+                self.accumulators[row, :, -1] = self._new_accumulators[:, -1]
         self.rows[model_key] = row
         self.keys.append(model_key)
         return row
@@ -257,40 +373,54 @@ class ModelTable:
         self.weights[row], self.mean[row], self.m2[row] = state.weights, state.mean, state.m2
         self.bias[row], self.updates[row], self.rejected[row] = state.bias, state.updates, state.rejected_updates
         self.last_event_time[row], self.count[row] = state.last_event_time, state.count
+        if self.accumulators.shape[1]:
+            self.accumulators[row] = converted_accumulators(self.optimizer, state.optimizer_kind, state.accumulators,
+                                                            state.weights, state.bias)
 
     def to_bytes(self, row: int) -> bytes:
         """The row's model as Flink state, exactly as `KeyModel.to_bytes` writes it."""
-        header = STATE_HEADER.pack(STATE_VERSION, self.n_features, len(self.positions), int(self.updates[row]),
-                                   int(self.rejected[row]), int(self.last_event_time[row]), int(self.count[row]),
-                                   float(self.bias[row]))
+        header = STATE_HEADER.pack(STATE_VERSION, self._optimizer_code, self.n_features, len(self.positions),
+                                   int(self.updates[row]), int(self.rejected[row]), int(self.last_event_time[row]),
+                                   int(self.count[row]), float(self.bias[row]))
         return b"".join((header, self._positions_bytes, self.weights[row].tobytes(), self.mean[row].tobytes(),
-                         self.m2[row].tobytes()))
+                         self.m2[row].tobytes(), self.accumulators[row].tobytes()))
 
-    def learn_logged(self, row: int, indices: np.ndarray, values: np.ndarray, label: int, sgd: Sgd,
-                     event_time: int) -> bool:
-        """One SGD step of the row's model on a record scored earlier, for a label that came later:
-        `values` are the record's standardized values as logged when it was scored (the
-        standardization statistics are not updated again), and the probability is recomputed from
-        the row's current weights. `LogisticRegression.learn`'s arithmetic in its order, with its
-        guard; the last update's event time becomes `event_time` (ms). False when the guard
-        discarded the step (counted in `rejected`)."""
+    def learn_logged(self, row: int, indices: np.ndarray, values: np.ndarray, label: int, event_time: int) -> bool:
+        """One step of the table's optimizer for the row's model on a record scored earlier, for a
+        label that came later: `values` are the record's standardized values as logged when it was
+        scored (the standardization statistics are not updated again), and the probability is
+        recomputed from the row's current weights. `LogisticRegression.learn`'s arithmetic in its
+        order, with its guard; the last update's event time becomes `event_time` (ms). False when
+        the guard discarded the step (counted in `rejected`)."""
         weights = self.weights[row]
         margin = 0.0
         for i, v in zip(indices.tolist(), values.tolist()):  # the reference's order of summation
             margin += weights[i] * v
         bias = float(self.bias[row])
         p = sigmoid(bias + margin)
-        rate = sgd.rate(int(self.updates[row]))
-        step = rate * (p - label)
-        new = weights * (1.0 - rate * sgd.l2) if sgd.l2 else weights.copy()
-        new[indices] -= step * values  # a record has at most one entry per feature
-        new_bias = bias - step
-        moved = new if sgd.l2 else new[indices]
-        if not (abs(new_bias) <= MAX_ABS_WEIGHT and np.all(np.abs(moved) <= MAX_ABS_WEIGHT)):
+        optimizer = self.optimizer
+        if isinstance(optimizer, Sgd):
+            rate = optimizer.rate(int(self.updates[row]))
+            step = rate * (p - label)
+            new = weights * (1.0 - rate * optimizer.l2) if optimizer.l2 else weights.copy()
+            new[indices] -= step * values  # a record has at most one entry per feature
+            new_bias = bias - step
+            moved = new if optimizer.l2 else new[indices]
+            stepped = abs(new_bias) <= MAX_ABS_WEIGHT and bool(np.all(np.abs(moved) <= MAX_ABS_WEIGHT))
+            if stepped:
+                self.weights[row] = new
+                self.bias[row] = new_bias
+        else:
+            error = p - label
+            # On Python floats, as the reference computes (numpy scalars would warn where it overflows).
+            moves = adaptive_step(optimizer, weights.tolist(), bias, self.accumulators[row].tolist(), indices.tolist(),
+                                  values.tolist(), error, error)
+            stepped = moves is not None
+            if stepped:
+                self.bias[row] = apply_moves(moves, weights, self.accumulators[row])  # the row's views, in place
+        if not stepped:
             self.rejected[row] += 1
             return False
-        self.weights[row] = new
-        self.bias[row] = new_bias
         self.updates[row] += 1
         self.last_event_time[row] = event_time
         return True

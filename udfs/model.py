@@ -30,7 +30,7 @@ from typing import Any, ClassVar, NamedTuple, Sequence, Union
 from udfs.features import Standardizer
 
 MAX_ABS_WEIGHT = 1e12
-STATE_VERSION = 2
+STATE_VERSION = 3
 SNAPSHOT_VERSION = 1
 
 
@@ -127,6 +127,54 @@ def converted_accumulators(optimizer: Optimizer, kind: str, accumulators: list[l
     return [[0.0] * (len(weights) + 1) for _ in optimizer.accumulators]
 
 
+# One coordinate an AdaGrad or FTRL step moves: (weight index, or -1 for the bias; its new value;
+# the new values of its accumulators, in ACCUMULATOR_NAMES order).
+Move = tuple[int, float, tuple[float, ...]]
+
+
+def adaptive_step(optimizer: AdaGrad | Ftrl, weights, bias: float, accumulators, indices: Sequence[int],
+                  values: Sequence[float], scale: float, bias_gradient: float) -> list[Move] | None:
+    """The coordinates one AdaGrad or FTRL step moves, for the log-loss gradient `scale * values[j]`
+    of weight `indices[j]` and `bias_gradient` of the bias, the bias's move last; None when the
+    guard discards the step (a weight or the bias non-finite or over 1e12, an accumulator
+    non-finite). `weights` and `accumulators[slot]` (n_features + 1 entries, the bias's last) are
+    read only: the reference model and the compiled table's label step (ModelTable.learn_logged)
+    share this code, and write the moves with `apply_moves`."""
+    moves: list[Move] = []
+    if isinstance(optimizer, AdaGrad):
+        rate, eps, l2 = optimizer.learning_rate, optimizer.eps, optimizer.l2
+        g2 = accumulators[0]
+        for i, v in zip(indices, values):
+            g = scale * v + l2 * weights[i]
+            total = g2[i] + g * g
+            moves.append((i, weights[i] - rate / math.sqrt(total + eps) * g, (total,)))
+        total = g2[-1] + bias_gradient * bias_gradient
+        moves.append((-1, bias - rate / math.sqrt(total + eps) * bias_gradient, (total,)))
+    else:
+        z, n = accumulators
+        for i, g in [(i, scale * v) for i, v in zip(indices, values)] + [(-1, bias_gradient)]:
+            n_new = n[i] + g * g
+            sigma = (math.sqrt(n_new) - math.sqrt(n[i])) / optimizer.alpha
+            z_new = z[i] + g - sigma * (weights[i] if i >= 0 else bias)
+            l1, l2 = (optimizer.l1, optimizer.l2) if i >= 0 else (0.0, 0.0)
+            moves.append((i, optimizer.weight(z_new, n_new, l1, l2), (z_new, n_new)))
+    if all(abs(w) <= MAX_ABS_WEIGHT and all(map(math.isfinite, state)) for _, w, state in moves):
+        return moves
+    return None
+
+
+def apply_moves(moves: list[Move], weights, accumulators) -> float:
+    """Writes `adaptive_step`'s moves into `weights` and `accumulators`; returns the new bias."""
+    for i, w, state in moves[:-1]:
+        weights[i] = w
+        for accumulator, value in zip(accumulators, state):
+            accumulator[i] = value
+    _, bias, state = moves[-1]
+    for accumulator, value in zip(accumulators, state):
+        accumulator[-1] = value
+    return bias
+
+
 class LogisticRegression:
     """One key's model: weights over `n_features` inputs, a bias, counters, and the accumulators
     of the optimizer it learns with (`optimizer_kind`: a list per accumulator name of
@@ -186,18 +234,20 @@ class LogisticRegression:
         """The step for the gradient `scale * values[j]` at `indices[j]` and `bias_gradient`."""
         self.adopt(optimizer)
         if isinstance(optimizer, Sgd):
-            moved = self._sgd(indices, values, scale, bias_gradient, optimizer)
-        elif isinstance(optimizer, AdaGrad):
-            moved = self._adagrad(indices, values, scale, bias_gradient, optimizer)
+            stepped = self._sgd(indices, values, scale, bias_gradient, optimizer)
         else:
-            moved = self._ftrl(indices, values, scale, bias_gradient, optimizer)
-        if moved is None:
+            moves = adaptive_step(optimizer, self.weights, self.bias, self.accumulators, indices, values, scale,
+                                  bias_gradient)
+            if moves is not None:
+                self.bias = apply_moves(moves, self.weights, self.accumulators)
+            stepped = moves is not None
+        if not stepped:
             self.rejected_updates += 1  # also catches NaN: every comparison with NaN is False
             return False
         self.updates += 1
         return True
 
-    def _sgd(self, indices, values, scale, bias_gradient, sgd: Sgd) -> bool | None:
+    def _sgd(self, indices, values, scale, bias_gradient, sgd: Sgd) -> bool:
         rate = sgd.rate(self.updates)
         step = rate * scale
         weights = self.weights
@@ -213,50 +263,9 @@ class LogisticRegression:
         # The sum is NaN or infinite if any weight is; once it is finite, max() is reliable.
         if not (abs(bias) <= MAX_ABS_WEIGHT and math.isfinite(sum(magnitudes))
                 and max(magnitudes, default=0.0) <= MAX_ABS_WEIGHT):
-            return None
+            return False
         self.weights = weights
         self.bias = bias
-        return True
-
-    def _adagrad(self, indices, values, scale, bias_gradient, adagrad: AdaGrad) -> bool | None:
-        rate, eps, l2 = adagrad.learning_rate, adagrad.eps, adagrad.l2
-        weights = self.weights
-        [g2] = self.accumulators
-        moved = []  # (index, weight, G)
-        for i, v in zip(indices, values):
-            g = scale * v + l2 * weights[i]
-            total = g2[i] + g * g
-            moved.append((i, weights[i] - rate / math.sqrt(total + eps) * g, total))
-        bias_total = g2[-1] + bias_gradient * bias_gradient
-        bias = self.bias - rate / math.sqrt(bias_total + eps) * bias_gradient
-        moved.append((-1, bias, bias_total))
-        if not all(abs(w) <= MAX_ABS_WEIGHT and math.isfinite(total) for _, w, total in moved):
-            return None
-        for i, w, total in moved[:-1]:
-            weights[i] = w
-            g2[i] = total
-        self.bias = bias
-        g2[-1] = bias_total
-        return True
-
-    def _ftrl(self, indices, values, scale, bias_gradient, ftrl: Ftrl) -> bool | None:
-        weights = self.weights
-        z, n = self.accumulators
-        moved = []  # (index, weight, z, n); index -1: the bias
-        for i, g in [(i, scale * v) for i, v in zip(indices, values)] + [(-1, bias_gradient)]:
-            w = weights[i] if i >= 0 else self.bias
-            n_new = n[i] + g * g
-            sigma = (math.sqrt(n_new) - math.sqrt(n[i])) / ftrl.alpha
-            z_new = z[i] + g - sigma * w
-            l1, l2 = (ftrl.l1, ftrl.l2) if i >= 0 else (0.0, 0.0)
-            moved.append((i, ftrl.weight(z_new, n_new, l1, l2), z_new, n_new))
-        if not all(abs(w) <= MAX_ABS_WEIGHT and math.isfinite(z_i) and math.isfinite(n_i) for _, w, z_i, n_i in moved):
-            return None
-        for i, w, z_i, n_i in moved[:-1]:
-            weights[i] = w
-            z[i] = z_i
-            n[i] = n_i
-        _, self.bias, z[-1], n[-1] = moved[-1]
         return True
 
     def top_contributions(self, indices: Sequence[int], values: Sequence[float], k: int) -> list[tuple[int, float]]:
@@ -286,47 +295,65 @@ class ModelState(NamedTuple):
     updates: int
     rejected_updates: int
     last_event_time: int  # -1: never learned
+    optimizer_kind: str = Sgd.kind  # the optimizer the accumulators are of (one of OPTIMIZER_KINDS)
+    # One sequence per accumulator of ACCUMULATOR_NAMES[optimizer_kind], of len(weights) + 1 entries
+    # (the bias's last); none for SGD.
+    accumulators: Sequence[Sequence[float]] = ()
 
 
-# Version 2 (written): a 56-byte header, the standardized positions as int32 padded to a multiple
-# of 8 bytes, then float64 weights, means and M2s, so the floats start 8-byte aligned and numpy
-# reads them in place (udfs/compiled_model.py). Version 1 (read, so a savepoint of an older
-# release resumes): the same fields without padding.
-STATE_HEADER = struct.Struct("<B3xII4xQQqQd")  # version, n_features, n_standardized, updates,
-#                                                  rejected, last_event_time, standardizer count, bias
+# Version 3 (written): a 56-byte header, the standardized positions as int32 padded to a multiple
+# of 8 bytes, then float64 weights, means and M2s, then the optimizer's accumulators (each of
+# n_features + 1 entries, the bias's last), so the floats start 8-byte aligned and numpy reads them
+# in place (udfs/compiled_model.py). The header's second byte is the optimizer's code (its
+# position in OPTIMIZER_KINDS: 0 SGD, 1 AdaGrad, 2 FTRL), which says how many accumulators follow.
+# Read, so that a savepoint of an older release resumes, as SGD states without accumulators:
+# version 2 (the same layout, the optimizer byte 0 and no accumulators) and version 1 (version 2
+# without the padding). A state of another optimizer than the configured one continues with its
+# weights as they are (LogisticRegression.adopt, converted_accumulators).
+STATE_HEADER = struct.Struct("<BB2xII4xQQqQd")  # version, optimizer code, n_features, n_standardized,
+#                                                  updates, rejected, last_event_time, standardizer count, bias
+STATE_HEADER_V2 = struct.Struct("<B3xII4xQQqQd")
 STATE_HEADER_V1 = struct.Struct("<BIIQQqQd")
 
 
 def write_state(state: ModelState) -> bytes:
     """`state` as bytes of the current STATE_VERSION."""
     k = len(state.positions)
-    header = STATE_HEADER.pack(STATE_VERSION, len(state.weights), k, state.updates, state.rejected_updates,
-                                state.last_event_time, state.count, state.bias)
+    header = STATE_HEADER.pack(STATE_VERSION, OPTIMIZER_KINDS.index(state.optimizer_kind), len(state.weights), k,
+                               state.updates, state.rejected_updates, state.last_event_time, state.count, state.bias)
     positions = array("i", state.positions).tobytes() + bytes(4 * (k % 2))
     body = array("d", state.weights)
     body.extend(state.mean)
     body.extend(state.m2)
+    for accumulator in state.accumulators:
+        body.extend(accumulator)
     return header + positions + body.tobytes()
 
 
 def read_state(data: bytes) -> ModelState:
-    """The state in `data`, of version 1 or 2; ValueError for any other version."""
+    """The state in `data`, of version 1, 2 or 3; ValueError for any other version or optimizer code."""
     version = data[0] if data else None
     if version == STATE_VERSION:
-        header, padding = STATE_HEADER, True
-    elif version == 1:
-        header, padding = STATE_HEADER_V1, False
+        _, code, n, k, updates, rejected, last_event_time, count, bias = STATE_HEADER.unpack_from(data)
+        if code >= len(OPTIMIZER_KINDS):
+            raise ValueError(f"model state of an unknown optimizer (code {code})")
+        kind, offset, padding = OPTIMIZER_KINDS[code], STATE_HEADER.size, True
+    elif version in (1, 2):
+        header = STATE_HEADER_V1 if version == 1 else STATE_HEADER_V2
+        _, n, k, updates, rejected, last_event_time, count, bias = header.unpack_from(data)
+        kind, offset, padding = Sgd.kind, header.size, version == 2
     else:
-        raise ValueError(f"model state version {version} is not supported (this release reads 1 and {STATE_VERSION})")
-    _, n, k, updates, rejected, last_event_time, count, bias = header.unpack_from(data)
-    offset = header.size
+        raise ValueError(f"model state version {version} is not supported (this release reads 1 to {STATE_VERSION})")
     positions = array("i")
     positions.frombytes(data[offset:offset + 4 * k])
     offset += 4 * (k + k % 2) if padding else 4 * k
+    slots = len(ACCUMULATOR_NAMES[kind])
     values = array("d")
-    values.frombytes(data[offset:offset + 8 * (n + 2 * k)])
+    values.frombytes(data[offset:offset + 8 * (n + 2 * k + slots * (n + 1))])
+    body = n + 2 * k
+    accumulators = [values[body + s * (n + 1):body + (s + 1) * (n + 1)] for s in range(slots)]
     return ModelState(positions, count, values[n:n + k], values[n + k:n + 2 * k], values[:n], bias, updates,
-                      rejected, last_event_time)
+                      rejected, last_event_time, kind, accumulators)
 
 
 class KeyModel:
@@ -345,7 +372,7 @@ class KeyModel:
     def to_bytes(self) -> bytes:
         s, m = self.standardizer, self.model
         return write_state(ModelState(s.positions, s.count, s.mean, s.m2, m.weights, m.bias, m.updates,
-                                      m.rejected_updates, self.last_event_time))
+                                      m.rejected_updates, self.last_event_time, m.optimizer_kind, m.accumulators))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "KeyModel":
@@ -353,12 +380,13 @@ class KeyModel:
         key_model = cls.__new__(cls)
         key_model.standardizer = Standardizer(state.positions, state.count, state.mean, state.m2)
         key_model.model = LogisticRegression(len(state.weights), state.weights, state.bias, state.updates,
-                                             state.rejected_updates)
+                                             state.rejected_updates, state.accumulators, state.optimizer_kind)
         key_model.last_event_time = state.last_event_time
         return key_model
 
     def to_snapshot(self, model_key: str, feature_names: Sequence[str]) -> dict[str, Any]:
-        """A plain, versioned snapshot: weights by feature name, standardization by feature name."""
+        """A plain, versioned snapshot: weights by feature name, standardization by feature name,
+        the optimizer and its accumulators ({name: {"weights": {feature: value}, "bias": value}})."""
         s, m = self.standardizer, self.model
         return {
             "schema_version": SNAPSHOT_VERSION,
@@ -372,22 +400,36 @@ class KeyModel:
                 "count": s.count,
                 "features": {feature_names[i]: {"mean": s.mean[j], "m2": s.m2[j]} for j, i in enumerate(s.positions)},
             },
+            "optimizer": m.optimizer_kind,
+            "accumulators": {name: {"weights": dict(zip(feature_names, values)), "bias": values[-1]}
+                             for name, values in zip(ACCUMULATOR_NAMES[m.optimizer_kind], m.accumulators)},
         }
 
     @classmethod
     def from_snapshot(cls, snapshot: dict[str, Any], feature_names: Sequence[str]) -> "KeyModel":
         """The model a snapshot describes, for the feature layout `feature_names`; raises
-        ValueError when the snapshot's version or features do not match."""
+        ValueError when the snapshot's version, features or optimizer do not match. A snapshot
+        without `optimizer` (written before there were others) is of SGD."""
         if snapshot.get("schema_version") != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {snapshot.get('schema_version')} is not supported")
         if list(snapshot["weights"]) != list(feature_names):
             raise ValueError("snapshot features differ from the configured features")
+        kind = snapshot.get("optimizer", Sgd.kind)
+        if kind not in ACCUMULATOR_NAMES:
+            raise ValueError(f"snapshot of an unknown optimizer {kind!r}")
+        accumulators = snapshot.get("accumulators", {})
+        if sorted(accumulators) != sorted(ACCUMULATOR_NAMES[kind]) or any(
+                list(accumulators[name]["weights"]) != list(feature_names) for name in accumulators):
+            raise ValueError(f"snapshot accumulators {sorted(accumulators)} are not those of {kind} "
+                             f"{list(ACCUMULATOR_NAMES[kind])} over the configured features")
         index = {name: i for i, name in enumerate(feature_names)}
         stats = snapshot["standardization"]["features"]
         key_model = cls.__new__(cls)
-        key_model.model = LogisticRegression(len(feature_names), list(snapshot["weights"].values()),
-                                             snapshot["bias"], snapshot["model_updates"],
-                                             snapshot["rejected_updates"])
+        key_model.model = LogisticRegression(
+            len(feature_names), list(snapshot["weights"].values()), snapshot["bias"], snapshot["model_updates"],
+            snapshot["rejected_updates"],
+            [[*accumulators[name]["weights"].values(), accumulators[name]["bias"]] for name in ACCUMULATOR_NAMES[kind]],
+            kind)
         key_model.standardizer = Standardizer([index[name] for name in stats], snapshot["standardization"]["count"],
                                               [v["mean"] for v in stats.values()], [v["m2"] for v in stats.values()])
         event_time = snapshot["event_time"]

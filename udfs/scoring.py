@@ -3,7 +3,8 @@
 compiled code (udfs/compiled_model.py), and writes the scores and snapshots as JSON lines.
 
 The reference it is held to, one record at a time on a `KeyModel` (udfs/model.py), is in the
-tests (tests/reference/pipeline.py): with plain SGD both give exactly the same scores and models.
+tests (tests/reference/pipeline.py): with plain SGD both give exactly the same scores and models,
+with AdaGrad and FTRL the same to rounding (1e-12).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import orjson
 
 from udfs.cleaning import SCHEMA_VERSION
-from udfs.model import KeyModel, Sgd
+from udfs.model import KeyModel, Optimizer, Sgd
 from udfs.records import KeyedLine, ModelInput, ScoreContext
 from udfs.wire import RecordBatch
 
@@ -42,18 +43,21 @@ class AssessedBatch(NamedTuple):
 class ModelScorer:
     """Scores each record with its key's model, then learns from it when it has a label."""
 
-    def __init__(self, feature_names: Sequence[str], standardized: Sequence[int], sgd: Sgd,
-                 snapshot_every: int, top_reasons: int):
+    def __init__(self, feature_names: Sequence[str], standardized: Sequence[int], optimizer: Optimizer,
+                 snapshot_every: int, top_reasons: int, initial_bias: float = 0.0):
         self.feature_names = tuple(feature_names)
         self.standardized = tuple(standardized)
-        self.sgd = sgd
+        self.optimizer = optimizer
         self.snapshot_every = snapshot_every
         self.top_reasons = top_reasons
+        self.initial_bias = initial_bias  # a new key's bias (log-odds)
 
     def new_model(self) -> KeyModel:
-        """A new key's model, for one record at a time (the tests' reference; bench/loops.py's
-        River baseline uses its standardizer)."""
-        return KeyModel(len(self.feature_names), self.standardized)
+        """A new key's model, with the optimizer's accumulators, for one record at a time (the
+        tests' reference; bench/loops.py's River baseline uses its standardizer)."""
+        key_model = KeyModel(len(self.feature_names), self.standardized, self.initial_bias)
+        key_model.model.adopt(self.optimizer)
+        return key_model
 
     def new_table(self) -> ModelTable:
         """An empty table of models for `score_columns`."""
@@ -61,7 +65,8 @@ class ModelScorer:
         # scoring side needs it (see also streaming/job/pyflink_internals.py).
         from udfs.compiled_model import ModelTable
 
-        return ModelTable(len(self.feature_names), self.standardized)
+        return ModelTable(len(self.feature_names), self.standardized, optimizer=self.optimizer,
+                          initial_bias=self.initial_bias)
 
     def score_columns(self, batch: RecordBatch, table: ModelTable, now_ms: int
                       ) -> tuple[list[bytes], list[KeyedLine], list[int]]:
@@ -84,14 +89,13 @@ class ModelScorer:
         assessed = AssessedBatch(np.empty(n), np.empty(n, np.int64), np.empty(n, np.bool_),
                                  np.zeros((n, self.top_reasons), np.int32), np.zeros((n, self.top_reasons)),
                                  np.zeros(n, np.int8), np.empty(len(batch.values)), [], np.unique(rows).tolist())
-        sgd = self.sgd
         position = 0
         while position < n:
             position = learn_batch(
                 position, rows, batch.indptr, batch.indices, batch.values, batch.labels, batch.event_times,
                 table.weights, table.bias, table.updates, table.rejected, table.last_event_time, table.count,
-                table.mean, table.m2, table.positions, sgd.learning_rate, sgd.schedule != "constant", sgd.power_t,
-                sgd.l2, self.snapshot_every, *assessed[:7])
+                table.mean, table.m2, table.positions, table.accumulators, table.optimizer, self.snapshot_every,
+                *assessed[:7])
             last = position - 1
             if assessed.learned[last] and table.updates[rows[last]] % self.snapshot_every == 0:
                 assessed.snapshots.append(self.snapshot(table.key_model(int(rows[last])), batch.model_keys[last]))

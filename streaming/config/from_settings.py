@@ -7,7 +7,7 @@ from streaming.config import Settings
 from udfs.analytics import Windowing, WindowSpec
 from udfs.cleaning import CleaningRules, MissingPolicy
 from udfs.features import FeatureEncoder
-from udfs.model import Sgd
+from udfs.model import AdaGrad, Ftrl, Optimizer, Sgd
 from udfs.reading import TransactionReader
 from udfs.scoring import ModelScorer
 
@@ -36,10 +36,21 @@ def feature_encoder(settings: Settings, rules: CleaningRules) -> FeatureEncoder:
                           features.time.day_of_week, rules.policy)
 
 
+def optimizer(settings: Settings) -> Optimizer:
+    """The model's optimizer (model.optimizer and its settings)."""
+    model = settings.model
+    if model.optimizer == "adagrad":
+        return AdaGrad(model.learning_rate, l2=model.l2)
+    if model.optimizer == "ftrl":
+        ftrl = model.ftrl
+        return Ftrl(ftrl.alpha, ftrl.beta, ftrl.l1, ftrl.l2)
+    return Sgd(model.learning_rate, model.schedule, model.power_t, model.l2)
+
+
 def model_scorer(settings: Settings, encoder: FeatureEncoder) -> ModelScorer:
     model = settings.model
-    sgd = Sgd(model.learning_rate, model.schedule, model.power_t, model.l2)
-    return ModelScorer(encoder.names, encoder.standardized, sgd, model.snapshot_every, model.top_reasons)
+    return ModelScorer(encoder.names, encoder.standardized, optimizer(settings), model.snapshot_every,
+                       model.top_reasons, model.initial_bias)
 
 
 def window_specs(settings: Settings) -> list[WindowSpec]:

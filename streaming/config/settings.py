@@ -163,16 +163,45 @@ class FeatureSettings(Section):
         return self
 
 
+class FtrlSettings(Section):
+    """FTRL-Proximal's parameters (McMahan et al. 2013): a coordinate's rate is
+    alpha / (beta + sqrt(n)); l1 and l2 regularize the weights (not the bias)."""
+
+    alpha: float = Field(default=0.1, gt=0, le=100)
+    beta: float = Field(default=1.0, gt=0, le=1e6)
+    l1: float = Field(default=0.0, ge=0, le=1e6)
+    l2: float = Field(default=0.0, ge=0, le=1e6)
+
+
 class ModelSettings(Section):
     key: ModelKeyField = "merchant_category"
+    # sgd (plain, as before), adagrad (River's AdaGrad) or ftrl (FTRL-Proximal): docs/design.md, "The model".
+    optimizer: Literal["sgd", "adagrad", "ftrl"] = "sgd"
+    # The step size of sgd and adagrad (ftrl's is model.ftrl.alpha).
     learning_rate: float = Field(default=0.01, gt=0, le=10)
-    # constant: rate = learning_rate; inverse_scaling: rate = learning_rate / (1 + updates) ** power_t
+    # sgd only. constant: rate = learning_rate; inverse_scaling: rate = learning_rate / (1 + updates) ** power_t
     schedule: Literal["constant", "inverse_scaling"] = "constant"
     power_t: float = Field(default=0.5, gt=0, le=1)
+    # sgd: weight decay of every weight; adagrad: l2 w added to the gradient of the record's entries.
     l2: NonNegativeFloat = 0.0
+    ftrl: FtrlSettings = FtrlSettings()
+    # A new key's bias, in log-odds (-3.5: a prior fraud probability of about 3%).
+    initial_bias: float = Field(default=0.0, ge=-30, le=30)
     # A snapshot of a key's model is written after every this many updates, and at end of input.
     snapshot_every: PositiveInt = 1000
     top_reasons: int = Field(default=3, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _settings_of_the_optimizer(self) -> "ModelSettings":
+        # A setting the configured optimizer would ignore is a mistake worth a line, not a silent no-op.
+        if self.optimizer != "sgd" and self.schedule != "constant":
+            raise ValueError(f"model.schedule: {self.schedule} is for model.optimizer sgd; "
+                             f"{self.optimizer} adapts its own rates (use constant)")
+        if self.optimizer == "ftrl" and self.l2:
+            raise ValueError("model.l2: ftrl takes its L2 from model.ftrl.l2 (set model.l2 to 0)")
+        if self.optimizer != "ftrl" and "ftrl" in self.model_fields_set:
+            raise ValueError(f"model.ftrl: only model.optimizer ftrl uses it (the optimizer is {self.optimizer})")
+        return self
 
 
 class RestartSettings(Section):

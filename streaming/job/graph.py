@@ -91,7 +91,7 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
             split_lines(model_inputs.get_side_output(ROUTES), "split-routes"), split_lines(label_lines, "split-labels"),
             labels, performance.shards, bundling, settings.event_time.labels)
         scored = shard_batches.connect(routed.key_by(lambda shard_labels: shard_labels[0], key_type=Types.INT())).process(
-            ScoreShardWithLabelStream(scoring, LabelRules(labels.ttl_ms, labels.unknown_wait_ms), scorer.sgd,
+            ScoreShardWithLabelStream(scoring, LabelRules(labels.ttl_ms, labels.unknown_wait_ms),
                                       scorer.snapshot_every), output_type=BYTES)
     else:
         scored = shard_batches.process(ScoreShard(scoring), output_type=BYTES)

@@ -27,7 +27,6 @@ from udfs.label_outcomes import (
     routed_outcome,
 )
 from udfs.live_metrics import RecentLogLoss
-from udfs.model import Sgd
 from udfs.ordering import BundleSequencer
 from udfs.records import KeyedLine
 from udfs.scoring import ModelScorer
@@ -162,7 +161,7 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
     Each scored batch's features, as its models saw them, are logged in keyed map state (log id ->
     udfs.feature_log.FeatureLog bytes) until the watermark passes the batch's latest event time plus
     labels.ttl_ms. A routed label's outcome is decided by udfs.label_outcomes (routed_outcome, label_disposition); an applied
-    label takes one SGD step on its record's logged features (ModelTable.learn_logged) and writes a
+    label takes one optimizer step (model.optimizer) on its record's logged features (ModelTable.learn_logged) and writes a
     learning line; the others are dead-lettered with their reason. A label whose log has not
     arrived yet (it can overtake its batch on the way) waits in keyed state for it.
 
@@ -170,10 +169,9 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
     first time it sees the shard after a start or restore, as ShardModels does with models.
     """
 
-    def __init__(self, scoring: ShardScoring, rules: LabelRules, sgd: Sgd, snapshot_every: int):
+    def __init__(self, scoring: ShardScoring, rules: LabelRules, snapshot_every: int):
         self.scoring = scoring
         self.rules = rules
-        self.sgd = sgd
         self.snapshot_every = snapshot_every
         self.logs = None
         self.held = None
@@ -255,7 +253,7 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             model_key = log.model_keys[row]
             model_row = table.rows[model_key]
             indices, values = log.entries(row)
-            stepped = table.learn_logged(model_row, indices, values, label.is_fraud, self.sgd, routed.event_time)
+            stepped = table.learn_logged(model_row, indices, values, label.is_fraud, routed.event_time)
             changed_rows.add(model_row)
             updates = int(table.updates[model_row])
             learned.append(KeyedLine(learning_line(label.txn_id, model_key, label, routed.event_time, updates,

@@ -1,4 +1,5 @@
-"""Through the real job, every score and the final model equal an independent sequential SGD."""
+"""Through the real job, every score and the final model equal an independent sequential SGD, and
+with AdaGrad or FTRL-Proximal the independent textbook implementations (tests/reference/textbook.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 import pytest
 
 from streaming.job.shard_models import FINAL_SNAPSHOTS_PER_BUNDLE
+from tests.reference.textbook import TextbookAdaGrad, TextbookFtrl, textbook_run
 from udfs.generator import GeneratorSettings, generate
 
 FEATURES = ("a", "b", "c", "d")
@@ -36,6 +38,25 @@ def exactness_stream(records: int, seed: int) -> list[dict]:
     return stream
 
 
+# The other optimizers' runs: their settings and the textbook learner over the 1 + len(FEATURES) inputs.
+OPTIMIZERS = {
+    "sgd": ([], None),
+    "adagrad": (["model.optimizer=adagrad", "model.learning_rate=0.1", "model.l2=0.01"],
+                TextbookAdaGrad(1 + len(FEATURES), 0.1, l2=0.01)),
+    "ftrl": (["model.optimizer=ftrl", "model.ftrl={alpha: 0.2, beta: 1.0, l1: 0.05, l2: 0.5}", "model.initial_bias=-1.0"],
+             TextbookFtrl(1 + len(FEATURES), 0.2, beta=1.0, l1=0.05, l2=0.5, initial_bias=-1.0)),
+}
+
+
+def reference_textbook(learner, stream: list[dict]) -> tuple[list[float], list[float], float, dict]:
+    """`reference_sgd` with a textbook learner: (scores, final weights, final bias, final accumulators)."""
+    inputs = [("grocery", range(1 + len(FEATURES)), [r["amount"]] + [r["features"][name] for name in FEATURES],
+               r["is_fraud"]) for r in stream]
+    scores, models = textbook_run(learner, 1 + len(FEATURES), inputs)
+    model = models["grocery"]
+    return scores, model.weights.tolist(), model.bias, {k: v.tolist() for k, v in model.accumulators.items()}
+
+
 def reference_sgd(stream: list[dict]) -> tuple[list[float], list[float], float]:
     """The textbook sequential update: returns (scores in input order, final weights, final bias)."""
     weights = [0.0] * (1 + len(FEATURES))
@@ -52,19 +73,25 @@ def reference_sgd(stream: list[dict]) -> tuple[list[float], list[float], float]:
     return scores, weights, bias
 
 
-@pytest.mark.parametrize("parallelism, mode, python", [
-    (1, "throughput", "process"), (2, "throughput", "process"), (2, "low_latency", "process"),
-    (2, "throughput", "thread"),
+@pytest.mark.parametrize("parallelism, mode, python, optimizer", [
+    (1, "throughput", "process", "sgd"), (2, "throughput", "process", "sgd"), (2, "low_latency", "process", "sgd"),
+    (2, "throughput", "thread", "sgd"), (2, "throughput", "process", "adagrad"), (2, "throughput", "process", "ftrl"),
 ])
-def test_scores_and_final_model_equal_sequential_reference(tmp_path, scoring_job, parallelism, mode, python):
+def test_scores_and_final_model_equal_sequential_reference(tmp_path, scoring_job, parallelism, mode, python,
+                                                           optimizer):
     stream = exactness_stream(3000, seed=parallelism)
+    settings, learner = OPTIMIZERS[optimizer]
     outputs = scoring_job(
         tmp_path, [json.dumps(r).encode() for r in stream],
         RAW_FEATURES_PROFILE, f"model.learning_rate={LEARNING_RATE}", "model.schedule=constant", "model.l2=0",
         f"flink.parallelism={parallelism}", "model.snapshot_every=1000", f"performance.mode={mode}",
-        f"flink.python_execution_mode={python}",
+        f"flink.python_execution_mode={python}", *settings,
     )
-    expected_scores, expected_weights, expected_bias = reference_sgd(stream)
+    if learner is None:
+        expected_scores, expected_weights, expected_bias = reference_sgd(stream)
+        expected_accumulators = {}
+    else:
+        expected_scores, expected_weights, expected_bias, expected_accumulators = reference_textbook(learner, stream)
 
     assert outputs.dead_letters == []
     scores = {s["txn_id"]: s for s in outputs.scores}
@@ -86,6 +113,11 @@ def test_scores_and_final_model_equal_sequential_reference(tmp_path, scoring_job
     assert list(final["weights"]) == ["amount", "a", "b", "c", "d"]
     assert list(final["weights"].values()) == pytest.approx(expected_weights, abs=1e-9)
     assert final["bias"] == pytest.approx(expected_bias, abs=1e-9)
+    assert final["optimizer"] == optimizer
+    assert list(final["accumulators"]) == list(expected_accumulators)
+    for name, values in expected_accumulators.items():
+        accumulator = final["accumulators"][name]
+        assert [*accumulator["weights"].values(), accumulator["bias"]] == pytest.approx(values, rel=1e-9, abs=1e-9)
 
 
 def test_out_of_order_and_late_records_are_all_learned_in_arrival_order(tmp_path, scoring_job):

@@ -12,10 +12,12 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streaming.config import load_settings
 from streaming.reporting.outputs import committed_lines
+from tests.reference.textbook import TextbookFtrl
 from udfs.cleaning import Rejected
 from udfs.label_generator import LabelStreamSettings, generate_labels
 from udfs.labels import read_label
@@ -91,11 +93,14 @@ def expected_outcomes(stream: list[dict], labels: list, mode: str) -> list[str]:
 
 class Reference:
     """One key's textbook model: running standardization (Welford) of the STANDARDIZED inputs, then
-    plain SGD on the standardized vector; a label that comes later steps on the vector as scored."""
+    plain SGD on the standardized vector (or, given a textbook learner of tests/reference/textbook.py,
+    its optimizer); a label that comes later steps on the vector as scored."""
 
-    def __init__(self):
+    def __init__(self, learner=None):
         self.count, self.mean, self.m2 = 0, [0.0] * len(STANDARDIZED), [0.0] * len(STANDARDIZED)
         self.weights, self.bias, self.updates = [0.0] * (1 + len(FEATURES)), 0.0, 0
+        self.learner = learner
+        self.textbook = learner.new() if learner is not None else None
 
     def standardize(self, record: dict) -> list[float]:
         x = [record["amount"]] + [record["features"][name] for name in FEATURES]
@@ -110,17 +115,31 @@ class Reference:
         return x
 
     def probability(self, x: list[float]) -> float:
+        if self.learner is not None:
+            return self.learner.score(self.textbook, np.array(x))
         return 1 / (1 + math.exp(-(self.bias + sum(w * v for w, v in zip(self.weights, x)))))
 
     def learn(self, x: list[float], label: int) -> None:
+        if self.learner is not None:
+            self.learner.learn(self.textbook, np.array(x), np.ones(len(x)), label, self.probability(x))
+            self.weights, self.bias, self.updates = self.textbook.weights.tolist(), self.textbook.bias, self.updates + 1
+            return
         error = self.probability(x) - label
         self.weights = [w - LEARNING_RATE * error * v for w, v in zip(self.weights, x)]
         self.bias -= LEARNING_RATE * error
         self.updates += 1
 
 
-@pytest.mark.parametrize("mode, parallelism", [("stream", 2), ("both", 1)])
-def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tmp_path, mode, parallelism):
+# The optimizer runs: settings, and the textbook learner of the reference (None: plain SGD).
+OPTIMIZERS = {
+    "sgd": ([], None),
+    "ftrl": (["model.optimizer=ftrl", "model.ftrl={alpha: 0.3, beta: 1.0, l1: 0.02, l2: 0.2}",
+              "model.initial_bias=-0.5"], TextbookFtrl(1 + len(FEATURES), 0.3, 1.0, 0.02, 0.2, initial_bias=-0.5)),
+}
+
+
+@pytest.mark.parametrize("mode, parallelism, optimizer", [("stream", 2, "sgd"), ("both", 1, "sgd"), ("stream", 2, "ftrl")])
+def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tmp_path, mode, parallelism, optimizer):
     stream = transactions(3000, seed=parallelism)
     truth = [json.dumps(r).encode() for r in stream]  # the label stream tells each transaction's truth
     if mode == "both":  # a third carry no label of their own, so that some stream labels are first
@@ -128,15 +147,18 @@ def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tm
     label_lines = list(generate_labels(truth, LabelStreamSettings(
         seed=parallelism, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
         contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
-    job_run, out = run(tmp_path, stream, label_lines, mode, parallelism)
+    settings, learner = OPTIMIZERS[optimizer]
+    job_run, out = run(tmp_path, stream, label_lines, mode, parallelism, *settings)
 
     assert job_run.records_read == len(stream)
-    assert_labels_learned_as_the_inputs_say(stream, label_lines, out, mode)
+    assert_labels_learned_as_the_inputs_say(stream, label_lines, out, mode, learner)
+    assert {snapshot["optimizer"] for snapshot in out["model-snapshots"]} == {optimizer}
 
 
 def assert_labels_learned_as_the_inputs_say(stream: list[dict], label_lines: list[bytes], out: dict[str, list[dict]],
-                                            mode: str) -> None:
-    """The checks of the module's docstring on a run's committed outputs (`out`: each output's lines)."""
+                                            mode: str, learner=None) -> None:
+    """The checks of the module's docstring on a run's committed outputs (`out`: each output's lines);
+    `learner`: the textbook optimizer of the run (None: plain SGD)."""
     assert_outcomes_as_the_inputs_say(stream, label_lines, out, mode)
 
     # Each applied label after its transaction's score, and the models as a sequential reference
@@ -153,7 +175,7 @@ def assert_labels_learned_as_the_inputs_say(stream: list[dict], label_lines: lis
         events = [((scores[r["txn_id"]]["model_updates"], 0, n), r) for n, r in enumerate(stream)
                   if r["merchant_category"] == key]
         events += [((line["model_updates"] - 1, 1, line["model_updates"]), line) for line in steps[key]]
-        model, scored = Reference(), {}
+        model, scored = Reference(learner), {}
         for (_, kind, _), event in sorted(events, key=lambda e: e[0]):
             if kind == 0:
                 x = scored[event["txn_id"]] = model.standardize(event)

@@ -3,7 +3,10 @@ Kafka-sourced job (tests/fixtures/savepoints/c926163-kafka-sgd, made by make_fix
 restores from any folder and continues where it stopped; and a savepoint taken at parallelism 2
 resumes at parallelism 4. Both on the local session cluster against the real broker, with plain
 SGD, so that every score and final model can be compared with the sequential reference over the
-whole input (tests/savepoints.py): a model that did not start from the restored state differs.
+whole input (tests/savepoints.py): a model that did not start from the restored state differs. And
+the same c926163 savepoint (model state version 2, plain SGD) resumed with `model.optimizer: adagrad`:
+each restored model continues from its weights with AdaGrad's accumulators at zero (state version
+3's migration, docs/design.md "The model").
 
 A change to operator uids or state formats must keep these passing, or ship a tested migration.
 """
@@ -18,6 +21,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -25,6 +29,7 @@ from streaming.config import load_settings
 from streaming.ops import drill as failover_drill
 from streaming.ops import kafka_tools, local_cluster, rest
 from streaming.reporting.outputs import latest_snapshots
+from tests.reference.textbook import TextbookAdaGrad, TextbookModel
 from tests.savepoints import (
     FEATURES,
     FIXTURES,
@@ -133,6 +138,71 @@ def test_the_c926163_savepoint_restores_from_another_folder_and_continues(sessio
     # savepoint) as the sequential reference over all records gives them: the restored models
     # were used.
     assert_scores_and_models_equal_reference(committed, lines, settings, after)
+
+
+def reference_turning_to_adagrad(lines: list[bytes], learning_rate: float, before: set[str]
+                                 ) -> tuple[dict[str, tuple[float, int]], dict[str, TextbookModel]]:
+    """Per model key, the textbook sequential SGD over the records in `before` (those the savepoint
+    had learned from), then the textbook AdaGrad at the same rate from the weights and bias SGD left,
+    with G = 0, over the others. Returns (txn_id -> (score, updates before it)) and (model key ->
+    final model, every one with its AdaGrad accumulator, zeros where it never stepped)."""
+    n = len(FEATURES)
+    adagrad = TextbookAdaGrad(n, learning_rate)
+    scores: dict[str, tuple[float, int]] = {}
+    models: dict[str, TextbookModel] = {}
+    for line in lines:
+        record = json.loads(line)
+        model = models.setdefault(record["merchant_category"], TextbookModel(np.zeros(n), 0.0))
+        if record["txn_id"] not in before and not model.accumulators:
+            model.accumulators = {"g2": np.zeros(n + 1)}  # the restored model turns to AdaGrad here
+        x = np.array([record["amount"]] + [record["features"][name] for name in FEATURES[1:]])
+        p = adagrad.score(model, x)
+        scores[record["txn_id"]] = (p, model.updates)
+        if record["is_fraud"] is None:
+            continue
+        if model.accumulators:
+            adagrad.learn(model, x, np.ones(n), record["is_fraud"], p)
+        else:
+            error = p - record["is_fraud"]
+            model.weights = model.weights - learning_rate * error * x
+            model.bias -= learning_rate * error
+            model.updates += 1
+    for model in models.values():
+        model.accumulators = model.accumulators or {"g2": np.zeros(n + 1)}
+    return scores, models
+
+
+def test_the_c926163_sgd_savepoint_resumes_with_adagrad(session_cluster, fixture, fixture_topics):
+    settings, overrides, lines, layout = fixture_topics
+    offsets = fixture.source_offsets()
+    before = {txn_id for partition, txn_ids in layout.items() for txn_id in txn_ids[:offsets[partition]]}
+    after = {json.loads(line)["txn_id"] for line in lines} - before
+    adagrad = [*overrides, "model.optimizer=adagrad"]
+    settings = load_settings(fixture.profile, adagrad)
+    assert (settings.model.optimizer, settings.model.l2) == ("adagrad", 0)
+
+    _, committed = resume_until_all_scored(session_cluster.cluster, settings, adagrad, str(fixture.savepoint),
+                                           len(after))
+
+    reference_scores, reference = reference_turning_to_adagrad(lines, settings.model.learning_rate, before)
+    txn_ids = [score["txn_id"] for _, score in committed.scores]
+    assert len(txn_ids) == len(set(txn_ids)) and set(txn_ids) == after
+    for _, score in committed.scores:
+        expected_score, updates_before = reference_scores[score["txn_id"]]
+        assert score["model_updates"] == updates_before, score
+        assert score["score"] == pytest.approx(expected_score, abs=1e-9), score
+    models = latest_snapshots(committed.snapshots)
+    assert models.keys() == reference.keys()
+    for key, model in models.items():
+        expected = reference[key]
+        assert model["optimizer"] == "adagrad" and model["model_updates"] == expected.updates, key
+        assert list(model["weights"].values()) == pytest.approx(expected.weights.tolist(), abs=1e-9), key
+        assert model["bias"] == pytest.approx(expected.bias, abs=1e-9), key
+        g2 = model["accumulators"]["g2"]
+        assert [*g2["weights"].values(), g2["bias"]] == pytest.approx(expected.accumulators["g2"].tolist(),
+                                                                      rel=1e-9, abs=1e-9), key
+    # Keys learned with AdaGrad after the savepoint (some keys may have no record after it).
+    assert sum(model.accumulators["g2"][-1] > 0 for model in reference.values()) >= len(reference) // 2
 
 
 @pytest.fixture

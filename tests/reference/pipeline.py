@@ -50,7 +50,7 @@ def assess(scorer: ModelScorer, key_model: KeyModel, record: ModelInput) -> Asse
     p = model.predict_proba(indices, values)
     updates = model.updates
     reasons = model.top_contributions(indices, values, scorer.top_reasons)
-    learned = record.label is not None and model.learn(indices, values, record.label, p, scorer.sgd)
+    learned = record.label is not None and model.learn(indices, values, record.label, p, scorer.optimizer)
     return Assessment(p, updates, reasons, learned)
 
 
@@ -98,7 +98,11 @@ def score_batch(scorer: ModelScorer, records: Sequence[ModelInput], models: dict
     for record in records:
         key_model = models.get(record.model_key)
         if key_model is None:
-            key_model = load_model(record.model_key) or scorer.new_model()
+            key_model = load_model(record.model_key)
+            if key_model is None:
+                key_model = scorer.new_model()
+            else:  # a stored model continues with the configured optimizer, as ModelTable.add converts it
+                key_model.model.adopt(scorer.optimizer)
             models[record.model_key] = key_model
         score, snapshot = score_and_learn(scorer, key_model, record, now_ms)
         scores.append(score)

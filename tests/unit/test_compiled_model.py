@@ -11,7 +11,7 @@ import pytest
 
 from tests.reference.pipeline import score_batch
 from udfs.compiled_model import ModelTable
-from udfs.model import STATE_HEADER_V1, KeyModel, Sgd, read_state
+from udfs.model import STATE_HEADER_V1, AdaGrad, Ftrl, KeyModel, Sgd, read_state
 from udfs.records import ModelInput, ScoreContext
 from udfs.scoring import ModelScorer
 from udfs.wire import RecordBatch, pack_shard_batch, unpack_shard_batch
@@ -27,7 +27,7 @@ def close(a: float, b: float) -> bool:
 
 
 def random_stream(seed: int, records: int, keys: int, dense: bool, n_numeric: int = 4,
-                  huge_every: int = 0) -> list[ModelInput]:
+                  huge_every: int = 0, huge: tuple[float, ...] = (1e12, -1e12, 9e11)) -> list[ModelInput]:
     """Records of `keys` keys: numeric features first (always present, as the encoder gives them),
     then a random subset (sparse) or all (dense) of the others; labels 0, 1 or none."""
     rng = random.Random(seed)
@@ -40,7 +40,7 @@ def random_stream(seed: int, records: int, keys: int, dense: bool, n_numeric: in
         indices += chosen
         values += [rng.choice([1.0, rng.uniform(-1, 1)]) for _ in chosen]
         if huge_every and r % huge_every == 0:
-            values[0] = rng.choice([1e12, -1e12, 9e11])  # pushes an update past the guard
+            values[0] = rng.choice(huge)  # pushes an update past the guard
         label = rng.choice([0, 1, None])
         context = ScoreContext(rng.choice(["fuel", "travel"]), rng.choice(["DE", "US"]), rng.choice(["web", "pos"]), rng.uniform(0, 1e4),
                                rng.choice(["EUR", "USD"]), f"a{rng.randrange(3 * keys)}")
@@ -83,17 +83,34 @@ def assert_same_model(table: ModelTable, row: int, reference: KeyModel) -> None:
     for field in ("mean", "m2", "weights"):
         assert all(close(a, b) for a, b in zip(getattr(ours, field), getattr(theirs, field))), field
     assert close(ours.bias, theirs.bias)
+    assert ours.optimizer_kind == theirs.optimizer_kind
+    assert len(ours.accumulators) == len(theirs.accumulators)
+    for mine, reference in zip(ours.accumulators, theirs.accumulators):
+        assert len(mine) == len(reference) and all(close(a, b) for a, b in zip(mine, reference))
 
 
 CASES = {
-    "sparse": dict(dense=False, sgd=Sgd(0.05), standardized=(0, 1, 2, 3)),
-    "dense": dict(dense=True, sgd=Sgd(0.05), standardized=(0, 1, 2, 3)),
-    "l2": dict(dense=False, sgd=Sgd(0.05, l2=0.01), standardized=(0, 1, 2, 3)),
-    "no-standardization": dict(dense=False, sgd=Sgd(0.001), standardized=()),
-    "some-standardized": dict(dense=True, sgd=Sgd(0.05, "inverse_scaling", 0.5), standardized=(1, 3)),
-    "inverse-scaling-l2": dict(dense=True, sgd=Sgd(0.3, "inverse_scaling", 0.25, l2=0.1), standardized=(0, 2)),
-    "non-finite-guard": dict(dense=False, sgd=Sgd(1e3), standardized=(), huge_every=7),
-    "non-finite-guard-l2": dict(dense=True, sgd=Sgd(1e3, l2=0.5), standardized=(), huge_every=5),
+    "sparse": dict(dense=False, optimizer=Sgd(0.05), standardized=(0, 1, 2, 3)),
+    "dense": dict(dense=True, optimizer=Sgd(0.05), standardized=(0, 1, 2, 3)),
+    "l2": dict(dense=False, optimizer=Sgd(0.05, l2=0.01), standardized=(0, 1, 2, 3)),
+    "no-standardization": dict(dense=False, optimizer=Sgd(0.001), standardized=()),
+    "some-standardized": dict(dense=True, optimizer=Sgd(0.05, "inverse_scaling", 0.5), standardized=(1, 3)),
+    "inverse-scaling-l2": dict(dense=True, optimizer=Sgd(0.3, "inverse_scaling", 0.25, l2=0.1), standardized=(0, 2)),
+    "non-finite-guard": dict(dense=False, optimizer=Sgd(1e3), standardized=(), huge_every=7),
+    "non-finite-guard-l2": dict(dense=True, optimizer=Sgd(1e3, l2=0.5), standardized=(), huge_every=5),
+    "initial-bias": dict(dense=False, optimizer=Sgd(0.05), standardized=(0, 1, 2, 3), initial_bias=-3.5),
+    "adagrad": dict(dense=False, optimizer=AdaGrad(0.1), standardized=(0, 1, 2, 3)),
+    "adagrad-dense-l2": dict(dense=True, optimizer=AdaGrad(0.5, eps=1e-4, l2=0.05), standardized=(1, 3),
+                             initial_bias=-2.0),
+    "adagrad-raw": dict(dense=False, optimizer=AdaGrad(0.05), standardized=()),
+    "ftrl": dict(dense=False, optimizer=Ftrl(0.1), standardized=(0, 1, 2, 3)),
+    "ftrl-l1-l2": dict(dense=True, optimizer=Ftrl(0.3, beta=0.5, l1=0.5, l2=1.0), standardized=(0, 2),
+                       initial_bias=-3.0),
+    "ftrl-raw": dict(dense=False, optimizer=Ftrl(0.05, l1=2.0), standardized=()),
+    "non-finite-guard-adagrad": dict(dense=False, optimizer=AdaGrad(1.0, l2=0.1), standardized=(), huge_every=7,
+                                     huge=(1e300, -1e300, 1e160)),
+    "non-finite-guard-ftrl": dict(dense=True, optimizer=Ftrl(1.0, l1=0.1, l2=0.1), standardized=(), huge_every=5,
+                                  huge=(1e300, -1e300, 1e170)),
 }
 
 
@@ -101,9 +118,10 @@ CASES = {
 @pytest.mark.parametrize("batch_size", [1, 37, 5000])
 def test_compiled_model_matches_the_reference_on_random_streams(case, batch_size):
     options = CASES[case]
-    scorer = ModelScorer(NAMES, options["standardized"], options["sgd"], snapshot_every=25, top_reasons=3)
+    scorer = ModelScorer(NAMES, options["standardized"], options["optimizer"], snapshot_every=25, top_reasons=3,
+                         initial_bias=options.get("initial_bias", 0.0))
     stream = random_stream(list(CASES).index(case), 1500, keys=7, dense=options["dense"],
-                           huge_every=options.get("huge_every", 0))
+                           huge_every=options.get("huge_every", 0), huge=options.get("huge", (1e12, -1e12, 9e11)))
     ref_scores, ref_snapshots, ref_models = reference_run(scorer, stream)
     scores, snapshots, table = compiled_run(scorer, stream, batch_size)
     assert len(scores) == len(ref_scores)
@@ -112,11 +130,14 @@ def test_compiled_model_matches_the_reference_on_random_streams(case, batch_size
     assert [s["model_key"] for s in snapshots] == [s["model_key"] for s in ref_snapshots]
     assert [s["model_updates"] for s in snapshots] == [s["model_updates"] for s in ref_snapshots]
     assert all(close(a["bias"], b["bias"]) for a, b in zip(snapshots, ref_snapshots))
+    assert [s["optimizer"] for s in snapshots] == [s["optimizer"] for s in ref_snapshots]
     assert sorted(table.rows) == sorted(ref_models)
     for key, reference in ref_models.items():
         assert_same_model(table, table.rows[key], reference)
     if case.startswith("non-finite"):
         assert sum(model.model.rejected_updates for model in ref_models.values()) > 0  # the guard was exercised
+    if "l1" in case or case == "ftrl-raw":  # L1 holds some weights at exactly 0
+        assert any(w == 0.0 for model in ref_models.values() for w in model.model.weights)
 
 
 @pytest.mark.parametrize("standardized", [(), (0, 2, 3)])

@@ -13,7 +13,9 @@ from pydantic import ValidationError
 
 from streaming.cli import main
 from streaming.config import PSEUDONYM_KEY_ENV, ConfigError, load_settings
+from streaming.config.from_settings import model_scorer, transaction_reader
 from udfs.generator import GeneratorSettings, generate
+from udfs.model import AdaGrad, Ftrl, Sgd
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
@@ -145,6 +147,10 @@ BAD_VALUES = [
     ("source.paths", [], "source.paths"),
     ("features.time.hour_of_day", "sometimes", "features.time.hour_of_day"),
     ("checkpointing.interval_ms", -5, "checkpointing.interval_ms"),
+    ("model.optimizer", "adam", "model.optimizer"),
+    ("model.ftrl", {"alpha": 0.1, "gamma": 1}, "model.ftrl.gamma"),
+    ("model.initial_bias", -31, "model.initial_bias"),
+    ("model.initial_bias", "low", "model.initial_bias"),
 ]
 
 
@@ -408,3 +414,39 @@ def test_generate_with_impossible_arguments_exits_2_with_one_line(tmp_path, caps
     assert main(["generate", "--out", str(out), *args]) == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- the model's optimizer
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["model.optimizer=adagrad", "model.schedule=inverse_scaling"], "model.schedule"),
+    (["model.optimizer=ftrl", "model.schedule=inverse_scaling"], "model.schedule"),
+    (["model.optimizer=ftrl", "model.l2=0.1"], "model.l2"),
+    (["model.ftrl={alpha: 0.2}"], "model.ftrl"),  # the optimizer is sgd
+    (["model.optimizer=adagrad", "model.ftrl.l1=1"], "model.ftrl"),
+    (["model.optimizer=ftrl", "model.ftrl.alpha=0"], "model.ftrl.alpha"),
+    (["model.optimizer=ftrl", "model.ftrl.beta=0"], "model.ftrl.beta"),
+    (["model.optimizer=ftrl", "model.ftrl.l1=-1"], "model.ftrl.l1"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_settings_the_optimizer_does_not_use_fail_with_one_line_naming_them(overrides, field, no_key_in_environment):
+    message = config_error(LOCAL_PROFILE, overrides)
+    assert message.startswith(f"{field}:") and "\n" not in message, message
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], Sgd(0.01)),
+    (["model.learning_rate=0.2", "model.schedule=inverse_scaling", "model.power_t=0.25", "model.l2=0.01"],
+     Sgd(0.2, "inverse_scaling", 0.25, 0.01)),
+    (["model.optimizer=adagrad", "model.learning_rate=0.1", "model.l2=0.001"], AdaGrad(0.1, l2=0.001)),
+    (["model.optimizer=ftrl", "model.ftrl={alpha: 0.05, beta: 2, l1: 0.5, l2: 1.5}"], Ftrl(0.05, 2.0, 0.5, 1.5)),
+    (["model.optimizer=ftrl"], Ftrl(0.1, 1.0, 0.0, 0.0)),
+])
+def test_the_scorer_learns_with_the_configured_optimizer(overrides, expected, no_key_in_environment):
+    settings = load_settings(LOCAL_PROFILE, [*overrides, "model.initial_bias=-3.5"])
+    scorer = model_scorer(settings, transaction_reader(settings).encoder)
+    assert scorer.optimizer == expected
+    assert scorer.initial_bias == -3.5
+    assert scorer.new_model().model.bias == -3.5 and scorer.new_model().model.optimizer_kind == expected.kind
+    table = scorer.new_table()
+    assert table.bias[table.add("k")] == -3.5 and table.optimizer == expected

@@ -29,7 +29,7 @@ from udfs.label_outcomes import (
     routed_outcome,
 )
 from udfs.labels import Label, read_label
-from udfs.model import LogisticRegression, Sgd
+from udfs.model import AdaGrad, Ftrl, LogisticRegression, Sgd
 from udfs.wire import RoutedLabel, read_routed_label, routed_label_line
 
 CAP = 65_536
@@ -311,11 +311,13 @@ def test_feature_logs_round_trip_and_cost_what_they_say():
                                             np.zeros(0)).to_bytes()).model_keys == []
 
 
-@pytest.mark.parametrize("sgd", [Sgd(0.05), Sgd(0.2, "inverse_scaling", 0.5, l2=0.01)])
-def test_learning_from_a_logged_vector_is_the_reference_models_step(sgd):
+@pytest.mark.parametrize("optimizer", [Sgd(0.05), Sgd(0.2, "inverse_scaling", 0.5, l2=0.01), AdaGrad(0.1, l2=0.01),
+                                       Ftrl(0.2, beta=0.5, l1=0.05, l2=0.5)],
+                         ids=["sgd", "sgd-inverse-scaling-l2", "adagrad", "ftrl"])
+def test_learning_from_a_logged_vector_is_the_reference_models_step(optimizer):
     rng = random.Random(3)
-    table = ModelTable(6, ())
-    reference = LogisticRegression(6)
+    table = ModelTable(6, (), optimizer=optimizer, initial_bias=-1.0)
+    reference = LogisticRegression(6, bias=-1.0)
     row = table.add("k")
     last_learned = -1
     for step in range(300):
@@ -324,14 +326,16 @@ def test_learning_from_a_logged_vector_is_the_reference_models_step(sgd):
         p = reference.predict_proba(indices, values)
         label = rng.randint(0, 1)
         if step == 150:
-            values[0] = 1e14  # a step this large is discarded by the guard in both
+            values[0] = 1e300  # a step this large is discarded by the guard in both
             p = reference.predict_proba(indices, values)
             label = 0 if p >= 0.5 else 1
-        expected = reference.learn(indices, values, label, p, sgd)
-        assert table.learn_logged(row, np.array(indices, np.int32), np.array(values), label, sgd, 10 + step) == expected
+        expected = reference.learn(indices, values, label, p, optimizer)
+        assert table.learn_logged(row, np.array(indices, np.int32), np.array(values), label, 10 + step) == expected
         last_learned = 10 + step if expected else last_learned
         assert table.updates[row] == reference.updates and table.rejected[row] == reference.rejected_updates
         assert abs(table.bias[row] - reference.bias) <= 1e-12 * max(1.0, abs(reference.bias))
         assert np.allclose(table.weights[row], reference.weights, rtol=1e-12, atol=1e-12)
+        assert table.accumulators[row].shape == (len(reference.accumulators), 7)
+        assert np.allclose(table.accumulators[row], np.reshape(reference.accumulators, (-1, 7)), rtol=1e-12, atol=1e-12)
     assert reference.rejected_updates == 1
     assert table.last_event_time[row] == last_learned

@@ -12,6 +12,9 @@ import pytest
 
 from tests.reference.textbook import TextbookAdaGrad, TextbookFtrl, textbook_run
 from udfs.model import AdaGrad, Ftrl, KeyModel, LogisticRegression, Sgd
+from udfs.records import ModelInput, ScoreContext
+from udfs.scoring import ModelScorer
+from udfs.wire import RecordBatch
 
 N_FEATURES = 9
 TOLERANCE = 1e-9
@@ -208,3 +211,29 @@ def test_accumulators_of_the_wrong_shape_are_refused():
         LogisticRegression(3, accumulators=[[0.0] * 3], optimizer_kind="adagrad")
     with pytest.raises(ValueError, match="accumulators"):
         LogisticRegression(3, accumulators=[[0.0] * 4], optimizer_kind="ftrl")
+
+
+@pytest.mark.parametrize("batch_size", [1, 64, 5000])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_the_compiled_model_equals_the_textbook_optimizer_on_a_keyed_stream(name, batch_size):
+    optimizer, textbook, initial_bias = OPTIMIZERS[name]
+    stream = random_stream(100 + list(OPTIMIZERS).index(name), 3000, keys=5)
+    expected_scores, expected_models = textbook_run(textbook, N_FEATURES, stream)
+    scorer = ModelScorer(tuple(f"f{i}" for i in range(N_FEATURES)), (), optimizer, snapshot_every=10**9,
+                         top_reasons=2, initial_bias=initial_bias)
+    context = ScoreContext("fuel", "US", "web", 1.0, "USD", "a")
+    records = [ModelInput(key, f"t{i}", i, label, indices, values, context)
+               for i, (key, indices, values, label) in enumerate(stream)]
+    table = scorer.new_table()
+    scores = []
+    for start in range(0, len(records), batch_size):
+        scores += scorer.assess_columns(RecordBatch.of(records[start:start + batch_size]), table).probability.tolist()
+    assert close(scores, expected_scores)
+    assert sorted(table.rows) == sorted(expected_models)
+    for key, expected in expected_models.items():
+        row = table.rows[key]
+        assert table.updates[row] == expected.updates
+        assert close(table.weights[row], expected.weights), key
+        assert close(table.bias[row], expected.bias), key
+        for slot, accumulator in enumerate(optimizer.accumulators):
+            assert close(table.accumulators[row, slot], expected.accumulators[accumulator]), (key, accumulator)
