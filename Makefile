@@ -24,7 +24,7 @@ MAVEN = flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version
 	connector_version=$$(sed -n 's:.*<flink.kafka.connector.version>\(.*\)</flink.kafka.connector.version>.*:\1:p' kafka/pom.xml) && \
 	mvn -B -f jvm/pom.xml -Dflink.version=$$flink_version -Dflink.kafka.connector.version=$$connector_version $(MAVEN_FLAGS)
 
-.PHONY: run test lint unit integration java-test java-deps bench realdata jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
+.PHONY: run test lint unit integration java-test java-deps bench realdata river-env jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
@@ -124,6 +124,8 @@ compose-test:
 
 # River needs a newer numpy than PyFlink allows, so it gets its own environment, for the benchmark
 # and `riskstream evaluate`'s River rows only.
+river-env: $(RIVER_INSTALLED)
+
 $(RIVER_INSTALLED): pyproject.toml | $(INSTALLED)
 	$(PYTHON) -m venv $(RIVER_VENV)
 	$(RIVER_VENV)/bin/python -m pip install --quiet --upgrade pip

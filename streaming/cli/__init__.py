@@ -2,7 +2,7 @@
 work with its Kafka topics, and show a model from its snapshot output.
 
 Each command group has its module: data.py (generate), run.py, kafka.py (topics, produce, tail),
-cluster.py (cluster, submit, status, stop), outputs.py (model show, report); common.py holds the
+cluster.py (cluster, submit, status, stop), outputs.py (model show, report), evaluate.py; common.py holds the
 exit codes. Every failure a user can cause ends in one line on stderr and one of those codes.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from streaming.cli.cluster import cluster_command
 from streaming.cli.common import EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE, HelpWithDefaults, UsageError, fail
 from streaming.cli.data import generate_command, label_stream_options
+from streaming.cli.evaluate import add_evaluate_options, evaluate_command
 from streaming.cli.kafka import kafka_command
 from streaming.cli.outputs import model_show, report_command
 from streaming.cli.run import run_command
@@ -147,10 +148,14 @@ def parser() -> argparse.ArgumentParser:
                         help="where to write the report (default: OUTPUT/report; out/report for Kafka output)")
     report.add_argument("--idle-timeout", type=float, default=5.0,
                         help="Kafka output: stop reading a topic after this many seconds without a record")
+    evaluate = command("evaluate", "prequential evaluation of model configurations on a file, beside the base rate "
+                                   "and River (no Flink needed)")
+    profile(evaluate, None)
+    add_evaluate_options(evaluate)
     return parser
 
 
 COMMANDS = {"generate": generate_command, "run": run_command, "topics": kafka_command, "produce": kafka_command,
             "tail": kafka_command, "cluster": cluster_command, "submit": cluster_command,
             "status": cluster_command, "stop": cluster_command, "model": model_show,
-            "report": report_command}
+            "report": report_command, "evaluate": evaluate_command}
