@@ -172,11 +172,12 @@ def river_scores(args: argparse.Namespace, txn_ids: list[str]) -> dict[str, np.n
         return RIVER_MISSING.format(python=python)
     with tempfile.TemporaryDirectory(prefix="riskstream-river-") as folder:
         out = Path(folder) / "river.json"
-        command = [str(python), str(RIVER_SCRIPT), "--config", str(args.config), "--input", str(args.input),
-                   "--features", args.river_features, "--out", str(out)]
+        # In this folder, so that relative paths (of --set too) mean what they mean here.
+        command = [str(python), str(RIVER_SCRIPT), "--config", str(args.config.resolve()),
+                   "--input", str(args.input.resolve()), "--features", args.river_features, "--out", str(out)]
         for override in args.overrides:
             command += ["--set", override]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT)
+        done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise RiverFailed(f"River rows: {RIVER_SCRIPT.name} failed (exit {done.returncode}): {last}")
