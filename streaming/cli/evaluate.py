@@ -143,20 +143,41 @@ def model_settings(config: Path, overrides: list[str], models: list[str]) -> dic
     return loaded
 
 
-def prequential_learner(settings: Settings) -> Callable[[StreamChunk], np.ndarray]:
+def learning_settings(settings: Settings):
+    """The learning the profile's `model.*` settings ask for, as udfs.prequential takes it. Today
+    the settings give plain SGD per key (`learning_rate`, `schedule`, `power_t`, `l2`); the
+    optimizer, initial bias, cold start, blend and drift reaction join here as the settings
+    gain them."""
+    from udfs.model import Sgd
+    from udfs.prequential import LearningSettings
+
+    model = settings.model
+    return LearningSettings(optimizer=Sgd(model.learning_rate, model.schedule, model.power_t, model.l2))
+
+
+def prequential_learner(settings: Settings, compiled: bool | None = None) -> Callable[[StreamChunk], np.ndarray]:
     """The job's model code as one prequential step per chunk of the stream: each record's
-    probability of fraud before its key's model learned from it, the model learning from each
-    labelled record in order. Today the job's compiled per-key scorer (udfs/scoring.py); the one
-    place to switch to another learner."""
+    probability of fraud before its key's model (and the global model) learned from it, learning
+    from each labelled record in order. udfs.prequential's learner, or, for the job's exact path
+    (per key, plain SGD, new keys from zeros: `compiled` None or True), the job's compiled scorer
+    (udfs/scoring.py), which gives the same scores (tests/unit/test_evaluate_cli.py) faster."""
     from streaming.config.from_settings import cleaning_rules, feature_encoder, model_scorer
+    from udfs.model import Sgd
+    from udfs.prequential import LearningSettings, PrequentialLearner
 
-    scorer = model_scorer(settings, feature_encoder(settings, cleaning_rules(settings)))
-    table = scorer.new_table()
-
-    def step(chunk: StreamChunk) -> np.ndarray:
-        return scorer.assess_columns(chunk.batch, table).probability
-
-    return step
+    encoder = feature_encoder(settings, cleaning_rules(settings))
+    learning = learning_settings(settings)
+    exact_path = isinstance(learning.optimizer, Sgd) and learning == LearningSettings(optimizer=learning.optimizer)
+    if compiled is None:
+        compiled = exact_path
+    if compiled:
+        if not exact_path:
+            raise ValueError("the compiled scorer runs only the job's exact path (per key, plain SGD)")
+        scorer = model_scorer(settings, encoder)
+        table = scorer.new_table()
+        return lambda chunk: scorer.assess_columns(chunk.batch, table).probability
+    learner = PrequentialLearner(encoder.names, encoder.standardized, learning)
+    return lambda chunk: np.array([learner.process(record)[0] for record in chunk.batch.records()], np.float64)
 
 
 def prequential_scores(settings: Settings, chunks: list[StreamChunk]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """`riskstream evaluate` (streaming/cli/evaluate.py) run as a user runs it, on a small generated
 stream: the table's rows, the files it writes, the base-rate row against a computation of its
-own, the one line about River's rows when the River environment is absent, and its mistakes."""
+own, the one line about River's rows when the River environment is absent, its mistakes, and its
+two model steps (the job's compiled scorer, udfs.prequential's learner) agreeing on the job's path."""
 
 from __future__ import annotations
 
@@ -99,3 +100,19 @@ def test_a_malformed_model_fails_in_one_line(stream, tmp_path, model, phrase):
     done = riskstream("evaluate", "--config", LOCAL, "--input", str(stream), "--model", model,
                       "--out", str(tmp_path / "eval"), cwd=tmp_path)
     assert_one_line_failure(done, 2, f"--model {model}", phrase)
+
+
+def test_the_compiled_scorer_and_the_prequential_learner_score_the_jobs_path_alike(stream):
+    from streaming.cli.evaluate import prequential_learner
+    from streaming.config import load_settings
+    from streaming.config.from_settings import transaction_reader
+    from streaming.reporting.outputs import file_records
+    from udfs.evaluation import read_stream
+
+    settings = load_settings(LOCAL, ["model.learning_rate=0.05", "model.l2=0.001"])
+    chunks, _ = read_stream(transaction_reader(settings), file_records(stream), chunk=700)
+    compiled, learner = prequential_learner(settings), prequential_learner(settings, compiled=False)
+    for chunk in chunks:
+        fast, plain = compiled(chunk), learner(chunk)
+        assert len(fast) == len(chunk.batch) and 0 < fast.min() and fast.max() < 1
+        assert abs(fast - plain).max() < 1e-12
