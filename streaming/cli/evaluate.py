@@ -144,35 +144,33 @@ def model_settings(config: Path, overrides: list[str], models: list[str]) -> dic
 
 
 def learning_settings(settings: Settings):
-    """The learning the profile's `model.*` settings ask for, as udfs.prequential takes it. Today
-    the settings give plain SGD per key (`learning_rate`, `schedule`, `power_t`, `l2`); the
-    optimizer, initial bias, cold start, blend and drift reaction join here as the settings
-    gain them."""
-    from udfs.model import Sgd
+    """The learning the profile's `model.*` settings ask for, as udfs.prequential takes it: the
+    optimizer (`model.optimizer` and its settings) and `model.initial_bias`; blending, cold start
+    and the drift reaction join here as the settings gain them."""
+    from streaming.config.from_settings import optimizer
     from udfs.prequential import LearningSettings
 
-    model = settings.model
-    return LearningSettings(optimizer=Sgd(model.learning_rate, model.schedule, model.power_t, model.l2))
+    return LearningSettings(optimizer=optimizer(settings), initial_bias=settings.model.initial_bias)
 
 
 def prequential_learner(settings: Settings, compiled: bool | None = None) -> Callable[[StreamChunk], np.ndarray]:
     """The job's model code as one prequential step per chunk of the stream: each record's
     probability of fraud before its key's model (and the global model) learned from it, learning
-    from each labelled record in order. udfs.prequential's learner, or, for the job's exact path
-    (per key, plain SGD, new keys from zeros: `compiled` None or True), the job's compiled scorer
+    from each labelled record in order. udfs.prequential's learner, or, for the job's path (each key
+    its own model, no global model: `compiled` None or True), the job's compiled scorer
     (udfs/scoring.py), which gives the same scores (tests/unit/test_evaluate_cli.py) faster."""
     from streaming.config.from_settings import cleaning_rules, feature_encoder, model_scorer
-    from udfs.model import Sgd
     from udfs.prequential import LearningSettings, PrequentialLearner
 
     encoder = feature_encoder(settings, cleaning_rules(settings))
     learning = learning_settings(settings)
-    exact_path = isinstance(learning.optimizer, Sgd) and learning == LearningSettings(optimizer=learning.optimizer)
+    # The job's path: each key's own model, new keys from zeros and the initial bias, no global model.
+    exact_path = learning == LearningSettings(optimizer=learning.optimizer, initial_bias=learning.initial_bias)
     if compiled is None:
         compiled = exact_path
     if compiled:
         if not exact_path:
-            raise ValueError("the compiled scorer runs only the job's exact path (per key, plain SGD)")
+            raise ValueError("the compiled scorer runs only the job's path (per key, no global model)")
         scorer = model_scorer(settings, encoder)
         table = scorer.new_table()
         return lambda chunk: scorer.assess_columns(chunk.batch, table).probability

@@ -102,14 +102,19 @@ def test_a_malformed_model_fails_in_one_line(stream, tmp_path, model, phrase):
     assert_one_line_failure(done, 2, f"--model {model}", phrase)
 
 
-def test_the_compiled_scorer_and_the_prequential_learner_score_the_jobs_path_alike(stream):
+@pytest.mark.parametrize("overrides", [
+    ["model.learning_rate=0.05", "model.l2=0.001"],
+    ["model.optimizer=adagrad", "model.learning_rate=0.1", "model.initial_bias=-3"],
+    ["model.optimizer=ftrl", "model.ftrl.alpha=0.2", "model.ftrl.l1=0.01", "model.ftrl.l2=0.1"],
+])
+def test_the_compiled_scorer_and_the_prequential_learner_score_the_jobs_path_alike(stream, overrides):
     from streaming.cli.evaluate import prequential_learner
     from streaming.config import load_settings
     from streaming.config.from_settings import transaction_reader
     from streaming.reporting.outputs import file_records
     from udfs.evaluation import read_stream
 
-    settings = load_settings(LOCAL, ["model.learning_rate=0.05", "model.l2=0.001"])
+    settings = load_settings(LOCAL, overrides)
     chunks, _ = read_stream(transaction_reader(settings), file_records(stream), chunk=700)
     compiled, learner = prequential_learner(settings), prequential_learner(settings, compiled=False)
     for chunk in chunks:
