@@ -354,6 +354,16 @@ class ModelTable:
         self.keys.append(model_key)
         return row
 
+    def reset(self, row: int) -> None:
+        """Makes the row's model a new key's, as `add` without state makes it: zero weights, the bias
+        at `initial_bias`, no updates, fresh optimizer accumulators and fresh standardization
+        statistics (udfs/prequential.py's `on_drift: reset` replaces the whole KeyModel too)."""
+        for name in self._ARRAYS:
+            getattr(self, name)[row] = -1 if name == "last_event_time" else 0
+        self.bias[row] = self.initial_bias
+        if self._new_accumulators.size:
+            self.accumulators[row, :, -1] = self._new_accumulators[:, -1]
+
     def _grow(self, capacity: int) -> None:
         used = len(self.keys)
         for name in self._ARRAYS:

@@ -77,6 +77,7 @@ class KafkaSettings(Section):
     labels_topic: str = "labels"
     learning_topic: str = "learning"
     label_dead_letters_topic: str = "label-dead-letters"
+    drift_topic: str = "drift"  # drift events, with model.drift.detector other than none
     partitions: PositiveInt = 3
     replication_factor: PositiveInt = 1
     # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
@@ -106,7 +107,7 @@ class KafkaSettings(Section):
     def topics(self) -> tuple[str, ...]:
         return (self.transactions_topic, self.scores_topic, self.dead_letters_topic, self.snapshots_topic,
                 self.analytics_topic, self.late_topic, self.labels_topic, self.learning_topic,
-                self.label_dead_letters_topic)
+                self.label_dead_letters_topic, self.drift_topic)
 
 
 class LabelSourceSettings(InputSettings):

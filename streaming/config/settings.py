@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from streaming.config.base import PSEUDONYM_KEY_ENV, ConfigError, ModelKeyField, ReadOnlyMapping, Section
+from streaming.config.drift_settings import DriftSection, OnDrift
 from streaming.config.endpoints import KafkaSettings, LabelSourceSettings, OutputSettings, SourceSettings
 
 
@@ -190,6 +191,17 @@ class ModelSettings(Section):
     # A snapshot of a key's model is written after every this many updates, and at end of input.
     snapshot_every: PositiveInt = 1000
     top_reasons: int = Field(default=3, ge=0, le=20)
+    # A drift detector per key on its labelled records' log loss, and what a detection does to the
+    # key's model (streaming/config/drift_settings.py; docs/configuration.md#modeldrift).
+    drift: DriftSection = DriftSection()
+    on_drift: OnDrift = "report"
+
+    @model_validator(mode="after")
+    def _rewarm_needs_the_global_model(self) -> "ModelSettings":
+        if self.on_drift == "rewarm":  # the job has no global model to re-warm from yet
+            raise ValueError("model.on_drift: rewarm needs the global model (model.blend global or sum, "
+                             "or model.cold_start global)")
+        return self
 
     @model_validator(mode="after")
     def _settings_of_the_optimizer(self) -> "ModelSettings":

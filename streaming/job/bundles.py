@@ -16,6 +16,8 @@ LABEL_DEAD_LETTERS = OutputTag("label-dead-letters", Types.PRIMITIVE_ARRAY(Types
 # (udfs.wire.route_line), and the scoring operator's log of the labels it learned from.
 ROUTES = OutputTag("routes", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 LEARNING = OutputTag("learning", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+# model.drift.detector other than none: the scoring operator's drift events (udfs.drift_tracking).
+DRIFT = OutputTag("drift", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 
 def now_ms() -> int:

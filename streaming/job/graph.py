@@ -19,8 +19,9 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from streaming.config import KafkaSettings, Settings
 from streaming.config.flink_options import flink_options
 from streaming.config.from_settings import model_scorer, transaction_reader, windowing
-from streaming.job.bundles import DEAD_LETTERS, LABEL_DEAD_LETTERS, LATE, LEARNING, ROUTES, SNAPSHOTS
+from streaming.job.bundles import DEAD_LETTERS, DRIFT, LABEL_DEAD_LETTERS, LATE, LEARNING, ROUTES, SNAPSHOTS
 from streaming.job.connectors import json_lines_sink, kafka_sink, labels_source, transactions_source
+from streaming.job.drift import shard_drift
 from streaming.job.java_operators import (
     BYTES,
     SHARD_BATCH,
@@ -81,7 +82,8 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
     ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
     shard_batches = model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
     windows_computed = windowing(settings) if analytics.enabled else None
-    scoring = ShardScoring(scorer, keyed_output, windows_computed, learn_inline=labels.mode != "stream")
+    drift = shard_drift(settings, scorer)
+    scoring = ShardScoring(scorer, keyed_output, windows_computed, learn_inline=labels.mode != "stream", drift=drift)
     if labels.streamed:
         label_lines = bundled_labels(
             labels_source(env, labels.source, kafka, settings.event_time.labels, low_latency), bundling,
@@ -105,6 +107,8 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
         windows = window_analytics(scored, windows_computed, keyed_output)
         found += [Output("analytics", kafka.analytics_topic, windows),
                   Output("late", kafka.late_topic, scored.get_side_output(LATE).union(window_analytics_late(windows)))]
+    if drift is not None:
+        found.append(Output("drift", kafka.drift_topic, scored.get_side_output(DRIFT)))
     if labels.streamed:
         found += [Output("learning", kafka.learning_topic, scored.get_side_output(LEARNING)),
                   Output("label-dead-letters", kafka.label_dead_letters_topic,

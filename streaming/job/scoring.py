@@ -11,7 +11,8 @@ from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, Run
 from pyflink.datastream.state import MapStateDescriptor
 
 from streaming.job import pyflink_internals as internals
-from streaming.job.bundles import LABEL_DEAD_LETTERS, LATE, LEARNING, SNAPSHOTS, now_ms
+from streaming.job.bundles import DRIFT, LABEL_DEAD_LETTERS, LATE, LEARNING, SNAPSHOTS, now_ms
+from streaming.job.drift import ShardDrift
 from streaming.job.identity import METRICS_GROUP
 from streaming.job.shard_models import ShardModels
 from udfs.analytics import Windowing, late_records
@@ -58,15 +59,18 @@ class ShardScoring:
     in order (udfs.ordering), score each batch in compiled code (ModelScorer.assess_columns) and
     learn from its inline labels (unless labels.mode is stream), write the changed models through,
     and emit the score lines (after the header window-analytics reads, when analytics are on), late
-    records and snapshots. Not a Flink function itself: the operators own one and call it."""
+    records and snapshots; with drift detection (`drift`), the batch's drift events. Not a Flink
+    function itself: the operators own one and call it."""
 
-    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: Windowing | None, learn_inline: bool):
+    def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: Windowing | None, learn_inline: bool,
+                 drift: ShardDrift | None = None):
         self.scorer = scorer
         self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
         self.analytics = analytics  # None: windowed analytics off
         # False in labels.mode stream: a record's is_fraud is shown in its score, not learned from.
         self.learn_inline = learn_inline
         self.models = ShardModels(scorer)
+        self.drift = drift  # None: model.drift.detector none
         self.sequencer = BundleSequencer()
         self.scored = None
         self.late = None
@@ -86,6 +90,8 @@ class ShardScoring:
         metrics.gauge("recent_log_loss_micro", self.recent_loss.value_micro)
         metrics.gauge("recent_labelled", lambda: self.recent_loss.labelled)
         self.models.open(runtime_context)
+        if self.drift is not None:
+            self.drift.open(runtime_context)
         self.sequencer = BundleSequencer()
 
     def score(self, shard_batch: tuple[int, bytes], ctx, after_scoring: AfterScoring | None = None) -> Iterator:
@@ -97,6 +103,9 @@ class ShardScoring:
         for batch, log_id in batches:
             learned_from = batch if self.learn_inline else batch.without_labels()
             assessed = self.scorer.assess_columns(learned_from, table)
+            drift_events = None
+            if self.drift is not None:  # before the models are written: a reset changes them
+                drift_events = self._track_drift(shard, learned_from, assessed, table)
             self.models.write_through(table, assessed.changed_rows)
             if len(batch):
                 self.scored.inc(len(batch))
@@ -109,8 +118,17 @@ class ShardScoring:
                     yield from self._with_analytics(batch, scores, ctx.timer_service().current_watermark())
             if assessed.snapshots:
                 yield SNAPSHOTS, keyed_lines_bundle(assessed.snapshots, self.keyed_output)
+            if drift_events:
+                yield DRIFT, keyed_lines_bundle(drift_events, self.keyed_output)
             if after_scoring is not None:
                 yield from after_scoring(shard, batch, assessed, log_id, ctx)
+
+    def _track_drift(self, shard: int, batch: RecordBatch, assessed, table) -> list:
+        """The batch's drift events (udfs.drift_tracking); its detectors are written to state."""
+        detectors = self.drift.detectors(shard)
+        events = self.drift.tracker.after_batch(detectors, batch, assessed, table, now_ms())
+        self.drift.write_through(detectors)
+        return events
 
     def _with_analytics(self, batch: RecordBatch, scores: bytes, flink_watermark: int) -> Iterator:
         """The batch's score lines after the header window-analytics reads (which records were late,
@@ -230,7 +248,9 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
         table = models.table(shard)
         logs = self._logs_of(shard)
         watermark = ctx.timer_service().current_watermark()
-        learned, letters, snapshots = [], [], []
+        learned, letters, snapshots, drift_events = [], [], [], []
+        drift = self.scoring.drift
+        detectors = None if drift is None else drift.detectors(shard)
         changed_rows = set()  # written to state once per bundle, not once per label
         now = now_ms()
         for routed in routed_labels:
@@ -253,6 +273,7 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             model_key = log.model_keys[row]
             model_row = table.rows[model_key]
             indices, values = log.entries(row)
+            updates_before = int(table.updates[model_row])
             stepped = table.learn_logged(model_row, indices, values, label.is_fraud, routed.event_time)
             changed_rows.add(model_row)
             updates = int(table.updates[model_row])
@@ -260,7 +281,14 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
                                                    not stepped).decode("utf-8"), model_key))
             if stepped and updates % self.snapshot_every == 0:
                 snapshots.append(self.scoring.scorer.snapshot(table.key_model(model_row), model_key))
+            if detectors is not None:  # the loss of the score the record was given (its log's)
+                event = drift.tracker.after_label(detectors, table, model_row, label.txn_id, int(log.event_times[row]),
+                                                  float(log.scores[row]), label.is_fraud, updates_before, now)
+                if event is not None:
+                    drift_events.append(event)
         models.write_through(table, changed_rows)
+        if detectors is not None:
+            drift.write_through(detectors)
         keyed = self.scoring.keyed_output
         if learned:
             yield LEARNING, keyed_lines_bundle(learned, keyed)
@@ -268,6 +296,8 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             yield LABEL_DEAD_LETTERS, keyed_lines_bundle(letters, keyed)
         if snapshots:
             yield SNAPSHOTS, keyed_lines_bundle(snapshots, keyed)
+        if drift_events:
+            yield DRIFT, keyed_lines_bundle(drift_events, keyed)
 
     def _hold(self, shard: int, log_id: str, routed: RoutedLabel) -> None:
         line = routed_label_line(routed)

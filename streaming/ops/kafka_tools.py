@@ -99,6 +99,7 @@ def isolated_overrides(prefix: str) -> list[str]:
             f"kafka.dead_letters_topic={run}-dead", f"kafka.snapshots_topic={run}-snap",
             f"kafka.analytics_topic={run}-analytics", f"kafka.late_topic={run}-late", f"kafka.labels_topic={run}-labels",
             f"kafka.learning_topic={run}-learning", f"kafka.label_dead_letters_topic={run}-label-dead",
+            f"kafka.drift_topic={run}-drift",
             f"kafka.consumer_group={run}", f"kafka.transactional_id_prefix={run}"]
 
 
