@@ -19,6 +19,7 @@ from streaming.config import load_settings
 from streaming.reporting.outputs import committed_lines
 from tests.reference.textbook import TextbookFtrl
 from udfs.cleaning import Rejected
+from udfs.drift import DriftSettings, PageHinkleyParameters, drift_loss, make_detector
 from udfs.label_generator import LabelStreamSettings, generate_labels
 from udfs.labels import read_label
 
@@ -35,6 +36,11 @@ PROFILE = [
     f"model.learning_rate={LEARNING_RATE}", "model.schedule=constant", "model.l2=0", "model.snapshot_every=100000",
     f"labels.ttl_ms={TTL_MS}", f"labels.remember_ms={30 * MINUTE}", f"labels.unknown_wait_ms={10 * MINUTE}",
 ]
+# Drift detection that reports (the models stay as without it) and fires often on these keys, so
+# that the label stream's path to the detectors is checked by the same runs.
+DRIFT = DriftSettings("page_hinkley", PageHinkleyParameters(min_instances=20, threshold=3.0))
+DRIFT_PROFILE = ["model.drift={detector: page_hinkley, page_hinkley: {min_instances: 20, threshold: 3.0}}",
+                 "model.on_drift=report"]
 KEYS = ("grocery", "travel", "fuel")
 
 
@@ -68,7 +74,7 @@ def run(tmp_path: Path, stream: list[dict], label_lines: list[bytes], mode: str,
     job_run = run_job(settings)
     out = tmp_path / "out"
     return job_run, {name: list(committed_lines(out / name)) for name in
-                     ("scores", "dead-letters", "model-snapshots", "learning", "label-dead-letters")}
+                     ("scores", "dead-letters", "model-snapshots", "learning", "label-dead-letters", "drift")}
 
 
 def expected_outcomes(stream: list[dict], labels: list, mode: str) -> list[str]:
@@ -148,10 +154,11 @@ def test_labels_from_their_own_stream_are_learned_once_each_as_the_inputs_say(tm
         seed=parallelism, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
         contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
     settings, learner = OPTIMIZERS[optimizer]
-    job_run, out = run(tmp_path, stream, label_lines, mode, parallelism, *settings)
+    job_run, out = run(tmp_path, stream, label_lines, mode, parallelism, *settings, *DRIFT_PROFILE)
 
     assert job_run.records_read == len(stream)
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, mode, learner)
+    assert_drift_as_the_learning_order_says(stream, out, mode)
     assert {snapshot["optimizer"] for snapshot in out["model-snapshots"]} == {optimizer}
 
 
@@ -191,6 +198,25 @@ def assert_labels_learned_as_the_inputs_say(stream: list[dict], label_lines: lis
         assert final["model_updates"] == model.updates
         assert list(final["weights"].values()) == pytest.approx(model.weights, rel=1e-9, abs=1e-12)
         assert final["bias"] == pytest.approx(model.bias, rel=1e-9, abs=1e-12)
+
+
+def assert_drift_as_the_learning_order_says(stream: list[dict], out: dict[str, list[dict]], mode: str) -> None:
+    """The drift events equal udfs/drift.py's detectors fed, key by key in the order the models
+    learned (each step raises the key's update count by one), the loss of each learned record's
+    score: inline labels (mode both) at their score, stream labels at their learning line."""
+    scores = {score["txn_id"]: score for score in out["scores"]}
+    steps = [(r["merchant_category"], scores[r["txn_id"]]["model_updates"] + 1, r["txn_id"], r["is_fraud"])
+             for r in stream if mode == "both" and r["is_fraud"] is not None]
+    steps += [(line["model_key"], line["model_updates"], line["txn_id"], line["label"]) for line in out["learning"]]
+    detectors, expected = {}, []
+    for key, updates, txn_id, label in sorted(steps):
+        loss = drift_loss(scores[txn_id]["score"], label)
+        detector = detectors.setdefault(key, make_detector(DRIFT))
+        if detector.update(loss):
+            expected.append((key, updates - 1, txn_id, loss, detector.statistics()))
+    assert len(expected) >= 3
+    got = sorted((e["model_key"], e["model_updates"], e["txn_id"], e["loss"], e["statistics"]) for e in out["drift"])
+    assert got == expected
 
 
 def read_label_or_none(line: bytes):
