@@ -48,7 +48,8 @@ def topic_overrides(prefix: str) -> list[str]:
             f"kafka.dead_letters_topic={prefix}-dead", f"kafka.snapshots_topic={prefix}-snap",
             f"kafka.analytics_topic={prefix}-analytics", f"kafka.late_topic={prefix}-late",
             f"kafka.labels_topic={prefix}-labels", f"kafka.learning_topic={prefix}-learning",
-            f"kafka.label_dead_letters_topic={prefix}-label-dead", f"kafka.consumer_group={prefix}",
+            f"kafka.label_dead_letters_topic={prefix}-label-dead", f"kafka.drift_topic={prefix}-drift",
+            f"kafka.consumer_group={prefix}",
             f"kafka.transactional_id_prefix={prefix}"]
 
 

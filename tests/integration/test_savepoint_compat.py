@@ -6,7 +6,8 @@ SGD, so that every score and final model can be compared with the sequential ref
 whole input (tests/savepoints.py): a model that did not start from the restored state differs. And
 the same c926163 savepoint (model state version 2, plain SGD) resumed with `model.optimizer: adagrad`:
 each restored model continues from its weights with AdaGrad's accumulators at zero (state version
-3's migration, docs/design.md "The model").
+3's migration, docs/design.md "The model"), and with drift detection turned on in report mode,
+whose keyed state (`drift`) the savepoint does not have: its keys start with fresh detectors.
 
 A change to operator uids or state formats must keep these passing, or ship a tested migration.
 """
@@ -177,7 +178,8 @@ def test_the_c926163_sgd_savepoint_resumes_with_adagrad(session_cluster, fixture
     offsets = fixture.source_offsets()
     before = {txn_id for partition, txn_ids in layout.items() for txn_id in txn_ids[:offsets[partition]]}
     after = {json.loads(line)["txn_id"] for line in lines} - before
-    adagrad = [*overrides, "model.optimizer=adagrad"]
+    # Drift detection reports only, so the models are as without it; its state is new to the savepoint.
+    adagrad = [*overrides, "model.optimizer=adagrad", "model.drift={detector: adwin}", "model.on_drift=report"]
     settings = load_settings(fixture.profile, adagrad)
     assert (settings.model.optimizer, settings.model.l2) == ("adagrad", 0)
 
