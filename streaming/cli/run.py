@@ -54,7 +54,8 @@ def run_command(args: argparse.Namespace) -> int:
     # Records read: counted in the input files when the job read them all, else by the job's source.
     finished_files = job_run.ending == "finished" and records_in_files is not None
     records_read = records_in_files if finished_files else job_run.records_read
-    summary = summarize(outputs.folder, records_read, job_run.wall_seconds, settings.labels.streamed, job_run.labels_read)
+    summary = summarize(outputs.folder, records_read, job_run.wall_seconds, settings.labels.streamed, job_run.labels_read,
+                        settings.model.drift.detector != "none")
     print("\n".join(summary.lines()))
     if job_run.savepoint is not None:
         print(f"stopped with savepoint {job_run.savepoint}")

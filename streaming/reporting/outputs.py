@@ -14,8 +14,9 @@ import orjson
 from udfs.metrics import labelled, log_loss, roc_auc
 
 # The folders a file-output job writes under `output.path`, one FileSink each (analytics and
-# late with analytics.enabled only; learning and label-dead-letters with labels.mode stream or both).
-OUTPUTS = ("scores", "dead-letters", "model-snapshots", "analytics", "late", "learning", "label-dead-letters")
+# late with analytics.enabled only; learning and label-dead-letters with labels.mode stream or both;
+# drift with model.drift.detector other than none).
+OUTPUTS = ("scores", "dead-letters", "model-snapshots", "analytics", "late", "learning", "label-dead-letters", "drift")
 
 
 def committed_parts(folder: Path) -> Iterator[Path]:
@@ -86,6 +87,9 @@ class RunSummary:
     labels_read: int | None = None
     labels_applied: int | None = None
     labels_dead_lettered: Counter | None = None
+    # With drift detection on: drift events written, and the model keys they name; None when off.
+    drift_events: int | None = None
+    drift_keys: int | None = None
 
     @property
     def labels_pending(self) -> int | None:
@@ -111,7 +115,8 @@ class RunSummary:
             f"throughput        {rate:,.0f} records/s over {self.wall_seconds:.1f} s (including start-up)",
         ] + ([] if self.windows is None else [
             f"analytics         {self.windows:,} window lines, {self.late:,} late-record lines (see late/)"]
-        ) + ([] if self.labels_applied is None else self._label_lines())
+        ) + ([] if self.labels_applied is None else self._label_lines()) + ([] if self.drift_events is None else [
+            f"drift events      {self.drift_events:>12,}   ({self.drift_keys} model keys; see drift/)"])
 
     def _label_lines(self) -> list[str]:
         outcomes = ", ".join(f"{name} {n}" for name, n in sorted(self.labels_dead_lettered.items())) or "none"
@@ -126,9 +131,10 @@ class RunSummary:
 
 
 def summarize(output: Path, records_read: int, wall_seconds: float, labels_streamed: bool = False,
-              labels_read: int | None = None) -> RunSummary:
+              labels_read: int | None = None, drift_on: bool = False) -> RunSummary:
     """The summary of a finished run from its committed outputs; with `labels_streamed` (labels.mode
-    stream or both) also its labels', `labels_read` being what the label source read (None: not known)."""
+    stream or both) also its labels', `labels_read` being what the label source read (None: not known);
+    with `drift_on` (model.drift.detector not none) its drift events'."""
     pairs = []
     keys = set()
     for score in committed_lines(output / "scores"):
@@ -137,6 +143,7 @@ def summarize(output: Path, records_read: int, wall_seconds: float, labels_strea
     stages = Counter(letter["stage"] for letter in committed_lines(output / "dead-letters"))
     scores, labels = labelled(pairs)
     analytics = (output / "analytics").is_dir()
+    drifted = [event["model_key"] for event in committed_lines(output / "drift")] if drift_on else []
     return RunSummary(
         records_read=records_read,
         scored=len(pairs),
@@ -150,6 +157,8 @@ def summarize(output: Path, records_read: int, wall_seconds: float, labels_strea
         windows=sum(1 for _ in committed_lines(output / "analytics")) if analytics else None,
         late=sum(1 for _ in committed_lines(output / "late")) if analytics else None,
         **(_label_figures(output, labels_read) if labels_streamed else {}),
+        drift_events=len(drifted) if drift_on else None,
+        drift_keys=len(set(drifted)) if drift_on else None,
     )
 
 

@@ -253,3 +253,19 @@ def test_drift_settings_are_off_by_default_and_rewarm_is_refused_in_one_line():
     assert "\n" not in str(refused.value)
     with pytest.raises(ValueError):
         DriftTracker(DriftSettings(), "report", ModelScorer(("x",), (), Sgd(0.1), 1000, 1))
+
+
+def test_a_runs_summary_counts_its_drift_events_and_a_new_run_sets_them_aside(tmp_path):
+    from streaming.reporting.outputs import RunOutputs, summarize
+
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / "part-0").write_text('{"score": 0.2, "label": 0, "model_key": "a"}\n')
+    (tmp_path / "drift").mkdir()
+    (tmp_path / "drift" / "part-0").write_text('{"model_key": "a"}\n{"model_key": "b"}\n{"model_key": "a"}\n')
+    (tmp_path / "drift" / ".part-1.inprogress").write_text('{"model_key": "c"}\n')  # not committed
+    summary = summarize(tmp_path, 1, 1.0, drift_on=True)
+    assert (summary.drift_events, summary.drift_keys) == (3, 2)
+    assert "drift events                 3   (2 model keys; see drift/)" in summary.lines()
+    assert not any(line.startswith("drift") for line in summarize(tmp_path, 1, 1.0).lines())
+    RunOutputs(tmp_path).set_previous_aside()  # a run's start: the last run's drift events go too
+    assert not (tmp_path / "drift").exists() and (tmp_path / ".previous" / "drift" / "part-0").exists()
