@@ -26,6 +26,9 @@ from udfs.records import ModelInput
 COLD_STARTS = ("zeros", "global")
 BLENDS = ("key", "global", "sum")
 DRIFT_REACTIONS = ("report", "reset", "rewarm")
+# What a key's drift detector is fed for each labelled record: the loss of the score it was given,
+# or that loss minus the global model's own loss on the same record (the key's excess over global).
+DRIFT_INPUTS = ("loss", "excess_over_global", "residual")
 MIN_PROBABILITY = 1e-15  # log loss of a probability of exactly 0 or 1 is capped at -log(1e-15) ~ 34.5
 
 
@@ -43,6 +46,12 @@ class LearningSettings:
       zero whatever cold_start says, so a new key scores with the global model);
     on_drift: when the key's detector fires, `report` only, `reset` the key's model to a new one
       (cold start zeros) or `rewarm` it (cold start global);
+    drift_input: what the key's detector is fed per labelled record: `loss` (the loss of the score
+      given) or `excess_over_global` (that loss minus the loss the global model alone gives the
+      record, before either learns from it): a change that hits every key alike, or a loss that
+      falls as a new key learns, cancels out, while a key model gone stale against a global model
+      that has adapted shows as a rise (docs/evaluation.md#drift); or `residual`, the score minus
+      the label (in [-1, 1]: its mean is the key's calibration error, which a change moves either way);
     global_model: the global model's training (`model.global`); used when cold_start is global,
       blend is not key, or on_drift is rewarm.
     """
@@ -52,10 +61,12 @@ class LearningSettings:
     cold_start: str = "zeros"
     blend: str = "key"
     on_drift: str = "report"
+    drift_input: str = "loss"
     global_model: GlobalSettings = field(default_factory=GlobalSettings)
 
     def __post_init__(self):
-        for name, allowed in (("cold_start", COLD_STARTS), ("blend", BLENDS), ("on_drift", DRIFT_REACTIONS)):
+        for name, allowed in (("cold_start", COLD_STARTS), ("blend", BLENDS), ("on_drift", DRIFT_REACTIONS),
+                              ("drift_input", DRIFT_INPUTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name}: must be one of {' | '.join(allowed)}, got {getattr(self, name)!r}")
         if isinstance(self.initial_bias, bool) or not isinstance(self.initial_bias, (int, float)) \
@@ -65,7 +76,8 @@ class LearningSettings:
     @property
     def uses_global(self) -> bool:
         """Whether the global model is trained at all."""
-        return self.cold_start == "global" or self.blend != "key" or self.on_drift == "rewarm"
+        return (self.cold_start == "global" or self.blend != "key" or self.on_drift == "rewarm"
+                or self.drift_input == "excess_over_global")
 
 
 class DriftDetector(Protocol):
@@ -157,10 +169,10 @@ class PrequentialLearner:
         # not by the handful of records a new key has seen; without one, exactly the job's path.
         x = state.key_model.standardizer.transform(record.values) if held is None else held.standardize(record.values)
         key_margin = 0.0
+        global_margin = None if held is None else held.margin(indices, x)
         if settings.blend == "key":
             probability = model.predict_proba(indices, x)
         else:
-            global_margin = held.margin(indices, x)
             if settings.blend == "sum":
                 weights = model.weights
                 key_margin = model.bias + sum([weights[i] * v for i, v in zip(indices, x)])
@@ -174,7 +186,11 @@ class PrequentialLearner:
         if held is not None:
             self._collect(Example(indices, record.values, label, key_margin), record.event_time)
         if label is not None and state.detector is not None:
-            drift = bool(state.detector.update(self.detector_loss(probability, label)))
+            value = self.detector_loss(probability, label) if settings.drift_input != "residual" \
+                else probability - label
+            if settings.drift_input == "excess_over_global":
+                value -= self.detector_loss(sigmoid(global_margin), label)
+            drift = bool(state.detector.update(value))
             if drift:
                 self._react(state, record, held)
         self.records += 1

@@ -205,3 +205,50 @@ def test_learning_settings_refuse_bad_values_in_one_line(changes, message):
 ])
 def test_the_global_model_is_trained_only_when_something_uses_it(changes, uses_global):
     assert LearningSettings(**changes).uses_global is uses_global
+
+
+class Records:
+    """A detector that never fires and keeps every value it is fed."""
+
+    def __init__(self):
+        self.values: list[float] = []
+
+    def update(self, value: float) -> bool:
+        self.values.append(value)
+        return False
+
+
+@pytest.mark.parametrize("drift_input", ["loss", "excess_over_global", "residual"])
+def test_the_detector_is_fed_the_configured_drift_input(stream, layout, drift_input):
+    detectors: list[Records] = []
+
+    def factory() -> Records:
+        detectors.append(Records())
+        return detectors[-1]
+
+    subject = PrequentialLearner(*layout, LearningSettings(
+        optimizer=Sgd(0.05), blend="sum", drift_input=drift_input,
+        global_model=GlobalSettings(cadence_records=50, learning_rate=0.5)), 1, factory, detector_loss=log_loss)
+    expected: dict[str, list[float]] = {}
+    for record in stream[:600]:
+        global_probability = subject.global_model.predict_proba(record.indices, record.values)
+        probability, _ = subject.process(record)
+        if record.label is None:
+            continue
+        label = record.label
+        loss = -math.log(probability if label else 1.0 - probability)
+        value = {"loss": loss, "residual": probability - label,
+                 "excess_over_global": loss + math.log(global_probability if label else 1.0 - global_probability)}
+        expected.setdefault(record.model_key, []).append(value[drift_input])
+    fed = {key: state.detector.values for key, state in subject.keys.items() if state.detector.values}
+    assert fed.keys() == expected.keys()
+    for key, values in expected.items():
+        assert fed[key] == pytest.approx(values, abs=1e-12)
+    if drift_input == "excess_over_global":  # the key parts start at zero: no excess until they learn
+        assert all(values[0] == pytest.approx(0.0, abs=1e-12) for values in fed.values())
+
+
+def test_a_drift_input_against_the_global_model_trains_it():
+    assert LearningSettings(drift_input="excess_over_global").uses_global
+    with pytest.raises(ValueError, match="model.drift_input: must be one of loss"):
+        LearningSettings(drift_input="gain")
