@@ -7,7 +7,8 @@ features (udfs.evaluation.read_stream with the profile's TransactionReader), pre
 record scored, then learned from. The metrics are udfs/evaluation.py's.
 
     .venv/bin/python bench/tune.py learning   # the learning grid (LEARNING_GRID) on the search streams
-    .venv/bin/python bench/tune.py drift      # the detector grid (DRIFT_GRID) on the generated drift streams
+    .venv/bin/python bench/tune.py drift      # the detector grids (DRIFT_GRID; --grid fine: DRIFT_FINE_GRID)
+    .venv/bin/python bench/tune.py signal     # per key, how large the change is (offline two-sample z)
     .venv/bin/python bench/tune.py final      # the chosen settings once: real second halves, 1M per account,
                                               # the 200k generated streams with and without drift
 
@@ -277,16 +278,29 @@ DRIFT_GRID = {
     "ph both t5 m300": detector("page_hinkley", threshold=5.0, min_instances=300),
     "ph both t3 m300": detector("page_hinkley", threshold=3.0, min_instances=300),
     "ph both t2 m300 d.01": detector("page_hinkley", threshold=2.0, delta=0.01, min_instances=300),
+    "ph down t20 m500": detector("page_hinkley", mode="down", threshold=20.0, min_instances=500),
+    "ph down t30 m500": detector("page_hinkley", mode="down", threshold=30.0, min_instances=500),
     "adwin river defaults": detector("adwin"),
     "adwin d0.05 g100": detector("adwin", delta=0.05, grace_period=100),
 }
 DRIFT_INPUTS = ("loss", "excess_over_global", "residual")
+# The second detector grid, on the excess over global only: Page-Hinkley up with a faster fading
+# (alpha) and a longer warm-up, and ADWIN with looser deltas checked more often.
+DRIFT_FINE_GRID = {
+    **{f"ph up t{t:g} m{m} a{a:g}": detector("page_hinkley", mode="up", threshold=t, min_instances=m, alpha=a)
+       for t, m, a in itertools.product((10.0, 15.0, 20.0), (100, 500), (0.999, 0.9999))},
+    **{f"adwin d{d:g} c8 g100": detector("adwin", delta=d, clock=8, grace_period=100) for d in (0.05, 0.2, 0.5)},
+}
 
 
 def drift_command(args) -> None:
     streams = {spec.name: read(spec) for spec in SEARCH_STREAMS[:2]}
-    base_settings = RECOMMENDED
-    for (det_name, det), drift_input in itertools.product(DRIFT_GRID.items(), DRIFT_INPUTS):
+    # `--learning key-cold`: full per-key models started from the global one (blend key, cold start
+    # global) instead of the recommended sum, so that a key's model can go stale against the global.
+    base_settings = RECOMMENDED if args.learning == "recommended" else replace(
+        RECOMMENDED, blend="key", cold_start="global")
+    grid, inputs = (DRIFT_FINE_GRID, ("excess_over_global",)) if args.grid == "fine" else (DRIFT_GRID, DRIFT_INPUTS)
+    for (det_name, det), drift_input in itertools.product(grid.items(), inputs):
         if args.only and not any(o in f"{det_name} {drift_input}" for o in args.only):
             continue
         for on_drift in args.reactions:
@@ -300,6 +314,40 @@ def drift_command(args) -> None:
                   f"{b['caught']:>2}/{b['eligible']:>2} ({b['caught_window']}/{b['eligible_window']}) within 5k, {b['events']:>4} events | after drift "
                   f"{fmt(drifted.metrics['after drift'])} | no-drift 2nd half {fmt(nodrift.metrics['scored'])}",
                   flush=True)
+
+
+def signal_command(args) -> None:
+    """How large the change is per key on the search drift stream, offline: for each key with 100
+    labels in the 5,000 records after the change, its mean capped loss, excess over global and
+    fraud rate in the 5,000 records before and after, with the two-sample z of the difference (the
+    best any detector could do with all of the window at once)."""
+    stream = read(SEARCH_STREAMS[1])
+    learner = PrequentialLearner(stream.names, stream.standardized, RECOMMENDED)
+    windows: dict[str, dict[str, list]] = {}
+    position = 0
+    for chunk in stream.chunks:
+        for record in chunk.batch.records():
+            global_p = learner.global_model.predict_proba(record.indices, record.values)
+            p, _ = learner.process(record)
+            where = stream.positions[position]
+            position += 1
+            if record.label is None or not 15_000 <= where < 25_000:
+                continue
+            loss = drift_loss(p, record.label)
+            side = windows.setdefault(record.model_key, {"before": [], "after": []})
+            side["before" if where < 20_000 else "after"].append(
+                (loss, loss - drift_loss(global_p, record.label), record.label))
+    print(f"{'key':<18}{'labels after':>13}  loss before -> after (z)  excess (z)  fraud rate (z)")
+    for key, side in sorted(windows.items(), key=lambda item: -len(item[1]["after"])):
+        before, after = np.array(side["before"]), np.array(side["after"])
+        if len(after) < 100:
+            continue
+        cells = []
+        for column in range(3):
+            b, a = before[:, column], after[:, column]
+            z = (a.mean() - b.mean()) / math.sqrt(a.var() / len(a) + b.var() / len(b) or 1e-300)
+            cells.append(f"{b.mean():+.3f} -> {a.mean():+.3f} ({z:+.1f})")
+        print(f"{key:<18}{len(after):>13}  " + "  ".join(cells))
 
 
 # The chosen configuration (docs/evaluation.md#the-recommended-configuration), filled in by the study.
@@ -339,11 +387,15 @@ def main(argv=None) -> int:
     p = sub.add_parser("drift")
     p.add_argument("--only", nargs="*", default=[])
     p.add_argument("--reactions", nargs="*", default=["report"])
+    p.add_argument("--grid", choices=("first", "fine"), default="first")
+    p.add_argument("--learning", choices=("recommended", "key-cold"), default="recommended")
+    sub.add_parser("signal")
     p = sub.add_parser("final")
     p.add_argument("--parts", nargs="*", default=["real", "gen"], choices=("real", "gen", "bench"))
     p.add_argument("--limit", type=int, default=None, help="score only the first N records")
     args = parser.parse_args(argv)
-    {"learning": learning_command, "drift": drift_command, "final": final_command}[args.command](args)
+    {"learning": learning_command, "drift": drift_command, "signal": signal_command,
+     "final": final_command}[args.command](args)
     return 0
 
 
