@@ -318,8 +318,8 @@ def drift_command(args) -> None:
 
 def signal_command(args) -> None:
     """How large the change is per key on the search drift stream, offline: for each key with 100
-    labels in the 5,000 records after the change, its mean capped loss, excess over global and
-    fraud rate in the 5,000 records before and after, with the two-sample z of the difference (the
+    labels in the 5,000 records after the change, its mean capped loss, excess over global,
+    fraud rate and the global model's own loss in the 5,000 records before and after, with the two-sample z of the difference (the
     best any detector could do with all of the window at once)."""
     stream = read(SEARCH_STREAMS[1])
     learner = PrequentialLearner(stream.names, stream.standardized, RECOMMENDED)
@@ -337,13 +337,16 @@ def signal_command(args) -> None:
             side = windows.setdefault(record.model_key, {"before": [], "after": []})
             side["before" if where < 20_000 else "after"].append(
                 (loss, loss - drift_loss(global_p, record.label), record.label))
-    print(f"{'key':<18}{'labels after':>13}  loss before -> after (z)  excess (z)  fraud rate (z)")
+    print(f"{'key':<18}{'labels after':>13}  loss before -> after (z)  excess (z)  fraud rate (z)  global loss (z)")
     for key, side in sorted(windows.items(), key=lambda item: -len(item[1]["after"])):
         before, after = np.array(side["before"]), np.array(side["after"])
         if len(after) < 100:
             continue
         cells = []
-        for column in range(3):
+        # the columns: loss, excess, fraud rate, and the global model's own loss (loss - excess)
+        before = np.column_stack([before, before[:, 0] - before[:, 1]])
+        after = np.column_stack([after, after[:, 0] - after[:, 1]])
+        for column in range(4):
             b, a = before[:, column], after[:, column]
             z = (a.mean() - b.mean()) / math.sqrt(a.var() / len(a) + b.var() / len(b) or 1e-300)
             cells.append(f"{b.mean():+.3f} -> {a.mean():+.3f} ({z:+.1f})")
