@@ -93,7 +93,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return fail(f"evaluate: no labelled records to evaluate in {args.input} "
                     f"({summary.records_read:,} read, {sum(summary.dead_letters.values()):,} dead-lettered)",
                     EXIT_FAILED)
-    scores = {name: prequential_scores(settings, chunks) for name, settings in models.items()}
+    learned = {name: prequential_scores(settings, chunks) for name, settings in models.items()}
+    scores = {name: p for name, (p, _) in learned.items()}
+    drift_events = {name: events for name, (_, events) in learned.items()
+                    if models[name].model.drift.detector != "none"}
     try:
         river = river_scores(args, scored.txn_ids)
     except RiverFailed as error:
@@ -112,9 +115,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         write_metrics(args.out / "metrics.csv", results, starts, scored)
         window = args.window or max(100, labelled // 20)
         write_curves(args.out, scores, scored, window, starts)
+        if drift_events:
+            print(write_drift_events(args.out / "drift_events.csv", drift_events, scored))
     except OSError as error:
         raise UsageError(f"evaluate --out: cannot write {args.out}: {error.strerror or error}") from None
-    print(f"metrics.csv, learning_curve.csv and learning_curve.png in {args.out}")
+    print(f"metrics.csv, learning_curve.csv and learning_curve.png{', drift_events.csv' if drift_events else ''} "
+          f"in {args.out}")
     return EXIT_OK
 
 
@@ -145,42 +151,61 @@ def model_settings(config: Path, overrides: list[str], models: list[str]) -> dic
 
 def learning_settings(settings: Settings):
     """The learning the profile's `model.*` settings ask for, as udfs.prequential takes it: the
-    optimizer (`model.optimizer` and its settings) and `model.initial_bias`; blending, cold start
-    and the drift reaction join here as the settings gain them."""
+    optimizer (`model.optimizer` and its settings), `model.initial_bias` and `model.on_drift`;
+    blending and cold start join here as the settings gain them."""
     from streaming.config.from_settings import optimizer
     from udfs.prequential import LearningSettings
 
-    return LearningSettings(optimizer=optimizer(settings), initial_bias=settings.model.initial_bias)
+    model = settings.model
+    return LearningSettings(optimizer=optimizer(settings), initial_bias=model.initial_bias, on_drift=model.on_drift)
 
 
-def prequential_learner(settings: Settings, compiled: bool | None = None) -> Callable[[StreamChunk], np.ndarray]:
-    """The job's model code as one prequential step per chunk of the stream: each record's
-    probability of fraud before its key's model (and the global model) learned from it, learning
-    from each labelled record in order. udfs.prequential's learner, or, for the job's path (each key
-    its own model, no global model: `compiled` None or True), the job's compiled scorer
-    (udfs/scoring.py), which gives the same scores (tests/unit/test_evaluate_cli.py) faster."""
+class Learner(NamedTuple):
+    """One model's prequential step per chunk (each record's probability of fraud before learning
+    from it) and the drift events it has raised so far (udfs.prequential.DriftEvent)."""
+
+    step: Callable[[StreamChunk], np.ndarray]
+    drift_events: list
+
+
+def prequential_learner(settings: Settings, compiled: bool | None = None) -> Learner:
+    """The job's model code, prequential: each record's probability of fraud before its key's
+    model (and the global model) learned from it, learning from each labelled record in order;
+    a drift detector per key when `model.drift` has one. udfs.prequential's learner, or, for the
+    job's path without drift detection (each key its own model, no global model: `compiled` None
+    or True), the job's compiled scorer (udfs/scoring.py), which gives the same scores
+    (tests/unit/test_evaluate_cli.py) faster."""
     from streaming.config.from_settings import cleaning_rules, feature_encoder, model_scorer
+    from udfs.drift import drift_loss, make_detector
     from udfs.prequential import LearningSettings, PrequentialLearner
 
     encoder = feature_encoder(settings, cleaning_rules(settings))
     learning = learning_settings(settings)
+    drift = settings.model.drift
+    detects = drift.detector != "none"
     # The job's path: each key's own model, new keys from zeros and the initial bias, no global model.
-    exact_path = learning == LearningSettings(optimizer=learning.optimizer, initial_bias=learning.initial_bias)
+    exact_path = not detects and learning == LearningSettings(optimizer=learning.optimizer,
+                                                              initial_bias=learning.initial_bias)
     if compiled is None:
         compiled = exact_path
     if compiled:
         if not exact_path:
-            raise ValueError("the compiled scorer runs only the job's path (per key, no global model)")
+            raise ValueError("the compiled scorer runs only the job's path (per key, no global model, no drift)")
         scorer = model_scorer(settings, encoder)
         table = scorer.new_table()
-        return lambda chunk: scorer.assess_columns(chunk.batch, table).probability
-    learner = PrequentialLearner(encoder.names, encoder.standardized, learning)
-    return lambda chunk: np.array([learner.process(record)[0] for record in chunk.batch.records()], np.float64)
+        return Learner(lambda chunk: scorer.assess_columns(chunk.batch, table).probability, [])
+    detector_settings = drift.detector_settings()
+    learner = PrequentialLearner(encoder.names, encoder.standardized, learning,
+                                 detector_factory=(lambda: make_detector(detector_settings)) if detects else None,
+                                 detector_loss=lambda p, y: drift_loss(p, y, drift.loss_cap))
+    return Learner(lambda chunk: np.array([learner.process(record)[0] for record in chunk.batch.records()],
+                                          np.float64), learner.drift_events)
 
 
-def prequential_scores(settings: Settings, chunks: list[StreamChunk]) -> np.ndarray:
-    step = prequential_learner(settings)
-    return np.concatenate([step(chunk) for chunk in chunks])
+def prequential_scores(settings: Settings, chunks: list[StreamChunk]) -> tuple[np.ndarray, list]:
+    """Every record's score, and the drift events (see `Learner`)."""
+    learner = prequential_learner(settings)
+    return np.concatenate([learner.step(chunk) for chunk in chunks]), learner.drift_events
 
 
 def river_scores(args: argparse.Namespace, txn_ids: list[str]) -> dict[str, np.ndarray] | str:
@@ -269,6 +294,24 @@ def write_metrics(path: Path, results, starts: dict[str, int], scored: Scored) -
                 writer.writerow((name, part, start, _labelled_in(scored, start), *(
                     "" if math.isnan(m[key]) else m[key]
                     for key in ("log_loss", "roc_auc", "roc_auc_exact", "pr_auc", "ece"))))
+
+
+def write_drift_events(path: Path, events_by_model: dict[str, list], scored: Scored) -> str:
+    """drift_events.csv: per model with a detector, each drift event (the key, the file position
+    and txn_id of the record that fired, the global version it was scored with); returns one line
+    per model saying how many there were, on how many keys."""
+    lines = []
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(("model", "model_key", "record", "txn_id", "global_version"))
+        for name, events in events_by_model.items():
+            for event in events:
+                writer.writerow((name, event.model_key, int(scored.positions[event.record]), event.txn_id,
+                                 event.global_version))
+            first = f", the first at record {int(scored.positions[events[0].record]):,}" if events else ""
+            keys = len({event.model_key for event in events})
+            lines.append(f"drift events of {name}: {len(events):,} on {keys:,} keys{first}")
+    return "\n".join(lines)
 
 
 def write_curves(folder: Path, scores: dict[str, np.ndarray], scored: Scored, window: int,

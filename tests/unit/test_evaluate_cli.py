@@ -116,8 +116,49 @@ def test_the_compiled_scorer_and_the_prequential_learner_score_the_jobs_path_ali
 
     settings = load_settings(LOCAL, overrides)
     chunks, _ = read_stream(transaction_reader(settings), file_records(stream), chunk=700)
-    compiled, learner = prequential_learner(settings), prequential_learner(settings, compiled=False)
+    compiled, learner = prequential_learner(settings).step, prequential_learner(settings, compiled=False).step
     for chunk in chunks:
         fast, plain = compiled(chunk), learner(chunk)
         assert len(fast) == len(chunk.batch) and 0 < fast.min() and fast.max() < 1
         assert abs(fast - plain).max() < 1e-12
+
+
+def test_drift_events_are_those_of_the_prequential_learner_and_written_as_csv(tmp_path):
+    from streaming.cli.evaluate import prequential_learner
+    from streaming.config import load_settings
+    from streaming.config.from_settings import transaction_reader
+    from streaming.reporting.outputs import file_records
+    from udfs.drift import drift_loss, make_detector
+    from udfs.evaluation import read_stream
+    from udfs.model import Sgd
+    from udfs.prequential import LearningSettings, PrequentialLearner
+
+    drifting = tmp_path / "drift.jsonl"
+    drifting.write_bytes(b"".join(line + b"\n" for line in generate(
+        GeneratorSettings(records=6_000, seed=5, accounts=300, drift_at=0.5))))
+    drift = ["model.drift.detector=page_hinkley", "model.drift.page_hinkley.threshold=5", "model.drift.loss_cap=4"]
+    settings = load_settings(LOCAL, ["model.learning_rate=0.05", "model.on_drift=reset", *drift])
+    reader = transaction_reader(settings)
+    chunks, _ = read_stream(reader, file_records(drifting))
+    learner = prequential_learner(settings)
+    scores = [p for chunk in chunks for p in learner.step(chunk).tolist()]
+    detector = settings.model.drift.detector_settings()
+    direct = PrequentialLearner(reader.encoder.names, reader.encoder.standardized,
+                                LearningSettings(optimizer=Sgd(0.05), on_drift="reset"),
+                                detector_factory=lambda: make_detector(detector),
+                                detector_loss=lambda p, y: drift_loss(p, y, 4.0))
+    assert scores == [direct.process(record)[0] for chunk in chunks for record in chunk.batch.records()]
+    assert learner.drift_events == direct.drift_events and len(direct.drift_events) > 0
+
+    done = riskstream("evaluate", "--config", LOCAL, "--input", str(drifting), "--set", "model.learning_rate=0.05",
+                      "--model", "plain=on_drift=report", "--model", "detect=" + ",".join(
+                          item.removeprefix("model.") for item in ["model.on_drift=reset", *drift]),
+                      "--out", str(tmp_path / "eval"), "--river-python", str(tmp_path / "none"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    keys = len({event.model_key for event in direct.drift_events})
+    assert f"drift events of detect: {len(direct.drift_events):,} on {keys:,} keys" in done.stdout
+    assert "drift events of plain" not in done.stdout
+    with (tmp_path / "eval" / "drift_events.csv").open() as events:
+        rows = list(csv.DictReader(events))
+    assert [(row["model_key"], row["txn_id"]) for row in rows] == [
+        (event.model_key, event.txn_id) for event in direct.drift_events]
