@@ -25,7 +25,7 @@ MAVEN = flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version
 	connector_version=$$(sed -n 's:.*<flink.kafka.connector.version>\(.*\)</flink.kafka.connector.version>.*:\1:p' kafka/pom.xml) && \
 	mvn -B -f jvm/pom.xml -Dflink.version=$$flink_version -Dflink.kafka.connector.version=$$connector_version $(MAVEN_FLAGS)
 
-.PHONY: run test lint unit integration java-test java-deps bench realdata river-env evaluate-realdata jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
+.PHONY: run test lint unit integration drill-global java-test java-deps bench realdata river-env evaluate-realdata jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
@@ -53,6 +53,11 @@ unit: $(INSTALLED)
 
 integration: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
 	set -e; $(WITH_SERVICES); $(PYTEST) tests/integration
+
+# The global model's failover drill on the session cluster (tests/drills; about 2.5 minutes, so
+# not part of `make test`).
+drill-global: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
+	set -e; $(WITH_SERVICES); $(PYTEST) tests/drills
 
 # The Java pieces' unit tests (jvm/src/test), JUnit 5 on Flink's operator test harness, run by
 # Maven's surefire against the installed PyFlink's Flink version; every test is listed.

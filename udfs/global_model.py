@@ -416,6 +416,11 @@ class Aggregator:
             return self._publish(now_ms)
         return None
 
+    def flush(self, now_ms: int) -> GlobalModel:
+        """Publishes what is pending now, whatever the cadence (a bounded run's last version, a
+        heartbeat when nothing is pending) and returns that version."""
+        return self._publish(now_ms)
+
     def to_bytes(self) -> bytes:
         """The aggregator's state (current version, pending partials, counters) as JSON, for Flink
         state: restored with `from_bytes`, it publishes exactly what it would have."""

@@ -78,6 +78,9 @@ class KafkaSettings(Section):
     learning_topic: str = "learning"
     label_dead_letters_topic: str = "label-dead-letters"
     drift_topic: str = "drift"  # drift events, with model.drift.detector other than none
+    # The global model's versions (model.cold_start global or model.blend not key): written by the
+    # job's aggregator and read back by every scoring instance; one partition (one order).
+    model_versions_topic: str = "model-versions"
     partitions: PositiveInt = 3
     replication_factor: PositiveInt = 1
     # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
@@ -107,7 +110,7 @@ class KafkaSettings(Section):
     def topics(self) -> tuple[str, ...]:
         return (self.transactions_topic, self.scores_topic, self.dead_letters_topic, self.snapshots_topic,
                 self.analytics_topic, self.late_topic, self.labels_topic, self.learning_topic,
-                self.label_dead_letters_topic, self.drift_topic)
+                self.label_dead_letters_topic, self.drift_topic, self.model_versions_topic)
 
 
 class LabelSourceSettings(InputSettings):

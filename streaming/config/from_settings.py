@@ -7,6 +7,8 @@ from streaming.config import Settings
 from udfs.analytics import Windowing, WindowSpec
 from udfs.cleaning import CleaningRules, MissingPolicy
 from udfs.features import FeatureEncoder
+from udfs.global_model import Aggregator, GlobalModel
+from udfs.global_scoring import GlobalPart, Rounds, share_of
 from udfs.model import AdaGrad, Ftrl, Optimizer, Sgd
 from udfs.reading import TransactionReader
 from udfs.scoring import ModelScorer
@@ -62,3 +64,19 @@ def windowing(settings: Settings) -> Windowing:
     """The windows the job computes when analytics is enabled."""
     analytics = settings.analytics
     return Windowing(tuple(window_specs(settings)), tuple(analytics.group_by), analytics.allowed_lateness_ms)
+
+
+def global_part(settings: Settings, scorer: ModelScorer) -> GlobalPart:
+    """The scoring operator's part of the global model (udfs/global_scoring.py)."""
+    shards = settings.performance.shards
+    training = settings.model.global_.global_settings()
+    return GlobalPart(scorer.feature_names, scorer.standardized, settings.model.initial_bias, training.max_staleness,
+                      share_of(training.cadence_records, shards), training.cadence_ms)
+
+
+def global_rounds(settings: Settings, scorer: ModelScorer) -> Rounds:
+    """The aggregator's logic: one instance per shard, the global model trained as model.global says."""
+    training = settings.model.global_.global_settings()
+    model = GlobalModel.initial(scorer.feature_names, scorer.standardized, settings.model.initial_bias)
+    return Rounds(Aggregator(model, training.optimizer_for(scorer.optimizer), settings.performance.shards,
+                             training.max_staleness, training.cadence_records, training.cadence_ms))

@@ -172,14 +172,16 @@ def _settings_at(location: tuple[Any, ...]) -> list[str]:
     for part in parts:
         if isinstance(part, int):
             continue
-        annotation = section.model_fields[part].annotation
+        # By the name a profile uses (model.global is the field global_, whose alias is "global").
+        fields = {info.alias or name: info for name, info in section.model_fields.items()}
+        annotation = fields[part].annotation
         if get_origin(annotation) is Mapping:
             next(parts, None)  # the key
         candidates = (annotation, *getattr(annotation, "__args__", ()))
         section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if section is None:
             return []
-    return list(section.model_fields)
+    return [info.alias or name for name, info in section.model_fields.items()]
 
 
 def _absolute_paths(settings: Settings, folder: Path) -> Settings:

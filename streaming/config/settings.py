@@ -23,6 +23,7 @@ from pydantic import (
 from streaming.config.base import PSEUDONYM_KEY_ENV, ConfigError, ModelKeyField, ReadOnlyMapping, Section
 from streaming.config.drift_settings import DriftSection, OnDrift
 from streaming.config.endpoints import KafkaSettings, LabelSourceSettings, OutputSettings, SourceSettings
+from streaming.config.global_settings import Blend, ColdStart, GlobalModelSection
 
 
 class MissingValue(Section):
@@ -195,6 +196,16 @@ class ModelSettings(Section):
     # key's model (streaming/config/drift_settings.py; docs/configuration.md#modeldrift).
     drift: DriftSection = DriftSection()
     on_drift: OnDrift = "report"
+
+    # The data-parallel global model (streaming/config/global_settings.py, docs/design.md#global-model).
+    cold_start: ColdStart = "zeros"
+    blend: Blend = "key"
+    global_: GlobalModelSection = Field(default_factory=GlobalModelSection, alias="global")
+
+    @property
+    def uses_global(self) -> bool:
+        """Whether the job trains the global model (and reads its versions back from Kafka)."""
+        return self.cold_start == "global" or self.blend != "key"
 
     @model_validator(mode="after")
     def _rewarm_needs_the_global_model(self) -> "ModelSettings":

@@ -91,6 +91,31 @@ def kafka_source(kafka: KafkaSettings, topic: str, low_latency: bool) -> Source:
     return internals.source_of(builder.build())
 
 
+def model_versions_source(kafka: KafkaSettings) -> Source:
+    """The global model's versions (kafka.model_versions_topic), read committed, each value as bytes;
+    the source ends after a version marked final (UntilFinalVersionSource.java), so a bounded run
+    ends. From the topic's end when the job starts (a restore resumes from its checkpoint's
+    offsets), not the profile's offsets: a run reads only the versions its own aggregator published
+    after it started, never an earlier run's (whose numbers would clash with its own)."""
+    jvm = internals.jvm()
+    builder = (
+        jvm.org.apache.flink.connector.kafka.source.KafkaSource.builder()
+        .setTopics(internals.java_strings([kafka.model_versions_topic]))
+        .setGroupId(f"{kafka.consumer_group}-model-versions")
+        .setStartingOffsets(internals.java_offsets(KafkaOffsetsInitializer.latest()))
+        .setDeserializer(jvm.riskstream.flink.kafka.UntilFinalVersionSource.values())
+    )
+    properties = {**kafka.client_properties(), "isolation.level": "read_committed",
+                  "max.partition.fetch.bytes": str(kafka.max_message_bytes),
+                  # A version is waited for by every shard: fetch it as soon as it is committed.
+                  "fetch.max.wait.ms": "20",
+                  # A topic created after the job started is found within 2 s, not Kafka's 5 minutes.
+                  "partition.discovery.interval.ms": "2000"}
+    for name, value in properties.items():
+        builder.setProperty(name, value)
+    return internals.source_of(jvm.riskstream.flink.kafka.UntilFinalVersionSource(builder.build()))
+
+
 def kafka_sink(kafka: KafkaSettings, topic: str, name: str) -> Sink:
     """Lines `<key>\t<value>` to `topic` (see KeyedLineBytesSerializer.java), exactly once or at
     least once (kafka.delivery); `name` makes the output's transactional id prefix its own."""

@@ -18,10 +18,18 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from streaming.config import KafkaSettings, Settings
 from streaming.config.flink_options import flink_options
-from streaming.config.from_settings import model_scorer, transaction_reader, windowing
+from streaming.config.from_settings import global_part, global_rounds, model_scorer, transaction_reader, windowing
+from streaming.config.global_settings import check_global_model
 from streaming.job.bundles import DEAD_LETTERS, DRIFT, LABEL_DEAD_LETTERS, LATE, LEARNING, ROUTES, SNAPSHOTS
 from streaming.job.connectors import json_lines_sink, kafka_sink, labels_source, transactions_source
 from streaming.job.drift import shard_drift
+from streaming.job.global_versions import (
+    ScoreShardWithLabelStreamAndVersions,
+    ScoreShardWithVersions,
+    aggregated,
+    by_shard,
+    versions_by_shard,
+)
 from streaming.job.java_operators import (
     BYTES,
     SHARD_BATCH,
@@ -45,6 +53,8 @@ class Output(NamedTuple):
     name: str
     topic: str
     bundles: DataStream
+    # The sink's parallelism when it must not be the job's: the global model's versions keep one order.
+    parallelism: int | None = None
 
 
 def flink_configuration(settings: Settings) -> Configuration:
@@ -63,6 +73,7 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
 
 def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]:
     """The job's graph up to its sinks: one Output per output the settings turn on."""
+    check_global_model(settings)
     reader = transaction_reader(settings)
     scorer = model_scorer(settings, reader.encoder)
     keyed_output = settings.output.kind == "kafka"
@@ -92,9 +103,19 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
         routed, unroutable = routed_labels(
             split_lines(model_inputs.get_side_output(ROUTES), "split-routes"), split_lines(label_lines, "split-labels"),
             labels, performance.shards, bundling, settings.event_time.labels)
-        scored = shard_batches.connect(routed.key_by(lambda shard_labels: shard_labels[0], key_type=Types.INT())).process(
-            ScoreShardWithLabelStream(scoring, LabelRules(labels.ttl_ms, labels.unknown_wait_ms),
-                                      scorer.snapshot_every), output_type=BYTES)
+        rules = LabelRules(labels.ttl_ms, labels.unknown_wait_ms)
+        if settings.model.uses_global:  # the versions share the second input (global_versions.py)
+            scored = shard_batches.connect(by_shard(routed.union(versions_by_shard(env, kafka, performance.shards)))
+                                           ).process(ScoreShardWithLabelStreamAndVersions(
+                                               scoring, rules, scorer.snapshot_every,
+                                               global_part(settings, scorer), learn_inline=labels.mode != "stream"),
+                                               output_type=BYTES)
+        else:
+            scored = shard_batches.connect(by_shard(routed)).process(
+                ScoreShardWithLabelStream(scoring, rules, scorer.snapshot_every), output_type=BYTES)
+    elif settings.model.uses_global:
+        scored = shard_batches.connect(by_shard(versions_by_shard(env, kafka, performance.shards))).process(
+            ScoreShardWithVersions(scoring, global_part(settings, scorer), learn_inline=True), output_type=BYTES)
     else:
         scored = shard_batches.process(ScoreShard(scoring), output_type=BYTES)
     # Its own slots, so in process mode scoring gets Python workers apart from preparing.
@@ -109,6 +130,9 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
                   Output("late", kafka.late_topic, scored.get_side_output(LATE).union(window_analytics_late(windows)))]
     if drift is not None:
         found.append(Output("drift", kafka.drift_topic, scored.get_side_output(DRIFT)))
+    if settings.model.uses_global:
+        found.append(Output("model-versions", kafka.model_versions_topic,
+                            aggregated(scored, global_rounds(settings, scorer)), parallelism=1))
     if labels.streamed:
         found += [Output("learning", kafka.learning_topic, scored.get_side_output(LEARNING)),
                   Output("label-dead-letters", kafka.label_dead_letters_topic,
@@ -122,7 +146,11 @@ def add_sink(output: Output, keyed_output: bool, folder: Path, kafka: KafkaSetti
     of JSON lines under `folder/<name>`; the sink's uid is `<name>-sink`."""
     name = output.name
     if keyed_output:
-        split_lines(output.bundles, f"split-{name}").sink_to(kafka_sink(kafka, output.topic, name)).name(
-            f"{name}-sink").uid(f"{name}-sink")
+        lines = split_lines(output.bundles, f"split-{name}")
+        if output.parallelism is not None:
+            lines = lines.set_parallelism(output.parallelism)
+        sink = lines.sink_to(kafka_sink(kafka, output.topic, name)).name(f"{name}-sink").uid(f"{name}-sink")
     else:
-        output.bundles.sink_to(json_lines_sink(folder, name)).name(f"{name}-sink").uid(f"{name}-sink")
+        sink = output.bundles.sink_to(json_lines_sink(folder, name)).name(f"{name}-sink").uid(f"{name}-sink")
+    if output.parallelism is not None:
+        sink.set_parallelism(output.parallelism)

@@ -75,6 +75,9 @@ class ShardScoring:
         self.scored = None
         self.late = None
         self.recent_loss: RecentLogLoss | None = None
+        # Set by the global model's operator: (shard, batch, assessed) -> (assessed with the blended
+        # scores, the score lines' extra JSON fields, e.g. b',"global_version":3').
+        self.blend: Callable[..., tuple] | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         internals.let_numba_import_in_python_workers()
@@ -107,11 +110,16 @@ class ShardScoring:
             if self.drift is not None:  # before the models are written: a reset changes them
                 drift_events = self._track_drift(shard, learned_from, assessed, table)
             self.models.write_through(table, assessed.changed_rows)
+            fields = b""
+            if self.blend is not None:  # the global model's part (streaming/job/global_versions.py)
+                assessed, fields = self.blend(shard, batch, assessed)
             if len(batch):
                 self.scored.inc(len(batch))
                 self.recent_loss.add(assessed.probability, batch.labels)
-                scores = output_bundle(self.scorer.score_lines(batch, assessed, now_ms()),
-                                       batch.model_keys if self.keyed_output else None)
+                lines = self.scorer.score_lines(batch, assessed, now_ms())
+                if fields:  # more fields, spliced in before each line's closing brace
+                    lines = [line[:-1] + fields + b"}" for line in lines]
+                scores = output_bundle(lines, batch.model_keys if self.keyed_output else None)
                 if self.analytics is None:
                     yield scores
                 else:
@@ -275,6 +283,7 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             indices, values = log.entries(row)
             updates_before = int(table.updates[model_row])
             stepped = table.learn_logged(model_row, indices, values, label.is_fraud, routed.event_time)
+            self._learned(shard, log, log_id, row, label.is_fraud)
             changed_rows.add(model_row)
             updates = int(table.updates[model_row])
             learned.append(KeyedLine(learning_line(label.txn_id, model_key, label, routed.event_time, updates,
@@ -298,6 +307,10 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             yield SNAPSHOTS, keyed_lines_bundle(snapshots, keyed)
         if drift_events:
             yield DRIFT, keyed_lines_bundle(drift_events, keyed)
+
+    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int) -> None:
+        """Called for each applied label, after the key's model learned from it (a hook: the
+        global model learns from it too, streaming/job/global_versions.py)."""
 
     def _hold(self, shard: int, log_id: str, routed: RoutedLabel) -> None:
         line = routed_label_line(routed)

@@ -214,7 +214,8 @@ def submit(local: local_cluster.LocalCluster, overrides: list[str], from_path: s
 
 def run_with_kills(local: local_cluster.LocalCluster, overrides: list[str], min_attempt_records: int,
                    taskmanager_overrides: dict[str, str] | None = None, timeout_s: float = 600,
-                   kills_per_point: int = 3, input_records: int | None = None) -> DrillRun:
+                   kills_per_point: int = 3, input_records: int | None = None,
+                   points: tuple[str, ...] = KILL_POINTS) -> DrillRun:
     """Submits the job and, for each kill point (KILL_POINTS) in turn, SIGKILLs the TaskManager
     process tree once the current attempt has emitted `min_attempt_records` and the point is
     reached, starts a new TaskManager and waits for the job to restore a checkpoint. A kill counts
@@ -225,16 +226,17 @@ def run_with_kills(local: local_cluster.LocalCluster, overrides: list[str], min_
     when the job finished its bounded input; `kills` holds every kill, confirmed or not.
 
     With `input_records` (the records in the transactions topic), it first checks that they last
-    every possible kill (see STARTUP_RECORDS), and fails at once if not."""
+    every possible kill (see STARTUP_RECORDS), and fails at once if not. `points`: the kill points
+    to try, in order (KILL_POINTS' names)."""
     if input_records is not None:
         settings = load_settings(CLUSTER_PROFILE, overrides)
-        kills = kills_per_point * len(KILL_POINTS)
+        kills = kills_per_point * len(points)
         check_pacing(settings, input_records, kills_need_records(settings, min_attempt_records, kills),
-                     f"{kills} kills (up to {kills_per_point} tries at each of {len(KILL_POINTS)} points)")
+                     f"{kills} kills (up to {kills_per_point} tries at each of {len(points)} points)")
     started = time.monotonic()
     run = DrillRun(job_id=submit(local, [*overrides, PAUSE_BETWEEN_CHECKPOINTS]))
     watch = Watch(local, run)
-    for point in KILL_POINTS:
+    for point in points:
         tries: list[Kill] = []
         while len(tries) < kills_per_point and not any(kill.confirmed for kill in tries):
             tries.append(_kill_and_restore(local, watch, point, min_attempt_records, taskmanager_overrides,

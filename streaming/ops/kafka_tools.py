@@ -78,7 +78,8 @@ def create_topics(settings: Settings) -> list[str]:
 
     kafka = settings.kafka
     admin = AdminClient(client_config(settings))
-    wanted = [NewTopic(name, kafka.partitions, kafka.replication_factor,
+    # The global model's versions keep one order: one partition, whatever kafka.partitions says.
+    wanted = [NewTopic(name, 1 if name == kafka.model_versions_topic else kafka.partitions, kafka.replication_factor,
                        config={"max.message.bytes": str(kafka.max_message_bytes)}) for name in kafka.topics()]
     created = []
     for name, future in admin.create_topics(wanted, request_timeout=30).items():
@@ -100,6 +101,7 @@ def isolated_overrides(prefix: str) -> list[str]:
             f"kafka.analytics_topic={run}-analytics", f"kafka.late_topic={run}-late", f"kafka.labels_topic={run}-labels",
             f"kafka.learning_topic={run}-learning", f"kafka.label_dead_letters_topic={run}-label-dead",
             f"kafka.drift_topic={run}-drift",
+            f"kafka.model_versions_topic={run}-versions",
             f"kafka.consumer_group={run}", f"kafka.transactional_id_prefix={run}"]
 
 

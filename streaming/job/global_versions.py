@@ -1,0 +1,316 @@
+"""The data-parallel global model in the job (docs/design.md#global-model): the scoring operator
+with the global model's versions as its second input, the aggregator, and the route between them.
+
+    score-and-learn (keyed by shard) --partials (side output)--> aggregate-global-model (one subtask)
+        ^  scores carry global_version                              | versions, exactly once
+        +-- fan-out-versions <-- model-versions-source <-- kafka.model_versions_topic
+
+Every decision is udfs/global_scoring.py's (the shards' protocol, the rounds, the final version);
+this module keeps its state in Flink keyed state and routes what it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import orjson
+from pyflink.common import Types, WatermarkStrategy
+from pyflink.datastream import (
+    DataStream,
+    KeyedCoProcessFunction,
+    KeyedProcessFunction,
+    OutputTag,
+    RuntimeContext,
+    StreamExecutionEnvironment,
+    TimeDomain,
+)
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+
+from streaming.config import KafkaSettings
+from streaming.job.bundles import now_ms
+from streaming.job.connectors import model_versions_source
+from streaming.job.identity import METRICS_GROUP
+from streaming.job.java_operators import BYTES, SHARD_BATCH, java_operator
+from streaming.job.scoring import ScoreShardWithLabelStream, ShardScoring
+from udfs.feature_log import FeatureLog, expiry_of
+from udfs.global_scoring import VERSION_KEY, GlobalPart, Rounds, ShardGlobal, is_final, segment_bytes
+from udfs.scoring import AssessedBatch
+from udfs.wire import END_OF_INPUT, RecordBatch
+
+# The scoring operator's partials for the aggregator (udfs.global_scoring.partial_bytes).
+PARTIALS = OutputTag("global-partials", BYTES)
+# The aggregator operator's only key: it runs as one subtask.
+ONE_KEY = 0
+
+
+def versions_by_shard(env: StreamExecutionEnvironment, kafka: KafkaSettings, shards: int) -> DataStream:
+    """The global model's versions as (shard, message), one copy per shard (VersionFanOut.java),
+    for the scoring operator's second input (keyed by shard there: `by_shard`). One reader: the
+    topic has one partition."""
+    versions = env.from_source(model_versions_source(kafka), WatermarkStrategy.no_watermarks(),
+                               "model-versions-source").uid("model-versions-source").set_parallelism(1)
+    # Every fan-out subtask gets every version and emits its own shards' copies (VersionFanOut.java).
+    return java_operator(versions.broadcast(), "fan-out-versions", lambda j, jvm: j.transform(
+        "fan-out-versions", SHARD_BATCH.get_java_type_info(), jvm.riskstream.flink.VersionFanOut(shards)))
+
+
+def by_shard(stream: DataStream) -> DataStream:
+    """(shard, bytes) pairs keyed by their shard."""
+    return stream.key_by(lambda shard_bytes: shard_bytes[0], key_type=Types.INT())
+
+
+def aggregated(scored: DataStream, rounds: Rounds) -> DataStream:
+    """The version lines (`global\\t<message>`, for the Kafka sink) the aggregator publishes from the
+    scoring operator's partials."""
+    return scored.get_side_output(PARTIALS).key_by(lambda partial: ONE_KEY, key_type=Types.INT()).process(
+        AggregateGlobal(rounds), output_type=BYTES).name("aggregate-global-model").uid(
+        "aggregate-global-model").set_parallelism(1).set_max_parallelism(1)
+
+
+class GlobalShards:
+    """What both scoring operators with the global model do with it (not a Flink function: they
+    own one). Each shard keeps its udfs.global_scoring.ShardGlobal in keyed value state: the
+    version it holds (`global-version`, so that a restore resumes with it and never mixes it with
+    another) and the records its next partial covers with where it is in the protocol
+    (`global-shard`). Partials go to PARTIALS. Call the methods that take a shard while it is the
+    operator's current key."""
+
+    def __init__(self, part: GlobalPart, learn_inline: bool):
+        self.part = part
+        self.learn_inline = learn_inline
+        self.state = None
+        self.version_state = None
+        self.shards: dict[int, ShardGlobal] = {}
+        self.applied = None
+        self.sent = None
+
+    def open(self, runtime_context: RuntimeContext, scoring: ShardScoring) -> None:
+        scoring.blend = self.blend
+        # Pickled bytes, as the models (see ShardModels.open). The held version apart, as it
+        # changes once per version, the rest with every batch.
+        self.state = runtime_context.get_state(ValueStateDescriptor("global-shard", Types.PICKLED_BYTE_ARRAY()))
+        self.version_state = runtime_context.get_state(ValueStateDescriptor("global-version",
+                                                                            Types.PICKLED_BYTE_ARRAY()))
+        # The pending records by segment (ShardGlobal.segments): a batch writes its own only.
+        self.segments = runtime_context.get_map_state(MapStateDescriptor("global-pending", Types.INT(),
+                                                                         Types.PICKLED_BYTE_ARRAY()))
+        self.shards = {}
+        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.applied = metrics.counter("global_versions_applied")
+        self.sent = metrics.counter("global_partials_sent")
+
+    def blend(self, shard: int, batch: RecordBatch, assessed: AssessedBatch) -> tuple[AssessedBatch, bytes]:
+        """ShardScoring.blend: the batch scored by the shard's version (model.blend global)."""
+        held = self.of(shard).held
+        return self.part.scored(held, batch, assessed), b',"global_version":%d' % held.version
+
+    def scored(self, shard: int, batch: RecordBatch) -> Iterator:
+        """Keeps a scored batch's records for the shard's partials; sends those due."""
+        held = self.of(shard)
+        self.part.add(held, batch, self.learn_inline)
+        self.kept(held, len(batch))
+        yield from self.send(shard, held)
+
+    def kept(self, held: ShardGlobal, records: int) -> None:
+        """Writes the last `records` pending records of the shard as a new segment."""
+        if records:
+            pending = held.pending
+            self.segments.put(held.added(records), segment_bytes(pending.split(len(pending) - records)[1]))
+
+    def version(self, shard: int, message: bytes, ctx) -> Iterator:
+        """A version message on the shard's way: applied when newer; sends the partials due."""
+        held = self.of(shard)
+        if self.part.offer(held, message):
+            self.applied.inc()
+            self.version_state.update(message)
+        if self.part.cadence_ms is not None and self.part.max_staleness == 0 and not is_final(message):
+            # The latest time this shard sends against the version it holds now (GlobalPart.overdue).
+            ctx.timer_service().register_processing_time_timer(now_ms() + self.part.cadence_ms)
+        if not held.ended and ctx.timer_service().current_watermark() == END_OF_INPUT:
+            # A shard that first hears of the global model after its input ended (it never had a
+            # record): its end-of-input timer, set just now, would never fire.
+            held.ended = True
+        if is_final(message):
+            held.last_sent = True  # nothing more to send
+        yield from self.send(shard, held)
+
+    def overdue(self, shard: int) -> Iterator:
+        held = self.of(shard)
+        yield from self.emit(held, self.part.overdue(held, shard))
+
+    def ended(self, shard: int) -> Iterator:
+        held = self.of(shard)
+        held.ended = True
+        yield from self.send(shard, held)
+
+    def send(self, shard: int, held: ShardGlobal) -> Iterator:
+        yield from self.emit(held, self.part.partials(held, shard))
+
+    def emit(self, held: ShardGlobal, partials: list[bytes]) -> Iterator:
+        for partial in partials:
+            self.sent.inc()
+            yield PARTIALS, partial
+        gone, rest = held.settle()
+        for number in gone:
+            self.segments.remove(number)
+        if rest is not None:
+            self.segments.put(rest[0], segment_bytes(rest[1]))
+        self.state.update(held.to_bytes())
+
+    def of(self, shard: int) -> ShardGlobal:
+        """The shard's global-model state, read from keyed state the first time this worker needs it."""
+        held = self.shards.get(shard)
+        if held is None:
+            data, message = self.state.value(), self.version_state.value()
+            held = self.part.new_shard()
+            if data is not None:
+                numbers = [number for number, _ in orjson.loads(data)["segments"]]
+                held = ShardGlobal.from_bytes(data, held.held_message if message is None else message,
+                                              [self.segments.get(number) for number in numbers],
+                                              self.part.feature_names)
+            self.shards[shard] = held
+        return held
+
+
+class ScoreShardWithVersions(KeyedCoProcessFunction):
+    """ScoreShard (input 1: shard batches) scoring with the global model too (model.blend global),
+    its versions on input 2 ((shard, version message), every shard a copy): GlobalShards."""
+
+    def __init__(self, scoring: ShardScoring, part: GlobalPart, learn_inline: bool):
+        self.scoring = scoring
+        self.globals = GlobalShards(part, learn_inline)
+
+    def open(self, runtime_context: RuntimeContext):
+        self.scoring.open(runtime_context)
+        self.globals.open(runtime_context, self.scoring)
+
+    def process_element1(self, shard_batch, ctx):
+        yield from self.scoring.score(shard_batch, ctx, self._after_scoring)
+
+    def process_element2(self, shard_version, ctx):
+        shard, message = shard_version
+        self.scoring.models.time_final_snapshots(shard, ctx)
+        yield from self.globals.version(shard, message, ctx)
+
+    def on_timer(self, timestamp, ctx):
+        shard = ctx.get_current_key()
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            yield from self.globals.overdue(shard)
+        elif timestamp == END_OF_INPUT:
+            yield from self.scoring.final_snapshots(shard)
+            yield from self.globals.ended(shard)
+
+    def _after_scoring(self, shard: int, batch: RecordBatch, assessed, log_id, ctx) -> Iterator:
+        yield from self.globals.scored(shard, batch)
+
+
+class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
+    """ScoreShardWithLabelStream whose second input also carries the global model's versions (one
+    copy per shard, unioned with the routed labels: a version message is JSON, `{...`, a routed
+    label bundle starts with its shard number). The global model learns from the labels the key
+    models learn from: each scored batch's raw features are logged beside its feature log
+    (`global-raw-log`, log id -> float64 values, removed with it), and an applied label adds its
+    record, labelled and not counted in the statistics again, to the shard's next partial."""
+
+    def __init__(self, scoring: ShardScoring, rules, snapshot_every: int, part: GlobalPart, learn_inline: bool):
+        super().__init__(scoring, rules, snapshot_every)
+        self.globals = GlobalShards(part, learn_inline)
+        self.raw_logs = None
+
+    def open(self, runtime_context: RuntimeContext):
+        super().open(runtime_context)
+        self.globals.open(runtime_context, self.scoring)
+        self.raw_logs = runtime_context.get_map_state(MapStateDescriptor("global-raw-log", Types.STRING(),
+                                                                         Types.PICKLED_BYTE_ARRAY()))
+
+    def process_element1(self, shard_batch, ctx):
+        yield from self.scoring.score(shard_batch, ctx, self._after_scoring)
+
+    def process_element2(self, shard_bundle, ctx):
+        shard, bundle = shard_bundle
+        if bundle[:1] == b"{":
+            self.scoring.models.time_final_snapshots(shard, ctx)
+            yield from self.globals.version(shard, bundle, ctx)
+        else:
+            yield from super().process_element2(shard_bundle, ctx)
+
+    def on_timer(self, timestamp, ctx):
+        shard = ctx.get_current_key()
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            yield from self.globals.overdue(shard)
+            return
+        for log_id in [log_id for log_id in self._logs_of(shard) if expiry_of(log_id)[0] <= timestamp]:
+            self.raw_logs.remove(log_id)
+        yield from super().on_timer(timestamp, ctx)
+        if timestamp == END_OF_INPUT:
+            yield from self.globals.ended(shard)
+
+    def _after_scoring(self, shard: int, batch: RecordBatch, assessed, log_id, ctx) -> Iterator:
+        if log_id is not None:  # before the labels waiting for this log are applied
+            self.raw_logs.put(log_id, np.asarray(batch.values, np.float64).tobytes())
+        yield from self._log_features(shard, batch, assessed, log_id, ctx)
+        yield from self.globals.scored(shard, batch)
+
+    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int) -> None:
+        raw = self.raw_logs.get(log_id)
+        if raw is None:  # logged before the global model was on (a savepoint of such a run)
+            return
+        start, end = int(log.indptr[row]), int(log.indptr[row + 1])
+        values = np.frombuffer(raw, np.float64)[start:end]
+        held = self.globals.of(shard)
+        held.pending = held.pending.appended([0, end - start], log.indices[start:end], values, [is_fraud],
+                                             counted=False)
+        self.globals.kept(held, 1)
+
+    def _apply(self, shard: int, routed_labels, ctx):
+        yield from super()._apply(shard, routed_labels, ctx)
+        yield from self.globals.send(shard, self.globals.of(shard))
+
+
+class AggregateGlobal(KeyedProcessFunction):
+    """Combines the shards' partials into versions (udfs.global_scoring.Rounds around
+    udfs.global_model.Aggregator), its state as bytes in keyed value state; emits each version as
+    one `global\\t<message>` line for the model-versions sink. With model.global.cadence_ms and
+    max_staleness above 0, a processing-time timer publishes what is pending on that cadence."""
+
+    def __init__(self, rounds: Rounds):
+        self.initial = rounds
+        self.rounds = None
+        self.state = None
+        self.published = None
+
+    def open(self, runtime_context: RuntimeContext):
+        self.state = runtime_context.get_state(ValueStateDescriptor("global-aggregator", Types.PICKLED_BYTE_ARRAY()))
+        self.rounds = None
+        metrics = runtime_context.get_metrics_group().add_group(METRICS_GROUP)
+        self.published = metrics.counter("global_versions_published")
+        metrics.gauge("global_partials_dropped_stale", lambda: 0 if self.rounds is None
+                      else self.rounds.aggregator.dropped_stale)
+
+    def process_element(self, partial, ctx):
+        rounds = self._rounds()
+        now = now_ms()
+        messages = rounds.add(partial, now)
+        aggregator = rounds.aggregator
+        if aggregator.cadence_ms is not None and aggregator.max_staleness > 0 and not rounds.finished:
+            ctx.timer_service().register_processing_time_timer(now + aggregator.cadence_ms)
+        yield from self._publish(messages)
+
+    def on_timer(self, timestamp, ctx):
+        rounds = self._rounds()
+        if not rounds.finished:
+            yield from self._publish(rounds.tick(now_ms()))
+
+    def _publish(self, messages: list[bytes]) -> Iterator[bytes]:
+        self.state.update(self.rounds.to_bytes())
+        for message in messages:
+            self.published.inc()
+            yield VERSION_KEY.encode("utf-8") + b"\t" + message
+
+    def _rounds(self) -> Rounds:
+        if self.rounds is None:
+            data = self.state.value()
+            self.rounds = self.initial if data is None else Rounds.from_bytes(data, self.initial.aggregator)
+        return self.rounds
+

@@ -1,0 +1,166 @@
+"""The data-parallel global model through the real job: bounded file runs at parallelism 2 whose
+versions go round through the broker (model-versions topic) and back to every shard, synchronously
+with inline labels and asynchronously with a label stream. (A TaskManager killed mid-run:
+tests/drills/test_global_model_drill.py, `make drill-global`.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streaming.config import load_settings
+from streaming.config.from_settings import model_scorer, transaction_reader
+from streaming.ops import drill as failover_drill
+from streaming.ops import kafka_tools
+from tests.reference.pipeline import read_bundle
+from udfs.generator import GeneratorSettings, generate_with_kinds
+from udfs.global_model import Example, GlobalModel, train_sequential
+
+from .conftest import PROJECT
+
+RECORDS = 3000
+SHARDS = 4
+CADENCE = 400  # labelled records per version: a share of 100 per shard
+
+
+def run_with_global_model(tmp_path, isolation, *overrides):
+    """Runs the job on a generated file with model.blend global; returns (settings, lines, scores,
+    version messages in topic order)."""
+    from streaming.job.run import run_job
+
+    lines = [line for _, line in generate_with_kinds(GeneratorSettings(records=RECORDS, seed=7, malformed_share=0.0))]
+    source = tmp_path / "transactions.jsonl"
+    source.write_bytes(b"".join(line + b"\n" for line in lines))
+    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
+        *isolation, "source.kind=files", f"source.paths=[{json.dumps(str(source))}]",
+        f"checkpointing.directory={tmp_path / 'checkpoints'}", "checkpointing.interval_ms=300",
+        # Keyed by account, the records spread evenly over the shards: a synchronous round waits
+        # for every shard's share.
+        "model.key=account_id", "flink.parallelism=2", f"performance.shards={SHARDS}", "model.blend=global",
+        "model.learning_rate=0.5",
+        # Slow enough that versions come back while the file is still being scored.
+        "source.max_records_per_second=300",
+        f"model.global.cadence_records={CADENCE}", *overrides])
+    kafka_tools.create_topics(settings)
+    run_job(settings)
+    scores = [score for _, score in failover_drill.read_committed(settings).scores]
+    versions = [value for _, _, _, value in kafka_tools.tail(settings, settings.kafka.model_versions_topic,
+                                                              idle_timeout_s=5)]
+    return settings, lines, scores, versions
+
+
+def reference_rounds(settings, lines, published: list[dict]) -> list[list[Example]]:
+    """The mini-batch of each published version after the first, as its `records_by_shard` says:
+    each shard's next records in arrival order (udfs/global_scoring.py), in shard order. Asserts
+    that every record is in exactly one."""
+    reader = transaction_reader(settings)
+    by_shard, _ = read_bundle(reader, "\n".join(line.decode("utf-8") for line in lines), SHARDS, 0)
+    taken = dict.fromkeys(by_shard, 0)
+    rounds = []
+    for message in published[1:]:
+        batch = []
+        for shard, count in sorted((int(shard), count) for shard, count in message["records_by_shard"].items()):
+            batch += [Example(r.indices, r.values, r.label) for r in by_shard[shard][taken[shard]:taken[shard] + count]]
+            taken[shard] += count
+        rounds.append(batch)
+    assert taken == {shard: len(records) for shard, records in by_shard.items()}
+    return rounds
+
+
+def assert_versions_equal_the_reference(settings, lines, versions) -> list[dict]:
+    """Asserts that the version messages (in topic order) are versions 0, 1, ... once each, the last
+    one final, and that each equals `train_sequential` on its mini-batch of `lines` (1e-9);
+    returns them decoded."""
+    published = [json.loads(message) for message in versions]
+    numbers = [message["version"] for message in published]
+    assert numbers == list(range(len(numbers))), "versions are published once each, in order, from version 0"
+    assert published[-1].get("final") is True and not any(message.get("final") for message in published[:-1])
+
+    scorer = model_scorer(settings, transaction_reader(settings).encoder)
+    reference = train_sequential(GlobalModel.initial(scorer.feature_names, scorer.standardized,
+                                                     settings.model.initial_bias),
+                                 reference_rounds(settings, lines, published),
+                                 settings.model.global_.global_settings().optimizer_for(scorer.optimizer))
+    assert len(reference) == len(published) - 1 >= 5
+    names = scorer.feature_names
+    for expected, message in zip(reference, published[1:]):
+        got = GlobalModel.from_message(json.dumps(message).encode(), names)
+        assert got.regression.bias == pytest.approx(expected.regression.bias, abs=1e-9)
+        assert got.regression.weights == pytest.approx(expected.regression.weights, abs=1e-9)
+        assert got.statistics.count == expected.statistics.count
+        assert got.statistics.mean == pytest.approx(expected.statistics.mean, rel=1e-9)
+        assert got.statistics.m2 == pytest.approx(expected.statistics.m2, rel=1e-9)
+    return published
+
+
+def test_synchronous_versions_equal_the_sequential_reference(tmp_path, kafka_isolation):
+    settings, lines, scores, versions = run_with_global_model(tmp_path, kafka_isolation, "model.global.max_staleness=0")
+
+    published = assert_versions_equal_the_reference(settings, lines, versions)
+    numbers = [message["version"] for message in published]
+    assert published[-1]["labelled_records"] + sum(message["labelled_records"] for message in published[1:-1]) \
+        == sum(1 for score in scores if score["label"] is not None)
+
+    # Every record is scored once, by the global model of a version that was published.
+    assert len(scores) == RECORDS
+    assert {score["global_version"] for score in scores} <= set(numbers)
+    used = sorted({score["global_version"] for score in scores})
+    assert len(used) > 2, f"versions did not come back while scoring: {used} of {numbers}"
+    by_key: dict[str, list[int]] = {}
+    for score in scores:  # in each partition's order: a key's scores in the order they were made
+        by_key.setdefault(score["model_key"], []).append(score["global_version"])
+    assert all(versions_used == sorted(versions_used) for versions_used in by_key.values()), \
+        "a key was scored with an older version after a newer one"
+
+
+STALENESS = 1
+
+
+def test_labels_from_their_own_stream_train_the_global_model_asynchronously(tmp_path, kafka_isolation):
+    from streaming.job.run import run_job
+    from tests.integration.test_label_stream import MINUTE, PROFILE, transactions
+    from udfs.label_generator import LabelStreamSettings, generate_labels
+
+    stream = transactions(2000, seed=5)
+    label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
+        seed=5, min_delay_ms=MINUTE, max_delay_ms=3 * MINUTE, never_share=0.05, duplicate_share=0.05)))
+    (tmp_path / "tx.jsonl").write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in stream))
+    (tmp_path / "labels.jsonl").write_bytes(b"".join(line + b"\n" for line in label_lines))
+    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
+        *kafka_isolation, "source.kind=files", f"source.paths=[{json.dumps(str(tmp_path / 'tx.jsonl'))}]",
+        "labels.mode=stream", f"labels.source={{kind: files, paths: [{json.dumps(str(tmp_path / 'labels.jsonl'))}]}}",
+        f"checkpointing.directory={tmp_path / 'checkpoints'}", "checkpointing.interval_ms=300",
+        "flink.parallelism=2", f"performance.shards={SHARDS}", *PROFILE, "model.blend=global",
+        # About one version per checkpoint, so that few partials are too stale to apply.
+        "source.max_records_per_second=300",
+        # Asynchronous: a shard never waits, and the aggregator drops partials more than 1 version old.
+        "model.global.cadence_records=200", f"model.global.max_staleness={STALENESS}"])
+    kafka_tools.create_topics(settings)
+    run_job(settings)
+
+    def committed(topic):
+        return [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=5)]
+
+    published, learned = committed(settings.kafka.model_versions_topic), committed(settings.kafka.learning_topic)
+    scores = [score for _, score in failover_drill.read_committed(settings).scores]
+    numbers = [message["version"] for message in published]
+    assert numbers == list(range(len(numbers))) and len(numbers) > 3
+    assert published[-1].get("final") is True
+    # Every version's step applied only partials at most STALENESS versions old.
+    for message in published[1:]:
+        oldest = message["oldest_base_version"]
+        assert oldest is None or message["version"] - 1 - oldest <= STALENESS, message["version"]
+    # The global model learned from the labels the key models learned from (stream mode: no inline
+    # label), or dropped them with partials too stale to apply, and its statistics counted every
+    # scored record once, dropped or not.
+    applied = sum(message["labelled_records"] for message in published)
+    assert learned and applied > 0 and applied + published[-1]["dropped_stale_records"] == len(learned)
+    assert published[-1]["standardization"]["count"] == len(scores) == len(stream)
+    assert {score["global_version"] for score in scores} <= set(numbers)
+    by_key: dict[str, list[int]] = {}
+    for score in scores:  # in each partition's order: a key's scores in the order they were made
+        by_key.setdefault(score["model_key"], []).append(score["global_version"])
+    assert all(versions_used == sorted(versions_used) for versions_used in by_key.values()), \
+        "a key was scored with an older version after a newer one"
+
