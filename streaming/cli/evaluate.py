@@ -151,13 +151,16 @@ def model_settings(config: Path, overrides: list[str], models: list[str]) -> dic
 
 def learning_settings(settings: Settings):
     """The learning the profile's `model.*` settings ask for, as udfs.prequential takes it: the
-    optimizer (`model.optimizer` and its settings), `model.initial_bias` and `model.on_drift`;
-    blending and cold start join here as the settings gain them."""
+    optimizer (`model.optimizer` and its settings), `model.initial_bias`, `model.cold_start`,
+    `model.blend`, `model.on_drift` and the global model's training (`model.global`). Every
+    combination runs here, also those the job refuses for now."""
     from streaming.config.from_settings import optimizer
     from udfs.prequential import LearningSettings
 
     model = settings.model
-    return LearningSettings(optimizer=optimizer(settings), initial_bias=model.initial_bias, on_drift=model.on_drift)
+    return LearningSettings(optimizer=optimizer(settings), initial_bias=model.initial_bias,
+                            cold_start=model.cold_start, blend=model.blend, on_drift=model.on_drift,
+                            global_model=model.global_.global_settings())
 
 
 class Learner(NamedTuple):

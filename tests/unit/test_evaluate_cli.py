@@ -162,3 +162,27 @@ def test_drift_events_are_those_of_the_prequential_learner_and_written_as_csv(tm
         rows = list(csv.DictReader(events))
     assert [(row["model_key"], row["txn_id"]) for row in rows] == [
         (event.model_key, event.txn_id) for event in direct.drift_events]
+
+
+def test_the_global_model_settings_reach_the_prequential_learner(stream):
+    from streaming.cli.evaluate import prequential_learner
+    from streaming.config import load_settings
+    from streaming.config.from_settings import transaction_reader
+    from streaming.reporting.outputs import file_records
+    from udfs.evaluation import read_stream
+    from udfs.global_model import GlobalSettings
+    from udfs.model import AdaGrad
+    from udfs.prequential import LearningSettings, PrequentialLearner
+
+    settings = load_settings(LOCAL, ["model.optimizer=adagrad", "model.learning_rate=0.2", "model.initial_bias=-3",
+                                     "model.cold_start=global", "model.blend=sum", "model.global.cadence_records=7",
+                                     "model.global.learning_rate=0.05"])
+    reader = transaction_reader(settings)
+    chunks, _ = read_stream(reader, file_records(stream))
+    direct = PrequentialLearner(reader.encoder.names, reader.encoder.standardized, LearningSettings(
+        optimizer=AdaGrad(0.2), initial_bias=-3.0, cold_start="global", blend="sum",
+        global_model=GlobalSettings(cadence_records=7, learning_rate=0.05)))
+    step = prequential_learner(settings).step
+    for chunk in chunks:
+        expected = [direct.process(record)[0] for record in chunk.batch.records()]
+        assert step(chunk).tolist() == expected
