@@ -19,7 +19,6 @@ from pyflink.common import Types, WatermarkStrategy
 from pyflink.datastream import (
     DataStream,
     KeyedCoProcessFunction,
-    KeyedProcessFunction,
     OutputTag,
     RuntimeContext,
     StreamExecutionEnvironment,
@@ -28,6 +27,7 @@ from pyflink.datastream import (
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from streaming.config import KafkaSettings
+from streaming.job import pyflink_internals as internals
 from streaming.job.bundles import now_ms
 from streaming.job.connectors import model_versions_source
 from streaming.job.identity import METRICS_GROUP
@@ -60,10 +60,17 @@ def by_shard(stream: DataStream) -> DataStream:
     return stream.key_by(lambda shard_bytes: shard_bytes[0], key_type=Types.INT())
 
 
-def aggregated(scored: DataStream, rounds: Rounds) -> DataStream:
+def aggregated(env: StreamExecutionEnvironment, scored: DataStream, rounds: Rounds) -> DataStream:
     """The version lines (`global\\t<message>`, for the Kafka sink) the aggregator publishes from the
-    scoring operator's partials."""
-    return scored.get_side_output(PARTIALS).key_by(lambda partial: ONE_KEY, key_type=Types.INT()).process(
+    scoring operator's partials (input 1). Input 2 is one element at the start (a one-number
+    sequence source): it gives the aggregator a key to set its end-of-input timer with before any
+    partial comes, so a bounded run whose input has no scorable record still ends
+    (AggregateGlobal.on_timer)."""
+    sequence = internals.jvm().org.apache.flink.api.connector.source.lib.NumberSequenceSource(0, 0)
+    start = env.from_source(internals.source_of(sequence), WatermarkStrategy.no_watermarks(), "global-model-start",
+                            type_info=Types.LONG()).uid("global-model-start").set_parallelism(1)
+    return scored.get_side_output(PARTIALS).key_by(lambda partial: ONE_KEY, key_type=Types.INT()).connect(
+        start.key_by(lambda number: ONE_KEY, key_type=Types.INT())).process(
         AggregateGlobal(rounds), output_type=BYTES).name("aggregate-global-model").uid(
         "aggregate-global-model").set_parallelism(1).set_max_parallelism(1)
 
@@ -268,7 +275,7 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
         yield from self.globals.send(shard, self.globals.of(shard))
 
 
-class AggregateGlobal(KeyedProcessFunction):
+class AggregateGlobal(KeyedCoProcessFunction):
     """Combines the shards' partials into versions (udfs.global_scoring.Rounds around
     udfs.global_model.Aggregator), its state as bytes in keyed value state; emits each version as
     one `global\\t<message>` line for the model-versions sink. With model.global.cadence_ms and
@@ -288,7 +295,7 @@ class AggregateGlobal(KeyedProcessFunction):
         metrics.gauge("global_partials_dropped_stale", lambda: 0 if self.rounds is None
                       else self.rounds.aggregator.dropped_stale)
 
-    def process_element(self, partial, ctx):
+    def process_element1(self, partial, ctx):
         rounds = self._rounds()
         now = now_ms()
         messages = rounds.add(partial, now)
@@ -297,9 +304,17 @@ class AggregateGlobal(KeyedProcessFunction):
             ctx.timer_service().register_processing_time_timer(now + aggregator.cadence_ms)
         yield from self._publish(messages)
 
+    def process_element2(self, start, ctx):
+        # Once at the start (again after a restore: setting the timer twice is harmless).
+        ctx.timer_service().register_event_time_timer(END_OF_INPUT)
+
     def on_timer(self, timestamp, ctx):
         rounds = self._rounds()
-        if not rounds.finished:
+        if rounds.finished:
+            return
+        if ctx.time_domain() == TimeDomain.EVENT_TIME:  # END_OF_INPUT: the partials' input ended
+            yield from self._publish(rounds.ended())
+        else:
             yield from self._publish(rounds.tick(now_ms()))
 
     def _publish(self, messages: list[bytes]) -> Iterator[bytes]:
