@@ -61,15 +61,11 @@ def run_with_global_model(tmp_path, isolation, *overrides):
 
 
 def folder_versions(folder) -> list[bytes]:
-    """The version messages in a model-versions folder's committed part files, in the order its one
-    writer wrote them: part files by their counter (`<prefix>-<writer>-<counter>.jsonl`; a run
-    that never restored has one writer), lines in file order."""
-    def counter(part) -> int:
-        return int(part.name.removesuffix(".jsonl").rpartition("-")[2])
-
-    parts = list(committed_parts(folder))
-    assert len({part.name.removesuffix(".jsonl").rpartition("-")[0] for part in parts}) == 1, parts
-    return [line.rstrip(b"\n") for part in sorted(parts, key=counter) for line in part.open("rb") if line.strip()]
+    """The version messages in a model-versions folder's committed part files, in publishing order:
+    a part file holds the versions of one checkpoint in order, and the FileSink names its files by
+    bucket instance (not by time), so the files are put in the order of their first version."""
+    files = [[line.rstrip(b"\n") for line in part.open("rb") if line.strip()] for part in committed_parts(folder)]
+    return [message for lines in sorted(files, key=lambda lines: json.loads(lines[0])["version"]) for message in lines]
 
 
 def reference_rounds(settings, lines, published: list[dict]) -> list[list[Example]]:
@@ -119,7 +115,8 @@ def assert_versions_equal_the_reference(settings, lines, versions) -> list[dict]
 def assert_synchronous_run(settings, lines, scores, versions) -> None:
     """What a synchronous run (max_staleness 0) must have done, whatever the route of its versions:
     versions equal to the sequential reference with every record in exactly one, every record
-    scored once by a published version, and versions coming back while it scored."""
+    scored once by a published version, and versions coming back while it scored; `scores` in an
+    order that keeps each key's scores in the order they were made."""
     published = assert_versions_equal_the_reference(settings, lines, versions)
     numbers = [message["version"] for message in published]
     assert published[-1]["labelled_records"] + sum(message["labelled_records"] for message in published[1:-1]) \
@@ -131,7 +128,7 @@ def assert_synchronous_run(settings, lines, scores, versions) -> None:
     used = sorted({score["global_version"] for score in scores})
     assert len(used) > 2, f"versions did not come back while scoring: {used} of {numbers}"
     by_key: dict[str, list[int]] = {}
-    for score in scores:  # in each partition's order: a key's scores in the order they were made
+    for score in scores:  # a key's scores in the order they were made
         by_key.setdefault(score["model_key"], []).append(score["global_version"])
     assert all(versions_used == sorted(versions_used) for versions_used in by_key.values()), \
         "a key was scored with an older version after a newer one"
@@ -164,7 +161,10 @@ def test_without_a_broker_versions_go_round_through_a_folder_and_the_run_ends(tm
     job_run = run_job(settings)
 
     assert job_run.ending == "finished"
-    scores = list(committed_lines(out / "scores"))
+    # Part files are named by bucket instance, not time: each key's scores in the order they were
+    # made, which is its records' order in the input (arrival order).
+    position = {json.loads(line)["txn_id"]: index for index, line in enumerate(lines)}
+    scores = sorted(committed_lines(out / "scores"), key=lambda score: position[score["txn_id"]])
     assert_synchronous_run(settings, lines, scores, folder_versions(out / "model-versions"))
 
 
