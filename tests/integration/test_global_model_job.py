@@ -140,7 +140,7 @@ def test_synchronous_versions_equal_the_sequential_reference(tmp_path, kafka_iso
 
 
 FILE_ROUTE_RECORDS = 1500
-FILE_ROUTE_CADENCE = 200  # a share of 50 per shard: about 7 versions
+FILE_ROUTE_CADENCE = 100  # a share of 25 per shard: a version every second or so once scoring runs
 # The source runs ahead while the Python workers start (several seconds), and what it read by then
 # is scored in one burst with version 0: slow enough that most records come after that.
 FILE_ROUTE_RECORDS_PER_SECOND = 120
