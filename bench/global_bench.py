@@ -130,7 +130,8 @@ def global_model_cost(data: Path, repeat: int, global_on: list[str]) -> dict:
                 "runs": measured,
             }
         default = by_config["on, default cadence"]["rps_ratio"]
-        results["keys"][key] = {"label": label, "configurations": by_config, "target_met": default >= TARGET}
+        results["keys"][key] = {"label": label, "configurations": by_config, "target_met": default >= TARGET,
+                                "stage_us": global_stage_profile(data, key, global_on)}
     return results
 
 
@@ -154,9 +155,100 @@ def print_global_table(results: dict) -> None:
             kinds = figures["core_us_per_record_by_kind"]
             print(f"{of_key['label'] + ', ' + name:<40}" + "".join(
                 f"{kinds.get(kind, 0.0):>16.1f}" for kind in ("jvm", "python workers", "broker", "client")))
+    stages = {of_key["label"]: of_key["stage_us"] for of_key in results["keys"].values()}
+    print(f"\n{'global model per stage, µs per record':<40}" + "".join(f"{label:>16}" for label in stages))
+    for stage in [stage for stage in next(iter(stages.values())) if stage != "versions"]:
+        print(f"{'  ' + stage + (' (for scale)' if stage == 'key_model' else ''):<40}"
+              + "".join(f"{of_label[stage]:>16.1f}" for of_label in stages.values()))
+    summed = "  the global model's, summed"
+    print(f"{summed:<40}"
+          + "".join(f"{sum(v for k, v in of_label.items() if k not in ('key_model', 'versions')):>16.1f}"
+                    for of_label in stages.values()))
+    print(f"{'  versions (back at once, one process)':<40}"
+          + "".join(f"{of_label['versions']:>16,}" for of_label in stages.values()))
     for key, of_key in results["keys"].items():
         default = of_key["configurations"]["on, default cadence"]
         rounds = ", ".join(f"{ratio:.2f}" for ratio in default["rps_ratio_by_round"])
         print(f"target, {of_key['label']}: records/s on / off at the default cadence {default['rps_ratio']:.2f} "
               f"(rounds {rounds}) {'>=' if of_key['target_met'] else '<'} {results['target']}: "
               f"{'met' if of_key['target_met'] else 'NOT met'}")
+
+
+def global_stage_profile(data: Path, key: str, global_on: list[str], limit: int = 200_000) -> dict[str, float]:
+    """µs per record of the global model's own work in the scoring operator (and under "versions"
+    the number of versions the aggregator published), in one process on the
+    first `limit` records of `data` keyed by `key`, in the job's shard batches (bundles of 1,000
+    records split by performance.shards), as streaming/job/global_versions.py calls it:
+
+      key_model   the key models' assessment the global model adds to (ModelScorer.assess_columns);
+      blend       the batch scored by the shard's held version (GlobalPart.scored);
+      keep        the batch's raw records kept for the next partial, and the new segment's bytes
+                  (GlobalPart.add, segment_bytes: GlobalShards.kept);
+      partials    the partials due, the segments they used up, the shard's state bytes
+                  (GlobalPart.partials, ShardGlobal.settle, to_bytes: GlobalShards.emit);
+      aggregate   the aggregator's step (Rounds.add) and each version offered to every shard, with
+                  the partials that sends (GlobalShards.version).
+
+    Versions come back at once here; in the job at the next checkpoint, so its rounds are fewer and
+    its partials larger. Flink's part (the second input, the keyed state writes, the aggregator
+    operator, the versions' Kafka round trip) is not in these: it is the job's CPU minus them."""
+    import time
+    from itertools import islice
+
+    from streaming.config import load_settings
+    from streaming.config.from_settings import global_part, global_rounds, model_scorer, transaction_reader
+    from streaming.reporting.outputs import file_records
+    from udfs.global_scoring import segment_bytes
+
+    settings = load_settings(PROFILE, [f"model.key={key}", *global_on])
+    reader = transaction_reader(settings)
+    scorer = model_scorer(settings, reader.encoder)
+    part, rounds = global_part(settings, scorer), global_rounds(settings, scorer)
+    shard_count = settings.performance.shards
+    shards = {shard: part.new_shard() for shard in range(shard_count)}
+    table = scorer.new_table()
+    spent = dict.fromkeys(("key_model", "blend", "keep", "partials", "aggregate"), 0)
+    clock = time.perf_counter_ns
+    records = versions = 0
+
+    def emit(shard: int, partials: list[bytes]) -> list[tuple[int, bytes]]:
+        held = shards[shard]
+        gone, rest = held.settle()
+        if rest is not None:
+            segment_bytes(rest[1])
+        held.to_bytes()
+        return [(shard, partial) for partial in partials]
+
+    lines = file_records(data)
+    while chunk := list(islice(lines, 1_000)):
+        if records >= limit:
+            break
+        now_ms = time.time_ns() // 1_000_000
+        by_shard, _ = reader.read_columns(chunk, lambda i: {}, shard_count, now_ms)
+        for shard, batch in by_shard.items():
+            held = shards[shard]
+            records += len(batch)
+            started = clock()
+            assessed = scorer.assess_columns(batch, table)
+            assessed_at = clock()
+            part.scored(held.held, batch, assessed)
+            blended = clock()
+            part.add(held, batch, True)
+            held.added(len(batch))
+            segment_bytes(held.pending.split(len(held.pending) - len(batch))[1])
+            kept = clock()
+            sent = emit(shard, part.partials(held, shard))
+            emitted = clock()
+            while sent:  # the aggregator, and its versions back to every shard at once
+                _, partial = sent.pop(0)
+                for message in rounds.add(partial, now_ms):
+                    versions += 1
+                    for number, other in shards.items():
+                        part.offer(other, message)
+                        sent += emit(number, part.partials(other, number))
+            spent["key_model"] += assessed_at - started
+            spent["blend"] += blended - assessed_at
+            spent["keep"] += kept - blended
+            spent["partials"] += emitted - kept
+            spent["aggregate"] += clock() - emitted
+    return {**{stage: ns / records / 1000 for stage, ns in spent.items()}, "versions": versions}
