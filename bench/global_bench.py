@@ -47,6 +47,8 @@ ROUTE = ["output.kind=kafka"]
 # version (docs/design.md: set model.global.cadence_ms where a shard may get no record).
 CADENCE_MS = 1000
 TARGET = 0.8
+# The file's size in a full `make bench` (its other parts take 1,000,000).
+GLOBAL_RECORDS = 200_000
 KEYS = (("merchant_category", "20 keys", True), ("account_id", "account keys", False))
 
 
