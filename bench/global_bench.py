@@ -32,10 +32,9 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Callable
 
 import psutil
-
-from bench.run_bench import PROFILE, run_job
 
 # What turns the global model on: the one list to change when the recommended configuration
 # changes (model.blend sum once the job wires it in: `--global-on model.blend=sum`).
@@ -58,14 +57,15 @@ def broker_pids() -> list[int]:
             if "kafka.Kafka" in (process.info["cmdline"] or [])]
 
 
-def measure(name: str, data: Path, key: str, overrides: list[str]) -> dict:
-    """One job run on `data` keyed by `key` with Kafka output on fresh topics, measured
-    (run_bench.run_job) with the broker, and its global model's versions counted."""
+def measure(run_job: Callable[..., dict], profile: Path, name: str, data: Path, key: str, overrides: list[str]) -> dict:
+    """One job run on `data` keyed by `key` with Kafka output on fresh topics, measured by
+    `run_job` (run_bench.run_job, on `profile`) with the broker, and its global model's versions
+    counted."""
     from streaming.config import load_settings
     from streaming.ops import kafka_tools
 
     run_overrides = [*ROUTE, *kafka_tools.isolated_overrides(f"bench-{key}"), *overrides]
-    settings = load_settings(PROFILE, [f"source.paths=['{data}']", f"model.key={key}", *run_overrides])
+    settings = load_settings(profile, [f"source.paths=['{data}']", f"model.key={key}", *run_overrides])
     kafka_tools.create_topics(settings)
     scores: list[dict] = []
 
@@ -93,9 +93,11 @@ def configurations(key: str, with_cadence: bool, global_on: list[str]) -> list[t
     return [("off", ["model.blend=key"]), *on]
 
 
-def global_model_cost(data: Path, repeat: int, global_on: list[str]) -> dict:
+def global_model_cost(run_job: Callable[..., dict], profile: Path, data: Path, repeat: int,
+                      global_on: list[str]) -> dict:
     """{key: {configuration: {runs, medians}}} plus the on/off ratios and the target's verdict (see
-    the module docstring); prints each run as it ends."""
+    the module docstring), each run measured by `run_job` (run_bench.run_job, on `profile`); prints
+    each run as it ends."""
     results: dict = {"global_on": list(global_on), "cadence_ms": CADENCE_MS, "target": TARGET, "keys": {}}
     for key, label, with_cadence in KEYS:
         configs = configurations(key, with_cadence, global_on)
@@ -104,7 +106,7 @@ def global_model_cost(data: Path, repeat: int, global_on: list[str]) -> dict:
             # Alternating order, so that neither side always runs first on a warming machine.
             for name, overrides in configs if round_number % 2 == 0 else configs[::-1]:
                 slug = name.replace(", ", "-").replace(" ", "-")
-                run = measure(f"global-{key}-{slug}", data, key, overrides)
+                run = measure(run_job, profile, f"global-{key}-{slug}", data, key, overrides)
                 runs[name].append(run)
                 print(f"  {label}, {name}, round {round_number + 1}: {run['records_per_second']:,.0f} records/s, "
                       f"{run['core_us_per_record']:.1f} core-µs/record, {run['versions_published']} versions "
@@ -133,7 +135,7 @@ def global_model_cost(data: Path, repeat: int, global_on: list[str]) -> dict:
             }
         default = by_config["on, default cadence"]["rps_ratio"]
         results["keys"][key] = {"label": label, "configurations": by_config, "target_met": default >= TARGET,
-                                "stage_us": global_stage_profile(data, key, global_on)}
+                                "stage_us": global_stage_profile(profile, data, key, global_on)}
     return results
 
 
@@ -176,7 +178,8 @@ def print_global_table(results: dict) -> None:
               f"{'met' if of_key['target_met'] else 'NOT met'}")
 
 
-def global_stage_profile(data: Path, key: str, global_on: list[str], limit: int = 200_000) -> dict[str, float]:
+def global_stage_profile(profile: Path, data: Path, key: str, global_on: list[str],
+                         limit: int = 200_000) -> dict[str, float]:
     """µs per record of the global model's own work in the scoring operator (and under "versions"
     the number of versions the aggregator published), in one process on the
     first `limit` records of `data` keyed by `key`, in the job's shard batches (bundles of 1,000
@@ -202,7 +205,7 @@ def global_stage_profile(data: Path, key: str, global_on: list[str], limit: int 
     from streaming.reporting.outputs import file_records
     from udfs.global_scoring import segment_bytes
 
-    settings = load_settings(PROFILE, [f"model.key={key}", *global_on])
+    settings = load_settings(profile, [f"model.key={key}", *global_on])
     reader = transaction_reader(settings)
     scorer = model_scorer(settings, reader.encoder)
     part, rounds = global_part(settings, scorer), global_rounds(settings, scorer)

@@ -426,7 +426,8 @@ def main() -> int:
         # cadence the shards keep every record to the end (bench/global_bench.py), which on the full
         # file would take most of the benchmark's time.
         global_data = data if args.records or args.quick else ensure_input(GLOBAL_RECORDS)
-        results["global_model"] = global_model_cost(global_data, args.repeat, args.global_on or GLOBAL_ON)
+        results["global_model"] = global_model_cost(run_job, PROFILE, global_data, args.repeat,
+                                                    args.global_on or GLOBAL_ON)
     if "kafka" in parts:
         from bench.kafka_latency import RATE, kafka_latency
 

@@ -102,7 +102,7 @@ def test_the_global_models_stage_profile_times_its_share_of_the_scoring_operator
     data = tmp_path / "tx.jsonl"
     data.write_bytes(b"\n".join(generate(GeneratorSettings(records=3_000, seed=5, malformed_share=0.1))) + b"\n")
     # Keyed by account every shard gets records, so synchronous rounds complete and versions come back.
-    stages = global_stage_profile(data, "account_id", GLOBAL_ON)
+    stages = global_stage_profile(PROJECT / "conf" / "bench.yaml", data, "account_id", GLOBAL_ON)
     versions = stages.pop("versions")
     assert list(stages) == ["key_model", "blend", "keep", "partials", "aggregate"]
     assert all(microseconds > 0 for microseconds in stages.values()), stages
