@@ -88,7 +88,8 @@ $(KAFKA_LIBS): kafka/pom.xml
 # Job against single-process River and plain-Python loops, Kafka-mode latency, and recovery from
 # TaskManager kills on the session cluster (started and stopped by the benchmark), with CPU per
 # record and a per-stage profile; `make bench BENCH_ARGS=--quick` for 100k records,
-# BENCH_ARGS="--only jobs --only stages --repeat 3" for part of it (bench/run_bench.py).
+# BENCH_ARGS="--only jobs --only stages --repeat 3" for part of it, BENCH_ARGS="--only global
+# --records 200000 --repeat 3" for what the global model costs (bench/run_bench.py, docs/benchmark.md).
 bench: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS) $(RIVER_INSTALLED)
 	kafka/kafka.sh up
 	$(PY) bench/run_bench.py $(BENCH_ARGS); status=$$?; $(VENV)/bin/riskstream cluster down; kafka/kafka.sh down; exit $$status

@@ -16,8 +16,12 @@ records scored between them; the CPU spent before the first score is start-up, r
 loops report their own process's CPU over the loop. The per-stage profile (bench/stages.py) times
 each stage of the record code in one process on the same file; the framework's share is the job's
 CPU per record minus the sum of the stages. `--repeat N` runs the 20-key job and loops N times,
-interleaved, and reports medians; `--only PART` runs one part (jobs, loops, stages, analytics, kafka,
-failover, labels). `analytics` runs the 20-key job with windowed analytics on (its default windows and
+interleaved, and reports medians; `--only PART` runs one part (jobs, loops, stages, analytics, global,
+kafka, failover, labels); `--records N` generates and uses a file of N transactions. `global`
+(bench/global_bench.py) runs the job with the global model off and on (`--global-on` replaces the
+overrides that turn it on), alternating in every round, Kafka output on both sides and the broker's
+CPU counted, for issue 26's target (on / off records/s at least 0.8), on 200,000 transactions unless
+--records or --quick says. `analytics` runs the 20-key job with windowed analytics on (its default windows and
 groups) beside the same job with them off, in every round, for what analytics add per record.
 `labels` likewise runs the 20-key job learning from the file's label stream (labels.mode stream;
 generated once beside it, labels one minute to a week after their transactions) beside the inline
@@ -44,7 +48,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import psutil
 
@@ -98,22 +102,29 @@ def process_kind(command_line: list[str]) -> str:
     return "client"
 
 
-def sample_tree(root: int) -> TreeSample | None:
+def sample_tree(root: int, also: Sequence[int] = ()) -> TreeSample | None:
     """CPU and memory of `root` and all its descendants (the JVM and every Python worker), read
-    from /proc by psutil; None once `root` has ended."""
+    from /proc by psutil, and of the processes `also` (e.g. the Kafka broker the job writes to),
+    counted as kind "broker"; None once `root` has ended."""
     try:
         process = psutil.Process(root)
         tree = [process, *process.children(recursive=True)]
     except psutil.NoSuchProcess:
         return None
-    cpu, rss, by_kind = 0.0, 0, {"jvm": 0.0, "python workers": 0.0, "client": 0.0}
+    others = set()
+    for pid in also:
+        try:
+            others.add(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    cpu, rss, by_kind = 0.0, 0, {"jvm": 0.0, "python workers": 0.0, "client": 0.0, **({"broker": 0.0} if also else {})}
     rss_by_kind = dict.fromkeys(by_kind, 0)
-    for member in tree:
+    for member in [*tree, *others]:
         try:
             with member.oneshot():
                 times = member.cpu_times()
                 resident = member.memory_info().rss
-                kind = process_kind(member.cmdline())
+                kind = "broker" if member in others else process_kind(member.cmdline())
         except psutil.NoSuchProcess:  # ended meanwhile
             continue
         rss += resident
@@ -146,9 +157,12 @@ def cpu_per_record(samples: list[TreeSample], scored_at: list[int]) -> dict:
             "startup_cpu_s": start.cpu_s, "measured_records": records}
 
 
-def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = PROJECT) -> dict:
+def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = PROJECT,
+            scores: Callable[[], Iterable[dict]] | None = None, also: Sequence[int] = ()) -> dict:
     """The job on `data` keyed by `key`, measured. `checkout`: another checkout of the project (a
-    baseline commit, its jars built) whose code runs instead, with this project's environment."""
+    baseline commit, its jars built) whose code runs instead, with this project's environment.
+    `scores`: reads the run's committed scores once it ended (None: the file sink's folder; a
+    Kafka-output run reads its topic); `also`: processes measured with the job's tree (sample_tree)."""
     work = OUT / "bench" / name
     log_dir = work / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +184,7 @@ def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = P
 
     def sample():
         while not done.is_set():
-            taken = sample_tree(process.pid)
+            taken = sample_tree(process.pid, also)
             if taken is not None:
                 samples.append(taken)
             time.sleep(0.1)
@@ -184,7 +198,7 @@ def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = P
     if process.returncode != 0:
         raise SystemExit(f"job {name} failed:\n{output[-3000:]}")
     scored_at, keys = [], set()
-    for score in committed_lines(work / "scores"):
+    for score in committed_lines(work / "scores") if scores is None else scores():
         keys.add(score["model_key"])
         scored_at.append(score["scored_at"])
     first, last, scored = min(scored_at), max(scored_at), len(scored_at)
@@ -284,25 +298,33 @@ def recovery_times_s(kills: list, settings) -> list[float]:
     return times
 
 
-PARTS = ("jobs", "loops", "stages", "analytics", "kafka", "failover", "labels")
+PARTS = ("jobs", "loops", "stages", "analytics", "global", "kafka", "failover", "labels")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Riskstream benchmark")
     parser.add_argument("--quick", action="store_true", help="100,000 transactions instead of 1,000,000")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="run the 20-key job and both 20-key loops this many times, interleaved, and report medians")
+                        help="run the 20-key job and both 20-key loops (and the global part's rounds) this many times, "
+                             "interleaved, and report medians")
     parser.add_argument("--only", choices=PARTS, action="append",
-                        help="run only this part (repeatable): jobs, loops, stages, analytics, kafka, failover or labels")
+                        help="run only this part (repeatable): jobs, loops, stages, analytics, global, kafka, failover "
+                             "or labels")
+    parser.add_argument("--records", type=int,
+                        help="transactions in the generated file (default 1,000,000; 100,000 with --quick)")
+    parser.add_argument("--global-on", action="append", metavar="KEY=VALUE",
+                        help="the overrides that turn the global model on in the global part (repeatable; default: "
+                             "bench/global_bench.py's GLOBAL_ON, model.blend=global)")
     parser.add_argument("--baseline", type=Path,
                         help="a checkout of an earlier commit with its jars built (docs/benchmark.md): its 20-key "
                              "job runs in every round too, interleaved with this one's")
     args = parser.parse_args()
     parts = set(args.only or PARTS)
-    data = ensure_input(100_000 if args.quick else 1_000_000)
+    records = args.records or (100_000 if args.quick else 1_000_000)
+    data = ensure_input(records)
     river_python = PROJECT / ".venv-river/bin/python"
     exact_python = PROJECT / ".venv/bin/python"
-    results: dict = {"records_in_file": 100_000 if args.quick else 1_000_000, "repeat": args.repeat}
+    results: dict = {"records_in_file": records, "repeat": args.repeat}
 
     print(f"benchmark on {data.name}", flush=True)
     # The 20-key job and loops, interleaved when repeated, so that a noisy machine affects all alike.
@@ -323,9 +345,10 @@ def main() -> int:
         if "loops" in parts:
             measured["river"] = run_loop(river_python, "river", data, "merchant_category")
             measured["exact"] = run_loop(exact_python, "exact", data, "merchant_category")
-        print(f"  round {round_number + 1}: " + ", ".join(
-            f"{name} {m['records_per_second']:,.0f} records/s, {m['core_us_per_record']:.1f} core-µs/record"
-            for name, m in measured.items()), flush=True)
+        if measured:
+            print(f"  round {round_number + 1}: " + ", ".join(
+                f"{name} {m['records_per_second']:,.0f} records/s, {m['core_us_per_record']:.1f} core-µs/record"
+                for name, m in measured.items()), flush=True)
         rounds.append(measured)
     median = {name: {field: statistics.median(r[name][field] for r in rounds)
                      for field in ("records_per_second", "core_us_per_record")} for name in rounds[0]}
@@ -395,6 +418,16 @@ def main() -> int:
 
         results["stage_us"] = {"merchant_category": stage_profile(PROFILE, data, "merchant_category"),
                                "account_id": stage_profile(PROFILE, data, "account_id")}
+    if "global" in parts:
+        from bench.global_bench import GLOBAL_ON, GLOBAL_RECORDS, global_model_cost, print_global_table
+
+        print("the global model on and off, same file, alternating (broker CPU counted):", flush=True)
+        # At most GLOBAL_RECORDS unless --records says: keyed by merchant_category at the default
+        # cadence the shards keep every record to the end (bench/global_bench.py), which on the full
+        # file would take most of the benchmark's time.
+        global_data = data if args.records or args.quick else ensure_input(GLOBAL_RECORDS)
+        results["global_model"] = global_model_cost(run_job, PROFILE, global_data, args.repeat,
+                                                    args.global_on or GLOBAL_ON)
     if "kafka" in parts:
         from bench.kafka_latency import RATE, kafka_latency
 
@@ -406,6 +439,8 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, median, large, args.repeat)
+    if "global_model" in results:
+        print_global_table(results["global_model"])
     print(f"\nwritten to {OUT / 'bench.json'}")
     return 0
 
@@ -418,11 +453,13 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
              "exact": "Python loop, exact SGD (one process)", "analytics": "job with windowed analytics on",
              "labels": "job learning from a label stream"}
     note = f" (20 keys: median of {repeat})" if repeat > 1 else ""
-    print(f"\n{'records/s' + note:<44}{keys_20:>12}{keys_large:>16}")
+    if median:  # not with only the global, Kafka or failover parts
+        print(f"\n{'records/s' + note:<44}{keys_20:>12}{keys_large:>16}")
     for name in median:
         print(f"{names[name]:<44}{median[name]['records_per_second']:>12,.0f}"
               f"{large[name]['records_per_second'] if name in large else math.nan:>16,.0f}")
-    print(f"\n{'CPU per record, core-µs (user + system)':<44}{keys_20:>12}{keys_large:>16}")
+    if median:
+        print(f"\n{'CPU per record, core-µs (user + system)':<44}{keys_20:>12}{keys_large:>16}")
     for name in median:
         print(f"{names[name]:<44}{median[name]['core_us_per_record']:>12.1f}"
               f"{large[name]['core_us_per_record'] if name in large else math.nan:>16.1f}")

@@ -35,7 +35,7 @@ from udfs.scoring import AssessedBatch
 from udfs.wire import RecordBatch
 
 # The marker of the last version of a bounded run, spliced into its message (the Java versions
-# source looks for exactly these bytes: riskstream.flink.kafka.UntilFinalVersionSource).
+# source looks for exactly these bytes: riskstream.flink.UntilFinalVersionSource).
 FINAL_MARKER = b'"final":true'
 # The message key of every version (one key: a compacted topic keeps the latest for a new reader).
 VERSION_KEY = "global"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from streaming.cli.common import EXIT_FAILED, EXIT_OK, UsageError, fail
 from streaming.config import ConfigError, load_settings
+from streaming.config.global_settings import check_no_earlier_versions
 
 
 def cluster_command(args: argparse.Namespace) -> int:
@@ -25,6 +26,8 @@ def cluster_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "submit":
             from_path = _resume_path(args.from_path, settings) if args.from_path is not None else None
+            if from_path is None:
+                check_no_earlier_versions(settings)
             _check_kafka_topics(settings)
             running = rest.scoring_jobs(rest_url)
             if running:  # a second job would share the first one's consumer group and transactional ids

@@ -8,6 +8,7 @@ the types, and its validator builds that class, whose one-line errors name the f
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import model_validator
@@ -21,6 +22,8 @@ ColdStart = Literal["zeros", "global"]
 Blend = Literal["key", "global", "sum"]
 
 _DEFAULTS = GlobalSettings()
+# The output (a topic, or a folder under output.path) that carries the versions back to the shards.
+VERSIONS_OUTPUT = "model-versions"
 
 
 class GlobalModelSection(Section):
@@ -46,12 +49,26 @@ def check_global_model(settings) -> None:
     model = settings.model
     if not model.uses_global:
         return
-    field = f"model.blend: {model.blend}" if model.blend != "key" else f"model.cold_start: {model.cold_start}"
-    if settings.output.kind != "kafka":
-        raise ConfigError(f"{field} needs output.kind kafka: the global model's versions travel through "
-                          f"kafka.model_versions_topic (a bounded file run with the global model needs a broker too)")
     if model.cold_start != "zeros":
         raise ConfigError("model.cold_start: global is not wired into the job yet (riskstream evaluate has it); use zeros")
     if model.blend != "global":
         raise ConfigError(f"model.blend: {model.blend} with the global model is not wired into the job yet "
                           f"(riskstream evaluate has it); use key or global")
+
+
+def versions_folder(settings) -> Path:
+    """Where a run whose outputs are files writes the global model's versions and reads them back."""
+    return Path(settings.output.path) / VERSIONS_OUTPUT
+
+
+def check_no_earlier_versions(settings) -> None:
+    """For a run that starts afresh (not from a savepoint or a checkpoint) with the global model and
+    file outputs: raises ConfigError (one line) when its versions folder holds committed part
+    files, an earlier run's versions, which its versions source would read as its own (their
+    numbers clash). `riskstream run` moves an earlier run's outputs aside first."""
+    if not settings.model.uses_global or settings.output.kind != "files":
+        return
+    folder = versions_folder(settings)
+    if folder.is_dir() and any(not part.name.startswith(".") for part in folder.iterdir()):
+        raise ConfigError(f"output.path: {folder} holds an earlier run's global model versions, which a new run "
+                          f"would read as its own; move or delete that folder, or resume that run")

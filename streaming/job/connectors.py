@@ -92,7 +92,8 @@ def kafka_source(kafka: KafkaSettings, topic: str, low_latency: bool) -> Source:
 
 
 def model_versions_source(kafka: KafkaSettings) -> Source:
-    """The global model's versions (kafka.model_versions_topic), read committed, each value as bytes;
+    """The global model's versions for a run whose outputs go to Kafka (kafka.model_versions_topic),
+    read committed, each value as bytes;
     the source ends after a version marked final (UntilFinalVersionSource.java), so a bounded run
     ends. From the topic's end when the job starts (a restore resumes from its checkpoint's
     offsets), not the profile's offsets: a run reads only the versions its own aggregator published
@@ -103,7 +104,7 @@ def model_versions_source(kafka: KafkaSettings) -> Source:
         .setTopics(internals.java_strings([kafka.model_versions_topic]))
         .setGroupId(f"{kafka.consumer_group}-model-versions")
         .setStartingOffsets(internals.java_offsets(KafkaOffsetsInitializer.latest()))
-        .setDeserializer(jvm.riskstream.flink.kafka.UntilFinalVersionSource.values())
+        .setDeserializer(jvm.riskstream.flink.kafka.VersionValues())
     )
     properties = {**kafka.client_properties(), "isolation.level": "read_committed",
                   "max.partition.fetch.bytes": str(kafka.max_message_bytes),
@@ -113,7 +114,21 @@ def model_versions_source(kafka: KafkaSettings) -> Source:
                   "partition.discovery.interval.ms": "2000"}
     for name, value in properties.items():
         builder.setProperty(name, value)
-    return internals.source_of(jvm.riskstream.flink.kafka.UntilFinalVersionSource(builder.build()))
+    return internals.source_of(jvm.riskstream.flink.UntilFinalVersionSource(builder.build()))
+
+
+# How often the file route's versions source looks for new part files, in milliseconds: a version
+# waits for the checkpoint that commits it, then at most this long (VersionFiles.java).
+VERSIONS_DISCOVERY_MS = 50
+
+
+def model_versions_file_source(folder: Path) -> Source:
+    """The global model's versions for a run whose outputs are files: the committed part files of
+    `folder` (the model-versions output, `json_lines_sink`), one version message per line, watched
+    every VERSIONS_DISCOVERY_MS; ends after the version marked final (VersionFiles.java). The
+    folder must hold no earlier run's versions (`streaming.job.global_versions.versions_folder`)."""
+    return internals.source_of(internals.jvm().riskstream.flink.VersionFiles.source(
+        str(folder), VERSIONS_DISCOVERY_MS))
 
 
 def kafka_sink(kafka: KafkaSettings, topic: str, name: str) -> Sink:

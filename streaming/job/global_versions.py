@@ -3,7 +3,8 @@ with the global model's versions as its second input, the aggregator, and the ro
 
     score-and-learn (keyed by shard) --partials (side output)--> aggregate-global-model (one subtask)
         ^  scores carry global_version                              | versions, exactly once
-        +-- fan-out-versions <-- model-versions-source <-- kafka.model_versions_topic
+        +-- fan-out-versions <-- model-versions-source <-- kafka.model_versions_topic (output.kind kafka)
+                                                           or <output.path>/model-versions/ (files)
 
 Every decision is udfs/global_scoring.py's (the shards' protocol, the rounds, the final version);
 this module keeps its state in Flink keyed state and routes what it returns.
@@ -26,10 +27,11 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from streaming.config import KafkaSettings
+from streaming.config import Settings
+from streaming.config.global_settings import versions_folder
 from streaming.job import pyflink_internals as internals
 from streaming.job.bundles import now_ms
-from streaming.job.connectors import model_versions_source
+from streaming.job.connectors import model_versions_file_source, model_versions_source
 from streaming.job.identity import METRICS_GROUP
 from streaming.job.java_operators import BYTES, SHARD_BATCH, java_operator
 from streaming.job.scoring import ScoreShardWithLabelStream, ShardScoring
@@ -44,15 +46,22 @@ PARTIALS = OutputTag("global-partials", BYTES)
 ONE_KEY = 0
 
 
-def versions_by_shard(env: StreamExecutionEnvironment, kafka: KafkaSettings, shards: int) -> DataStream:
+def versions_by_shard(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
     """The global model's versions as (shard, message), one copy per shard (VersionFanOut.java),
     for the scoring operator's second input (keyed by shard there: `by_shard`). One reader: the
-    topic has one partition."""
-    versions = env.from_source(model_versions_source(kafka), WatermarkStrategy.no_watermarks(),
+    topic has one partition, the folder one writer. Read from kafka.model_versions_topic when the
+    outputs go to Kafka, else from the model-versions folder under output.path (no broker)."""
+    if settings.output.kind == "kafka":
+        source = model_versions_source(settings.kafka)
+    else:
+        folder = versions_folder(settings)
+        folder.mkdir(parents=True, exist_ok=True)  # watched from the start; the sink writes it later
+        source = model_versions_file_source(folder)
+    versions = env.from_source(source, WatermarkStrategy.no_watermarks(),
                                "model-versions-source").uid("model-versions-source").set_parallelism(1)
     # Every fan-out subtask gets every version and emits its own shards' copies (VersionFanOut.java).
     return java_operator(versions.broadcast(), "fan-out-versions", lambda j, jvm: j.transform(
-        "fan-out-versions", SHARD_BATCH.get_java_type_info(), jvm.riskstream.flink.VersionFanOut(shards)))
+        "fan-out-versions", SHARD_BATCH.get_java_type_info(), jvm.riskstream.flink.VersionFanOut(settings.performance.shards)))
 
 
 def by_shard(stream: DataStream) -> DataStream:
@@ -60,18 +69,18 @@ def by_shard(stream: DataStream) -> DataStream:
     return stream.key_by(lambda shard_bytes: shard_bytes[0], key_type=Types.INT())
 
 
-def aggregated(env: StreamExecutionEnvironment, scored: DataStream, rounds: Rounds) -> DataStream:
-    """The version lines (`global\\t<message>`, for the Kafka sink) the aggregator publishes from the
-    scoring operator's partials (input 1). Input 2 is one element at the start (a one-number
-    sequence source): it gives the aggregator a key to set its end-of-input timer with before any
-    partial comes, so a bounded run whose input has no scorable record still ends
-    (AggregateGlobal.on_timer)."""
+def aggregated(env: StreamExecutionEnvironment, scored: DataStream, rounds: Rounds, keyed: bool) -> DataStream:
+    """The version lines the aggregator publishes from the scoring operator's partials (input 1):
+    with `keyed` (Kafka) `global\t<message>`, the message key first, else the message alone
+    (files). Input 2 is one element at the start (a one-number sequence source): it gives the
+    aggregator a key to set its end-of-input timer with before any partial comes, so a bounded run
+    whose input has no scorable record still ends (AggregateGlobal.on_timer)."""
     sequence = internals.jvm().org.apache.flink.api.connector.source.lib.NumberSequenceSource(0, 0)
     start = env.from_source(internals.source_of(sequence), WatermarkStrategy.no_watermarks(), "global-model-start",
                             type_info=Types.LONG()).uid("global-model-start").set_parallelism(1)
     return scored.get_side_output(PARTIALS).key_by(lambda partial: ONE_KEY, key_type=Types.INT()).connect(
         start.key_by(lambda number: ONE_KEY, key_type=Types.INT())).process(
-        AggregateGlobal(rounds), output_type=BYTES).name("aggregate-global-model").uid(
+        AggregateGlobal(rounds, keyed), output_type=BYTES).name("aggregate-global-model").uid(
         "aggregate-global-model").set_parallelism(1).set_max_parallelism(1)
 
 
@@ -278,11 +287,13 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
 class AggregateGlobal(KeyedCoProcessFunction):
     """Combines the shards' partials into versions (udfs.global_scoring.Rounds around
     udfs.global_model.Aggregator), its state as bytes in keyed value state; emits each version as
-    one `global\\t<message>` line for the model-versions sink. With model.global.cadence_ms and
-    max_staleness above 0, a processing-time timer publishes what is pending on that cadence."""
+    one line for the model-versions sink (`global\\t<message>` when `keyed`, else the message).
+    With model.global.cadence_ms and max_staleness above 0, a processing-time timer publishes what
+    is pending on that cadence."""
 
-    def __init__(self, rounds: Rounds):
+    def __init__(self, rounds: Rounds, keyed: bool = True):
         self.initial = rounds
+        self.prefix = VERSION_KEY.encode("utf-8") + b"\t" if keyed else b""
         self.rounds = None
         self.state = None
         self.published = None
@@ -321,7 +332,7 @@ class AggregateGlobal(KeyedCoProcessFunction):
         self.state.update(self.rounds.to_bytes())
         for message in messages:
             self.published.inc()
-            yield VERSION_KEY.encode("utf-8") + b"\t" + message
+            yield self.prefix + message
 
     def _rounds(self) -> Rounds:
         if self.rounds is None:

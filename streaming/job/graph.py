@@ -19,7 +19,7 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from streaming.config import KafkaSettings, Settings
 from streaming.config.flink_options import flink_options
 from streaming.config.from_settings import global_part, global_rounds, model_scorer, transaction_reader, windowing
-from streaming.config.global_settings import check_global_model
+from streaming.config.global_settings import VERSIONS_OUTPUT, check_global_model
 from streaming.job.bundles import DEAD_LETTERS, DRIFT, LABEL_DEAD_LETTERS, LATE, LEARNING, ROUTES, SNAPSHOTS
 from streaming.job.connectors import json_lines_sink, kafka_sink, labels_source, transactions_source
 from streaming.job.drift import shard_drift
@@ -105,7 +105,7 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
             labels, performance.shards, bundling, settings.event_time.labels)
         rules = LabelRules(labels.ttl_ms, labels.unknown_wait_ms)
         if settings.model.uses_global:  # the versions share the second input (global_versions.py)
-            scored = shard_batches.connect(by_shard(routed.union(versions_by_shard(env, kafka, performance.shards)))
+            scored = shard_batches.connect(by_shard(routed.union(versions_by_shard(env, settings)))
                                            ).process(ScoreShardWithLabelStreamAndVersions(
                                                scoring, rules, scorer.snapshot_every,
                                                global_part(settings, scorer), learn_inline=labels.mode != "stream"),
@@ -114,7 +114,7 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
             scored = shard_batches.connect(by_shard(routed)).process(
                 ScoreShardWithLabelStream(scoring, rules, scorer.snapshot_every), output_type=BYTES)
     elif settings.model.uses_global:
-        scored = shard_batches.connect(by_shard(versions_by_shard(env, kafka, performance.shards))).process(
+        scored = shard_batches.connect(by_shard(versions_by_shard(env, settings))).process(
             ScoreShardWithVersions(scoring, global_part(settings, scorer), learn_inline=True), output_type=BYTES)
     else:
         scored = shard_batches.process(ScoreShard(scoring), output_type=BYTES)
@@ -131,8 +131,8 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
     if drift is not None:
         found.append(Output("drift", kafka.drift_topic, scored.get_side_output(DRIFT)))
     if settings.model.uses_global:
-        found.append(Output("model-versions", kafka.model_versions_topic,
-                            aggregated(env, scored, global_rounds(settings, scorer)), parallelism=1))
+        found.append(Output(VERSIONS_OUTPUT, kafka.model_versions_topic,
+                            aggregated(env, scored, global_rounds(settings, scorer), keyed_output), parallelism=1))
     if labels.streamed:
         found += [Output("learning", kafka.learning_topic, scored.get_side_output(LEARNING)),
                   Output("label-dead-letters", kafka.label_dead_letters_topic,

@@ -14,6 +14,7 @@ from pyflink.common import CompletableFuture, JobClient, JobExecutionResult
 from pyflink.datastream import StreamExecutionEnvironment
 
 from streaming.config import Settings
+from streaming.config.global_settings import check_no_earlier_versions
 from streaming.job import pyflink_internals as internals
 from streaming.job.graph import build_job, flink_configuration
 from streaming.job.identity import JOB_NAME
@@ -68,8 +69,10 @@ def run_job(settings: Settings) -> JobRun:
     before the job is running raises KeyboardInterrupt, and whatever was being started ends with
     this process (PyFlink's gateway JVM exits when its Python process does). Call from the main
     thread, which gets SIGINT: elsewhere Ctrl-C is not handled here. A failed job raises, as before.
+    The job starts afresh: a global model versions folder of an earlier run raises ConfigError.
     Returns how the run ended (JobRun).
     """
+    check_no_earlier_versions(settings)
     started = time.perf_counter()
     with CtrlCPresses() as ctrl_c:
         client = _start_unless_interrupted(settings, ctrl_c)

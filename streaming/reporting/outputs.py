@@ -15,8 +15,10 @@ from udfs.metrics import labelled, log_loss, roc_auc
 
 # The folders a file-output job writes under `output.path`, one FileSink each (analytics and
 # late with analytics.enabled only; learning and label-dead-letters with labels.mode stream or both;
-# drift with model.drift.detector other than none).
-OUTPUTS = ("scores", "dead-letters", "model-snapshots", "analytics", "late", "learning", "label-dead-letters", "drift")
+# drift with model.drift.detector other than none; model-versions with the global model, which also
+# reads it back: a new run must start without an earlier run's versions).
+OUTPUTS = ("scores", "dead-letters", "model-snapshots", "analytics", "late", "learning", "label-dead-letters", "drift",
+           "model-versions")
 
 
 def committed_parts(folder: Path) -> Iterator[Path]:

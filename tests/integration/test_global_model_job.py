@@ -1,7 +1,8 @@
 """The data-parallel global model through the real job: bounded file runs at parallelism 2 whose
 versions go round through the broker (model-versions topic) and back to every shard, synchronously
-with inline labels and asynchronously with a label stream. (A TaskManager killed mid-run:
-tests/drills/test_global_model_drill.py, `make drill-global`.)"""
+with inline labels and asynchronously with a label stream; and one whose outputs are files, so its
+versions go round through a folder, with no broker (`make run`'s route). (A TaskManager killed
+mid-run: tests/drills/test_global_model_drill.py, `make drill-global`.)"""
 
 from __future__ import annotations
 
@@ -13,15 +14,35 @@ from streaming.config import load_settings
 from streaming.config.from_settings import model_scorer, transaction_reader
 from streaming.ops import drill as failover_drill
 from streaming.ops import kafka_tools
+from streaming.reporting.outputs import committed_lines, committed_parts
 from tests.reference.pipeline import read_bundle
 from udfs.generator import GeneratorSettings, generate_with_kinds
 from udfs.global_model import Example, GlobalModel, train_sequential
 
-from .conftest import PROJECT
+from .conftest import LOCAL_PROFILE, PROJECT
 
 RECORDS = 3000
 SHARDS = 4
 CADENCE = 400  # labelled records per version: a share of 100 per shard
+
+
+def global_model_settings(tmp_path, profile, records: int, *overrides):
+    """The settings of a bounded run on `records` generated records (written to a file in
+    `tmp_path`) with model.blend global at parallelism 2, read at 300 records/s unless `overrides`
+    say otherwise; returns (settings, lines)."""
+    lines = [line for _, line in generate_with_kinds(GeneratorSettings(records=records, seed=7, malformed_share=0.0))]
+    source = tmp_path / "transactions.jsonl"
+    source.write_bytes(b"".join(line + b"\n" for line in lines))
+    settings = load_settings(profile, [
+        "source.kind=files", f"source.paths=[{json.dumps(str(source))}]",
+        f"checkpointing.directory={tmp_path / 'checkpoints'}", "checkpointing.interval_ms=300",
+        # Keyed by account, the records spread evenly over the shards: a synchronous round waits
+        # for every shard's share.
+        "model.key=account_id", "flink.parallelism=2", f"performance.shards={SHARDS}", "model.blend=global",
+        "model.learning_rate=0.5",
+        # Slow enough that versions come back while the file is still being scored.
+        "source.max_records_per_second=300", *overrides])
+    return settings, lines
 
 
 def run_with_global_model(tmp_path, isolation, *overrides):
@@ -29,25 +50,22 @@ def run_with_global_model(tmp_path, isolation, *overrides):
     version messages in topic order)."""
     from streaming.job.run import run_job
 
-    lines = [line for _, line in generate_with_kinds(GeneratorSettings(records=RECORDS, seed=7, malformed_share=0.0))]
-    source = tmp_path / "transactions.jsonl"
-    source.write_bytes(b"".join(line + b"\n" for line in lines))
-    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
-        *isolation, "source.kind=files", f"source.paths=[{json.dumps(str(source))}]",
-        f"checkpointing.directory={tmp_path / 'checkpoints'}", "checkpointing.interval_ms=300",
-        # Keyed by account, the records spread evenly over the shards: a synchronous round waits
-        # for every shard's share.
-        "model.key=account_id", "flink.parallelism=2", f"performance.shards={SHARDS}", "model.blend=global",
-        "model.learning_rate=0.5",
-        # Slow enough that versions come back while the file is still being scored.
-        "source.max_records_per_second=300",
-        f"model.global.cadence_records={CADENCE}", *overrides])
+    settings, lines = global_model_settings(tmp_path, PROJECT / "conf" / "kafka.yaml", RECORDS, *isolation,
+                                            f"model.global.cadence_records={CADENCE}", *overrides)
     kafka_tools.create_topics(settings)
     run_job(settings)
     scores = [score for _, score in failover_drill.read_committed(settings).scores]
     versions = [value for _, _, _, value in kafka_tools.tail(settings, settings.kafka.model_versions_topic,
                                                               idle_timeout_s=5)]
     return settings, lines, scores, versions
+
+
+def folder_versions(folder) -> list[bytes]:
+    """The version messages in a model-versions folder's committed part files, in publishing order:
+    a part file holds the versions of one checkpoint in order, and the FileSink names its files by
+    bucket instance (not by time), so the files are put in the order of their first version."""
+    files = [[line.rstrip(b"\n") for line in part.open("rb") if line.strip()] for part in committed_parts(folder)]
+    return [message for lines in sorted(files, key=lambda lines: json.loads(lines[0])["version"]) for message in lines]
 
 
 def reference_rounds(settings, lines, published: list[dict]) -> list[list[Example]]:
@@ -94,24 +112,60 @@ def assert_versions_equal_the_reference(settings, lines, versions) -> list[dict]
     return published
 
 
-def test_synchronous_versions_equal_the_sequential_reference(tmp_path, kafka_isolation):
-    settings, lines, scores, versions = run_with_global_model(tmp_path, kafka_isolation, "model.global.max_staleness=0")
-
+def assert_synchronous_run(settings, lines, scores, versions) -> None:
+    """What a synchronous run (max_staleness 0) must have done, whatever the route of its versions:
+    versions equal to the sequential reference with every record in exactly one, every record
+    scored once by a published version, and versions coming back while it scored; `scores` in an
+    order that keeps each key's scores in the order they were made."""
     published = assert_versions_equal_the_reference(settings, lines, versions)
     numbers = [message["version"] for message in published]
     assert published[-1]["labelled_records"] + sum(message["labelled_records"] for message in published[1:-1]) \
         == sum(1 for score in scores if score["label"] is not None)
 
     # Every record is scored once, by the global model of a version that was published.
-    assert len(scores) == RECORDS
+    assert len(scores) == len(lines)
     assert {score["global_version"] for score in scores} <= set(numbers)
     used = sorted({score["global_version"] for score in scores})
     assert len(used) > 2, f"versions did not come back while scoring: {used} of {numbers}"
     by_key: dict[str, list[int]] = {}
-    for score in scores:  # in each partition's order: a key's scores in the order they were made
+    for score in scores:  # a key's scores in the order they were made
         by_key.setdefault(score["model_key"], []).append(score["global_version"])
     assert all(versions_used == sorted(versions_used) for versions_used in by_key.values()), \
         "a key was scored with an older version after a newer one"
+
+
+def test_synchronous_versions_equal_the_sequential_reference(tmp_path, kafka_isolation):
+    settings, lines, scores, versions = run_with_global_model(tmp_path, kafka_isolation, "model.global.max_staleness=0")
+    assert_synchronous_run(settings, lines, scores, versions)
+
+
+FILE_ROUTE_RECORDS = 1500
+FILE_ROUTE_CADENCE = 100  # a share of 25 per shard: a version every second or so once scoring runs
+# The source runs ahead while the Python workers start (several seconds), and what it read by then
+# is scored in one burst with version 0: slow enough that most records come after that.
+FILE_ROUTE_RECORDS_PER_SECOND = 120
+
+
+def test_without_a_broker_versions_go_round_through_a_folder_and_the_run_ends(tmp_path):
+    """Outputs to files (the local profile, `make run`): the versions go to and come back from
+    <output.path>/model-versions, with the same guarantees as through the broker; the bounded run
+    ends by itself after the final version."""
+    from streaming.job.run import run_job
+
+    out = tmp_path / "out"
+    settings, lines = global_model_settings(tmp_path, LOCAL_PROFILE, FILE_ROUTE_RECORDS, f"output.path={out}",
+                                            f"model.global.cadence_records={FILE_ROUTE_CADENCE}",
+                                            "model.global.max_staleness=0",
+                                            f"source.max_records_per_second={FILE_ROUTE_RECORDS_PER_SECOND}")
+    assert settings.output.kind == "files"
+    job_run = run_job(settings)
+
+    assert job_run.ending == "finished"
+    # Part files are named by bucket instance, not time: each key's scores in the order they were
+    # made, which is its records' order in the input (arrival order).
+    position = {json.loads(line)["txn_id"]: index for index, line in enumerate(lines)}
+    scores = sorted(committed_lines(out / "scores"), key=lambda score: position[score["txn_id"]])
+    assert_synchronous_run(settings, lines, scores, folder_versions(out / "model-versions"))
 
 
 STALENESS = 1

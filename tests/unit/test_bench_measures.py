@@ -85,3 +85,25 @@ def test_sample_tree_of_an_ended_process_is_none():
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
     assert sample_tree(ended.pid) is None
+
+
+def test_a_sample_counts_the_processes_named_beside_the_tree_as_the_broker():
+    # The parent is not in this process's tree: its CPU and memory count only when named.
+    alone = sample_tree(os.getpid())
+    taken = sample_tree(os.getpid(), also=[os.getppid()])
+    assert "broker" not in alone.cpu_s_by_kind
+    assert taken.rss_bytes_by_kind["broker"] > 0 and taken.rss_bytes > alone.rss_bytes
+    assert taken.cpu_s == pytest.approx(sum(taken.cpu_s_by_kind.values()))
+
+
+def test_the_global_models_stage_profile_times_its_share_of_the_scoring_operator(tmp_path):
+    from bench.global_bench import GLOBAL_ON, global_stage_profile
+
+    data = tmp_path / "tx.jsonl"
+    data.write_bytes(b"\n".join(generate(GeneratorSettings(records=3_000, seed=5, malformed_share=0.1))) + b"\n")
+    # Keyed by account every shard gets records, so synchronous rounds complete and versions come back.
+    stages = global_stage_profile(PROJECT / "conf" / "bench.yaml", data, "account_id", GLOBAL_ON)
+    versions = stages.pop("versions")
+    assert list(stages) == ["key_model", "blend", "keep", "partials", "aggregate"]
+    assert all(microseconds > 0 for microseconds in stages.values()), stages
+    assert versions >= 2  # version 0 and at least one round's

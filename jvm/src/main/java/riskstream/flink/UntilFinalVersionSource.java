@@ -1,4 +1,4 @@
-package riskstream.flink.kafka;
+package riskstream.flink;
 
 import java.nio.charset.StandardCharsets;
 import java.util.Collection;
@@ -19,22 +19,22 @@ import org.apache.flink.api.connector.source.SourceSplit;
 import org.apache.flink.api.connector.source.SplitEnumerator;
 import org.apache.flink.api.connector.source.SplitEnumeratorContext;
 import org.apache.flink.api.java.typeutils.ResultTypeQueryable;
-import org.apache.flink.connector.kafka.source.reader.deserializer.KafkaRecordDeserializationSchema;
 import org.apache.flink.core.io.InputStatus;
 import org.apache.flink.core.io.SimpleVersionedSerializer;
-import org.apache.flink.kafka.shaded.org.apache.kafka.clients.consumer.ConsumerRecord;
-import org.apache.flink.util.Collector;
 
 /**
- * The global model's versions source: a Kafka source of the model-versions topic (built in Python,
- * read committed, values as bytes: {@link #values()}) that ENDS after the first version marked
- * final ({@code "final":true}, udfs/global_scoring.py FINAL_MARKER). Flink's KafkaSource can stop
- * only at offsets known when it starts, but a bounded run's last version is written by the job
- * itself, after its transactions ended; the scoring operator, which reads these versions as its
- * second input, ends only when this source does.
+ * The global model's versions source: any source of version messages as bytes, one record per
+ * version, that ENDS after the first version marked final ({@code "final":true},
+ * udfs/global_scoring.py FINAL_MARKER). Two routes use it (docs/design.md, "Route back"): Flink's
+ * Kafka source of the model-versions topic (read committed, values as bytes:
+ * {@code kafka.VersionValues}) and a FileSource watching the model-versions folder
+ * ({@link VersionFiles}). Neither can stop by itself at the right place: a bounded run's last
+ * version is written by the job itself, after its transactions ended, and the scoring operator,
+ * which reads these versions as its second input, ends only when this source does.
  *
- * <p>Everything but the end is the wrapped source's: splits, enumerator, offsets in checkpoints
- * and their commit. Meant for one reader (parallelism 1) of a one-partition topic.
+ * <p>Everything but the end is the wrapped source's: splits, enumerator, positions in checkpoints
+ * and their commit. Meant for one reader (parallelism 1). This class loads no Kafka class, so
+ * the file route runs without the Kafka connector on the class path.
  */
 public final class UntilFinalVersionSource<SplitT extends SourceSplit, EnumChkT>
         implements Source<byte[], SplitT, EnumChkT>, ResultTypeQueryable<byte[]> {
@@ -45,11 +45,6 @@ public final class UntilFinalVersionSource<SplitT extends SourceSplit, EnumChkT>
 
     public UntilFinalVersionSource(Source<byte[], SplitT, EnumChkT> inner) {
         this.inner = inner;
-    }
-
-    /** Each record's value, byte for byte (a tombstone: no bytes). */
-    public static KafkaRecordDeserializationSchema<byte[]> values() {
-        return new ValueBytes();
     }
 
     /** Whether a version message is the final one. */
@@ -100,20 +95,6 @@ public final class UntilFinalVersionSource<SplitT extends SourceSplit, EnumChkT>
     @Override
     public TypeInformation<byte[]> getProducedType() {
         return PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO;
-    }
-
-    private static final class ValueBytes implements KafkaRecordDeserializationSchema<byte[]> {
-        private static final long serialVersionUID = 1L;
-
-        @Override
-        public void deserialize(ConsumerRecord<byte[], byte[]> record, Collector<byte[]> out) {
-            out.collect(record.value() == null ? new byte[0] : record.value());
-        }
-
-        @Override
-        public TypeInformation<byte[]> getProducedType() {
-            return PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO;
-        }
     }
 
     /** The wrapped reader, until it has emitted a final version; then END_OF_INPUT. */

@@ -1,4 +1,4 @@
-package riskstream.flink.kafka;
+package riskstream.flink;
 
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
