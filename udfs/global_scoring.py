@@ -296,6 +296,15 @@ class Rounds:
             self.finished = True
         return out
 
+    def ended(self) -> list[bytes]:
+        """At the end of a bounded run's input: version 0 when no partial ever came (the input had no
+        record a shard could score), so that the shards, which first hear of the global model
+        then, send their last partials and the run can end with a final version; else nothing."""
+        if self.announced:
+            return []
+        self.announced = True
+        return [self.aggregator.model.to_message()]
+
     def tick(self, now_ms: int) -> list[bytes]:
         """The aggregator's time cadence (asynchronous mode): the version it publishes, if any."""
         made_of = list(self.aggregator.pending)

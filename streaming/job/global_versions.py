@@ -20,7 +20,6 @@ from pyflink.common import Types, WatermarkStrategy
 from pyflink.datastream import (
     DataStream,
     KeyedCoProcessFunction,
-    KeyedProcessFunction,
     OutputTag,
     RuntimeContext,
     StreamExecutionEnvironment,
@@ -30,6 +29,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from streaming.config import Settings
 from streaming.config.global_settings import versions_folder
+from streaming.job import pyflink_internals as internals
 from streaming.job.bundles import now_ms
 from streaming.job.connectors import model_versions_file_source, model_versions_source
 from streaming.job.identity import METRICS_GROUP
@@ -69,10 +69,17 @@ def by_shard(stream: DataStream) -> DataStream:
     return stream.key_by(lambda shard_bytes: shard_bytes[0], key_type=Types.INT())
 
 
-def aggregated(scored: DataStream, rounds: Rounds, keyed: bool) -> DataStream:
-    """The version lines the aggregator publishes from the scoring operator's partials: with
-    `keyed` (Kafka) `global\\t<message>`, the message key first, else the message alone (files)."""
-    return scored.get_side_output(PARTIALS).key_by(lambda partial: ONE_KEY, key_type=Types.INT()).process(
+def aggregated(env: StreamExecutionEnvironment, scored: DataStream, rounds: Rounds, keyed: bool) -> DataStream:
+    """The version lines the aggregator publishes from the scoring operator's partials (input 1):
+    with `keyed` (Kafka) `global\t<message>`, the message key first, else the message alone
+    (files). Input 2 is one element at the start (a one-number sequence source): it gives the
+    aggregator a key to set its end-of-input timer with before any partial comes, so a bounded run
+    whose input has no scorable record still ends (AggregateGlobal.on_timer)."""
+    sequence = internals.jvm().org.apache.flink.api.connector.source.lib.NumberSequenceSource(0, 0)
+    start = env.from_source(internals.source_of(sequence), WatermarkStrategy.no_watermarks(), "global-model-start",
+                            type_info=Types.LONG()).uid("global-model-start").set_parallelism(1)
+    return scored.get_side_output(PARTIALS).key_by(lambda partial: ONE_KEY, key_type=Types.INT()).connect(
+        start.key_by(lambda number: ONE_KEY, key_type=Types.INT())).process(
         AggregateGlobal(rounds, keyed), output_type=BYTES).name("aggregate-global-model").uid(
         "aggregate-global-model").set_parallelism(1).set_max_parallelism(1)
 
@@ -277,7 +284,7 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
         yield from self.globals.send(shard, self.globals.of(shard))
 
 
-class AggregateGlobal(KeyedProcessFunction):
+class AggregateGlobal(KeyedCoProcessFunction):
     """Combines the shards' partials into versions (udfs.global_scoring.Rounds around
     udfs.global_model.Aggregator), its state as bytes in keyed value state; emits each version as
     one line for the model-versions sink (`global\\t<message>` when `keyed`, else the message).
@@ -299,7 +306,7 @@ class AggregateGlobal(KeyedProcessFunction):
         metrics.gauge("global_partials_dropped_stale", lambda: 0 if self.rounds is None
                       else self.rounds.aggregator.dropped_stale)
 
-    def process_element(self, partial, ctx):
+    def process_element1(self, partial, ctx):
         rounds = self._rounds()
         now = now_ms()
         messages = rounds.add(partial, now)
@@ -308,9 +315,17 @@ class AggregateGlobal(KeyedProcessFunction):
             ctx.timer_service().register_processing_time_timer(now + aggregator.cadence_ms)
         yield from self._publish(messages)
 
+    def process_element2(self, start, ctx):
+        # Once at the start (again after a restore: setting the timer twice is harmless).
+        ctx.timer_service().register_event_time_timer(END_OF_INPUT)
+
     def on_timer(self, timestamp, ctx):
         rounds = self._rounds()
-        if not rounds.finished:
+        if rounds.finished:
+            return
+        if ctx.time_domain() == TimeDomain.EVENT_TIME:  # END_OF_INPUT: the partials' input ended
+            yield from self._publish(rounds.ended())
+        else:
             yield from self._publish(rounds.tick(now_ms()))
 
     def _publish(self, messages: list[bytes]) -> Iterator[bytes]:

@@ -132,7 +132,7 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
         found.append(Output("drift", kafka.drift_topic, scored.get_side_output(DRIFT)))
     if settings.model.uses_global:
         found.append(Output(VERSIONS_OUTPUT, kafka.model_versions_topic,
-                            aggregated(scored, global_rounds(settings, scorer), keyed_output), parallelism=1))
+                            aggregated(env, scored, global_rounds(settings, scorer), keyed_output), parallelism=1))
     if labels.streamed:
         found += [Output("learning", kafka.learning_topic, scored.get_side_output(LEARNING)),
                   Output("label-dead-letters", kafka.label_dead_letters_topic,

@@ -320,3 +320,24 @@ def test_a_label_from_the_stream_adds_to_the_gradient_not_to_the_statistics():
     assert got.bias_gradient == pytest.approx(gradient_only.bias_gradient, abs=1e-12)
     assert got.gradient == pytest.approx(gradient_only.gradient, abs=1e-12)
     assert got.statistics.mean == pytest.approx(statistics_only.statistics.mean, rel=1e-12)
+
+
+@pytest.mark.parametrize("max_staleness", [0, 2])
+def test_a_run_without_records_ends_with_version_zero_then_a_final_one(max_staleness):
+    """No shard ever scores a record, so none sends a partial: at the end of its input the
+    aggregator announces version 0 (Rounds.ended); every shard, its input ended, answers with an
+    empty last partial, and the version after them is final. Once announced, `ended` adds nothing."""
+    shards = 3
+    part = GlobalPart(NAMES, POSITIONS, 0.0, max_staleness, share_of(10, shards))
+    rounds = Rounds(Aggregator(GlobalModel.initial(NAMES, POSITIONS), Sgd(0.1), shards, max_staleness, 10))
+    published = rounds.ended()
+    assert [GlobalModel.from_message(m, NAMES).version for m in published] == [0]
+    for shard in range(shards):
+        held = part.new_shard()
+        held.ended = True
+        part.offer(held, published[0])
+        for partial in part.partials(held, shard):
+            published += rounds.add(partial, 0)
+    assert is_final(published[-1]) and not any(is_final(m) for m in published[:-1])
+    assert orjson.loads(published[-1])["labelled_records"] == 0
+    assert rounds.finished and rounds.ended() == []
