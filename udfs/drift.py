@@ -160,9 +160,9 @@ class _StateMismatch(ValueError):
 #     (row i holds summaries of 2^i values), then every row's totals, then every row's variances,
 #     as f64, row 0 first, each row oldest first.
 DRIFT_STATE_VERSION = 1
-_HEADER = struct.Struct("<BBBB")
-_PAGE_HINKLEY_STATE = struct.Struct("<BBBxQQddddd")
-_ADWIN_STATE = struct.Struct("<BBBBB3xQQddQd")
+_HEADER = struct.Struct("<BBBB")  # version, kind, pending_reset, the detector's byte (_header, _read_header)
+_PAGE_HINKLEY_STATE = struct.Struct("<QQddddd")  # after the header
+_ADWIN_STATE = struct.Struct("<B3xQQddQd")  # after the header
 
 
 class PageHinkley:
@@ -233,17 +233,18 @@ class PageHinkley:
                 "threshold": self.parameters.threshold, "detections": self.detections}
 
     def to_bytes(self) -> bytes:
-        return _PAGE_HINKLEY_STATE.pack(DRIFT_STATE_VERSION, self.KIND, self.drift_detected, self.n,
-                                        self.detections, self.mean, self.sum_increase, self.sum_decrease,
-                                        self.min_increase, self.max_decrease)
+        return _header(self.KIND, self.drift_detected) + _PAGE_HINKLEY_STATE.pack(
+            self.n, self.detections, self.mean, self.sum_increase, self.sum_decrease, self.min_increase,
+            self.max_decrease)
 
     @classmethod
     def from_bytes(cls, data: bytes, parameters: PageHinkleyParameters = PageHinkleyParameters()) -> PageHinkley:
         """The detector `to_bytes` wrote, continued with `parameters`."""
-        version, kind, pending, *values = _PAGE_HINKLEY_STATE.unpack_from(_checked(data, cls.KIND))
+        pending, _ = _read_header(data, cls.KIND)
+        values = _PAGE_HINKLEY_STATE.unpack_from(data, _HEADER.size)
         detector = cls.__new__(cls)
         detector.parameters = parameters
-        detector.drift_detected = bool(pending)
+        detector.drift_detected = pending
         (detector.n, detector.detections, detector.mean, detector.sum_increase, detector.sum_decrease,
          detector.min_increase, detector.max_decrease) = values
         return detector
@@ -395,9 +396,9 @@ class Adwin:
 
     def to_bytes(self) -> bytes:
         rows = len(self.totals)
-        header = _ADWIN_STATE.pack(DRIFT_STATE_VERSION, self.KIND, self.drift_detected, rows,
-                                   self.parameters.max_buckets, self.tick, self.detections, self.total,
-                                   self.variance, self.dropped, self.dropped_total)
+        header = _header(self.KIND, self.drift_detected, rows) + _ADWIN_STATE.pack(
+            self.parameters.max_buckets, self.tick, self.detections, self.total, self.variance, self.dropped,
+            self.dropped_total)
         counts = bytes(map(len, self.totals))
         floats = struct.pack(f"<{2 * sum(counts)}d", *chain.from_iterable(self.totals),
                              *chain.from_iterable(self.variances))
@@ -407,11 +408,12 @@ class Adwin:
     def from_bytes(cls, data: bytes, parameters: AdwinParameters = AdwinParameters()) -> Adwin:
         """The detector `to_bytes` wrote, continued with `parameters`; ValueError when the state was
         written with another `max_buckets` (its rows would never merge again)."""
-        (_, _, pending, rows, max_buckets, tick, detections, total, variance, dropped,
-         dropped_total) = _ADWIN_STATE.unpack_from(_checked(data, cls.KIND))
+        pending, rows = _read_header(data, cls.KIND)
+        (max_buckets, tick, detections, total, variance, dropped,
+         dropped_total) = _ADWIN_STATE.unpack_from(data, _HEADER.size)
         if max_buckets != parameters.max_buckets:
             raise _StateMismatch(f"ADWIN state kept {max_buckets} buckets per row, the settings {parameters.max_buckets}")
-        offset = _ADWIN_STATE.size + rows
+        offset = _HEADER.size + _ADWIN_STATE.size + rows
         flat = struct.unpack_from(f"<{(len(data) - offset) // 8}d", data, offset)
         detector = cls.__new__(cls)
         detector.parameters = parameters
@@ -427,17 +429,24 @@ class Adwin:
         detector.totals, detector.variances, detector.width = totals, variances, width
         detector.total, detector.variance = total, variance
         detector.dropped, detector.dropped_total = dropped, dropped_total
-        detector.tick, detector.detections, detector.drift_detected = tick, detections, bool(pending)
+        detector.tick, detector.detections, detector.drift_detected = tick, detections, pending
         return detector
 
 
-def _checked(data: bytes, kind: int) -> bytes:
-    """`data` when its header names the current version and `kind`; ValueError otherwise."""
+def _header(kind: int, pending_reset: bool, detector_byte: int = 0) -> bytes:
+    """The state's 4-byte common header (see DRIFT_STATE_VERSION): the current version, `kind`,
+    `pending_reset` as 0 or 1, and `detector_byte` (0..255; ADWIN's bucket rows, 0 for Page-Hinkley)."""
+    return _HEADER.pack(DRIFT_STATE_VERSION, kind, pending_reset, detector_byte)
+
+
+def _read_header(data: bytes, kind: int) -> tuple[bool, int]:
+    """(pending_reset, the detector's byte) of `data`'s header when it names the current version and
+    `kind`; ValueError otherwise (_StateMismatch for another kind)."""
     if len(data) < _HEADER.size:
         raise ValueError(f"drift state of {len(data)} bytes is too short")
-    version, stored_kind, _, _ = _HEADER.unpack_from(data)
+    version, stored_kind, pending, detector_byte = _HEADER.unpack_from(data)
     if version != DRIFT_STATE_VERSION:
         raise ValueError(f"drift state version {version} is not supported (this release reads {DRIFT_STATE_VERSION})")
     if stored_kind != kind:
         raise _StateMismatch(f"drift state of detector kind {stored_kind}, expected {kind}")
-    return data
+    return bool(pending), detector_byte

@@ -331,7 +331,8 @@ def run_with_savepoint(local: local_cluster.LocalCluster, settings: Settings, ov
     savepoint = rest.stop_with_savepoint(local.rest_url, first.job_id, savepoint_dir)
     resumed = DrillRun(job_id=submit(local, [*overrides, *resume_overrides], savepoint), savepoint=savepoint)
     watch = Watch(local, resumed)
-    produced = sum(1 for _ in kafka_tools.tail(settings, settings.kafka.transactions_topic, idle_timeout_s=3))
+    produced = sum(1 for _ in kafka_tools.tail(settings, settings.kafka.transactions_topic, idle_timeout_s=3,
+                                               until_end=True))
     watch.until("a committed output for every record", lambda: committed_outputs(settings) >= produced,
                 timeout_s, poll_s=1)
     rest.stop_with_savepoint(local.rest_url, resumed.job_id, savepoint_dir, drain=True)
@@ -362,9 +363,13 @@ def run_with_broker_restart(local: local_cluster.LocalCluster, overrides: list[s
     return run
 
 
-def read_committed(settings: Settings, idle_timeout_s: float = 8) -> Committed:
+def read_committed(settings: Settings, idle_timeout_s: float = 8, until_end: bool = True) -> Committed:
+    """What a read_committed consumer finds in the job's output topics. `until_end`: each topic is
+    read to its end (kafka_tools.tail), which is all of it once the job has ended (when this is
+    called from a drill or a test); without it, until nothing came for `idle_timeout_s`, for a job
+    that may still be writing."""
     def topic(name: str) -> list[tuple[int, int, bytes | None, bytes]]:
-        return list(kafka_tools.tail(settings, name, idle_timeout_s=idle_timeout_s))
+        return list(kafka_tools.tail(settings, name, idle_timeout_s=idle_timeout_s, until_end=until_end))
 
     def decoded(records: list[tuple[int, int, bytes | None, bytes]]) -> list[tuple[bytes | None, dict[str, Any]]]:
         return [(key, json.loads(value)) for _, _, key, value in records]
@@ -381,15 +386,16 @@ def aborted_scores(settings: Settings, committed: Committed, idle_timeout_s: flo
     did not: the output of transactions that were aborted. Only once the job has ended, when no
     transaction is open any more, is every such record an aborted one."""
     return [json.loads(value) for partition, offset, _, value in kafka_tools.tail(
-                settings, settings.kafka.scores_topic, idle_timeout_s=idle_timeout_s, committed_only=False)
+                settings, settings.kafka.scores_topic, idle_timeout_s=idle_timeout_s, committed_only=False,
+                until_end=True)
             if (partition, offset) not in committed.score_positions]
 
 
 def committed_outputs(settings: Settings) -> int:
-    """How many scores and dead letters a read_committed consumer finds now."""
+    """How many scores and dead letters a read_committed consumer finds now (to each topic's end)."""
     kafka = settings.kafka
     return sum(1 for topic in (kafka.scores_topic, kafka.dead_letters_topic)
-               for _ in kafka_tools.tail(settings, topic, idle_timeout_s=1))
+               for _ in kafka_tools.tail(settings, topic, idle_timeout_s=1, until_end=True))
 
 
 def _kill_taskmanagers(local: local_cluster.LocalCluster, point: str, watch: Watch) -> Kill:

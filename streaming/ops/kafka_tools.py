@@ -182,13 +182,19 @@ def produce(settings: Settings, lines: Iterable[bytes], *, total: int | None = N
 
 
 def tail(settings: Settings, topic: str, *, from_beginning: bool = True, max_records: int | None = None,
-         idle_timeout_s: float | None = None,
-         committed_only: bool = True) -> Iterator[tuple[int, int, bytes | None, bytes]]:
+         idle_timeout_s: float | None = None, committed_only: bool = True,
+         until_end: bool = False) -> Iterator[tuple[int, int, bytes | None, bytes]]:
     """(partition, offset, key, value) of the topic's committed records (read_committed), until
     `max_records` were read or nothing arrived for `idle_timeout_s` (None: follow forever), counted
     from when the consumer got its partitions, so a slow group join does not end it early. With
-    `committed_only=False` also records of open and aborted transactions (read_uncommitted)."""
-    from confluent_kafka import Consumer, KafkaException
+    `committed_only=False` also records of open and aborted transactions (read_uncommitted).
+
+    With `until_end`, it also stops as soon as every partition has been read to its end as the
+    broker reports it when the reader gets there (read_committed: the last stable offset, before
+    any transaction still open). On a topic nothing writes to any more (the outputs of a job that
+    has ended, an input produced before) that is every record an idle timeout would give, without
+    waiting the timeout out after the last one."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException
 
     consumer = Consumer({
         **client_config(settings),
@@ -198,12 +204,16 @@ def tail(settings: Settings, topic: str, *, from_beginning: bool = True, max_rec
         "enable.auto.commit": False,
         "fetch.max.bytes": settings.kafka.max_message_bytes * 4,
         "max.partition.fetch.bytes": settings.kafka.max_message_bytes,
+        # An event each time the reader reaches a partition's end (until_end counts them).
+        "enable.partition.eof": until_end,
     })
     last_record = time.monotonic()  # of the last record, or when the partitions were assigned
+    not_at_end: set[int] | None = None  # the assigned partitions whose end the reader has not reached
 
-    def assigned(_consumer, _partitions):
-        nonlocal last_record
+    def assigned(_consumer, partitions):
+        nonlocal last_record, not_at_end
         last_record = time.monotonic()
+        not_at_end = {partition.partition for partition in partitions}
 
     consumer.subscribe([topic], on_assign=assigned)
     read = 0
@@ -213,6 +223,12 @@ def tail(settings: Settings, topic: str, *, from_beginning: bool = True, max_rec
             if message is None:
                 if idle_timeout_s is not None and time.monotonic() - last_record > idle_timeout_s:
                     return
+                continue
+            if message.error() and message.error().code() == KafkaError._PARTITION_EOF:
+                if not_at_end is not None:
+                    not_at_end.discard(message.partition())
+                    if not not_at_end:
+                        return
                 continue
             if message.error():
                 raise KafkaException(message.error())

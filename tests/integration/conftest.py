@@ -37,6 +37,7 @@ class JobOutputs:
     scores: list[dict[str, Any]]
     dead_letters: list[dict[str, Any]]
     snapshots: list[dict[str, Any]]
+    job_run: Any = None  # streaming.job.run.JobRun: how the run ended, the records its source read
 
 
 def run_scoring_job(workdir: Path, lines: list[bytes], *overrides: str,
@@ -46,15 +47,18 @@ def run_scoring_job(workdir: Path, lines: list[bytes], *overrides: str,
     return run_scoring_job_on_files(workdir, {file_name: lines}, *overrides)
 
 
-def run_scoring_job_on_files(workdir: Path, files: dict[str, list[bytes]], *overrides: str) -> JobOutputs:
-    """`run_scoring_job` on several input files at once: each name's lines written to `workdir / name`."""
+def run_scoring_job_on_files(workdir: Path, files: dict[str, list[bytes]], *overrides: str,
+                             unterminated: frozenset[str] = frozenset()) -> JobOutputs:
+    """`run_scoring_job` on several input files at once: each name's lines written to `workdir / name`,
+    each ended by a newline but in the files named in `unterminated`, whose last line has none."""
     from streaming.job.run import run_job  # imports pyflink: only the integration tier pays for it
 
     workdir.mkdir(parents=True, exist_ok=True)
     sources = []
     for file_name, lines in files.items():
         sources.append(workdir / file_name)
-        sources[-1].write_bytes(b"".join(line + b"\n" for line in lines))
+        ending = b"" if file_name in unterminated else b"\n"
+        sources[-1].write_bytes(b"\n".join(lines) + ending)
     # A JSON string is YAML: any character of a path survives.
     settings = load_settings(LOCAL_PROFILE, [
         f"source.paths=[{', '.join(json.dumps(str(source)) for source in sources)}]",
@@ -62,13 +66,14 @@ def run_scoring_job_on_files(workdir: Path, files: dict[str, list[bytes]], *over
         f"checkpointing.directory={workdir / 'checkpoints'}",
         *overrides,
     ])
-    run_job(settings)
+    job_run = run_job(settings)
     out = Path(settings.output.path)
     return JobOutputs(
         settings=settings,
         scores=list(committed_lines(out / "scores")),
         dead_letters=list(committed_lines(out / "dead-letters")),
         snapshots=list(committed_lines(out / "model-snapshots")),
+        job_run=job_run,
     )
 
 
@@ -82,7 +87,8 @@ class SharedRun:
     """One run of the job (the local profile, model.snapshot_every=1) on the inputs of several
     tests that only read what it committed, each in a file of its own: the accounting test's
     generated stream, the privacy test's spellings of an account id, the source-tag test's file
-    with an awkward name. Saves a job start per test (a mini-cluster and its Python workers)."""
+    with an awkward name, the records-read test's file whose last line has no newline. Saves a job
+    start per test (a mini-cluster and its Python workers)."""
     folder: Path  # where the input files and `out/` are
     inputs: dict[str, list[bytes]]  # file name -> its lines
     outputs: JobOutputs  # everything the run committed
@@ -96,13 +102,15 @@ class SharedRun:
 
 @pytest.fixture(scope="session")
 def shared_run(tmp_path_factory) -> SharedRun:
-    from tests.integration import test_accounting, test_dead_letter_privacy, test_source_tags
+    from tests.integration import test_accounting, test_dead_letter_privacy, test_interrupt, test_source_tags
 
     folder = tmp_path_factory.mktemp("shared-run")
     inputs = {test_accounting.INPUT_FILE: [line for _, line in test_accounting.generated_stream()],
               test_dead_letter_privacy.INPUT_FILE: test_dead_letter_privacy.privacy_records()[0],
-              test_source_tags.AWKWARD_NAME: test_source_tags.LINES}
-    return SharedRun(folder, inputs, run_scoring_job_on_files(folder, inputs, "model.snapshot_every=1"))
+              test_source_tags.AWKWARD_NAME: test_source_tags.LINES,
+              test_interrupt.UNTERMINATED_FILE: test_interrupt.records_read_lines()}
+    return SharedRun(folder, inputs, run_scoring_job_on_files(folder, inputs, "model.snapshot_every=1",
+                                                              unterminated=frozenset({test_interrupt.UNTERMINATED_FILE})))
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import pytest
 
 from streaming.config.from_settings import model_scorer, transaction_reader
 from streaming.reporting.outputs import committed_lines
-from tests.reference.pipeline import assess
-from udfs.drift import drift_loss, make_detector
+from tests.reference.pipeline import assess_with_drift
 from udfs.generator import GeneratorSettings, generate
 from udfs.records import ModelInput
 
@@ -32,17 +31,10 @@ def reference_run(settings, lines: list[bytes]):
     for n, line in enumerate(lines, 1):
         record = reader.read_envelope(f"file:{n}:/in.jsonl\t" + line.decode("latin-1"), NOW)
         assert isinstance(record, ModelInput)
-        key = record.model_key
-        assessment = assess(scorer, models.setdefault(key, scorer.new_model()), record)
-        scores[record.txn_id] = (assessment.probability, assessment.updates)
-        if record.label is None:
-            continue
-        detector = detectors.setdefault(key, make_detector(detector_settings))
-        loss = drift_loss(assessment.probability, record.label, detector_settings.loss_cap)
-        if detector.update(loss):
-            events.append((key, record.txn_id, assessment.updates, loss, detector.statistics()))
-            if settings.model.on_drift == "reset":
-                models[key] = scorer.new_model()
+        step = assess_with_drift(scorer, models, detectors, detector_settings, settings.model.on_drift, record)
+        scores[record.txn_id] = (step.assessment.probability, step.assessment.updates)
+        if step.event is not None:
+            events.append(step.event)
     return scores, events
 
 

@@ -133,11 +133,12 @@ def assert_analytics_as_without_failures(settings, committed):
     and late set of the plain-Python reference over each partition's records in offset order
     (what a run without failures gives: it depends on nothing else)."""
     def committed_lines(topic):
-        return [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8)]
+        return [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8,
+                                                                         until_end=True)]
 
     partitions = {}
     for partition, _, _, value in sorted(kafka_tools.tail(settings, settings.kafka.transactions_topic,
-                                                          idle_timeout_s=8)):
+                                                          idle_timeout_s=8, until_end=True)):
         partitions.setdefault(partition, []).append(value)
     windows, late = expected(sorted(partitions.items()), [score for _, score in committed.scores])
     emitted = emitted_windows(committed_lines(settings.kafka.analytics_topic))

@@ -19,7 +19,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streaming.config import load_settings
 from streaming.reporting.outputs import committed_lines, count_file_records
 from tests.cli import RISKSTREAM, assert_one_line_failure, user_environment
 from tests.integration.conftest import LOCAL_PROFILE
@@ -243,20 +242,27 @@ def test_ctrl_c_during_start_up_ends_the_command_in_one_line(tmp_path, after_jvm
         run.kill()
 
 
-def test_records_read_counts_every_line_of_the_input_files(tmp_path):
-    from streaming.job.run import run_job
+# The records-read test's file in the run shared with other tests (conftest.shared_run), written
+# without a newline after its last line.
+UNTERMINATED_FILE = "records-read.jsonl"
 
-    lines = transactions(seed=91, records=700) + [b"", b"not json", b'{"unterminated": ']
-    source = tmp_path / "transactions.jsonl"
-    source.write_bytes(b"\n".join(lines))  # the last line has no newline: still a record
-    settings = load_settings(LOCAL_PROFILE, [
-        f"source.paths=['{source}']", f"output.path={tmp_path / 'out'}",
-        f"checkpointing.directory={tmp_path / 'checkpoints'}"])
 
-    job_run = run_job(settings)
+def records_read_lines() -> list[bytes]:
+    """700 transactions (txn_ids t91-...), then an empty line, a line that is not JSON, and an
+    unterminated JSON object, which is the file's last line."""
+    return transactions(seed=91, records=700) + [b"", b"not json", b'{"unterminated": ']
+
+
+def test_records_read_counts_every_line_of_the_input_files(shared_run):
+    lines = records_read_lines()
+    assert shared_run.inputs[UNTERMINATED_FILE] == lines
+    path = Path(shared_run.path(UNTERMINATED_FILE))
+    assert path.read_bytes() == b"\n".join(lines)  # the last line has no newline: still a record
+    job_run, settings = shared_run.outputs.job_run, shared_run.outputs.settings
 
     assert job_run.ending == "finished" and not job_run.interrupted
-    assert job_run.records_read == count_file_records(settings.source.paths) == len(lines)
-    scores = list(committed_lines(tmp_path / "out" / "scores"))
-    dead_letters = list(committed_lines(tmp_path / "out" / "dead-letters"))
-    assert len(scores) + len(dead_letters) == job_run.records_read
+    assert count_file_records([str(path)]) == len(lines)
+    # The job's own count over every file of the run: each file's lines, this one's last included.
+    assert job_run.records_read == count_file_records(settings.source.paths) == \
+        sum(map(len, shared_run.inputs.values()))
+    assert len(shared_run.outputs.scores) + len(shared_run.outputs.dead_letters) == job_run.records_read

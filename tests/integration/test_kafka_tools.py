@@ -49,3 +49,28 @@ def test_produced_records_are_read_back_once_each_in_key_order(kafka_settings):
     for partition, keyed in keyed_in_partition.items():
         positions = [positions_of[v][0] for v in keyed if len(positions_of[v]) == 1]
         assert positions == sorted(positions), f"partition {partition} is out of production order"
+
+
+def test_a_tail_until_the_end_reads_what_an_idle_timeout_reads(kafka_settings):
+    """On a topic nothing writes to any more, `until_end` stops with the records an idle timeout
+    gives: past committed and aborted transactions (one last, its marker the partition's last
+    offset), on a partition with no record at all, read_committed or not."""
+    from confluent_kafka import Producer
+
+    kafka_tools.create_topics(kafka_settings)
+    topic = kafka_settings.kafka.scores_topic  # 3 partitions; the third stays empty
+    producer = Producer({**kafka_settings.kafka.client_properties(), "transactional.id": f"{topic}-tail-test"})
+    producer.init_transactions()
+    for batch, commit in enumerate([True, False, True, False]):
+        producer.begin_transaction()
+        for n in range(20):
+            producer.produce(topic, f"{batch}-{n}".encode(), partition=n % 2)
+        producer.flush()
+        (producer.commit_transaction if commit else producer.abort_transaction)()
+
+    for committed_only, batches in ((True, {"0", "2"}), (False, {"0", "1", "2", "3"})):
+        idle = list(kafka_tools.tail(kafka_settings, topic, idle_timeout_s=3, committed_only=committed_only))
+        to_end = list(kafka_tools.tail(kafka_settings, topic, idle_timeout_s=30, committed_only=committed_only,
+                                       until_end=True))
+        assert sorted(to_end) == sorted(idle) and len(idle) == 20 * len(batches)
+        assert {value.decode().split("-")[0] for *_, value in to_end} == batches

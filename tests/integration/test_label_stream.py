@@ -306,7 +306,8 @@ def test_labels_from_a_kafka_topic_are_learned_once_each_as_the_inputs_say(tmp_p
     job_run = run_job(settings)
 
     kafka = settings.kafka
-    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8)]
+    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8,
+                                                                           until_end=True)]
            for name, topic in (("scores", kafka.scores_topic), ("dead-letters", kafka.dead_letters_topic),
                                ("model-snapshots", kafka.snapshots_topic), ("learning", kafka.learning_topic),
                                ("label-dead-letters", kafka.label_dead_letters_topic))}
@@ -359,7 +360,8 @@ def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, k
         assert run.confirmed_kill(point).restored is not None
 
     kafka = settings.kafka
-    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8)]
+    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8,
+                                                                           until_end=True)]
            for name, topic in (("scores", kafka.scores_topic), ("dead-letters", kafka.dead_letters_topic),
                                ("model-snapshots", kafka.snapshots_topic), ("learning", kafka.learning_topic),
                                ("label-dead-letters", kafka.label_dead_letters_topic))}

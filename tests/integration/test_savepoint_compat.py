@@ -119,15 +119,23 @@ def assert_scores_and_models_equal_reference(committed: failover_drill.Committed
         assert model["bias"] == pytest.approx(expected.bias, abs=1e-9), key
 
 
+def split_at_the_savepoint(fixture: Fixture, lines: list[bytes], layout: dict[int, list[str]]
+                           ) -> tuple[set[str], set[str]]:
+    """The txn_ids of `lines` before the fixture savepoint's source offsets (each partition's first
+    records in `layout`, partition -> txn_ids in offset order) and those after them; both non-empty."""
+    offsets = fixture.source_offsets()
+    before = {txn_id for partition, txn_ids in layout.items() for txn_id in txn_ids[:offsets[partition]]}
+    after = {json.loads(line)["txn_id"] for line in lines} - before
+    assert before and after, offsets
+    return before, after
+
+
 def test_the_c926163_savepoint_restores_from_another_folder_and_continues(session_cluster, fixture, fixture_topics):
     settings, overrides, lines, layout = fixture_topics
     assert fixture.manifest["commit"].startswith("c926163")
     assert {str(path.relative_to(fixture.savepoint)): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in fixture.savepoint.rglob("*") if path.is_file()} == fixture.manifest["savepoint"]["files"]
-    offsets = fixture.source_offsets()
-    before = {txn_id for partition, txn_ids in layout.items() for txn_id in txn_ids[:offsets[partition]]}
-    after = {json.loads(line)["txn_id"] for line in lines} - before
-    assert before and after, offsets
+    before, after = split_at_the_savepoint(fixture, lines, layout)
 
     local = session_cluster.cluster
     job_id, committed = resume_until_all_scored(local, settings, overrides, str(fixture.savepoint), len(after))
@@ -175,9 +183,7 @@ def reference_turning_to_adagrad(lines: list[bytes], learning_rate: float, befor
 
 def test_the_c926163_sgd_savepoint_resumes_with_adagrad(session_cluster, fixture, fixture_topics):
     settings, overrides, lines, layout = fixture_topics
-    offsets = fixture.source_offsets()
-    before = {txn_id for partition, txn_ids in layout.items() for txn_id in txn_ids[:offsets[partition]]}
-    after = {json.loads(line)["txn_id"] for line in lines} - before
+    before, after = split_at_the_savepoint(fixture, lines, layout)
     # Drift detection reports only, so the models are as without it; its state is new to the savepoint.
     adagrad = [*overrides, "model.optimizer=adagrad", "model.drift={detector: adwin}", "model.on_drift=report"]
     settings = load_settings(fixture.profile, adagrad)

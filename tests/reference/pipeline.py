@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple, Sequence
 import orjson
 
 from udfs.cleaning import SCHEMA_VERSION
+from udfs.drift import DriftSettings, drift_loss, make_detector
 from udfs.model import KeyModel
 from udfs.reading import TransactionReader, shard_of
 from udfs.records import KeyedLine, ModelInput
@@ -52,6 +53,35 @@ def assess(scorer: ModelScorer, key_model: KeyModel, record: ModelInput) -> Asse
     reasons = model.top_contributions(indices, values, scorer.top_reasons)
     learned = record.label is not None and model.learn(indices, values, record.label, p, scorer.optimizer)
     return Assessment(p, updates, reasons, learned)
+
+
+class DriftStep(NamedTuple):
+    """What `assess_with_drift` made of one record."""
+
+    assessment: Assessment
+    key_model: KeyModel  # the model that scored the record (after a reset no longer the key's)
+    event: tuple[str, str, int, float, dict] | None  # (model key, txn_id, updates, loss, statistics) at a drift
+
+
+def assess_with_drift(scorer: ModelScorer, models: dict[str, KeyModel], detectors: dict, settings: DriftSettings,
+                      on_drift: str, record: ModelInput) -> DriftStep:
+    """One record through its key's model and drift detector, as DESIGN.md states them: `assess` on
+    the key's model (a new one on first use); for a labelled record its loss capped at
+    `settings.loss_cap` (`drift_loss`) fed to the key's detector (`make_detector` on first use); at
+    a detection with `on_drift` "reset" the key gets a new model. `models` and `detectors` (model
+    key -> model, detector) are updated in place."""
+    key = record.model_key
+    key_model = models.setdefault(key, scorer.new_model())
+    assessment = assess(scorer, key_model, record)
+    if record.label is None:
+        return DriftStep(assessment, key_model, None)
+    detector = detectors.setdefault(key, make_detector(settings))
+    loss = drift_loss(assessment.probability, record.label, settings.loss_cap)
+    if not detector.update(loss):
+        return DriftStep(assessment, key_model, None)
+    if on_drift == "reset":
+        models[key] = scorer.new_model()
+    return DriftStep(assessment, key_model, (key, record.txn_id, assessment.updates, loss, detector.statistics()))
 
 
 def score_line(scorer: ModelScorer, record: ModelInput, assessment: Assessment, now_ms: int) -> str:

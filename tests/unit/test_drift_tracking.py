@@ -1,7 +1,7 @@
 """Per-key drift tracking in a scoring shard (udfs/drift_tracking.py): batches scored in compiled
 code, their labelled records' losses fed to the detectors, against a record-at-a-time reference
-(tests/reference/pipeline.py's `assess` with udfs/drift.py's detectors), with `report` and `reset`;
-detector state through bytes; the label stream's path; the settings."""
+(tests/reference/pipeline.py's `assess_with_drift`: `assess` with udfs/drift.py's detectors), with
+`report` and `reset`; detector state through bytes; the label stream's path; the settings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from streaming.config import ConfigError, load_settings
 from streaming.config.from_settings import model_scorer, transaction_reader
-from tests.reference.pipeline import assess
+from tests.reference.pipeline import assess_with_drift
 from tests.unit.conftest import LOCAL_PROFILE
 from udfs.compiled_model import ModelTable
 from udfs.drift import AdwinParameters, DriftSettings, PageHinkleyParameters, drift_loss, make_detector
@@ -50,21 +50,13 @@ def reference(scorer: ModelScorer, records: list[ModelInput], settings: DriftSet
     detectors = {}
     scores, updates, snapshots, events = [], [], [], []
     for record in records:
-        key = record.model_key
-        key_model = models.setdefault(key, scorer.new_model())
-        assessment = assess(scorer, key_model, record)
+        assessment, key_model, event = assess_with_drift(scorer, models, detectors, settings, on_drift, record)
         scores.append(assessment.probability)
         updates.append(assessment.updates)
         if assessment.learned and key_model.model.updates % scorer.snapshot_every == 0:
-            snapshots.append((key, key_model.model.updates, key_model.model.bias))
-        if record.label is None:
-            continue
-        detector = detectors.setdefault(key, make_detector(settings))
-        loss = drift_loss(assessment.probability, record.label, settings.loss_cap)
-        if detector.update(loss):
-            events.append((key, record.txn_id, assessment.updates, loss, detector.statistics()))
-            if on_drift == "reset":
-                models[key] = scorer.new_model()
+            snapshots.append((record.model_key, key_model.model.updates, key_model.model.bias))
+        if event is not None:
+            events.append(event)
     return scores, updates, snapshots, events, models
 
 
