@@ -39,7 +39,6 @@ from udfs.model import (
     sigmoid,
 )
 
-
 # No global weights: learn_batch's per-key path (model.blend key or no global model).
 _NO_WEIGHTS = np.zeros(0)
 

@@ -42,16 +42,15 @@ class GlobalModelSection(Section):
 
 def check_global_model(settings) -> None:
     """Raises ConfigError (one line, naming the field) when the job cannot run the global model as
-    configured; `riskstream evaluate` takes every combination, the job not yet (docs/configuration.md)."""
+    configured (docs/configuration.md)."""
     model = settings.model
     if not model.uses_global:
         return
-    field = f"model.blend: {model.blend}" if model.blend != "key" else f"model.cold_start: {model.cold_start}"
+    field = (f"model.blend: {model.blend}" if model.blend != "key" else f"model.cold_start: {model.cold_start}"
+             if model.cold_start != "zeros" else f"model.on_drift: {model.on_drift}")
     if settings.output.kind != "kafka":
         raise ConfigError(f"{field} needs output.kind kafka: the global model's versions travel through "
                           f"kafka.model_versions_topic (a bounded file run with the global model needs a broker too)")
-    if model.cold_start != "zeros":
-        raise ConfigError("model.cold_start: global is not wired into the job yet (riskstream evaluate has it); use zeros")
-    if model.blend != "global":
-        raise ConfigError(f"model.blend: {model.blend} with the global model is not wired into the job yet "
-                          f"(riskstream evaluate has it); use key or global")
+    if model.blend == "sum" and settings.labels.streamed:
+        raise ConfigError(f"model.blend: sum with labels.mode {settings.labels.mode} is not wired into the job yet "
+                          f"(riskstream evaluate has it); use labels.mode inline, or blend key or global")

@@ -87,6 +87,7 @@ class GlobalShards:
 
     def open(self, runtime_context: RuntimeContext, scoring: ShardScoring) -> None:
         scoring.blend = self.blend
+        scoring.held = self.held
         # Pickled bytes, as the models (see ShardModels.open). The held version apart, as it
         # changes once per version, the rest with every batch.
         self.state = runtime_context.get_state(ValueStateDescriptor("global-shard", Types.PICKLED_BYTE_ARRAY()))
@@ -100,15 +101,25 @@ class GlobalShards:
         self.applied = metrics.counter("global_versions_applied")
         self.sent = metrics.counter("global_partials_sent")
 
-    def blend(self, shard: int, batch: RecordBatch, assessed: AssessedBatch) -> tuple[AssessedBatch, bytes]:
-        """ShardScoring.blend: the batch scored by the shard's version (model.blend global)."""
-        held = self.of(shard).held
-        return self.part.scored(held, batch, assessed), b',"global_version":%d' % held.version
+    def held(self, shard: int):
+        """ShardScoring.held: the GlobalModel version the shard holds."""
+        return self.of(shard).held
 
-    def scored(self, shard: int, batch: RecordBatch) -> Iterator:
-        """Keeps a scored batch's records for the shard's partials; sends those due."""
+    def blend(self, shard: int, batch: RecordBatch, assessed: AssessedBatch) -> tuple[AssessedBatch, bytes]:
+        """ShardScoring.blend: with model.blend global the batch scored by the shard's version; with
+        key and sum the key models' code scored it already (ModelScorer.assess_columns, given the
+        version). Every score names the version."""
+        held = self.of(shard).held
+        if self.part.blend == "global":
+            assessed = self.part.scored(held, batch, assessed)
+        return assessed, b',"global_version":%d' % held.version
+
+    def scored(self, shard: int, batch: RecordBatch, assessed: AssessedBatch) -> Iterator:
+        """Keeps a scored batch's records for the shard's partials (under model.blend sum with the key
+        margin each was scored with, so that the global model learns from the same error); sends
+        those due."""
         held = self.of(shard)
-        self.part.add(held, batch, self.learn_inline)
+        self.part.add(held, batch, self.learn_inline, assessed.key_margin if self.part.blend == "sum" else None)
         self.kept(held, len(batch))
         yield from self.send(shard, held)
 
@@ -202,7 +213,7 @@ class ScoreShardWithVersions(KeyedCoProcessFunction):
             yield from self.globals.ended(shard)
 
     def _after_scoring(self, shard: int, batch: RecordBatch, assessed, log_id, ctx) -> Iterator:
-        yield from self.globals.scored(shard, batch)
+        yield from self.globals.scored(shard, batch, assessed)
 
 
 class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
@@ -250,7 +261,7 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
         if log_id is not None:  # before the labels waiting for this log are applied
             self.raw_logs.put(log_id, np.asarray(batch.values, np.float64).tobytes())
         yield from self._log_features(shard, batch, assessed, log_id, ctx)
-        yield from self.globals.scored(shard, batch)
+        yield from self.globals.scored(shard, batch, assessed)
 
     def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int) -> None:
         raw = self.raw_logs.get(log_id)

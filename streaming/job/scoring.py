@@ -78,6 +78,9 @@ class ShardScoring:
         # Set by the global model's operator: (shard, batch, assessed) -> (assessed with the blended
         # scores, the score lines' extra JSON fields, e.g. b',"global_version":3').
         self.blend: Callable[..., tuple] | None = None
+        # Set by the global model's operator: shard -> the GlobalModel version the shard holds, which
+        # the key models read the batch with (ModelScorer.assess_columns) and a rewarm starts from.
+        self.held: Callable[[int], object] | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         internals.let_numba_import_in_python_workers()
@@ -105,10 +108,11 @@ class ShardScoring:
         table = self.models.table(shard)
         for batch, log_id in batches:
             learned_from = batch if self.learn_inline else batch.without_labels()
-            assessed = self.scorer.assess_columns(learned_from, table)
+            held = None if self.held is None else self.held(shard)  # fixed for the whole batch
+            assessed = self.scorer.assess_columns(learned_from, table, held)
             drift_events = None
             if self.drift is not None:  # before the models are written: a reset changes them
-                drift_events = self._track_drift(shard, learned_from, assessed, table)
+                drift_events = self._track_drift(shard, learned_from, assessed, table, held)
             self.models.write_through(table, assessed.changed_rows)
             fields = b""
             if self.blend is not None:  # the global model's part (streaming/job/global_versions.py)
@@ -131,10 +135,10 @@ class ShardScoring:
             if after_scoring is not None:
                 yield from after_scoring(shard, batch, assessed, log_id, ctx)
 
-    def _track_drift(self, shard: int, batch: RecordBatch, assessed, table) -> list:
+    def _track_drift(self, shard: int, batch: RecordBatch, assessed, table, held) -> list:
         """The batch's drift events (udfs.drift_tracking); its detectors are written to state."""
         detectors = self.drift.detectors(shard)
-        events = self.drift.tracker.after_batch(detectors, batch, assessed, table, now_ms())
+        events = self.drift.tracker.after_batch(detectors, batch, assessed, table, now_ms(), held)
         self.drift.write_through(detectors)
         return events
 
@@ -292,7 +296,8 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
                 snapshots.append(self.scoring.scorer.snapshot(table.key_model(model_row), model_key))
             if detectors is not None:  # the loss of the score the record was given (its log's)
                 event = drift.tracker.after_label(detectors, table, model_row, label.txn_id, int(log.event_times[row]),
-                                                  float(log.scores[row]), label.is_fraud, updates_before, now)
+                                                  float(log.scores[row]), label.is_fraud, updates_before, now,
+                                                  None if self.scoring.held is None else self.scoring.held(shard))
                 if event is not None:
                     drift_events.append(event)
         models.write_through(table, changed_rows)

@@ -241,15 +241,20 @@ def test_detector_state_round_trips_per_key():
     assert restored.of("a").to_bytes() == detectors.of("a").to_bytes() and len(restored) == 1
 
 
-def test_drift_settings_are_off_by_default_and_rewarm_is_refused_in_one_line():
+def test_drift_settings_are_off_by_default_and_rewarm_turns_the_global_model_on():
+    from streaming.config.global_settings import check_global_model
+
     settings = load_settings(LOCAL_PROFILE)
     assert settings.model.drift.detector == "none" and settings.model.on_drift == "report"
     assert settings.kafka.drift_topic == "drift" and "drift" in settings.kafka.topics()
     chosen = load_settings(LOCAL_PROFILE, ["model.drift={detector: adwin, adwin: {delta: 0.01}}", "model.on_drift=reset"])
     assert chosen.model.drift.detector_settings().adwin.delta == 0.01 and chosen.model.on_drift == "reset"
-    with pytest.raises(ConfigError) as refused:
-        load_settings(LOCAL_PROFILE, ["model.on_drift=rewarm"])
-    assert "model.on_drift: rewarm needs the global model" in str(refused.value)
+    assert not chosen.model.uses_global
+    rewarm = load_settings(LOCAL_PROFILE, ["model.on_drift=rewarm"])
+    assert rewarm.model.uses_global  # its new models are copies of the held global version
+    with pytest.raises(ConfigError) as refused:  # the local profile writes files: no route for the versions
+        check_global_model(rewarm)
+    assert str(refused.value).startswith("model.on_drift: rewarm needs output.kind kafka")
     assert "\n" not in str(refused.value)
     with pytest.raises(ValueError):
         DriftTracker(DriftSettings(), "report", ModelScorer(("x",), (), Sgd(0.1), 1000, 1))
