@@ -51,6 +51,3 @@ def check_global_model(settings) -> None:
     if settings.output.kind != "kafka":
         raise ConfigError(f"{field} needs output.kind kafka: the global model's versions travel through "
                           f"kafka.model_versions_topic (a bounded file run with the global model needs a broker too)")
-    if model.blend == "sum" and settings.labels.streamed:
-        raise ConfigError(f"model.blend: sum with labels.mode {settings.labels.mode} is not wired into the job yet "
-                          f"(riskstream evaluate has it); use labels.mode inline, or blend key or global")

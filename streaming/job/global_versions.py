@@ -34,6 +34,7 @@ from streaming.job.identity import METRICS_GROUP
 from streaming.job.java_operators import BYTES, SHARD_BATCH, java_operator
 from streaming.job.scoring import ScoreShardWithLabelStream, ShardScoring
 from udfs.feature_log import FeatureLog, expiry_of
+from udfs.global_columns import standardized_entries
 from udfs.global_scoring import VERSION_KEY, GlobalPart, Rounds, ShardGlobal, is_final, segment_bytes
 from udfs.scoring import AssessedBatch
 from udfs.wire import END_OF_INPUT, RecordBatch
@@ -234,6 +235,7 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
         self.globals.open(runtime_context, self.scoring)
         self.raw_logs = runtime_context.get_map_state(MapStateDescriptor("global-raw-log", Types.STRING(),
                                                                          Types.PICKLED_BYTE_ARRAY()))
+        self.raw_cache = (None, None)
 
     def process_element1(self, shard_batch, ctx):
         yield from self.scoring.score(shard_batch, ctx, self._after_scoring)
@@ -253,6 +255,7 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
             return
         for log_id in [log_id for log_id in self._logs_of(shard) if expiry_of(log_id)[0] <= timestamp]:
             self.raw_logs.remove(log_id)
+        self.raw_cache = (None, None)
         yield from super().on_timer(timestamp, ctx)
         if timestamp == END_OF_INPUT:
             yield from self.globals.ended(shard)
@@ -263,15 +266,32 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
         yield from self._log_features(shard, batch, assessed, log_id, ctx)
         yield from self.globals.scored(shard, batch, assessed)
 
-    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int) -> None:
-        raw = self.raw_logs.get(log_id)
-        if raw is None:  # logged before the global model was on (a savepoint of such a run)
+    def _raw(self, log: FeatureLog, log_id: str, row: int) -> np.ndarray | None:
+        """The raw values of the record at `row` of the log (None: logged before the global model
+        was on, a savepoint of such a run); the last log read is kept (a bundle's labels share logs)."""
+        if self.raw_cache[0] is not log:  # the log's object: log ids are per shard
+            self.raw_cache = (log, self.raw_logs.get(log_id))
+        raw = self.raw_cache[1]
+        return None if raw is None else np.frombuffer(raw, np.float64)[int(log.indptr[row]):int(log.indptr[row + 1])]
+
+    def _global_margin(self, shard: int, log: FeatureLog, log_id: str, row: int) -> float | None:
+        """model.blend sum: the label's record's global margin by the version the shard holds now,
+        from its raw values (standardized by that version, as GlobalModel.margin sums)."""
+        raw = self._raw(log, log_id, row) if self.globals.part.blend == "sum" else None
+        if raw is None:
+            return None
+        held = self.globals.of(shard).held
+        indices = log.indices[int(log.indptr[row]):int(log.indptr[row + 1])]
+        return held.margin(indices.tolist(), standardized_entries(held, indices.astype(np.int64), raw).tolist())
+
+    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int, key_margin: float) -> None:
+        values = self._raw(log, log_id, row)
+        if values is None:
             return
         start, end = int(log.indptr[row]), int(log.indptr[row + 1])
-        values = np.frombuffer(raw, np.float64)[start:end]
         held = self.globals.of(shard)
         held.pending = held.pending.appended([0, end - start], log.indices[start:end], values, [is_fraud],
-                                             counted=False)
+                                             counted=False, offsets=[key_margin])
         self.globals.kept(held, 1)
 
     def _apply(self, shard: int, routed_labels, ctx):

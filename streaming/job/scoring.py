@@ -286,8 +286,11 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             model_row = table.rows[model_key]
             indices, values = log.entries(row)
             updates_before = int(table.updates[model_row])
-            stepped = table.learn_logged(model_row, indices, values, label.is_fraud, routed.event_time)
-            self._learned(shard, log, log_id, row, label.is_fraud)
+            # model.blend sum: the label's step is on sigmoid(global margin + key margin), both now.
+            offset = self._global_margin(shard, log, log_id, row)
+            key_margin = 0.0 if offset is None else table.margin(model_row, indices, values)
+            stepped = table.learn_logged(model_row, indices, values, label.is_fraud, routed.event_time, offset)
+            self._learned(shard, log, log_id, row, label.is_fraud, key_margin)
             changed_rows.add(model_row)
             updates = int(table.updates[model_row])
             learned.append(KeyedLine(learning_line(label.txn_id, model_key, label, routed.event_time, updates,
@@ -313,9 +316,15 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
         if drift_events:
             yield DRIFT, keyed_lines_bundle(drift_events, keyed)
 
-    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int) -> None:
+    def _global_margin(self, shard: int, log: FeatureLog, log_id: str, row: int) -> float | None:
+        """The global margin a label's step adds to the key's (a hook: model.blend sum,
+        streaming/job/global_versions.py); None: the key's margin alone."""
+        return None
+
+    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int, key_margin: float) -> None:
         """Called for each applied label, after the key's model learned from it (a hook: the
-        global model learns from it too, streaming/job/global_versions.py)."""
+        global model learns from it too, with `key_margin`, the key's margin the step used, as
+        offset under blend sum: streaming/job/global_versions.py)."""
 
     def _hold(self, shard: int, log_id: str, routed: RoutedLabel) -> None:
         line = routed_label_line(routed)

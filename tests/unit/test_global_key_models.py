@@ -142,16 +142,16 @@ def test_pending_segments_written_without_offsets_read_as_offset_zero():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model.blend=sum", "labels.mode=stream", "labels.source={kind: files, paths: [/tmp/labels.jsonl]}"],
-     "model.blend: sum with labels.mode stream is not wired"),
+    (["model.on_drift=rewarm"], "model.on_drift: rewarm needs output.kind kafka"),
     (["model.cold_start=global"], "model.cold_start: global needs output.kind kafka"),
 ])
-def test_the_job_refuses_what_it_cannot_run_in_one_line(overrides, message):
+def test_the_job_needs_a_broker_for_the_global_model_and_takes_every_blend(overrides, message):
     from tests.unit.conftest import PROJECT
 
-    profile = PROJECT / "conf" / "kafka.yaml" if "labels.mode=stream" in overrides else LOCAL_PROFILE
-    with pytest.raises(ConfigError) as refused:
-        check_global_model(load_settings(profile, overrides))
+    with pytest.raises(ConfigError) as refused:  # the local profile writes files
+        check_global_model(load_settings(LOCAL_PROFILE, overrides))
     assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
-    for accepted in (["model.blend=sum"], ["model.cold_start=global", "model.on_drift=rewarm"], ["model.blend=key"]):
+    stream = ["labels.mode=stream", "labels.source={kind: files, paths: [/tmp/labels.jsonl]}"]
+    for accepted in (["model.blend=sum"], ["model.blend=sum", *stream], ["model.cold_start=global", "model.on_drift=rewarm"],
+                     ["model.blend=key"]):
         check_global_model(load_settings(PROJECT / "conf" / "kafka.yaml", accepted))
