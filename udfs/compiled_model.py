@@ -39,6 +39,9 @@ from udfs.model import (
     sigmoid,
 )
 
+# No global weights: learn_batch's per-key path (model.blend key or no global model).
+_NO_WEIGHTS = np.zeros(0)
+
 
 @numba.njit(cache=True)
 def _sigmoid(z):
@@ -51,16 +54,25 @@ def _sigmoid(z):
 def learn_batch(start, rows, indptr, indices, values, labels, event_times,
                 weights, bias, updates, rejected, last_event_time, count, mean, m2, positions, accumulators,
                 optimizer: Optimizer, snapshot_every,
-                probability, updates_before, learned, reason_index, reason_value, reason_count, standardized) -> int:
+                probability, updates_before, learned, reason_index, reason_value, reason_count, standardized,
+                key_margin, prestandardized: bool = False, global_weights=_NO_WEIGHTS, global_bias: float = 0.0) -> int:
     """Scores and learns from records start.. of a batch in order, each with its key's model
     row `rows[r]`, as `ModelScorer.assess` would; fills the per-record outputs (probability 0..1,
     model updates before learning, learned, up to reason_index.shape[1] top reasons as (feature
     index, contribution)), `standardized` (the values of each record's entries as the model saw
-    them, after standardization: what a label arriving later learns from) and updates the table in
+    them, after standardization: what a label arriving later learns from), `key_margin` (the key
+    model's w . x + b the record was scored with) and updates the table in
     place, learning with `optimizer` (the table's: `accumulators` has its layout). Returns the
     position after the first record whose update makes its key's update count a multiple of
     `snapshot_every` (the caller snapshots that key there, then calls again from that position),
     or the batch's length.
+
+    With the global model (udfs/prequential.py's semantics): `prestandardized` says `values` are
+    already standardized (by the held version's statistics: the key's own statistics are then
+    neither used nor updated); non-empty `global_weights` (one per feature) with `global_bias` make
+    the score model.blend `sum`'s, sigmoid((global_bias + global_weights . x) + key margin), the key
+    learning from that sum's error, and the reasons the entries of largest |(w_key + w_global) x|.
+    The defaults are the per-key path, unchanged.
 
     Every array must be C-contiguous, of the dtype `RecordBatch` and `ModelTable` give it (checked).
     The compiled code is called through a C function pointer with the arrays' addresses rather
@@ -70,16 +82,19 @@ def learn_batch(start, rows, indptr, indices, values, labels, event_times,
     """
     arrays = (rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
               last_event_time, count, mean, m2, positions, accumulators, probability, updates_before, learned,
-              reason_index, reason_value, reason_count, standardized)
+              reason_index, reason_value, reason_count, standardized, key_margin, global_weights)
     for array_, dtype in zip(arrays, _DTYPES):
         if array_.dtype != dtype or not array_.flags.c_contiguous:
             raise TypeError(f"learn_batch needs C-contiguous {dtype} arrays, got {array_.dtype}")
     if accumulators.shape != (weights.shape[0], len(optimizer.accumulators), weights.shape[1] + 1):
         raise ValueError(f"accumulators of shape {accumulators.shape} are not those of {optimizer.kind}")
+    if global_weights.shape[0] not in (0, weights.shape[1]) or key_margin.shape[0] < rows.shape[0]:
+        raise ValueError("global_weights needs one weight per feature, key_margin one value per record")
     return _learn_batch_pointer()(
         start, rows.shape[0], indices.shape[0], weights.shape[0], weights.shape[1], positions.shape[0],
         reason_index.shape[1], accumulators.shape[1], *[array_.ctypes.data for array_ in arrays],
-        OPTIMIZER_KINDS.index(optimizer.kind), *_parameters(optimizer), snapshot_every)
+        OPTIMIZER_KINDS.index(optimizer.kind), *_parameters(optimizer), snapshot_every,
+        bool(prestandardized), global_weights.shape[0], float(global_bias))
 
 
 def _parameters(optimizer: Optimizer) -> tuple[float, bool, float, float, float, float, float]:
@@ -96,7 +111,8 @@ _DTYPES = tuple(np.dtype(t) for t in (
     np.int64, np.int64, np.int32, np.float64, np.int8, np.int64,  # the batch
     np.float64, np.float64, np.int64, np.int64, np.int64, np.int64, np.float64, np.float64, np.int64,  # the table
     np.float64,  # its accumulators
-    np.float64, np.int64, np.bool_, np.int32, np.float64, np.int8, np.float64))  # the outputs
+    np.float64, np.int64, np.bool_, np.int32, np.float64, np.int8, np.float64, np.float64,  # the outputs
+    np.float64))  # the global weights (blend sum)
 _NUMBA_TYPES = {np.dtype(np.int64): numba.types.int64, np.dtype(np.int32): numba.types.int32,
                 np.dtype(np.float64): numba.types.float64, np.dtype(np.int8): numba.types.int8,
                 np.dtype(np.bool_): numba.types.uint8}
@@ -105,7 +121,8 @@ def _learn_batch_pointer():
     """`_learn_batch_c` as a ctypes function (built once)."""
     scalars = [ctypes.c_int64] * 8
     pointers = [ctypes.c_void_p] * len(_DTYPES)
-    parameters = [ctypes.c_int64, ctypes.c_double, ctypes.c_bool, *[ctypes.c_double] * 5, ctypes.c_int64]
+    parameters = [ctypes.c_int64, ctypes.c_double, ctypes.c_bool, *[ctypes.c_double] * 5, ctypes.c_int64,
+                  ctypes.c_bool, ctypes.c_int64, ctypes.c_double]
     return ctypes.CFUNCTYPE(ctypes.c_int64, *scalars, *pointers, *parameters)(_learn_batch_c.address)
 
 
@@ -178,8 +195,10 @@ def _adaptive_step(optimizer, row, indices, begin, end, x, error, weights, bias,
 def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
                  weights, bias, updates, rejected, last_event_time, count, mean, m2, positions, accumulators,
                  optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every,
-                 probability, updates_before, learned, reason_index, reason_value, reason_count, standardized):
+                 probability, updates_before, learned, reason_index, reason_value, reason_count, standardized,
+                 key_margin, prestandardized, global_weights, global_bias):
     n_records = rows.shape[0]
+    summed = global_weights.shape[0] > 0  # blend sum: the global margin added to the key's
     n_features = weights.shape[1]
     top_k = reason_index.shape[1]
     scratch = np.empty(n_features)
@@ -192,7 +211,7 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
         for e in range(end - begin):
             x[e] = values[begin + e]
         # Standardizer.transform: add the record to the statistics, then z-score.
-        if positions.shape[0] > 0:
+        if positions.shape[0] > 0 and not prestandardized:
             count[row] += 1
             c = count[row]
             for j in range(positions.shape[0]):
@@ -210,7 +229,14 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
         margin = 0.0
         for e in range(end - begin):
             margin += weights[row, indices[begin + e]] * x[e]
-        p = _sigmoid(bias[row] + margin)
+        key_margin[r] = bias[row] + margin
+        if summed:  # udfs/prequential.py: sigmoid(global margin + key margin)
+            global_margin = 0.0
+            for e in range(end - begin):
+                global_margin += global_weights[indices[begin + e]] * x[e]
+            p = _sigmoid((global_bias + global_margin) + (bias[row] + margin))
+        else:
+            p = _sigmoid(bias[row] + margin)
         probability[r] = p
         updates_before[r] = updates[row]
         # LogisticRegression.top_contributions: largest |w x| first, ties in feature order
@@ -221,6 +247,8 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
             best_magnitude = -1.0
             for e in range(end - begin):
                 w = weights[row, indices[begin + e]]
+                if summed:  # the sum's weight of the entry
+                    w += global_weights[indices[begin + e]]
                 if w == 0.0 or x[e] == 0.0:
                     continue
                 contribution = w * x[e]
@@ -234,7 +262,10 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
             if best < 0:
                 break
             reason_index[r, found] = indices[begin + best]
-            reason_value[r, found] = weights[row, indices[begin + best]] * x[best]
+            w = weights[row, indices[begin + best]]
+            if summed:
+                w += global_weights[indices[begin + best]]
+            reason_value[r, found] = w * x[best]
             found += 1
         reason_count[r] = found
         learned[r] = 0
@@ -284,13 +315,14 @@ def _learn_batch(start, rows, indptr, indices, values, labels, event_times,
 
 @numba.cfunc(numba.types.int64(
     *[numba.types.int64] * 8, *[numba.types.CPointer(_NUMBA_TYPES[d]) for d in _DTYPES],
-    numba.types.int64, numba.types.float64, numba.types.boolean, *[numba.types.float64] * 5, numba.types.int64),
-    cache=True)
+    numba.types.int64, numba.types.float64, numba.types.boolean, *[numba.types.float64] * 5, numba.types.int64,
+    numba.types.boolean, numba.types.int64, numba.types.float64), cache=True)
 def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standardized, top_k, slots,
                    rows, indptr, indices, values, labels, event_times, weights, bias, updates, rejected,
                    last_event_time, count, mean, m2, positions, accumulators, probability, updates_before, learned,
-                   reason_index, reason_value, reason_count, standardized,
-                   optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every):
+                   reason_index, reason_value, reason_count, standardized, key_margin, global_weights,
+                   optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every,
+                   prestandardized, n_global, global_bias):
     carray = numba.carray
     return _learn_batch(
         start, carray(rows, n_records), carray(indptr, n_records + 1), carray(indices, n_entries),
@@ -302,7 +334,8 @@ def _learn_batch_c(start, n_records, n_entries, capacity, n_features, n_standard
         optimizer, learning_rate, inverse_scaling, power_t, l2, eps, beta, l1, snapshot_every,
         carray(probability, n_records), carray(updates_before, n_records), carray(learned, n_records),
         carray(reason_index, (n_records, top_k)), carray(reason_value, (n_records, top_k)),
-        carray(reason_count, n_records), carray(standardized, n_entries))
+        carray(reason_count, n_records), carray(standardized, n_entries), carray(key_margin, n_records),
+        prestandardized, carray(global_weights, n_global), global_bias)
 
 
 class ModelTable:
@@ -330,6 +363,9 @@ class ModelTable:
         self.mean, self.m2 = np.zeros((capacity, k)), np.zeros((capacity, k))
         # (row, accumulator of ACCUMULATOR_NAMES[optimizer.kind], feature; the bias's last): none for SGD
         self.accumulators = np.zeros((capacity, len(optimizer.accumulators), n + 1))
+        # What `add` starts a new key's row from: (weights, bias), e.g. the global version a shard
+        # holds (model.cold_start global), or None: zero weights and initial_bias.
+        self.start: tuple[np.ndarray, float] | None = None
 
     _ARRAYS = ("weights", "bias", "updates", "rejected", "last_event_time", "count", "mean", "m2", "accumulators")
 
@@ -347,22 +383,32 @@ class ModelTable:
         if state is not None:
             self._load(row, state)
         else:
-            self.bias[row] = self.initial_bias
-            if self._new_accumulators.size:
-                self.accumulators[row, :, -1] = self._new_accumulators[:, -1]
+            self._begin(row, self.start)
         self.rows[model_key] = row
         self.keys.append(model_key)
         return row
 
-    def reset(self, row: int) -> None:
-        """Makes the row's model a new key's, as `add` without state makes it: zero weights, the bias
-        at `initial_bias`, no updates, fresh optimizer accumulators and fresh standardization
-        statistics (udfs/prequential.py's `on_drift: reset` replaces the whole KeyModel too)."""
+    def reset(self, row: int, start: tuple[np.ndarray, float] | None = None) -> None:
+        """Makes the row's model a new key's: zero weights and the bias at `initial_bias`, or the
+        weights and bias of `start` (on_drift rewarm: the held global version's), no updates,
+        fresh optimizer accumulators and fresh standardization statistics (udfs/prequential.py's
+        `on_drift: reset` and `rewarm` replace the whole KeyModel too)."""
         for name in self._ARRAYS:
             getattr(self, name)[row] = -1 if name == "last_event_time" else 0
-        self.bias[row] = self.initial_bias
-        if self._new_accumulators.size:
-            self.accumulators[row, :, -1] = self._new_accumulators[:, -1]
+        self._begin(row, start)
+
+    def _begin(self, row: int, start: tuple[np.ndarray, float] | None) -> None:
+        """A zeroed row's first parameters: `initial_bias`, or `start`'s weights and bias with the
+        accumulators the table's optimizer continues them with (`LogisticRegression.adopt`)."""
+        if start is None:
+            self.bias[row] = self.initial_bias
+            if self._new_accumulators.size:
+                self.accumulators[row, :, -1] = self._new_accumulators[:, -1]
+            return
+        weights, bias = start
+        self.weights[row], self.bias[row] = weights, bias
+        if self.accumulators.shape[1]:
+            self.accumulators[row] = converted_accumulators(self.optimizer, Sgd.kind, [], list(weights), bias)
 
     def _grow(self, capacity: int) -> None:
         used = len(self.keys)
@@ -395,11 +441,21 @@ class ModelTable:
         return b"".join((header, self._positions_bytes, self.weights[row].tobytes(), self.mean[row].tobytes(),
                          self.m2[row].tobytes(), self.accumulators[row].tobytes()))
 
-    def learn_logged(self, row: int, indices: np.ndarray, values: np.ndarray, label: int, event_time: int) -> bool:
+    def margin(self, row: int, indices: np.ndarray, values: np.ndarray) -> float:
+        """The row's w . x + b for standardized sparse values, summed in the reference's order."""
+        weights = self.weights[row]
+        margin = 0.0
+        for i, v in zip(indices.tolist(), values.tolist()):
+            margin += weights[i] * v
+        return float(self.bias[row]) + margin
+
+    def learn_logged(self, row: int, indices: np.ndarray, values: np.ndarray, label: int, event_time: int,
+                     offset: float | None = None) -> bool:
         """One step of the table's optimizer for the row's model on a record scored earlier, for a
         label that came later: `values` are the record's standardized values as logged when it was
         scored (the standardization statistics are not updated again), and the probability is
-        recomputed from the row's current weights. `LogisticRegression.learn`'s arithmetic in its
+        recomputed from the row's current weights (plus `offset` on the margin: model.blend sum's
+        global margin). `LogisticRegression.learn`'s arithmetic in its
         order, with its guard; the last update's event time becomes `event_time` (ms). False when
         the guard discarded the step (counted in `rejected`)."""
         weights = self.weights[row]
@@ -407,7 +463,7 @@ class ModelTable:
         for i, v in zip(indices.tolist(), values.tolist()):  # the reference's order of summation
             margin += weights[i] * v
         bias = float(self.bias[row])
-        p = sigmoid(bias + margin)
+        p = sigmoid(bias + margin) if offset is None else sigmoid(offset + (bias + margin))
         optimizer = self.optimizer
         if isinstance(optimizer, Sgd):
             rate = optimizer.rate(int(self.updates[row]))

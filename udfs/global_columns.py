@@ -69,41 +69,45 @@ def sigmoid(margins: np.ndarray) -> np.ndarray:
 @dataclass
 class Pending:
     """Records kept for a shard's next partial, as columns: indptr (int64, records + 1), indices
-    (int32), raw values (float64), labels (int8, -1: none or not learned from), and whether each
+    (int32), raw values (float64), labels (int8, -1: none or not learned from), whether each
     counts in the statistics (`counted`: a record as scored does; a label from the label stream
-    comes back as the same record again, labelled and not counted)."""
+    comes back as the same record again, labelled and not counted) and each one's offset (float64:
+    `Example.offset`, model.blend sum's key margin the record was scored with; 0.0 otherwise)."""
 
     indptr: np.ndarray
     indices: np.ndarray
     values: np.ndarray
     labels: np.ndarray
     counted: np.ndarray
+    offsets: np.ndarray
 
     @classmethod
     def empty(cls) -> "Pending":
         return cls(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.int8),
-                   np.zeros(0, np.bool_))
+                   np.zeros(0, np.bool_), np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def appended(self, indptr, indices, values, labels, counted: bool = True) -> "Pending":
-        """These records followed by the given ones (a RecordBatch's columns)."""
+    def appended(self, indptr, indices, values, labels, counted: bool = True, offsets=None) -> "Pending":
+        """These records followed by the given ones (a RecordBatch's columns; `offsets` None: 0.0 each)."""
         indptr = np.asarray(indptr, np.int64)
         labels = np.asarray(labels, np.int8)
+        offsets = np.zeros(len(labels)) if offsets is None else np.asarray(offsets, np.float64)
         return Pending(np.concatenate((self.indptr, self.indptr[-1] + indptr[1:] - indptr[0])),
                        np.concatenate((self.indices, np.asarray(indices, np.int32))),
                        np.concatenate((self.values, np.asarray(values, np.float64))),
                        np.concatenate((self.labels, labels)),
-                       np.concatenate((self.counted, np.full(len(labels), counted, np.bool_))))
+                       np.concatenate((self.counted, np.full(len(labels), counted, np.bool_))),
+                       np.concatenate((self.offsets, offsets)))
 
     def split(self, count: int) -> tuple["Pending", "Pending"]:
         """(the first `count` records, the rest)."""
         cut = int(self.indptr[count])
         return (Pending(self.indptr[:count + 1], self.indices[:cut], self.values[:cut], self.labels[:count],
-                        self.counted[:count]),
+                        self.counted[:count], self.offsets[:count]),
                 Pending(self.indptr[count:] - cut, self.indices[cut:], self.values[cut:], self.labels[count:],
-                        self.counted[count:]))
+                        self.counted[count:], self.offsets[count:]))
 
     def cut(self, share: int) -> int | None:
         """How many records hold the next `share` labelled ones, or None while fewer."""
@@ -111,20 +115,28 @@ class Pending:
         return None if len(labelled) < share else int(labelled[share - 1]) + 1
 
     def plain(self) -> dict[str, Any]:
-        return {"indptr": self.indptr.tolist(), "indices": self.indices.tolist(), "values": self.values.tolist(),
-                "labels": self.labels.tolist(), "counted": self.counted.tolist()}
+        """The columns as JSON-ready lists (Flink state: `of_plain` reads them back). `offsets` only
+        when one is not 0.0, so that a segment without them is written as before."""
+        plain = {"indptr": self.indptr.tolist(), "indices": self.indices.tolist(), "values": self.values.tolist(),
+                 "labels": self.labels.tolist(), "counted": self.counted.tolist()}
+        if np.any(self.offsets != 0.0):
+            plain["offsets"] = self.offsets.tolist()
+        return plain
 
     @classmethod
     def of_plain(cls, d: dict[str, Any]) -> "Pending":
+        """The records `plain` gave; a segment written without offsets (an earlier release's state)
+        has offset 0.0 for each record."""
+        labels = np.asarray(d["labels"], np.int8)
         return cls(np.asarray(d["indptr"], np.int64), np.asarray(d["indices"], np.int32),
-                   np.asarray(d["values"], np.float64), np.asarray(d["labels"], np.int8),
-                   np.asarray(d["counted"], np.bool_))
+                   np.asarray(d["values"], np.float64), labels, np.asarray(d["counted"], np.bool_),
+                   np.asarray(d["offsets"], np.float64) if "offsets" in d else np.zeros(len(labels)))
 
 
 def partial_of(model: GlobalModel, pending: Pending, instance: int) -> GradientPartial:
     """`compute_partial(model, examples, instance)` of the pending records (udfs/global_model.py):
     the statistics of every record's standardized features, and over the labelled ones the sums of
-    (p - y) x and (p - y), x standardized by the version's statistics, p = sigmoid(w . x + b)."""
+    (p - y) x and (p - y), x standardized by the version's statistics, p = sigmoid(w . x + b + offset)."""
     n = len(pending)
     statistics = Statistics.empty(len(model.positions))
     counted = int(pending.counted.sum())
@@ -143,7 +155,7 @@ def partial_of(model: GlobalModel, pending: Pending, instance: int) -> GradientP
     x = standardized_entries(model, pending.indices.astype(np.int64), pending.values)
     margins = model.regression.bias + np.bincount(rows, weights=arrays_of(model).weights[pending.indices] * x,
                                                   minlength=n)
-    error = np.where(labelled, sigmoid(margins) - pending.labels, 0.0)
+    error = np.where(labelled, sigmoid(margins + pending.offsets) - pending.labels, 0.0)
     used = labelled[rows]
     features = pending.indices[used]
     sums = np.bincount(features, weights=(error[rows] * x)[used], minlength=len(model.feature_names))

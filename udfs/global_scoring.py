@@ -139,7 +139,8 @@ class ShardGlobal:
         pending = Pending.empty()
         for segment in segments:
             piece = Pending.of_plain(orjson.loads(segment))
-            pending = pending.appended(piece.indptr, piece.indices, piece.values, piece.labels)
+            pending = pending.appended(piece.indptr, piece.indices, piece.values, piece.labels,
+                                       offsets=piece.offsets)
             pending.counted[len(pending) - len(piece):] = piece.counted
         return cls(GlobalModel.from_message(held_message, feature_names), pending, d["sent_for"], d["ended"],
                    d["last_sent"], held_message, d["segments"], d["next_segment"])
@@ -155,7 +156,8 @@ class GlobalPart:
     and the partials the shard sends (see the module docstring)."""
 
     def __init__(self, feature_names: Sequence[str], positions: Sequence[int], initial_bias: float,
-                 max_staleness: int, share: int, cadence_ms: int | None = None):
+                 max_staleness: int, share: int, cadence_ms: int | None = None, blend: str = "global"):
+        self.blend = blend  # model.blend: global scores with `scored`; key and sum in the key models' code
         self.feature_names = tuple(feature_names)
         self.positions = tuple(positions)
         self.initial_bias = initial_bias
@@ -205,10 +207,12 @@ class GlobalPart:
         return assessed._replace(probability=probability, reason_index=reason_index, reason_value=reason_value,
                                  reason_count=reason_count)
 
-    def add(self, shard: ShardGlobal, batch: RecordBatch, learn_labels: bool) -> None:
-        """Keeps the batch's records (raw features; labels when `learn_labels`) for the shard's partials."""
+    def add(self, shard: ShardGlobal, batch: RecordBatch, learn_labels: bool, offsets: np.ndarray | None = None
+            ) -> None:
+        """Keeps the batch's records (raw features; labels when `learn_labels`; `offsets`: model.blend
+        sum's key margin each was scored with, None: 0.0) for the shard's partials."""
         labels = batch.labels if learn_labels else np.full(len(batch), -1, np.int8)
-        shard.pending = shard.pending.appended(batch.indptr, batch.indices, batch.values, labels)
+        shard.pending = shard.pending.appended(batch.indptr, batch.indices, batch.values, labels, offsets=offsets)
 
     def offer(self, shard: ShardGlobal, message: bytes) -> bool:
         """Applies a version message when it is newer than the held version; True if it did."""

@@ -15,6 +15,8 @@ import numpy as np
 import orjson
 
 from udfs.cleaning import SCHEMA_VERSION
+from udfs.global_columns import arrays_of, standardized_entries
+from udfs.global_model import GlobalModel
 from udfs.model import KeyModel, Optimizer, Sgd
 from udfs.records import KeyedLine, ModelInput, ScoreContext
 from udfs.wire import RecordBatch
@@ -36,6 +38,7 @@ class AssessedBatch(NamedTuple):
     reason_count: np.ndarray  # int8: how many reasons of the row are set
     # float64, one per feature entry (the batch's indices): the values the model saw, standardized
     standardized: np.ndarray
+    key_margin: np.ndarray  # float64: the key model's w . x + b each record was scored with
     snapshots: list[KeyedLine]
     changed_rows: list[int]  # every row the batch used (the job writes them to state)
 
@@ -44,13 +47,31 @@ class ModelScorer:
     """Scores each record with its key's model, then learns from it when it has a label."""
 
     def __init__(self, feature_names: Sequence[str], standardized: Sequence[int], optimizer: Optimizer,
-                 snapshot_every: int, top_reasons: int, initial_bias: float = 0.0):
+                 snapshot_every: int, top_reasons: int, initial_bias: float = 0.0, blend: str = "key",
+                 cold_start: str = "zeros"):
         self.feature_names = tuple(feature_names)
         self.standardized = tuple(standardized)
         self.optimizer = optimizer
         self.snapshot_every = snapshot_every
         self.top_reasons = top_reasons
         self.initial_bias = initial_bias  # a new key's bias (log-odds)
+        # With a global model (udfs/prequential.py): model.blend (key, global or sum) and model.cold_start.
+        self.blend = blend
+        self.cold_start = cold_start
+
+    def start(self, held: GlobalModel | None, cold_start: str) -> tuple[np.ndarray, float] | None:
+        """What a new (or reset) key's row starts from, as udfs/prequential.py's `_new_key_model`:
+        under blend sum zero weights and bias 0 (the global margin carries the prior); with
+        `cold_start` global the held version's weights and bias (`GlobalModel.copy_regression`);
+        else None (zero weights, initial_bias)."""
+        if held is None:
+            return None
+        if self.blend == "sum":
+            return np.zeros(len(self.feature_names)), 0.0
+        if cold_start == "global":
+            copy = held.copy_regression()
+            return np.asarray(copy.weights, np.float64), copy.bias
+        return None
 
     def new_model(self) -> KeyModel:
         """A new key's model, with the optimizer's accumulators, for one record at a time (the
@@ -78,24 +99,39 @@ class ModelScorer:
         assessed = self.assess_columns(batch, table)
         return self.score_lines(batch, assessed, now_ms), assessed.snapshots, assessed.changed_rows
 
-    def assess_columns(self, batch: RecordBatch, table: ModelTable) -> "AssessedBatch":
+    def assess_columns(self, batch: RecordBatch, table: ModelTable, held: GlobalModel | None = None
+                       ) -> "AssessedBatch":
         """Standardizes each record's features, scores it and learns from it when it has a label,
-        for every record of the batch in order (see `score_columns`), with snapshots."""
+        for every record of the batch in order (see `score_columns`), with snapshots.
+
+        `held` (the global version the shard holds for this batch; None without a global model):
+        unless blend is global, the key models read the features standardized by its statistics
+        (`standardized_entries`), a new key starts as `start` says, and under blend sum the score is
+        sigmoid(held's margin + the key's margin) and the key learns from that (udfs/prequential.py)."""
         from udfs.compiled_model import learn_batch
 
         n = len(batch)
+        values, global_view = batch.values, {}
+        if held is not None and self.blend != "global":
+            table.start = self.start(held, self.cold_start)
+            values = standardized_entries(held, np.asarray(batch.indices, np.int64), batch.values)
+            global_view["prestandardized"] = True
+            if self.blend == "sum":
+                global_view["global_weights"] = arrays_of(held).weights
+                global_view["global_bias"] = held.regression.bias
         rows_of, add = table.rows, table.add
         rows = np.fromiter((rows_of[key] if key in rows_of else add(key) for key in batch.model_keys), np.int64, n)
         assessed = AssessedBatch(np.empty(n), np.empty(n, np.int64), np.empty(n, np.bool_),
                                  np.zeros((n, self.top_reasons), np.int32), np.zeros((n, self.top_reasons)),
-                                 np.zeros(n, np.int8), np.empty(len(batch.values)), [], np.unique(rows).tolist())
+                                 np.zeros(n, np.int8), np.empty(len(batch.values)), np.empty(n), [],
+                                 np.unique(rows).tolist())
         position = 0
         while position < n:
             position = learn_batch(
-                position, rows, batch.indptr, batch.indices, batch.values, batch.labels, batch.event_times,
+                position, rows, batch.indptr, batch.indices, values, batch.labels, batch.event_times,
                 table.weights, table.bias, table.updates, table.rejected, table.last_event_time, table.count,
                 table.mean, table.m2, table.positions, table.accumulators, table.optimizer, self.snapshot_every,
-                *assessed[:7])
+                *assessed[:8], **global_view)
             last = position - 1
             if assessed.learned[last] and table.updates[rows[last]] % self.snapshot_every == 0:
                 assessed.snapshots.append(self.snapshot(table.key_model(int(rows[last])), batch.model_keys[last]))

@@ -52,7 +52,7 @@ def optimizer(settings: Settings) -> Optimizer:
 def model_scorer(settings: Settings, encoder: FeatureEncoder) -> ModelScorer:
     model = settings.model
     return ModelScorer(encoder.names, encoder.standardized, optimizer(settings), model.snapshot_every,
-                       model.top_reasons, model.initial_bias)
+                       model.top_reasons, model.initial_bias, model.blend, model.cold_start)
 
 
 def window_specs(settings: Settings) -> list[WindowSpec]:
@@ -71,7 +71,7 @@ def global_part(settings: Settings, scorer: ModelScorer) -> GlobalPart:
     shards = settings.performance.shards
     training = settings.model.global_.global_settings()
     return GlobalPart(scorer.feature_names, scorer.standardized, settings.model.initial_bias, training.max_staleness,
-                      share_of(training.cadence_records, shards), training.cadence_ms)
+                      share_of(training.cadence_records, shards), training.cadence_ms, settings.model.blend)
 
 
 def global_rounds(settings: Settings, scorer: ModelScorer) -> Rounds:

@@ -43,19 +43,6 @@ class GlobalModelSection(Section):
         return GlobalSettings(**self.model_dump())
 
 
-def check_global_model(settings) -> None:
-    """Raises ConfigError (one line, naming the field) when the job cannot run the global model as
-    configured; `riskstream evaluate` takes every combination, the job not yet (docs/configuration.md)."""
-    model = settings.model
-    if not model.uses_global:
-        return
-    if model.cold_start != "zeros":
-        raise ConfigError("model.cold_start: global is not wired into the job yet (riskstream evaluate has it); use zeros")
-    if model.blend != "global":
-        raise ConfigError(f"model.blend: {model.blend} with the global model is not wired into the job yet "
-                          f"(riskstream evaluate has it); use key or global")
-
-
 def versions_folder(settings) -> Path:
     """Where a run whose outputs are files writes the global model's versions and reads them back."""
     return Path(settings.output.path) / VERSIONS_OUTPUT

@@ -205,14 +205,7 @@ class ModelSettings(Section):
     @property
     def uses_global(self) -> bool:
         """Whether the job trains the global model (and reads its versions back from Kafka)."""
-        return self.cold_start == "global" or self.blend != "key"
-
-    @model_validator(mode="after")
-    def _rewarm_needs_the_global_model(self) -> "ModelSettings":
-        if self.on_drift == "rewarm":  # the job has no global model to re-warm from yet
-            raise ValueError("model.on_drift: rewarm needs the global model (model.blend global or sum, "
-                             "or model.cold_start global)")
-        return self
+        return self.cold_start == "global" or self.blend != "key" or self.on_drift == "rewarm"
 
     @model_validator(mode="after")
     def _settings_of_the_optimizer(self) -> "ModelSettings":

@@ -36,6 +36,7 @@ from streaming.job.identity import METRICS_GROUP
 from streaming.job.java_operators import BYTES, SHARD_BATCH, java_operator
 from streaming.job.scoring import ScoreShardWithLabelStream, ShardScoring
 from udfs.feature_log import FeatureLog, expiry_of
+from udfs.global_columns import standardized_entries
 from udfs.global_scoring import VERSION_KEY, GlobalPart, Rounds, ShardGlobal, is_final, segment_bytes
 from udfs.scoring import AssessedBatch
 from udfs.wire import END_OF_INPUT, RecordBatch
@@ -103,6 +104,7 @@ class GlobalShards:
 
     def open(self, runtime_context: RuntimeContext, scoring: ShardScoring) -> None:
         scoring.blend = self.blend
+        scoring.held = self.held
         # Pickled bytes, as the models (see ShardModels.open). The held version apart, as it
         # changes once per version, the rest with every batch.
         self.state = runtime_context.get_state(ValueStateDescriptor("global-shard", Types.PICKLED_BYTE_ARRAY()))
@@ -116,15 +118,25 @@ class GlobalShards:
         self.applied = metrics.counter("global_versions_applied")
         self.sent = metrics.counter("global_partials_sent")
 
-    def blend(self, shard: int, batch: RecordBatch, assessed: AssessedBatch) -> tuple[AssessedBatch, bytes]:
-        """ShardScoring.blend: the batch scored by the shard's version (model.blend global)."""
-        held = self.of(shard).held
-        return self.part.scored(held, batch, assessed), b',"global_version":%d' % held.version
+    def held(self, shard: int):
+        """ShardScoring.held: the GlobalModel version the shard holds."""
+        return self.of(shard).held
 
-    def scored(self, shard: int, batch: RecordBatch) -> Iterator:
-        """Keeps a scored batch's records for the shard's partials; sends those due."""
+    def blend(self, shard: int, batch: RecordBatch, assessed: AssessedBatch) -> tuple[AssessedBatch, bytes]:
+        """ShardScoring.blend: with model.blend global the batch scored by the shard's version; with
+        key and sum the key models' code scored it already (ModelScorer.assess_columns, given the
+        version). Every score names the version."""
+        held = self.of(shard).held
+        if self.part.blend == "global":
+            assessed = self.part.scored(held, batch, assessed)
+        return assessed, b',"global_version":%d' % held.version
+
+    def scored(self, shard: int, batch: RecordBatch, assessed: AssessedBatch) -> Iterator:
+        """Keeps a scored batch's records for the shard's partials (under model.blend sum with the key
+        margin each was scored with, so that the global model learns from the same error); sends
+        those due."""
         held = self.of(shard)
-        self.part.add(held, batch, self.learn_inline)
+        self.part.add(held, batch, self.learn_inline, assessed.key_margin if self.part.blend == "sum" else None)
         self.kept(held, len(batch))
         yield from self.send(shard, held)
 
@@ -218,7 +230,7 @@ class ScoreShardWithVersions(KeyedCoProcessFunction):
             yield from self.globals.ended(shard)
 
     def _after_scoring(self, shard: int, batch: RecordBatch, assessed, log_id, ctx) -> Iterator:
-        yield from self.globals.scored(shard, batch)
+        yield from self.globals.scored(shard, batch, assessed)
 
 
 class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
@@ -239,6 +251,7 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
         self.globals.open(runtime_context, self.scoring)
         self.raw_logs = runtime_context.get_map_state(MapStateDescriptor("global-raw-log", Types.STRING(),
                                                                          Types.PICKLED_BYTE_ARRAY()))
+        self.raw_cache = (None, None)
 
     def process_element1(self, shard_batch, ctx):
         yield from self.scoring.score(shard_batch, ctx, self._after_scoring)
@@ -258,6 +271,7 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
             return
         for log_id in [log_id for log_id in self._logs_of(shard) if expiry_of(log_id)[0] <= timestamp]:
             self.raw_logs.remove(log_id)
+        self.raw_cache = (None, None)
         yield from super().on_timer(timestamp, ctx)
         if timestamp == END_OF_INPUT:
             yield from self.globals.ended(shard)
@@ -266,17 +280,34 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
         if log_id is not None:  # before the labels waiting for this log are applied
             self.raw_logs.put(log_id, np.asarray(batch.values, np.float64).tobytes())
         yield from self._log_features(shard, batch, assessed, log_id, ctx)
-        yield from self.globals.scored(shard, batch)
+        yield from self.globals.scored(shard, batch, assessed)
 
-    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int) -> None:
-        raw = self.raw_logs.get(log_id)
-        if raw is None:  # logged before the global model was on (a savepoint of such a run)
+    def _raw(self, log: FeatureLog, log_id: str, row: int) -> np.ndarray | None:
+        """The raw values of the record at `row` of the log (None: logged before the global model
+        was on, a savepoint of such a run); the last log read is kept (a bundle's labels share logs)."""
+        if self.raw_cache[0] is not log:  # the log's object: log ids are per shard
+            self.raw_cache = (log, self.raw_logs.get(log_id))
+        raw = self.raw_cache[1]
+        return None if raw is None else np.frombuffer(raw, np.float64)[int(log.indptr[row]):int(log.indptr[row + 1])]
+
+    def _global_margin(self, shard: int, log: FeatureLog, log_id: str, row: int) -> float | None:
+        """model.blend sum: the label's record's global margin by the version the shard holds now,
+        from its raw values (standardized by that version, as GlobalModel.margin sums)."""
+        raw = self._raw(log, log_id, row) if self.globals.part.blend == "sum" else None
+        if raw is None:
+            return None
+        held = self.globals.of(shard).held
+        indices = log.indices[int(log.indptr[row]):int(log.indptr[row + 1])]
+        return held.margin(indices.tolist(), standardized_entries(held, indices.astype(np.int64), raw).tolist())
+
+    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int, key_margin: float) -> None:
+        values = self._raw(log, log_id, row)
+        if values is None:
             return
         start, end = int(log.indptr[row]), int(log.indptr[row + 1])
-        values = np.frombuffer(raw, np.float64)[start:end]
         held = self.globals.of(shard)
         held.pending = held.pending.appended([0, end - start], log.indices[start:end], values, [is_fraud],
-                                             counted=False)
+                                             counted=False, offsets=[key_margin])
         self.globals.kept(held, 1)
 
     def _apply(self, shard: int, routed_labels, ctx):

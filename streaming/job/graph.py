@@ -19,7 +19,7 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from streaming.config import KafkaSettings, Settings
 from streaming.config.flink_options import flink_options
 from streaming.config.from_settings import global_part, global_rounds, model_scorer, transaction_reader, windowing
-from streaming.config.global_settings import VERSIONS_OUTPUT, check_global_model
+from streaming.config.global_settings import VERSIONS_OUTPUT
 from streaming.job.bundles import DEAD_LETTERS, DRIFT, LABEL_DEAD_LETTERS, LATE, LEARNING, ROUTES, SNAPSHOTS
 from streaming.job.connectors import json_lines_sink, kafka_sink, labels_source, transactions_source
 from streaming.job.drift import shard_drift
@@ -73,7 +73,6 @@ def build_job(env: StreamExecutionEnvironment, settings: Settings) -> None:
 
 def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]:
     """The job's graph up to its sinks: one Output per output the settings turn on."""
-    check_global_model(settings)
     reader = transaction_reader(settings)
     scorer = model_scorer(settings, reader.encoder)
     keyed_output = settings.output.kind == "kafka"

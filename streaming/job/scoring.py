@@ -78,6 +78,9 @@ class ShardScoring:
         # Set by the global model's operator: (shard, batch, assessed) -> (assessed with the blended
         # scores, the score lines' extra JSON fields, e.g. b',"global_version":3').
         self.blend: Callable[..., tuple] | None = None
+        # Set by the global model's operator: shard -> the GlobalModel version the shard holds, which
+        # the key models read the batch with (ModelScorer.assess_columns) and a rewarm starts from.
+        self.held: Callable[[int], object] | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
         internals.let_numba_import_in_python_workers()
@@ -105,10 +108,11 @@ class ShardScoring:
         table = self.models.table(shard)
         for batch, log_id in batches:
             learned_from = batch if self.learn_inline else batch.without_labels()
-            assessed = self.scorer.assess_columns(learned_from, table)
+            held = None if self.held is None else self.held(shard)  # fixed for the whole batch
+            assessed = self.scorer.assess_columns(learned_from, table, held)
             drift_events = None
             if self.drift is not None:  # before the models are written: a reset changes them
-                drift_events = self._track_drift(shard, learned_from, assessed, table)
+                drift_events = self._track_drift(shard, learned_from, assessed, table, held)
             self.models.write_through(table, assessed.changed_rows)
             fields = b""
             if self.blend is not None:  # the global model's part (streaming/job/global_versions.py)
@@ -131,10 +135,10 @@ class ShardScoring:
             if after_scoring is not None:
                 yield from after_scoring(shard, batch, assessed, log_id, ctx)
 
-    def _track_drift(self, shard: int, batch: RecordBatch, assessed, table) -> list:
+    def _track_drift(self, shard: int, batch: RecordBatch, assessed, table, held) -> list:
         """The batch's drift events (udfs.drift_tracking); its detectors are written to state."""
         detectors = self.drift.detectors(shard)
-        events = self.drift.tracker.after_batch(detectors, batch, assessed, table, now_ms())
+        events = self.drift.tracker.after_batch(detectors, batch, assessed, table, now_ms(), held)
         self.drift.write_through(detectors)
         return events
 
@@ -282,8 +286,11 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             model_row = table.rows[model_key]
             indices, values = log.entries(row)
             updates_before = int(table.updates[model_row])
-            stepped = table.learn_logged(model_row, indices, values, label.is_fraud, routed.event_time)
-            self._learned(shard, log, log_id, row, label.is_fraud)
+            # model.blend sum: the label's step is on sigmoid(global margin + key margin), both now.
+            offset = self._global_margin(shard, log, log_id, row)
+            key_margin = 0.0 if offset is None else table.margin(model_row, indices, values)
+            stepped = table.learn_logged(model_row, indices, values, label.is_fraud, routed.event_time, offset)
+            self._learned(shard, log, log_id, row, label.is_fraud, key_margin)
             changed_rows.add(model_row)
             updates = int(table.updates[model_row])
             learned.append(KeyedLine(learning_line(label.txn_id, model_key, label, routed.event_time, updates,
@@ -292,7 +299,8 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
                 snapshots.append(self.scoring.scorer.snapshot(table.key_model(model_row), model_key))
             if detectors is not None:  # the loss of the score the record was given (its log's)
                 event = drift.tracker.after_label(detectors, table, model_row, label.txn_id, int(log.event_times[row]),
-                                                  float(log.scores[row]), label.is_fraud, updates_before, now)
+                                                  float(log.scores[row]), label.is_fraud, updates_before, now,
+                                                  None if self.scoring.held is None else self.scoring.held(shard))
                 if event is not None:
                     drift_events.append(event)
         models.write_through(table, changed_rows)
@@ -308,9 +316,15 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
         if drift_events:
             yield DRIFT, keyed_lines_bundle(drift_events, keyed)
 
-    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int) -> None:
+    def _global_margin(self, shard: int, log: FeatureLog, log_id: str, row: int) -> float | None:
+        """The global margin a label's step adds to the key's (a hook: model.blend sum,
+        streaming/job/global_versions.py); None: the key's margin alone."""
+        return None
+
+    def _learned(self, shard: int, log: FeatureLog, log_id: str, row: int, is_fraud: int, key_margin: float) -> None:
         """Called for each applied label, after the key's model learned from it (a hook: the
-        global model learns from it too, streaming/job/global_versions.py)."""
+        global model learns from it too, with `key_margin`, the key's margin the step used, as
+        offset under blend sum: streaming/job/global_versions.py)."""
 
     def _hold(self, shard: int, log_id: str, routed: RoutedLabel) -> None:
         line = routed_label_line(routed)

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from streaming.config import ConfigError, load_settings
+from streaming.config import load_settings
 from streaming.config.from_settings import model_scorer, transaction_reader
 from tests.reference.pipeline import assess_with_drift
 from tests.unit.conftest import LOCAL_PROFILE
@@ -233,16 +233,15 @@ def test_detector_state_round_trips_per_key():
     assert restored.of("a").to_bytes() == detectors.of("a").to_bytes() and len(restored) == 1
 
 
-def test_drift_settings_are_off_by_default_and_rewarm_is_refused_in_one_line():
+def test_drift_settings_are_off_by_default_and_rewarm_turns_the_global_model_on():
     settings = load_settings(LOCAL_PROFILE)
     assert settings.model.drift.detector == "none" and settings.model.on_drift == "report"
     assert settings.kafka.drift_topic == "drift" and "drift" in settings.kafka.topics()
     chosen = load_settings(LOCAL_PROFILE, ["model.drift={detector: adwin, adwin: {delta: 0.01}}", "model.on_drift=reset"])
     assert chosen.model.drift.detector_settings().adwin.delta == 0.01 and chosen.model.on_drift == "reset"
-    with pytest.raises(ConfigError) as refused:
-        load_settings(LOCAL_PROFILE, ["model.on_drift=rewarm"])
-    assert "model.on_drift: rewarm needs the global model" in str(refused.value)
-    assert "\n" not in str(refused.value)
+    assert not chosen.model.uses_global
+    rewarm = load_settings(LOCAL_PROFILE, ["model.on_drift=rewarm"])
+    assert rewarm.model.uses_global  # its new models are copies of the held global version
     with pytest.raises(ValueError):
         DriftTracker(DriftSettings(), "report", ModelScorer(("x",), (), Sgd(0.1), 1000, 1))
 
