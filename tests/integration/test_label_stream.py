@@ -214,7 +214,13 @@ def assert_drift_as_the_learning_order_says(stream: list[dict], out: dict[str, l
         detector = detectors.setdefault(key, make_detector(DRIFT))
         if detector.update(loss):
             expected.append((key, updates - 1, txn_id, loss, detector.statistics()))
-    assert len(expected) >= 3
+    # With inline labels (mode both) the models learn as the records are scored, so the losses and
+    # their detections follow from the inputs: at least 3 here. From the label stream alone they
+    # depend on when each label arrives relative to the records scored after it (the two sources
+    # run at their own pace): this run with threshold 3 gave 4 here and none in a CI run, so
+    # there the events need only equal the reference's, however many.
+    if mode == "both":
+        assert len(expected) >= 3
     got = sorted((e["model_key"], e["model_updates"], e["txn_id"], e["loss"], e["statistics"]) for e in out["drift"])
     assert got == expected
 
