@@ -77,16 +77,22 @@ class VersionFilesTest {
         assertEquals(List.of("{\"version\":0}", "{\"é\":1}", new String(big, StandardCharsets.US_ASCII), "last"), lines);
     }
 
-    @Test
-    void theSourceEndsAfterTheFinalVersionAndEmitsNothingAfterIt(@TempDir File folder) throws Exception {
-        File part = new File(folder, "model-versions-a-0.jsonl");
-        Files.write(part.toPath(), ("{\"version\":0}\n{\"version\":1}\n{\"version\":2,\"final\":true}\n"
-                + "{\"version\":3}\n").getBytes(StandardCharsets.UTF_8));
+    /** VersionFiles' wrapped reader on `folder`, started, with `part` whole as its one split. */
+    private static SourceReader<byte[], FileSourceSplit> startedOn(File folder, File part) throws Exception {
         SourceReader<byte[], FileSourceSplit> reader =
                 VersionFiles.source(folder.getPath(), 10).createReader(new Context());
         reader.start();
         reader.addSplits(List.of(new FileSourceSplit("0", new Path(part.toURI()), 0, part.length(),
                 part.lastModified(), part.length())));
+        return reader;
+    }
+
+    @Test
+    void theSourceEndsAfterTheFinalVersionAndEmitsNothingAfterIt(@TempDir File folder) throws Exception {
+        File part = new File(folder, "model-versions-a-0.jsonl");
+        Files.write(part.toPath(), ("{\"version\":0}\n{\"version\":1}\n{\"version\":2,\"final\":true}\n"
+                + "{\"version\":3}\n").getBytes(StandardCharsets.UTF_8));
+        SourceReader<byte[], FileSourceSplit> reader = startedOn(folder, part);
         Collected output = new Collected();
         InputStatus status = InputStatus.NOTHING_AVAILABLE;
         for (int polls = 0; polls < 10_000 && status != InputStatus.END_OF_INPUT; polls++) {
@@ -105,11 +111,7 @@ class VersionFilesTest {
     void anUnfinishedFolderKeepsTheSourceOpen(@TempDir File folder) throws Exception {
         File part = new File(folder, "model-versions-a-0.jsonl");
         Files.write(part.toPath(), "{\"version\":0}\n{\"version\":1}\n".getBytes(StandardCharsets.UTF_8));
-        SourceReader<byte[], FileSourceSplit> reader =
-                VersionFiles.source(folder.getPath(), 10).createReader(new Context());
-        reader.start();
-        reader.addSplits(List.of(new FileSourceSplit("0", new Path(part.toURI()), 0, part.length(),
-                part.lastModified(), part.length())));
+        SourceReader<byte[], FileSourceSplit> reader = startedOn(folder, part);
         Collected output = new Collected();
         for (int polls = 0; polls < 10_000 && output.records.size() < 2; polls++) {
             reader.isAvailable().get();
