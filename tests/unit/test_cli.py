@@ -113,6 +113,34 @@ def test_relative_paths_in_a_profile_resolve_against_its_folder(tmp_path):
     assert_one_line_failure(done, 2, "no records in", str(folder / "in" / "empty.jsonl"))
 
 
+def test_label_paths_in_a_profile_resolve_against_its_folder_as_the_transactions_do(tmp_path):
+    """A profile beside its transactions and labels, run from another folder: both resolve next to
+    the profile, so the run gets past the label check to the (empty) transactions file."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "tx.jsonl").write_bytes(b"")
+    (folder / "lab.jsonl").write_bytes(b"")
+    profile = folder / "mine.yaml"
+    profile.write_text(f"extends: {LOCAL}\nsource:\n  paths: [tx.jsonl]\n"
+                       "labels:\n  mode: stream\n  source:\n    kind: files\n    paths: [lab.jsonl]\n")
+    (tmp_path / "elsewhere").mkdir()
+    done = riskstream("run", "--config", str(profile), cwd=tmp_path / "elsewhere")
+    assert_one_line_failure(done, 2, "source.paths: no records in", str(folder / "tx.jsonl"))
+
+
+def test_a_single_path_given_with_set_is_a_list_of_one(tmp_path):
+    done = riskstream("run", "--config", LOCAL, "--set", "source.paths=missing.jsonl", cwd=tmp_path)
+    assert_one_line_failure(done, 2, f"source.paths: {tmp_path / 'missing.jsonl'} does not exist")
+
+
+def test_a_path_where_a_profile_needs_a_list_says_so_in_plain_words(tmp_path):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(f"extends: {LOCAL}\nsource:\n  paths: tx.jsonl\n")
+    done = riskstream("run", "--config", str(profile), cwd=tmp_path)
+    line = assert_one_line_failure(done, 2, "source.paths: must be a list, such as [a, b]", "tx.jsonl")
+    assert "tuple" not in line
+
+
 # ---------------------------------------------------------------- generate
 
 
