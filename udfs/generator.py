@@ -48,15 +48,39 @@ _KIND_WEIGHTS = tuple(0.05 if kind == "oversize" else 1.0 for kind in MALFORMED_
 
 @dataclass(frozen=True)
 class GeneratorSettings:
-    records: int
+    """What `generate` writes; ValueError on a value outside its range, naming the field
+    ("malformed_share: must be in [0, 1) (got 5)")."""
+
+    records: int  # at least 1
     seed: int = 7
-    accounts: int = 50_000
+    accounts: int = 50_000  # at least 1
     malformed_share: float = 0.0  # share of records replaced by a malformed one, in [0, 1)
-    unlabelled_share: float = 0.02  # share of valid records without a label ("score only")
+    unlabelled_share: float = 0.02  # share of valid records without a label ("score only"), in [0, 1]
     drift_at: float | None = None  # position in (0, 1) where the hidden model changes, or None
-    mean_gap_ms: float = 100.0  # mean time between transactions
-    iso_time_share: float = 0.1  # share of event times written as ISO-8601 strings
-    oversize_bytes: int = 100_000  # size of an oversize line; above the default 64 KiB cap
+    # Mean event time between transactions (exponential gaps, whole milliseconds), in (0, 1e6]: the
+    # stream spans about records * mean_gap_ms of event time (20,000 records: 33 minutes at 100 ms).
+    mean_gap_ms: float = 100.0
+    iso_time_share: float = 0.1  # share of event times written as ISO-8601 strings, in [0, 1]
+    oversize_bytes: int = 100_000  # size of an oversize line, at least 1; above the default 64 KiB cap
+
+    def __post_init__(self) -> None:
+        check_ranges(self, (
+            ("records", self.records >= 1, ">= 1"),
+            ("accounts", self.accounts >= 1, ">= 1"),
+            ("malformed_share", 0 <= self.malformed_share < 1, "in [0, 1)"),
+            ("unlabelled_share", 0 <= self.unlabelled_share <= 1, "in [0, 1]"),
+            ("drift_at", self.drift_at is None or 0 < self.drift_at < 1, "in (0, 1)"),
+            ("mean_gap_ms", 0 < self.mean_gap_ms <= 1e6, "in (0, 1e6]"),
+            ("iso_time_share", 0 <= self.iso_time_share <= 1, "in [0, 1]"),
+            ("oversize_bytes", self.oversize_bytes >= 1, ">= 1")))
+
+
+def check_ranges(settings: object, checks: tuple[tuple[str, bool, str], ...]) -> None:
+    """Raises ValueError for the first (field, valid, allowed) check that fails:
+    "<field>: must be <allowed> (got <value>)"."""
+    for field, valid, allowed in checks:
+        if not valid:
+            raise ValueError(f"{field}: must be {allowed} (got {getattr(settings, field)})")
 
 
 def generate(settings: GeneratorSettings) -> Iterator[bytes]:

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping
 
 from udfs.cleaning import Rejected, epoch_millis
+from udfs.generator import check_ranges
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,14 @@ class LabelStreamSettings:
     unknown_share: float = 0.01  # an extra label for a txn_id that no transaction has
     malformed_share: float = 0.0  # a label replaced by one the job cannot read
     iso_time_share: float = 0.1  # label times written as ISO-8601 strings
+
+    def __post_init__(self) -> None:
+        # ValueError naming the field ("never_share: must be in [0, 1] (got 2)").
+        check_ranges(self, (
+            ("min_delay_ms", self.min_delay_ms > 0, "> 0"),
+            ("max_delay_ms", self.max_delay_ms >= self.min_delay_ms, f">= min_delay_ms ({self.min_delay_ms})"),
+            *((f"{name}_share", 0 <= getattr(self, f"{name}_share") <= 1, "in [0, 1]")
+              for name in ("never", "duplicate", "contradicting", "unknown", "malformed", "iso_time"))))
 
 
 MALFORMED_LABEL_KINDS = ("truncated_json", "not_an_object", "missing_txn_id", "bad_is_fraud", "bad_label_time",

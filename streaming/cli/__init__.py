@@ -14,7 +14,7 @@ from pathlib import Path
 
 from streaming.cli.cluster import cluster_command
 from streaming.cli.common import EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE, HelpWithDefaults, UsageError, fail
-from streaming.cli.data import generate_command, label_stream_options
+from streaming.cli.data import events_per_second_option, generate_command, label_stream_options
 from streaming.cli.evaluate import add_evaluate_options, evaluate_command
 from streaming.cli.kafka import kafka_command
 from streaming.cli.outputs import model_show, report_command
@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--malformed-share", type=float, default=0.0, help="share of malformed records, [0, 1)")
     generate.add_argument("--unlabelled-share", type=float, default=0.02, help="share of records without a label, [0, 1]")
     generate.add_argument("--drift-at", type=float, default=None, help="position (0..1) of an abrupt drift")
+    events_per_second_option(generate)
     generate.add_argument("--labels", type=Path, default=None, metavar="FILE",
                           help="also write the transactions' label stream to FILE (JSON lines, label-time order)")
     label_stream_options(generate)
@@ -88,8 +89,11 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--generate", type=int, metavar="N", help="send N generated transactions")
     produce.add_argument("--seed", type=int, default=7, help="random seed of --generate")
     produce.add_argument("--accounts", type=int, default=50_000, help="distinct accounts of --generate")
-    produce.add_argument("--malformed-share", type=float, default=0.0, help="share of malformed records of --generate")
-    produce.add_argument("--rate", type=float, default=None, help="records per second (default: as fast as possible)")
+    produce.add_argument("--malformed-share", type=float, default=0.0,
+                         help="share of malformed records of --generate, [0, 1)")
+    events_per_second_option(produce)
+    produce.add_argument("--rate", type=float, default=None,
+                         help="records sent per second, > 0 (default: as fast as possible)")
     produce.add_argument("--no-key", action="store_true", help="do not key messages by the normalized model key")
     produce.add_argument("--topic", default=None, help="another topic than kafka.transactions_topic")
     produce.add_argument("--labels", action="store_true",

@@ -21,10 +21,13 @@ EXIT_INTERRUPTED = 130  # stopped with Ctrl-C (SIGINT)
 FLINK_LOG_DIR = PROJECT_ROOT / "var" / "log"
 
 class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Help that shows each option's default, where it has one worth showing."""
+    """Help that shows each option's default, zero included, except where there is none to show:
+    a required option, a flag (--verbose), no value (None), or an empty repeatable option (--set)."""
 
     def _get_help_string(self, action):
-        if action.required or action.default in (None, [], False, argparse.SUPPRESS):
+        # Compared by identity and type, not with `in (None, False, ...)`: 0 and 0.0 equal False.
+        no_default = action.default is None or action.default is argparse.SUPPRESS or action.default == []
+        if action.required or action.nargs == 0 or no_default:
             return action.help
         return super()._get_help_string(action)
 

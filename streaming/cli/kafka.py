@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Iterator
 
 from streaming.cli.common import EXIT_FAILED, EXIT_OK, UsageError, fail
-from streaming.cli.data import label_stream_settings
+from streaming.cli.data import generator_settings, label_stream_settings, refuse_unused_label_options
 from streaming.config import load_settings
 
 
@@ -24,8 +25,8 @@ def _kafka_tool(args: argparse.Namespace) -> int:
     from streaming.ops import kafka_tools
 
     settings = load_settings(args.config, args.overrides)
-    if args.command == "produce" and args.file is not None and not args.file.is_file():
-        raise UsageError(f"produce --file: {args.file} is not a file")
+    if args.command == "produce":
+        lines, total = _produce_input(args)  # every argument checked before the broker is
     kafka_tools.show_client_log(args.verbose)
     kafka_tools.check_broker(settings)
     if args.command == "topics":
@@ -40,21 +41,6 @@ def _kafka_tool(args: argparse.Namespace) -> int:
             shown_key = key.decode("utf-8", "backslashreplace") if key is not None else ""
             print(f"{partition}:{offset}\t{shown_key}\t{value.decode('utf-8', 'backslashreplace')}", flush=True)
         return EXIT_OK
-    label_settings = label_stream_settings(args) if args.labels and args.generate is not None else None
-    if args.file is not None:
-        from streaming.reporting.outputs import file_records
-
-        lines, total = file_records(args.file), None
-    else:
-        from udfs.generator import GeneratorSettings, generate
-
-        lines = generate(GeneratorSettings(records=args.generate, seed=args.seed, accounts=args.accounts,
-                                           malformed_share=args.malformed_share))
-        total = args.generate
-        if label_settings is not None:
-            from udfs.label_generator import generate_labels
-
-            lines, total = generate_labels(lines, label_settings), None
     # Labels are keyed by txn_id, so that a transaction's labels share a partition and keep their order.
     key_field = None if args.no_key else "txn_id" if args.labels else settings.model.key
     topic = args.topic or (settings.kafka.labels_topic if args.labels else settings.kafka.transactions_topic)
@@ -63,3 +49,24 @@ def _kafka_tool(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _produce_input(args: argparse.Namespace) -> tuple[Iterator[bytes], int | None]:
+    """The lines `produce` sends (read or generated lazily) and how many when known; UsageError
+    naming a bad argument."""
+    if args.rate is not None and not args.rate > 0:
+        raise UsageError(f"produce --rate: must be > 0 records per second (got {args.rate})")
+    refuse_unused_label_options(args, args.labels and args.generate is not None, "--labels and --generate")
+    if args.file is not None:
+        if not args.file.is_file():
+            raise UsageError(f"produce --file: {args.file} is not a file")
+        from streaming.reporting.outputs import file_records
+
+        return file_records(args.file), None
+    from udfs.generator import generate
+
+    settings = generator_settings(args, records=args.generate, seed=args.seed, accounts=args.accounts,
+                                  malformed_share=args.malformed_share)
+    if not args.labels:
+        return generate(settings), args.generate
+    from udfs.label_generator import generate_labels
+
+    return generate_labels(generate(settings), label_stream_settings(args)), None

@@ -4,9 +4,9 @@ the Kafka cluster and topics shared by the job and the CLI tools."""
 from __future__ import annotations
 
 import os
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, PositiveInt, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, PositiveInt, SecretStr, model_validator
 
 from streaming.config.base import ReadOnlyMapping, Section
 
@@ -54,6 +54,20 @@ class OutputSettings(Section):
 KAFKA_PROPERTY_ENV_PREFIX = "RISKSTREAM_KAFKA__"
 
 
+def _property_text(value: object) -> object:
+    """A client property's value as Kafka reads it, text: YAML's unquoted true, 5 or 0.5 (in a
+    profile or with --set kafka.properties.linger.ms=5) become "true", "5" and "0.5"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+# A Kafka client property's value: secret text (never printed), numbers and booleans as Kafka writes them.
+PropertyValue = Annotated[SecretStr, BeforeValidator(_property_text)]
+
+
 class KafkaSettings(Section):
     """The Kafka cluster, topics and delivery settings shared by the job and the CLI tools.
 
@@ -85,7 +99,7 @@ class KafkaSettings(Section):
     replication_factor: PositiveInt = 1
     # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
     max_message_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024)
-    properties: ReadOnlyMapping[str, SecretStr] = {}
+    properties: ReadOnlyMapping[str, PropertyValue] = {}
     # The job's source: consumer group, where to start without committed offsets (or from them),
     # and whether to stop at the offsets present when it starts (a bounded run).
     consumer_group: str = "riskstream"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from streaming.config import PROJECT_ROOT, ConfigError, RestartSettings, Settings
 
-BUILD = PROJECT_ROOT / "build"  # `make jars` builds the project's jars and fetches the connector here
+BUILD = PROJECT_ROOT / "build"  # `make jar` builds the project's jar here, `make jars` also fetches the connector
 KAFKA_CONNECTOR_PATTERN = "flink-sql-connector-kafka-*.jar"
 
 
@@ -17,12 +17,14 @@ def job_jars(settings: Settings) -> list[Path]:
     only in Kafka mode), in Kafka mode also Flink's Kafka connector, then the profile's own
     `flink.jars`. Raises ConfigError naming the first one that is missing and how to build it."""
     jars = [BUILD / "riskstream-flink.jar"]
+    build = "make jar"  # the Makefile's target for the project's jar; `make jars` also fetches the connector
     if "kafka" in (settings.source.kind, settings.output.kind):
         connectors = sorted((BUILD / "flink-jars").glob(KAFKA_CONNECTOR_PATTERN))
         jars += connectors or [BUILD / "flink-jars" / KAFKA_CONNECTOR_PATTERN]
+        build = "make jars"
     for jar in jars:
         if not jar.is_file():
-            raise ConfigError(f"{jar} is missing; build the project's jars with `make jars` in {PROJECT_ROOT}")
+            raise ConfigError(f"{jar} is missing; build it with `{build}` in {PROJECT_ROOT}")
     for jar in map(Path, settings.flink.jars):
         if not jar.is_file():
             raise ConfigError(f"flink.jars: {jar} is not a file")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_origin
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -18,9 +18,10 @@ from streaming.config.settings import Settings
 def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Settings:
     """Loads and validates a profile; `overrides` are `dotted.key=value` strings applied on top.
 
-    Relative file paths in a profile resolve against that profile file's folder (so a profile means
-    the same from any folder); relative paths given in `overrides` resolve against the current
-    folder, as paths on a command line do. All paths in the result are absolute.
+    Relative file paths in a profile (every setting of PATH_SETTINGS) resolve against that profile
+    file's folder (so a profile means the same from any folder); relative paths given in `overrides`
+    resolve against the current folder, as paths on a command line do. All paths in the result are
+    absolute.
     """
     raw = _read_profile(Path(path), ())
     for override in overrides:
@@ -68,8 +69,12 @@ def _move_deprecated_settings(raw: dict[str, Any]) -> None:
             old_name, new_name, RENAMED_SETTINGS_UNTIL)
 
 
-# The settings that are file paths: (section, setting) -> whether it holds a list of paths.
-PATH_SETTINGS = {("source", "paths"): True, ("source", "directory"): False, ("output", "path"): False,
+# The settings that are file paths, by their place in a profile -> whether it holds a list of paths.
+# Every setting named path, paths, directory, *_directory or jars must be here
+# (tests/unit/test_config.py checks the settings model against it).
+PATH_SETTINGS = {("source", "paths"): True, ("source", "directory"): False,
+                 ("labels", "source", "paths"): True, ("labels", "source", "directory"): False,
+                 ("output", "path"): False,
                  ("checkpointing", "directory"): False, ("checkpointing", "savepoint_directory"): False,
                  ("flink", "jars"): True}
 
@@ -106,11 +111,16 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"invalid YAML at {where}{problem}"
 
 
-def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
-    """Makes the relative paths of PATH_SETTINGS in `raw` absolute against `folder`, in place;
-    values of the wrong type are left for validation to report."""
-    for (section, name), is_list in PATH_SETTINGS.items():
-        values = raw.get(section)
+def _resolve_paths(raw: dict[str, Any], folder: Path, below: tuple[str, ...] = ()) -> None:
+    """Makes the relative paths of PATH_SETTINGS in `raw` (those at or below the place `below`)
+    absolute against `folder`, in place; values of the wrong type are left for validation to report."""
+    for place, is_list in PATH_SETTINGS.items():
+        if place[:len(below)] != below:
+            continue
+        values: Any = raw
+        for name in place[:-1]:
+            values = values.get(name) if isinstance(values, dict) else None
+        name = place[-1]
         if not isinstance(values, dict) or name not in values:
             continue
         value = values[name]
@@ -133,21 +143,56 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
-    dotted, sep, value = override.partition("=")
+    dotted, sep, text = override.partition("=")
     if not sep or not dotted:
         raise ConfigError(f"--set {override}: expected dotted.key=value")
-    *parents, leaf = dotted.split(".")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {override}: {_yaml_problem(error)}") from None
+    keys, annotation = _override_keys(dotted.split("."), isinstance(value, dict))
+    if get_origin(annotation) is tuple and not isinstance(value, list):
+        value = [value]  # a single value where a list is expected: a list of that one value
+    *parents, leaf = keys
     node = raw
     for name in parents:
         node = node.setdefault(name, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {override}: {name} is not a section")
-    try:
-        node[leaf] = yaml.safe_load(value)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {override}: {_yaml_problem(error)}") from None
-    if len(parents) == 1:
-        _resolve_paths({parents[0]: node}, Path.cwd())
+    node[leaf] = value
+    _resolve_paths(raw, Path.cwd(), tuple(keys))
+
+
+def _override_keys(parts: list[str], value_is_mapping: bool) -> tuple[list[str], Any]:
+    """The nested keys of the profile that a `--set` name stands for, and the type of the setting it
+    names (None for a name that is not a setting: validation reports it). Below a mapping setting
+    (kafka.properties, cleaning.missing) the rest of the name is one key, as its keys hold dots
+    (security.protocol, features.txn_count_1h); in a mapping of sections (cleaning.missing), a last
+    part that names a setting of the entry and is given a single value is that setting
+    (cleaning.missing.features.txn_count_1h.action=impute)."""
+    section: Any = Settings
+    for index, part in enumerate(parts):
+        fields = {info.alias or name: info for name, info in section.model_fields.items()}
+        if part not in fields:
+            return parts, None
+        annotation, rest = fields[part].annotation, parts[index + 1:]
+        if not rest:
+            return parts, annotation
+        if get_origin(annotation) is Mapping:
+            entry = _section_in(get_args(annotation)[1])
+            if entry is not None and len(rest) > 1 and rest[-1] in entry.model_fields and not value_is_mapping:
+                return [*parts[:index + 1], ".".join(rest[:-1]), rest[-1]], entry.model_fields[rest[-1]].annotation
+            return [*parts[:index + 1], ".".join(rest)], get_args(annotation)[1]
+        section = _section_in(annotation)
+        if section is None:
+            return parts, None
+    return parts, None
+
+
+def _section_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings section a field's type holds (`LabelSourceSettings | None` holds one), or None."""
+    candidates = (annotation, *getattr(annotation, "__args__", ()))
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
 
 
 def _one_line(error: ValidationError) -> str:
@@ -159,6 +204,8 @@ def _one_line(error: ValidationError) -> str:
         return f"{field}: unknown setting; allowed here: {allowed}"
     if message.startswith(field.split(".")[0]) or ":" in message.split(" ")[0]:
         return message  # a model validator already named the field
+    if first["type"] in ("tuple_type", "list_type"):
+        message = "must be a list, such as [a, b] in YAML (with --set, a single value is a list of one)"
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{field}: {message}{shown}"
@@ -177,32 +224,27 @@ def _settings_at(location: tuple[Any, ...]) -> list[str]:
         annotation = fields[part].annotation
         if get_origin(annotation) is Mapping:
             next(parts, None)  # the key
-        candidates = (annotation, *getattr(annotation, "__args__", ()))
-        section = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        section = _section_in(annotation)
         if section is None:
             return []
     return [info.alias or name for name, info in section.model_fields.items()]
 
 
 def _absolute_paths(settings: Settings, folder: Path) -> Settings:
-    """`settings` with every path that is still relative (a default) made absolute against `folder`."""
-    def absolute(path: str) -> str:
-        return _absolute(path, folder)
+    """`settings` with every path of PATH_SETTINGS that is still relative (a default) made absolute
+    against `folder`."""
+    for place, is_list in PATH_SETTINGS.items():
+        settings = _with_absolute_path(settings, place, is_list, folder)
+    return settings
 
-    source = settings.source.model_copy(
-        update={
-            "paths": tuple(absolute(p) for p in settings.source.paths),
-            "directory": absolute(settings.source.directory) if settings.source.directory else None,
-        }
-    )
-    return settings.model_copy(
-        update={
-            "source": source,
-            "output": settings.output.model_copy(update={"path": absolute(settings.output.path)}),
-            "checkpointing": settings.checkpointing.model_copy(
-                update={"directory": absolute(settings.checkpointing.directory),
-                        "savepoint_directory": absolute(settings.checkpointing.savepoint_directory)}
-            ),
-            "flink": settings.flink.model_copy(update={"jars": tuple(absolute(j) for j in settings.flink.jars)}),
-        }
-    )
+
+def _with_absolute_path(section: BaseModel, place: tuple[str, ...], is_list: bool, folder: Path) -> BaseModel:
+    name, *rest = place
+    value = getattr(section, name)
+    if not value:  # unset (labels.source, source.directory), or an empty list
+        return section
+    if rest:
+        value = _with_absolute_path(value, tuple(rest), is_list, folder)
+    else:
+        value = tuple(_absolute(path, folder) for path in value) if is_list else _absolute(value, folder)
+    return section.model_copy(update={name: value})

@@ -113,6 +113,34 @@ def test_relative_paths_in_a_profile_resolve_against_its_folder(tmp_path):
     assert_one_line_failure(done, 2, "no records in", str(folder / "in" / "empty.jsonl"))
 
 
+def test_label_paths_in_a_profile_resolve_against_its_folder_as_the_transactions_do(tmp_path):
+    """A profile beside its transactions and labels, run from another folder: both resolve next to
+    the profile, so the run gets past the label check to the (empty) transactions file."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "tx.jsonl").write_bytes(b"")
+    (folder / "lab.jsonl").write_bytes(b"")
+    profile = folder / "mine.yaml"
+    profile.write_text(f"extends: {LOCAL}\nsource:\n  paths: [tx.jsonl]\n"
+                       "labels:\n  mode: stream\n  source:\n    kind: files\n    paths: [lab.jsonl]\n")
+    (tmp_path / "elsewhere").mkdir()
+    done = riskstream("run", "--config", str(profile), cwd=tmp_path / "elsewhere")
+    assert_one_line_failure(done, 2, "source.paths: no records in", str(folder / "tx.jsonl"))
+
+
+def test_a_single_path_given_with_set_is_a_list_of_one(tmp_path):
+    done = riskstream("run", "--config", LOCAL, "--set", "source.paths=missing.jsonl", cwd=tmp_path)
+    assert_one_line_failure(done, 2, f"source.paths: {tmp_path / 'missing.jsonl'} does not exist")
+
+
+def test_a_path_where_a_profile_needs_a_list_says_so_in_plain_words(tmp_path):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(f"extends: {LOCAL}\nsource:\n  paths: tx.jsonl\n")
+    done = riskstream("run", "--config", str(profile), cwd=tmp_path)
+    line = assert_one_line_failure(done, 2, "source.paths: must be a list, such as [a, b]", "tx.jsonl")
+    assert "tuple" not in line
+
+
 # ---------------------------------------------------------------- generate
 
 
@@ -167,6 +195,54 @@ def test_generate_labels_with_a_bad_option_is_one_line_and_writes_nothing(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("options, named", [
+    (["--label-never-share", "2"], ["--label-never-share", "only applies with --labels"]),
+    (["--label-seed", "11"], ["--label-seed", "only applies with --labels"]),  # the default, given: still refused
+    (["--labels", "l.jsonl", "--label-never-share", "2"], ["--label-never-share", "[0, 1]", "2"]),
+    (["--labels", "l.jsonl", "--label-malformed-share", "-0.5"], ["--label-malformed-share", "[0, 1]", "-0.5"]),
+])
+def test_generate_refuses_label_options_without_labels_and_shares_out_of_range(tmp_path, options, named):
+    done = riskstream("generate", "--out", "tx.jsonl", "--records", "10", *options, cwd=tmp_path)
+    assert_one_line_failure(done, 2, *named)
+    assert list(tmp_path.iterdir()) == []
+
+
+def event_times_ms(path) -> list[int]:
+    """The event times of a generated file's records, in epoch milliseconds."""
+    times = []
+    for record in map(json.loads, path.read_bytes().splitlines()):
+        moment = record["event_time"]
+        times.append(moment if isinstance(moment, int)
+                     else round(datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp() * 1000))
+    return times
+
+
+def test_generate_spreads_event_time_at_the_rate_asked_for(tmp_path):
+    """2,000 records at one every 20 s of event time span about 11 hours, so hour-of-day features
+    vary; the default rate (10 a second) keeps its 200 s, the stream of the earlier releases."""
+    slow = riskstream("generate", "--out", "slow.jsonl", "--records", "2000", "--events-per-second", "0.05",
+                      cwd=tmp_path)
+    assert slow.returncode == 0, slow.stderr
+    times = event_times_ms(tmp_path / "slow.jsonl")
+    assert times == sorted(times)
+    assert 0.9 * 40_000_000 < times[-1] - times[0] < 1.1 * 40_000_000
+    assert len({time // 3_600_000 % 24 for time in times}) >= 11
+    default = riskstream("generate", "--out", "default.jsonl", "--records", "2000", cwd=tmp_path)
+    assert default.returncode == 0, default.stderr
+    times = event_times_ms(tmp_path / "default.jsonl")
+    assert 0.9 * 200_000 < times[-1] - times[0] < 1.1 * 200_000
+    again = riskstream("generate", "--out", "again.jsonl", "--records", "2000", "--events-per-second", "0.05",
+                       cwd=tmp_path)
+    assert again.returncode == 0 and (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "slow.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_generate_refuses_an_event_rate_that_cannot_space_records(tmp_path, value):
+    done = riskstream("generate", "--out", "tx.jsonl", "--events-per-second", value, cwd=tmp_path)
+    assert_one_line_failure(done, 2, "generate --events-per-second", "[0.001, 1000000]", value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_version_and_defaults_in_help(tmp_path):
     from importlib.metadata import version
 
@@ -174,6 +250,35 @@ def test_version_and_defaults_in_help(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == f"riskstream {version('riskstream')}"
     helped = riskstream("generate", "--help", cwd=tmp_path)
     assert re.search(r"--records RECORDS\s+how many transactions \(default: 200000\)", helped.stdout), helped.stdout
+    text = " ".join(helped.stdout.split())  # argparse wraps long help lines
+    # A default of zero is a default too.
+    assert re.search(r"--malformed-share MALFORMED_SHARE share of malformed records, \[0, 1\) \(default: 0\.0\)",
+                     text), text
+    assert re.search(r"--label-malformed-share LABEL_MALFORMED_SHARE [^-]*\(default: 0\.0\)", text), text
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    """Every command's options: each that has a value by default (not None; flags and the empty
+    repeatable --set aside) says it in its help line, whatever the value, zero included."""
+    import argparse
+
+    from streaming.cli import parser
+    from streaming.cli.common import HelpWithDefaults
+
+    top = parser()
+    commands = next(action for action in top._actions if isinstance(action, argparse._SubParsersAction))
+    checked = []
+    for name, command in commands.choices.items():
+        formatter = HelpWithDefaults(prog=name)
+        for action in command._actions:
+            if action.nargs == 0 or action.required or action.default in (None, []):
+                continue
+            help_line = formatter._expand_help(action)
+            assert f"(default: {action.default})" in help_line, (name, action.option_strings, help_line)
+            checked.append((name, action.dest, action.default))
+    assert ("generate", "malformed_share", 0.0) in checked and ("produce", "label_malformed_share", 0.0) in checked
+
+
 
 
 # ---------------------------------------------------------------- commands that need a broker
@@ -241,6 +346,21 @@ def test_produce_a_missing_file_names_it_before_looking_for_a_broker(tmp_path):
     done = riskstream("produce", "--file", "data/tx.jsonl", "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}",
                       cwd=tmp_path)
     assert_one_line_failure(done, 2, "--file", "data/tx.jsonl", "is not a file")
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--generate", "0"], ["produce --generate", ">= 1", "0"]),
+    (["--generate", "10", "--rate", "0"], ["produce --rate", "> 0"]),
+    (["--generate", "10", "--rate", "-1"], ["produce --rate", "> 0", "-1"]),
+    (["--generate", "10", "--malformed-share", "5"], ["produce --malformed-share", "[0, 1)", "5"]),
+    (["--generate", "10", "--events-per-second", "0"], ["produce --events-per-second", "[0.001, 1000000]"]),
+    (["--generate", "10", "--label-never-share", "0.1"], ["produce --label-never-share", "--labels and --generate"]),
+    (["--generate", "10", "--labels", "--label-never-share", "2"], ["produce --label-never-share", "[0, 1]", "2"]),
+])
+def test_produce_refuses_a_bad_argument_before_looking_for_a_broker(tmp_path, options, named):
+    # Nothing answers at the bootstrap address: a broker check would end in exit 3, not 2.
+    done = riskstream("produce", *options, "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}", cwd=tmp_path)
+    assert_one_line_failure(done, 2, *named)
 
 
 def test_run_refuses_an_input_whose_name_flink_cannot_read(tmp_path):

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from streaming.cli import main
-from streaming.config import PSEUDONYM_KEY_ENV, ConfigError, load_settings
+from streaming.config import PSEUDONYM_KEY_ENV, ConfigError, Settings, load_settings
 from streaming.config.from_settings import model_scorer, transaction_reader
 from udfs.generator import GeneratorSettings, generate
 from udfs.model import AdaGrad, Ftrl, Sgd
@@ -76,6 +76,62 @@ def test_profile_paths_resolve_against_each_profiles_folder_and_overrides_agains
     assert overridden.output.path == str(elsewhere / "here")
 
 
+# A relative value of each path setting, in a profile's YAML, and where it ends up in Settings.
+PATH_VALUES = {
+    ("source", "paths"): ("source:\n  paths: [in/a.jsonl]\n", lambda s: s.source.paths[0]),
+    ("source", "directory"): ("source:\n  kind: directory\n  directory: in\n", lambda s: s.source.directory),
+    ("labels", "source", "paths"): ("labels:\n  source:\n    kind: files\n    paths: [in/lab.jsonl]\n",
+                                    lambda s: s.labels.source.paths[0]),
+    ("labels", "source", "directory"): ("labels:\n  source:\n    kind: directory\n    directory: in\n",
+                                        lambda s: s.labels.source.directory),
+    ("output", "path"): ("output:\n  path: in\n", lambda s: s.output.path),
+    ("checkpointing", "directory"): ("checkpointing:\n  directory: in\n", lambda s: s.checkpointing.directory),
+    ("checkpointing", "savepoint_directory"): ("checkpointing:\n  savepoint_directory: in\n",
+                                               lambda s: s.checkpointing.savepoint_directory),
+    ("flink", "jars"): ("flink:\n  jars: [in/lib.jar]\n", lambda s: s.flink.jars[0]),
+}
+
+
+@pytest.mark.parametrize("place", PATH_VALUES, ids=".".join)
+def test_every_path_setting_resolves_against_its_profiles_folder_and_with_set_against_the_current_one(
+        place, tmp_path, monkeypatch, no_key_in_environment):
+    yaml_text, value_of = PATH_VALUES[place]
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "mine.yaml").write_text(f"extends: {LOCAL_PROFILE}\n{yaml_text}")
+    monkeypatch.chdir(tmp_path)
+    relative = value_of(load_settings(tmp_path / "team" / "mine.yaml"))
+    assert relative.startswith(str(tmp_path / "team" / "in")), relative
+    # The same section given with --set: its paths resolve against the current folder.
+    section = yaml.safe_load(yaml_text)
+    for name in place[:-2]:
+        section = section[name]
+    with_set = [f"{'.'.join(place[:-1])}={yaml.safe_dump(section[place[-2]], default_flow_style=True).strip()}"]
+    overridden = value_of(load_settings(tmp_path / "team" / "mine.yaml", with_set))
+    assert overridden.startswith(str(tmp_path / "in")), (with_set, overridden)
+
+
+def test_every_path_valued_setting_is_resolved_as_a_path():
+    """Every setting the model names as a path (path, paths, directory, *_directory, jars) is in
+    PATH_SETTINGS, and so resolves against its profile's folder."""
+    from pydantic import BaseModel
+
+    from streaming.config.loading import PATH_SETTINGS
+
+    def places(section, above=()):
+        for name, info in section.model_fields.items():
+            place = (*above, info.alias or name)
+            kinds = (info.annotation, *getattr(info.annotation, "__args__", ()))
+            inner = next((kind for kind in kinds if isinstance(kind, type) and issubclass(kind, BaseModel)), None)
+            if inner is not None:
+                yield from places(inner, place)
+            else:
+                yield place
+
+    named_as_paths = {place for place in places(Settings)
+                      if place[-1] in ("path", "paths", "directory", "jars") or place[-1].endswith("_directory")}
+    assert named_as_paths == set(PATH_SETTINGS) == set(PATH_VALUES)
+
+
 def test_the_job_gets_the_projects_jars_and_names_a_missing_one(tmp_path, monkeypatch, local_settings):
     from streaming.config import flink_options
 
@@ -85,8 +141,15 @@ def test_the_job_gets_the_projects_jars_and_names_a_missing_one(tmp_path, monkey
     assert names[0] == "riskstream-flink.jar"
     assert names[1].startswith("flink-sql-connector-kafka-") and len(names) == 2
     monkeypatch.setattr(flink_options, "BUILD", tmp_path / "build")
-    with pytest.raises(ConfigError, match=r"riskstream-flink\.jar is missing; build the project's jars with `make jars`"):
+    # The Makefile's targets: `make jar` builds the project's jar, `make jars` also the Kafka connector.
+    with pytest.raises(ConfigError, match=r"riskstream-flink\.jar is missing; build it with `make jar` in "):
         flink_options.job_jars(local_settings)
+    with pytest.raises(ConfigError, match=r"riskstream-flink\.jar is missing; build it with `make jars` in "):
+        flink_options.job_jars(kafka)
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "riskstream-flink.jar").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"flink-sql-connector-kafka-\*\.jar is missing; build it with `make jars`"):
+        flink_options.job_jars(kafka)
 
 
 @pytest.mark.parametrize("section, field, value", [
@@ -290,7 +353,8 @@ AGREEMENTS = [
     (["labels.mode=both", "labels.source={kind: kafka}", "labels.ttl_ms=60000"],
      lambda s: (s.labels.mode, s.labels.streamed, s.labels.source.kind, s.labels.ttl_ms) == ("both", True, "kafka", 60_000)),
     (["labels.source={kind: files, paths: [l.jsonl]}"],  # inline: a source is allowed, and unused
-     lambda s: (s.labels.mode, s.labels.streamed, s.labels.source.paths) == ("inline", False, ("l.jsonl",))),
+     lambda s: (s.labels.mode, s.labels.streamed, s.labels.source.paths)
+     == ("inline", False, (str(Path.cwd() / "l.jsonl"),))),  # --set: against the current folder
 ]
 
 
@@ -325,6 +389,38 @@ def test_an_override_can_add_a_setting_the_profile_leaves_out(no_key_in_environm
 def test_overrides_are_validated(no_key_in_environment, override, field):
     message = config_error(LOCAL_PROFILE, [override])
     assert field in message and "\n" not in message
+
+
+def test_below_a_mapping_setting_the_rest_of_a_dotted_name_is_one_key(no_key_in_environment):
+    settings = load_settings(LOCAL_PROFILE, [
+        "kafka.properties.security.protocol=SASL_SSL", "kafka.properties.sasl.mechanism=PLAIN",
+        "kafka.properties.linger.ms=5", "kafka.properties.enable.idempotence=true",
+        "cleaning.missing.features.txn_count_1h.action=impute", "cleaning.missing.features.txn_count_1h.value=0",
+        "cleaning.missing.channel={action: impute, value: web}", "cleaning.missing.amount.action=dead_letter"])
+    properties = settings.kafka.client_properties()
+    # Kafka reads every property as text: YAML's 5 and true are given as "5" and "true".
+    assert {name: properties[name] for name in ("security.protocol", "sasl.mechanism", "linger.ms",
+                                                "enable.idempotence")} == \
+        {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "linger.ms": "5", "enable.idempotence": "true"}
+    assert {name: (p.action, p.value) for name, p in settings.cleaning.missing.items()} == \
+        {"features.txn_count_1h": ("impute", 0), "channel": ("impute", "web"), "amount": ("dead_letter", None)}
+
+
+@pytest.mark.parametrize("override, holds", [
+    ("source.paths=a.jsonl", lambda s: s.source.paths == (str(Path.cwd() / "a.jsonl"),)),
+    ("flink.jars=lib.jar", lambda s: s.flink.jars == (str(Path.cwd() / "lib.jar"),)),
+    ("analytics.group_by=country", lambda s: s.analytics.group_by == ("country",)),
+    ("analytics.windows={size_ms: 5000}", lambda s: [w.size_ms for w in s.analytics.windows] == [5000]),
+])
+def test_a_single_value_set_where_a_list_is_expected_is_a_list_of_one(override, holds, no_key_in_environment):
+    assert holds(load_settings(LOCAL_PROFILE, [override]))
+
+
+def test_a_single_value_where_a_profile_needs_a_list_fails_in_plain_words(profile):
+    def single_path(raw):
+        raw["source"]["paths"] = "tx.jsonl"
+    message = config_error(profile(single_path))
+    assert message.startswith("source.paths: must be a list, such as [a, b]") and "tuple" not in message, message
 
 
 @pytest.mark.parametrize("override", ["model.learning_rate", "=0.1", "model.key.inner=1"])

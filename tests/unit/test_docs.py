@@ -192,3 +192,19 @@ def test_the_commands_the_readme_runs_are_the_ones_operations_explains():
         [".venv/bin/riskstream", "generate"], [".venv/bin/riskstream", "run"], [".venv/bin/riskstream", "model"],
         [".venv/bin/riskstream", "report"]]
     assert readme == operations
+
+
+# A path into the project's own environment through its parent folder by name (../main/.venv/...):
+# it works only in a checkout whose folder has that name.
+CHECKOUT_BY_NAME = re.compile(r"\.\./[^/\s\"'$]+/\.venv\b")
+
+
+def test_no_command_in_the_docs_assumes_the_checkouts_folder_name():
+    problems = []
+    for page in documents():
+        text = page.read_text(encoding="utf-8")
+        prose = {number for number, _ in prose_lines(text)}
+        for number, line in enumerate(text.splitlines(), 1):
+            if number not in prose and CHECKOUT_BY_NAME.search(line):
+                problems.append(f"{page.relative_to(PROJECT)}:{number}: {line.strip()}")
+    assert not problems, "\n".join(problems)

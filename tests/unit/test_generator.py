@@ -8,6 +8,7 @@ from collections import defaultdict
 import pytest
 
 from udfs.generator import MALFORMED_KINDS, GeneratorSettings, generate, generate_with_kinds
+from udfs.label_generator import LabelStreamSettings
 from udfs.records import ModelInput
 
 # The stage at which each malformed kind must be dead-lettered by the local profile's pipeline.
@@ -183,3 +184,48 @@ def test_a_drift_changes_only_the_labels_not_the_transactions():
     assert [a["is_fraud"] is None for a in steady] == [b["is_fraud"] is None for b in drifting]
     changed = sum(a["is_fraud"] != b["is_fraud"] for a, b in zip(steady, drifting))
     assert changed > 100  # about 4% of the 4,000 records after the drift point
+
+
+# ---------------------------------------------------------------- settings out of range
+
+
+@pytest.mark.parametrize("given, named", [
+    ({"records": -5}, "records: must be >= 1 (got -5)"),
+    ({"records": 0}, "records: must be >= 1 (got 0)"),
+    ({"accounts": 0}, "accounts: must be >= 1 (got 0)"),
+    ({"malformed_share": 5}, "malformed_share: must be in [0, 1) (got 5)"),
+    ({"malformed_share": 1.0}, "malformed_share: must be in [0, 1) (got 1.0)"),
+    ({"unlabelled_share": -0.1}, "unlabelled_share: must be in [0, 1] (got -0.1)"),
+    ({"drift_at": 1.0}, "drift_at: must be in (0, 1) (got 1.0)"),
+    ({"mean_gap_ms": 0}, "mean_gap_ms: must be in (0, 1e6] (got 0)"),
+    ({"iso_time_share": 2}, "iso_time_share: must be in [0, 1] (got 2)"),
+])
+def test_generator_settings_out_of_range_raise_naming_the_field(given, named):
+    with pytest.raises(ValueError) as info:
+        GeneratorSettings(**{"records": 10, **given})
+    assert str(info.value) == named
+
+
+@pytest.mark.parametrize("given, named", [
+    ({"never_share": 2}, "never_share: must be in [0, 1] (got 2)"),
+    ({"malformed_share": -1}, "malformed_share: must be in [0, 1] (got -1)"),
+    ({"min_delay_ms": 0}, "min_delay_ms: must be > 0 (got 0)"),
+    ({"min_delay_ms": 10, "max_delay_ms": 5}, "max_delay_ms: must be >= min_delay_ms (10) (got 5)"),
+])
+def test_label_stream_settings_out_of_range_raise_naming_the_field(given, named):
+    with pytest.raises(ValueError) as info:
+        LabelStreamSettings(**given)
+    assert str(info.value) == named
+
+
+def test_the_mean_gap_spaces_event_times_and_its_default_keeps_the_stream():
+    def span_ms(settings: GeneratorSettings) -> int:
+        times = [json.loads(line)["event_time"] for line in generate(settings)]
+        numbers = [time for time in times if isinstance(time, int)]  # a tenth are ISO strings
+        return numbers[-1] - numbers[0]
+
+    assert list(generate(GeneratorSettings(records=300, seed=4))) == \
+        list(generate(GeneratorSettings(records=300, seed=4, mean_gap_ms=100.0)))
+    assert 0.8 * 3000 * 100 < span_ms(GeneratorSettings(records=3000, seed=4)) < 1.2 * 3000 * 100
+    assert 0.8 * 3000 * 20_000 < span_ms(GeneratorSettings(records=3000, seed=4, mean_gap_ms=20_000)) \
+        < 1.2 * 3000 * 20_000
