@@ -123,11 +123,16 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
     profile(status, "cluster")
 
-    stop = command("stop", "stop the job on the session cluster")
+    stop = command("stop", "stop the job on the session cluster with a savepoint, as `flink stop` does "
+                           "(resume with submit --from); --cancel cancels it instead")
     stop.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
-    stop.add_argument("--savepoint", action="store_true", help="take a savepoint first (resume with submit --from)")
+    how = stop.add_mutually_exclusive_group()
+    how.add_argument("--cancel", action="store_true",
+                     help="cancel the job without a savepoint, as `flink cancel` does (resume from its last "
+                          "retained checkpoint with submit --from latest)")
+    how.add_argument("--savepoint", action="store_true", help="stop with a savepoint: what stop does without --cancel")
     stop.add_argument("--drain", action="store_true",
-                      help="end the input first, so the final model snapshots are written (needs --savepoint)")
+                      help="end the input first, so the final model snapshots are written (not with --cancel)")
     profile(stop, "cluster")
 
     model = command("model", "inspect the models in the snapshot output (no Flink needed)")
