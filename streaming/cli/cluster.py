@@ -26,6 +26,8 @@ def cluster_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "submit":
             from_path = _resume_path(args.from_path, settings) if args.from_path is not None else None
+            if args.from_path == "latest":
+                print(f"resuming from {from_path}", flush=True)
             if from_path is None:
                 check_no_earlier_versions(settings)
             _check_kafka_topics(settings)
@@ -85,7 +87,6 @@ def _resume_path(path: str, settings) -> str:
         if latest is None:
             raise UsageError(f"submit --from latest: no savepoint or retained checkpoint in "
                              f"{checkpointing.savepoint_directory} or {checkpointing.directory}")
-        print(f"resuming from {latest}", flush=True)
         return str(latest)
     local = path.removeprefix("file://").removeprefix("file:")
     if "://" in local:
