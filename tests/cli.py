@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,27 @@ RISKSTREAM = Path(sys.executable).parent / "riskstream"  # the installed command
 NOTHING_LISTENS = "127.0.0.1:1"
 
 
-def riskstream(*args: str, cwd: Path, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    """Runs `riskstream args...` in `cwd` with the developer's pseudonym key unset; returns what it printed."""
-    return subprocess.run([str(RISKSTREAM), *args], cwd=cwd, env=user_environment(), capture_output=True,
+def riskstream(*args: str, cwd: Path, timeout_s: float = 300, project: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs `riskstream args...` in `cwd` with the developer's pseudonym key unset; returns what it
+    printed. With `project` (a `project_copy`), the command's code and own folders are that copy's."""
+    environment = user_environment()
+    if project is not None:
+        environment["PYTHONPATH"] = str(project)
+    return subprocess.run([str(RISKSTREAM), *args], cwd=cwd, env=environment, capture_output=True,
                           text=True, timeout=timeout_s)
+
+
+def project_copy(folder: Path) -> Path:
+    """A copy of the project in `folder` for `riskstream(..., project=folder)`: its Python packages
+    and conf/, and empty stand-ins for the jars `make jars` builds. The command finds its own
+    folders from its code, so it uses the copy's: the local cluster's conf/flink and var/flink
+    (no cluster of the developer's is seen or stopped) and build/ (no need for `make jars`)."""
+    for name in ("streaming", "udfs", "conf"):
+        shutil.copytree(PROJECT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "build" / "flink-jars").mkdir(parents=True)
+    (folder / "build" / "riskstream-flink.jar").touch()
+    (folder / "build" / "flink-jars" / "flink-sql-connector-kafka-5.0.0-2.2.jar").touch()
+    return folder
 
 
 def shell(command: str, cwd: Path, timeout_s: float = 300) -> subprocess.CompletedProcess:

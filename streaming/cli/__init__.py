@@ -2,8 +2,9 @@
 work with its Kafka topics, and show a model from its snapshot output.
 
 Each command group has its module: data.py (generate), run.py, kafka.py (topics, produce, tail),
-cluster.py (cluster, submit, status, stop), outputs.py (model show, report), evaluate.py; common.py holds the
-exit codes. Every failure a user can cause ends in one line on stderr and one of those codes.
+cluster.py (cluster, submit, status, stop), outputs.py (model show, report), evaluate.py, profile.py
+(config show, run and submit --dry-run); common.py holds the exit codes. Every failure a user can
+cause ends in one line on stderr and one of those codes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from streaming.cli.data import events_per_second_option, generate_command, label
 from streaming.cli.evaluate import add_evaluate_options, evaluate_command
 from streaming.cli.kafka import kafka_command
 from streaming.cli.outputs import model_show, report_command
+from streaming.cli.profile import config_command, dry_run_command
 from streaming.cli.run import run_command
 from streaming.config import DEFAULT_PROFILES, PROFILE_ENV, ConfigError, ServiceUnreachable, profile_from_environment
 
@@ -25,6 +27,8 @@ from streaming.config import DEFAULT_PROFILES, PROFILE_ENV, ConfigError, Service
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if getattr(args, "dry_run", False):  # run and submit: check the profile, start nothing
+            return dry_run_command(args)
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError) as error:
         prefix = "configuration error: " if isinstance(error, ConfigError) else ""
@@ -61,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
     def verbose(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--verbose", action="store_true", help="show the Kafka client's own log on stderr")
 
+    def dry_run(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--dry-run", action="store_true",
+                         help="only check the profile, inputs and jars as the command does before the job starts, "
+                              "print 'profile OK: ...' and exit; starts nothing")
+
     generate = command("generate", "write a seeded stream of transactions as JSON lines")
     generate.add_argument("--out", required=True, type=Path, help="file to write (JSON lines)")
     generate.add_argument("--records", type=int, default=200_000, help="how many transactions")
@@ -76,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = command("run", "run the scoring job on the embedded Flink mini-cluster")
     profile(run, None)
+    dry_run(run)
 
     topics = command("topics", "create the project's Kafka topics (idempotent)")
     profile(topics, "kafka")
@@ -122,16 +132,22 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--from", dest="from_path", default=None, metavar="PATH",
                         help="resume from this savepoint or retained checkpoint; `latest`: the newest one "
                              "in the profile's savepoint and checkpoint directories")
+    dry_run(submit)
 
     status = command("status", "the job's state and last completed checkpoint")
     status.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
     profile(status, "cluster")
 
-    stop = command("stop", "stop the job on the session cluster")
+    stop = command("stop", "stop the job on the session cluster with a savepoint, as `flink stop` does "
+                           "(resume with submit --from); --cancel cancels it instead")
     stop.add_argument("job_id", nargs="?", default=None, help="default: the one running riskstream-scoring job")
-    stop.add_argument("--savepoint", action="store_true", help="take a savepoint first (resume with submit --from)")
+    how = stop.add_mutually_exclusive_group()
+    how.add_argument("--cancel", action="store_true",
+                     help="cancel the job without a savepoint, as `flink cancel` does (resume from its last "
+                          "retained checkpoint with submit --from latest)")
+    how.add_argument("--savepoint", action="store_true", help="stop with a savepoint: what stop does without --cancel")
     stop.add_argument("--drain", action="store_true",
-                      help="end the input first, so the final model snapshots are written (needs --savepoint)")
+                      help="end the input first, so the final model snapshots are written (not with --cancel)")
     profile(stop, "cluster")
 
     model = command("model", "inspect the models in the snapshot output (no Flink needed)")
@@ -152,6 +168,11 @@ def parser() -> argparse.ArgumentParser:
                         help="where to write the report (default: OUTPUT/report; out/report for Kafka output)")
     report.add_argument("--idle-timeout", type=float, default=5.0,
                         help="Kafka output: stop reading a topic after this many seconds without a record")
+    config = command("config", "show a profile's effective settings, after extends: and --set, as YAML (no Flink "
+                               "needed)")
+    config.add_argument("action", choices=("show",), help="print every setting the job would use; secrets masked")
+    profile(config, "local")
+
     evaluate = command("evaluate", "prequential evaluation of model configurations on a file, beside the base rate "
                                    "and River (no Flink needed)")
     profile(evaluate, None)
@@ -162,4 +183,4 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS = {"generate": generate_command, "run": run_command, "topics": kafka_command, "produce": kafka_command,
             "tail": kafka_command, "cluster": cluster_command, "submit": cluster_command,
             "status": cluster_command, "stop": cluster_command, "model": model_show,
-            "report": report_command, "evaluate": evaluate_command}
+            "report": report_command, "evaluate": evaluate_command, "config": config_command}

@@ -18,14 +18,16 @@ def cluster_command(args: argparse.Namespace) -> int:
 
     if args.command == "cluster":
         return _cluster_up_down(local_cluster.LocalCluster(), args)
-    if args.command == "stop" and args.drain and not args.savepoint:
-        raise UsageError("stop --drain: needs --savepoint (draining ends the input, which only a savepoint can resume)")
+    if args.command == "stop" and args.drain and args.cancel:
+        raise UsageError("stop --drain: not with --cancel (draining ends the input, which only a savepoint can resume)")
     settings = load_settings(args.config, args.overrides)  # a bad profile fails here, in one line
     rest_url = settings.flink.rest_url
     rest.rest(rest_url, "GET", "/overview", timeout=3)  # a cluster that is down: one line, exit 3
     try:
         if args.command == "submit":
             from_path = _resume_path(args.from_path, settings) if args.from_path is not None else None
+            if args.from_path == "latest":
+                print(f"resuming from {from_path}", flush=True)
             if from_path is None:
                 check_no_earlier_versions(settings)
             _check_kafka_topics(settings)
@@ -33,7 +35,7 @@ def cluster_command(args: argparse.Namespace) -> int:
             if running:  # a second job would share the first one's consumer group and transactional ids
                 if from_path is not None:
                     return fail(f"submit --from: job {running[0]} is running on {rest_url}; stop it first "
-                                 "(riskstream stop --savepoint)", EXIT_FAILED)
+                                 "(riskstream stop)", EXIT_FAILED)
                 print(f"job {running[0]} ({identity.JOB_NAME}) is already running on {rest_url}; not submitting another")
                 return EXIT_OK
             command = local_cluster.submit_command(args.config, settings.flink.rest_address, args.overrides, from_path)
@@ -44,13 +46,13 @@ def cluster_command(args: argparse.Namespace) -> int:
         if args.command == "status":
             print(json.dumps(rest.job_status(rest_url, job_id), indent=2))
             return EXIT_OK
-        if args.savepoint:
+        if args.cancel:
+            rest.cancel(rest_url, job_id)
+            print(f"cancelled job {job_id}")
+        else:  # as `flink stop`: a savepoint, then the job finishes
             directory = Path(settings.checkpointing.savepoint_directory).as_uri()
             savepoint = rest.stop_with_savepoint(rest_url, job_id, directory, args.drain)
             print(f"stopped job {job_id} with savepoint {savepoint}")
-        else:
-            rest.cancel(rest_url, job_id)
-            print(f"cancelled job {job_id}")
         return EXIT_OK
     except rest.ClusterUnreachable:
         raise
@@ -85,7 +87,6 @@ def _resume_path(path: str, settings) -> str:
         if latest is None:
             raise UsageError(f"submit --from latest: no savepoint or retained checkpoint in "
                              f"{checkpointing.savepoint_directory} or {checkpointing.directory}")
-        print(f"resuming from {latest}", flush=True)
         return str(latest)
     local = path.removeprefix("file://").removeprefix("file:")
     if "://" in local:
@@ -100,8 +101,10 @@ def _cluster_up_down(local, args: argparse.Namespace) -> int:
 
     try:
         if args.action == "down":
-            local.down()
-            print("cluster stopped; no JobManager or TaskManager left")
+            if local.down():
+                print("cluster stopped; no JobManager or TaskManager left")
+            else:
+                print(f"no cluster running (no JobManager or TaskManager of {local.conf_dir}); nothing to stop")
             return EXIT_OK
         overrides = local_cluster.flink_overrides(args.overrides) if args.overrides is not None else {}
         if args.action in ("jobmanager", "taskmanager"):
@@ -109,7 +112,8 @@ def _cluster_up_down(local, args: argparse.Namespace) -> int:
         started = local.up(overrides, args.taskmanagers)
     except rest.ClusterError as error:
         return fail(str(error), EXIT_FAILED)
-    print(f"cluster {'started' if started else 'already running'}: web UI and REST API at {local.rest_url}")
+    print(f"cluster {'started' if started else 'already running'}: web UI and REST API at "
+          f"{local.rest_url_with(overrides)}")
     return EXIT_OK
 
 

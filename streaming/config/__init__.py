@@ -15,14 +15,15 @@ from streaming.config.base import (
                                    PROFILE_ENV,
                                    PROJECT_ROOT,
                                    PSEUDONYM_KEY_ENV,
+                                   SECRET_MASK,
                                    ConfigError,
                                    ServiceUnreachable,
                                    profile_from_environment,
 )
 from streaming.config.endpoints import KafkaSettings, LabelSourceSettings, OutputSettings, SourceSettings
-from streaming.config.loading import load_settings
+from streaming.config.loading import load_settings, settings_as_profile
 from streaming.config.settings import MissingValue, RestartSettings, Settings
 
-__all__ = ["DEFAULT_PROFILES", "PROFILE_ENV", "PROJECT_ROOT", "PSEUDONYM_KEY_ENV", "ConfigError", "ServiceUnreachable",
-           "profile_from_environment", "KafkaSettings", "LabelSourceSettings", "OutputSettings", "SourceSettings",
-           "load_settings", "MissingValue", "RestartSettings", "Settings"]
+__all__ = ["DEFAULT_PROFILES", "PROFILE_ENV", "PROJECT_ROOT", "PSEUDONYM_KEY_ENV", "SECRET_MASK", "ConfigError",
+           "ServiceUnreachable", "profile_from_environment", "KafkaSettings", "LabelSourceSettings", "OutputSettings",
+           "SourceSettings", "load_settings", "settings_as_profile", "MissingValue", "RestartSettings", "Settings"]

@@ -12,6 +12,8 @@ from immutabledict import immutabledict
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WrapSerializer
 
 PSEUDONYM_KEY_ENV = "RISKSTREAM_PSEUDONYM_KEY"
+# What `riskstream config show` prints in place of a secret (pydantic's own mask of a SecretStr).
+SECRET_MASK = "**********"
 
 # The project's own files (built jars, shipped profiles, Flink's configuration of the local
 # cluster) are found from this package, so every command works from any folder.

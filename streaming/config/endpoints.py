@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, PositiveInt, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, PositiveInt, SecretStr, field_validator, model_validator
 
-from streaming.config.base import ReadOnlyMapping, Section
+from streaming.config.base import SECRET_MASK, ReadOnlyMapping, Section
 
 
 class InputSettings(Section):
@@ -111,6 +111,18 @@ class KafkaSettings(Section):
     delivery: Literal["exactly-once", "at-least-once"] = "exactly-once"
     transactional_id_prefix: str = Field(default="riskstream", pattern=r"^[A-Za-z0-9._-]+$")
     transaction_timeout_ms: int = Field(default=600_000, ge=1000, le=900_000)
+
+    @field_validator("properties")
+    @classmethod
+    def _no_masked_secret(cls, properties):
+        # A profile written by `riskstream config show` holds the mask, not the secret: refused, so
+        # that a client does not connect with "**********" as its password.
+        for name, value in properties.items():
+            if value.get_secret_value() == SECRET_MASK:
+                raise ValueError(f"kafka.properties.{name}: {SECRET_MASK} is the mask `riskstream config show` "
+                                 f"prints, not a value; give the real one here or in "
+                                 f"{KAFKA_PROPERTY_ENV_PREFIX}{name.upper().replace('.', '_')}")
+        return properties
 
     def client_properties(self) -> dict[str, str]:
         """bootstrap.servers plus `properties` plus the environment's overrides (secret values)."""

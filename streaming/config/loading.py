@@ -11,7 +11,7 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from streaming.config.base import ConfigError
+from streaming.config.base import SECRET_MASK, ConfigError
 from streaming.config.settings import Settings
 
 
@@ -33,6 +33,19 @@ def load_settings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         raise ConfigError(_one_line(error)) from None
     settings.pseudonym_key()
     return _absolute_paths(settings, Path(path).resolve().parent)  # the defaults' relative paths
+
+
+def settings_as_profile(settings: Settings) -> dict[str, Any]:
+    """`settings` as a profile: every setting given (defaults included, paths absolute, no
+    `extends`), which `load_settings` reads back to the same settings once its secrets are given
+    again. Secrets are not in it: privacy.pseudonym_key is None (unset) and every kafka.properties
+    value is SECRET_MASK, which `load_settings` refuses."""
+    profile = settings.model_dump(mode="json", by_alias=True)
+    profile["privacy"]["pseudonym_key"] = None
+    profile["kafka"]["properties"] = {name: SECRET_MASK for name in settings.kafka.properties}
+    if settings.model.optimizer != "ftrl":
+        del profile["model"]["ftrl"]  # a profile may give model.ftrl only with the ftrl optimizer
+    return profile
 
 
 # Settings that moved, old place -> new place: accepted at the old place, with a one-line warning,

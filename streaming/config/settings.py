@@ -251,7 +251,7 @@ class CheckpointSettings(Section):
     that changed since the last). `retain_on_cancel` keeps the last checkpoint when the job is
     cancelled, so `riskstream submit --from` can resume from it. `tolerable_failures` checkpoints
     may fail in a row (a broker restart makes them fail) before the job itself fails over.
-    Savepoints (`riskstream stop --savepoint`) go to `savepoint_directory`.
+    Savepoints (`riskstream stop`) go to `savepoint_directory`.
     """
 
     interval_ms: PositiveInt = 2000

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,9 +82,15 @@ class LocalCluster:
     @property
     def rest_url(self) -> str:
         """http://address:port of the REST API, from `rest.address` and `rest.port` in config.yaml."""
+        return self.rest_url_with({})
+
+    def rest_url_with(self, overrides: dict[str, str]) -> str:
+        """http://address:port of the REST API: `rest.address` and `rest.port` of `overrides` (as
+        `flink_overrides` reads them), else of config.yaml."""
         conf = yaml.safe_load((self.conf_dir / "config.yaml").read_text(encoding="utf-8"))
         rest = conf.get("rest", {})
-        return f"http://{rest.get('address', '127.0.0.1')}:{rest.get('port', 8081)}"
+        address = overrides.get("rest.address", rest.get("address", "127.0.0.1"))
+        return f"http://{address}:{overrides.get('rest.port', rest.get('port', 8081))}"
 
     def is_up(self) -> bool:
         try:
@@ -94,23 +101,40 @@ class LocalCluster:
 
     def up(self, overrides: dict[str, str] | None = None, taskmanagers: int = 1, timeout_s: float = 90) -> bool:
         """Starts a JobManager and `taskmanagers` TaskManagers, with `overrides` on top of config.yaml,
-        and waits until all slots are registered. Returns False (and starts nothing) when the REST
-        API already answers."""
-        if self.is_up():
-            return False
+        and waits until all slots are registered. Returns False (and starts nothing) when this
+        cluster's JobManager already listens at the REST address; raises ClusterError (one line)
+        when another program does, whatever it answers: a JobManager started there would fail."""
+        overrides = overrides or {}
+        url = self.rest_url_with(overrides)
+        address = urllib.parse.urlsplit(url)
+        host, port = address.hostname, address.port
+        if _something_listens(host, port):
+            if self._listens_on(port):
+                return False
+            raise ClusterError(f"cluster up: {host}:{port} is taken by another program, not this project's cluster "
+                               f"(no JobManager of {self.conf_dir} listens there); stop it, or choose another port "
+                               f"with `rest.port: PORT` in a file given to --overrides (and flink.rest_address: "
+                               f"{host}:PORT in the profiles)")
         for folder in ("log", "pid", "tmp"):
             (self.state_dir / folder).mkdir(parents=True, exist_ok=True)
         self._link_libraries()
         self._script("jobmanager.sh", "start", overrides)
         for _ in range(taskmanagers):
             self.start_taskmanager(overrides)
-        self.wait_for_taskmanagers(taskmanagers, timeout_s)
+        self.wait_for_taskmanagers(taskmanagers, timeout_s, url)
         return True
 
-    def down(self) -> None:
+    def down(self) -> bool:
         """Stops every JobManager and TaskManager of this cluster, and kills what the scripts could
         not stop (for example a TaskManager whose pid file went stale), with its Python workers,
-        and any Python worker a TaskManager that died earlier left behind."""
+        and any Python worker a TaskManager that died earlier left behind. Returns False when
+        nothing of this cluster was running (then it only removes stale pid files)."""
+        if not self.processes() and not self.python_workers():
+            # Flink's stop-all signals every pid its pid files list that is alive, which after a
+            # crash or a reboot may be another program's.
+            for pid_file in (self.state_dir / "pid").glob("*.pid"):
+                pid_file.unlink()
+            return False
         if (self.state_dir / "lib").is_dir():  # the scripts need it
             self._script("taskmanager.sh", "stop-all")
             self._script("jobmanager.sh", "stop-all")
@@ -121,6 +145,7 @@ class LocalCluster:
             kill_tree(pid)
         for pid in self.python_workers():
             kill_tree(pid)
+        return True
 
     def python_workers(self) -> list[int]:
         """Pids of the Python workers this cluster's TaskManagers started (pyflink's beam_boot,
@@ -164,16 +189,18 @@ class LocalCluster:
         """Pids of this cluster's JobManager and TaskManager JVMs (found by their --configDir)."""
         return [pid for pid, _ in self._java_processes()]
 
-    def wait_for_taskmanagers(self, count: int, timeout_s: float = 90) -> None:
+    def wait_for_taskmanagers(self, count: int, timeout_s: float = 90, rest_url: str | None = None) -> None:
+        """Waits until `count` TaskManagers are registered at `rest_url` (default: `self.rest_url`)."""
+        rest_url = rest_url or self.rest_url
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if rest(self.rest_url, "GET", "/overview", timeout=2)["taskmanagers"] >= count:
+                if rest(rest_url, "GET", "/overview", timeout=2)["taskmanagers"] >= count:
                     return
             except ClusterError:
                 pass
             time.sleep(0.5)
-        raise ClusterError(f"the cluster at {self.rest_url} did not register {count} TaskManager(s) "
+        raise ClusterError(f"the cluster at {rest_url} did not register {count} TaskManager(s) "
                            f"in {timeout_s:.0f} s; see {self.state_dir / 'log'}")
 
     def _link_libraries(self) -> None:
@@ -186,6 +213,17 @@ class LocalCluster:
         home = flink_home()
         for jar in [*(home / "lib").glob("*.jar"), *(home / "opt").glob("flink-python*.jar")]:
             (lib / jar.name).symlink_to(jar)
+
+    def _listens_on(self, port: int) -> bool:
+        """Whether one of this cluster's JVMs listens on `port` (TCP)."""
+        for pid in self.processes():
+            try:
+                connections = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.Error:  # ended meanwhile, or not ours to read
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections):
+                return True
+        return False
 
     def _java_processes(self) -> list[tuple[int, str]]:
         """(pid, command line) of this cluster's JVMs."""
@@ -207,6 +245,15 @@ class LocalCluster:
         RocksDB, blobs) stay in this cluster's folder unless `settings` say otherwise."""
         settings = {"io.tmp.dirs": str((self.state_dir / "tmp").resolve()), **settings}
         return [argument for key, value in settings.items() for argument in ("-D", f"{key}={value}")]
+
+
+def _something_listens(host: str, port: int) -> bool:
+    """Whether a TCP connection to host:port succeeds (any program listening there)."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def submit_command(profile: Path, rest_address: str, overrides: list[str] | tuple[str, ...] = (),

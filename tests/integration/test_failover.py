@@ -261,7 +261,7 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
     assert status["job_id"] == job_id and status["state"] == "RUNNING"
     assert status["last_checkpoint"]["path"].startswith((tmp_path / "checkpoints").as_uri().replace("file://", "file:"))
 
-    assert main(["stop", "--savepoint", *options]) == 0
+    assert main(["stop", *options]) == 0  # with a savepoint, as flink stop
     savepoint = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
     assert (tmp_path / "savepoints").is_dir() and any((tmp_path / "savepoints").iterdir())
     assert savepoint.endswith(next((tmp_path / "savepoints").iterdir()).name)
@@ -282,7 +282,7 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
     status = json.loads(capsys.readouterr().out)
     assert status["checkpoint_counts"]["restored"] == 1
     retained = status["last_checkpoint"]["path"].removeprefix("file:")
-    assert main(["stop", resumed]) == 0 and f"cancelled job {resumed}" in capsys.readouterr().out
+    assert main(["stop", "--cancel", resumed]) == 0 and f"cancelled job {resumed}" in capsys.readouterr().out
     assert Path(retained, "_metadata").is_file(), "the last checkpoint was not kept on cancel"
     # `--from latest`: the newest savepoint or retained checkpoint, which is the cancelled job's last
     # checkpoint (one may have completed after `status` read it), not the older savepoint.
@@ -292,7 +292,7 @@ def test_the_cli_submits_reports_stops_with_a_savepoint_and_resumes(session_clus
     assert int(chosen.name.removeprefix("chk-")) >= int(Path(retained).name.removeprefix("chk-")), (chosen, retained)
     assert main(["status", again]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint_counts"]["restored"] == 1
-    assert main(["stop", again]) == 0
+    assert main(["stop", "--cancel", again]) == 0
 
 
 def test_submit_checks_the_broker_and_every_topic_before_submitting(session_cluster, kafka_isolation, tmp_path,

@@ -328,17 +328,17 @@ def unused_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.parametrize("command", [["submit", "--config", CLUSTER], ["status"], ["stop"], ["stop", "--savepoint"]])
+@pytest.mark.parametrize("command", [["submit", "--config", CLUSTER], ["status"], ["stop"], ["stop", "--cancel"]])
 def test_cluster_commands_without_a_cluster_say_it_is_down(tmp_path, command):
     address = f"127.0.0.1:{unused_port()}"
     done = riskstream(*command, "--set", f"flink.rest_address={address}", cwd=tmp_path, timeout_s=60)
     assert_one_line_failure(done, 3, f"no Flink cluster answers at http://{address}", "make cluster-up")
 
 
-def test_stop_drain_without_savepoint_says_so_before_any_lookup(tmp_path):
+def test_stop_drain_with_cancel_says_so_before_any_lookup(tmp_path):
     # The REST address is one where nothing answers: a lookup would end in exit 3, not 2.
-    done = riskstream("stop", "--drain", "--set", f"flink.rest_address={NOTHING_LISTENS}", cwd=tmp_path)
-    assert_one_line_failure(done, 2, "--drain", "--savepoint")
+    done = riskstream("stop", "--cancel", "--drain", "--set", f"flink.rest_address={NOTHING_LISTENS}", cwd=tmp_path)
+    assert_one_line_failure(done, 2, "--drain", "not with --cancel")
 
 
 def test_produce_a_missing_file_names_it_before_looking_for_a_broker(tmp_path):
