@@ -206,12 +206,13 @@ def test_model_show_reads_the_local_profiles_output_by_default_and_lists_the_key
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == {"model_key": "grocery", "model_updates": 7}
     missing = riskstream("model", "show", "fuel", "--config", str(profile), cwd=tmp_path)
-    assert_one_line_failure(missing, 1, "'fuel'", "keys there: grocery")
+    assert_one_line_failure(missing, 2, "'fuel'", "keys there: grocery")
 
 
-def test_model_show_without_any_snapshot_says_to_run_the_job(tmp_path):
+def test_model_show_without_any_snapshot_says_to_run_the_job_as_report_does(tmp_path):
+    # A user error, as `report` on a folder without outputs: exit 2, and what to do.
     done = riskstream("model", "show", "grocery", "--set", f"output.path={tmp_path / 'empty'}", cwd=tmp_path)
-    assert_one_line_failure(done, 1, "no model snapshots in", str(tmp_path / "empty"))
+    assert_one_line_failure(done, 2, "no model snapshots in", str(tmp_path / "empty"), "run the job", "--from")
 
 
 # ---------------------------------------------------------------- commands that need a cluster

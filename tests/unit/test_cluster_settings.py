@@ -190,7 +190,7 @@ def test_model_show_prints_a_keys_latest_model_from_the_file_output(tmp_path, ca
     shown = json.loads(capsys.readouterr().out)
     assert (shown["model_updates"], shown["bias"]) == (3000, 0.7)  # not the uncommitted one
 
-    assert main(["model", "show", "fuel", *profile]) == 1
+    assert main(["model", "show", "fuel", *profile]) == 2
     assert "no snapshot of model key 'fuel'" in capsys.readouterr().err
 
 
