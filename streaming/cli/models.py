@@ -38,6 +38,7 @@ def model_command(args: argparse.Namespace) -> int:
         check_key_models_alone(settings, models.folder, "model export",
                                "its key models read features standardized by the global model, which an export "
                                "does not hold; model show prints the snapshot as it is")
+        check_no_resets(settings, models.folder, "model export")
         try:
             snapshot = exported_model(snapshot)
         except ValueError as error:
@@ -53,6 +54,7 @@ def score_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, args.overrides)
     models = run_models(settings, args.model_from, "--model-from", args)
     check_key_models_alone(settings, models.folder, "score", "score reproduces the key models alone")
+    check_no_resets(settings, models.folder, "score")
     raw = record_on_stdin()
     reader = transaction_reader(settings)
     now_ms = time.time_ns() // 1_000_000
@@ -141,6 +143,25 @@ def check_key_models_alone(settings: Settings, folder: Path | None, command: str
         return
     raise UsageError(f"{command}: {evidence}; {consequence} (model.blend key, model.cold_start zeros, "
                      f"model.on_drift other than rewarm)")
+
+
+def check_no_resets(settings: Settings, folder: Path | None, command: str) -> None:
+    """UsageError when the run reset a key's model on drift (a drift event with action reset in the
+    output folder; for a Kafka output, the profile's model.on_drift reset): the reset model's
+    updates start again at 0, so its snapshots cannot be told from the older model's."""
+    from streaming.reporting.outputs import committed_lines
+
+    if folder is None:
+        if settings.model.on_drift != "reset":
+            return
+        evidence = "the profile resets a key's model on drift (model.on_drift reset)"
+    else:
+        reset = next((event for event in committed_lines(folder / "drift") if event.get("action") == "reset"), None)
+        if reset is None:
+            return
+        evidence = f"the run reset the model of {reset['model_key']!r} on drift ({folder / 'drift'})"
+    raise UsageError(f"{command}: {evidence}, and a reset model's snapshots cannot be told from the older "
+                     f"model's (its updates start again at 0); {command} needs a run without resets")
 
 
 def different_feature(trained_on: list[str], configured: list[str]) -> str:

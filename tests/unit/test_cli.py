@@ -180,7 +180,8 @@ def test_version_and_defaults_in_help(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["topics"], ["produce", "--generate", "10"], ["tail", "risk-scores"],
-                                     ["model", "show", "grocery", "--config", KAFKA]])
+                                     ["model", "show", "grocery", "--config", KAFKA], ["model", "list", "--config", KAFKA],
+                                     ["score", "--config", KAFKA]])
 def test_kafka_commands_without_a_broker_fail_once_naming_the_address(tmp_path, command):
     done = riskstream(*command, "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}", cwd=tmp_path, timeout_s=60)
     assert_one_line_failure(done, 3, NOTHING_LISTENS, "make kafka-up")

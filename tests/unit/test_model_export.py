@@ -205,6 +205,21 @@ def test_score_and_export_refuse_a_run_of_the_global_model(tmp_path, run_output)
     assert_one_line_failure(exported, 2, "model export:", "standardized by the global model", "model show")
 
 
+def test_score_and_export_refuse_a_run_that_reset_a_model_on_drift(tmp_path, run_output):
+    # After a reset the key's updates start again at 0: its latest snapshot is no longer the one
+    # after the most updates.
+    drift = tmp_path / "out" / "drift"
+    drift.mkdir()
+    (drift / "drift-0-0.jsonl").write_text(json.dumps({"model_key": "fuel", "action": "report"}) + "\n")
+    kept = shell(f"{RISKSTREAM} score --model-from out < record.json", tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    (drift / "drift-0-0.jsonl").write_text(json.dumps({"model_key": "fuel", "action": "reset"}) + "\n")
+    done = shell(f"{RISKSTREAM} score --model-from out < record.json", tmp_path)
+    assert_one_line_failure(done, 2, "score: the run reset the model of 'fuel' on drift", "needs a run without resets")
+    exported = riskstream("model", "export", "grocery", "--from", "out", cwd=tmp_path)
+    assert_one_line_failure(exported, 2, "model export: the run reset the model of 'fuel'")
+
+
 def test_score_with_a_profile_of_other_features_says_to_give_the_runs_profile(tmp_path, run_output):
     done = shell(f"{RISKSTREAM} score --model-from out "
                  f"--set features.time.hour_of_day=one_hot < record.json", tmp_path)
