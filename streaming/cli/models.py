@@ -74,9 +74,10 @@ def score_command(args: argparse.Namespace) -> int:
     else:
         trained_on, configured = list(snapshot["weights"]), list(scorer.feature_names)
         if trained_on != configured:
-            raise UsageError(f"score: the model of {key!r} in {models.where} has {len(trained_on)} features "
-                             f"({different_feature(trained_on, configured)}), not the {len(configured)} of the "
-                             f"profile's features.*; give the run's profile with --config (and its --set)")
+            raise UsageError(f"score: the model of {key!r} in {models.where} learned from other features than "
+                             f"the profile's features.* ({len(trained_on)} against {len(configured)}; "
+                             f"{different_feature(trained_on, configured)}); give the run's profile with --config "
+                             f"(and its --set)")
         try:
             key_model = KeyModel.from_snapshot(snapshot, configured)
         except ValueError as error:
