@@ -403,7 +403,13 @@ class Standardizer:
             delta = value - self.mean[j]
             self.mean[j] += delta / count
             self.m2[j] += delta * (value - self.mean[j])
-            variance = self.m2[j] / count
-            std = math.sqrt(variance) if count > 1 and variance > 0 else 1.0
-            out[i] = (value - self.mean[j]) / std
+            out[i] = (value - self.mean[j]) / standard_deviation(self.m2[j], count)
         return out
+
+
+def standard_deviation(m2: float, count: int) -> float:
+    """The standard deviation `Standardizer` divides by for running statistics of `count` values
+    whose sum of squared deviations is `m2`: sqrt(m2 / count) (the population's), or 1.0 while
+    fewer than two values are seen or the variance is 0."""
+    variance = m2 / count if count else 0.0
+    return math.sqrt(variance) if count > 1 and variance > 0 else 1.0

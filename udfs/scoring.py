@@ -167,6 +167,18 @@ class ModelScorer:
                 batch.channels, batch.amounts.tolist(), batch.currencies, batch.accounts)
         ]
 
+    def score_next(self, batch: RecordBatch, key_model: KeyModel | None, now_ms: int) -> bytes:
+        """The score line (UTF-8 JSON) the job would write for the one record of `batch` if it came
+        next to its key's model `key_model` (None: the key has none yet, so a new one, as the job
+        starts it): the job's own code (`assess_columns`, `score_lines`) on a table of that one
+        model, a copy, so `key_model` does not change. For a job without a global model (the
+        only one whose key models read their own standardization)."""
+        if len(batch) != 1:
+            raise ValueError(f"score_next scores one record, got {len(batch)}")
+        table = self.new_table()
+        table.add(batch.model_keys[0], None if key_model is None else key_model.to_bytes())
+        return self.score_lines(batch, self.assess_columns(batch, table), now_ms)[0]
+
     def snapshot(self, key_model: KeyModel, model_key: str) -> KeyedLine:
         """The key's model snapshot as one JSON line, keyed by the model key."""
         return KeyedLine(orjson.dumps(key_model.to_snapshot(model_key, self.feature_names)).decode("utf-8"), model_key)

@@ -1,10 +1,10 @@
 """The `riskstream` command: generate transactions, run the job locally or on a session cluster,
-work with its Kafka topics, and show a model from its snapshot output.
+work with its Kafka topics, list, show and export its models, score one transaction with them.
 
 Each command group has its module: data.py (generate), run.py, kafka.py (topics, produce, tail),
-cluster.py (cluster, submit, status, stop), outputs.py (model show, report), evaluate.py, profile.py
-(config show, run and submit --dry-run); common.py holds the exit codes. Every failure a user can
-cause ends in one line on stderr and one of those codes.
+cluster.py (cluster, submit, status, stop), models.py (model list, show, export; score), outputs.py
+(report), evaluate.py, profile.py (config show, run and submit --dry-run); common.py holds the exit
+codes. Every failure a user can cause ends in one line on stderr and one of those codes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from streaming.cli.common import EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE,
 from streaming.cli.data import events_per_second_option, generate_command, label_stream_options
 from streaming.cli.evaluate import add_evaluate_options, evaluate_command
 from streaming.cli.kafka import kafka_command
-from streaming.cli.outputs import model_show, report_command
+from streaming.cli.models import model_command, score_command
+from streaming.cli.outputs import report_command
 from streaming.cli.profile import config_command, dry_run_command
 from streaming.cli.run import run_command
 from streaming.config import DEFAULT_PROFILES, PROFILE_ENV, ConfigError, ServiceUnreachable, profile_from_environment
@@ -150,13 +151,36 @@ def parser() -> argparse.ArgumentParser:
                       help="end the input first, so the final model snapshots are written (not with --cancel)")
     profile(stop, "cluster")
 
-    model = command("model", "inspect the models in the snapshot output (no Flink needed)")
-    model.add_argument("action", choices=("show",), help="show a key's latest model")
-    model.add_argument("key", help="a model key, as the job normalizes it (e.g. grocery)")
-    profile(model, "local")
-    verbose(model)
-    model.add_argument("--idle-timeout", type=float, default=5.0,
-                       help="Kafka output: stop reading snapshots after this many seconds without one")
+    def model_source(sub: argparse.ArgumentParser, option: str, dest: str) -> None:
+        sub.add_argument(option, dest=dest, type=Path, default=None, metavar="OUTPUT",
+                         help="a run's output folder, whose model-snapshots/ it reads (default: the profile's "
+                              "output.path; a profile with Kafka output reads its snapshots topic)")
+        sub.add_argument("--idle-timeout", type=float, default=5.0,
+                         help="Kafka output: stop reading snapshots after this many seconds without one")
+
+    model = command("model", "list, show or export a run's models, from its snapshot output (no Flink needed)")
+    model_actions = model.add_subparsers(dest="action", required=True)
+
+    def model_action(name: str, help: str) -> argparse.ArgumentParser:
+        action = model_actions.add_parser(name, help=help, description=help, formatter_class=formatter)
+        if name != "list":
+            action.add_argument("key", help="a model key, as the job normalizes it (e.g. grocery)")
+        profile(action, "local")
+        verbose(action)
+        model_source(action, "--from", "from_path")
+        return action
+
+    model_action("list", "each model key's latest snapshot: updates, rejected updates, last update, optimizer")
+    model_action("show", "print a key's latest snapshot as JSON")
+    model_action("export", "print a key's latest model as JSON for use outside the job: the features in order, "
+                           "weights, bias, standardization, optimizer, updates (docs/operations.md)")
+
+    score = command("score", "score one transaction (one JSON line on stdin) as the job would score it next, "
+                             "with a run's latest models; prints its score line, or exits 4 with the reason the "
+                             "job would dead-letter it (no Flink needed)")
+    profile(score, "local")
+    verbose(score)
+    model_source(score, "--model-from", "model_from")
 
     report = command("report", "PNG plots, their data as CSV and an index.html of a run's outputs (no Flink needed)")
     profile(report, "local")
@@ -182,5 +206,6 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"generate": generate_command, "run": run_command, "topics": kafka_command, "produce": kafka_command,
             "tail": kafka_command, "cluster": cluster_command, "submit": cluster_command,
-            "status": cluster_command, "stop": cluster_command, "model": model_show,
-            "report": report_command, "evaluate": evaluate_command, "config": config_command}
+            "status": cluster_command, "stop": cluster_command, "model": model_command,
+            "score": score_command, "report": report_command, "evaluate": evaluate_command,
+            "config": config_command}

@@ -15,6 +15,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the job failed, its accounting does not reconcile, or the cluster refused a request
 EXIT_USAGE = 2  # a bad argument, profile, setting or input; nothing was started or changed
 EXIT_UNREACHABLE = 3  # the Kafka broker or the Flink cluster the command needs does not answer
+EXIT_DEAD_LETTERED = 4  # `score`: the job would dead-letter the record (the line gives the stage and reason)
 EXIT_INTERRUPTED = 130  # stopped with Ctrl-C (SIGINT)
 
 # Flink's own log (mini-cluster and client) stays in the project, whatever the current folder.

@@ -1,47 +1,14 @@
-"""`riskstream model show` and `report`: what a run wrote, read back without Flink."""
+"""`riskstream report`: what a run wrote, drawn without Flink (the models: models.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import orjson
 
 from streaming.cli.common import EXIT_FAILED, EXIT_OK, UsageError, fail
 from streaming.config import PROJECT_ROOT, load_settings
-
-
-def model_show(args: argparse.Namespace) -> int:
-    from streaming.reporting.outputs import latest_snapshots
-
-    settings = load_settings(args.config, args.overrides)
-    if settings.output.kind == "kafka":
-        from streaming.ops import kafka_tools
-
-        kafka_tools.show_client_log(args.verbose)
-        kafka_tools.check_broker(settings)
-        where = f"topic {settings.kafka.snapshots_topic} at {settings.kafka.bootstrap_servers}"
-        snapshots = (orjson.loads(value) for _, _, _, value in kafka_tools.tail(
-            settings, settings.kafka.snapshots_topic, idle_timeout_s=args.idle_timeout))
-    else:
-        from streaming.reporting.outputs import committed_lines
-
-        folder = Path(settings.output.path) / "model-snapshots"
-        where = str(folder)
-        snapshots = committed_lines(folder)
-    from udfs.cleaning import normalize_categorical
-
-    key = normalize_categorical(settings.model.key, args.key)  # as the job stores it: " Grocery" is "grocery"
-    latest = latest_snapshots(snapshots)
-    if key not in latest:
-        if not latest:
-            return fail(f"no model snapshots in {where}; run the job with this profile first", EXIT_FAILED)
-        keys = sorted(latest)
-        shown = ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
-        return fail(f"no snapshot of model key {key!r} in {where}; keys there: {shown}", EXIT_FAILED)
-    print(json.dumps(latest[key], indent=2))
-    return EXIT_OK
 
 
 def report_command(args: argparse.Namespace) -> int:

@@ -42,13 +42,20 @@ def committed_lines(folder: Path) -> Iterator[dict[str, Any]]:
 
 
 def latest_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each model key's latest snapshot: the one after the most updates (of equals, the last read)."""
+    """Each model key's latest snapshot: the one after the most updates; of equals, the one whose
+    standardization has seen the most records (the end-of-input snapshot also counts the unlabelled
+    records after the last update), then the last read."""
     latest: dict[str, dict[str, Any]] = {}
     for snapshot in snapshots:
         kept = latest.get(snapshot["model_key"])
-        if kept is None or snapshot["model_updates"] >= kept["model_updates"]:
+        if kept is None or _progress(snapshot) >= _progress(kept):
             latest[snapshot["model_key"]] = snapshot
     return latest
+
+
+def _progress(snapshot: dict[str, Any]) -> tuple[int, int]:
+    """How far a key's model had come at a snapshot: (updates, records its standardization saw)."""
+    return snapshot["model_updates"], snapshot.get("standardization", {}).get("count", 0)
 
 
 def latest_snapshot(snapshots: Iterable[dict[str, Any]], model_key: str) -> dict[str, Any] | None:

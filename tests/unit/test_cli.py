@@ -285,7 +285,8 @@ def test_every_option_with_a_default_shows_it_in_help():
 
 
 @pytest.mark.parametrize("command", [["topics"], ["produce", "--generate", "10"], ["tail", "risk-scores"],
-                                     ["model", "show", "grocery", "--config", KAFKA]])
+                                     ["model", "show", "grocery", "--config", KAFKA], ["model", "list", "--config", KAFKA],
+                                     ["score", "--config", KAFKA]])
 def test_kafka_commands_without_a_broker_fail_once_naming_the_address(tmp_path, command):
     done = riskstream(*command, "--set", f"kafka.bootstrap_servers={NOTHING_LISTENS}", cwd=tmp_path, timeout_s=60)
     assert_one_line_failure(done, 3, NOTHING_LISTENS, "make kafka-up")
@@ -311,12 +312,13 @@ def test_model_show_reads_the_local_profiles_output_by_default_and_lists_the_key
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == {"model_key": "grocery", "model_updates": 7}
     missing = riskstream("model", "show", "fuel", "--config", str(profile), cwd=tmp_path)
-    assert_one_line_failure(missing, 1, "'fuel'", "keys there: grocery")
+    assert_one_line_failure(missing, 2, "'fuel'", "keys there: grocery")
 
 
-def test_model_show_without_any_snapshot_says_to_run_the_job(tmp_path):
+def test_model_show_without_any_snapshot_says_to_run_the_job_as_report_does(tmp_path):
+    # A user error, as `report` on a folder without outputs: exit 2, and what to do.
     done = riskstream("model", "show", "grocery", "--set", f"output.path={tmp_path / 'empty'}", cwd=tmp_path)
-    assert_one_line_failure(done, 1, "no model snapshots in", str(tmp_path / "empty"))
+    assert_one_line_failure(done, 2, "no model snapshots in", str(tmp_path / "empty"), "run the job", "--from")
 
 
 # ---------------------------------------------------------------- commands that need a cluster

@@ -168,6 +168,15 @@ def test_the_latest_snapshot_is_the_one_after_the_most_updates():
     assert latest_snapshot(snapshots, "fuel") is None
 
 
+def test_the_latest_snapshot_of_equal_updates_is_the_one_that_saw_more_records():
+    # The end-of-input snapshot of a key whose last update also triggered a periodic one: the same
+    # updates, and the unlabelled records after them in its standardization, in whichever part file.
+    final = {"model_key": "fuel", "model_updates": 1000, "standardization": {"count": 1040}, "bias": 2.0}
+    periodic = {"model_key": "fuel", "model_updates": 1000, "standardization": {"count": 1012}, "bias": 1.0}
+    assert latest_snapshots([final, periodic])["fuel"]["bias"] == 2.0
+    assert latest_snapshots([periodic, final])["fuel"]["bias"] == 2.0
+
+
 def test_model_show_prints_a_keys_latest_model_from_the_file_output(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RISKSTREAM_PSEUDONYM_KEY", raising=False)
     folder = tmp_path / "out" / "model-snapshots"
@@ -181,7 +190,7 @@ def test_model_show_prints_a_keys_latest_model_from_the_file_output(tmp_path, ca
     shown = json.loads(capsys.readouterr().out)
     assert (shown["model_updates"], shown["bias"]) == (3000, 0.7)  # not the uncommitted one
 
-    assert main(["model", "show", "fuel", *profile]) == 1
+    assert main(["model", "show", "fuel", *profile]) == 2
     assert "no snapshot of model key 'fuel'" in capsys.readouterr().err
 
 
