@@ -66,8 +66,12 @@ def report_command(args: argparse.Namespace) -> int:
         from streaming.reporting.outputs import committed_lines
 
         output = args.from_path if args.from_path is not None else Path(settings.output.path)
+        named = "report --from" if args.from_path is not None else f"report: output.path of {args.config}"
+        if not output.is_dir():
+            what = "is a file, not a folder" if output.exists() else "does not exist"
+            raise UsageError(f"{named}: {output} {what}; give the output.path of a run")
         if not (output / "scores").is_dir():
-            raise UsageError(f"report --from: {output} has no scores/ folder; give the output.path of a run")
+            raise UsageError(f"{named}: {output} has no scores/ folder; give the output.path of a run")
         scores, letters = list(committed_lines(output / "scores")), list(committed_lines(output / "dead-letters"))
         where, to = str(output), args.to or output / "report"
     if not scores and not letters:
