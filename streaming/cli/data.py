@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 from pathlib import Path
 
 from streaming.cli.common import EXIT_OK, UsageError
@@ -48,7 +49,7 @@ def label_stream_settings(args: argparse.Namespace) -> LabelStreamSettings:
 def generate_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from udfs.generator import GeneratorSettings, generate
+    from udfs.generator import GeneratorSettings, drift_index, generate, generate_with_times
     from udfs.label_generator import generate_labels
 
     for option, valid, allowed in (("--records", args.records >= 1, ">= 1"),
@@ -67,8 +68,21 @@ def generate_command(args: argparse.Namespace) -> int:
                                  malformed_share=args.malformed_share, unlabelled_share=args.unlabelled_share,
                                  drift_at=args.drift_at)
     label_settings = label_stream_settings(args) if args.labels is not None else None
-    _write_lines(args.out, "--out", tqdm(generate(settings), total=args.records, unit=" records", mininterval=0.5))
+    drift = drift_index(settings)
+    drift_at = []  # the drift's first record's event time, for `report --drift-at`
+
+    def lines():
+        for index, (_, line, event_time) in enumerate(generate_with_times(settings)):
+            if index == drift:
+                drift_at.append(event_time)
+            yield line
+
+    _write_lines(args.out, "--out", tqdm(lines(), total=args.records, unit=" records", mininterval=0.5))
     print(f"wrote {args.records:,} transactions to {args.out}")
+    if drift_at:
+        moment = datetime.fromtimestamp(drift_at[0] / 1000, timezone.utc).isoformat(timespec="milliseconds")
+        moment = moment.replace("+00:00", "Z")
+        print(f"the drift starts at line {drift + 1:,}, event time {moment} (riskstream report --drift-at {moment})")
     if label_settings is not None:
         written = _write_lines(args.labels, "--labels", generate_labels(generate(settings), label_settings))
         print(f"wrote {written:,} labels to {args.labels}")
