@@ -148,6 +148,10 @@ def parser() -> argparse.ArgumentParser:
                         help="where to write the report (default: OUTPUT/report; out/report for Kafka output)")
     report.add_argument("--idle-timeout", type=float, default=5.0,
                         help="Kafka output: stop reading a topic after this many seconds without a record")
+    report.add_argument("--drift-at", default=None, metavar="TIME",
+                        help="where the input's drift starts, if known (ISO-8601 with a zone, or epoch ms; "
+                             "`generate --drift-at` prints it): a dotted line on every event-time axis "
+                             "(default: none)")
     evaluate = command("evaluate", "prequential evaluation of model configurations on a file, beside the base rate "
                                    "and River (no Flink needed)")
     profile(evaluate, None)

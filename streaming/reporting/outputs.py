@@ -197,7 +197,7 @@ def read_run_record(folder: Path) -> dict[str, Any] | None:
         record = orjson.loads((folder / RUN_RECORD).read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
-    return record if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and {"profile", "settings"} <= record.keys() else None
 
 
 def _remove(path: Path) -> None:
