@@ -125,12 +125,12 @@ def build_report(run: RunData, to: Path, drift_at: int | None = None) -> Path:
     if run.late is not None:
         plots.append(Plot("late_records", f"Late records per {window} of event time, by the window they missed",
                           late_records(run.late, window_ms), over_time(_draw_late)))
-    if run.learning is not None:
+    if run.learning is not None or run.label_letters is not None:  # a sink writes no folder until its first line
         plots += [
             Plot("label_outcomes", "Labels from the label stream, by outcome",
-                 label_outcomes(run.learning, run.label_letters or []), _draw_label_outcomes),
+                 label_outcomes(run.learning or [], run.label_letters or []), _draw_label_outcomes),
             Plot("label_delays", "Applied labels by delay (label time - event time), fraud and not",
-                 label_delays(run.learning), _draw_label_delays)]
+                 label_delays(run.learning or []), _draw_label_delays)]
     if run.drift_events is not None:
         plots.append(Plot("drift_events", f"Drift events per {window} of event time",
                           drift_events_per_window(run.drift_events, window_ms), over_time(_draw_drift_events)))
@@ -263,8 +263,9 @@ def _event_time_axis(axes, drift_at: int | None) -> None:
     falls inside the plotted time."""
     import matplotlib.dates as dates
 
-    # About 8 ticks across the whole width: fewer on a narrow panel, so that they stay readable.
-    locator = dates.AutoDateLocator(tz=timezone.utc, maxticks=max(3, round(9 * axes.get_position().width)))
+    # About 7 ticks across the whole width, 6 on a narrow panel (fewer would leave some time spans
+    # without a fitting interval when at least 2 are asked for).
+    locator = dates.AutoDateLocator(tz=timezone.utc, minticks=2, maxticks=max(6, round(9 * axes.get_position().width)))
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator, tz=timezone.utc))  # the date at the right
     axes.set_xlabel("event time (UTC)", loc="left")
@@ -430,6 +431,7 @@ def _draw_drift_events(figure, table: Table) -> None:
               label="drift events")
     axes.set_ylabel("drift events")
     axes.set_ylim(bottom=0)
+    axes.yaxis.get_major_locator().set_params(integer=True)
 
 
 def _format(value: Any) -> str:
