@@ -68,18 +68,6 @@ def generate(settings: GeneratorSettings) -> Iterator[bytes]:
 def generate_with_kinds(settings: GeneratorSettings) -> Iterator[tuple[str | None, bytes]]:
     """Yields (malformed kind or None, line) pairs; the lines are those of `generate`. The first
     malformed records go through every kind once, so even a short stream has each kind."""
-    for kind, line, _ in generate_with_times(settings):
-        yield kind, line
-
-
-def drift_index(settings: GeneratorSettings) -> int | None:
-    """The index (from 0) of the first record drawn from the changed hidden model; None without drift."""
-    return int(settings.drift_at * settings.records) if settings.drift_at else None
-
-
-def generate_with_times(settings: GeneratorSettings) -> Iterator[tuple[str | None, bytes, int]]:
-    """`generate_with_kinds`, with each record's event time (epoch ms; of a malformed record, the
-    time its valid record had). Event times never decrease along the stream."""
     rng = random.Random(settings.seed)
     category_weights = [1 / (rank + 1) ** 1.1 for rank in range(len(CATEGORIES))]
     first_drifted = drift_index(settings)
@@ -95,9 +83,14 @@ def generate_with_times(settings: GeneratorSettings) -> Iterator[tuple[str | Non
             else:
                 kind = rng.choices(MALFORMED_KINDS, _KIND_WEIGHTS)[0]
             malformed_seen += 1
-            yield kind, malformed(kind, record, rng, settings.oversize_bytes), event_time
+            yield kind, malformed(kind, record, rng, settings.oversize_bytes)
         else:
-            yield None, _dumps(record), event_time
+            yield None, _dumps(record)
+
+
+def drift_index(settings: GeneratorSettings) -> int | None:
+    """The index (from 0) of the first record drawn from the changed hidden model; None without drift."""
+    return int(settings.drift_at * settings.records) if settings.drift_at else None
 
 
 def _transaction(rng: random.Random, index: int, event_time: int, category_weights: list[float],

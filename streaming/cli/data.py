@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
 from pathlib import Path
 
 from streaming.cli.common import EXIT_OK, UsageError
@@ -49,7 +48,7 @@ def label_stream_settings(args: argparse.Namespace) -> LabelStreamSettings:
 def generate_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from udfs.generator import GeneratorSettings, drift_index, generate, generate_with_times
+    from udfs.generator import GeneratorSettings, generate
     from udfs.label_generator import generate_labels
 
     for option, valid, allowed in (("--records", args.records >= 1, ">= 1"),
@@ -68,25 +67,41 @@ def generate_command(args: argparse.Namespace) -> int:
                                  malformed_share=args.malformed_share, unlabelled_share=args.unlabelled_share,
                                  drift_at=args.drift_at)
     label_settings = label_stream_settings(args) if args.labels is not None else None
-    drift = drift_index(settings)
-    drift_at = []  # the drift's first record's event time, for `report --drift-at`
-
-    def lines():
-        for index, (_, line, event_time) in enumerate(generate_with_times(settings)):
-            if index == drift:
-                drift_at.append(event_time)
-            yield line
-
-    _write_lines(args.out, "--out", tqdm(lines(), total=args.records, unit=" records", mininterval=0.5))
+    _write_lines(args.out, "--out", tqdm(generate(settings), total=args.records, unit=" records", mininterval=0.5))
     print(f"wrote {args.records:,} transactions to {args.out}")
-    if drift_at:
-        moment = datetime.fromtimestamp(drift_at[0] / 1000, timezone.utc).isoformat(timespec="milliseconds")
-        moment = moment.replace("+00:00", "Z")
-        print(f"the drift starts at line {drift + 1:,}, event time {moment} (riskstream report --drift-at {moment})")
+    _print_drift_start(settings, args.out)
     if label_settings is not None:
         written = _write_lines(args.labels, "--labels", generate_labels(generate(settings), label_settings))
         print(f"wrote {written:,} labels to {args.labels}")
     return EXIT_OK
+
+
+def _print_drift_start(settings, out: Path) -> None:
+    """With a drift in `settings` (the GeneratorSettings that wrote `out`), prints where it starts
+    in `out` for `report --drift-at`: the line and event time of the first readable record from the
+    generator's first drifted one on (a malformed record there is one the job never sees)."""
+    from datetime import datetime, timezone
+
+    import orjson
+
+    from udfs.cleaning import Rejected, epoch_millis
+    from udfs.generator import drift_index
+
+    first = drift_index(settings)
+    if first is None:
+        return
+    with out.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if number <= first:
+                continue
+            try:
+                event_time = epoch_millis("event_time", orjson.loads(line)["event_time"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, Rejected):
+                continue
+            moment = datetime.fromtimestamp(event_time / 1000, timezone.utc).isoformat(timespec="milliseconds")
+            moment = moment.replace("+00:00", "Z")
+            print(f"the drift starts at line {number:,}, event time {moment} (riskstream report --drift-at {moment})")
+            return
 
 
 def _write_lines(path: Path, option: str, lines) -> int:
