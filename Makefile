@@ -8,6 +8,10 @@ INSTALLED := $(VENV)/.installed
 JAR := build/riskstream-flink.jar
 JAVA_SOURCES := $(shell find jvm/src/main 2>/dev/null)
 SAMPLE := data/sample.jsonl
+SAMPLE_ARGS := --records 200000 --malformed-share 0.02 --drift-at 0.6
+# Where SAMPLE's drift starts: what `riskstream generate $(SAMPLE_ARGS)` prints, for the report's
+# dotted line (change both together).
+SAMPLE_DRIFT_AT := 2026-01-01T03:18:42.476Z
 
 REALDATA := data/realdata/.converted
 RIVER_VENV := .venv-river
@@ -29,7 +33,7 @@ MAVEN = flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
-	$(VENV)/bin/riskstream report --config conf/local.yaml
+	$(VENV)/bin/riskstream report --config conf/local.yaml --drift-at $(SAMPLE_DRIFT_AT)
 
 # The checks in order of cost, so that a mistake fails early: ruff (well under a minute), the unit
 # tier (no JVM, no services: about a minute), the Java operators' tests, then the integration tier
@@ -172,7 +176,7 @@ evaluate-realdata: $(REALDATA) $(RIVER_INSTALLED)
 	done
 
 $(SAMPLE): | $(INSTALLED)
-	$(VENV)/bin/riskstream generate --out $@ --records 200000 --malformed-share 0.02 --drift-at 0.6
+	$(VENV)/bin/riskstream generate --out $@ $(SAMPLE_ARGS)
 
 clean:
 	rm -rf build out var .pytest_cache $(RIVER_VENV) jvm/target

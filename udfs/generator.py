@@ -94,12 +94,12 @@ def generate_with_kinds(settings: GeneratorSettings) -> Iterator[tuple[str | Non
     malformed records go through every kind once, so even a short stream has each kind."""
     rng = random.Random(settings.seed)
     category_weights = [1 / (rank + 1) ** 1.1 for rank in range(len(CATEGORIES))]
-    drift_index = int(settings.drift_at * settings.records) if settings.drift_at else None
+    first_drifted = drift_index(settings)
     event_time = START_MS
     malformed_seen = 0
     for index in range(settings.records):
         event_time += int(rng.expovariate(1 / settings.mean_gap_ms))
-        drifted = drift_index is not None and index >= drift_index
+        drifted = first_drifted is not None and index >= first_drifted
         record = _transaction(rng, index, event_time, category_weights, settings, drifted)
         if rng.random() < settings.malformed_share:
             if malformed_seen < len(MALFORMED_KINDS):
@@ -110,6 +110,11 @@ def generate_with_kinds(settings: GeneratorSettings) -> Iterator[tuple[str | Non
             yield kind, malformed(kind, record, rng, settings.oversize_bytes)
         else:
             yield None, _dumps(record)
+
+
+def drift_index(settings: GeneratorSettings) -> int | None:
+    """The index (from 0) of the first record drawn from the changed hidden model; None without drift."""
+    return int(settings.drift_at * settings.records) if settings.drift_at else None
 
 
 def _transaction(rng: random.Random, index: int, event_time: int, category_weights: list[float],

@@ -192,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
                         help="where to write the report (default: OUTPUT/report; out/report for Kafka output)")
     report.add_argument("--idle-timeout", type=float, default=5.0,
                         help="Kafka output: stop reading a topic after this many seconds without a record")
+    report.add_argument("--drift-at", default=None, metavar="TIME",
+                        help="where the input's drift starts, if known (ISO-8601 with a zone, or epoch ms; "
+                             "`generate --drift-at` prints it): a dotted line on every event-time axis "
+                             "(default: none)")
+
     config = command("config", "show a profile's effective settings, after extends: and --set, as YAML (no Flink "
                                "needed)")
     config.add_argument("action", choices=("show",), help="print every setting the job would use; secrets masked")

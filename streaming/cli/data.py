@@ -114,10 +114,39 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UsageError(f"generate --labels: {args.labels} is also --out; give the labels their own file")
     _write_lines(args.out, "--out", tqdm(generate(settings), total=args.records, unit=" records", mininterval=0.5))
     print(f"wrote {args.records:,} transactions to {args.out}")
+    _print_drift_start(settings, args.out)
     if label_settings is not None:
         written = _write_lines(args.labels, "--labels", generate_labels(generate(settings), label_settings))
         print(f"wrote {written:,} labels to {args.labels}")
     return EXIT_OK
+
+
+def _print_drift_start(settings, out: Path) -> None:
+    """With a drift in `settings` (the GeneratorSettings that wrote `out`), prints where it starts
+    in `out` for `report --drift-at`: the line and event time of the first readable record from the
+    generator's first drifted one on (a malformed record there is one the job never sees)."""
+    from datetime import datetime, timezone
+
+    import orjson
+
+    from udfs.cleaning import Rejected, epoch_millis
+    from udfs.generator import drift_index
+
+    first = drift_index(settings)
+    if first is None:
+        return
+    with out.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if number <= first:
+                continue
+            try:
+                event_time = epoch_millis("event_time", orjson.loads(line)["event_time"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, Rejected):
+                continue
+            moment = datetime.fromtimestamp(event_time / 1000, timezone.utc).isoformat(timespec="milliseconds")
+            moment = moment.replace("+00:00", "Z")
+            print(f"the drift starts at line {number:,}, event time {moment} (riskstream report --drift-at {moment})")
+            return
 
 
 def _write_lines(path: Path, option: str, lines) -> int:

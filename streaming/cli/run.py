@@ -23,11 +23,12 @@ def run_command(args: argparse.Namespace) -> int:
     job_jars(settings)  # a missing jar: one line naming it, before Flink starts
     os.environ.setdefault("FLINK_LOG_DIR", str(FLINK_LOG_DIR))
     from streaming.job.run import run_job
-    from streaming.reporting.outputs import RunOutputs, summarize
+    from streaming.reporting.outputs import RunOutputs, summarize, write_run_record
 
     outputs = RunOutputs(Path(settings.output.path)) if settings.output.kind == "files" else None
     if outputs is not None:
-        outputs.set_previous_aside()
+        outputs.set_previous_aside()  # with the previous run's report, which would no longer match
+        write_run_record(outputs.folder, settings, args.config, args.overrides)  # for the report
     progress = _Progress(outputs.folder) if outputs is not None else None
     try:
         job_run = run_job(settings)

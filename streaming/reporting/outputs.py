@@ -4,6 +4,7 @@ prequential quality."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,13 @@ from udfs.metrics import labelled, log_loss, roc_auc
 # reads it back: a new run must start without an earlier run's versions).
 OUTPUTS = ("scores", "dead-letters", "model-snapshots", "analytics", "late", "learning", "label-dead-letters", "drift",
            "model-versions")
+# What `riskstream run` writes beside them: the run's settings (RUN_RECORD, read by the report), and
+# what `riskstream report` writes there by default (REPORT). Both belong to one run's outputs, so
+# they are set aside, dropped and restored with them: a report never shows an earlier run beside a
+# newer run's outputs.
+RUN_RECORD = "run.json"
+REPORT = "report"
+RUN_FILES = (*OUTPUTS, RUN_RECORD, REPORT)
 
 
 def committed_parts(folder: Path) -> Iterator[Path]:
@@ -177,8 +185,38 @@ def _label_figures(output: Path, labels_read: int | None) -> dict[str, Any]:
             "labels_dead_lettered": letters}
 
 
+def write_run_record(folder: Path, settings: Any, profile: Path, overrides: list[str]) -> Path:
+    """Writes `folder/RUN_RECORD`: the profile and --set overrides a run was started with, when it
+    started (epoch ms), and its settings with paths resolved (the privacy section left out: it
+    holds the pseudonym key). Returns its path."""
+    record = {"schema_version": 1, "profile": str(Path(profile).resolve()), "overrides": list(overrides),
+              "started_at": int(time.time() * 1000),
+              "settings": settings.model_dump(mode="json", by_alias=True, exclude={"privacy"})}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RUN_RECORD
+    path.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
+def read_run_record(folder: Path) -> dict[str, Any] | None:
+    """The run record `write_run_record` wrote in `folder` (None without one, or an unreadable one)."""
+    try:
+        record = orjson.loads((folder / RUN_RECORD).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and {"profile", "settings"} <= record.keys() else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class RunOutputs:
-    """The output folders (OUTPUTS) of `riskstream run` under `folder`, and the previous run's.
+    """What `riskstream run` leaves under `folder` (RUN_FILES: the output folders, the run record and
+    the default report), and the previous run's.
 
     The previous run's outputs are replaced only once the new run has committed its own: they are
     moved aside to `folder/.previous` when a run starts, dropped when it ends with committed
@@ -194,14 +232,14 @@ class RunOutputs:
         if self.aside.exists():  # a run that was killed before it could put them back
             self.restore_previous()
         self.aside.mkdir(parents=True)
-        for name in OUTPUTS:
+        for name in RUN_FILES:
             if (self.folder / name).exists():
                 (self.folder / name).rename(self.aside / name)
 
     def restore_previous(self) -> None:
         """Deletes this run's outputs and puts the previous run's back."""
-        for name in OUTPUTS:
-            shutil.rmtree(self.folder / name, ignore_errors=True)
+        for name in RUN_FILES:
+            _remove(self.folder / name)
             if (self.aside / name).exists():
                 (self.aside / name).rename(self.folder / name)
         shutil.rmtree(self.aside, ignore_errors=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from streaming.reporting.outputs import committed_lines
+from streaming.reporting.outputs import committed_lines, read_run_record
 from tests.cli import PROJECT, assert_one_line_failure, riskstream, shell, tree_bytes
 from udfs.generator import GeneratorSettings, generate
 
@@ -43,6 +43,9 @@ def test_run_prints_a_summary_that_matches_its_outputs_and_replaces_the_previous
     stale = tmp_path / "out" / "scores" / "scores-stale.jsonl"  # a previous run's output
     stale.parent.mkdir(parents=True)
     stale.write_text('{"txn_id": "old", "score": 0.5, "label": 1, "model_key": "x"}\n')
+    stale_report = tmp_path / "out" / "report" / "index.html"  # drawn from the previous run's outputs
+    stale_report.parent.mkdir()
+    stale_report.write_text("the previous run's report")
 
     done = riskstream("run", "--config", LOCAL, "--set", "source.paths=[tx.jsonl]", "--set", "output.path=out",
                       "--set", "checkpointing.directory=checkpoints", cwd=tmp_path)
@@ -51,7 +54,9 @@ def test_run_prints_a_summary_that_matches_its_outputs_and_replaces_the_previous
     figures = summary_figures(done.stdout)
 
     out = tmp_path / "out"
-    assert not stale.exists() and not (out / ".previous").exists()
+    assert not stale.exists() and not (out / ".previous").exists() and not stale_report.exists()
+    record = read_run_record(out)
+    assert record["profile"] == LOCAL and record["settings"]["source"]["paths"] == [str(tmp_path / "tx.jsonl")]
     scores = list(committed_lines(out / "scores"))
     letters = list(committed_lines(out / "dead-letters"))
     assert number(figures["records read"]) == len(lines)

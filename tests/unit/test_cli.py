@@ -458,6 +458,17 @@ def test_report_of_a_folder_without_scores_says_what_to_give(tmp_path):
     assert_one_line_failure(done, 2, "report --from", "nothing", "no scores/ folder", "output.path")
 
 
+@pytest.mark.parametrize("made", ["nothing", "a file"])
+def test_report_of_a_folder_that_does_not_exist_says_so(tmp_path, made):
+    if made == "a file":
+        (tmp_path / "missing").write_text("not a folder\n")
+    done = riskstream("report", "--from", "missing", cwd=tmp_path)
+    line = assert_one_line_failure(done, 2, "report --from", "missing",
+                                   "does not exist" if made == "nothing" else "is a file, not a folder")
+    assert "scores/" not in line
+    assert not (tmp_path / "missing" / "report").exists()
+
+
 def test_report_of_a_run_without_output_lines_says_to_run_the_job(tmp_path):
     (tmp_path / "out" / "scores").mkdir(parents=True)
     done = riskstream("report", "--from", "out", cwd=tmp_path)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 
 import pytest
 
 from udfs.report_tables import (
     MINUTE_MS,
+    OTHER,
     amount_distribution,
     dead_letters_by_stage,
     fraud_rate_by_category,
@@ -17,6 +19,7 @@ from udfs.report_tables import (
     records_per_minute,
     report_window_ms,
     score_distribution,
+    top_groups,
 )
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -27,7 +30,8 @@ def scores(seed: int, n: int = 400) -> list[dict]:
     return [{"model_key": rng.choice(["a", "b", "c", "d", "e", "f", "g"]), "score": rng.choice([0.5, rng.random()]),
              "label": rng.choice([0, 1, None, 0]), "event_time": T0 + rng.randrange(0, 3 * 3_600_000),
              "merchant_category": rng.choice(["fuel", "travel", "grocery"]),
-             "amount": rng.choice([0.0, 0.005, 0.01, 1.0, 10.0, rng.uniform(0, 5000)])} for _ in range(n)]
+             "amount": rng.choice([0.0, 0.005, 0.01, 1.0, 10.0, rng.uniform(0, 5000)]),
+             "currency": rng.choice(["USD", "EUR", "EUR"])} for _ in range(n)]
 
 
 def direct_log_loss(pairs):
@@ -92,16 +96,27 @@ def test_score_distribution_bins_of_width_one_twentieth():
         assert (not_fraud, fraud) == (inside.count(0), inside.count(1))
 
 
-def test_amount_distribution_log_bins_hold_every_labelled_amount_once():
+def test_amount_distribution_log_bins_hold_every_labelled_amount_once_per_currency():
     data = scores(6)
     table = amount_distribution(data)
-    assert table.rows[0][0] == 0.0
-    for (low, high, *_), following in zip(table.rows, table.rows[1:]):
-        assert high == pytest.approx(following[0]) and low < high
-    for low, high, not_fraud, fraud in table.rows:
-        inside = [s["label"] for s in data if s["label"] is not None and low <= s["amount"] < high]
-        assert (not_fraud, fraud) == (inside.count(0), inside.count(1)), (low, high)
-    assert sum(row[2] + row[3] for row in table.rows) == sum(s["label"] is not None for s in data)
+    assert list(dict.fromkeys(row[0] for row in table.rows)) == ["EUR", "USD"]  # most labelled first
+    for currency in ("EUR", "USD"):
+        rows = [row[1:] for row in table.rows if row[0] == currency]
+        assert rows[0][0] == 0.0
+        for (low, high, *_), following in zip(rows, rows[1:]):
+            assert high == pytest.approx(following[0]) and low < high
+        for low, high, not_fraud, fraud in rows:
+            inside = [s["label"] for s in data if s["label"] is not None and s["currency"] == currency
+                      and low <= s["amount"] < high]
+            assert (not_fraud, fraud) == (inside.count(0), inside.count(1)), (low, high)
+    assert sum(row[3] + row[4] for row in table.rows) == sum(s["label"] is not None for s in data)
+
+
+def test_top_groups_keeps_the_largest_and_names_the_rest_other():
+    sizes = Counter({"a": 5, "b": 9, "c": 5, "d": 1})
+    assert top_groups(sizes, 2) == {"b": "b", "a": "a", "c": OTHER, "d": OTHER}  # ties by name
+    assert top_groups(sizes, 4) == {"b": "b", "a": "a", "c": "c", "d": "d"}
+    assert fraud_rate_by_category([], 60_000).rows == []
 
 
 def test_records_per_minute_covers_every_minute():
