@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import threading
 import time
 import traceback
@@ -26,12 +27,25 @@ def run_command(args: argparse.Namespace) -> int:
 
     job_jars(settings)  # a missing jar: one line naming it, before Flink starts
     os.environ.setdefault("FLINK_LOG_DIR", str(FLINK_LOG_DIR))
-    from streaming.job.run import CtrlCPresses, run_job
+    from streaming.job.run import CtrlCPresses
     from streaming.reporting.outputs import RunOutputs
 
     outputs = RunOutputs(Path(settings.output.path)) if settings.output.kind == "files" else None
     if outputs is not None and restore_from is None:  # a resumed run continues the outputs it finds
         outputs.set_previous_aside()
+    try:
+        # run_job handles Ctrl-C while the job starts and runs. Once it has ended, a Ctrl-C would
+        # only cut the summary short and leave the previous outputs in .previous: it is ignored.
+        with CtrlCPresses():
+            return _run_and_report(settings, outputs, records_in_files, restore_from, summary_json)
+    finally:
+        _ignore_ctrl_c_until_exit()
+
+
+def _run_and_report(settings, outputs, records_in_files: int | None, restore_from: str | None,
+                    summary_json: Path | None) -> int:
+    from streaming.job.run import run_job
+
     progress = _Progress(outputs.folder) if outputs is not None else None
     try:
         job_run = run_job(settings, restore_from, progress.watch if progress is not None else None)
@@ -48,10 +62,15 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.stop()
-    # The job has ended: a Ctrl-C now would only cut the summary short, and leave the previous
-    # outputs in .previous, so it is ignored while the summary is written.
-    with CtrlCPresses():
-        return _report(settings, job_run, outputs, records_in_files, restore_from, summary_json)
+    return _report(settings, job_run, outputs, records_in_files, restore_from, summary_json)
+
+
+def _ignore_ctrl_c_until_exit() -> None:
+    """After a run, Ctrl-C is ignored until the process ends: as the interpreter exits it releases
+    PyFlink's Java objects, each with a call into the JVM, and a KeyboardInterrupt in one of those
+    makes py4j print its tracebacks (with nothing left to stop). Only the main thread can do this."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _report(settings, job_run, outputs, records_in_files: int | None, restore_from: str | None,

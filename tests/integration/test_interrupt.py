@@ -353,3 +353,25 @@ def test_a_file_run_stopped_with_ctrl_c_resumes_from_its_savepoint_and_both_part
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["ending"], summary["resumed_from"], summary["records_read"]) == ("finished", savepoint, records)
     assert summary["scored"] + summary["dead_lettered"] == records and summary["reconciled"]
+
+
+def test_ctrl_c_after_the_job_has_ended_changes_nothing(tmp_path):
+    """Ctrl-C pressed again and again from the moment the summary is out until the command has
+    exited: the run still ends as it would have (exit 0), with no py4j traceback (as the process
+    exits, PyFlink's Java objects are released with calls into the JVM)."""
+    run = file_run(tmp_path, transactions(seed=77, records=300), settings=("source.max_records_per_second=null",))
+    try:
+        run.wait_until(lambda: "outputs in " in run.stdout(), 180, "the summary")
+        while run.process.poll() is None:
+            try:
+                run.ctrl_c()
+            except ProcessLookupError:  # the whole group has ended
+                break
+            time.sleep(0.02)
+        done = run.finish()
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stderr.strip() == "", done.stderr[-3000:]
+        assert summary_figures(done.stdout)["accounting"] == "read = scored + dead-lettered"
+        run.assert_no_process_left()
+    finally:
+        run.kill()
