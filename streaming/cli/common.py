@@ -39,8 +39,6 @@ def fail(message: str, code: int) -> int:
     return code
 
 
-
-
 def resume_path(path: str, settings, option: str) -> str:
     """`--from PATH` of `run` or `submit` (named by `option`, e.g. "run --from") as Flink needs it:
     a local path (plain or file:) checked and made absolute; a path on a remote file system

@@ -77,8 +77,8 @@ def run_job(settings: Settings, restore_from: str | None = None,
     if restore_from is None:
         check_no_earlier_versions(settings)
     started = time.perf_counter()
-    # Every call into the JVM, the last accumulator read included, happens inside this block: a
-    # Ctrl-C that came during one would otherwise break py4j's connection and print its tracebacks.
+    # The calls into the JVM, the accumulator reads at the end included, happen inside this block:
+    # a Ctrl-C during one would otherwise break py4j's connection and make it print tracebacks.
     with CtrlCPresses() as ctrl_c:
         client = _start_unless_interrupted(settings, ctrl_c, restore_from)
         if on_started is not None:
