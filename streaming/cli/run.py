@@ -175,13 +175,15 @@ def _check_summary_json(path: Path | None) -> Path | None:
 
 class _Progress:
     """While a file-output job runs, prints every PROGRESS_SECONDS what its source has read so far
-    (as the job last reported it, every few seconds) and what it has committed: scores, dead letters
-    and their rate since the last line (outputs are committed at each checkpoint, so those figures
-    move in steps, and stay at 0 until the first checkpoint)."""
+    (as the job last reported it, every few seconds), the scores and dead letters it has written
+    (committed, or in part files a checkpoint will commit), and those it has committed, with their
+    rate since the last line (outputs are committed at each checkpoint, so those figures move in
+    steps, and stay at 0 until the first checkpoint)."""
 
     def __init__(self, folder: Path):
         from streaming.reporting.outputs import CommittedCounts
 
+        self.folder = folder
         self.counts = CommittedCounts(folder)
         self.client = None  # the job's client, once it is submitted
         self.done = threading.Event()
@@ -203,6 +205,8 @@ class _Progress:
         return "not reported yet" if read is None else f"{read:,}"
 
     def _print_progress(self) -> None:
+        from streaming.reporting.outputs import uncommitted_line_count
+
         last_total, last_at = 0, time.monotonic()
         while not self.done.wait(PROGRESS_SECONDS):
             read = self._read_so_far()
@@ -210,9 +214,11 @@ class _Progress:
                 if self.done.is_set():  # the job ended while it answered: the summary says the rest
                     return
                 counts = self.counts.counts()
+                written = {name: counts[name] + uncommitted_line_count(self.folder / name) for name in counts}
                 total, now = counts["scores"] + counts["dead-letters"], time.monotonic()
                 rate = (total - last_total) / (now - last_at)
-                print(f"read so far: {read}; committed so far: {counts['scores']:,} scored, "
+                print(f"read so far: {read}; written: {written['scores']:,} scored, {written['dead-letters']:,} "
+                      f"dead-lettered; committed so far: {counts['scores']:,} scored, "
                       f"{counts['dead-letters']:,} dead-lettered ({rate:,.0f} records/s)", flush=True)
             last_total, last_at = total, now
 

@@ -34,6 +34,21 @@ def committed_parts(folder: Path) -> Iterator[Path]:
             yield part
 
 
+def uncommitted_line_count(folder: Path) -> int:
+    """How many whole lines the in-progress and pending part files of a FileSink folder hold now:
+    written by the job, not yet committed (a checkpoint commits them; a restart may drop them)."""
+    if not folder.is_dir():
+        return 0
+    lines = 0
+    for part in folder.iterdir():
+        if part.name.startswith("."):
+            try:
+                lines += part.read_bytes().count(b"\n")
+            except OSError:  # committed (renamed) or dropped meanwhile
+                pass
+    return lines
+
+
 def committed_lines(folder: Path) -> Iterator[dict[str, Any]]:
     """Every JSON line in the committed part files of a FileSink folder."""
     for part in committed_parts(folder):

@@ -153,7 +153,7 @@ def test_run_prints_its_committed_progress_while_the_job_runs(tmp_path):
 
 def test_a_run_shorter_than_its_first_checkpoint_shows_what_it_read_and_writes_its_summary_as_json(tmp_path):
     """Before the first checkpoint nothing is committed: the progress line still says what the
-    source has read. With analytics on and no late record, the summary points to no late/ folder.
+    source has read and what the job has written. With analytics on and no late record, the summary points to no late/ folder.
     --summary-json holds the printed figures, dead letters by reason too, and the throughput is
     over the time the job was reading (the source is held to 120 records/s: about 30 s)."""
     lines = list(generate(GeneratorSettings(records=3600, seed=34, malformed_share=0.05, mean_gap_ms=50)))
@@ -165,9 +165,10 @@ def test_a_run_shorter_than_its_first_checkpoint_shows_what_it_read_and_writes_i
                       cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.strip() == "", done.stderr[-3000:]
-    progress = [(number(read), number(scored)) for read, scored in re.findall(
-        r"read so far: ([\d,]+); committed so far: ([\d,]+) scored", done.stdout)]
-    assert any(read > 0 and scored == 0 for read, scored in progress), done.stdout
+    progress = [tuple(map(number, figures)) for figures in re.findall(
+        r"read so far: ([\d,]+); written: ([\d,]+) scored, [\d,]+ dead-lettered; committed so far: ([\d,]+) scored",
+        done.stdout)]
+    assert any(read > 0 and written > 0 and committed == 0 for read, written, committed in progress), done.stdout
 
     out = tmp_path / "out"
     scores, letters = list(committed_lines(out / "scores")), list(committed_lines(out / "dead-letters"))

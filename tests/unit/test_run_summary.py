@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from streaming.reporting.outputs import IDLE_GAP_MS, reading_seconds, reason_kind, summarize
+from streaming.reporting.outputs import IDLE_GAP_MS, reading_seconds, reason_kind, summarize, uncommitted_line_count
 
 
 def write_outputs(folder, scores: list[dict], letters: list[dict], **others: list[dict]) -> None:
@@ -61,3 +61,11 @@ def test_a_summary_whose_records_read_are_unknown_does_not_claim_a_mismatch(tmp_
     assert any(line.startswith("accounting        not checked") for line in summary.lines())
     assert not any("of " in line and "in the input" in line for line in summary.lines())
     assert math.isnan(summary.roc_auc)
+
+
+def test_lines_written_but_not_committed_are_those_of_hidden_part_files_whole_lines_only(tmp_path):
+    assert uncommitted_line_count(tmp_path / "scores") == 0  # no folder yet
+    (tmp_path / "part-0").write_text("{}\n{}\n")  # committed: not counted here
+    (tmp_path / ".part-1.inprogress.3f2a").write_text("{}\n{}\n{}\n{\"half")  # the last line is being written
+    (tmp_path / ".part-2.pending").write_text("{}\n")
+    assert uncommitted_line_count(tmp_path) == 4
