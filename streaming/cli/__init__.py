@@ -86,6 +86,12 @@ def parser() -> argparse.ArgumentParser:
 
     run = command("run", "run the scoring job on the embedded Flink mini-cluster")
     profile(run, None)
+    run.add_argument("--from", dest="from_path", default=None, metavar="PATH",
+                     help="resume from this savepoint (the one Ctrl-C wrote) or retained checkpoint, as "
+                          "`flink run -s` does, continuing the outputs in output.path; `latest`: the newest one "
+                          "in the profile's savepoint and checkpoint directories (default: start afresh)")
+    run.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
+                     help="also write the run summary to FILE as JSON (file output only; default: not written)")
     dry_run(run)
 
     topics = command("topics", "create the project's Kafka topics (idempotent)")

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from streaming.cli.common import EXIT_FAILED, EXIT_OK, UsageError, fail
+from streaming.cli.common import EXIT_FAILED, EXIT_OK, UsageError, fail, resume_path
 from streaming.config import ConfigError, load_settings
 from streaming.config.global_settings import check_no_earlier_versions
 
@@ -25,7 +25,7 @@ def cluster_command(args: argparse.Namespace) -> int:
     rest.rest(rest_url, "GET", "/overview", timeout=3)  # a cluster that is down: one line, exit 3
     try:
         if args.command == "submit":
-            from_path = _resume_path(args.from_path, settings) if args.from_path is not None else None
+            from_path = resume_path(args.from_path, settings, "submit --from") if args.from_path is not None else None
             if args.from_path == "latest":
                 print(f"resuming from {from_path}", flush=True)
             if from_path is None:
@@ -73,27 +73,6 @@ def _check_kafka_topics(settings) -> None:
         kafka_tools.check_topic(settings, *settings.kafka.topics())
     except ConfigError as error:
         raise ConfigError(f"{error}; create the profile's topics with `riskstream topics`") from None
-
-
-def _resume_path(path: str, settings) -> str:
-    """`submit --from PATH` as the JobManager needs it: a local path (plain or file:) checked and
-    made absolute; a path on a remote file system (s3://...) as given; `latest`: the newest
-    savepoint or retained checkpoint in the profile's directories."""
-    if path == "latest":
-        from streaming.ops.local_cluster import latest_restore_point
-
-        checkpointing = settings.checkpointing
-        latest = latest_restore_point(checkpointing.directory, checkpointing.savepoint_directory)
-        if latest is None:
-            raise UsageError(f"submit --from latest: no savepoint or retained checkpoint in "
-                             f"{checkpointing.savepoint_directory} or {checkpointing.directory}")
-        return str(latest)
-    local = path.removeprefix("file://").removeprefix("file:")
-    if "://" in local:
-        return path
-    if not Path(local).exists():
-        raise UsageError(f"submit --from: {path} does not exist")
-    return str(Path(local).resolve())
 
 
 def _cluster_up_down(local, args: argparse.Namespace) -> int:

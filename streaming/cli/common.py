@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from streaming.config import PROJECT_ROOT
 
@@ -42,3 +43,24 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def resume_path(path: str, settings, option: str) -> str:
+    """`--from PATH` of `run` or `submit` (named by `option`, e.g. "run --from") as Flink needs it:
+    a local path (plain or file:) checked and made absolute; a path on a remote file system
+    (s3://...) as given; `latest`: the newest savepoint or retained checkpoint in the profile's
+    directories. Raises UsageError naming the option when there is none."""
+    if path == "latest":
+        from streaming.ops.local_cluster import latest_restore_point
+
+        checkpointing = settings.checkpointing
+        latest = latest_restore_point(checkpointing.directory, checkpointing.savepoint_directory)
+        if latest is None:
+            raise UsageError(f"{option} latest: no savepoint or retained checkpoint in "
+                             f"{checkpointing.savepoint_directory} or {checkpointing.directory}")
+        print(f"resuming from {latest}", flush=True)
+        return str(latest)
+    local = path.removeprefix("file://").removeprefix("file:")
+    if "://" in local:
+        return path
+    if not Path(local).exists():
+        raise UsageError(f"{option}: {path} does not exist")
+    return str(Path(local).resolve())

@@ -39,25 +39,29 @@ def config_command(args: argparse.Namespace) -> int:
 def dry_run_command(args: argparse.Namespace) -> int:
     """`run --dry-run` and `submit --dry-run`: loads the profile and makes the checks the command
     makes before the job starts (every input file exists and holds records, a watched folder
-    exists, the broker answers in Kafka mode, the jars are there; for submit also --from, an
-    earlier run's global model versions and the profile's Kafka topics), then prints one line
+    exists, the broker answers in Kafka mode, the jars are there, --from names a restore point; for
+    run also that output.path can be a folder, for submit an earlier run's global model versions
+    and the profile's Kafka topics), then prints one line
     "profile OK: ..." and returns EXIT_OK. A failed check raises as the command would (ConfigError,
     UsageError: exit 2; ServiceUnreachable: exit 3). Starts nothing, changes no output, and does
     not contact the session cluster."""
-    from streaming.cli.run import _check_inputs
+    from streaming.cli.common import resume_path
+    from streaming.cli.run import _check_inputs, _check_output
     from streaming.config.flink_options import job_jars
 
     settings = load_settings(args.config, args.overrides)
     records = _check_inputs(settings)
     job_jars(settings)
     resume = ""
-    if args.command == "submit":
-        from streaming.cli.cluster import _check_kafka_topics, _resume_path
+    if args.from_path is not None:
+        resume = f", resuming from {resume_path(args.from_path, settings, f'{args.command} --from')}"
+    if args.command == "run":
+        _check_output(settings)
+    else:
+        from streaming.cli.cluster import _check_kafka_topics
         from streaming.config.global_settings import check_no_earlier_versions
 
-        if args.from_path is not None:
-            resume = f", resuming from {_resume_path(args.from_path, settings)}"
-        else:
+        if args.from_path is None:
             check_no_earlier_versions(settings)
         _check_kafka_topics(settings)
     source, output, kafka = settings.source, settings.output, settings.kafka

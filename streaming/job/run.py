@@ -4,11 +4,10 @@ client `flink run` starts on a session cluster; Ctrl-C stops it with a savepoint
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 from pyflink.common import CompletableFuture, JobClient, JobExecutionResult
 from pyflink.datastream import StreamExecutionEnvironment
@@ -61,7 +60,8 @@ class JobRun(NamedTuple):
         return self.ending != "finished"
 
 
-def run_job(settings: Settings) -> JobRun:
+def run_job(settings: Settings, restore_from: str | None = None,
+            on_started: Callable[[JobClient], None] | None = None) -> JobRun:
     """Builds and runs the job until its input ends (never, for a watched directory) or Ctrl-C.
 
     Ctrl-C (SIGINT) stops the job with a savepoint in `checkpointing.savepoint_directory`, so the
@@ -69,13 +69,20 @@ def run_job(settings: Settings) -> JobRun:
     before the job is running raises KeyboardInterrupt, and whatever was being started ends with
     this process (PyFlink's gateway JVM exits when its Python process does). Call from the main
     thread, which gets SIGINT: elsewhere Ctrl-C is not handled here. A failed job raises, as before.
-    The job starts afresh: a global model versions folder of an earlier run raises ConfigError.
-    Returns how the run ended (JobRun).
+    With `restore_from` (a savepoint or retained checkpoint) the job resumes from it, as `flink run -s`
+    does; without, it starts afresh: a global model versions folder of an earlier run raises
+    ConfigError. `on_started` is called with the job's client once the job is submitted (on this
+    thread). Returns how the run ended (JobRun); records_read counts this run's reading only.
     """
-    check_no_earlier_versions(settings)
+    if restore_from is None:
+        check_no_earlier_versions(settings)
     started = time.perf_counter()
+    # The calls into the JVM, the accumulator reads at the end included, happen inside this block:
+    # a Ctrl-C during one would otherwise break py4j's connection and make it print tracebacks.
     with CtrlCPresses() as ctrl_c:
-        client = _start_unless_interrupted(settings, ctrl_c)
+        client = _start_unless_interrupted(settings, ctrl_c, restore_from)
+        if on_started is not None:
+            on_started(client)
         result = client.get_job_execution_result()
         while not result.done() and not ctrl_c.count:
             time.sleep(POLL_SECONDS)
@@ -84,8 +91,16 @@ def run_job(settings: Settings) -> JobRun:
         else:
             ending, savepoint = _stop(client, result, settings.checkpointing.savepoint_directory, ctrl_c)
         counts = None if ending == "cancelled" else result.result()
-    return JobRun(time.perf_counter() - started, _accumulated(counts, RECORDS_READ_ACCUMULATOR), ending, savepoint,
-                  _accumulated(counts, LABELS_READ_ACCUMULATOR))
+        records_read, labels_read = (_accumulated(counts, RECORDS_READ_ACCUMULATOR),
+                                     _accumulated(counts, LABELS_READ_ACCUMULATOR))
+    return JobRun(time.perf_counter() - started, records_read, ending, savepoint, labels_read)
+
+
+def records_read_so_far(client: JobClient) -> int | None:
+    """What the job's source has read so far, as the TaskManagers last reported it to the job
+    (with their heartbeats, every few seconds); None before their first report."""
+    count = client.get_accumulators().result().get(RECORDS_READ_ACCUMULATOR)
+    return None if count is None else int(count)
 
 
 class CtrlCPresses:
@@ -117,7 +132,7 @@ class CtrlCPresses:
         self.count += 1
 
 
-def _start_unless_interrupted(settings: Settings, ctrl_c: CtrlCPresses) -> JobClient:
+def _start_unless_interrupted(settings: Settings, ctrl_c: CtrlCPresses, restore_from: str | None) -> JobClient:
     """start_job, unless Ctrl-C comes first: then raises KeyboardInterrupt.
 
     PyFlink's gateway JVM is launched first, on this thread (about 2 s): once connected, it exits
@@ -132,7 +147,7 @@ def _start_unless_interrupted(settings: Settings, ctrl_c: CtrlCPresses) -> JobCl
 
     def start() -> None:
         try:
-            outcome.append(start_job(settings))
+            outcome.append(start_job(settings, restore_from))
         except BaseException as error:  # handed to the waiting thread, which raises it
             outcome.append(error)
 
@@ -199,7 +214,8 @@ def _java_reason(error: Exception) -> str:
 
 
 def _tell_user(message: str) -> None:
-    print(f"riskstream: {message}", file=sys.stderr, flush=True)
+    """What the run is doing, on stdout: stderr is for the one line that says how a run failed or ended."""
+    print(f"riskstream: {message}", flush=True)
 
 
 def start_job(settings: Settings, restore_from: str | None = None) -> JobClient:

@@ -3,6 +3,8 @@ prequential quality."""
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 import time
 from collections import Counter
@@ -38,6 +40,21 @@ def committed_parts(folder: Path) -> Iterator[Path]:
     for part in sorted(folder.iterdir()):
         if not part.name.startswith(".") and part.is_file():
             yield part
+
+
+def uncommitted_line_count(folder: Path) -> int:
+    """How many whole lines the in-progress and pending part files of a FileSink folder hold now:
+    written by the job, not yet committed (a checkpoint commits them; a restart may drop them)."""
+    if not folder.is_dir():
+        return 0
+    lines = 0
+    for part in folder.iterdir():
+        if part.name.startswith("."):
+            try:
+                lines += part.read_bytes().count(b"\n")
+            except OSError:  # committed (renamed) or dropped meanwhile
+                pass
+    return lines
 
 
 def committed_lines(folder: Path) -> Iterator[dict[str, Any]]:
@@ -84,17 +101,52 @@ def count_file_records(paths: list[str] | tuple[str, ...]) -> int:
     return sum(1 for path in paths for _ in file_records(path))
 
 
+# A pause longer than this between two records the job processed, in milliseconds, is time it
+# waited for input (a watched folder between files, the break between a stopped run and its
+# resumption), and is not counted as reading time.
+IDLE_GAP_MS = 5_000
+
+# The values a dead letter's reason quotes: quoted text, hex bytes and numbers (incl. signed, decimal).
+_REASON_VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|0x[0-9a-fA-F]+|(?<![\w-])-?\d+(?:\.\d+)?\b")
+
+
+# How many kinds of dead-letter reason the printed summary names, most frequent first.
+TOP_REASONS = 3
+
+
+def reason_kind(reason: str) -> str:
+    """A dead letter's reason without the values it quotes, so that reasons of one kind count
+    together: "channel 'fax' is not one of ..." and "channel 'telex' ..." are both
+    "channel … is not one of ..."."""
+    return _REASON_VALUE.sub("…", reason)
+
+
+def reading_seconds(processed_at_ms: Iterable[int]) -> float:
+    """How long the job was processing records, in seconds, from the processing times (epoch ms) of
+    its outputs: the sum of the gaps between consecutive times, leaving out gaps over IDLE_GAP_MS
+    (waiting for input). Start-up, and the wait for Ctrl-C after the input ended, are not in it."""
+    times = sorted(processed_at_ms)
+    return sum(gap for gap in (b - a for a, b in zip(times, times[1:])) if gap <= IDLE_GAP_MS) / 1000
+
+
 @dataclass
 class RunSummary:
-    records_read: int
+    records_read: int | None  # None: not known (a run resumed from a restore point that holds no count)
     scored: int
     dead_lettered: int
     dead_letters_by_stage: Counter = field(default_factory=Counter)
+    dead_letters_by_reason: Counter = field(default_factory=Counter)  # by reason_kind
     log_loss: float = float("nan")
     roc_auc: float = float("nan")
     labelled: int = 0
     keys: int = 0
     wall_seconds: float = 0.0
+    # The time the job spent processing records (reading_seconds), and how many records the input
+    # files hold (None for a watched folder or Kafka), so a run stopped early says "N of M".
+    reading_seconds: float = 0.0
+    records_in_input: int | None = None
+    # The output folders the run has written (OUTPUTS names): the summary points only to those.
+    folders: frozenset = frozenset()
     # With analytics on: window lines written, and late lines (one per record and window size it
     # was late for); None when analytics were off.
     windows: int | None = None
@@ -118,46 +170,105 @@ class RunSummary:
 
     @property
     def reconciled(self) -> bool:
-        return self.records_read == self.scored + self.dead_lettered and (self.labels_pending or 0) >= 0
+        """read = scored + dead-lettered (not checked when records_read is not known), and no label
+        accounted twice."""
+        read_accounted = self.records_read is None or self.records_read == self.scored + self.dead_lettered
+        return read_accounted and (self.labels_pending or 0) >= 0
+
+    @property
+    def records_per_second(self) -> float:
+        """Records processed (scored or dead-lettered) per second of reading_seconds; 0 when too few to time."""
+        return (self.scored + self.dead_lettered) / self.reading_seconds if self.reading_seconds else 0.0
+
+    def _see(self, folder: str) -> str:
+        return f"see {folder}/" if folder in self.folders else f"no {folder}/ written"
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{stage} {n}" for stage, n in sorted(self.dead_letters_by_stage.items())) or "none"
-        rate = self.records_read / self.wall_seconds if self.wall_seconds else 0.0
+        reasons = [f"{'  by reason' if i == 0 else '':<18}{n:>12,}   {reason}"
+                   for i, (reason, n) in enumerate(self.dead_letters_by_reason.most_common(TOP_REASONS))]
+        more = len(self.dead_letters_by_reason) - TOP_REASONS
+        if more > 0:
+            reasons.append(f"{'':<33}and {more} other reason{'s' if more > 1 else ''} (--summary-json lists all)")
+        if self.records_read is None:
+            read = f"{'unknown':>12}   (the restore point holds no count of the records read before it)"
+        else:
+            read = f"{self.records_read:>12,}"
+            if self.records_in_input is not None and self.records_read < self.records_in_input:
+                read += f"   of {self.records_in_input:,} in the input (stopped before its end)"
+        accounting = ("not checked (records read unknown)" if self.records_read is None else
+                      "read = scored + dead-lettered" if self.reconciled else "MISMATCH")
         return [
-            f"records read      {self.records_read:>12,}",
+            f"records read      {read}",
             f"scored            {self.scored:>12,}   ({self.keys} model keys)",
             f"dead-lettered     {self.dead_lettered:>12,}   (by stage: {stages})",
-            f"accounting        {'read = scored + dead-lettered' if self.reconciled else 'MISMATCH'}",
+        ] + reasons + [
+            f"accounting        {accounting}",
             f"prequential       log loss {self.log_loss:.4f}, ROC AUC {self.roc_auc:.4f} over {self.labelled:,} labels",
-            f"throughput        {rate:,.0f} records/s over {self.wall_seconds:.1f} s (including start-up)",
+            f"throughput        {self.records_per_second:,.0f} records/s over {self.reading_seconds:.1f} s of reading "
+            f"({self.wall_seconds:.1f} s in all, with start-up)",
         ] + ([] if self.windows is None else [
-            f"analytics         {self.windows:,} window lines, {self.late:,} late-record lines (see late/)"]
+            f"analytics         {self.windows:,} window lines, {self.late:,} late-record lines ({self._see('late')})"]
         ) + ([] if self.labels_applied is None else self._label_lines()) + ([] if self.drift_events is None else [
-            f"drift events      {self.drift_events:>12,}   ({self.drift_keys} model keys; see drift/)"])
+            f"drift events      {self.drift_events:>12,}   ({self.drift_keys} model keys; {self._see('drift')})"])
+
+    def as_json(self) -> dict[str, Any]:
+        """The summary's figures for `riskstream run --summary-json`: counts as integers, times in
+        seconds, NaN (no labels) as null; label and drift figures only when those are on."""
+        figures = {
+            "records_read": self.records_read, "records_in_input": self.records_in_input,
+            "scored": self.scored, "dead_lettered": self.dead_lettered, "reconciled": self.reconciled,
+            "dead_letters_by_stage": dict(sorted(self.dead_letters_by_stage.items())),
+            "dead_letters_by_reason": dict(self.dead_letters_by_reason.most_common()),
+            "model_keys": self.keys, "labelled": self.labelled,
+            "log_loss": None if math.isnan(self.log_loss) else self.log_loss,
+            "roc_auc": None if math.isnan(self.roc_auc) else self.roc_auc,
+            "reading_seconds": self.reading_seconds, "records_per_second": self.records_per_second,
+            "wall_seconds": self.wall_seconds,
+        }
+        if self.windows is not None:
+            figures.update(window_lines=self.windows, late_lines=self.late)
+        if self.labels_applied is not None:
+            figures.update(labels_read=self.labels_read, labels_applied=self.labels_applied,
+                           labels_dead_lettered=dict(sorted(self.labels_dead_lettered.items())),
+                           labels_pending=self.labels_pending)
+        if self.drift_events is not None:
+            figures.update(drift_events=self.drift_events, drift_keys=self.drift_keys)
+        return figures
 
     def _label_lines(self) -> list[str]:
         outcomes = ", ".join(f"{name} {n}" for name, n in sorted(self.labels_dead_lettered.items())) or "none"
         read = "not counted" if self.labels_read is None else f"{self.labels_read:,}"
         return [
             f"labels read       {read:>12}",
-            f"labels applied    {self.labels_applied:>12,}   (see learning/)",
+            f"labels applied    {self.labels_applied:>12,}   ({self._see('learning')})",
             f"labels dead-lettered {sum(self.labels_dead_lettered.values()):>9,}   (by outcome or stage: {outcomes})",
             f"labels pending    {self.labels_pending if self.labels_pending is not None else 'unknown':>12}   "
             "(read = applied + dead-lettered + pending)",
         ]
 
 
-def summarize(output: Path, records_read: int, wall_seconds: float, labels_streamed: bool = False,
-              labels_read: int | None = None, drift_on: bool = False) -> RunSummary:
+def summarize(output: Path, records_read: int | None, wall_seconds: float, labels_streamed: bool = False,
+              labels_read: int | None = None, drift_on: bool = False,
+              records_in_input: int | None = None) -> RunSummary:
     """The summary of a finished run from its committed outputs; with `labels_streamed` (labels.mode
     stream or both) also its labels', `labels_read` being what the label source read (None: not known);
-    with `drift_on` (model.drift.detector not none) its drift events'."""
+    with `drift_on` (model.drift.detector not none) its drift events'. `records_read` None: not known;
+    `records_in_input`: what the input files hold (None for other sources)."""
     pairs = []
     keys = set()
+    processed_at = []  # epoch ms of every committed score and dead letter
     for score in committed_lines(output / "scores"):
         pairs.append((score["score"], score["label"]))
         keys.add(score["model_key"])
-    stages = Counter(letter["stage"] for letter in committed_lines(output / "dead-letters"))
+        if "scored_at" in score:
+            processed_at.append(score["scored_at"])
+    stages, reasons = Counter(), Counter()
+    for letter in committed_lines(output / "dead-letters"):
+        stages[letter["stage"]] += 1
+        reasons[reason_kind(letter.get("reason", ""))] += 1
+        if "received_at" in letter:
+            processed_at.append(letter["received_at"])
     scores, labels = labelled(pairs)
     analytics = (output / "analytics").is_dir()
     drifted = [event["model_key"] for event in committed_lines(output / "drift")] if drift_on else []
@@ -166,11 +277,15 @@ def summarize(output: Path, records_read: int, wall_seconds: float, labels_strea
         scored=len(pairs),
         dead_lettered=sum(stages.values()),
         dead_letters_by_stage=stages,
+        dead_letters_by_reason=reasons,
         log_loss=log_loss(scores, labels),
         roc_auc=roc_auc(scores, labels),
         labelled=len(labels),
         keys=len(keys),
         wall_seconds=wall_seconds,
+        reading_seconds=reading_seconds(processed_at),
+        records_in_input=records_in_input,
+        folders=frozenset(name for name in OUTPUTS if (output / name).is_dir()),
         windows=sum(1 for _ in committed_lines(output / "analytics")) if analytics else None,
         late=sum(1 for _ in committed_lines(output / "late")) if analytics else None,
         **(_label_figures(output, labels_read) if labels_streamed else {}),
@@ -227,6 +342,7 @@ class RunOutputs:
     def __init__(self, folder: Path):
         self.folder = folder
         self.aside = folder / ".previous"
+        self.had_previous = False  # whether set_previous_aside found a previous run's outputs
 
     def set_previous_aside(self) -> None:
         if self.aside.exists():  # a run that was killed before it could put them back
@@ -235,6 +351,7 @@ class RunOutputs:
         for name in RUN_FILES:
             if (self.folder / name).exists():
                 (self.folder / name).rename(self.aside / name)
+                self.had_previous = True
 
     def restore_previous(self) -> None:
         """Deletes this run's outputs and puts the previous run's back."""

@@ -4,6 +4,7 @@ what it does with a previous run's outputs, and the README's "Commands" block as
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -11,8 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
-from streaming.reporting.outputs import committed_lines, read_run_record
+from streaming.reporting.outputs import committed_lines, read_run_record, reason_kind
+from tests.analytics_reference import analytics_overrides
 from tests.cli import PROJECT, assert_one_line_failure, riskstream, shell, tree_bytes
 from udfs.generator import GeneratorSettings, generate
 
@@ -92,6 +95,16 @@ def test_a_run_whose_job_fails_keeps_the_previous_outputs_byte_for_byte(tmp_path
     assert "a-file" in log.read_text()
 
 
+def test_a_failed_job_on_a_fresh_output_folder_does_not_speak_of_previous_outputs(tmp_path):
+    (tmp_path / "tx.jsonl").write_bytes(b"\n".join(generate(GeneratorSettings(records=200, seed=5))) + b"\n")
+    (tmp_path / "a-file").write_text("")  # checkpoints cannot go below a file: the job fails as it starts
+
+    done = riskstream("run", "--config", LOCAL, "--set", "source.paths=[tx.jsonl]", "--set", "output.path=out",
+                      "--set", "checkpointing.directory=a-file/checkpoints", cwd=tmp_path)
+    line = assert_one_line_failure(done, 1, "the job failed", "a-file")
+    assert "previous outputs" not in line
+
+
 def readme_commands() -> list[str]:
     """The commands of the README's "Commands" section, as written."""
     readme = (PROJECT / "README.md").read_text(encoding="utf-8")
@@ -141,3 +154,41 @@ def test_run_prints_its_committed_progress_while_the_job_runs(tmp_path):
     letters = list(committed_lines(tmp_path / "out" / "dead-letters"))
     assert progress[-1][0] <= len(scores) and progress[-1][1] <= len(letters)
     assert len(scores) + len(letters) == len(lines)
+
+
+def test_a_run_shorter_than_its_first_checkpoint_shows_what_it_read_and_writes_its_summary_as_json(tmp_path):
+    """Before the first checkpoint nothing is committed: the progress line still says what the
+    source has read and what the job has written. With analytics on and no late record, the summary points to no late/ folder.
+    --summary-json holds the printed figures, dead letters by reason too, and the throughput is
+    over the time the job was reading (the source is held to 120 records/s: about 30 s)."""
+    lines = list(generate(GeneratorSettings(records=3600, seed=34, malformed_share=0.05, mean_gap_ms=50)))
+    (tmp_path / "tx.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    analytics = [option for setting in analytics_overrides() for option in ("--set", setting)]
+    done = riskstream("run", "--config", LOCAL, "--set", "source.paths=[tx.jsonl]", "--set", "output.path=out",
+                      "--set", "checkpointing.directory=checkpoints", "--set", "checkpointing.interval_ms=600000",
+                      "--set", "source.max_records_per_second=120", *analytics, "--summary-json", "summary.json",
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.strip() == "", done.stderr[-3000:]
+    progress = [tuple(map(number, figures)) for figures in re.findall(
+        r"read so far: ([\d,]+); written: ([\d,]+) scored, [\d,]+ dead-lettered; committed so far: ([\d,]+) scored",
+        done.stdout)]
+    assert any(read > 0 and written > 0 and committed == 0 for read, written, committed in progress), done.stdout
+
+    out = tmp_path / "out"
+    scores, letters = list(committed_lines(out / "scores")), list(committed_lines(out / "dead-letters"))
+    assert not (out / "late").exists()
+    assert re.search(r"analytics .* 0 late-record lines \(no late/ written\)", done.stdout), done.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    figures = summary_figures(done.stdout)
+    assert summary["records_read"] == number(figures["records read"]) == len(lines) == summary["records_in_input"]
+    assert (summary["scored"], summary["dead_lettered"]) == (len(scores), len(letters))
+    assert summary["reconciled"] and summary["ending"] == "finished" and summary["savepoint"] is None
+    assert summary["dead_letters_by_stage"] == dict(sorted(Counter(letter["stage"] for letter in letters).items()))
+    assert summary["dead_letters_by_reason"] == dict(Counter(reason_kind(letter["reason"]) for letter in letters))
+    assert summary["late_lines"] == 0 and summary["window_lines"] > 0
+    # Reading took about 30 s at that rate, and start-up (a mini-cluster and its Python workers) is left out.
+    assert 20 <= summary["reading_seconds"] <= summary["wall_seconds"] - 5
+    assert summary["records_per_second"] == pytest.approx(len(lines) / summary["reading_seconds"])
+    assert re.search(r"throughput .* records/s over [\d.]+ s of reading \([\d.]+ s in all, with start-up\)",
+                     done.stdout), done.stdout

@@ -9,6 +9,7 @@ files it must equal the lines of the files."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streaming.reporting.outputs import committed_lines, count_file_records
+from streaming.cli.run import READ_COUNTS_FILE
+from streaming.reporting.outputs import committed_lines, committed_parts, count_file_records
 from tests.cli import RISKSTREAM, assert_one_line_failure, user_environment
 from tests.integration.conftest import LOCAL_PROFILE
 from tests.integration.test_cli_run import number, summary_figures
@@ -33,35 +35,26 @@ RECORDS_PER_SECOND = 40
 LONG_FILE = 2000
 
 
-class WatchingRun:
-    """`riskstream run` on a watched folder under `workdir`, in a session of its own (so its process
-    group is the command's, as in a terminal); what it prints goes to files, so nothing it leaves
-    behind can hold a pipe open."""
+class BackgroundRun:
+    """`riskstream run` under `workdir` (outputs, checkpoints and savepoints there) with `settings`
+    (--set) and `options`, in a session of its own (so its process group is the command's, as in a
+    terminal); what it prints goes to files named after `name`, so nothing it leaves behind can hold
+    a pipe open. `files`: the input files' lines by name, for `accounted_lines`."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, settings: list[str], options: tuple[str, ...] = (), name: str = "run"):
         self.workdir = workdir
-        self.incoming = workdir / "incoming"
         self.out = workdir / "out"
-        self.incoming.mkdir(parents=True)
-        self.stdout_path, self.stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
-        command = [str(RISKSTREAM), "run", "--config", str(LOCAL_PROFILE)]
-        for setting in ("source.kind=directory", f"source.directory={self.incoming}",
-                        "source.discovery_interval_ms=200", f"source.max_records_per_second={RECORDS_PER_SECOND}",
-                        f"output.path={self.out}", f"checkpointing.directory={workdir / 'checkpoints'}",
-                        f"checkpointing.savepoint_directory={workdir / 'savepoints'}", "checkpointing.interval_ms=500"):
+        self.stdout_path, self.stderr_path = workdir / f"{name}-stdout.txt", workdir / f"{name}-stderr.txt"
+        command = [str(RISKSTREAM), "run", "--config", str(LOCAL_PROFILE), *options]
+        for setting in (f"source.max_records_per_second={RECORDS_PER_SECOND}", f"output.path={self.out}",
+                        f"checkpointing.directory={workdir / 'checkpoints'}",
+                        f"checkpointing.savepoint_directory={workdir / 'savepoints'}", "checkpointing.interval_ms=500",
+                        *settings):
             command += ["--set", setting]
         with self.stdout_path.open("wb") as stdout, self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(command, cwd=workdir, env=user_environment(), stdout=stdout,
                                             stderr=stderr, start_new_session=True, preexec_fn=default_sigint)
         self.files: dict[str, list[bytes]] = {}
-
-    def drop(self, name: str, lines: list[bytes]) -> None:
-        """Puts a file into the watched folder at once: written under a hidden name (the source
-        skips those), then renamed."""
-        hidden = self.incoming / f".{name}"
-        hidden.write_bytes(b"".join(line + b"\n" for line in lines))
-        hidden.rename(self.incoming / name)
-        self.files[name] = lines
 
     def ctrl_c(self) -> None:
         os.killpg(self.process.pid, signal.SIGINT)
@@ -136,6 +129,24 @@ class WatchingRun:
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait(timeout=30)
+
+
+class WatchingRun(BackgroundRun):
+    """A BackgroundRun watching the folder `workdir/incoming`, into which `drop` puts files."""
+
+    def __init__(self, workdir: Path):
+        self.incoming = workdir / "incoming"
+        self.incoming.mkdir(parents=True)
+        super().__init__(workdir, ["source.kind=directory", f"source.directory={self.incoming}",
+                                   "source.discovery_interval_ms=200"])
+
+    def drop(self, name: str, lines: list[bytes]) -> None:
+        """Puts a file into the watched folder at once: written under a hidden name (the source
+        skips those), then renamed."""
+        hidden = self.incoming / f".{name}"
+        hidden.write_bytes(b"".join(line + b"\n" for line in lines))
+        hidden.rename(self.incoming / name)
+        self.files[name] = lines
 
 
 def default_sigint() -> None:
@@ -266,3 +277,101 @@ def test_records_read_counts_every_line_of_the_input_files(shared_run):
     assert job_run.records_read == count_file_records(settings.source.paths) == \
         sum(map(len, shared_run.inputs.values()))
     assert len(shared_run.outputs.scores) + len(shared_run.outputs.dead_letters) == job_run.records_read
+
+
+def file_run(workdir: Path, lines: list[bytes], *options: str, settings: tuple[str, ...] = (),
+             name: str = "run") -> BackgroundRun:
+    """A BackgroundRun of `riskstream run` on the file `workdir/tx.jsonl`, which holds `lines`."""
+    path = workdir / "tx.jsonl"
+    if not path.exists():
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
+    run = BackgroundRun(workdir, ["source.paths=[tx.jsonl]", *settings], options, name)
+    run.files["tx.jsonl"] = lines
+    return run
+
+
+def test_a_second_ctrl_c_half_a_second_after_the_first_ends_a_file_run_in_one_line(tmp_path):
+    """As a user presses it: the second Ctrl-C cancels the job, or, when the savepoint was quicker,
+    lands after the job stopped; either way one line, no py4j traceback, and whole checkpoints."""
+    run = file_run(tmp_path, transactions(seed=73, records=LONG_FILE))
+    try:
+        run.wait_until(lambda: len(run.accounted_lines()) > 0, 180, "committed record")
+        run.ctrl_c()
+        time.sleep(0.5)
+        run.ctrl_c()
+        done = run.finish()
+        line = assert_one_line_failure(done, 130)
+        assert "cancelled" in line or "stopped with savepoint" in line, line
+        prefixes = assert_each_file_accounted_as_a_prefix(run.accounted_lines(), run.files)
+        assert 1 <= prefixes["tx.jsonl"] < LONG_FILE
+        if "stopped with savepoint" in line:  # everything read before the savepoint is committed
+            figures = summary_figures(done.stdout)
+            assert figures["accounting"] == "read = scored + dead-lettered"
+            assert number(figures["records read"]) == prefixes["tx.jsonl"]
+        run.assert_no_process_left()
+    finally:
+        run.kill()
+
+
+def test_a_file_run_stopped_with_ctrl_c_resumes_from_its_savepoint_and_both_parts_reconcile(tmp_path):
+    records = LONG_FILE  # the Ctrl-C lands part way through the file; the resumed run reads the rest at full speed
+    lines = transactions(seed=75, records=records)
+    first = file_run(tmp_path, lines, name="first")
+    try:
+        first.wait_until(lambda: len(first.accounted_lines()) > 0, 180, "committed record")
+        first.ctrl_c()
+        stopped = first.finish()
+        first.assert_no_process_left()
+    finally:
+        first.kill()
+    line = assert_one_line_failure(stopped, 130, "stopped with savepoint", "riskstream run --from ")
+    savepoint = line.rsplit("riskstream run --from ", 1)[1].rstrip("`")
+    figures = summary_figures(stopped.stdout)
+    read_first = number(figures["records read"])
+    assert 0 < read_first < records
+    assert f"{read_first:,}   of {records:,} in the input" in stopped.stdout, stopped.stdout
+    assert figures["accounting"] == "read = scored + dead-lettered"
+    assert json.loads((Path(savepoint) / READ_COUNTS_FILE).read_text())["records_read"] == read_first
+    first_parts = {part.relative_to(first.out): part.read_bytes() for folder in ("scores", "dead-letters")
+                   for part in committed_parts(first.out / folder)}
+
+    second = file_run(tmp_path, lines, "--from", savepoint, "--summary-json", "summary.json", name="second",
+                      settings=("source.max_records_per_second=null",))
+    try:
+        resumed = second.finish(timeout_s=180)
+    finally:
+        second.kill()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stdout + resumed.stderr
+    figures = summary_figures(resumed.stdout)
+    assert number(figures["records read"]) == records and figures["accounting"] == "read = scored + dead-lettered"
+    # The resumed run continued the first one's outputs: they are still there, none set aside, and
+    # together the two parts hold every record of the file once.
+    assert not (second.out / ".previous").exists()
+    assert all((second.out / part).read_bytes() == data for part, data in first_parts.items())
+    assert assert_each_file_accounted_as_a_prefix(second.accounted_lines(), second.files) == {"tx.jsonl": records}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["ending"], summary["resumed_from"], summary["records_read"]) == ("finished", savepoint, records)
+    assert summary["scored"] + summary["dead_lettered"] == records and summary["reconciled"]
+
+
+def test_ctrl_c_after_the_job_has_ended_changes_nothing(tmp_path):
+    """Ctrl-C pressed again and again from the moment the summary is out until the command has
+    exited: the run still ends as it would have (exit 0), with no py4j traceback (as the process
+    exits, PyFlink's Java objects are released with calls into the JVM)."""
+    run = file_run(tmp_path, transactions(seed=77, records=300), settings=("source.max_records_per_second=null",))
+    try:
+        run.wait_until(lambda: "outputs in " in run.stdout(), 180, "the summary")
+        while run.process.poll() is None:
+            try:
+                run.ctrl_c()
+            except ProcessLookupError:  # the whole group has ended
+                break
+            time.sleep(0.02)
+        done = run.finish()
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stderr.strip() == "", done.stderr[-3000:]
+        assert summary_figures(done.stdout)["accounting"] == "read = scored + dead-lettered"
+        run.assert_no_process_left()
+    finally:
+        run.kill()

@@ -70,6 +70,39 @@ def test_run_on_inputs_without_records_fails_instead_of_printing_nan(tmp_path, p
     assert tree_bytes(out) == before
 
 
+@pytest.mark.parametrize("output", ["a-file", "a-file/out"])
+def test_run_into_an_output_path_that_is_a_file_names_the_setting(tmp_path, output):
+    (tmp_path / "tx.jsonl").write_text('{"txn_id": "t1"}\n')
+    (tmp_path / "a-file").write_text("not a folder\n")
+    done = run_on(tmp_path, output, "tx.jsonl")
+    assert_one_line_failure(done, 2, "output.path", str(tmp_path / "a-file"), "is a file, not a folder")
+    assert (tmp_path / "a-file").read_text() == "not a folder\n" and sorted(tmp_path.iterdir()) == [
+        tmp_path / "a-file", tmp_path / "tx.jsonl"]
+
+
+@pytest.mark.parametrize("options, phrases", [
+    (["--from", "no-such-savepoint"], ["run --from", "no-such-savepoint", "does not exist"]),
+    (["--from", "latest", "--set", "checkpointing.savepoint_directory=sp", "--set", "checkpointing.directory=cp"],
+     ["run --from latest", "no savepoint or retained checkpoint"]),
+    (["--summary-json", "no-such-folder/summary.json"], ["--summary-json", "no-such-folder", "does not exist"]),
+    (["--summary-json", "."], ["--summary-json", "is a folder"]),
+])
+def test_run_with_a_bad_from_or_summary_json_names_the_option(tmp_path, previous_outputs, options, phrases):
+    out, before = previous_outputs
+    (tmp_path / "tx.jsonl").write_text('{"txn_id": "t1"}\n')
+    done = riskstream("run", "--config", LOCAL, "--set", "source.paths=[tx.jsonl]", "--set", f"output.path={out}",
+                      *options, cwd=tmp_path)
+    assert_one_line_failure(done, 2, *phrases)
+    assert tree_bytes(out) == before
+
+
+def test_run_help_shows_from_and_summary_json_with_their_defaults(tmp_path):
+    helped = " ".join(riskstream("run", "--help", cwd=tmp_path).stdout.split())
+    assert "--from PATH resume from this savepoint" in helped and "(default: start afresh)" in helped
+    assert "--summary-json FILE also write the run summary to FILE as JSON" in helped
+    assert "default: not written" in helped
+
+
 def test_run_on_a_missing_watched_folder_names_the_setting(tmp_path):
     done = riskstream("run", "--config", LOCAL, "--set", "source.kind=directory",
                       "--set", "source.directory=nowhere", cwd=tmp_path)
