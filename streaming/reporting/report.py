@@ -332,8 +332,13 @@ def _draw_amounts(figure, table: Table) -> None:
         axes.set_xlabel(f"amount ({currency})")
         axes.set_ylabel("transactions")
         axes.legend(fontsize="x-small")
-    if len(currencies) > MAX_PANELS:
-        figure.text(0.99, 0.01, f"{len(currencies) - MAX_PANELS} more currencies in the CSV", ha="right",
+    _note_panels_left_out(figure, len(currencies))
+
+
+def _note_panels_left_out(figure, currencies: int) -> None:
+    """Says, in the figure's corner, how many currencies had no panel (only MAX_PANELS are drawn)."""
+    if currencies > MAX_PANELS:
+        figure.text(0.99, 0.01, f"{currencies - MAX_PANELS} more currencies in the CSV", ha="right",
                     fontsize="x-small")
 
 
@@ -397,9 +402,7 @@ def _draw_analytics_amounts(figure, table: Table) -> None:
         axes.set_yscale("log")
         axes.set_ylabel(f"amount ({currency}) per {_window_name(rows[0][1])}", fontsize="small")
         axes.legend(fontsize="x-small")
-    if len(currencies) > MAX_PANELS:
-        figure.text(0.99, 0.01, f"{len(currencies) - MAX_PANELS} more currencies in the CSV", ha="right",
-                    fontsize="x-small")
+    _note_panels_left_out(figure, len(currencies))
 
 
 def _draw_late(figure, table: Table) -> None:

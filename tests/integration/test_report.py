@@ -4,31 +4,19 @@ and headline figure."""
 
 from __future__ import annotations
 
-import csv
 import math
-import struct
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from streaming.reporting.report import PLOT_HEIGHT_PX, PLOT_WIDTH_PX
 from tests.cli import riskstream
+from tests.report_files import csv_rows, png_size
 from udfs.report_tables import OTHER, TOP_GROUPS, report_window_ms
 
 PLOTS = ("learning_curve", "fraud_rate_by_category", "amount_distribution", "score_distribution",
          "records_per_minute", "dead_letters_by_stage")
 
-
-def csv_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as rows:
-        return list(csv.DictReader(rows))
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
 
 
 def test_report_of_a_run(tmp_path, shared_run):

@@ -6,10 +6,8 @@ the previous run's report and run record."""
 
 from __future__ import annotations
 
-import csv
 import random
 import re
-import struct
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from streaming.config import load_settings
 from streaming.reporting.outputs import RUN_RECORD, RunOutputs, read_run_record, write_run_record
 from streaming.reporting.report import PLOT_WIDTH_PX
 from tests.cli import PROJECT, assert_one_line_failure, riskstream
+from tests.report_files import csv_rows, png_size
 from udfs.cleaning import epoch_millis
 from udfs.generator import GeneratorSettings, drift_index
 from udfs.report_tables import OTHER, TOP_GROUPS, report_window_ms
@@ -113,16 +112,6 @@ def report(tmp_path_factory):
     assert done.returncode == 0 and not done.stderr, done.stderr[-3000:]  # no warning from the plotting either
     return run, out / "report", done
 
-
-def csv_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as rows:
-        return list(csv.DictReader(rows))
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
 
 
 def test_every_plot_is_an_image_with_its_csv_and_on_the_page(report):
