@@ -202,8 +202,10 @@ def drill_overrides(state_dir: Path, records_per_second: int = 1000) -> list[str
             f"checkpointing.directory={state_dir / 'checkpoints'}",
             f"checkpointing.savepoint_directory={state_dir / 'savepoints'}",
             "checkpointing.interval_ms=1000",
-            # Each kill or broker restart costs one restart; leave room for a few more.
-            "checkpointing.restart={strategy: fixed-delay, attempts: 20, delay_ms: 1000}"]
+            # Each kill or broker restart costs one restart, and so does every second without the
+            # slots: until a killed TaskManager's replacement has registered (5 to 20 s on this
+            # 2-core machine under load), each attempt fails at once. 20 attempts ran out once.
+            "checkpointing.restart={strategy: fixed-delay, attempts: 120, delay_ms: 1000}"]
 
 
 def submit(local: local_cluster.LocalCluster, overrides: list[str], from_path: str | None = None) -> str:
