@@ -42,8 +42,40 @@ def test_an_input_the_kills_could_outrun_is_refused_before_anything_runs():
 
 def test_run_with_kills_refuses_an_input_too_short_for_every_try():
     overrides = drill.drill_overrides(Path("/tmp/drill"), 1000)
-    with pytest.raises(drill.DrillError, match="9 kills"):
+    with pytest.raises(drill.DrillError, match=r"5 kills \(3 points and 2 retries\)"):
         drill.run_with_kills(None, overrides, min_attempt_records=2000, input_records=20_000)  # never reaches a cluster
+
+
+@pytest.mark.parametrize("landed, outcome", [
+    ("cXcc", "ok"),  # one miss at the second point: retried
+    ("XXccc", "ok"),  # both retries spent on the first point
+    ("cXXX", "DrillError"),  # a third miss exceeds the 2 retries
+])
+def test_the_retries_are_one_budget_for_every_point(monkeypatch, landed, outcome):
+    """Each kill that misses its point is tried again until the misses exceed `retries`, wherever
+    they happen; `landed` says, kill by kill, whether Flink confirms it (c) or not (X)."""
+    verdicts = iter(landed)
+    tried = []
+
+    def kill_and_restore(local, watch, point, *_):
+        kill = drill.Kill(point=point, at_ms=0, attempt_records=0, completed_before=None, in_progress_before=None,
+                          confirmed=next(verdicts) == "c")
+        watch.run.kills.append(kill)
+        tried.append(point)
+        return kill
+
+    monkeypatch.setattr(drill, "submit", lambda local, overrides: "job")
+    monkeypatch.setattr(drill, "_kill_and_restore", kill_and_restore)
+    monkeypatch.setattr(drill.Watch, "__init__", lambda self, local, run: setattr(self, "run", run))
+    monkeypatch.setattr(drill.Watch, "until_finished", lambda self, timeout_s: None)
+    if outcome == "DrillError":
+        with pytest.raises(drill.DrillError, match="3 kills missed their point, more than the 2 retries"):
+            drill.run_with_kills(None, [], min_attempt_records=100)
+        assert tried == ["after-checkpoint", "open-transaction", "open-transaction", "open-transaction"]
+        return
+    run = drill.run_with_kills(None, [], min_attempt_records=100)
+    assert [kill.point for kill in run.kills] == tried and len(tried) == len(landed)
+    assert [kill.point for kill in run.kills if kill.confirmed] == list(drill.KILL_POINTS)
 
 
 def vertex(name: str, status: str, read: int = 0) -> dict:
