@@ -36,9 +36,10 @@ run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream report --config conf/local.yaml --drift-at $(SAMPLE_DRIFT_AT)
 
 # The checks in order of cost, so that a mistake fails early: ruff (well under a minute), the unit
-# tier (no JVM, no services: about a minute), the Java operators' tests, then the integration tier
-# with the project's Kafka broker and session cluster, started here and stopped again whatever
-# happens (about 20 minutes). Each pytest run lists its 15 slowest tests.
+# tier (no JVM, no services; spread over every core by pytest-xdist: about two minutes on two),
+# the Java operators' tests, then the integration tier with the project's Kafka broker and session
+# cluster, started here and stopped again whatever happens (about 20 minutes, in one process: its
+# tests share the broker and the cluster). Each pytest run lists its 15 slowest tests.
 PYTEST := $(PY) -m pytest -q --durations=15
 # Starts the broker and the session cluster, runs the integration tier, and stops both on the way
 # out: on success, on failure and on Ctrl-C (the trap keeps the tests' exit status).
@@ -53,7 +54,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 
 unit: $(INSTALLED)
-	$(PYTEST) tests/unit
+	$(PYTEST) -n auto tests/unit
 
 integration: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
 	set -e; $(WITH_SERVICES); $(PYTEST) tests/integration
