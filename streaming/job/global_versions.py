@@ -65,11 +65,6 @@ def versions_by_shard(env: StreamExecutionEnvironment, settings: Settings) -> Da
         "fan-out-versions", SHARD_BATCH.get_java_type_info(), jvm.riskstream.flink.VersionFanOut(settings.performance.shards)))
 
 
-def by_shard(stream: DataStream) -> DataStream:
-    """(shard, bytes) pairs keyed by their shard."""
-    return stream.key_by(lambda shard_bytes: shard_bytes[0], key_type=Types.INT())
-
-
 def aggregated(env: StreamExecutionEnvironment, scored: DataStream, rounds: Rounds, keyed: bool) -> DataStream:
     """The version lines the aggregator publishes from the scoring operator's partials (input 1):
     with `keyed` (Kafka) `global\t<message>`, the message key first, else the message alone

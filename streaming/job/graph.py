@@ -13,13 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from pyflink.common import Configuration, Types
+from pyflink.common import Configuration
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from streaming.config import KafkaSettings, Settings
 from streaming.config.flink_options import flink_options
 from streaming.config.from_settings import global_part, global_rounds, model_scorer, transaction_reader, windowing
 from streaming.config.global_settings import VERSIONS_OUTPUT
+from streaming.job import pyflink_internals as internals
 from streaming.job.bundles import DEAD_LETTERS, DRIFT, LABEL_DEAD_LETTERS, LATE, LEARNING, ROUTES, SNAPSHOTS
 from streaming.job.connectors import json_lines_sink, kafka_sink, labels_source, transactions_source
 from streaming.job.drift import shard_drift
@@ -27,14 +28,15 @@ from streaming.job.global_versions import (
     ScoreShardWithLabelStreamAndVersions,
     ScoreShardWithVersions,
     aggregated,
-    by_shard,
     versions_by_shard,
 )
 from streaming.job.java_operators import (
     BYTES,
-    SHARD_BATCH,
+    KEYED_SHARD_BATCH,
     bundled,
     bundled_labels,
+    by_shard,
+    keyed_by_shard,
     routed_labels,
     split_lines,
     split_watermark_tagged,
@@ -88,9 +90,11 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
                            transactions_time)
     routing = LabelRouting(labels.ttl_ms, labels.mode == "both") if labels.streamed else None
     model_inputs = transactions.process(
-        ReadBundle(reader, performance.shards, keyed_output, analytics.enabled, routing), output_type=SHARD_BATCH
+        ReadBundle(reader, performance.shards, keyed_output, analytics.enabled, routing), output_type=KEYED_SHARD_BATCH
     ).name("decode-parse-clean-features").uid("decode-parse-clean-features")
-    shard_batches = model_inputs.key_by(lambda shard_batch: shard_batch[0], key_type=Types.INT())
+    # Rows with their shard in front, keyed in Java: PyFlink's key_by would add a Python operator
+    # (a third hop of every record into Python) that its chaining cannot fuse with this one.
+    shard_batches = keyed_by_shard(model_inputs)
     windows_computed = windowing(settings) if analytics.enabled else None
     drift = shard_drift(settings, scorer)
     scoring = ShardScoring(scorer, keyed_output, windows_computed, learn_inline=labels.mode != "stream", drift=drift)
@@ -100,7 +104,7 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
             settings.event_time.labels,
         ).process(ReadLabels(reader, keyed_output), output_type=BYTES).name("read-labels").uid("read-labels")
         routed, unroutable = routed_labels(
-            split_lines(model_inputs.get_side_output(ROUTES), "split-routes"), split_lines(label_lines, "split-labels"),
+            split_lines(internals.side_output(model_inputs, ROUTES), "split-routes"), split_lines(label_lines, "split-labels"),
             labels, performance.shards, bundling, settings.event_time.labels)
         rules = LabelRules(labels.ttl_ms, labels.unknown_wait_ms)
         if settings.model.uses_global:  # the versions share the second input (global_versions.py)
@@ -121,22 +125,22 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
     scored = scored.name("score-and-learn").uid("score-and-learn").slot_sharing_group("scoring")
 
     found = [Output("scores", kafka.scores_topic, without_analytics_header(scored) if analytics.enabled else scored),
-             Output("dead-letters", kafka.dead_letters_topic, model_inputs.get_side_output(DEAD_LETTERS)),
-             Output("model-snapshots", kafka.snapshots_topic, scored.get_side_output(SNAPSHOTS))]
+             Output("dead-letters", kafka.dead_letters_topic, internals.side_output(model_inputs, DEAD_LETTERS)),
+             Output("model-snapshots", kafka.snapshots_topic, internals.side_output(scored, SNAPSHOTS))]
     if analytics.enabled:
         windows = window_analytics(scored, windows_computed, keyed_output)
         found += [Output("analytics", kafka.analytics_topic, windows),
-                  Output("late", kafka.late_topic, scored.get_side_output(LATE).union(window_analytics_late(windows)))]
+                  Output("late", kafka.late_topic, internals.side_output(scored, LATE).union(window_analytics_late(windows)))]
     if drift is not None:
-        found.append(Output("drift", kafka.drift_topic, scored.get_side_output(DRIFT)))
+        found.append(Output("drift", kafka.drift_topic, internals.side_output(scored, DRIFT)))
     if settings.model.uses_global:
         found.append(Output(VERSIONS_OUTPUT, kafka.model_versions_topic,
                             aggregated(env, scored, global_rounds(settings, scorer), keyed_output), parallelism=1))
     if labels.streamed:
-        found += [Output("learning", kafka.learning_topic, scored.get_side_output(LEARNING)),
+        found += [Output("learning", kafka.learning_topic, internals.side_output(scored, LEARNING)),
                   Output("label-dead-letters", kafka.label_dead_letters_topic,
-                         label_lines.get_side_output(LABEL_DEAD_LETTERS).union(
-                             scored.get_side_output(LABEL_DEAD_LETTERS), unroutable))]
+                         internals.side_output(label_lines, LABEL_DEAD_LETTERS).union(
+                             internals.side_output(scored, LABEL_DEAD_LETTERS), unroutable))]
     return found
 
 

@@ -5,7 +5,7 @@ analytics. Each takes the settings it uses, not the whole profile."""
 from __future__ import annotations
 
 from pyflink.common import Types
-from pyflink.datastream import DataStream
+from pyflink.datastream import DataStream, KeyedStream
 
 from streaming.config.settings import Bundling, LabelSettings, WatermarkSettings
 from streaming.job import pyflink_internals as internals
@@ -15,12 +15,29 @@ from udfs.metrics import SCORE_CLIP
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 SHARD_BATCH = Types.TUPLE([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+# A shard batch with its shard in front, Row(shard, (shard, bytes)): what a keyed stream of shard
+# batches is made of (pyflink_internals.keyed_by_first_field).
+KEYED_SHARD_BATCH = Types.ROW([Types.INT(), SHARD_BATCH])
 
 
 def java_operator(stream: DataStream, name: str, build) -> DataStream:
     """Applies a Java operator from build/riskstream-flink.jar: `build(j_stream, jvm)` returns the
     new Java stream, named and with `name` as its stable uid."""
     return internals.apply_java(stream, lambda j_stream: build(j_stream, internals.jvm())).name(name).uid(name)
+
+
+def keyed_by_shard(rows: DataStream) -> KeyedStream:
+    """KEYED_SHARD_BATCH rows as shard batches keyed by their shard, keyed in Java: no Python
+    operator in between (PyFlink's key_by would add one)."""
+    return internals.keyed_by_first_field(rows, Types.INT(), SHARD_BATCH)
+
+
+def by_shard(stream: DataStream) -> KeyedStream:
+    """(shard, bytes) pairs from a Java operator (SHARD_BATCH), keyed by their shard: made rows
+    (ShardKeyed.java) and keyed in Java."""
+    rows = java_operator(stream, "key-by-shard", lambda j, jvm: j.map(
+        jvm.riskstream.flink.ShardKeyed(), KEYED_SHARD_BATCH.get_java_type_info()))
+    return keyed_by_shard(rows)
 
 
 def bundled(stream: DataStream, bundling: Bundling, spread: bool, max_records_per_second: int | None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 from typing import NamedTuple
 
+from pyflink.common import Row
 from pyflink.datastream import ProcessFunction, RuntimeContext
 
 from streaming.job.bundles import DEAD_LETTERS, LABEL_DEAD_LETTERS, ROUTES, now_ms
@@ -30,9 +31,10 @@ EMPTY_BATCH = RecordBatch.of([])
 
 
 class ReadBundle(ProcessFunction):
-    """Decode, parse, clean and encode a bundle of records; emits (shard, that shard's records in
-    arrival order as a packed RecordBatch) per shard, and the bundle's dead letters, as JSON
-    lines, to DEAD_LETTERS."""
+    """Decode, parse, clean and encode a bundle of records; emits Row(shard, (shard, that shard's
+    records in arrival order as a packed RecordBatch)) per shard (the shard in front, to be keyed
+    by in Java: java_operators.keyed_by_shard), and the bundle's dead letters, as JSON lines, to
+    DEAD_LETTERS."""
 
     def __init__(self, reader: TransactionReader, shards: int, keyed_output: bool, watermarked: bool,
                  routing: LabelRouting | None = None):
@@ -75,13 +77,13 @@ class ReadBundle(ProcessFunction):
         for shard in shards:
             batch = by_shard.get(shard)
             if batch is None or self.routing is None or not len(batch):
-                yield shard, pack_shard_batch(stream, seq, batch if batch is not None else EMPTY_BATCH)
+                yield Row(shard, (shard, pack_shard_batch(stream, seq, batch if batch is not None else EMPTY_BATCH)))
                 continue
             log_id = log_id_of(int(batch.event_times.max()) + self.routing.ttl_ms, len(batch), self.worker,
                                self.logs_made)
             self.logs_made += 1
             routes += self.routing.routes(batch, shard, log_id)
-            yield shard, pack_shard_batch(stream, seq, batch, log_id)
+            yield Row(shard, (shard, pack_shard_batch(stream, seq, batch, log_id)))
         if routes:
             yield ROUTES, b"\n".join(routes)
 

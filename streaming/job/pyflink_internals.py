@@ -10,8 +10,9 @@ import os
 import sys
 from typing import Any, Iterable
 
-from pyflink.common import CompletableFuture, JobClient
-from pyflink.datastream import DataStream
+from pyflink.common import CompletableFuture, JobClient, Types
+from pyflink.common.typeinfo import TypeInformation
+from pyflink.datastream import DataStream, KeyedStream, OutputTag
 from pyflink.datastream.connectors import Sink, Source
 from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer
 from pyflink.java_gateway import get_gateway
@@ -41,6 +42,33 @@ def apply_java_to_two(first: DataStream, second: DataStream, build) -> DataStrea
     """`build(first_java_stream, second_java_stream)` wrapped again: `apply_java` for a Java
     operator of two inputs (LabelRouter.java's keyed join of routes and labels)."""
     return DataStream(build(first._j_data_stream, second._j_data_stream))
+
+
+def keyed_by_first_field(stream: DataStream, key_type: TypeInformation, value_type: TypeInformation) -> KeyedStream:
+    """`stream`, whose elements are Row(key, value) (typed Types.ROW([key_type, value_type])), keyed
+    by the key, as a KeyedStream of the values: what `key_by` gives, without its operator.
+
+    PyFlink's `key_by` adds a Python operator that makes each element Row(key_selector(element),
+    element), then keys that by its field 0 with the Java `KeyByKeySelector`; a keyed Python function
+    downstream receives the value. That operator is a hop of every element's bytes into Python and
+    back, and PyFlink's chaining does not fuse it with an upstream Python operator that has a side
+    output. An upstream operator (Python or Java) that emits Row(key, value) itself needs only the
+    keying, which is Java; the KeyedStream constructor is not public API."""
+    j_keyed = stream._j_data_stream.keyBy(jvm().org.apache.flink.streaming.api.functions.python.KeyByKeySelector(),
+                                          Types.ROW([key_type]).get_java_type_info())
+    return KeyedStream(j_keyed, value_type, stream)
+
+
+def side_output(stream: DataStream, tag: OutputTag) -> DataStream:
+    """The elements a Python operator emitted with `tag`, as the Java stream of the tag's type.
+
+    PyFlink's `get_side_output` adds a Python identity map (`map(lambda i: i)`) behind every side
+    output: one more hop into Python and back for every element of it (a route line per
+    transaction, with labels from a stream). The side output itself is Java's, and PyFlink tells
+    the Python operator its tags from the graph's side-output transformations
+    (PythonConfigUtil.processSideOutput), whoever consumes them; the consumers here are Java
+    (sinks, line splitters, the label router) and take the tag's type (bytes) as it is."""
+    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
 
 
 def java_offsets(initializer: KafkaOffsetsInitializer) -> Any:

@@ -112,3 +112,57 @@ def test_the_java_job_client_and_its_savepoint_call_are_where_stop_with_savepoin
     signatures = {str(method.toString()) for method in client_class.getMethods() if method.getName() == "stopWithSavepoint"}
     assert any("(boolean,java.lang.String,org.apache.flink.core.execution.SavepointFormatType)" in s
                for s in signatures), signatures
+
+
+def python_operators_on_paths(env, source_uid: str, sink_uid: str) -> set[tuple[str, ...]]:
+    """The Python operators (by name) on each path of the job built in `env` from the transformation
+    `source_uid` to `sink_uid`: each is a hop of the elements on that path into Python and back."""
+    is_python = internals.jvm().org.apache.flink.python.util.PythonConfigUtil.isPythonDataStreamOperator
+    [sink] = [t for t in env._j_stream_execution_environment.getTransformations() if t.getUid() == sink_uid]
+    found, todo = set(), [(sink, ())]
+    while todo:
+        transformation, after = todo.pop()
+        names = (str(transformation.getName()), *after) if is_python(transformation) else after
+        if transformation.getUid() == source_uid:
+            found.add(names)
+        todo.extend((upstream, names) for upstream in transformation.getInputs())
+    return found
+
+
+def built_job(profile: str, overrides: list[str]):
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    from streaming.job.graph import build_job, flink_configuration
+
+    settings = load_settings(PROJECT / "conf" / profile, overrides)
+    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings))
+    build_job(env, settings)
+    return env
+
+
+PREPARE, SCORE, READ_LABELS = "decode-parse-clean-features", "score-and-learn", "read-labels"
+
+
+@pytest.mark.parametrize("profile, overrides", [
+    ("local.yaml", []),
+    ("local.yaml", ["model.blend=sum", "model.drift.detector=page_hinkley"]),
+    ("labels.yaml", ["analytics.enabled=true", "model.blend=sum"]),
+])
+def test_a_record_goes_into_python_to_be_prepared_and_to_be_scored_and_nowhere_else(profile, overrides):
+    """keyed_by_first_field and side_output in the job's graph: a transaction crosses into Python
+    twice on its way to a score (preparing, scoring: no key-extraction operator between them), a
+    dead letter once, and a label twice (reading it, learning from it); no side output passes
+    through a Python identity map."""
+    env = built_job(profile, overrides)
+    assert python_operators_on_paths(env, "transactions-source", "scores-sink") == {(PREPARE, SCORE)}
+    assert python_operators_on_paths(env, "transactions-source", "dead-letters-sink") == {(PREPARE,)}
+    assert python_operators_on_paths(env, "transactions-source", "model-snapshots-sink") == {(PREPARE, SCORE)}
+    if profile == "labels.yaml":
+        assert python_operators_on_paths(env, "labels-source", "learning-sink") == {(READ_LABELS, SCORE)}
+        # The routes of the scored transactions reach the label join from the preparing operator.
+        assert python_operators_on_paths(env, "transactions-source", "learning-sink") == {(PREPARE, SCORE)}
+        assert python_operators_on_paths(env, "labels-source", "label-dead-letters-sink") == {
+            (READ_LABELS,), (READ_LABELS, SCORE)}
+        assert python_operators_on_paths(env, "transactions-source", "analytics-sink") == {(PREPARE, SCORE)}
+    if "model.drift.detector=page_hinkley" in overrides:
+        assert python_operators_on_paths(env, "transactions-source", "drift-sink") == {(PREPARE, SCORE)}
