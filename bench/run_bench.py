@@ -7,7 +7,8 @@ Runs, in one invocation and on the same file (1,000,000 transactions; 100,000 wi
   River loop        River's LogisticRegression (plain SGD, same rate), one model per key, in one Python
                     process using Riskstream's decode, clean and feature code (own virtual environment);
   Python loop       the same loop with Riskstream's exact sequential SGD;
-  low latency       the job with `performance.mode=low_latency`, 20 keys.
+  low latency       the job with `performance.mode=low_latency`, 20 keys;
+  thread mode       the 20-key job with `flink.python_execution_mode=thread` (in every round).
 Prints a table and writes out/bench.json. Job records/s count from the first score written to the last
 (scored_at); job_wall_s is the whole run, start-up included. CPU per record (core-µs) is user + system
 time of the job's whole process tree (the JVM and every Python worker), from /proc snapshots taken
@@ -317,7 +318,8 @@ def main() -> int:
                              "bench/global_bench.py's GLOBAL_ON, model.blend=global)")
     parser.add_argument("--baseline", type=Path,
                         help="a checkout of an earlier commit with its jars built (docs/benchmark.md): its 20-key "
-                             "job runs in every round too, interleaved with this one's")
+                             "job (and, with the labels part, its label-stream job) runs in every round too, "
+                             "interleaved with this one's")
     args = parser.parse_args()
     parts = set(args.only or PARTS)
     records = args.records or (100_000 if args.quick else 1_000_000)
@@ -336,9 +338,16 @@ def main() -> int:
         if "analytics" in parts:
             measured["analytics"] = run_job("job-20-keys-analytics", data, "merchant_category", "analytics.enabled=true")
         if "labels" in parts:
-            measured["labels"] = run_job("job-20-keys-labels", data, "merchant_category", "labels.mode=stream",
-                                         f"labels.source={{kind: files, paths: ['{ensure_labels(data)}']}}")
+            label_stream = ("labels.mode=stream", f"labels.source={{kind: files, paths: ['{ensure_labels(data)}']}}")
+            measured["labels"] = run_job("job-20-keys-labels", data, "merchant_category", *label_stream)
+            if args.baseline:
+                measured["baseline-labels"] = run_job("baseline-20-keys-labels", data, "merchant_category",
+                                                      *label_stream, checkout=args.baseline.resolve())
         if "jobs" in parts:
+            # Thread mode (PEMJA): the Python functions run in the TaskManager's JVM, one interpreter
+            # for all of them, instead of in worker processes over gRPC.
+            measured["thread"] = run_job("job-20-keys-thread", data, "merchant_category",
+                                         "flink.python_execution_mode=thread")
             if args.baseline:
                 measured["baseline"] = run_job("baseline-20-keys", data, "merchant_category",
                                                checkout=args.baseline.resolve())
@@ -364,6 +373,8 @@ def main() -> int:
             "job_rps_20_keys": median["job"]["records_per_second"],
             "job_rps_100k_keys": job100k["records_per_second"],
             "job_rps_low_latency": low_latency["records_per_second"],
+            "job_rps_thread_mode": median["thread"]["records_per_second"],
+            "job_core_us_per_record_thread_mode": median["thread"]["core_us_per_record"],
             "job_core_us_per_record": median["job"]["core_us_per_record"],
             "job_core_us_per_record_100k_keys": job100k["core_us_per_record"],
             "job_core_us_per_record_low_latency": low_latency["core_us_per_record"],
@@ -451,7 +462,8 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     keys_large = f"{results.get('keys_100k', 0):,} keys" if "keys_100k" in results else "account keys"
     names = {"job": "Riskstream job", "baseline": "baseline commit's job", "river": "River loop (one process)",
              "exact": "Python loop, exact SGD (one process)", "analytics": "job with windowed analytics on",
-             "labels": "job learning from a label stream"}
+             "labels": "job learning from a label stream", "thread": "job in thread mode (PEMJA)",
+             "baseline-labels": "baseline commit's job, label stream"}
     note = f" (20 keys: median of {repeat})" if repeat > 1 else ""
     if median:  # not with only the global, Kafka or failover parts
         print(f"\n{'records/s' + note:<44}{keys_20:>12}{keys_large:>16}")
@@ -470,6 +482,12 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     if "baseline" in median:
         print(f"{'job / baseline job (records/s)':<44}"
               f"{median['job']['records_per_second'] / median['baseline']['records_per_second']:>12.2f}")
+    if "baseline-labels" in median:
+        print(f"{'label stream: job / baseline (core-µs/record)':<44}"
+              f"{median['labels']['core_us_per_record'] / median['baseline-labels']['core_us_per_record']:>12.2f}")
+    if "thread" in median:
+        print(f"{'thread / process mode (core-µs/record)':<44}"
+              f"{median['thread']['core_us_per_record'] / median['job']['core_us_per_record']:>12.2f}")
     if "analytics" in median:
         print(f"{'analytics on - off (core-µs/record)':<44}{results['analytics_added_core_us_per_record']:>12.1f}")
         print(f"{'analytics: window lines, late lines':<44}{results['analytics_windows']:>12,}{results['analytics_late']:>16,}")
