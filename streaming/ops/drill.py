@@ -241,11 +241,9 @@ def run_with_kills(local: local_cluster.LocalCluster, overrides: list[str], min_
     run = DrillRun(job_id=submit(local, [*overrides, PAUSE_BETWEEN_CHECKPOINTS]))
     watch = Watch(local, run)
     for point in points:
-        while True:
-            kill = _kill_and_restore(local, watch, point, min_attempt_records, taskmanager_overrides, timeout_s)
-            if kill.confirmed:
-                break
-            missed = [kill for kill in run.kills if not kill.confirmed]
+        while not _kill_and_restore(local, watch, point, min_attempt_records, taskmanager_overrides,
+                                    timeout_s).confirmed:
+            missed = [earlier for earlier in run.kills if not earlier.confirmed]
             if len(missed) > retries:
                 raise DrillError(f"{len(missed)} kills missed their point, more than the {retries} retries "
                                  f"allowed (Flink's checkpoint statistics confirm none of them): {missed}")
