@@ -115,7 +115,7 @@ java-deps: $(INSTALLED)
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	touch $@
 
 # Re-resolves pyproject.toml's dependencies (and the tests') into constraints.txt, in a fresh
@@ -124,7 +124,7 @@ lock:
 	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
 	build/lock-venv/bin/python -m pip install --quiet --upgrade pip
 	build/lock-venv/bin/python -m pip install --quiet --upgrade setuptools
-	build/lock-venv/bin/python -m pip install --quiet -e '.[test]'
+	build/lock-venv/bin/python -m pip install --quiet -e '.[test,bench]'
 	{ sed -n '/^#/p' constraints.txt; build/lock-venv/bin/python -m pip freeze --exclude-editable; \
 	  build/lock-venv/bin/python -m pip freeze --all | grep '^setuptools=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf build/lock-venv

@@ -31,6 +31,9 @@ end of the job (core_us_per_record_to_end), and a logged transaction's state is 
 the two jobs' largest checkpoints divided by the records. checkpoint_ms is the median checkpoint
 duration and state_bytes_per_key the last checkpoint's size divided by the number of keys (both from
 Flink's log); peak_rss_mb is the largest summed RSS of the job's whole process tree.
+`profile` runs the 20-key job once more with py-spy on its Python workers and JFR in its JVM for
+10 s of its scoring (bench/profile_summary.py): the share of samples in Riskstream's own code and the
+top leaf functions on each side, for where the framework's time goes.
 Then Kafka-mode latency (bench/kafka_latency.py) and the failover drill on the session cluster at
 200,000 transactions (the failover tests' drill, streaming/ops/drill.py): recovery time from each
 TaskManager kill to the first new score, and checkpoint durations.
@@ -49,13 +52,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
 
 import psutil
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))  # bench.kafka_latency, when run as a script
 from streaming.reporting.outputs import committed_lines  # noqa: E402 (after the path is set)
+
+if TYPE_CHECKING:
+    from bench.profile_summary import JobProfiler
 
 PROFILE = PROJECT / "conf" / "bench.yaml"
 OUT = PROJECT / "out"
@@ -159,11 +165,13 @@ def cpu_per_record(samples: list[TreeSample], scored_at: list[int]) -> dict:
 
 
 def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = PROJECT,
-            scores: Callable[[], Iterable[dict]] | None = None, also: Sequence[int] = ()) -> dict:
+            scores: Callable[[], Iterable[dict]] | None = None, also: Sequence[int] = (),
+            profiler: "JobProfiler | None" = None) -> dict:
     """The job on `data` keyed by `key`, measured. `checkout`: another checkout of the project (a
     baseline commit, its jars built) whose code runs instead, with this project's environment.
     `scores`: reads the run's committed scores once it ended (None: the file sink's folder; a
-    Kafka-output run reads its topic); `also`: processes measured with the job's tree (sample_tree)."""
+    Kafka-output run reads its topic); `also`: processes measured with the job's tree (sample_tree);
+    `profiler`: attached to the job's tree while it runs (bench/profile_summary.py)."""
     work = OUT / "bench" / name
     log_dir = work / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -188,6 +196,8 @@ def run_job(name: str, data: Path, key: str, *overrides: str, checkout: Path = P
             taken = sample_tree(process.pid, also)
             if taken is not None:
                 samples.append(taken)
+                if profiler is not None:
+                    profiler.attach(process.pid)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -299,7 +309,7 @@ def recovery_times_s(kills: list, settings) -> list[float]:
     return times
 
 
-PARTS = ("jobs", "loops", "stages", "analytics", "global", "kafka", "failover", "labels")
+PARTS = ("jobs", "loops", "stages", "analytics", "global", "kafka", "failover", "labels", "profile")
 
 
 def main() -> int:
@@ -309,8 +319,8 @@ def main() -> int:
                         help="run the 20-key job and both 20-key loops (and the global part's rounds) this many times, "
                              "interleaved, and report medians")
     parser.add_argument("--only", choices=PARTS, action="append",
-                        help="run only this part (repeatable): jobs, loops, stages, analytics, global, kafka, failover "
-                             "or labels")
+                        help="run only this part (repeatable): jobs, loops, stages, analytics, global, kafka, failover, "
+                             "labels or profile")
     parser.add_argument("--records", type=int,
                         help="transactions in the generated file (default 1,000,000; 100,000 with --quick)")
     parser.add_argument("--global-on", action="append", metavar="KEY=VALUE",
@@ -429,6 +439,13 @@ def main() -> int:
 
         results["stage_us"] = {"merchant_category": stage_profile(PROFILE, data, "merchant_category"),
                                "account_id": stage_profile(PROFILE, data, "account_id")}
+    if "profile" in parts:
+        from bench.profile_summary import JobProfiler
+
+        # Apart from the measured runs: the samplers take CPU of their own.
+        profiler = JobProfiler(OUT / "bench" / "profile")
+        run_job("job-20-keys-profiled", data, "merchant_category", profiler=profiler)
+        results["profile"] = profiler.summary()
     if "global" in parts:
         from bench.global_bench import GLOBAL_ON, GLOBAL_RECORDS, global_model_cost, print_global_table
 
@@ -450,6 +467,10 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, median, large, args.repeat)
+    if "profile" in results:
+        from bench.profile_summary import print_profile
+
+        print_profile(results["profile"])
     if "global_model" in results:
         print_global_table(results["global_model"])
     print(f"\nwritten to {OUT / 'bench.json'}")

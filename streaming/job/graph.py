@@ -84,10 +84,12 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
     transactions_time = settings.event_time.transactions if settings.transactions_in_event_time else None
 
     source = transactions_source(env, settings.source, kafka, transactions_time, low_latency)
-    if analytics.enabled:
-        source = split_watermark_tagged(source, settings.event_time.transactions.out_of_orderness_ms)
-    transactions = bundled(source, bundling, performance.spreads_bundles(), settings.source.max_records_per_second,
-                           transactions_time)
+    max_records_per_second = settings.source.max_records_per_second
+    if analytics.enabled:  # the ceiling goes before the tagger's exchange, chained to the source
+        source = split_watermark_tagged(source, settings.event_time.transactions.out_of_orderness_ms,
+                                        max_records_per_second)
+        max_records_per_second = None
+    transactions = bundled(source, bundling, performance.spreads_bundles(), max_records_per_second, transactions_time)
     routing = LabelRouting(labels.ttl_ms, labels.mode == "both") if labels.streamed else None
     model_inputs = transactions.process(
         ReadBundle(reader, performance.shards, keyed_output, analytics.enabled, routing), output_type=KEYED_SHARD_BATCH

@@ -85,9 +85,16 @@ def routed_labels(routes: DataStream, labels: DataStream, rules: LabelSettings, 
     return bundles, internals.apply_java(routed, lambda j: j.getSideOutput(jvm.riskstream.flink.LabelRouter.UNREADABLE))
 
 
-def split_watermark_tagged(stream: DataStream, out_of_orderness_ms: int) -> DataStream:
-    """Records tagged with their split's watermark at arrival (see SplitWatermarkTagger.java)."""
-    return java_operator(stream, "tag-split-watermarks", lambda j, jvm: j.transform(
+def split_watermark_tagged(stream: DataStream, out_of_orderness_ms: int, max_records_per_second: int | None
+                           ) -> DataStream:
+    """Records tagged with their split's watermark at arrival, keyed by split (see SplitWatermarkTagger.java).
+    What RecordBundler does in the source's task when chained there (a ceiling of `max_records_per_second`,
+    if any, and no watermark on an idle output) SourceHandoff.java does before the exchange: the bundler
+    after it must then have no ceiling."""
+    stream = java_operator(stream, "source-handoff", lambda j, jvm: j.transform(
+        "source-handoff", Types.STRING().get_java_type_info(), jvm.riskstream.flink.SourceHandoff(max_records_per_second or 0)))
+    return java_operator(stream, "tag-split-watermarks", lambda j, jvm: j.keyBy(
+        jvm.riskstream.flink.SplitWatermarkTagger.bySplit()).transform(
         "tag-split-watermarks", Types.STRING().get_java_type_info(),
         jvm.riskstream.flink.SplitWatermarkTagger(out_of_orderness_ms)))
 

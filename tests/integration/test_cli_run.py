@@ -137,6 +137,12 @@ def test_the_readme_commands_run_as_written(tmp_path):
     assert shown == latest
     index = tmp_path / "out" / "local" / "report" / "index.html"
     assert printed[3].strip().endswith(str(index.resolve())) and index.is_file()
+    # The local profile's windowed analytics: the summary counts the committed window lines, and
+    # the report draws them.
+    windows = sum(1 for _ in committed_lines(tmp_path / "out" / "local" / "analytics"))
+    found = re.search(r"analytics\s+([\d,]+) window lines", printed[1])
+    assert found is not None and number(found.group(1)) == windows > 0, printed[1]
+    assert (index.parent / "analytics_by_group.png").stat().st_size > 10_000
 
 
 def test_run_prints_its_committed_progress_while_the_job_runs(tmp_path):

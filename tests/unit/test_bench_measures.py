@@ -107,3 +107,43 @@ def test_the_global_models_stage_profile_times_its_share_of_the_scoring_operator
     assert list(stages) == ["key_model", "blend", "keep", "partials", "aggregate"]
     assert all(microseconds > 0 for microseconds in stages.values()), stages
     assert versions >= 2  # version 0 and at least one round's
+
+
+def test_the_profile_counts_samples_in_the_projects_code_and_names_the_busiest_functions(tmp_path):
+    """py-spy for real on a process that spends its time in a function of a `udfs/` file (as the
+    project's are named) and a little in one elsewhere."""
+    from bench.profile_summary import PY_SPY, _collapsed_stacks, _summarize
+
+    (tmp_path / "udfs").mkdir()
+    (tmp_path / "udfs" / "work.py").write_text(
+        "import time\n"
+        "def busy(seconds):\n"
+        "    end = time.perf_counter() + seconds\n"
+        "    while time.perf_counter() < end:\n"
+        "        sum(range(1000))\n")
+    (tmp_path / "main.py").write_text(
+        "import time\n"
+        "from udfs.work import busy\n"
+        "def framework(seconds):\n"
+        "    end = time.perf_counter() + seconds\n"
+        "    while time.perf_counter() < end:\n"
+        "        sum(range(1000))\n"
+        "while True:\n"
+        "    busy(0.09)\n"
+        "    framework(0.01)\n")
+    worker = subprocess.Popen([sys.executable, "main.py"], cwd=tmp_path)
+    try:
+        time.sleep(0.5)
+        recorded = tmp_path / "py.txt"
+        subprocess.run([str(PY_SPY), "record", "--pid", str(worker.pid), "--duration", "2", "--rate", "200",
+                        "--format", "raw", "--full-filenames", "--nonblocking", "--output", str(recorded)],
+                       check=True, capture_output=True, timeout=60)
+    finally:
+        worker.kill()
+        worker.wait()
+    summary = _summarize(_collapsed_stacks(recorded.read_text()), lambda frame: "/udfs/" in frame, top=3)
+    assert summary["samples"] >= 100
+    assert 0.75 < summary["riskstream_share"] < 0.97
+    leaf, share = summary["top"][0]
+    assert leaf.startswith("busy (") and leaf.endswith("udfs/work.py)") and share > 0.75
+    assert any(leaf.startswith("framework (") for leaf, _ in summary["top"])

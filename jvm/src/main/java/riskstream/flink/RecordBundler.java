@@ -65,11 +65,10 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
     private final int maxRecords;
     private final long maxDelayMs;
     private final boolean sequenced;
-    private final long maxRecordsPerSecond;
+    private final Pace pace;  // null: no ceiling
     private final String accumulator;
     private long idleMs;
     private long outOfOrdernessMs;
-    private transient long nextRecordDueNanos;
     private transient String stream;
     private transient StringBuilder bundle;
     private transient int count;
@@ -97,7 +96,7 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
         this.maxRecords = maxRecords;
         this.maxDelayMs = maxDelayMs;
         this.sequenced = sequenced;
-        this.maxRecordsPerSecond = maxRecordsPerSecond;
+        this.pace = maxRecordsPerSecond > 0 ? new Pace(maxRecordsPerSecond) : null;
         this.accumulator = accumulator;
     }
 
@@ -132,8 +131,8 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
 
     @Override
     public void processElement(StreamRecord<String> element) throws Exception {
-        if (maxRecordsPerSecond > 0) {
-            waitForTurn();
+        if (pace != null) {
+            pace.waitForTurn();
         }
         recordsRead.add(1L);
         recordSinceCheck = true;
@@ -179,6 +178,12 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
         emit();
         if (mark.getTimestamp() > lastWatermark) { // after a quiet spell the source's can be behind
             lastWatermark = mark.getTimestamp();
+            // Only the end of input (or a drain) passes this one while quiet, and a watermark on an
+            // idle output is ignored downstream: the end-of-input timers would never fire.
+            if (quiet) {
+                quiet = false;
+                output.emitWatermarkStatus(WatermarkStatus.ACTIVE);
+            }
             super.processWatermark(mark);
         }
     }
@@ -224,15 +229,6 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
     public void finish() throws Exception {
         emit();
         super.finish();
-    }
-
-    private void waitForTurn() throws InterruptedException {
-        long now = System.nanoTime();
-        nextRecordDueNanos = Math.max(nextRecordDueNanos, now - 1_000_000_000L) + 1_000_000_000L / maxRecordsPerSecond;
-        long aheadNanos = nextRecordDueNanos - now;
-        if (aheadNanos > 1_000_000L) {
-            Thread.sleep(aheadNanos / 1_000_000L);
-        }
     }
 
     private void emit() {

@@ -5,11 +5,14 @@ import java.util.Map;
 
 import org.apache.flink.api.common.state.ListState;
 import org.apache.flink.api.common.state.ListStateDescriptor;
+import org.apache.flink.api.common.state.ValueState;
+import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.TypeHint;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.api.java.tuple.Tuple2;
 import org.apache.flink.runtime.state.StateInitializationContext;
-import org.apache.flink.runtime.state.StateSnapshotContext;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
@@ -23,17 +26,27 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * split's watermark had reached: that depends only on the split's own order, so it is the same in
  * every run, however splits interleave.
  *
- * <p>The largest event time of every split is kept in operator state (union list state, so that
- * each split's figure survives a change of parallelism), so a restored job tags as the failed one
- * would have. Watermarks and records pass on unchanged otherwise.
+ * <p>Runs on a stream keyed by split ({@link #bySplit}), which keeps each split's order, and keeps
+ * each split's largest event time in keyed state, so a restored job tags as the failed one would
+ * have and the figure moves with its key group when the parallelism changes. Keyed rather than
+ * chained to the source: Flink 2.2 declines every checkpoint of a task whose vertex has union list
+ * state (this operator's state until this change) once some of its subtasks have finished, which a
+ * file source subtask with no file to read does at once; a keyed operator's subtasks only finish
+ * once every source subtask has. Watermarks pass on unchanged.
+ *
+ * <p>Savepoints of the chained version hold the figures as union list state
+ * ({@link #LEGACY_STATE_NAME}): restored, they seed the splits that have no keyed figure yet.
  */
 public final class SplitWatermarkTagger extends AbstractStreamOperator<String>
         implements OneInputStreamOperator<String, String> {
 
-    private static final long serialVersionUID = 1L;
+    private static final long serialVersionUID = 2L;
+    /** The union list state of (split, largest event time) in which the chained version kept its figures. */
+    static final String LEGACY_STATE_NAME = "split-max-event-time";
     private final long outOfOrdernessMs;
-    private transient Map<String, Long> maxEventTime;
-    private transient ListState<Tuple2<String, Long>> checkpointed;
+    private transient ValueState<Long> maxEventTime;
+    // From a savepoint of the chained version: every split's largest event time (empty otherwise).
+    private transient Map<String, Long> legacyMaxEventTime;
 
     public SplitWatermarkTagger(long outOfOrdernessMs) {
         if (outOfOrdernessMs < 0) {
@@ -42,38 +55,41 @@ public final class SplitWatermarkTagger extends AbstractStreamOperator<String>
         this.outOfOrdernessMs = outOfOrdernessMs;
     }
 
-    @Override
-    public void initializeState(StateInitializationContext context) throws Exception {
-        super.initializeState(context);
-        maxEventTime = new HashMap<>();
-        checkpointed = context.getOperatorStateStore().getUnionListState(new ListStateDescriptor<>(
-                "split-max-event-time", TypeInformation.of(new TypeHint<Tuple2<String, Long>>() {})));
-        for (Tuple2<String, Long> split : checkpointed.get()) {
-            maxEventTime.merge(split.f0, split.f1, Math::max);
-        }
+    /** The key this operator's input must be keyed by: the record's split (see {@link #splitOf}). */
+    public static KeySelector<String, String> bySplit() {
+        return SplitWatermarkTagger::splitOf;
     }
 
     @Override
-    public void snapshotState(StateSnapshotContext context) throws Exception {
-        super.snapshotState(context);
-        checkpointed.clear();
-        for (Map.Entry<String, Long> split : maxEventTime.entrySet()) {
-            checkpointed.add(Tuple2.of(split.getKey(), split.getValue()));
+    public void initializeState(StateInitializationContext context) throws Exception {
+        super.initializeState(context);
+        maxEventTime = context.getKeyedStateStore().getState(
+                new ValueStateDescriptor<>("split-largest-event-time", Types.LONG));
+        legacyMaxEventTime = new HashMap<>();
+        // Only a restored savepoint of the chained version has it; registering it otherwise would
+        // bring the union list state back.
+        if (context.getOperatorStateStore().getRegisteredStateNames().contains(LEGACY_STATE_NAME)) {
+            ListState<Tuple2<String, Long>> legacy = context.getOperatorStateStore().getUnionListState(
+                    new ListStateDescriptor<>(LEGACY_STATE_NAME, TypeInformation.of(new TypeHint<Tuple2<String, Long>>() {})));
+            for (Tuple2<String, Long> split : legacy.get()) {
+                legacyMaxEventTime.merge(split.f0, split.f1, Math::max);
+            }
+            legacy.clear();
         }
     }
 
     @Override
     public void processElement(StreamRecord<String> element) throws Exception {
-        String envelope = element.getValue();
-        String split = splitOf(envelope);
         long eventTime = element.hasTimestamp() ? element.getTimestamp() : Long.MIN_VALUE;
-        Long seen = maxEventTime.get(split);
+        Long stored = maxEventTime.value();
+        Long seen = stored != null || legacyMaxEventTime.isEmpty() ? stored
+                : legacyMaxEventTime.get(splitOf(element.getValue()));
         long largest = seen == null ? eventTime : Math.max(seen, eventTime);
-        if (largest != Long.MIN_VALUE && (seen == null || largest > seen)) {
-            maxEventTime.put(split, largest);
+        if (largest != Long.MIN_VALUE && (stored == null || largest > stored)) {
+            maxEventTime.update(largest);
         }
         long watermark = largest == Long.MIN_VALUE ? Long.MIN_VALUE : largest - outOfOrdernessMs;
-        output.collect(element.replace("@" + watermark + "\t" + envelope));
+        output.collect(element.replace("@" + watermark + "\t" + element.getValue()));
     }
 
     /**

@@ -186,6 +186,25 @@ class RecordBundlerTest {
     }
 
     @Test
+    void theEndOfInputAfterAQuietSpellMakesTheOutputActiveBeforeItsWatermark() throws Exception {
+        long idleMs = 1_000;
+        var bundler = new RecordBundler(100, 50, false, NO_CEILING).quietAfter(idleMs, 100);
+        try (var harness = new OneInputStreamOperatorTestHarness<String, byte[]>(bundler)) {
+            harness.setProcessingTime(0);
+            harness.open();
+            harness.processElement("a", 5_000L);
+            harness.setProcessingTime(idleMs); // a record came in the first period
+            harness.setProcessingTime(2 * idleMs); // none in the second: the watermark
+            harness.setProcessingTime(3 * idleMs); // ... in the third: the idle mark
+            assertEquals(List.of("a", "W4899", "IDLE"), emitted(harness));
+            // Stopped with --drain (or a bounded input's end): downstream ignores a watermark that
+            // comes on an idle input, so this one must come on an active one.
+            harness.processWatermark(Long.MAX_VALUE);
+            assertEquals(List.of("a", "W4899", "IDLE", "ACTIVE", "W" + Long.MAX_VALUE), emitted(harness));
+        }
+    }
+
+    @Test
     void theSourcesIdleMarkIsNotPassedOnAndWithoutQuietAfterTheOutputIsNeverIdle() throws Exception {
         try (var harness = harnessOf(new RecordBundler(100, NEVER_MS, false, NO_CEILING))) {
             harness.processWatermarkStatus(WatermarkStatus.IDLE); // a source before its first watermark

@@ -4,8 +4,19 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 
 import java.util.List;
 
+import org.apache.flink.api.common.state.ListState;
+import org.apache.flink.api.common.state.ListStateDescriptor;
+import org.apache.flink.api.common.typeinfo.TypeHint;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.api.java.tuple.Tuple2;
 import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
+import org.apache.flink.runtime.state.StateInitializationContext;
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.streaming.util.KeyedOneInputStreamOperatorTestHarness;
 import org.apache.flink.streaming.util.OneInputStreamOperatorTestHarness;
 import org.junit.jupiter.api.Test;
 
@@ -14,8 +25,9 @@ class SplitWatermarkTaggerTest {
 
     private static final long OUT_OF_ORDERNESS_MS = 100L;
 
-    private static OneInputStreamOperatorTestHarness<String, String> harness() throws Exception {
-        return new OneInputStreamOperatorTestHarness<>(new SplitWatermarkTagger(OUT_OF_ORDERNESS_MS));
+    private static KeyedOneInputStreamOperatorTestHarness<String, String, String> harness() throws Exception {
+        return new KeyedOneInputStreamOperatorTestHarness<>(new SplitWatermarkTagger(OUT_OF_ORDERNESS_MS),
+                SplitWatermarkTagger.bySplit(), Types.STRING);
     }
 
     @Test
@@ -66,6 +78,50 @@ class SplitWatermarkTaggerTest {
             restored.processElement("file:2:/a.jsonl\tz", 5_000L);
             restored.processElement("kafka:0:2:tx\tw", 1_000L);
             assertEquals(List.of("@9900\tfile:2:/a.jsonl\tz", "@19900\tkafka:0:2:tx\tw"), restored.extractOutputValues());
+        }
+    }
+
+    /** Keeps figures as the chained SplitWatermarkTagger before the keyed one did: union list state. */
+    private static final class ChainedTaggerState extends AbstractStreamOperator<String>
+            implements OneInputStreamOperator<String, String> {
+        @Override
+        public void initializeState(StateInitializationContext context) throws Exception {
+            super.initializeState(context);
+            ListState<Tuple2<String, Long>> state = context.getOperatorStateStore().getUnionListState(
+                    new ListStateDescriptor<>(SplitWatermarkTagger.LEGACY_STATE_NAME,
+                            TypeInformation.of(new TypeHint<Tuple2<String, Long>>() {})));
+            state.update(List.of(Tuple2.of("file:/a.jsonl", 10_000L), Tuple2.of("kafka:0:tx", 20_000L)));
+        }
+
+        @Override
+        public void processElement(StreamRecord<String> element) {
+        }
+    }
+
+    @Test
+    void aSavepointOfTheChainedTaggerSeedsEachSplitsWatermark() throws Exception {
+        OperatorSubtaskState state;
+        try (var chained = new OneInputStreamOperatorTestHarness<>(new ChainedTaggerState())) {
+            chained.open();
+            state = chained.snapshot(1L, 1L);
+        }
+        OperatorSubtaskState next;
+        try (var restored = harness()) {
+            restored.initializeState(state);
+            restored.open();
+            restored.processElement("file:2:/a.jsonl\tz", 5_000L);
+            restored.processElement("kafka:0:2:tx\tw", 30_000L);
+            restored.processElement("kafka:1:2:tx\tv", 1_000L); // a split the savepoint did not have
+            assertEquals(List.of("@9900\tfile:2:/a.jsonl\tz", "@29900\tkafka:0:2:tx\tw", "@900\tkafka:1:2:tx\tv"),
+                    restored.extractOutputValues());
+            next = restored.snapshot(2L, 2L);
+        }
+        try (var again = harness()) { // the figures now live in keyed state
+            again.initializeState(next);
+            again.open();
+            again.processElement("file:3:/a.jsonl\ty", 1L);
+            again.processElement("kafka:0:3:tx\tx", 1L);
+            assertEquals(List.of("@9900\tfile:3:/a.jsonl\ty", "@29900\tkafka:0:3:tx\tx"), again.extractOutputValues());
         }
     }
 }

@@ -1,0 +1,56 @@
+package riskstream.flink;
+
+import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
+import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
+import org.apache.flink.streaming.runtime.watermarkstatus.WatermarkStatus;
+
+/**
+ * Chained to the source when an exchange (SplitWatermarkTagger's key) comes before RecordBundler:
+ * does for the source's task what RecordBundler does when it is chained there itself. Records pass
+ * on unchanged, at most {@code maxRecordsPerSecond} a second when that is > 0 ({@link Pace}: chained
+ * to the source, it holds the source back; after the exchange it would only slow what the source
+ * had already read into the exchange's buffers, and a savepoint would wait for all of it).
+ * Watermark statuses pass on, but a watermark that comes while the output is idle makes it active
+ * first: Flink 2.2's task output (RecordWriterOutput) drops a watermark while the status it last
+ * sent is idle, and the one watermark that can come then is the end of input after a quiet spell
+ * (a bounded input's, or a stop with --drain), which the end-of-input timers after it wait for.
+ */
+public final class SourceHandoff extends AbstractStreamOperator<String> implements OneInputStreamOperator<String, String> {
+
+    private static final long serialVersionUID = 1L;
+    private final Pace pace;  // null: no ceiling
+    private transient boolean idle;
+
+    /** @param maxRecordsPerSecond the ceiling (>= 1), or 0 for none */
+    public SourceHandoff(long maxRecordsPerSecond) {
+        if (maxRecordsPerSecond < 0) {
+            throw new IllegalArgumentException("maxRecordsPerSecond must be >= 0");
+        }
+        this.pace = maxRecordsPerSecond > 0 ? new Pace(maxRecordsPerSecond) : null;
+    }
+
+    @Override
+    public void processElement(StreamRecord<String> element) throws Exception {
+        if (pace != null) {
+            pace.waitForTurn();
+        }
+        output.collect(element);
+    }
+
+    @Override
+    public void processWatermarkStatus(WatermarkStatus status) {
+        idle = status.isIdle();
+        output.emitWatermarkStatus(status);
+    }
+
+    @Override
+    public void processWatermark(Watermark mark) {
+        if (idle) {
+            idle = false;
+            output.emitWatermarkStatus(WatermarkStatus.ACTIVE);
+        }
+        output.emitWatermark(mark); // no timers here: straight on
+    }
+}
