@@ -117,7 +117,9 @@ def _jfr_stacks(recording: Path) -> Counter:
     stacks: Counter = Counter()
     for event in events:
         frames = (event.get("values", {}).get("stackTrace") or {}).get("frames") or []
-        stacks[tuple(f"{frame['method']['type']['name']}.{frame['method']['name']}" for frame in reversed(frames))] += 1
+        # JFR names classes as the JVM does (riskstream/flink/RecordBundler): dotted here, as Java writes them.
+        stacks[tuple(f"{frame['method']['type']['name'].replace('/', '.')}.{frame['method']['name']}"
+                     for frame in reversed(frames))] += 1
     return stacks
 
 

@@ -92,7 +92,7 @@ def split_watermark_tagged(stream: DataStream, out_of_orderness_ms: int, max_rec
     if any, and no watermark on an idle output) SourceHandoff.java does before the exchange: the bundler
     after it must then have no ceiling."""
     stream = java_operator(stream, "source-handoff", lambda j, jvm: j.transform(
-        "source-handoff", Types.STRING().get_java_type_info(), jvm.riskstream.flink.SourceHandoff(max_records_per_second or 0)))
+        "source-handoff", BYTES.get_java_type_info(), jvm.riskstream.flink.SourceHandoff(max_records_per_second or 0)))
     return java_operator(stream, "tag-split-watermarks", lambda j, jvm: j.keyBy(
         jvm.riskstream.flink.SplitWatermarkTagger.bySplit()).transform(
         "tag-split-watermarks", Types.STRING().get_java_type_info(),

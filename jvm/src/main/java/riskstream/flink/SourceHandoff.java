@@ -1,5 +1,7 @@
 package riskstream.flink;
 
+import java.nio.charset.StandardCharsets;
+
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
@@ -9,7 +11,8 @@ import org.apache.flink.streaming.runtime.watermarkstatus.WatermarkStatus;
 /**
  * Chained to the source when an exchange (SplitWatermarkTagger's key) comes before RecordBundler:
  * does for the source's task what RecordBundler does when it is chained there itself. Records pass
- * on unchanged, at most {@code maxRecordsPerSecond} a second when that is > 0 ({@link Pace}: chained
+ * on as their UTF-8 bytes (Flink copies a {@code byte[]} across the exchange in bulk, where it
+ * serializes a {@code String} a character at a time), in order, at most {@code maxRecordsPerSecond} a second when that is > 0 ({@link Pace}: chained
  * to the source, it holds the source back; after the exchange it would only slow what the source
  * had already read into the exchange's buffers, and a savepoint would wait for all of it).
  * Watermark statuses pass on, but a watermark that comes while the output is idle makes it active
@@ -17,7 +20,7 @@ import org.apache.flink.streaming.runtime.watermarkstatus.WatermarkStatus;
  * sent is idle, and the one watermark that can come then is the end of input after a quiet spell
  * (a bounded input's, or a stop with --drain), which the end-of-input timers after it wait for.
  */
-public final class SourceHandoff extends AbstractStreamOperator<String> implements OneInputStreamOperator<String, String> {
+public final class SourceHandoff extends AbstractStreamOperator<byte[]> implements OneInputStreamOperator<String, byte[]> {
 
     private static final long serialVersionUID = 1L;
     private final Pace pace;  // null: no ceiling
@@ -36,7 +39,7 @@ public final class SourceHandoff extends AbstractStreamOperator<String> implemen
         if (pace != null) {
             pace.waitForTurn();
         }
-        output.collect(element);
+        output.collect(element.replace(element.getValue().getBytes(StandardCharsets.UTF_8)));
     }
 
     @Override

@@ -1,5 +1,6 @@
 package riskstream.flink;
 
+import java.nio.charset.StandardCharsets;
 import java.util.HashMap;
 import java.util.Map;
 
@@ -18,8 +19,8 @@ import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 
 /**
- * Tags every source record with its split's watermark at its arrival: {@code "@<watermark>\t"}
- * before the record, where a split is a file or a Kafka partition and its watermark is the largest
+ * Tags every source record (as UTF-8 bytes, from SourceHandoff) with its split's watermark at its
+ * arrival: {@code "@<watermark>\t"} before the record, as a String, where a split is a file or a Kafka partition and its watermark is the largest
  * event time (the record's timestamp, see {@link EventTime}) seen so far in the split, this record
  * included, minus {@code outOfOrdernessMs}; {@link Long#MIN_VALUE} before the split's first event
  * time. The Python side counts a record late for each window whose end plus the allowed lateness its
@@ -38,7 +39,7 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * ({@link #LEGACY_STATE_NAME}): restored, they seed the splits that have no keyed figure yet.
  */
 public final class SplitWatermarkTagger extends AbstractStreamOperator<String>
-        implements OneInputStreamOperator<String, String> {
+        implements OneInputStreamOperator<byte[], String> {
 
     private static final long serialVersionUID = 2L;
     /** The union list state of (split, largest event time) in which the chained version kept its figures. */
@@ -56,7 +57,7 @@ public final class SplitWatermarkTagger extends AbstractStreamOperator<String>
     }
 
     /** The key this operator's input must be keyed by: the record's split (see {@link #splitOf}). */
-    public static KeySelector<String, String> bySplit() {
+    public static KeySelector<byte[], String> bySplit() {
         return SplitWatermarkTagger::splitOf;
     }
 
@@ -79,17 +80,27 @@ public final class SplitWatermarkTagger extends AbstractStreamOperator<String>
     }
 
     @Override
-    public void processElement(StreamRecord<String> element) throws Exception {
+    public void processElement(StreamRecord<byte[]> element) throws Exception {
+        String envelope = new String(element.getValue(), StandardCharsets.UTF_8);
         long eventTime = element.hasTimestamp() ? element.getTimestamp() : Long.MIN_VALUE;
         Long stored = maxEventTime.value();
         Long seen = stored != null || legacyMaxEventTime.isEmpty() ? stored
-                : legacyMaxEventTime.get(splitOf(element.getValue()));
+                : legacyMaxEventTime.get(splitOf(envelope));
         long largest = seen == null ? eventTime : Math.max(seen, eventTime);
         if (largest != Long.MIN_VALUE && (stored == null || largest > stored)) {
             maxEventTime.update(largest);
         }
         long watermark = largest == Long.MIN_VALUE ? Long.MIN_VALUE : largest - outOfOrdernessMs;
-        output.collect(element.replace("@" + watermark + "\t" + element.getValue()));
+        output.collect(element.replace("@" + watermark + "\t" + envelope));
+    }
+
+    /** {@link #splitOf(String)} of a record's UTF-8 bytes (only its tag, before the first tab, is decoded). */
+    static String splitOf(byte[] line) {
+        int tab = 0;
+        while (tab < line.length && line[tab] != '\t') {
+            tab++;
+        }
+        return splitOf(new String(line, 0, tab, StandardCharsets.UTF_8));
     }
 
     /**

@@ -3,8 +3,10 @@ package riskstream.flink;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.stream.Collectors;
 
 import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.watermarkstatus.WatermarkStatus;
@@ -32,7 +34,8 @@ class SourceHandoffTest {
             double fastestAllowed = (double) (records - perSecond) / perSecond - 0.002;
             assertTrue(seconds >= fastestAllowed, records + " records in " + seconds + " s, under the "
                     + fastestAllowed + " s a ceiling of " + perSecond + "/s allows");
-            assertEquals(sent, harness.extractOutputValues());
+            assertEquals(sent, harness.extractOutputValues().stream()
+                    .map(line -> new String(line, StandardCharsets.UTF_8)).collect(Collectors.toList()));
         }
     }
 

@@ -2,6 +2,7 @@ package riskstream.flink;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
+import java.nio.charset.StandardCharsets;
 import java.util.List;
 
 import org.apache.flink.api.common.state.ListState;
@@ -25,7 +26,7 @@ class SplitWatermarkTaggerTest {
 
     private static final long OUT_OF_ORDERNESS_MS = 100L;
 
-    private static KeyedOneInputStreamOperatorTestHarness<String, String, String> harness() throws Exception {
+    private static KeyedOneInputStreamOperatorTestHarness<String, byte[], String> harness() throws Exception {
         return new KeyedOneInputStreamOperatorTestHarness<>(new SplitWatermarkTagger(OUT_OF_ORDERNESS_MS),
                 SplitWatermarkTagger.bySplit(), Types.STRING);
     }
@@ -34,16 +35,20 @@ class SplitWatermarkTaggerTest {
     void eachRecordCarriesItsOwnSplitsLargestEventTimeMinusTheOutOfOrderness() throws Exception {
         try (var harness = harness()) {
             harness.open();
-            harness.processElement("file:1:/a.jsonl\tx", 1_000L);
-            harness.processElement("file:2:/a.jsonl\ty", 900L); // behind: the split keeps 1,000
-            harness.processElement("kafka:0:7:tx\tz", 5_000L); // another split
-            harness.processElement("file:3:/a.jsonl\tw", 1_200L);
-            harness.processElement("kafka:1:7:tx\tv", Long.MIN_VALUE); // no event time yet in partition 1
-            harness.processElement("kafka:0:8:tx\tu", 4_000L);
+            harness.processElement(bytes("file:1:/a.jsonl\tx"), 1_000L);
+            harness.processElement(bytes("file:2:/a.jsonl\ty"), 900L); // behind: the split keeps 1,000
+            harness.processElement(bytes("kafka:0:7:tx\tz"), 5_000L); // another split
+            harness.processElement(bytes("file:3:/a.jsonl\tw"), 1_200L);
+            harness.processElement(bytes("kafka:1:7:tx\tv"), Long.MIN_VALUE); // no event time yet in partition 1
+            harness.processElement(bytes("kafka:0:8:tx\tu"), 4_000L);
             assertEquals(List.of("@900\tfile:1:/a.jsonl\tx", "@900\tfile:2:/a.jsonl\ty", "@4900\tkafka:0:7:tx\tz",
                     "@1100\tfile:3:/a.jsonl\tw", "@" + Long.MIN_VALUE + "\tkafka:1:7:tx\tv", "@4900\tkafka:0:8:tx\tu"),
                     harness.extractOutputValues());
         }
+    }
+
+    private static byte[] bytes(String line) {
+        return line.getBytes(StandardCharsets.UTF_8);
     }
 
     @Test
@@ -51,6 +56,8 @@ class SplitWatermarkTaggerTest {
         assertEquals("file:/data/a b.jsonl", SplitWatermarkTagger.splitOf("file:12:/data/a b.jsonl\t{}"));
         assertEquals("kafka:2:transactions", SplitWatermarkTagger.splitOf("kafka:2:99:transactions\t{}"));
         assertEquals("other", SplitWatermarkTagger.splitOf("other"));
+        assertEquals("file:/data/é.jsonl", SplitWatermarkTagger.splitOf(bytes("file:3:/data/é.jsonl\t{\"x\":\"é\"}")));
+        assertEquals("kafka:0:tx", SplitWatermarkTagger.splitOf(bytes("kafka:0:5:tx")));
     }
 
     @Test
@@ -67,16 +74,16 @@ class SplitWatermarkTaggerTest {
         OperatorSubtaskState state;
         try (var harness = harness()) {
             harness.open();
-            harness.processElement("file:1:/a.jsonl\tx", 10_000L);
-            harness.processElement("kafka:0:1:tx\ty", 20_000L);
+            harness.processElement(bytes("file:1:/a.jsonl\tx"), 10_000L);
+            harness.processElement(bytes("kafka:0:1:tx\ty"), 20_000L);
             state = harness.snapshot(1L, 1L);
-            harness.processElement("file:2:/a.jsonl\tz", 50_000L); // after the checkpoint: replayed
+            harness.processElement(bytes("file:2:/a.jsonl\tz"), 50_000L); // after the checkpoint: replayed
         }
         try (var restored = harness()) {
             restored.initializeState(state);
             restored.open();
-            restored.processElement("file:2:/a.jsonl\tz", 5_000L);
-            restored.processElement("kafka:0:2:tx\tw", 1_000L);
+            restored.processElement(bytes("file:2:/a.jsonl\tz"), 5_000L);
+            restored.processElement(bytes("kafka:0:2:tx\tw"), 1_000L);
             assertEquals(List.of("@9900\tfile:2:/a.jsonl\tz", "@19900\tkafka:0:2:tx\tw"), restored.extractOutputValues());
         }
     }
@@ -109,9 +116,9 @@ class SplitWatermarkTaggerTest {
         try (var restored = harness()) {
             restored.initializeState(state);
             restored.open();
-            restored.processElement("file:2:/a.jsonl\tz", 5_000L);
-            restored.processElement("kafka:0:2:tx\tw", 30_000L);
-            restored.processElement("kafka:1:2:tx\tv", 1_000L); // a split the savepoint did not have
+            restored.processElement(bytes("file:2:/a.jsonl\tz"), 5_000L);
+            restored.processElement(bytes("kafka:0:2:tx\tw"), 30_000L);
+            restored.processElement(bytes("kafka:1:2:tx\tv"), 1_000L); // a split the savepoint did not have
             assertEquals(List.of("@9900\tfile:2:/a.jsonl\tz", "@29900\tkafka:0:2:tx\tw", "@900\tkafka:1:2:tx\tv"),
                     restored.extractOutputValues());
             next = restored.snapshot(2L, 2L);
@@ -119,8 +126,8 @@ class SplitWatermarkTaggerTest {
         try (var again = harness()) { // the figures now live in keyed state
             again.initializeState(next);
             again.open();
-            again.processElement("file:3:/a.jsonl\ty", 1L);
-            again.processElement("kafka:0:3:tx\tx", 1L);
+            again.processElement(bytes("file:3:/a.jsonl\ty"), 1L);
+            again.processElement(bytes("kafka:0:3:tx\tx"), 1L);
             assertEquals(List.of("@9900\tfile:3:/a.jsonl\ty", "@29900\tkafka:0:3:tx\tx"), again.extractOutputValues());
         }
     }
