@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.run_bench import process_kind
+
 PROJECT = Path(__file__).resolve().parents[1]
 PY_SPY = PROJECT / ".venv" / "bin" / "py-spy"
 # The project's own code, as py-spy names a frame's file and as JFR names a frame's class.
@@ -48,10 +50,11 @@ class JobProfiler:
             return
         try:
             tree = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
-            workers = [p.pid for p in tree if any("pyflink.fn_execution" in a for a in p.cmdline())]
-            jvms = [p.pid for p in tree if (p.cmdline() or [""])[0].endswith("java")]
+            kinds = {process.pid: process_kind(process.cmdline()) for process in tree}
         except psutil.NoSuchProcess:
             return
+        workers = [pid for pid, kind in kinds.items() if kind == "python workers"]
+        jvms = [pid for pid, kind in kinds.items() if kind == "jvm"]
         if not workers or not jvms:
             return
         if self.workers_seen_at is None:
