@@ -18,10 +18,9 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import psutil
-
-from bench.run_bench import process_kind
 
 PROJECT = Path(__file__).resolve().parents[1]
 PY_SPY = PROJECT / ".venv" / "bin" / "py-spy"
@@ -33,10 +32,13 @@ PROJECT_JAVA = "riskstream.flink."
 class JobProfiler:
     """Profiles a running job's process tree once: `attach` (called while the job runs) starts
     py-spy on every Python worker and a JFR recording in the JVM, `seconds` long, once the workers
-    have run for `settle_s` (start-up, numba's compilation); `summary` reads what they recorded."""
+    have run for `settle_s` (start-up, numba's compilation); `summary` reads what they recorded.
+    `process_kind` tells a process's kind from its command line (bench.run_bench.process_kind)."""
 
-    def __init__(self, folder: Path, seconds: float = 10.0, settle_s: float = 5.0):
+    def __init__(self, folder: Path, process_kind: Callable[[list[str]], str], seconds: float = 10.0,
+                 settle_s: float = 5.0):
         self.folder = folder
+        self.process_kind = process_kind
         self.seconds = seconds
         self.settle_s = settle_s
         self.attached = False
@@ -50,7 +52,7 @@ class JobProfiler:
             return
         try:
             tree = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
-            kinds = {process.pid: process_kind(process.cmdline()) for process in tree}
+            kinds = {process.pid: self.process_kind(process.cmdline()) for process in tree}
         except psutil.NoSuchProcess:
             return
         workers = [pid for pid, kind in kinds.items() if kind == "python workers"]

@@ -443,7 +443,7 @@ def main() -> int:
         from bench.profile_summary import JobProfiler
 
         # Apart from the measured runs: the samplers take CPU of their own.
-        profiler = JobProfiler(OUT / "bench" / "profile")
+        profiler = JobProfiler(OUT / "bench" / "profile", process_kind)
         run_job("job-20-keys-profiled", data, "merchant_category", profiler=profiler)
         results["profile"] = profiler.summary()
     if "global" in parts:
