@@ -402,8 +402,9 @@ def committed_outputs(settings: Settings) -> int:
 
 
 def _kill_taskmanagers(local: local_cluster.LocalCluster, point: str, watch: Watch) -> Kill:
-    """Kills at once, and describes the job by the poll that chose this moment."""
-    pids = local.taskmanager_pids()
+    """Kills the TaskManagers that run the job at once (not a standby one), and describes the job by
+    the poll that chose this moment."""
+    pids = local.busy_taskmanager_pids() or local.taskmanager_pids()
     if not pids:
         raise DrillError("no TaskManager process to kill")
     at_ms = time.time_ns() // 1_000_000

@@ -185,6 +185,24 @@ class LocalCluster:
     def taskmanager_pids(self) -> list[int]:
         return [pid for pid, command in self._java_processes() if "TaskManagerRunner" in command]
 
+    def busy_taskmanager_pids(self, rest_url: str | None = None) -> list[int]:
+        """Pids of this cluster's TaskManagers that hold a job's slots, as the REST API at `rest_url`
+        (default: `self.rest_url`) reports them: a TaskManager's id there ("host:port-suffix") names
+        the port its RPC service listens on."""
+        busy_ports = {int(taskmanager["id"].rpartition("-")[0].rpartition(":")[2])
+                      for taskmanager in rest(rest_url or self.rest_url, "GET", "/taskmanagers")["taskmanagers"]
+                      if taskmanager["freeSlots"] < taskmanager["slotsNumber"]}
+        busy = []
+        for pid in self.taskmanager_pids():
+            try:
+                ports = {connection.laddr.port for connection in psutil.Process(pid).net_connections("tcp")
+                         if connection.status == psutil.CONN_LISTEN}
+            except psutil.Error:  # ended meanwhile
+                continue
+            if ports & busy_ports:
+                busy.append(pid)
+        return busy
+
     def processes(self) -> list[int]:
         """Pids of this cluster's JobManager and TaskManager JVMs (found by their --configDir)."""
         return [pid for pid, _ in self._java_processes()]

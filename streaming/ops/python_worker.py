@@ -27,16 +27,32 @@ CHECK_EVERY_S = 1.0
 
 
 def main() -> None:
-    """`riskstream-python-worker -m MODULE ARGS...` runs MODULE as `python -m` does, watched;
-    anything else (`-c`, a script, `--version`) goes to this environment's Python unchanged."""
+    """`riskstream-python-worker -m MODULE ARGS...` runs MODULE as `python -m` does, watched: started
+    by a JVM, as a fork of that JVM's fork server (streaming/ops/worker_forks.py), or in this process
+    when none answers; anything else (`-c`, a script, `--version`) goes to this environment's Python
+    unchanged."""
     arguments = sys.argv[1:]
     if len(arguments) < 2 or arguments[0] != "-m":
         os.execv(sys.executable, [sys.executable, *arguments])
     jvm = starting_jvm()
-    if jvm is not None:
-        threading.Thread(target=watch, args=(jvm,), name="riskstream-jvm-watchdog", daemon=True).start()
-    sys.argv = [arguments[1], *arguments[2:]]
-    runpy.run_module(arguments[1], run_name="__main__", alter_sys=True)
+    if jvm is None:
+        run_module(arguments[1:])
+        return
+    threading.Thread(target=watch, args=(jvm,), name="riskstream-jvm-watchdog", daemon=True).start()
+    from streaming.ops import worker_forks
+
+    code = worker_forks.run_forked(jvm, arguments[1:])
+    if code is None:
+        os.write(2, b"riskstream: no Python worker fork server answered; this worker imports its own modules\n")
+        run_module(arguments[1:])
+        return
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+def run_module(module_arguments: list[str]) -> None:
+    """Runs `python -m MODULE ARGS` in this process (`module_arguments`: MODULE, ARGS...)."""
+    sys.argv = list(module_arguments)
+    runpy.run_module(module_arguments[0], run_name="__main__", alter_sys=True)
 
 
 def starting_jvm() -> psutil.Process | None:
@@ -50,11 +66,12 @@ def starting_jvm() -> psutil.Process | None:
     return None
 
 
-def watch(jvm: psutil.Process) -> None:
-    """Ends this process once `jvm` has ended (is_running also tells a new process that reused
-    its pid by its start time; a killed JVM whose adopter does not reap it stays a zombie)."""
+def watch(starter: psutil.Process, what: str = "the JVM") -> None:
+    """Ends this process once `starter` (`what` it is, for the log line) has ended (is_running also
+    tells a new process that reused its pid by its start time; a killed JVM whose adopter does not
+    reap it stays a zombie)."""
     try:
-        while jvm.is_running() and jvm.status() != psutil.STATUS_ZOMBIE:
+        while starter.is_running() and starter.status() != psutil.STATUS_ZOMBIE:
             time.sleep(CHECK_EVERY_S)
     except psutil.NoSuchProcess:  # reaped between the two checks
         pass
@@ -63,7 +80,7 @@ def watch(jvm: psutil.Process) -> None:
     # the JVM was gone), so nothing may wait or raise before the exit.
     try:
         os.set_blocking(2, False)
-        os.write(2, f"riskstream: the JVM that started this Python worker (pid {jvm.pid}) has ended; "
+        os.write(2, f"riskstream: {what} that started this Python worker (pid {starter.pid}) has ended; "
                     "the worker ends too\n".encode())
     except OSError:
         pass

@@ -76,3 +76,85 @@ def test_cluster_down_kills_the_workers_of_this_cluster_left_behind_and_no_other
     finally:
         ours.kill()
         theirs.kill()
+
+
+PROBE = '''
+import os, signal, sys, time
+print(os.getpid(), os.getppid(), os.getcwd(), os.environ.get("PROBE"), signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+      flush=True)
+if sys.argv[1] == "sleep":
+    time.sleep(120)
+sys.exit(int(sys.argv[1]))
+'''
+
+
+def run_under_a_jvm(tmp_path: Path, script: str, ignore_sigint: bool = False) -> subprocess.Popen:
+    """`script` (bash) run by a process named "java", as Flink runs a worker through its shell script;
+    `riskstream-python-worker` is $WORKER and the probe module (PROBE) is importable as `probe`."""
+    java = tmp_path / "java"
+    java.symlink_to("/bin/bash")
+    (tmp_path / "probe.py").write_text(PROBE)
+    env = {**os.environ, "WORKER": str(python_worker_executable()), "PYTHONPATH": str(tmp_path), "PROBE": "set"}
+    return subprocess.Popen([str(java), "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None)
+
+
+def fork_servers(jvm_pid: int) -> list[psutil.Process]:
+    return [process for process in psutil.process_iter(["cmdline"])
+            if "streaming.ops.worker_forks" in (process.info["cmdline"] or ()) and str(jvm_pid) in process.info["cmdline"]]
+
+
+def test_workers_of_one_jvm_are_forks_of_one_server_with_the_requesters_stdio_folder_environment_and_exit_code(tmp_path):
+    jvm = run_under_a_jvm(tmp_path, '$WORKER -m probe 3; echo "exit $?"; $WORKER -m probe 0; echo "exit $?"')
+    try:
+        out, err = jvm.communicate(timeout=120)
+        lines = out.splitlines()
+        assert [line for line in lines if line.startswith("exit")] == ["exit 3", "exit 0"], (out, err)
+        probes = [line.split() for line in lines if not line.startswith("exit")]
+        assert len(probes) == 2, (out, err)
+        (first_pid, first_parent, *first_rest), (second_pid, second_parent, *second_rest) = probes
+        assert first_parent == second_parent, "both workers are forks of one server"
+        assert first_pid != second_pid
+        assert psutil.Process(int(first_parent)).cmdline()[1:3] != ["-m", "probe"]
+        assert first_rest == second_rest == [str(tmp_path), "set", "False"]
+        assert "fork server" not in err  # no fallback to importing in the requester
+    finally:
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+
+
+def test_a_killed_jvm_takes_its_fork_server_and_every_fork_with_it(tmp_path):
+    jvm = run_under_a_jvm(tmp_path, "$WORKER -m probe sleep & $WORKER -m probe sleep & wait")
+    try:
+        assert wait_until(lambda: len(fork_servers(jvm.pid)) == 1, 60)
+        [server] = fork_servers(jvm.pid)
+        assert wait_until(lambda: len(server.children()) == 2, 60)
+        forks = server.children()
+        os.kill(jvm.pid, signal.SIGKILL)
+        jvm.wait()
+        assert wait_until(lambda: all(gone(process.pid) for process in [server, *forks]), 10), "outlived the JVM"
+    finally:
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+
+
+def test_a_requester_passes_sigterm_on_to_its_fork_and_a_fork_ignores_what_the_requester_ignores(tmp_path):
+    jvm = run_under_a_jvm(tmp_path, '$WORKER -m probe sleep; echo "exit $?"', ignore_sigint=True)
+    try:
+        assert wait_until(lambda: len(fork_servers(jvm.pid)) == 1, 60)
+        [server] = fork_servers(jvm.pid)
+        assert wait_until(lambda: len(server.children()) == 1, 60)
+        [fork] = server.children()
+        [requester] = [child for child in psutil.Process(jvm.pid).children() if "probe" in child.cmdline()]
+        os.kill(requester.pid, signal.SIGINT)
+        time.sleep(1)
+        assert not gone(fork.pid), "the fork ignores SIGINT as its requester does"
+        os.kill(requester.pid, signal.SIGTERM)
+        out, err = jvm.communicate(timeout=20)
+        assert out.splitlines()[-1] == f"exit {128 + signal.SIGTERM}", (out, err)
+        assert out.split()[4] == "True"  # the probe saw SIGINT ignored
+        assert wait_until(lambda: gone(fork.pid), 5)
+    finally:
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
