@@ -257,6 +257,9 @@ def _kill_and_restore(local: local_cluster.LocalCluster, watch: Watch, point: st
     run = watch.run
     watch.until(f"{min_attempt_records} records in an attempt (kills so far: {run.kills})",
                 lambda: watch.attempt_records() >= min_attempt_records, timeout_s)
+    # Which TaskManagers run the job (not a standby one) is asked now: the moment of the kill
+    # comes within a window of a few hundred milliseconds, too short for the REST round trip.
+    taskmanagers = local.busy_taskmanager_pids() or local.taskmanager_pids()
     if point == "after-checkpoint":
         seen = _last_completed_id(watch.checkpoints())
         watch.until("a new completed checkpoint", lambda: _just_completed(watch.checkpoints(), seen),
@@ -269,7 +272,7 @@ def _kill_and_restore(local: local_cluster.LocalCluster, watch: Watch, point: st
         watch.until("a checkpoint in progress", lambda: watch.checkpoints()["counts"]["in_progress"] > 0,
                     timeout_s, poll_s=0.005)
     restores = watch.last_checkpoints["counts"]["restored"]  # from the poll that chose this moment
-    kill = _kill_taskmanagers(local, point, watch)
+    kill = _kill_taskmanagers(taskmanagers, point, watch)
     run.kills.append(kill)
     local.start_taskmanager(taskmanager_overrides)  # as a supervisor would
     # The next kill must hit the restored job, not a TaskManager the job has not reached yet.
@@ -401,10 +404,8 @@ def committed_outputs(settings: Settings) -> int:
                for _ in kafka_tools.tail(settings, topic, idle_timeout_s=1, until_end=True))
 
 
-def _kill_taskmanagers(local: local_cluster.LocalCluster, point: str, watch: Watch) -> Kill:
-    """Kills the TaskManagers that run the job at once (not a standby one), and describes the job by
-    the poll that chose this moment."""
-    pids = local.busy_taskmanager_pids() or local.taskmanager_pids()
+def _kill_taskmanagers(pids: list[int], point: str, watch: Watch) -> Kill:
+    """Kills the TaskManagers `pids` at once, and describes the job by the poll that chose this moment."""
     if not pids:
         raise DrillError("no TaskManager process to kill")
     at_ms = time.time_ns() // 1_000_000

@@ -25,6 +25,7 @@ import yaml
 from streaming.config import PROJECT_ROOT, ConfigError
 from streaming.config.flink_options import python_worker_executable
 from streaming.job.identity import ENTRY_MODULE
+from streaming.ops import worker_forks
 from streaming.ops.rest import ClusterError, rest
 
 
@@ -176,11 +177,23 @@ class LocalCluster:
         if role == "taskmanager":
             settings.setdefault("taskmanager.host", socket.gethostbyname(socket.gethostname()))
         script = str(flink_home() / "bin" / f"{role}.sh")
+        if role == "taskmanager":
+            # Flink's scripts exec the JVM in this very process (same pid and start time), so its
+            # workers' fork server can start now and import while the JVM starts.
+            worker_forks.start_server(psutil.Process(), self.environment())
         sys.stdout.flush()
         os.execve(script, [script, "start-foreground", *self._dynamic_properties(settings)], self.environment())
 
     def start_taskmanager(self, overrides: dict[str, str] | None = None) -> None:
+        """Starts a TaskManager, and its Python workers' fork server beside it, so that the first
+        job it runs (a restore after another TaskManager died, say) finds the harness imported."""
+        before = set(self.taskmanager_pids())
         self._script("taskmanager.sh", "start", overrides)
+        for pid in set(self.taskmanager_pids()) - before:
+            try:
+                worker_forks.start_server(psutil.Process(pid), self.environment())
+            except psutil.NoSuchProcess:  # it failed at once; its log says why
+                pass
 
     def taskmanager_pids(self) -> list[int]:
         return [pid for pid, command in self._java_processes() if "TaskManagerRunner" in command]

@@ -23,6 +23,8 @@ import time
 
 import psutil
 
+from streaming.ops import worker_forks
+
 CHECK_EVERY_S = 1.0
 
 
@@ -32,6 +34,9 @@ def main() -> None:
     when none answers; anything else (`-c`, a script, `--version`) goes to this environment's Python
     unchanged."""
     arguments = sys.argv[1:]
+    if arguments[:1] == [worker_forks.SERVE_FLAG]:  # JVM_PID JVM_START_MS (streaming/ops/worker_forks.py)
+        worker_forks.serve(int(arguments[1]), int(arguments[2]), watch, run_module)
+        return
     if len(arguments) < 2 or arguments[0] != "-m":
         os.execv(sys.executable, [sys.executable, *arguments])
     jvm = starting_jvm()
@@ -39,8 +44,6 @@ def main() -> None:
         run_module(arguments[1:])
         return
     threading.Thread(target=watch, args=(jvm,), name="riskstream-jvm-watchdog", daemon=True).start()
-    from streaming.ops import worker_forks
-
     code = worker_forks.run_forked(jvm, arguments[1:])
     if code is None:
         os.write(2, b"riskstream: no Python worker fork server answered; this worker imports its own modules\n")
@@ -85,3 +88,7 @@ def watch(starter: psutil.Process, what: str = "the JVM") -> None:
     except OSError:
         pass
     os._exit(1)
+
+
+if __name__ == "__main__":  # the fork server's command (worker_forks.start_server)
+    main()

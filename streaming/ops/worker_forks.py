@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 
@@ -50,6 +50,8 @@ SERVER_START_TIMEOUT_S = 60.0
 # How often the server checks that its JVM still runs, and reaps ended forks.
 POLL_S = 0.2
 JVM_CHECK_S = 1.0
+# The argument of streaming/ops/python_worker.py that makes it a fork server.
+SERVE_FLAG = "--serve-forks"
 # The signals a requester passes on to its fork (unless it ignores them, as the fork then does).
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # The project's own packages, imported by each fork from its own path, never by the server.
@@ -74,7 +76,7 @@ def run_forked(jvm: psutil.Process, module_arguments: list[str]) -> int | None:
         starting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             starting.bind(address(jvm) + "-starting")
-            _start_server(jvm)
+            start_server(jvm)
         except OSError:
             pass
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -106,10 +108,12 @@ def run_forked(jvm: psutil.Process, module_arguments: list[str]) -> int | None:
     return int(ended[1])
 
 
-def serve(jvm_pid: int, jvm_start_ms: int) -> None:
+def serve(jvm_pid: int, jvm_start_ms: int, watch: Callable[[psutil.Process, str], None],
+          run_module: Callable[[list[str]], None]) -> None:
     """The fork server of the JVM `jvm_pid` (started at `jvm_start_ms`): imports PRELOADED, then forks
     a worker for each request on its socket until that JVM has ended. Returns at once if another
-    server already holds the socket."""
+    server already holds the socket. In a fork, `watch(requester, what)` ends it once its requester
+    has ended (python_worker.watch), and `run_module(module_arguments)` runs the module."""
     try:
         jvm = psutil.Process(jvm_pid)
     except psutil.NoSuchProcess:
@@ -133,7 +137,7 @@ def serve(jvm_pid: int, jvm_start_ms: int) -> None:
         readable, _, _ = select.select([listener], [], [], POLL_S)
         if readable:
             connection, _ = listener.accept()
-            fork = _fork_for(connection, listener, requesters)
+            fork = _fork_for(connection, listener, requesters, watch, run_module)
             if fork is not None:
                 requesters[fork] = connection
             else:
@@ -145,8 +149,8 @@ def serve(jvm_pid: int, jvm_start_ms: int) -> None:
                 return
 
 
-def _fork_for(connection: socket.socket, listener: socket.socket,
-              requesters: dict[int, socket.socket]) -> int | None:
+def _fork_for(connection: socket.socket, listener: socket.socket, requesters: dict[int, socket.socket],
+              watch: Callable[[psutil.Process, str], None], run_module: Callable[[list[str]], None]) -> int | None:
     """Reads one request and forks its worker; the fork's pid (None for a request cut short)."""
     header, fds, _, _ = socket.recv_fds(connection, 4, 3)
     if len(header) < 4 or len(fds) != 3:
@@ -172,14 +176,15 @@ def _fork_for(connection: socket.socket, listener: socket.socket,
         for other in requesters.values():
             other.close()
         connection.close()
-        _become_worker(request, fds, requester_pid)  # does not return
+        _become_worker(request, fds, requester_pid, watch, run_module)  # does not return
     for fd in fds:
         os.close(fd)
     connection.sendall(f"pid {fork}\n".encode())
     return fork
 
 
-def _become_worker(request: dict[str, Any], fds: list[int], requester_pid: int) -> None:
+def _become_worker(request: dict[str, Any], fds: list[int], requester_pid: int,
+                   watch: Callable[[psutil.Process, str], None], run_module: Callable[[list[str]], None]) -> None:
     """In the fork: takes over the requester's stdio, environment, folder and path, ends with the
     requester, and runs the module as `python -m` does; exits with its status."""
     code = 1
@@ -200,12 +205,10 @@ def _become_worker(request: dict[str, Any], fds: list[int], requester_pid: int) 
                 signal.signal(signal_number, signal.default_int_handler)
             else:
                 signal.signal(signal_number, signal.SIG_DFL)
-        from streaming.ops import python_worker
-
         requester = psutil.Process(requester_pid)
-        threading.Thread(target=python_worker.watch, args=(requester, "the requesting process"),
+        threading.Thread(target=watch, args=(requester, "the requesting process"),
                          name="riskstream-requester-watchdog", daemon=True).start()
-        python_worker.run_module(request["argv"])
+        run_module(request["argv"])
         code = 0
     except SystemExit as exit_request:
         code = exit_request.code if isinstance(exit_request.code, int) else (0 if exit_request.code is None else 1)
@@ -249,13 +252,17 @@ def _connect(name: str) -> socket.socket | None:
     return connection
 
 
-def _start_server(jvm: psutil.Process) -> None:
-    """Starts the fork server of `jvm` in its own session, detached from this process's stdio (a
-    server holding Flink's pipe open would keep the worker's log reader waiting)."""
-    subprocess.Popen([sys.executable, "-m", "streaming.ops.worker_forks", str(jvm.pid),
-                      str(int(jvm.create_time() * 1000)), *PRELOADED[:1]],
+def start_server(jvm: psutil.Process, environment: dict[str, str] | None = None) -> None:
+    """Starts the fork server of `jvm` (with `environment`, default this process's) in its own
+    session, detached from this process's stdio (a server holding Flink's pipe open would keep the
+    worker's log reader waiting). It imports PRELOADED, then serves until `jvm` ends; if another
+    already serves `jvm`, it ends at once."""
+    # The module named last tells the server's processes apart as Python workers (for `cluster
+    # down` and the benchmark's CPU per process kind).
+    subprocess.Popen([sys.executable, "-m", "streaming.ops.python_worker", SERVE_FLAG, str(jvm.pid),
+                      str(int(jvm.create_time() * 1000)), PRELOADED[0]],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True)
+                     start_new_session=True, close_fds=True, env=environment)
 
 
 def _send_signal(pid: int, signal_number: int) -> None:
@@ -270,7 +277,3 @@ def _running(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-if __name__ == "__main__":
-    serve(int(sys.argv[1]), int(sys.argv[2]))

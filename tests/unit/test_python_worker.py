@@ -102,7 +102,7 @@ def run_under_a_jvm(tmp_path: Path, script: str, ignore_sigint: bool = False) ->
 
 def fork_servers(jvm_pid: int) -> list[psutil.Process]:
     return [process for process in psutil.process_iter(["cmdline"])
-            if "streaming.ops.worker_forks" in (process.info["cmdline"] or ()) and str(jvm_pid) in process.info["cmdline"]]
+            if "--serve-forks" in (process.info["cmdline"] or ()) and str(jvm_pid) in process.info["cmdline"]]
 
 
 def test_workers_of_one_jvm_are_forks_of_one_server_with_the_requesters_stdio_folder_environment_and_exit_code(tmp_path):
