@@ -53,7 +53,8 @@ def test_a_kafka_job_graph_carries_the_profiles_kafka_configuration(bounded, del
 
     from streaming.job.graph import build_job, flink_configuration
 
-    overrides = [f"kafka.{name}_topic=graph-{name}" for name in ("transactions", "scores", "dead_letters", "snapshots")]
+    overrides = [f"kafka.{name}_topic=graph-{name}"
+                 for name in ("transactions", "scores", "dead_letters", "snapshots", "analytics", "late")]
     settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
         *overrides, "kafka.consumer_group=graph-group", "kafka.transactional_id_prefix=graph-tx",
         f"kafka.bounded={str(bounded).lower()}", f"kafka.delivery={delivery}"])
@@ -62,7 +63,8 @@ def test_a_kafka_job_graph_carries_the_profiles_kafka_configuration(bounded, del
     build_job(env, settings)
     connectors = connectors_of(env)
 
-    assert set(connectors) == {"transactions-source", "scores-sink", "dead-letters-sink", "model-snapshots-sink"}
+    assert set(connectors) == {"transactions-source", "scores-sink", "dead-letters-sink", "model-snapshots-sink",
+                               "analytics-sink", "late-sink"}  # analytics are on in Kafka mode too
     source = java_fields(connectors["transactions-source"])
     assert connectors["transactions-source"].getClass().getName() == "org.apache.flink.connector.kafka.source.KafkaSource"
     assert list(java_fields(source["subscriber"])["topics"]) == ["graph-transactions"]
@@ -75,7 +77,7 @@ def test_a_kafka_job_graph_carries_the_profiles_kafka_configuration(bounded, del
     assert source["deserializationSchema"].getClass().getName() == "riskstream.flink.kafka.TaggedKafkaDeserializer"
 
     for name, topic in (("scores", "graph-scores"), ("dead-letters", "graph-dead_letters"),
-                        ("model-snapshots", "graph-snapshots")):
+                        ("model-snapshots", "graph-snapshots"), ("analytics", "graph-analytics"), ("late", "graph-late")):
         sink = connectors[f"{name}-sink"]
         assert sink.getClass().getName() == "org.apache.flink.connector.kafka.sink.KafkaSink"
         fields = java_fields(sink)

@@ -220,9 +220,15 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
         scheduleIdleCheck();
     }
 
+    /**
+     * Flink calls this only when the input is drained (a bounded input's end, a stop with --drain):
+     * event time has ended. Flink emitted the end-of-input watermark before, but when this operator
+     * is chained to a source that was idle, the chain dropped it (FLINK-40499, open in Flink 2.2),
+     * so it is emitted here unless it came.
+     */
     @Override
     public void endInput() throws Exception {
-        emit();
+        processWatermark(Watermark.MAX_WATERMARK);
     }
 
     @Override

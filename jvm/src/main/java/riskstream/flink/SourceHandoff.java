@@ -3,6 +3,7 @@ package riskstream.flink;
 import java.nio.charset.StandardCharsets;
 
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
+import org.apache.flink.streaming.api.operators.BoundedOneInput;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
@@ -19,12 +20,20 @@ import org.apache.flink.streaming.runtime.watermarkstatus.WatermarkStatus;
  * first: Flink 2.2's task output (RecordWriterOutput) drops a watermark while the status it last
  * sent is idle, and the one watermark that can come then is the end of input after a quiet spell
  * (a bounded input's, or a stop with --drain), which the end-of-input timers after it wait for.
+ *
+ * <p>That end-of-input watermark does not even reach this operator when the source was idle: Flink
+ * 2.2 emits it into the source's chain output, which drops it too (FLINK-40499, open). So at the end
+ * of input ({@link #endInput}, which Flink calls only when the input is drained: a bounded input's
+ * end or a stop with --drain, never a stop with a savepoint to resume from) this operator emits it
+ * itself, once.
  */
-public final class SourceHandoff extends AbstractStreamOperator<byte[]> implements OneInputStreamOperator<String, byte[]> {
+public final class SourceHandoff extends AbstractStreamOperator<byte[]>
+        implements OneInputStreamOperator<String, byte[]>, BoundedOneInput {
 
     private static final long serialVersionUID = 1L;
     private final Pace pace;  // null: no ceiling
     private transient boolean idle;
+    private transient boolean endOfEventTime;  // the end-of-input watermark has passed
 
     /** @param maxRecordsPerSecond the ceiling (>= 1), or 0 for none */
     public SourceHandoff(long maxRecordsPerSecond) {
@@ -50,10 +59,19 @@ public final class SourceHandoff extends AbstractStreamOperator<byte[]> implemen
 
     @Override
     public void processWatermark(Watermark mark) {
+        if (endOfEventTime) {
+            return;
+        }
+        endOfEventTime = mark.getTimestamp() == Long.MAX_VALUE;
         if (idle) {
             idle = false;
             output.emitWatermarkStatus(WatermarkStatus.ACTIVE);
         }
         output.emitWatermark(mark); // no timers here: straight on
+    }
+
+    @Override
+    public void endInput() {
+        processWatermark(Watermark.MAX_WATERMARK);
     }
 }

@@ -212,7 +212,32 @@ class RecordBundlerTest {
             harness.setProcessingTime(NEVER_MS * 10);
             harness.processElement("b", 6_000L);
             harness.endInput();
-            assertEquals(List.of("a", "b"), emitted(harness)); // "a" when its delay ran out
+            // "a" when its delay ran out; the end of input is the end of event time
+            assertEquals(List.of("a", "b", "W" + Long.MAX_VALUE), emitted(harness));
+        }
+    }
+
+    @Test
+    void theEndOfInputEmitsTheEndOfEventTimeOnceEvenWhenTheSourcesChainDroppedIt() throws Exception {
+        long idleMs = 1_000;
+        var bundler = new RecordBundler(100, 50, false, NO_CEILING).quietAfter(idleMs, 100);
+        try (var harness = new OneInputStreamOperatorTestHarness<String, byte[]>(bundler)) {
+            harness.setProcessingTime(0);
+            harness.open();
+            harness.processElement("a", 5_000L);
+            harness.setProcessingTime(idleMs); // a record came in the first period
+            harness.setProcessingTime(2 * idleMs); // none in the second: the watermark
+            harness.setProcessingTime(3 * idleMs); // ... in the third: the idle mark
+            // Chained to a source that was idle, Flink 2.2 drops the end-of-input watermark before
+            // this operator (FLINK-40499); the drained input's end is all it sees.
+            harness.endInput();
+            assertEquals(List.of("a", "W4899", "IDLE", "ACTIVE", "W" + Long.MAX_VALUE), emitted(harness));
+        }
+        try (var harness = harnessOf(new RecordBundler(100, NEVER_MS, false, NO_CEILING))) {
+            harness.processElement("a", 5_000L);
+            harness.processWatermark(Long.MAX_VALUE); // it came: not again
+            harness.endInput();
+            assertEquals(List.of("a", "W" + Long.MAX_VALUE), emitted(harness));
         }
     }
 }

@@ -52,4 +52,25 @@ class SourceHandoffTest {
                             new Watermark(Long.MAX_VALUE)), emitted.subList(1, emitted.size()));
         }
     }
+
+    @Test
+    void theEndOfInputEmitsTheEndOfEventTimeOnceEvenWhenTheSourcesChainDroppedIt() throws Exception {
+        try (var harness = new OneInputStreamOperatorTestHarness<>(new SourceHandoff(0))) {
+            harness.open();
+            harness.processElement("a", 5_000L);
+            harness.processWatermarkStatus(WatermarkStatus.IDLE);
+            // Flink 2.2 drops the end-of-input watermark in the idle source's chain output
+            // (FLINK-40499): this operator sees only the drained input's end.
+            harness.endInput();
+            List<Object> emitted = new ArrayList<>(harness.getOutput());
+            assertEquals(List.of(WatermarkStatus.IDLE, WatermarkStatus.ACTIVE, new Watermark(Long.MAX_VALUE)),
+                    emitted.subList(1, emitted.size()));
+        }
+        try (var harness = new OneInputStreamOperatorTestHarness<>(new SourceHandoff(0))) {
+            harness.open();
+            harness.processWatermark(Long.MAX_VALUE); // it came: not again
+            harness.endInput();
+            assertEquals(List.of(new Watermark(Long.MAX_VALUE)), new ArrayList<>(harness.getOutput()));
+        }
+    }
 }
