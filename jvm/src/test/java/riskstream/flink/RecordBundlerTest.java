@@ -185,18 +185,27 @@ class RecordBundlerTest {
         }
     }
 
+    /**
+     * A bundler quiet after 1 000 ms (out-of-orderness 100 ms) that got one record ("a", event time
+     * 5 000) and then none for three periods: it has emitted "a", its watermark and the idle mark.
+     */
+    private static OneInputStreamOperatorTestHarness<String, byte[]> quietAfterOneRecord() throws Exception {
+        long idleMs = 1_000;
+        var harness = new OneInputStreamOperatorTestHarness<String, byte[]>(
+                new RecordBundler(100, 50, false, NO_CEILING).quietAfter(idleMs, 100));
+        harness.setProcessingTime(0);
+        harness.open();
+        harness.processElement("a", 5_000L);
+        harness.setProcessingTime(idleMs); // a record came in the first period
+        harness.setProcessingTime(2 * idleMs); // none in the second: the watermark
+        harness.setProcessingTime(3 * idleMs); // ... in the third: the idle mark
+        assertEquals(List.of("a", "W4899", "IDLE"), emitted(harness));
+        return harness;
+    }
+
     @Test
     void theEndOfInputAfterAQuietSpellMakesTheOutputActiveBeforeItsWatermark() throws Exception {
-        long idleMs = 1_000;
-        var bundler = new RecordBundler(100, 50, false, NO_CEILING).quietAfter(idleMs, 100);
-        try (var harness = new OneInputStreamOperatorTestHarness<String, byte[]>(bundler)) {
-            harness.setProcessingTime(0);
-            harness.open();
-            harness.processElement("a", 5_000L);
-            harness.setProcessingTime(idleMs); // a record came in the first period
-            harness.setProcessingTime(2 * idleMs); // none in the second: the watermark
-            harness.setProcessingTime(3 * idleMs); // ... in the third: the idle mark
-            assertEquals(List.of("a", "W4899", "IDLE"), emitted(harness));
+        try (var harness = quietAfterOneRecord()) {
             // Stopped with --drain (or a bounded input's end): downstream ignores a watermark that
             // comes on an idle input, so this one must come on an active one.
             harness.processWatermark(Long.MAX_VALUE);
@@ -219,15 +228,7 @@ class RecordBundlerTest {
 
     @Test
     void theEndOfInputEmitsTheEndOfEventTimeOnceEvenWhenTheSourcesChainDroppedIt() throws Exception {
-        long idleMs = 1_000;
-        var bundler = new RecordBundler(100, 50, false, NO_CEILING).quietAfter(idleMs, 100);
-        try (var harness = new OneInputStreamOperatorTestHarness<String, byte[]>(bundler)) {
-            harness.setProcessingTime(0);
-            harness.open();
-            harness.processElement("a", 5_000L);
-            harness.setProcessingTime(idleMs); // a record came in the first period
-            harness.setProcessingTime(2 * idleMs); // none in the second: the watermark
-            harness.setProcessingTime(3 * idleMs); // ... in the third: the idle mark
+        try (var harness = quietAfterOneRecord()) {
             // Chained to a source that was idle, Flink 2.2 drops the end-of-input watermark before
             // this operator (FLINK-40499); the drained input's end is all it sees.
             harness.endInput();
