@@ -25,7 +25,8 @@ CPU counted, for issue 26's target (on / off records/s at least 0.8), on 200,000
 --records or --quick says. `analytics` runs the 20-key job with windowed analytics on (its default windows and
 groups) beside the same job with them off, in every round, for what analytics add per record.
 `labels` likewise runs the 20-key job learning from the file's label stream (labels.mode stream;
-generated once beside it, labels one minute to a week after their transactions) beside the inline
+generated once beside it, labels one minute to a week after their transactions; state in RocksDB,
+checkpointed incrementally, as conf/labels.yaml keeps it) beside the inline
 job; as labels keep coming after the last score, both are measured from the first score to the
 end of the job (core_us_per_record_to_end), and a logged transaction's state is the difference of
 the two jobs' largest checkpoints divided by the records. checkpoint_ms is the median checkpoint
@@ -348,7 +349,9 @@ def main() -> int:
         if "analytics" in parts:
             measured["analytics"] = run_job("job-20-keys-analytics", data, "merchant_category", "analytics.enabled=true")
         if "labels" in parts:
-            label_stream = ("labels.mode=stream", f"labels.source={{kind: files, paths: ['{ensure_labels(data)}']}}")
+            # State in RocksDB, checkpointed incrementally, as conf/labels.yaml keeps it.
+            label_stream = ("labels.mode=stream", f"labels.source={{kind: files, paths: ['{ensure_labels(data)}']}}",
+                            "checkpointing.state_backend=rocksdb", "checkpointing.incremental=true")
             measured["labels"] = run_job("job-20-keys-labels", data, "merchant_category", *label_stream)
             if args.baseline:
                 measured["baseline-labels"] = run_job("baseline-20-keys-labels", data, "merchant_category",
@@ -433,6 +436,11 @@ def main() -> int:
             "labels_dead_lettered": last["labels"]["labels_dead_lettered"],
             "labels_state_bytes_per_transaction": (last["labels"]["max_checkpoint_bytes"]
                                                    - last["job"]["max_checkpoint_bytes"]) / last["labels"]["scored"],
+            "labels_checkpoint_ms": statistics.median(r["labels"]["checkpoint_ms"] for r in rounds),
+            "labels_core_us_per_record_by_kind": {
+                kind: statistics.median(r["labels"]["core_us_per_record_by_kind"].get(kind, 0.0) for r in rounds)
+                for kind in last["labels"]["core_us_per_record_by_kind"]},
+            "labels_peak_rss_mb": statistics.median(r["labels"]["peak_rss_mb"] for r in rounds),
         })
     if "stages" in parts:
         from bench.stages import stage_profile
@@ -517,6 +525,12 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
               f"   ({results['labels_core_us_per_record_to_end']:.1f} vs {results['labels_off_core_us_per_record_to_end']:.1f})")
         print(f"{'labels: applied, dead-lettered':<44}{results['labels_applied']:>12,}{results['labels_dead_lettered']:>16,}")
         print(f"{'state per logged transaction (bytes)':<44}{results['labels_state_bytes_per_transaction']:>12,.0f}")
+        print(f"{'labels stream / inline, to the job end':<44}"
+              f"{results['labels_core_us_per_record_to_end'] / results['labels_off_core_us_per_record_to_end']:>12.2f}")
+        by_kind = ", ".join(f"{kind} {us:.1f}" for kind, us in results["labels_core_us_per_record_by_kind"].items())
+        print(f"{'labels: core-µs by process kind':<44}{by_kind:>12}")
+        print(f"{'labels: median checkpoint (ms), peak RSS (MB)':<44}{results['labels_checkpoint_ms']:>12,.0f}"
+              f"{results['labels_peak_rss_mb']:>16,.0f}")
     if "job" in median and "river" in median:
         print(f"{'job / River (records/s)':<44}{median['job']['records_per_second'] / median['river']['records_per_second']:>12.2f}"
               f"{large['job']['records_per_second'] / large['river']['records_per_second']:>16.2f}")

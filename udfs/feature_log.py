@@ -40,39 +40,57 @@ def expiry_of(log_id: str) -> tuple[int, int]:
 
 
 _LOG_HEADER = struct.Struct("<BII")  # version, records, entries
-LOG_VERSION = 1
+# Version 2 adds the width of a feature index in bytes (2 when every index is below 65,536, else 4).
+_LOG_HEADER_2 = struct.Struct("<BIIB")
+LOG_VERSION = 2
 
 
 class FeatureLog(NamedTuple):
     """One scored shard batch's features as its models saw them, kept in keyed state until the
     batch's labels come or its time-to-live passes: record r has model key model_keys[r], event
     time event_times[r] (ms), score scores[r] (0..1) and standardized entries
-    indices/values[indptr[r]:indptr[r+1]]. As bytes (`to_bytes`), a record costs 24 bytes, 12 per
-    feature entry and its model key's UTF-8 bytes plus one."""
+    indices/values[indptr[r]:indptr[r+1]].
+
+    As bytes (`to_bytes`, version 2), a record costs 20 bytes (event time int64, score float64,
+    its end in the entries uint32), 6 per feature entry (index uint16, value float32; 8 when an
+    index is 65,536 or more) and its model key's UTF-8 bytes plus one. The values are kept as
+    float32: a label's step uses the logged value rounded to float32 (a relative change below
+    6e-8), read back the same way whether the log was just written or restored. `from_bytes` also
+    reads version 1 (int64 ends and event times, int32 indices, float64 values), which savepoints
+    taken before version 2 hold."""
 
     model_keys: list[str]
     event_times: np.ndarray  # int64
     scores: np.ndarray  # float64
-    indptr: np.ndarray  # int64
-    indices: np.ndarray  # int32
-    values: np.ndarray  # float64
+    indptr: np.ndarray  # int64 or uint32
+    indices: np.ndarray  # uint16 or int32
+    values: np.ndarray  # float32 (float64 in a version-1 log)
 
     def to_bytes(self) -> bytes:
         keys = "\n".join(self.model_keys).encode("utf-8", "surrogatepass")
-        return b"".join((_LOG_HEADER.pack(LOG_VERSION, len(self.model_keys), len(self.indices)),
+        index_type = np.uint16 if not len(self.indices) or int(self.indices.max()) < 2**16 else np.int32
+        return b"".join((_LOG_HEADER_2.pack(LOG_VERSION, len(self.model_keys), len(self.indices),
+                                            np.dtype(index_type).itemsize),
                          self.event_times.astype(np.int64).tobytes(), self.scores.astype(np.float64).tobytes(),
-                         self.indptr.astype(np.int64).tobytes(), self.indices.astype(np.int32).tobytes(),
-                         self.values.astype(np.float64).tobytes(), keys))
+                         self.indptr.astype(np.uint32).tobytes(), self.indices.astype(index_type).tobytes(),
+                         self.values.astype(np.float32).tobytes(), keys))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "FeatureLog":
-        version, n, entries = _LOG_HEADER.unpack_from(data)
-        if version != LOG_VERSION:
-            raise ValueError(f"feature log version {version} is not supported (this release reads {LOG_VERSION})")
-        offset = _LOG_HEADER.size
+        version = data[0]
+        if version == 2:
+            _, n, entries, index_width = _LOG_HEADER_2.unpack_from(data)
+            offset = _LOG_HEADER_2.size
+            layout = ((np.int64, n), (np.float64, n), (np.uint32, n + 1),
+                      (np.uint16 if index_width == 2 else np.int32, entries), (np.float32, entries))
+        elif version == 1:
+            _, n, entries = _LOG_HEADER.unpack_from(data)
+            offset = _LOG_HEADER.size
+            layout = ((np.int64, n), (np.float64, n), (np.int64, n + 1), (np.int32, entries), (np.float64, entries))
+        else:
+            raise ValueError(f"feature log version {version} is not supported (this release reads 1 and 2)")
         arrays = []
-        for dtype, count in ((np.int64, n), (np.float64, n), (np.int64, n + 1), (np.int32, entries),
-                             (np.float64, entries)):
+        for dtype, count in layout:
             array = np.frombuffer(data, dtype, count, offset)
             offset += array.nbytes
             arrays.append(array)
@@ -80,6 +98,6 @@ class FeatureLog(NamedTuple):
         return cls(keys, *arrays)
 
     def entries(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """(feature indices, standardized values) of record `row`."""
-        begin, end = self.indptr[row], self.indptr[row + 1]
-        return self.indices[begin:end], self.values[begin:end]
+        """(feature indices, standardized values as float64) of record `row`."""
+        begin, end = int(self.indptr[row]), int(self.indptr[row + 1])
+        return self.indices[begin:end], self.values[begin:end].astype(np.float64)

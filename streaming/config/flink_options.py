@@ -80,6 +80,12 @@ def flink_options(settings: Settings) -> dict[str, str]:
     }
 
 
+def local_cluster_options(settings: Settings) -> dict[str, str]:
+    """Flink's keys that size the embedded mini-cluster of `riskstream run` (a session cluster's
+    TaskManagers take theirs from their own configuration, not from a job's)."""
+    return {"taskmanager.memory.managed.size": f"{settings.flink.local_managed_memory_mb}m"}
+
+
 def restart_options(restart: RestartSettings) -> dict[str, str]:
     """Flink's restart-strategy keys for `checkpointing.restart`."""
     if restart.strategy == "fixed-delay":

@@ -74,11 +74,13 @@ def routed_labels(routes: DataStream, labels: DataStream, rules: LabelSettings, 
     stream's idle mark for `event_time.idleness_ms`); and the dead letters of lines LabelRouter
     could not read (LabelRouter.UNREADABLE: a bug upstream)."""
     jvm = internals.jvm()
-    router = jvm.riskstream.flink.LabelRouter(rules.remembered_ms(), rules.unknown_wait_ms, shards, METRICS_GROUP)
+    router = jvm.riskstream.flink.LabelRouter.operator(rules.remembered_ms(), rules.unknown_wait_ms, shards,
+                                                      METRICS_GROUP)
     key = jvm.riskstream.flink.LabelRouter.txnIdKey()
     string_type = Types.STRING().get_java_type_info()
     routed = internals.apply_java_to_two(routes, labels, lambda j_routes, j_labels: j_routes.keyBy(key, string_type).connect(
-        j_labels.keyBy(key, string_type)).process(router, BYTES.get_java_type_info())).name("route-labels").uid("route-labels")
+        j_labels.keyBy(key, string_type)).transform("route-labels", BYTES.get_java_type_info(), router)
+    ).name("route-labels").uid("route-labels")
     bundles = java_operator(routed, "bundle-routed-labels", lambda j, jvm: j.transform(
         "bundle-routed-labels", SHARD_BATCH.get_java_type_info(), jvm.riskstream.flink.ShardBundler(
             bundling.max_records, bundling.max_delay_ms, event_time.idleness_ms)))

@@ -13,6 +13,7 @@ from pyflink.common import CompletableFuture, JobClient, JobExecutionResult
 from pyflink.datastream import StreamExecutionEnvironment
 
 from streaming.config import Settings
+from streaming.config.flink_options import local_cluster_options
 from streaming.config.global_settings import check_no_earlier_versions
 from streaming.job import pyflink_internals as internals
 from streaming.job.graph import build_job, flink_configuration
@@ -225,6 +226,8 @@ def start_job(settings: Settings, restore_from: str | None = None) -> JobClient:
         internals.run_python_workers_as_processes()
     compile_model_code()  # here, once, rather than in each Python worker as it starts
     configuration = flink_configuration(settings)
+    for key, value in local_cluster_options(settings).items():
+        configuration.set_string(key, value)
     if restore_from is not None:
         configuration.set_string("execution.state-recovery.path", restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(configuration)

@@ -242,10 +242,12 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
         """Logs a scored batch's features, then applies the labels that were waiting for them."""
         if log_id is None:
             return
-        log = FeatureLog(batch.model_keys, batch.event_times, assessed.probability, batch.indptr, batch.indices,
-                         assessed.standardized)
-        self.logs.put(log_id, log.to_bytes())
-        self._logs_of(shard)[log_id] = log
+        logged = FeatureLog(batch.model_keys, batch.event_times, assessed.probability, batch.indptr, batch.indices,
+                            assessed.standardized).to_bytes()
+        self.logs.put(log_id, logged)
+        # Kept as read back from its bytes: a label then steps on the same float32 values before
+        # and after a restore, and the worker holds the compact form.
+        self._logs_of(shard)[log_id] = FeatureLog.from_bytes(logged)
         ctx.timer_service().register_event_time_timer(expiry_of(log_id)[0])
         held = self._held_of(shard)
         if log_id in held:

@@ -100,7 +100,8 @@ def expected_outcomes(stream: list[dict], labels: list, mode: str) -> list[str]:
 class Reference:
     """One key's textbook model: running standardization (Welford) of the STANDARDIZED inputs, then
     plain SGD on the standardized vector (or, given a textbook learner of tests/reference/textbook.py,
-    its optimizer); a label that comes later steps on the vector as scored."""
+    its optimizer); a label that comes later steps on the vector as scored, rounded to float32 as
+    the feature log keeps it."""
 
     def __init__(self, learner=None):
         self.count, self.mean, self.m2 = 0, [0.0] * len(STANDARDIZED), [0.0] * len(STANDARDIZED)
@@ -190,8 +191,8 @@ def assert_labels_learned_as_the_inputs_say(stream: list[dict], label_lines: lis
                 assert scores[event["txn_id"]]["model_updates"] == model.updates
                 if inline and event["is_fraud"] is not None:
                     model.learn(x, event["is_fraud"])
-            else:
-                model.learn(scored[event["txn_id"]], event["label"])
+            else:  # on the vector as logged: float32 values (udfs.feature_log)
+                model.learn([float(np.float32(v)) for v in scored[event["txn_id"]]], event["label"])
                 assert event["model_updates"] == model.updates
                 assert event["txn_id"] in records
         final = max((s for s in out["model-snapshots"] if s["model_key"] == key), key=lambda s: s["model_updates"])

@@ -15,7 +15,7 @@ import yaml
 
 from streaming.cli import main
 from streaming.config import ConfigError, load_settings
-from streaming.config.flink_options import flink_options
+from streaming.config.flink_options import flink_options, local_cluster_options
 from streaming.ops import local_cluster, rest
 from streaming.reporting.outputs import latest_snapshot, latest_snapshots
 
@@ -268,3 +268,13 @@ def test_the_session_cluster_enables_the_prometheus_reporter_from_the_plugins_it
     assert factory.replace(".", "/") + ".class" in zipfile.ZipFile(jars[0]).namelist()
     first, last = map(int, str(conf["metrics.reporter.prom.port"]).split("-"))
     assert last - first + 1 >= 4, "a JobManager and the TaskManagers of a failover drill need a port each"
+
+
+def test_the_embedded_mini_cluster_gets_the_profiles_managed_memory_and_a_bad_size_fails_naming_it():
+    assert local_cluster_options(load_settings(PROJECT / "conf" / "local.yaml")) == {
+        "taskmanager.memory.managed.size": "1024m"}
+    assert local_cluster_options(load_settings(PROJECT / "conf" / "labels.yaml", ["flink.local_managed_memory_mb=2048"])
+                                 ) == {"taskmanager.memory.managed.size": "2048m"}
+    assert "taskmanager.memory.managed.size" not in flink_options(load_settings(PROJECT / "conf" / "local.yaml"))
+    with pytest.raises(ConfigError, match=r"flink\.local_managed_memory_mb.*128"):
+        load_settings(PROJECT / "conf" / "local.yaml", ["flink.local_managed_memory_mb=64"])

@@ -4,6 +4,7 @@ the label-stream generator (udfs/label_generator.py), the lines to and from Labe
 
 import json
 import random
+import struct
 from collections import Counter
 
 import numpy as np
@@ -296,19 +297,42 @@ def test_log_ids_carry_expiry_and_size_and_positions_round_trip():
 
 
 def test_feature_logs_round_trip_and_cost_what_they_say():
+    # 0.1 is not a float32: it comes back as the nearest one.
     log = FeatureLog(["grocery", "clé"], np.array([5, 7], np.int64), np.array([0.25, 0.5]),
-                     np.array([0, 3, 4], np.int64), np.array([0, 2, 9, 1], np.int32), np.array([1.5, -2.0, 1.0, 0.0]))
+                     np.array([0, 3, 4], np.int64), np.array([0, 2, 9, 1], np.int32), np.array([1.5, -2.0, 0.1, 0.0]))
     again = FeatureLog.from_bytes(log.to_bytes())
     assert again.model_keys == log.model_keys
-    for ours, theirs in zip(again[1:], log[1:]):
-        assert ours.tolist() == theirs.tolist()
-    assert [a.tolist() for a in again.entries(0)] == [[0, 2, 9], [1.5, -2.0, 1.0]]
+    assert again.event_times.tolist() == [5, 7] and again.scores.tolist() == [0.25, 0.5]
+    assert again.indptr.tolist() == [0, 3, 4]
+    assert [a.tolist() for a in again.entries(0)] == [[0, 2, 9], [1.5, -2.0, float(np.float32(0.1))]]
+    assert float(np.float32(0.1)) != 0.1 and abs(float(np.float32(0.1)) - 0.1) < 0.1 * 6e-8
     assert [a.tolist() for a in again.entries(1)] == [[1], [0.0]]
-    header = 9
-    assert len(log.to_bytes()) == header + 8 + 24 * 2 + 12 * 4 + len("grocery\nclé".encode())
+    assert again.entries(0)[1].dtype == np.float64
+    header = 10
+    assert len(log.to_bytes()) == header + 4 + 20 * 2 + 6 * 4 + len("grocery\nclé".encode())
+    # An index of 65,536 or more takes 4 bytes.
+    wide = FeatureLog(["k"], np.array([5]), np.array([0.5]), np.array([0, 2]), np.array([3, 70_000]), np.array([1.0, 2.0]))
+    assert FeatureLog.from_bytes(wide.to_bytes()).entries(0)[0].tolist() == [3, 70_000]
+    assert len(wide.to_bytes()) == header + 4 + 20 + 8 * 2 + 1
     assert FeatureLog.from_bytes(FeatureLog([], *(np.zeros(0, t) for t in (np.int64, np.float64)),
                                             np.zeros(1, np.int64), np.zeros(0, np.int32),
                                             np.zeros(0)).to_bytes()).model_keys == []
+
+
+def test_a_version_1_feature_log_from_an_older_savepoint_reads_as_it_was_written():
+    # Version 1's layout, written by hand: version, records, entries (<BII), then int64 event
+    # times, float64 scores, int64 ends, int32 indices, float64 values, the keys joined by \n.
+    version_1 = b"".join((struct.pack("<BII", 1, 2, 4), np.array([5, 7], "<i8").tobytes(),
+                          np.array([0.25, 0.5], "<f8").tobytes(), np.array([0, 3, 4], "<i8").tobytes(),
+                          np.array([0, 2, 9, 1], "<i4").tobytes(), np.array([1.5, -2.0, 0.1, 0.0], "<f8").tobytes(),
+                          "grocery\nclé".encode()))
+    log = FeatureLog.from_bytes(version_1)
+    assert log.model_keys == ["grocery", "clé"]
+    assert log.event_times.tolist() == [5, 7] and log.scores.tolist() == [0.25, 0.5]
+    assert [a.tolist() for a in log.entries(0)] == [[0, 2, 9], [1.5, -2.0, 0.1]]  # float64, exactly
+    assert [a.tolist() for a in log.entries(1)] == [[1], [0.0]]
+    with pytest.raises(ValueError, match="version 3"):
+        FeatureLog.from_bytes(b"\x03" + version_1[1:])
 
 
 @pytest.mark.parametrize("optimizer", [Sgd(0.05), Sgd(0.2, "inverse_scaling", 0.5, l2=0.01), AdaGrad(0.1, l2=0.01),

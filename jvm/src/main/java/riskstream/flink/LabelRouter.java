@@ -1,8 +1,12 @@
 package riskstream.flink;
 
+import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.LinkedHashSet;
 import java.util.List;
+import java.util.Set;
+import java.util.stream.Collectors;
 
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.ListState;
@@ -14,9 +18,13 @@ import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.api.java.tuple.Tuple3;
 import org.apache.flink.metrics.Counter;
+import org.apache.flink.runtime.state.KeyedStateBackend;
+import org.apache.flink.runtime.state.VoidNamespace;
+import org.apache.flink.runtime.state.VoidNamespaceSerializer;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.ObjectNode;
 import org.apache.flink.streaming.api.functions.co.KeyedCoProcessFunction;
+import org.apache.flink.streaming.api.operators.co.KeyedCoProcessOperator;
 import org.apache.flink.util.Collector;
 import org.apache.flink.util.OutputTag;
 
@@ -56,6 +64,13 @@ import org.apache.flink.util.OutputTag;
  * continues exactly where the checkpoint was. A late route or label (its time already behind the
  * watermark) is treated the same way: its timer fires at the next watermark.
  *
+ * <p>State: one value per txn_id ({@link Entry}: its route and history, or the labels held for it)
+ * and one event-time timer per time that matters to it, so that a transaction costs one state read
+ * and one write when its route comes, one of each per label, and one read and one removal when it
+ * is forgotten: with RocksDB each access is a lookup on disk. Run it as {@link #operator}, which
+ * moves a restored version-1 state (three values per txn_id: route, history, held labels) into
+ * this layout when it starts.
+ *
  * <p>Counters, in the metric group {@code metricsGroup}: {@code duplicate_txn_ids} (routes ignored),
  * {@code unlabelled_transactions} (routes forgotten without any label, inline or streamed) and
  * {@code labels_held_unknown} (labels emitted as unknown).
@@ -79,12 +94,8 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
     private final int shards;
     private final String metricsGroup;
 
-    // (shard, event_time, where) of the transaction, once its route came.
-    private transient ValueState<Tuple3<Integer, Long, String>> routeState;
-    // The labels seen since the route came, as the output's history field ("" for none yet).
-    private transient ValueState<String> historyState;
-    // Labels that came while no route was known, as their full lines, in arrival order.
-    private transient ListState<byte[]> heldState;
+    // The txn_id's Entry: its route and history, or the labels held for it (never both).
+    private transient ValueState<byte[]> entryState;
     private transient Counter duplicateTxnIds;
     private transient Counter unlabelledTransactions;
     private transient Counter labelsHeldUnknown;
@@ -124,14 +135,89 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
         }
     }
 
-    /** Declares the keyed state (route, history, held labels) and the counters. */
+    /**
+     * The router as the operator to run: Flink's keyed co-process operator, which also moves a
+     * restored version-1 state into the current layout when it opens ({@link #migrateVersion1}).
+     * Its input keys: {@link #txnIdKey()} on both.
+     */
+    public static KeyedCoProcessOperator<String, byte[], byte[], byte[]> operator(
+            long rememberMs, long unknownWaitMs, int shards, String metricsGroup) {
+        return new Operator(new LabelRouter(rememberMs, unknownWaitMs, shards, metricsGroup));
+    }
+
+    private static final class Operator extends KeyedCoProcessOperator<String, byte[], byte[], byte[]> {
+        private static final long serialVersionUID = 1L;
+
+        Operator(LabelRouter router) {
+            super(router);
+        }
+
+        @Override
+        public void open() throws Exception {
+            super.open();
+            Version1 old = new Version1(this);
+            ((LabelRouter) getUserFunction()).migrateVersion1(old, getKeyedStateBackend());
+        }
+
+        /** The version-1 states, bound to the operator's current key. */
+        private final class Version1 {
+            final ValueState<Tuple3<Integer, Long, String>> route;
+            final ValueState<String> history;
+            final ListState<byte[]> held;
+
+            Version1(Operator operator) throws Exception {
+                route = getPartitionedState(VoidNamespace.INSTANCE, VoidNamespaceSerializer.INSTANCE, ROUTE_V1);
+                history = getPartitionedState(VoidNamespace.INSTANCE, VoidNamespaceSerializer.INSTANCE, HISTORY_V1);
+                held = getPartitionedState(VoidNamespace.INSTANCE, VoidNamespaceSerializer.INSTANCE, HELD_V1);
+            }
+        }
+    }
+
+    // Version 1's states: (shard, event_time, where) once the route came; the history text; the
+    // held labels' lines. Declared only to read a restored savepoint of that version.
+    private static final ValueStateDescriptor<Tuple3<Integer, Long, String>> ROUTE_V1 =
+            new ValueStateDescriptor<>("route", Types.TUPLE(Types.INT, Types.LONG, Types.STRING));
+    private static final ValueStateDescriptor<String> HISTORY_V1 = new ValueStateDescriptor<>("history", Types.STRING);
+    private static final ListStateDescriptor<byte[]> HELD_V1 =
+            new ListStateDescriptor<>("held-labels", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
+
+    /**
+     * Moves every txn_id's version-1 state (route, history, held labels) into one {@link Entry}
+     * and clears it. Its timers need nothing: they are kept per txn_id at the same times, and
+     * {@link #onTimer} reads the entry. Nothing to do for a fresh start or a current-layout restore.
+     */
+    private void migrateVersion1(Operator.Version1 old, KeyedStateBackend<String> backend) throws Exception {
+        // Collected first: a state's keys cannot be iterated while the state changes.
+        Set<String> keys = backend.getKeys(ROUTE_V1.getName(), VoidNamespace.INSTANCE)
+                .collect(Collectors.toCollection(LinkedHashSet::new));
+        keys.addAll(backend.getKeys(HELD_V1.getName(), VoidNamespace.INSTANCE).collect(Collectors.toList()));
+        for (String key : keys) {
+            backend.setCurrentKey(key);
+            Tuple3<Integer, Long, String> route = old.route.value();
+            if (route != null) {
+                String history = old.history.value();
+                entryState.update(Entry.route(route.f0, route.f1, route.f2, history == null ? "" : history));
+            } else {
+                List<byte[]> held = new ArrayList<>();
+                Iterable<byte[]> lines = old.held.get();
+                if (lines != null) {
+                    lines.forEach(held::add);
+                }
+                if (!held.isEmpty()) {
+                    entryState.update(Entry.held(held));
+                }
+            }
+            old.route.clear();
+            old.history.clear();
+            old.held.clear();
+        }
+    }
+
+    /** Declares the keyed state (one entry per txn_id) and the counters. */
     @Override
     public void open(OpenContext openContext) throws Exception {
-        routeState = getRuntimeContext().getState(
-                new ValueStateDescriptor<>("route", Types.TUPLE(Types.INT, Types.LONG, Types.STRING)));
-        historyState = getRuntimeContext().getState(new ValueStateDescriptor<>("history", Types.STRING));
-        heldState = getRuntimeContext().getListState(
-                new ListStateDescriptor<>("held-labels", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
+        entryState = getRuntimeContext().getState(
+                new ValueStateDescriptor<>("entry", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
         var metrics = getRuntimeContext().getMetricGroup().addGroup(metricsGroup);
         duplicateTxnIds = metrics.counter("duplicate_txn_ids");
         unlabelledTransactions = metrics.counter("unlabelled_transactions");
@@ -148,25 +234,23 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
             ctx.output(UNREADABLE, unreadable(e.getMessage(), line));
             return;
         }
-        if (routeState.value() != null) {
+        byte[] entry = entryState.value();
+        if (Entry.isRoute(entry)) {
             duplicateTxnIds.inc();
             return;
         }
-        routeState.update(Tuple3.of(route.shard, route.eventTime, route.where));
         ctx.timerService().registerEventTimeTimer(plus(route.eventTime, rememberMs));
         StringBuilder history = new StringBuilder();
         if (route.inlineLabel != NO_LABEL) {
             appendToHistory(history, route.inlineLabel, route.eventTime);
         }
-        Iterable<byte[]> held = heldState.get();
-        if (held != null) {
-            for (byte[] heldLine : held) {
+        if (entry != null) {
+            for (byte[] heldLine : Entry.heldLines(entry)) {
                 // Parsed when it came, so it parses now.
                 forward(Label.parse(heldLine), route.shard, route.eventTime, route.where, history, out);
             }
         }
-        heldState.clear();
-        historyState.update(history.toString());
+        entryState.update(Entry.route(route.shard, route.eventTime, route.where, history.toString()));
     }
 
     /** A label: forwarded if its route is known, held for it otherwise. */
@@ -179,15 +263,18 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
             ctx.output(UNREADABLE, unreadable(e.getMessage(), line));
             return;
         }
-        Tuple3<Integer, Long, String> route = routeState.value();
-        if (route == null) {
-            heldState.add(line);
+        byte[] entry = entryState.value();
+        if (!Entry.isRoute(entry)) {
+            List<byte[]> held = entry == null ? new ArrayList<>() : Entry.heldLines(entry);
+            held.add(line);
+            entryState.update(Entry.held(held));
             ctx.timerService().registerEventTimeTimer(plus(label.labelTime, unknownWaitMs));
             return;
         }
-        StringBuilder history = new StringBuilder(historyState.value());
-        forward(label, route.f0, route.f1, route.f2, history, out);
-        historyState.update(history.toString());
+        Entry.Route route = Entry.readRoute(entry);
+        StringBuilder history = new StringBuilder(route.history);
+        forward(label, route.shard, route.eventTime, route.where, history, out);
+        entryState.update(Entry.route(route.shard, route.eventTime, route.where, history.toString()));
     }
 
     /**
@@ -198,25 +285,23 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
      */
     @Override
     public void onTimer(long time, OnTimerContext ctx, Collector<byte[]> out) throws Exception {
-        Tuple3<Integer, Long, String> route = routeState.value();
-        if (route != null && time >= plus(route.f1, rememberMs)) {
-            if (historyState.value().isEmpty()) {
-                unlabelledTransactions.inc();
-            }
-            routeState.clear();
-            historyState.clear();
-            route = null;
-        }
-        if (route != null) {
+        byte[] entry = entryState.value();
+        if (entry == null) {
             return;
         }
-        Iterable<byte[]> held = heldState.get();
-        if (held == null) {
+        if (Entry.isRoute(entry)) {
+            Entry.Route route = Entry.readRoute(entry);
+            if (time >= plus(route.eventTime, rememberMs)) {
+                if (route.history.isEmpty()) {
+                    unlabelledTransactions.inc();
+                }
+                entryState.clear();
+            }
             return;
         }
         List<byte[]> stillHeld = new ArrayList<>();
         boolean emitted = false;
-        for (byte[] heldLine : held) {
+        for (byte[] heldLine : Entry.heldLines(entry)) {
             Label label = Label.parse(heldLine);
             if (plus(label.labelTime, unknownWaitMs) <= time) {
                 out.collect(unknownLine(label));
@@ -227,9 +312,9 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
             }
         }
         if (stillHeld.isEmpty()) {
-            heldState.clear();
+            entryState.clear();
         } else if (emitted) {
-            heldState.update(stillHeld);
+            entryState.update(Entry.held(stillHeld));
         }
     }
 
@@ -309,6 +394,80 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
             return field.charAt(0) - '0';
         }
         throw new UnreadableLine(kind + ": " + name + " '" + field + "' is not " + allowed);
+    }
+
+    /**
+     * A txn_id's state as bytes: either its route, {@code 'R'}, shard (int), event_time (long), the
+     * length of {@code where} in bytes (int), {@code where} and the history (UTF-8: the output's
+     * history field, "" for none); or the labels held for it, {@code 'H'}, then per label its
+     * line's length (int) and the line, in arrival order.
+     */
+    static final class Entry {
+        private static final byte ROUTE = 'R';
+        private static final byte HELD = 'H';
+
+        /** A route entry, decoded. */
+        static final class Route {
+            final int shard;
+            final long eventTime;
+            final String where;
+            final String history;
+
+            Route(int shard, long eventTime, String where, String history) {
+                this.shard = shard;
+                this.eventTime = eventTime;
+                this.where = where;
+                this.history = history;
+            }
+        }
+
+        static boolean isRoute(byte[] entry) {
+            return entry != null && entry[0] == ROUTE;
+        }
+
+        static byte[] route(int shard, long eventTime, String where, String history) {
+            byte[] whereBytes = where.getBytes(StandardCharsets.UTF_8);
+            byte[] historyBytes = history.getBytes(StandardCharsets.UTF_8);
+            return ByteBuffer.allocate(1 + 4 + 8 + 4 + whereBytes.length + historyBytes.length)
+                    .put(ROUTE).putInt(shard).putLong(eventTime).putInt(whereBytes.length).put(whereBytes)
+                    .put(historyBytes).array();
+        }
+
+        static Route readRoute(byte[] entry) {
+            ByteBuffer buffer = ByteBuffer.wrap(entry, 1, entry.length - 1);
+            int shard = buffer.getInt();
+            long eventTime = buffer.getLong();
+            int whereLength = buffer.getInt();
+            int whereAt = buffer.position();
+            String where = new String(entry, whereAt, whereLength, StandardCharsets.UTF_8);
+            int historyAt = whereAt + whereLength;
+            return new Route(shard, eventTime, where,
+                    new String(entry, historyAt, entry.length - historyAt, StandardCharsets.UTF_8));
+        }
+
+        static byte[] held(List<byte[]> lines) {
+            int size = 1;
+            for (byte[] line : lines) {
+                size += 4 + line.length;
+            }
+            ByteBuffer buffer = ByteBuffer.allocate(size).put(HELD);
+            for (byte[] line : lines) {
+                buffer.putInt(line.length).put(line);
+            }
+            return buffer.array();
+        }
+
+        /** The held labels' lines of a held entry, in arrival order (a list that may be changed). */
+        static List<byte[]> heldLines(byte[] entry) {
+            List<byte[]> lines = new ArrayList<>();
+            ByteBuffer buffer = ByteBuffer.wrap(entry, 1, entry.length - 1);
+            while (buffer.hasRemaining()) {
+                byte[] line = new byte[buffer.getInt()];
+                buffer.get(line);
+                lines.add(line);
+            }
+            return lines;
+        }
     }
 
     /** A route line: {@code txn_id \t shard \t event_time \t inline_label \t where}. */

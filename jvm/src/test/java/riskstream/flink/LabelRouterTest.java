@@ -16,8 +16,8 @@ import org.apache.flink.metrics.Counter;
 import org.apache.flink.metrics.Metric;
 import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
 import org.apache.flink.runtime.metrics.groups.AbstractMetricGroup;
-import org.apache.flink.streaming.api.operators.co.KeyedCoProcessOperator;
 import org.apache.flink.streaming.api.watermark.Watermark;
+import org.apache.flink.streaming.util.OperatorSnapshotUtil;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.streaming.util.KeyedTwoInputStreamOperatorTestHarness;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
@@ -28,7 +28,7 @@ import org.junit.jupiter.api.Test;
  * LabelRouter on Flink's operator test harness: labels reach their transaction's shard with the
  * labels seen before them, wait for a route that comes later, become unknown exactly when the
  * watermark reaches their wait, routes are forgotten on time, unreadable lines go to the side output,
- * and a restore changes nothing. Every expected line is worked out by hand from the line formats.
+ * a restore changes nothing, and a version-1 state restores. Every expected line is worked out by hand from the line formats.
  */
 class LabelRouterTest {
 
@@ -40,7 +40,7 @@ class LabelRouterTest {
 
     private static KeyedTwoInputStreamOperatorTestHarness<String, byte[], byte[], byte[]> harness() throws Exception {
         return new KeyedTwoInputStreamOperatorTestHarness<>(
-                new KeyedCoProcessOperator<>(new LabelRouter(REMEMBER_MS, UNKNOWN_WAIT_MS, SHARDS, METRICS_GROUP)),
+                LabelRouter.operator(REMEMBER_MS, UNKNOWN_WAIT_MS, SHARDS, METRICS_GROUP),
                 LabelRouter.txnIdKey(), LabelRouter.txnIdKey(), Types.STRING);
     }
 
@@ -363,5 +363,44 @@ class LabelRouterTest {
         }
         assertEquals(uninterrupted, restoredRun);
         assertEquals(uninterruptedUnreadable, restoredUnreadable);
+    }
+
+    /**
+     * The version-1 router's state (jvm/src/test/resources/label-router: three states per txn_id)
+     * restores into one entry per txn_id, and every route, history, held label and timer carries on:
+     * the expected lines follow from that file's table and the line formats.
+     */
+    @Test
+    void aVersion1StateRestoresAndCarriesOn() throws Exception {
+        // "t6".hashCode() = 116 * 31 + 54 = 3 650: shard 0 of 5. "t1"'s second route is a duplicate.
+        var snapshot = OperatorSnapshotUtil.readStateHandle(
+                LabelRouterTest.class.getResource("/label-router/v1.snapshot").getPath());
+        try (var restored = harness()) {
+            restored.initializeState(snapshot);
+            restored.open();
+            assertEquals(5, restored.numKeyedStateEntries(), "one entry for each of t1, t2, t3, t5 and t6, the old ones cleared");
+            label(restored, "t1", 1, 1_600, "again");
+            label(restored, "t2", 1, 2_500, "bank");
+            route(restored, "t3", 4, 2_800, -1);
+            label(restored, "t3", 1, 3_700, "late");
+            route(restored, "t1", 3, 1_000, 0);
+            watermark(restored, 6_000); // t6's held label waits until 4 000 + 2 000
+            assertEquals(List.of(
+                    "1\tlabel\tt1\t1000\t1\t1600\tagain\t1:1000,0:1500\t@t1",
+                    "2\tlabel\tt2\t2000\t1\t2500\tbank\t\t@t2",
+                    "4\tlabel\tt3\t2800\t1\t3000\tfirst\t\t@t3",
+                    "4\tlabel\tt3\t2800\t0\t3500\t\t1:3000\t@t3",
+                    "4\tlabel\tt3\t2800\t1\t3700\tlate\t1:3000,0:3500\t@t3",
+                    "0\tunknown\tt6\t-1\t0\t4000\tsrc\t\t"), lines(restored));
+            assertEquals(1, counter(restored, "duplicate_txn_ids"));
+            assertEquals(1, counter(restored, "labels_held_unknown"));
+            // t5 (100 + 10 000) is forgotten without a label; t1 (11 000), t2 (12 000) and t3
+            // (12 800) with theirs: the version-1 timers fire on the new entries.
+            watermark(restored, 10_100);
+            assertEquals(1, counter(restored, "unlabelled_transactions"));
+            watermark(restored, 12_800);
+            assertEquals(1, counter(restored, "unlabelled_transactions"));
+            assertEquals(0, restored.numKeyedStateEntries(), "nothing left of the version-1 state or its moves");
+        }
     }
 }
