@@ -23,6 +23,7 @@ from udfs.wire import RecordBatch
 
 if TYPE_CHECKING:
     from udfs.compiled_model import ModelTable
+    from udfs.feature_log import FeatureLog
 
 
 class AssessedBatch(NamedTuple):
@@ -136,6 +137,42 @@ class ModelScorer:
             if assessed.learned[last] and table.updates[rows[last]] % self.snapshot_every == 0:
                 assessed.snapshots.append(self.snapshot(table.key_model(int(rows[last])), batch.model_keys[last]))
         return assessed
+
+    def learn_logged_columns(self, table: ModelTable, logged: Sequence[tuple[FeatureLog, int]],
+                             labels: Sequence[int], event_times: Sequence[int]
+                             ) -> tuple[list[str], np.ndarray, np.ndarray, list[KeyedLine]]:
+        """`ModelTable.learn_logged` for many labels in their order, in one compiled call: label r
+        steps the model of its record's key (`logged[r]`: the record's feature log and its row
+        there) on the record's logged entries, standardized when it was scored, towards labels[r]
+        (0 or 1), its event time event_times[r] (ms) becoming the model's last. Returns (each
+        label's model key, each model's updates before its step (int64), whether it stepped (bool:
+        False when the guard discarded it), the snapshots of the keys whose update count a step
+        made a multiple of snapshot_every, taken right after that step)."""
+        from udfs.compiled_model import learn_batch
+
+        n = len(logged)
+        model_keys = [log.model_keys[row] for log, row in logged]
+        rows = np.fromiter((table.rows[key] for key in model_keys), np.int64, n)
+        entries = [log.entries(row) for log, row in logged]
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum([len(indices) for indices, _ in entries], out=indptr[1:])
+        indices = np.concatenate([indices for indices, _ in entries]).astype(np.int32)
+        values = np.concatenate([values for _, values in entries])
+        labels_, event_times_ = np.asarray(labels, np.int8), np.asarray(event_times, np.int64)
+        updates_before, learned = np.empty(n, np.int64), np.empty(n, np.bool_)
+        no_reasons = (np.zeros((n, 0), np.int32), np.zeros((n, 0)), np.zeros(n, np.int8))
+        snapshots, position = [], 0
+        while position < n:
+            position = learn_batch(
+                position, rows, indptr, indices, values, labels_, event_times_,
+                table.weights, table.bias, table.updates, table.rejected, table.last_event_time, table.count,
+                table.mean, table.m2, table.positions, table.accumulators, table.optimizer, self.snapshot_every,
+                np.empty(n), updates_before, learned, *no_reasons, np.empty(len(values)), np.empty(n),
+                prestandardized=True)
+            last = position - 1
+            if learned[last] and table.updates[rows[last]] % self.snapshot_every == 0:
+                snapshots.append(self.snapshot(table.key_model(int(rows[last])), model_keys[last]))
+        return model_keys, updates_before, learned, snapshots
 
     def score_lines(self, batch: RecordBatch, assessed: "AssessedBatch", now_ms: int) -> list[bytes]:
         """The batch's scores as JSON lines in UTF-8 (README, "Data contracts")."""

@@ -236,6 +236,8 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
     (`global-raw-log`, log id -> float64 values, removed with it), and an applied label adds its
     record, labelled and not counted in the statistics again, to the shard's next partial."""
 
+    _learns_in_columns = False  # _global_margin and _learned see each label's step
+
     def __init__(self, scoring: ShardScoring, rules, snapshot_every: int, part: GlobalPart, learn_inline: bool):
         super().__init__(scoring, rules, snapshot_every)
         self.globals = GlobalShards(part, learn_inline)

@@ -262,13 +262,12 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
         table = models.table(shard)
         logs = self._logs_of(shard)
         watermark = ctx.timer_service().current_watermark()
-        learned, letters, snapshots, drift_events = [], [], [], []
-        drift = self.scoring.drift
-        detectors = None if drift is None else drift.detectors(shard)
-        changed_rows = set()  # written to state once per bundle, not once per label
+        applied, letters = [], []
         now = now_ms()
+        # Each label's outcome first: none depends on the models, so the applied ones can then
+        # learn in their order in one go.
         for routed in routed_labels:
-            outcome, applied = routed_outcome(routed, self.rules.ttl_ms)
+            outcome, previous = routed_outcome(routed, self.rules.ttl_ms)
             log = None
             if outcome == APPLIED:
                 log_id, row = log_position(routed.where)
@@ -279,11 +278,57 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
                     continue
             self.outcomes[outcome].inc()
             label = routed.label
-            if outcome != APPLIED:
-                reason = outcome_reason(outcome, label, routed.event_time, applied, self.rules.ttl_ms,
-                                        self.rules.unknown_wait_ms)
-                letters.append(KeyedLine(label_dead_letter(label, outcome, reason, now).decode("utf-8"), label.txn_id))
+            if outcome == APPLIED:
+                applied.append((routed, log, log_id, row))
                 continue
+            reason = outcome_reason(outcome, label, routed.event_time, previous, self.rules.ttl_ms,
+                                    self.rules.unknown_wait_ms)
+            letters.append(KeyedLine(label_dead_letter(label, outcome, reason, now).decode("utf-8"), label.txn_id))
+        drift = self.scoring.drift
+        if not applied:
+            learned, snapshots, drift_events = [], [], []
+        elif drift is None and self._learns_in_columns:
+            (learned, snapshots), drift_events = self._learn_columns(table, applied), []
+        else:
+            learned, snapshots, drift_events = self._learn_one_by_one(shard, table, applied, now)
+        if drift is not None:
+            drift.write_through(drift.detectors(shard))
+        keyed = self.scoring.keyed_output
+        if learned:
+            yield LEARNING, keyed_lines_bundle(learned, keyed)
+        if letters:
+            yield LABEL_DEAD_LETTERS, keyed_lines_bundle(letters, keyed)
+        if snapshots:
+            yield SNAPSHOTS, keyed_lines_bundle(snapshots, keyed)
+        if drift_events:
+            yield DRIFT, keyed_lines_bundle(drift_events, keyed)
+
+    # Whether applied labels may learn in one compiled call (ModelScorer.learn_logged_columns): not
+    # when a subclass's hooks (_global_margin, _learned) must see each label's step.
+    _learns_in_columns = True
+
+    def _learn_columns(self, table, applied: list) -> tuple[list[KeyedLine], list[KeyedLine]]:
+        """The applied labels' steps in one compiled call, in their order: (their learning lines,
+        the snapshots taken on the way)."""
+        model_keys, updates_before, stepped, snapshots = self.scoring.scorer.learn_logged_columns(
+            table, [(log, row) for _, log, _, row in applied], [routed.label.is_fraud for routed, *_ in applied],
+            [routed.event_time for routed, *_ in applied])
+        self.scoring.models.write_through(table, {table.rows[key] for key in model_keys})
+        return [KeyedLine(learning_line(routed.label.txn_id, key, routed.label, routed.event_time,
+                                        before + step, not step).decode("utf-8"), key)
+                for (routed, *_), key, before, step in zip(applied, model_keys, updates_before.tolist(),
+                                                            stepped.tolist())], snapshots
+
+    def _learn_one_by_one(self, shard: int, table, applied: list, now: int
+                          ) -> tuple[list[KeyedLine], list[KeyedLine], list[bytes]]:
+        """The applied labels' steps one at a time, in their order (ModelTable.learn_logged), for
+        the hooks and the drift detectors that follow each: (learning lines, snapshots, drift events)."""
+        learned, snapshots, drift_events = [], [], []
+        drift = self.scoring.drift
+        detectors = None if drift is None else drift.detectors(shard)
+        changed_rows = set()  # written to state once per bundle, not once per label
+        for routed, log, log_id, row in applied:
+            label = routed.label
             model_key = log.model_keys[row]
             model_row = table.rows[model_key]
             indices, values = log.entries(row)
@@ -305,18 +350,8 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
                                                   None if self.scoring.held is None else self.scoring.held(shard))
                 if event is not None:
                     drift_events.append(event)
-        models.write_through(table, changed_rows)
-        if detectors is not None:
-            drift.write_through(detectors)
-        keyed = self.scoring.keyed_output
-        if learned:
-            yield LEARNING, keyed_lines_bundle(learned, keyed)
-        if letters:
-            yield LABEL_DEAD_LETTERS, keyed_lines_bundle(letters, keyed)
-        if snapshots:
-            yield SNAPSHOTS, keyed_lines_bundle(snapshots, keyed)
-        if drift_events:
-            yield DRIFT, keyed_lines_bundle(drift_events, keyed)
+        self.scoring.models.write_through(table, changed_rows)
+        return learned, snapshots, drift_events
 
     def _global_margin(self, shard: int, log: FeatureLog, log_id: str, row: int) -> float | None:
         """The global margin a label's step adds to the key's (a hook: model.blend sum,

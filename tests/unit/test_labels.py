@@ -31,6 +31,7 @@ from udfs.label_outcomes import (
 )
 from udfs.labels import Label, read_label
 from udfs.model import AdaGrad, Ftrl, LogisticRegression, Sgd
+from udfs.scoring import ModelScorer
 from udfs.wire import RoutedLabel, read_routed_label, routed_label_line
 
 CAP = 65_536
@@ -363,3 +364,52 @@ def test_learning_from_a_logged_vector_is_the_reference_models_step(optimizer):
         assert np.allclose(table.accumulators[row], np.reshape(reference.accumulators, (-1, 7)), rtol=1e-12, atol=1e-12)
     assert reference.rejected_updates == 1
     assert table.last_event_time[row] == last_learned
+
+
+@pytest.mark.parametrize("optimizer", [Sgd(0.05), Sgd(0.2, "inverse_scaling", 0.5, l2=0.01), AdaGrad(0.1, l2=0.01),
+                                       Ftrl(0.2, beta=0.5, l1=0.05, l2=0.5)],
+                         ids=["sgd", "sgd-inverse-scaling-l2", "adagrad", "ftrl"])
+def test_labels_learned_in_one_compiled_call_are_the_reference_models_steps_in_their_order(optimizer):
+    rng = random.Random(4)
+    scorer = ModelScorer([f"f{i}" for i in range(6)], (), optimizer, snapshot_every=7, top_reasons=3, initial_bias=-1.0)
+    table = scorer.new_table()
+    references = {key: LogisticRegression(6, bias=-1.0) for key in "ab"}
+    rows = {key: table.add(key) for key in "ab"}
+    keys, ends, all_indices, all_values, labels, expected, expected_snapshots = [], [0], [], [], [], [], []
+    for step in range(200):
+        key = rng.choice("ab")
+        indices = sorted(rng.sample(range(6), rng.randint(1, 6)))
+        values = [rng.gauss(0, 2) for _ in indices]
+        reference = references[key]
+        if step == 100:
+            values[0] = 1e300  # discarded by the guard
+        p = reference.predict_proba(indices, values)
+        label = rng.randint(0, 1) if step != 100 else int(p < 0.5)
+        before = reference.updates
+        stepped = reference.learn(indices, values, label, p, optimizer)
+        expected.append((before, stepped))
+        if stepped and reference.updates % 7 == 0:
+            expected_snapshots.append((key, reference.updates, reference.bias, list(reference.weights)))
+        keys.append(key)
+        ends.append(ends[-1] + len(indices))
+        all_indices += indices
+        all_values += values
+        labels.append(label)
+    log = FeatureLog(keys, np.arange(200), np.zeros(200), np.array(ends), np.array(all_indices), np.array(all_values))
+    model_keys, updates_before, learned, snapshots = scorer.learn_logged_columns(
+        table, [(log, r) for r in range(200)], labels, range(1000, 1200))
+    assert model_keys == keys
+    assert list(zip(updates_before.tolist(), learned.tolist())) == expected
+    assert learned.tolist().count(False) == references["a"].rejected_updates + references["b"].rejected_updates == 1
+    for key, reference in references.items():
+        assert table.updates[rows[key]] == reference.updates
+        assert table.last_event_time[rows[key]] == 1000 + max(r for r, k in enumerate(keys) if k == key
+                                                              and expected[r][1])
+        assert abs(table.bias[rows[key]] - reference.bias) <= 1e-12 * max(1.0, abs(reference.bias))
+        assert np.allclose(table.weights[rows[key]], reference.weights, rtol=1e-12, atol=1e-12)
+    taken = [json.loads(line) for line in snapshots]
+    assert len(taken) > 5
+    assert [(s["model_key"], s["model_updates"]) for s in taken] == [(k, u) for k, u, _, _ in expected_snapshots]
+    for snapshot, (_, _, bias, weights) in zip(taken, expected_snapshots):
+        assert snapshot["bias"] == pytest.approx(bias, rel=1e-12, abs=1e-12)
+        assert list(snapshot["weights"].values()) == pytest.approx(weights, rel=1e-12, abs=1e-12)
