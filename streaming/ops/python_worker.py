@@ -70,14 +70,10 @@ def starting_jvm() -> psutil.Process | None:
 
 
 def watch(starter: psutil.Process, what: str = "the JVM") -> None:
-    """Ends this process once `starter` (`what` it is, for the log line) has ended (is_running also
-    tells a new process that reused its pid by its start time; a killed JVM whose adopter does not
-    reap it stays a zombie)."""
-    try:
-        while starter.is_running() and starter.status() != psutil.STATUS_ZOMBIE:
-            time.sleep(CHECK_EVERY_S)
-    except psutil.NoSuchProcess:  # reaped between the two checks
-        pass
+    """Ends this process once `starter` (`what` it is, for the log line) has ended
+    (worker_forks.still_running)."""
+    while worker_forks.still_running(starter):
+        time.sleep(CHECK_EVERY_S)
     # One line for the boot log, written straight to the file descriptor without waiting: a print
     # to sys.stderr at this point kept workers alive here (the thread never reached the exit once
     # the JVM was gone), so nothing may wait or raise before the exit.

@@ -145,7 +145,7 @@ def serve(jvm_pid: int, jvm_start_ms: int, watch: Callable[[psutil.Process, str]
         _report_ended(requesters)
         if time.monotonic() - checked_jvm >= JVM_CHECK_S:
             checked_jvm = time.monotonic()
-            if not _running(jvm):
+            if not still_running(jvm):
                 return
 
 
@@ -272,7 +272,9 @@ def _send_signal(pid: int, signal_number: int) -> None:
         pass
 
 
-def _running(process: psutil.Process) -> bool:
+def still_running(process: psutil.Process) -> bool:
+    """Whether `process` still runs: is_running also tells a new process that reused its pid by
+    its start time, and a killed JVM whose adopter does not reap it stays a zombie."""
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
