@@ -6,7 +6,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Set;
-import java.util.stream.Collectors;
+import java.util.stream.Stream;
 
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.ListState;
@@ -155,7 +155,7 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
         @Override
         public void open() throws Exception {
             super.open();
-            Version1 old = new Version1(this);
+            Version1 old = new Version1();
             ((LabelRouter) getUserFunction()).migrateVersion1(old, getKeyedStateBackend());
         }
 
@@ -165,7 +165,7 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
             final ValueState<String> history;
             final ListState<byte[]> held;
 
-            Version1(Operator operator) throws Exception {
+            Version1() throws Exception {
                 route = getPartitionedState(VoidNamespace.INSTANCE, VoidNamespaceSerializer.INSTANCE, ROUTE_V1);
                 history = getPartitionedState(VoidNamespace.INSTANCE, VoidNamespaceSerializer.INSTANCE, HISTORY_V1);
                 held = getPartitionedState(VoidNamespace.INSTANCE, VoidNamespaceSerializer.INSTANCE, HELD_V1);
@@ -187,10 +187,14 @@ public final class LabelRouter extends KeyedCoProcessFunction<String, byte[], by
      * {@link #onTimer} reads the entry. Nothing to do for a fresh start or a current-layout restore.
      */
     private void migrateVersion1(Operator.Version1 old, KeyedStateBackend<String> backend) throws Exception {
-        // Collected first: a state's keys cannot be iterated while the state changes.
-        Set<String> keys = backend.getKeys(ROUTE_V1.getName(), VoidNamespace.INSTANCE)
-                .collect(Collectors.toCollection(LinkedHashSet::new));
-        keys.addAll(backend.getKeys(HELD_V1.getName(), VoidNamespace.INSTANCE).collect(Collectors.toList()));
+        // Collected first: a state's keys cannot be iterated while the state changes. Each stream
+        // is closed: with RocksDB it holds a native iterator.
+        Set<String> keys = new LinkedHashSet<>();
+        for (String state : List.of(ROUTE_V1.getName(), HELD_V1.getName())) {
+            try (Stream<String> stateKeys = backend.getKeys(state, VoidNamespace.INSTANCE)) {
+                stateKeys.forEach(keys::add);
+            }
+        }
         for (String key : keys) {
             backend.setCurrentKey(key);
             Tuple3<Integer, Long, String> route = old.route.value();

@@ -15,6 +15,9 @@ import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.metrics.Metric;
 import org.apache.flink.runtime.checkpoint.OperatorSubtaskState;
+import org.apache.flink.runtime.state.KeyedStateBackend;
+import org.apache.flink.runtime.state.VoidNamespace;
+import org.apache.flink.state.rocksdb.EmbeddedRocksDBStateBackend;
 import org.apache.flink.runtime.metrics.groups.AbstractMetricGroup;
 import org.apache.flink.streaming.api.watermark.Watermark;
 import org.apache.flink.streaming.util.OperatorSnapshotUtil;
@@ -23,6 +26,8 @@ import org.apache.flink.streaming.util.KeyedTwoInputStreamOperatorTestHarness;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 
 /**
  * LabelRouter on Flink's operator test harness: labels reach their transaction's shard with the
@@ -367,18 +372,25 @@ class LabelRouterTest {
 
     /**
      * The version-1 router's state (jvm/src/test/resources/label-router: three states per txn_id)
-     * restores into one entry per txn_id, and every route, history, held label and timer carries on:
-     * the expected lines follow from that file's table and the line formats.
+     * restores into one entry per txn_id and every route, history, held label and timer carries
+     * on: the expected lines follow from that folder's table and the line formats. A checkpoint of
+     * the heap into the heap; a canonical savepoint of RocksDB (conf/labels.yaml's backend) into
+     * RocksDB and into the heap.
      */
-    @Test
-    void aVersion1StateRestoresAndCarriesOn() throws Exception {
+    @ParameterizedTest(name = "{0} into rocksdb={1}")
+    @CsvSource({"v1.snapshot,false", "v1-rocksdb-savepoint.snapshot,true", "v1-rocksdb-savepoint.snapshot,false"})
+    void aVersion1StateRestoresAndCarriesOn(String fixture, boolean rocksdb) throws Exception {
         // "t6".hashCode() = 116 * 31 + 54 = 3 650: shard 0 of 5. "t1"'s second route is a duplicate.
         var snapshot = OperatorSnapshotUtil.readStateHandle(
-                LabelRouterTest.class.getResource("/label-router/v1.snapshot").getPath());
+                LabelRouterTest.class.getResource("/label-router/" + fixture).getPath());
         try (var restored = harness()) {
+            if (rocksdb) {
+                restored.setStateBackend(new EmbeddedRocksDBStateBackend());
+            }
             restored.initializeState(snapshot);
             restored.open();
-            assertEquals(5, restored.numKeyedStateEntries(), "one entry for each of t1, t2, t3, t5 and t6, the old ones cleared");
+            assertEquals(Map.of("entry", 5L, "route", 0L, "history", 0L, "held-labels", 0L), stateEntries(restored),
+                    "one entry for each of t1, t2, t3, t5 and t6, the old ones cleared");
             label(restored, "t1", 1, 1_600, "again");
             label(restored, "t2", 1, 2_500, "bank");
             route(restored, "t3", 4, 2_800, -1);
@@ -400,7 +412,20 @@ class LabelRouterTest {
             assertEquals(1, counter(restored, "unlabelled_transactions"));
             watermark(restored, 12_800);
             assertEquals(1, counter(restored, "unlabelled_transactions"));
-            assertEquals(0, restored.numKeyedStateEntries(), "nothing left of the version-1 state or its moves");
+            assertEquals(Map.of("entry", 0L, "route", 0L, "history", 0L, "held-labels", 0L), stateEntries(restored),
+                    "nothing left of the version-1 state or its moves");
         }
+    }
+
+    /** How many txn_ids each of the router's states (current and version 1) holds, on any backend. */
+    private static Map<String, Long> stateEntries(KeyedTwoInputStreamOperatorTestHarness<String, byte[], byte[], byte[]> harness) {
+        KeyedStateBackend<Object> backend = harness.getOperator().getKeyedStateBackend();
+        Map<String, Long> entries = new java.util.HashMap<>();
+        for (String state : List.of("entry", "route", "history", "held-labels")) {
+            try (var keys = backend.getKeys(state, VoidNamespace.INSTANCE)) {
+                entries.put(state, keys.count());
+            }
+        }
+        return entries;
     }
 }
