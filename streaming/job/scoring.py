@@ -191,9 +191,12 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
     Each scored batch's features, as its models saw them, are logged in keyed map state (log id ->
     udfs.feature_log.FeatureLog bytes) until the watermark passes the batch's latest event time plus
     labels.ttl_ms. A routed label's outcome is decided by udfs.label_outcomes (routed_outcome, label_disposition); an applied
-    label takes one optimizer step (model.optimizer) on its record's logged features (ModelTable.learn_logged) and writes a
-    learning line; the others are dead-lettered with their reason. A label whose log has not
-    arrived yet (it can overtake its batch on the way) waits in keyed state for it.
+    label takes one optimizer step (model.optimizer) on its record's logged features and writes a
+    learning line (a bundle's applied labels in one compiled call, in their order:
+    ModelScorer.learn_logged_columns; one at a time, ModelTable.learn_logged, where drift
+    detection or a subclass's hooks follow each step); the others are dead-lettered with their
+    reason. A label whose log has not arrived yet (it can overtake its batch on the way) waits in
+    keyed state for it.
 
     The worker keeps each shard's log ids (and the logs it has read) in memory, read from state the
     first time it sees the shard after a start or restore, as ShardModels does with models.
