@@ -3,15 +3,19 @@
 # Builds the image (making the debian:bookworm-slim base where no registry answers, and giving the
 # build this machine's CA bundle for a TLS-inspecting gateway), starts the stack without its demo
 # producer, then in two phases produces generated transactions with 5% malformed (20,000 each):
-#   1. waits until committed scores plus dead letters account for every record, and checks that
-#      `up` again submits no second job;
+#   1. waits until committed scores plus dead letters account for every record; once the stream is
+#      quiet, checks that the windowed analytics committed are the plain-Python reference's, figure
+#      for figure, every window each partition's watermark passed included; checks that `up` again
+#      submits no second job;
 #   2. once a checkpoint of the phase completed and before its last record is committed, kills the
 #      TaskManager container (SIGKILL) and starts a new one; the REST API must report a restore.
-# At the end every txn_id is scored exactly once (read_committed) and the dead letters are unique
-# and as many as the malformed records. Then `down -v`, and nothing of the stack may be left
-# (containers, networks, volumes, by the compose project's label; the images stay, for the next
-# build). Works with `docker compose` (v2) and `docker-compose` 1.29. Checks that need Python run
-# in a container of the image (tests/compose_stack.py).
+#      Its records start again at the generator's first event time, so most are late.
+# At the end every txn_id is scored exactly once (read_committed), the dead letters are unique
+# and as many as the malformed records, and every window and late line is committed once. Then
+# `down -v`, and nothing of the stack may be left (containers, networks, volumes, by the compose
+# project's label; the images stay, for the next build). Works with `docker compose` (v2) and
+# `docker-compose` 1.29. Checks that need Python run in a container of the image
+# (tests/compose_stack.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,6 +81,9 @@ compose up -d --no-deps producer
 [ "$(docker wait "$(container producer)")" = 0 ] || { compose logs producer; fail "the producer failed"; }
 checks accounted $seed_one --records $records --malformed-share $malformed_share
 mark "phase one accounted for"
+windows=$(checks analytics-quiet | tail -1)
+echo "$windows"
+mark "phase one's windows as the reference's"
 compose up -d kafka topics jobmanager taskmanager submit
 [ "$(docker wait "$(container submit)")" = 0 ] || { compose logs submit; fail "the second submit failed"; }
 submitted=$(compose logs submit)
@@ -98,6 +105,9 @@ mark "job restored on a new taskmanager"
 outcome=$(checks accounted $seed_one $seed_two --records $records --malformed-share $malformed_share | tail -1)
 echo "$outcome"
 mark "both phases exactly once"
+analytics=$(checks analytics-once | tail -1)
+echo "$analytics"
+mark "analytics exactly once"
 
 compose down -v --remove-orphans
 trap - EXIT
@@ -109,5 +119,7 @@ echo "compose-test passed ($(${compose_command[@]} version --short 2>/dev/null |
 printf '  %s\n' "${phase_times[@]}"
 echo "  $restore"
 echo "  $outcome"
+echo "  $windows"
+echo "  $analytics"
 image=$(sed -n 's/^ *image: *//p' docker-compose.yml | head -1)
 echo "  image $image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.2f GB", $1/1e9}') (images are kept for the next build)"

@@ -13,6 +13,9 @@ from typing import Any, Iterable, Sequence
 
 import orjson
 
+from streaming.config import Settings
+from streaming.config.from_settings import window_specs
+from streaming.ops import kafka_tools
 from tests.reference.analytics import ScoredRecord, UnscoredRecord, analyze
 from udfs.analytics import WindowSpec
 
@@ -145,3 +148,33 @@ def close(a: Any, b: Any, tolerance: float = 1e-9) -> bool:
 def mismatches(emitted: dict[tuple, dict[str, Any]], reference: dict[tuple, dict[str, Any]]) -> list[tuple]:
     """The windows whose figures differ (beyond 1e-9) between the two."""
     return [key for key in emitted.keys() & reference.keys() if not close(emitted[key], reference[key])]
+
+
+def topic_splits(settings: Settings, idle_timeout_s: float = 8) -> list[tuple[int, list[bytes]]]:
+    """The transactions topic as the job reads it: (partition, its records in offset order), each
+    partition a split, read to the topic's end."""
+    partitions: dict[int, list[bytes]] = {}
+    for partition, _, _, value in sorted(kafka_tools.tail(settings, settings.kafka.transactions_topic,
+                                                          idle_timeout_s=idle_timeout_s, until_end=True)):
+        partitions.setdefault(partition, []).append(value)
+    return sorted(partitions.items())
+
+
+def expected_for(settings: Settings, splits: Sequence[tuple[Any, Sequence[bytes]]],
+                 scores: Sequence[dict[str, Any]]) -> tuple[dict[tuple, dict[str, Any]], dict[tuple[str, str], list[tuple]]]:
+    """expected() with the windows, groups, out-of-orderness and lateness that `settings` configures."""
+    return expected(splits, scores, specs=window_specs(settings), group_by=settings.analytics.group_by,
+                    out_of_orderness_ms=settings.event_time.transactions.out_of_orderness_ms,
+                    allowed_lateness_ms=settings.analytics.allowed_lateness_ms)
+
+
+def committed_analytics(settings: Settings, idle_timeout_s: float = 8,
+                        until_end: bool = True) -> tuple[dict[tuple, dict[str, Any]], dict[tuple[str, str], list[tuple]]]:
+    """The committed analytics and late lines of the Kafka topics, as emitted_windows() and
+    late_records() give them (each fails on a repeat)."""
+    def committed_lines(topic: str) -> list[dict[str, Any]]:
+        return [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=idle_timeout_s,
+                                                                         until_end=until_end)]
+
+    return (emitted_windows(committed_lines(settings.kafka.analytics_topic)),
+            late_records(committed_lines(settings.kafka.late_topic)))

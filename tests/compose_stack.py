@@ -13,6 +13,13 @@ CHECK ...`), against the stack's broker and JobManager as conf/compose.yaml name
                              of the streams `riskstream produce --generate N --seed SEED` sent, then
                              checks exactly once: each valid txn_id scored once, dead letters unique
                              by partition and offset and as many as the malformed records
+  analytics-quiet            once the stream has gone quiet (each partition read in event-time order):
+                             waits until every window that each partition's watermark has passed is
+                             committed, then checks the committed windows against the plain-Python
+                             reference (tests/analytics_reference.py) figure for figure, and no late line
+  analytics-once             each window and late line committed once (through the kill), a window
+                             only where the reference has one, every record late by its partition's
+                             watermark in the late lines, and every late line of a scored record
 
 Each prints one line; a failed check exits 1 with one line saying what did not hold.
 """
@@ -25,9 +32,17 @@ import sys
 import time
 
 from streaming.config import DEFAULT_PROFILES, load_settings, profile_from_environment
+from streaming.config.from_settings import window_specs
 from streaming.job import identity
 from streaming.ops import drill as failover_drill
 from streaming.ops import rest
+from tests.analytics_reference import (
+    committed_analytics,
+    expected_for,
+    mismatches,
+    readable_event_time,
+    topic_splits,
+)
 from udfs.generator import GeneratorSettings, generate_with_kinds
 
 
@@ -99,6 +114,69 @@ def check_accounted(settings, seeds: list[int], records: int, malformed_share: f
             f"(unique by partition and offset, as many as the malformed records) = {total:,} records")
 
 
+def committed_analytics_once(settings):
+    """committed_analytics(), with a window or late line committed twice as a CheckFailed."""
+    try:
+        return committed_analytics(settings, idle_timeout_s=2)
+    except AssertionError as repeat:
+        raise CheckFailed(str(repeat)) from None
+
+
+def check_analytics_quiet(settings, timeout_s: float) -> str:
+    committed = failover_drill.read_committed(settings, idle_timeout_s=5, until_end=False)
+    splits = topic_splits(settings, idle_timeout_s=5)
+    windows, late = expected_for(settings, splits, [score for _, score in committed.scores])
+    # The job's watermark passes at least the smallest of the partitions' watermarks (each read in
+    # order, so none of their records is late); a window is due once that is past its end plus
+    # the allowed lateness.
+    out_of_orderness_ms = settings.event_time.transactions.out_of_orderness_ms
+    largest_event_times = [max(time for time in map(readable_event_time, lines) if time is not None)
+                           for _, lines in splits]
+    watermark = min(largest_event_times) - out_of_orderness_ms
+    size_ms = {spec.name: spec.size_ms for spec in window_specs(settings)}
+    due = {key for key in windows
+           if key[1] + size_ms[key[0]] + settings.analytics.allowed_lateness_ms < watermark}
+    if not due:
+        raise CheckFailed("no window is due: the stream spans too little event time for this check")
+
+    def all_due_committed():
+        emitted, emitted_late = committed_analytics_once(settings)
+        return (emitted, emitted_late) if emitted.keys() >= due else None
+
+    emitted, emitted_late = wait_for(f"the {len(due):,} due windows to be committed", all_due_committed,
+                                     timeout_s, poll_s=2)
+    if emitted.keys() - windows.keys():
+        raise CheckFailed(f"{len(emitted.keys() - windows.keys())} windows committed that the reference does not have")
+    wrong = mismatches(emitted, windows)
+    if wrong:
+        raise CheckFailed(f"{len(wrong)} windows differ from the reference, e.g. {wrong[0]}: "
+                          f"{emitted[wrong[0]]} against {windows[wrong[0]]}")
+    if late or emitted_late:
+        raise CheckFailed(f"{len(emitted_late)} late lines committed and {len(late)} in the reference; "
+                          "an in-order stream has none")
+    return (f"analytics: {len(emitted):,} windows committed ({len(due):,} due by every partition's watermark), "
+            "each as the reference's; no late record")
+
+
+def check_analytics_once(settings) -> str:
+    committed = failover_drill.read_committed(settings, idle_timeout_s=5, until_end=False)
+    scores = [score for _, score in committed.scores]
+    windows, late = expected_for(settings, topic_splits(settings, idle_timeout_s=5), scores)
+    emitted, emitted_late = committed_analytics_once(settings)
+    if emitted.keys() - windows.keys():
+        raise CheckFailed(f"{len(emitted.keys() - windows.keys())} windows committed that the reference does not have")
+    # A partition idle between the phases can make a record late by the scoring operator's watermark
+    # too (docs/analytics.md), so the late lines hold the reference's and maybe more.
+    if late.keys() - emitted_late.keys():
+        raise CheckFailed(f"{len(late.keys() - emitted_late.keys())} records late by their partition's watermark "
+                          "have no late line")
+    scored = {score["txn_id"] for score in scores}
+    if {txn_id for txn_id, _ in emitted_late} - scored:
+        raise CheckFailed("late lines of records that were never scored")
+    return (f"analytics exactly once: {len(emitted):,} windows and {len(emitted_late):,} late lines, each "
+            f"committed once; {len(late):,} late by their partition's watermark, all there")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.compose_stack")
     checks = parser.add_subparsers(dest="check", required=True)
@@ -112,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     accounted.add_argument("seeds", type=int, nargs="+")
     accounted.add_argument("--records", type=int, required=True)
     accounted.add_argument("--malformed-share", type=float, required=True)
+    checks.add_parser("analytics-quiet")
+    checks.add_parser("analytics-once")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
     settings = load_settings(profile_from_environment() or DEFAULT_PROFILES["cluster"])
@@ -146,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
             answer = wait_for("the job to restore from a checkpoint", restored, args.timeout)
             print(f"job {job_id} restored checkpoint {answer['latest']['restored']['id']} and runs again")
+        elif args.check == "analytics-quiet":
+            print(check_analytics_quiet(settings, args.timeout))
+        elif args.check == "analytics-once":
+            print(check_analytics_once(settings))
         else:
             print(check_accounted(settings, args.seeds, args.records, args.malformed_share, args.timeout))
     except CheckFailed as failure:

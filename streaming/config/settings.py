@@ -338,8 +338,9 @@ class AnalyticsSettings(Section):
     """Event-time windowed figures of the scored stream per group (udfs/analytics.py says how
     windows, watermarks and late records are defined), written to `<output>/analytics` and
     `<output>/late` (or the kafka.analytics_topic and kafka.late_topic). Off unless a profile
-    turns it on (conf/local.yaml does; conf/kafka.yaml turns it off again): it costs CPU per record, and an event-time watermark, read from each record's event_time in the
-    source (event_time.transactions)."""
+    turns it on (conf/local.yaml does, so every profile that extends it): it costs CPU per record,
+    and an event-time watermark, read from each record's event_time in the source
+    (event_time.transactions)."""
 
     enabled: bool = False
     group_by: tuple[Literal["merchant_category", "country", "channel", "currency"], ...] = (

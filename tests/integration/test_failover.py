@@ -20,11 +20,11 @@ from streaming.ops import kafka_tools, local_cluster, rest
 from streaming.reporting.outputs import latest_snapshots
 from tests.analytics_reference import (
     analytics_overrides,
+    committed_analytics,
     delay_event_times,
-    emitted_windows,
-    expected,
-    late_records,
+    expected_for,
     mismatches,
+    topic_splits,
 )
 from tests.cli import NOTHING_LISTENS, assert_one_line_failure, riskstream
 from udfs.generator import GeneratorSettings, generate_with_kinds
@@ -94,9 +94,9 @@ KILLS_MIN_ATTEMPT_RECORDS = 100
 
 def test_taskmanager_killed_at_three_points_changes_nothing(session_cluster, drill, stream, reference):
     settings, overrides = drill
+    job_overrides = [*overrides, *analytics_overrides(), f"source.max_records_per_second={KILLS_RECORDS_PER_SECOND}"]
     run = failover_drill.run_with_kills(
-        session_cluster.cluster,
-        [*overrides, *analytics_overrides(), f"source.max_records_per_second={KILLS_RECORDS_PER_SECOND}"],
+        session_cluster.cluster, job_overrides,
         min_attempt_records=KILLS_MIN_ATTEMPT_RECORDS, taskmanager_overrides=session_cluster.overrides,
         input_records=RECORDS)
     checkpoints = failover_drill.checkpoint_history(session_cluster.cluster, run.job_id)  # as Flink reports them now
@@ -125,27 +125,19 @@ def test_taskmanager_killed_at_three_points_changes_nothing(session_cluster, dri
     assert aborted, f"no score of the transactions open at {open_transaction} was aborted"
 
     assert_exactly_once_with_reference_models(settings, stream, reference, committed)
-    assert_analytics_as_without_failures(settings, committed)
+    assert_analytics_as_without_failures(load_settings(failover_drill.CLUSTER_PROFILE, job_overrides), committed)
 
 
 def assert_analytics_as_without_failures(settings, committed):
-    """The committed analytics and late records: each window once, none missing, with the figures
+    """The committed analytics (`settings`: the job's, with its windows) and late records: each window once, none missing, with the figures
     and late set of the plain-Python reference over each partition's records in offset order
     (what a run without failures gives: it depends on nothing else)."""
-    def committed_lines(topic):
-        return [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8,
-                                                                         until_end=True)]
-
-    partitions = {}
-    for partition, _, _, value in sorted(kafka_tools.tail(settings, settings.kafka.transactions_topic,
-                                                          idle_timeout_s=8, until_end=True)):
-        partitions.setdefault(partition, []).append(value)
-    windows, late = expected(sorted(partitions.items()), [score for _, score in committed.scores])
-    emitted = emitted_windows(committed_lines(settings.kafka.analytics_topic))
+    windows, late = expected_for(settings, topic_splits(settings), [score for _, score in committed.scores])
+    emitted, emitted_late = committed_analytics(settings)
     assert emitted.keys() == windows.keys(), (len(emitted.keys() - windows.keys()), len(windows.keys() - emitted.keys()))
     wrong = mismatches(emitted, windows)
     assert not wrong, [(key, emitted[key], windows[key]) for key in wrong[:2]]
-    assert late_records(committed_lines(settings.kafka.late_topic)) == late
+    assert emitted_late == late
     assert late, "the delayed records should give late ones"
 
 
