@@ -35,7 +35,7 @@ class WindowAnalyticsTest {
     /** The watermark of a record the scoring operator did not find late: it is not in the header. */
     private static final long NOT_LATE = Long.MIN_VALUE;
 
-    private static KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness(
+    static KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness(
             long[] sizes, long[] slides, long lateness, boolean keyed) throws Exception {
         String[] names = new String[sizes.length];
         for (int i = 0; i < sizes.length; i++) {
@@ -136,7 +136,7 @@ class WindowAnalyticsTest {
         return lines;
     }
 
-    private static List<JsonNode> windows(KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness)
+    static List<JsonNode> windows(KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness)
             throws Exception {
         return lines(harness.extractOutputValues());
     }
@@ -287,7 +287,7 @@ class WindowAnalyticsTest {
         }
     }
 
-    private static List<byte[]> randomBatches(long seed) throws Exception {
+    static List<byte[]> randomBatches(long seed) throws Exception {
         Random random = new Random(seed);
         List<byte[]> batches = new ArrayList<>();
         long largest = 0;
@@ -307,7 +307,7 @@ class WindowAnalyticsTest {
     }
 
     /** Feeds the batches with a watermark after each (largest event time so far less 2,000, less Flink's 1 ms). */
-    private static long feed(KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness, List<byte[]> batches,
+    static long feed(KeyedOneInputStreamOperatorTestHarness<Integer, byte[], byte[]> harness, List<byte[]> batches,
                              int from, int to, long watermark) throws Exception {
         for (int b = from; b < to; b++) {
             byte[] batch = batches.get(b);
