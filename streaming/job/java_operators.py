@@ -108,17 +108,30 @@ def split_lines(stream: DataStream, name: str) -> DataStream:
 
 
 def window_analytics(scored: DataStream, windows: Windowing, keyed_output: bool) -> DataStream:
-    """The analytics lines of each window and group, emitted once when due (WindowAnalytics.java,
-    one subtask: one key), from the scoring operator's output (score lines after a header: see
-    udfs.wire.analytics_header). In Java, on the score lines the job writes anyway: a Python
-    window operator took about as much CPU as scoring (docs/benchmark.md)."""
+    """The analytics lines of each window and group, emitted once when due, from the scoring
+    operator's output (score lines after a header: see udfs.wire.analytics_header): each batch split
+    by group (GroupSplit.java, chained to the scoring operator), keyed by group into
+    WindowAnalytics.java, so the windows' work spreads over every subtask and moves with its key
+    groups on a rescale. In Java, on the score lines the job writes anyway: a Python window operator
+    took about as much CPU as scoring (docs/benchmark.md). The records a savepoint of the single-key
+    version held (uid window-analytics) join the groups through UnpartitionedAnalyticsState.java,
+    whose input carries no records."""
     specs = windows.specs
+    group_by = internals.java_strings(windows.group_by)
     function = internals.jvm().riskstream.flink.WindowAnalytics(
         internals.java_longs([spec.size_ms for spec in specs]), internals.java_longs([spec.slide_ms for spec in specs]),
-        internals.java_strings([spec.name for spec in specs]), internals.java_strings(windows.group_by),
+        internals.java_strings([spec.name for spec in specs]), group_by,
         windows.allowed_lateness_ms, SCORE_CLIP, keyed_output, METRICS_GROUP)
-    return java_operator(scored, "window-analytics", lambda j, jvm: j.keyBy(
-        jvm.riskstream.flink.WindowAnalytics.oneKey()).process(function, BYTES.get_java_type_info())
+    by_group = java_operator(scored, "split-by-group", lambda j, jvm: j.flatMap(
+        jvm.riskstream.flink.GroupSplit(group_by, keyed_output), BYTES.get_java_type_info()))
+    unpartitioned = java_operator(scored, "window-analytics-single-key-input", lambda j, jvm: j.filter(
+        jvm.riskstream.flink.UnpartitionedAnalyticsState.noRecords()))
+    restored = java_operator(unpartitioned, "window-analytics", lambda j, jvm: j.keyBy(
+        jvm.riskstream.flink.UnpartitionedAnalyticsState.oneKey()).process(
+        jvm.riskstream.flink.UnpartitionedAnalyticsState(group_by), BYTES.get_java_type_info()))
+    return java_operator(by_group.union(restored), "window-analytics-by-group", lambda j, jvm: j.keyBy(
+        jvm.riskstream.flink.GroupSplit.byGroup(), Types.STRING().get_java_type_info()).process(
+        function, BYTES.get_java_type_info())
     ).slot_sharing_group("scoring")
 
 

@@ -1,5 +1,5 @@
-"""Windowed analytics through the real job (a Flink mini-cluster at parallelism 2, two input files,
-one split each) against a plain-Python reference over the same records (tests/analytics_reference.py)."""
+"""Windowed analytics through the real job (a Flink mini-cluster at parallelism 1, 2 and 4, two input
+files, one split each) against a plain-Python reference over the same records (tests/analytics_reference.py)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ from udfs.generator import GeneratorSettings, generate
 from .conftest import run_scoring_job
 
 
-@pytest.fixture(scope="module")
-def analytics_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda parallelism: f"parallelism-{parallelism}")
+def analytics_run(request, tmp_path_factory):
     """An in-order file and one with 8% of its records delayed by up to 40 s (2% malformed), read
-    at parallelism 2."""
-    workdir = tmp_path_factory.mktemp("analytics")
+    at parallelism 1, 2 and 4: the windows, partitioned by group over the subtasks, and the late
+    records are the reference's (so the same) at each."""
+    workdir = tmp_path_factory.mktemp(f"analytics-{request.param}")
     in_order = list(generate(GeneratorSettings(records=2_500, seed=11, mean_gap_ms=50)))
     out_of_order = delay_event_times(generate(GeneratorSettings(records=2_500, seed=12, mean_gap_ms=50,
                                                                 malformed_share=0.02)),
@@ -36,7 +37,7 @@ def analytics_run(tmp_path_factory):
     late_file.write_bytes(b"".join(line + b"\n" for line in out_of_order))
     job = run_scoring_job(
         workdir, in_order, f"source.paths=[{json.dumps(str(workdir / 'in-order.jsonl'))}, {json.dumps(str(late_file))}]",
-        *analytics_overrides(), file_name="in-order.jsonl")
+        *analytics_overrides(), f"flink.parallelism={request.param}", file_name="in-order.jsonl")
     out = Path(job.settings.output.path)
     return {"splits": [("in-order", in_order), ("out-of-order", out_of_order)], "scores": job.scores,
             "analytics": list(committed_lines(out / "analytics")), "late": list(committed_lines(out / "late")),

@@ -13,8 +13,8 @@ import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.StreamReadFea
 
 /**
  * What windowed analytics needs of a batch of scored records, as columns: read from a scored
- * batch's output (its score lines, see {@link #ofScoredBatch}), and kept in {@link WindowAnalytics}'
- * keyed state as bytes ({@link #toBytes}, {@link #read}).
+ * batch's output (its score lines, see {@link #ofScoredBatch}), split by group ({@link GroupSplit})
+ * and kept in {@link WindowAnalytics}' keyed state as bytes ({@link #toBytes}, {@link #read}).
  *
  * <p>The bytes, little-endian: int32 record count n, int32 group field count g; int64[n] event times
  * (epoch ms); int64[n] watermarks (each record's effective watermark at its arrival, epoch ms);
@@ -176,7 +176,19 @@ final class ScoredColumns {
 
     /** The records at {@code rows}, in that order. */
     ScoredColumns take(int[] rows) {
-        ScoredColumns taken = new ScoredColumns(rows.length, groups.length);
+        return take(rows, true);
+    }
+
+    /**
+     * The records at {@code rows}, in that order, with no group column: a group's records in
+     * {@link GroupSplit}'s sub-batches, whose key names the group.
+     */
+    ScoredColumns takeWithoutGroups(int[] rows) {
+        return take(rows, false);
+    }
+
+    private ScoredColumns take(int[] rows, boolean withGroups) {
+        ScoredColumns taken = new ScoredColumns(rows.length, withGroups ? groups.length : 0);
         for (int i = 0; i < rows.length; i++) {
             int row = rows[i];
             taken.eventTimes[i] = eventTimes[row];
@@ -187,7 +199,7 @@ final class ScoredColumns {
             taken.txnIds[i] = txnIds[row];
             taken.currencies[i] = currencies[row];
             taken.accounts[i] = accounts[row];
-            for (int field = 0; field < groups.length; field++) {
+            for (int field = 0; field < taken.groups.length; field++) {
                 taken.groups[field][i] = groups[field][row];
             }
         }

@@ -4,7 +4,9 @@ import java.io.ByteArrayOutputStream;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collections;
 import java.util.Comparator;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
@@ -17,35 +19,37 @@ import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
 import org.apache.flink.api.common.typeinfo.Types;
-import org.apache.flink.api.java.functions.KeySelector;
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.util.Collector;
 import org.apache.flink.util.OutputTag;
 
 /**
- * Event-time windowed analytics of the scored stream: takes each scored batch's output (its score
- * lines, after a header with the effective watermark of each record the scoring operator's {@code
- * late_records} in udfs/analytics.py found late: see {@link AnalyticsHeader}) and emits every window's
- * figures per group once, when the watermark reaches the window's end plus the allowed lateness. A
- * record counts in each of its windows that were not emitted when it arrived and that its own
- * watermark had not reached. The rules are those of udfs/analytics.py, the figures those of
- * tests/reference/analytics.py ({@code analyze}, the reference the tests compare the job with); the output lines are its {@code
- * window_line}s and {@code late} lines.
+ * Event-time windowed analytics of the scored stream, one group at a time: takes {@link GroupSplit}'s
+ * sub-batches (a group's records of each scored batch, with the effective watermark of each record
+ * the scoring operator's {@code late_records} in udfs/analytics.py found late: see
+ * {@link AnalyticsHeader}), keyed by group ({@link GroupSplit#byGroup}), and emits each window's
+ * figures for the group once, when the watermark reaches the window's end plus the allowed
+ * lateness. A record counts in each of its windows that were not emitted when it arrived and that
+ * its own watermark had not reached. The rules are those of udfs/analytics.py, the figures those of
+ * tests/reference/analytics.py ({@code analyze}, the reference the tests compare the job with); the
+ * output lines are its {@code window_line}s and {@code late} lines.
  *
- * <p>One key ({@link #oneKey}): every window of every group is computed in one subtask, on all the
- * records due at once. Keyed state holds the records whose windows are not all emitted yet (a batch
- * appended as it comes, rewritten when windows are emitted) and the watermark through which windows
- * were emitted; this instance's copy is read from state the first time it is needed after a start
- * or restore. One event-time timer at a time, at the earliest due window; its firing emits every
- * window due at the current watermark and sets the next.
+ * <p>Keyed by group, so the work spreads over every subtask and each group's pending windows move
+ * with its key group on a rescale; the lines are the same at any parallelism. Keyed state holds,
+ * per group, the records whose windows are not all emitted yet (a sub-batch appended as it comes,
+ * rewritten when windows are emitted) and the watermark through which the group's windows were
+ * emitted; this instance keeps a decoded copy of each group's, read from state the first time the
+ * group is met after a start or restore. An event-time timer per group at its earliest due window;
+ * its firing emits every window of the group due at the current watermark and sets the next.
+ * The records a savepoint of the single-key version held come from {@link UnpartitionedAnalyticsState}.
  *
  * <p>Times are epoch milliseconds. Flink's watermark trails the one udfs/analytics.py defines by
  * 1 ms (Flink's bounded out-of-orderness generator subtracts it), so a window due at {@code due}
  * fires at Flink's {@code due - 1}.
  */
-public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[], byte[]> {
-    private static final long serialVersionUID = 1L;
+public final class WindowAnalytics extends KeyedProcessFunction<String, byte[], byte[]> {
+    private static final long serialVersionUID = 2L;
 
     /**
      * Late lines of records that would have counted in windows already emitted: the scoring side
@@ -62,7 +66,7 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
     private final long[] sizesMs;
     private final long[] slidesMs;
     private final String[] windowNames;
-    private final String[] groupBy;
+    private final String firstGroupField;
     private final long allowedLatenessMs;
     private final double scoreClip;
     private final boolean keyedOutput;
@@ -70,16 +74,21 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
 
     private transient ListState<byte[]> pendingState;
     private transient ValueState<Long> emittedThroughState;
-    private transient List<ScoredColumns> pending; // null until read from state
-    private transient long emittedThrough;
-    private transient long timerDue; // the due time of the timer set, NONE if none
+    private transient Map<String, Group> groups; // the groups met since the start or restore
     private transient Counter late;
+
+    /** What this instance keeps of a group's state, decoded, and the due time of its timer. */
+    private static final class Group {
+        List<ScoredColumns> pending = new ArrayList<>();
+        long emittedThrough = Long.MIN_VALUE;
+        long timerDue = NONE; // NONE if none set since the start or restore
+    }
 
     /**
      * @param sizesMs each window spec's size, ms (> 0)
      * @param slidesMs each spec's slide, ms (> 0; equal to the size for tumbling windows)
      * @param windowNames each spec's name in the output lines (udfs.analytics.WindowSpec.name)
-     * @param groupBy the group fields, in the order of the batches' group columns
+     * @param groupBy the group fields (late lines come from the first one's groups, so once a record)
      * @param allowedLatenessMs how long after its end a window waits, ms (>= 0)
      * @param scoreClip scores are clipped to [scoreClip, 1 - scoreClip] for the log loss
      * @param keyedOutput whether each line gets a {@code <key>\t} prefix (Kafka message keys)
@@ -90,28 +99,17 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
         if (sizesMs.length != slidesMs.length || sizesMs.length != windowNames.length) {
             throw new IllegalArgumentException("one size, slide and name per window spec");
         }
+        if (groupBy.length == 0) {
+            throw new IllegalArgumentException("at least one group field");
+        }
         this.sizesMs = sizesMs.clone();
         this.slidesMs = slidesMs.clone();
         this.windowNames = windowNames.clone();
-        this.groupBy = groupBy.clone();
+        this.firstGroupField = groupBy[0];
         this.allowedLatenessMs = allowedLatenessMs;
         this.scoreClip = scoreClip;
         this.keyedOutput = keyedOutput;
         this.metricsGroup = metricsGroup;
-    }
-
-    /** The key of every batch: all windows are computed in one subtask. */
-    public static KeySelector<byte[], Integer> oneKey() {
-        return new OneKey();
-    }
-
-    private static final class OneKey implements KeySelector<byte[], Integer> {
-        private static final long serialVersionUID = 1L;
-
-        @Override
-        public Integer getKey(byte[] value) {
-            return 0;
-        }
     }
 
     @Override
@@ -120,34 +118,38 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
                 new ListStateDescriptor<>("pending-batches", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
         emittedThroughState = getRuntimeContext().getState(new ValueStateDescriptor<>("emitted-through", Types.LONG));
         late = getRuntimeContext().getMetricGroup().addGroup(metricsGroup).counter("late");
-        pending = null;
-        timerDue = NONE;
+        groups = new HashMap<>();
     }
 
     @Override
-    public void processElement(byte[] batch, Context ctx, Collector<byte[]> out) throws Exception {
-        loadPending();
-        ScoredColumns columns = ScoredColumns.ofScoredBatch(batch, groupBy, keyedOutput);
+    public void processElement(byte[] subBatch, Context ctx, Collector<byte[]> out) throws Exception {
+        String key = ctx.getCurrentKey();
+        Group group = group(key);
+        byte[] records = GroupSplit.recordsOf(subBatch);
+        ScoredColumns columns = ScoredColumns.read(records);
         List<byte[]> lateLines = new ArrayList<>();
         List<String> lateKeys = new ArrayList<>();
-        if (emittedThrough != Long.MIN_VALUE) {
-            for (int spec = 0; spec < sizesMs.length; spec++) {
-                for (int r = 0; r < columns.size(); r++) {
-                    byte[] line = lateLine(spec, columns, r);
-                    if (line != null) {
-                        lateLines.add(line);
-                        lateKeys.add(columns.txnIds[r]);
+        if (group.emittedThrough != Long.MIN_VALUE) {
+            if (fieldOf(key).equals(firstGroupField)) { // a record is in one group of each field
+                for (int spec = 0; spec < sizesMs.length; spec++) {
+                    for (int r = 0; r < columns.size(); r++) {
+                        byte[] line = lateLine(spec, columns, r, group.emittedThrough);
+                        if (line != null) {
+                            lateLines.add(line);
+                            lateKeys.add(columns.txnIds[r]);
+                        }
                     }
                 }
             }
             // Kept with the watermark it counts by: a window emitted before it came is not its.
             for (int r = 0; r < columns.size(); r++) {
-                columns.watermarks[r] = Math.max(columns.watermarks[r], emittedThrough);
+                columns.watermarks[r] = Math.max(columns.watermarks[r], group.emittedThrough);
             }
+            records = columns.toBytes();
         }
-        pending.add(columns);
-        pendingState.add(columns.toBytes());
-        setTimer(earliestDue(List.of(columns)), ctx);
+        group.pending.add(columns);
+        pendingState.add(records);
+        setTimer(group, earliestDue(List.of(columns), group.emittedThrough), ctx);
         late.inc(lateLines.size());
         for (byte[] bundle : bundles(lateLines, lateKeys)) {
             ctx.output(LATE, bundle);
@@ -156,40 +158,48 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
 
     @Override
     public void onTimer(long timestamp, OnTimerContext ctx, Collector<byte[]> out) throws Exception {
-        loadPending();
+        String key = ctx.getCurrentKey();
+        Group group = group(key);
         long flinkWatermark = Math.max(timestamp, ctx.timerService().currentWatermark());
         long watermark = flinkWatermark == Long.MAX_VALUE ? Long.MAX_VALUE : flinkWatermark + 1;
-        if (timerDue <= watermark) {
-            timerDue = NONE; // fired
+        if (group.timerDue <= watermark) {
+            group.timerDue = NONE; // fired
         }
         List<byte[]> lines = new ArrayList<>();
-        List<String> keys = new ArrayList<>();
-        emit(watermark, lines, keys);
-        setTimer(earliestDue(pending), ctx);
+        emit(key, group, watermark, lines);
+        setTimer(group, earliestDue(group.pending, group.emittedThrough), ctx);
+        List<String> keys = Collections.nCopies(lines.size(), key);
         for (byte[] bundle : bundles(lines, keys)) {
             out.collect(bundle);
         }
     }
 
-    private void loadPending() throws Exception {
-        if (pending != null) {
-            return;
-        }
-        pending = new ArrayList<>();
-        Iterable<byte[]> stored = pendingState.get();
-        if (stored != null) {
-            for (byte[] batch : stored) {
-                pending.add(ScoredColumns.read(batch));
+    /** The group of the current key, read from state the first time it is met. */
+    private Group group(String key) throws Exception {
+        Group group = groups.get(key);
+        if (group == null) {
+            group = new Group();
+            Iterable<byte[]> stored = pendingState.get();
+            if (stored != null) {
+                for (byte[] batch : stored) {
+                    group.pending.add(ScoredColumns.read(batch));
+                }
             }
+            Long storedThrough = emittedThroughState.value();
+            group.emittedThrough = storedThrough == null ? Long.MIN_VALUE : storedThrough;
+            groups.put(key, group);
         }
-        Long storedThrough = emittedThroughState.value();
-        emittedThrough = storedThrough == null ? Long.MIN_VALUE : storedThrough;
+        return group;
     }
 
-    private void setTimer(long due, Context ctx) {
-        if (due != NONE && due < timerDue) {
+    private static String fieldOf(String key) {
+        return key.substring(0, key.indexOf('='));
+    }
+
+    private void setTimer(Group group, long due, Context ctx) {
+        if (due != NONE && due < group.timerDue) {
             ctx.timerService().registerEventTimeTimer(due - 1);
-            timerDue = due;
+            group.timerDue = due;
         }
     }
 
@@ -202,13 +212,16 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
         return start + sizesMs[spec] + allowedLatenessMs;
     }
 
-    /** Whether a record with effective watermark {@code watermark} counts in a window due at {@code due}. */
-    private boolean countsIn(long due, long watermark) {
+    /**
+     * Whether a record with effective watermark {@code watermark} counts in a window due at
+     * {@code due} of a group whose windows were emitted through {@code emittedThrough}.
+     */
+    private static boolean countsIn(long due, long watermark, long emittedThrough) {
         return due > emittedThrough && watermark < due;
     }
 
     /** The earliest due time of a window not emitted yet that a record of {@code batches} counts in; NONE if none. */
-    private long earliestDue(List<ScoredColumns> batches) {
+    private long earliestDue(List<ScoredColumns> batches, long emittedThrough) {
         long earliest = NONE;
         for (ScoredColumns columns : batches) {
             for (int r = 0; r < columns.size(); r++) {
@@ -217,7 +230,7 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
                     for (long start = newestStart(spec, eventTime); start > eventTime - sizesMs[spec];
                          start -= slidesMs[spec]) {
                         long due = dueTime(spec, start);
-                        if (due < earliest && countsIn(due, columns.watermarks[r])) {
+                        if (due < earliest && countsIn(due, columns.watermarks[r], emittedThrough)) {
                             earliest = due;
                         }
                     }
@@ -231,7 +244,7 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
      * The late line of record {@code r} for the windows of {@code spec} emitted before it came that
      * its own watermark had not reached (so it would have counted in them); null if none.
      */
-    private byte[] lateLine(int spec, ScoredColumns columns, int r) {
+    private byte[] lateLine(int spec, ScoredColumns columns, int r, long emittedThrough) {
         long eventTime = columns.eventTimes[r];
         long own = columns.watermarks[r];
         long effective = Math.max(own, emittedThrough);
@@ -263,20 +276,20 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
     }
 
     /**
-     * Adds to {@code lines} (and their message keys to {@code keys}) the line of every window and
-     * group due at or before {@code watermark} and not emitted before, by due time, window spec,
-     * start, group field and group; lets go of the records whose windows are all emitted.
+     * Adds to {@code lines} the line of every window of the group {@code key} due at or before
+     * {@code watermark} and not emitted before, by due time, window spec and start; lets go of the
+     * records whose windows are all emitted.
      */
-    private void emit(long watermark, List<byte[]> lines, List<String> keys) throws Exception {
-        if (watermark <= emittedThrough || pending.isEmpty()) {
-            emittedThrough = Math.max(emittedThrough, watermark);
-            emittedThroughState.update(emittedThrough);
+    private void emit(String key, Group group, long watermark, List<byte[]> lines) throws Exception {
+        if (watermark <= group.emittedThrough || group.pending.isEmpty()) {
+            group.emittedThrough = Math.max(group.emittedThrough, watermark);
+            emittedThroughState.update(group.emittedThrough);
             return;
         }
         TreeMap<WindowKey, Figures> windows = new TreeMap<>();
         List<ScoredColumns> remaining = new ArrayList<>();
         boolean changed = false;
-        for (ScoredColumns columns : pending) {
+        for (ScoredColumns columns : group.pending) {
             int[] kept = new int[columns.size()];
             int keptCount = 0;
             for (int r = 0; r < columns.size(); r++) {
@@ -287,11 +300,8 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
                     waits |= dueTime(spec, newest) > watermark;
                     for (long start = newest; start > eventTime - sizesMs[spec]; start -= slidesMs[spec]) {
                         long due = dueTime(spec, start);
-                        if (due <= watermark && countsIn(due, columns.watermarks[r])) {
-                            for (int field = 0; field < groupBy.length; field++) {
-                                windows.computeIfAbsent(new WindowKey(due, spec, start, groupBy[field],
-                                        columns.groups[field][r]), key -> new Figures()).add(columns, r);
-                            }
+                        if (due <= watermark && countsIn(due, columns.watermarks[r], group.emittedThrough)) {
+                            windows.computeIfAbsent(new WindowKey(due, spec, start), window -> new Figures()).add(columns, r);
                         }
                     }
                 }
@@ -308,32 +318,32 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
                 }
             }
         }
-        emittedThrough = watermark;
-        emittedThroughState.update(emittedThrough);
+        group.emittedThrough = watermark;
+        emittedThroughState.update(group.emittedThrough);
         if (changed) {
-            pending = remaining;
+            group.pending = remaining;
             List<byte[]> stored = new ArrayList<>(remaining.size());
             for (ScoredColumns columns : remaining) {
                 stored.add(columns.toBytes());
             }
             pendingState.update(stored);
         }
+        String field = fieldOf(key);
+        String groupName = key.substring(field.length() + 1);
         for (Map.Entry<WindowKey, Figures> window : windows.entrySet()) {
-            WindowKey key = window.getKey();
-            lines.add(windowLine(key, window.getValue()));
-            keys.add(key.groupBy + "=" + key.group);
+            lines.add(windowLine(window.getKey(), field, groupName, window.getValue()));
         }
     }
 
-    private byte[] windowLine(WindowKey key, Figures figures) {
+    private byte[] windowLine(WindowKey key, String field, String group, Figures figures) {
         StringBuilder line = new StringBuilder(400);
         line.append("{\"schema_version\":").append(SCHEMA_VERSION).append(",\"window\":");
         appendString(line, windowNames[key.spec]);
         line.append(",\"window_start\":").append(key.start).append(",\"window_end\":")
                 .append(key.start + sizesMs[key.spec]).append(",\"group_by\":");
-        appendString(line, key.groupBy);
+        appendString(line, field);
         line.append(",\"group\":");
-        appendString(line, key.group);
+        appendString(line, group);
         figures.appendTo(line, scoreClip);
         return line.append('}').toString().getBytes(StandardCharsets.UTF_8);
     }
@@ -359,23 +369,18 @@ public final class WindowAnalytics extends KeyedProcessFunction<Integer, byte[],
         return bundles;
     }
 
-    /** A window of one group, ordered as the output lines are: due time, spec, start, group field, group. */
+    /** A window of the group, ordered as the output lines are: due time, spec, start. */
     private static final class WindowKey implements Comparable<WindowKey> {
         private static final Comparator<WindowKey> ORDER = Comparator.<WindowKey>comparingLong(key -> key.due)
-                .thenComparingInt(key -> key.spec).thenComparingLong(key -> key.start)
-                .thenComparing(key -> key.groupBy).thenComparing(key -> key.group);
+                .thenComparingInt(key -> key.spec).thenComparingLong(key -> key.start);
         final long due;
         final int spec;
         final long start;
-        final String groupBy;
-        final String group;
 
-        WindowKey(long due, int spec, long start, String groupBy, String group) {
+        WindowKey(long due, int spec, long start) {
             this.due = due;
             this.spec = spec;
             this.start = start;
-            this.groupBy = groupBy;
-            this.group = group;
         }
 
         @Override
