@@ -178,3 +178,18 @@ def committed_analytics(settings: Settings, idle_timeout_s: float = 8,
 
     return (emitted_windows(committed_lines(settings.kafka.analytics_topic)),
             late_records(committed_lines(settings.kafka.late_topic)))
+
+
+def assert_committed_analytics_as_the_reference(settings: Settings, scores: Sequence[dict[str, Any]]) -> None:
+    """The committed analytics and late lines of a Kafka-mode job that has ended (`settings`: the
+    job's, with its windows; `scores`: its committed score lines): each window once, none missing,
+    with the figures and late set of the plain-Python reference over each partition's records in
+    offset order, which is what one uninterrupted run gives whatever its parallelism (no split may
+    go idle: see analytics_overrides)."""
+    windows, late = expected_for(settings, topic_splits(settings), scores)
+    emitted, emitted_late = committed_analytics(settings)
+    assert windows, "the reference has no window"
+    assert emitted.keys() == windows.keys(), (len(emitted.keys() - windows.keys()), len(windows.keys() - emitted.keys()))
+    wrong = mismatches(emitted, windows)
+    assert not wrong, [(key, emitted[key], windows[key]) for key in wrong[:2]]
+    assert emitted_late == late

@@ -10,6 +10,9 @@ A fixture folder holds:
   topic names (the Kafka source's split state holds topic, partition and offset, so a restore
   must read topics of these names), which records each partition had, and how many of each
   partition's records the job had read when the savepoint was taken (its source offsets).
+
+Also the steps the savepoint and rescaling tests share on the session cluster: stop a job with a
+savepoint part way through, resume one until everything is scored.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from streaming.config import Settings
-from streaming.ops import kafka_tools
+from streaming.ops import drill as failover_drill
+from streaming.ops import kafka_tools, local_cluster, rest
 
 PROJECT = Path(__file__).resolve().parents[1]
 FIXTURES = PROJECT / "tests" / "fixtures" / "savepoints"
@@ -153,3 +157,58 @@ def reference_models(lines: list[bytes], learning_rate: float) -> tuple[dict[str
             model.bias -= learning_rate * error
             model.updates += 1
     return scores, models
+
+
+# How long a job may take to reach what a step waits for, on this 2-core machine.
+TIMEOUT_S = 180
+
+
+def stop_after(local: local_cluster.LocalCluster, settings, overrides: list[str], from_path: str | None,
+               records: int) -> str:
+    """Submits the job (resumed from `from_path`, or afresh), waits until its source has read
+    `records` records in this attempt, stops it with a savepoint and returns the savepoint's path."""
+    run = failover_drill.DrillRun(job_id=failover_drill.submit(local, overrides, from_path))
+    watch = failover_drill.Watch(local, run)
+    watch.until(f"{records} records", lambda: watch.attempt_records() >= records, TIMEOUT_S)
+    savepoint = rest.stop_with_savepoint(local.rest_url, run.job_id,
+                                         Path(settings.checkpointing.savepoint_directory).as_uri())
+    watch.until_finished(TIMEOUT_S)
+    return savepoint
+
+
+def resume_until_all_scored(local: local_cluster.LocalCluster, settings, overrides: list[str], from_path: str | None,
+                            expected_scores: int, quiet_s: float = 0,
+                            labels_quiet_s: float | None = None) -> tuple[str, failover_drill.Committed]:
+    """Submits the job resumed from `from_path` (None: started afresh), waits until the scores
+    topic holds `expected_scores` committed scores and then `quiet_s` more seconds, ends the job
+    with stop --drain (a Kafka source
+    restored from a savepoint does not end by itself, FLINK-31006; draining passes the end of input
+    through the job, which writes each model's final snapshot), and returns the job id and what a
+    read_committed consumer finds in the output topics. With `labels_quiet_s`, it also waits until
+    the labels' source (bounded: it reads to its end, then waits) has read nothing for that long."""
+    job_id = failover_drill.submit(local, overrides, from_path)
+    watch = failover_drill.Watch(local, failover_drill.DrillRun(job_id=job_id))
+    watch.until(f"{expected_scores} committed outputs",
+                lambda: failover_drill.committed_outputs(settings) >= expected_scores, TIMEOUT_S, poll_s=1)
+    if labels_quiet_s is not None:  # a drain ends the labels' input where it is, read or not
+        last = {"read": -1, "since": time.monotonic()}
+
+        def labels_read_to_their_end() -> bool:
+            read = labels_read(watch)
+            if read != last["read"]:
+                last.update(read=read, since=time.monotonic())
+            return time.monotonic() - last["since"] >= labels_quiet_s
+
+        watch.until(f"the labels' source to read nothing for {labels_quiet_s} s", labels_read_to_their_end,
+                    TIMEOUT_S, poll_s=0.5)
+    time.sleep(quiet_s)
+    savepoints = Path(settings.checkpointing.savepoint_directory).as_uri()
+    rest.stop_with_savepoint(local.rest_url, job_id, savepoints, drain=True)
+    watch.until_finished(TIMEOUT_S)
+    return job_id, failover_drill.read_committed(settings, idle_timeout_s=3)
+
+
+def labels_read(watch: failover_drill.Watch) -> int:
+    """Records the labels' source has read in the current attempt, as the REST API reports them."""
+    source = next(vertex for vertex in watch.job()["vertices"] if "labels-source" in vertex["name"])
+    return source["metrics"]["read-records"]

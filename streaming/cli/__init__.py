@@ -27,6 +27,8 @@ from streaming.config import DEFAULT_PROFILES, PROFILE_ENV, ConfigError, Service
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "parallelism", None) is not None:  # submit --parallelism N is flink.parallelism=N
+        args.overrides.append(f"flink.parallelism={args.parallelism}")
     try:
         if getattr(args, "dry_run", False):  # run and submit: check the profile, start nothing
             return dry_run_command(args)
@@ -139,6 +141,9 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--from", dest="from_path", default=None, metavar="PATH",
                         help="resume from this savepoint or retained checkpoint; `latest`: the newest one "
                              "in the profile's savepoint and checkpoint directories")
+    submit.add_argument("--parallelism", type=int, default=None, metavar="N",
+                        help="the job's parallelism (flink.parallelism), e.g. to rescale with --from; at most "
+                             "performance.shards scoring subtasks have work")
     dry_run(submit)
 
     status = command("status", "the job's state and last completed checkpoint")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from streaming.config import Settings, load_settings
+from streaming.ops import local_cluster, rest
 from streaming.reporting.outputs import committed_lines
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -155,3 +160,35 @@ def session_cluster():
     yield SessionCluster(local, overrides)
     if started:
         local.down()
+
+
+@pytest.fixture
+def second_taskmanager(session_cluster):
+    """A second TaskManager for this test: a job at parallelism 4 needs 8 slots (its two slot
+    sharing groups) and the test cluster's TaskManager has 4. Afterwards the cluster has as many
+    TaskManagers as before: the ones started since (this one, or a replacement of a TaskManager the
+    test killed) are stopped, the newest kept, with SIGTERM and then any Python worker they leave."""
+    local = session_cluster.cluster
+    before = set(local.taskmanager_pids())
+    count = rest.rest(local.rest_url, "GET", "/overview")["taskmanagers"]
+    local.start_taskmanager(session_cluster.overrides)
+    local.wait_for_taskmanagers(count + 1)
+    [started] = set(local.taskmanager_pids()) - before
+    yield started
+    session_cluster.cancel_jobs()
+    running = local.taskmanager_pids()
+    extra = sorted(set(running) - before, key=lambda pid: psutil.Process(pid).create_time())
+    for pid in extra[:max(0, len(running) - count)]:
+        workers = local_cluster.descendants(pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+            psutil.Process(pid).wait(30)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+        except psutil.TimeoutExpired:
+            local_cluster.kill_tree(pid)
+        for worker in workers:
+            local_cluster.kill_tree(worker)  # none should be left; ends any that is
+    deadline = time.monotonic() + 30
+    while rest.rest(local.rest_url, "GET", "/overview")["taskmanagers"] > count and time.monotonic() < deadline:
+        time.sleep(0.5)

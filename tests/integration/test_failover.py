@@ -20,11 +20,9 @@ from streaming.ops import kafka_tools, local_cluster, rest
 from streaming.reporting.outputs import latest_snapshots
 from tests.analytics_reference import (
     analytics_overrides,
+    assert_committed_analytics_as_the_reference,
     committed_analytics,
     delay_event_times,
-    expected_for,
-    mismatches,
-    topic_splits,
 )
 from tests.cli import NOTHING_LISTENS, assert_one_line_failure, riskstream
 from udfs.generator import GeneratorSettings, generate_with_kinds
@@ -129,17 +127,10 @@ def test_taskmanager_killed_at_three_points_changes_nothing(session_cluster, dri
 
 
 def assert_analytics_as_without_failures(settings, committed):
-    """The committed analytics (`settings`: the job's, with its windows) and late records: each window once, none missing, with the figures
-    and late set of the plain-Python reference over each partition's records in offset order
-    (what a run without failures gives: it depends on nothing else)."""
-    windows, late = expected_for(settings, topic_splits(settings), [score for _, score in committed.scores])
-    emitted, emitted_late = committed_analytics(settings)
-    assert emitted.keys() == windows.keys(), (len(emitted.keys() - windows.keys()), len(windows.keys() - emitted.keys()))
-    wrong = mismatches(emitted, windows)
-    assert not wrong, [(key, emitted[key], windows[key]) for key in wrong[:2]]
-    assert emitted_late == late
-    assert late, "the delayed records should give late ones"
-
+    """The committed analytics (`settings`: the job's, with its windows) and late records: those of
+    a run without failures, and the delayed records gave late ones."""
+    assert_committed_analytics_as_the_reference(settings, [score for _, score in committed.scores])
+    assert committed_analytics(settings)[1], "the delayed records should give late ones"
 
 
 def test_a_taskmanager_jvm_killed_alone_takes_its_python_workers_with_it(session_cluster, drill, stream, reference):
@@ -167,6 +158,32 @@ def test_a_taskmanager_jvm_killed_alone_takes_its_python_workers_with_it(session
     assert left == [], f"Python workers {left} outlived their TaskManager by 10 s"
 
     watch.until_finished(600)
+    committed = failover_drill.read_committed(settings)
+    assert_exactly_once_with_reference_models(settings, stream, reference, committed)
+
+
+def test_one_of_two_taskmanagers_killed_changes_nothing(session_cluster, second_taskmanager, drill, stream,
+                                                         reference):
+    """Issue 29: on two TaskManagers, one running the job's tasks SIGKILLed (with its Python workers)
+    mid-run and a replacement started, as a supervisor would: the job scores again on the survivor
+    and the replacement, every record exactly once, every score and final model that of a run
+    without failures."""
+    settings, overrides = drill
+    local = session_cluster.cluster
+    failover_drill.check_pacing(settings, RECORDS - 2000, failover_drill.action_need_records(settings), "the kill")
+    run = failover_drill.DrillRun(job_id=failover_drill.submit(local, overrides))
+    watch = failover_drill.Watch(local, run)
+    watch.until("2000 records in the attempt", lambda: watch.attempt_records() >= 2000, 600)
+    taskmanagers = local.taskmanager_pids()
+    busy = local.busy_taskmanager_pids()
+    assert len(taskmanagers) == 2 and busy, (taskmanagers, busy)
+    [survivor] = set(taskmanagers) - {busy[0]}
+
+    local_cluster.kill_tree(busy[0])
+    local.start_taskmanager(session_cluster.overrides)  # as a supervisor would
+    watch.until_finished(600)
+    assert alive(survivor), "the survivor should have run to the end"
+    assert len(local.taskmanager_pids()) == 2
     committed = failover_drill.read_committed(settings)
     assert_exactly_once_with_reference_models(settings, stream, reference, committed)
 

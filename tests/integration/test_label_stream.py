@@ -381,6 +381,48 @@ def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, k
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
 
 
+def test_a_label_stream_rescaled_from_2_to_4_and_back_to_2_loses_and_repeats_no_label(
+        session_cluster, second_taskmanager, kafka_isolation, tmp_path):
+    """Issue 29, with labels from their own stream: on two TaskManagers, stopped with a savepoint at
+    parallelism 2, resumed at 4, stopped again and resumed at 2 (feature logs, routes, held labels
+    and models move with their key groups): every label once, with the outcome the inputs say, and
+    every score and final model the reference's replayed in the committed learning log's order."""
+    from streaming.ops import drill as failover_drill
+    from streaming.ops import kafka_tools
+    from tests.savepoints import resume_until_all_scored, stop_after
+
+    stream = transactions(6000, seed=10)
+    label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
+        seed=10, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
+        contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
+    overrides = [*kafka_isolation, *failover_drill.drill_overrides(tmp_path), "labels.mode=stream",
+                 "labels.source={kind: kafka}", *PROFILE,
+                 # As in the kill drill above: no transactions split goes idle while the job is paced.
+                 "event_time.transactions.idleness_ms=600000"]
+    settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
+    kafka_tools.create_topics(settings)
+    assert kafka_tools.produce(settings, [json.dumps(r).encode() for r in stream], key_field="merchant_category") == len(stream)
+    assert kafka_tools.produce(settings, label_lines, key_field="txn_id", topic=settings.kafka.labels_topic) == len(label_lines)
+    local = session_cluster.cluster
+    try:
+        paced = [*overrides, "source.max_records_per_second=50"]
+        first = stop_after(local, settings, paced, None, 1500)
+        second = stop_after(local, settings, [*paced, "flink.parallelism=4"], first, 1500)
+        resume_until_all_scored(local, settings, overrides, second, len(stream), labels_quiet_s=5)
+    finally:
+        session_cluster.cancel_jobs()
+
+    kafka = settings.kafka
+    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8,
+                                                                           until_end=True)]
+           for name, topic in (("scores", kafka.scores_topic), ("dead-letters", kafka.dead_letters_topic),
+                               ("model-snapshots", kafka.snapshots_topic), ("learning", kafka.learning_topic),
+                               ("label-dead-letters", kafka.label_dead_letters_topic))}
+    learned = [(line["txn_id"], line["label_time"]) for line in out["learning"]]
+    assert len(learned) == len(set(learned)), "a label was learned twice"
+    assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
+
+
 def test_no_feature_log_is_left_once_event_time_is_past_every_ttl(session_cluster, tmp_path, capsys):
     """State is bounded: on the session cluster, watched folders, the transactions (2.5 minutes of
     event time, all within one TTL) are all logged; once labels' event time is past the last

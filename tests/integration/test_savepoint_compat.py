@@ -1,7 +1,8 @@
 """Savepoints keep restoring (issue 25, "What must hold"): a savepoint taken by commit c926163 of the
 Kafka-sourced job (tests/fixtures/savepoints/c926163-kafka-sgd, made by make_fixture.py there)
-restores from any folder and continues where it stopped; and a savepoint taken at parallelism 2
-resumes at parallelism 4. Both on the local session cluster against the real broker, with plain
+restores from any folder and continues where it stopped; and a run stopped with a savepoint at
+parallelism 2, resumed at 4, stopped again and resumed at 2 on two TaskManagers is one
+uninterrupted run (issue 29). Both on the local session cluster against the real broker, with plain
 SGD, so that every score and final model can be compared with the sequential reference over the
 whole input (tests/savepoints.py): a model that did not start from the restored state differs. And
 the same c926163 savepoint (model state version 2, plain SGD) resumed with `model.optimizer: adagrad`:
@@ -16,20 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
-import time
-from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from streaming.config import load_settings
 from streaming.ops import drill as failover_drill
-from streaming.ops import kafka_tools, local_cluster, rest
+from streaming.ops import kafka_tools, rest
 from streaming.reporting.outputs import latest_snapshots
+from tests.analytics_reference import analytics_overrides, assert_committed_analytics_as_the_reference
 from tests.reference.textbook import TextbookAdaGrad, TextbookModel
 from tests.savepoints import (
     FEATURES,
@@ -39,11 +36,12 @@ from tests.savepoints import (
     partition_layout,
     recreate_topics,
     reference_models,
+    resume_until_all_scored,
     state_overrides,
+    stop_after,
 )
 
 FIXTURE = FIXTURES / "c926163-kafka-sgd"
-TIMEOUT_S = 180
 
 
 @pytest.fixture
@@ -71,25 +69,6 @@ def fixture_topics(session_cluster, fixture, tmp_path):
     yield settings, overrides, lines, layout
     session_cluster.cancel_jobs()  # a failed test must not leave its job holding the slots
     kafka_tools.delete_topics(settings)
-
-
-def resume_until_all_scored(local: local_cluster.LocalCluster, settings, overrides: list[str], from_path: str | None,
-                            expected_scores: int, quiet_s: float = 0) -> tuple[str, failover_drill.Committed]:
-    """Submits the job resumed from `from_path` (None: started afresh), waits until the scores
-    topic holds `expected_scores` committed scores and then `quiet_s` more seconds, ends the job
-    with stop --drain (a Kafka source
-    restored from a savepoint does not end by itself, FLINK-31006; draining passes the end of input
-    through the job, which writes each model's final snapshot), and returns the job id and what a
-    read_committed consumer finds in the output topics."""
-    job_id = failover_drill.submit(local, overrides, from_path)
-    watch = failover_drill.Watch(local, failover_drill.DrillRun(job_id=job_id))
-    watch.until(f"{expected_scores} committed outputs",
-                lambda: failover_drill.committed_outputs(settings) >= expected_scores, TIMEOUT_S, poll_s=1)
-    time.sleep(quiet_s)
-    savepoints = Path(settings.checkpointing.savepoint_directory).as_uri()
-    rest.stop_with_savepoint(local.rest_url, job_id, savepoints, drain=True)
-    watch.until_finished(TIMEOUT_S)
-    return job_id, failover_drill.read_committed(settings, idle_timeout_s=3)
 
 
 def assert_scores_and_models_equal_reference(committed: failover_drill.Committed, lines: list[bytes],
@@ -234,67 +213,41 @@ def test_the_c926163_sgd_savepoint_resumes_with_adagrad(session_cluster, fixture
     assert sum(model.accumulators["g2"][-1] > 0 for model in reference.values()) >= len(reference) // 2
 
 
-@pytest.fixture
-def second_taskmanager(session_cluster):
-    """A second TaskManager for this test: a job at parallelism 4 needs 8 slots (its two slot
-    sharing groups) and the test cluster's TaskManager has 4. Stopped afterwards (SIGTERM, then
-    any Python worker it leaves)."""
-    local = session_cluster.cluster
-    before = set(local.taskmanager_pids())
-    count = rest.rest(local.rest_url, "GET", "/overview")["taskmanagers"]
-    local.start_taskmanager(session_cluster.overrides)
-    local.wait_for_taskmanagers(count + 1)
-    [started] = set(local.taskmanager_pids()) - before
-    yield started
-    session_cluster.cancel_jobs()
-    workers = local_cluster.descendants(started)
-    os.kill(started, signal.SIGTERM)
-    try:
-        psutil.Process(started).wait(30)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        local_cluster.kill_tree(started)
-    for pid in workers:
-        local_cluster.kill_tree(pid)  # none should be left; ends any that is
-    deadline = time.monotonic() + 30
-    while rest.rest(local.rest_url, "GET", "/overview")["taskmanagers"] > count and time.monotonic() < deadline:
-        time.sleep(0.5)
-
-
-def test_a_savepoint_at_parallelism_2_resumes_at_parallelism_4(session_cluster, second_taskmanager, kafka_isolation,
-                                                               tmp_path):
-    # The fixture's input and job, on this test's own topics.
+def test_a_run_rescaled_from_2_to_4_and_back_to_2_is_one_uninterrupted_run(session_cluster, second_taskmanager,
+                                                                           kafka_isolation, tmp_path):
+    """Issue 29: stopped with a savepoint at parallelism 2, resumed at 4, stopped again and resumed
+    at 2, on two TaskManagers: every record scored once, as the sequential reference scores it, and
+    every model the reference's; the committed outputs grow after each rescale (no transaction left
+    open blocks read_committed readers); the windowed analytics are those of one uninterrupted run."""
     fixture = Fixture.load(FIXTURE)
-    overrides = [*fixture.manifest["job"]["overrides"], *kafka_isolation, *state_overrides(tmp_path)]
+    overrides = [*fixture.manifest["job"]["overrides"], *kafka_isolation, *state_overrides(tmp_path),
+                 *analytics_overrides()]
     settings = load_settings(fixture.profile, overrides)
-    assert settings.flink.parallelism == 2
+    assert settings.flink.parallelism == 2 and settings.analytics.enabled
     kafka_tools.create_topics(settings)
     lines = fixture.lines()
     assert kafka_tools.produce(settings, lines, total=len(lines), key_field=settings.model.key) == len(lines)
     local = session_cluster.cluster
 
-    # At parallelism 2, paced, stopped with a savepoint part way through: slowly enough that the
-    # source has not read all 3,000 records while the tasks start (with analytics on, the exchange
-    # before the bundler holds thousands).
+    # Paced, so that each leg stops part way through (with analytics on, the exchange before the
+    # bundler holds thousands of records while the tasks start).
     paced = [*overrides, "source.max_records_per_second=25"]
-    first = failover_drill.DrillRun(job_id=failover_drill.submit(local, paced))
-    watch = failover_drill.Watch(local, first)
-    watch.until("800 records", lambda: watch.attempt_records() >= 800, TIMEOUT_S)
-    savepoint = rest.stop_with_savepoint(local.rest_url, first.job_id,
-                                            Path(settings.checkpointing.savepoint_directory).as_uri())
-    watch.until_finished(TIMEOUT_S)
-    scored_first = failover_drill.committed_outputs(settings)
-    assert 0 < scored_first < len(lines), scored_first
+    first = stop_after(local, settings, paced, None, 800)
+    after_first = failover_drill.committed_outputs(settings)
+    assert 0 < after_first < len(lines), after_first
 
-    # Resumed at parallelism 4: keyed state, source splits and the sinks' transactions spread over 4.
-    resumed, committed = resume_until_all_scored(local, settings, [*overrides, "flink.parallelism=4"], savepoint,
-                                                 len(lines))
+    # At parallelism 4: keyed state (models, pending windows), source splits and the sinks'
+    # transactions spread over 4.
+    second = stop_after(local, settings, [*paced, "flink.parallelism=4"], first, 600)
+    after_second = failover_drill.committed_outputs(settings)
+    assert after_first < after_second < len(lines), (after_first, after_second)
+
+    # Back at parallelism 2, to the end of the input.
+    resumed, committed = resume_until_all_scored(local, settings, overrides, second, len(lines))
     vertices = rest.rest(local.rest_url, "GET", f"/jobs/{resumed}")["vertices"]
-    assert {vertex["parallelism"] for vertex in vertices} == {4}, [(v["name"], v["parallelism"]) for v in vertices]
+    assert {vertex["parallelism"] for vertex in vertices} == {2}, [(v["name"], v["parallelism"]) for v in vertices]
     restored = rest.rest(local.rest_url, "GET", f"/jobs/{resumed}/checkpoints")["latest"]["restored"]
-    assert restored["is_savepoint"] and restored["external_path"] == savepoint
+    assert restored["is_savepoint"] and restored["external_path"] == second
 
-    # Across both runs every record scored once, as the sequential reference scores it, and every
-    # model key's final model the reference's.
     assert_scores_and_models_equal_reference(committed, lines, settings, {json.loads(line)["txn_id"] for line in lines})
+    assert_committed_analytics_as_the_reference(settings, [score for _, score in committed.scores])

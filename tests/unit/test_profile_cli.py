@@ -165,3 +165,15 @@ def test_a_kafka_dry_run_without_a_broker_names_the_address(tmp_path):
 def test_dry_run_is_in_the_help(tmp_path, command):
     text = " ".join(riskstream(command, "--help", cwd=tmp_path).stdout.split())
     assert "--dry-run only check the profile, inputs and jars" in text, text
+
+
+@pytest.mark.parametrize("parallelism, phrases", [
+    ("0", ["flink.parallelism", "greater than 0"]),
+    ("129", ["flink.parallelism", "max_parallelism (128)"]),
+])
+def test_submit_parallelism_is_checked_as_flink_parallelism(tmp_path, project, transactions, parallelism, phrases):
+    options = ["--config", LOCAL, "--set", "source.paths=[tx.jsonl]", "--set", f"flink.rest_address={NOTHING_LISTENS}"]
+    done = riskstream("submit", "--dry-run", *options, "--parallelism", parallelism, cwd=tmp_path, project=project)
+    assert_one_line_failure(done, 2, *phrases)
+    fits = riskstream("submit", "--dry-run", *options, "--parallelism", "4", cwd=tmp_path, project=project)
+    assert fits.returncode == 0 and fits.stdout.startswith("profile OK"), fits.stderr
