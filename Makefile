@@ -59,8 +59,8 @@ unit: $(INSTALLED)
 integration: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
 	set -e; $(WITH_SERVICES); $(PYTEST) tests/integration
 
-# The global model's failover drill on the session cluster (tests/drills; about 2.5 minutes, so
-# not part of `make test`).
+# The global model's drills on the session cluster (tests/drills: a TaskManager killed, and a
+# rescale from parallelism 2 to 4 and back; about 5 minutes, so not part of `make test`).
 drill-global: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
 	set -e; $(WITH_SERVICES); $(PYTEST) tests/drills
 
