@@ -7,8 +7,10 @@
 #      quiet, checks that the windowed analytics committed are the plain-Python reference's, figure
 #      for figure, every window each partition's watermark passed included; checks that `up` again
 #      submits no second job;
-#   2. once a checkpoint of the phase completed and before its last record is committed, kills the
-#      TaskManager container (SIGKILL) and starts a new one; the REST API must report a restore.
+#   then stops the job with a savepoint and resumes it from there at parallelism 4 (on the two
+#   TaskManagers the stack runs with, `--scale taskmanager=2`);
+#   2. once a checkpoint of the phase completed and before its last record is committed, kills one
+#      TaskManager container (SIGKILL) and starts it again; the REST API must report a restore.
 #      Its records start again at the generator's first event time, so most are late.
 # At the end every txn_id is scored exactly once (read_committed), the dead letters are unique
 # and as many as the malformed records, and every window and late line is committed once. Then
@@ -70,10 +72,10 @@ fi
 export PRODUCER_RECORDS=$records PRODUCER_MALFORMED_SHARE=$malformed_share PRODUCER_RATE=2000 PRODUCER_SEED=$seed_one
 compose build
 mark "image built"
-compose up -d kafka topics jobmanager taskmanager submit
+compose up -d --scale taskmanager=2 kafka topics jobmanager taskmanager submit
 [ "$(docker wait "$(container submit)")" = 0 ] || { compose logs submit; fail "the submit service failed"; }
-job_id=$(checks job | tail -1)
-echo "job $job_id is running"
+job_id=$(checks job --parallelism 2 --taskmanagers 2 | tail -1)
+echo "job $job_id is running at parallelism 2 on 2 TaskManagers"
 mark "stack healthy, job running"
 
 # Phase one: the producer service as defined, with this test's numbers.
@@ -84,20 +86,30 @@ mark "phase one accounted for"
 windows=$(checks analytics-quiet | tail -1)
 echo "$windows"
 mark "phase one's windows as the reference's"
-compose up -d kafka topics jobmanager taskmanager submit
+compose up -d --scale taskmanager=2 kafka topics jobmanager taskmanager submit
 [ "$(docker wait "$(container submit)")" = 0 ] || { compose logs submit; fail "the second submit failed"; }
 submitted=$(compose logs submit)
 [[ $submitted == *"already running"* ]] || fail "the second up did not report the running job"
 checks one-job
 mark "second up: no second job"
 
+# Rescaled as docs/docker.md says: stopped with a savepoint, resumed from it at parallelism 4.
+stopped=$(compose run --rm -T tools riskstream stop | tail -1)
+echo "$stopped"
+compose run --rm -T tools riskstream submit --from latest --parallelism 4 | tail -1
+job_id=$(checks job --parallelism 4 --taskmanagers 2 | tail -1)
+echo "job $job_id is running at parallelism 4"
+mark "rescaled from 2 to 4 with a savepoint"
+
 # Phase two: slower, so that the kill lands while records are still arriving.
 phase_start_ms=$(($(date +%s%N) / 1000000))
 PRODUCER_SEED=$seed_two PRODUCER_RATE=400 compose up -d --no-deps producer
 checks phase-checkpoint $phase_start_ms $((2 * records))
-docker kill "$(container taskmanager)" > /dev/null
-mark "taskmanager killed (SIGKILL)"
-compose up -d --no-deps --force-recreate taskmanager
+killed=$(container taskmanager | head -1)
+docker kill "$killed" > /dev/null
+mark "one of two taskmanagers killed (SIGKILL)"
+# The survivor stays; the killed one's container starts again (a new TaskManager process).
+compose up -d --no-deps --scale taskmanager=2 taskmanager
 restore=$(checks restored | tail -1)
 echo "$restore"
 mark "job restored on a new taskmanager"
@@ -117,6 +129,7 @@ mark "down -v: no container, network or volume left"
 echo
 echo "compose-test passed ($(${compose_command[@]} version --short 2>/dev/null || ${compose_command[@]} version | head -1))"
 printf '  %s\n' "${phase_times[@]}"
+echo "  $stopped"
 echo "  $restore"
 echo "  $outcome"
 echo "  $windows"

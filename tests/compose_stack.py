@@ -2,7 +2,9 @@
 container of the stack's own image (`docker compose run --rm -T tools python -m tests.compose_stack
 CHECK ...`), against the stack's broker and JobManager as conf/compose.yaml names them.
 
-  job                        waits until one riskstream-scoring job runs, all tasks RUNNING; prints its id
+  job [--parallelism P] [--taskmanagers N]
+                             waits until one riskstream-scoring job runs, all tasks RUNNING (at
+                             parallelism P, on N TaskManagers, when given); prints its id
   one-job                    fails unless exactly one riskstream-scoring job has not ended
   phase-checkpoint SINCE_MS TOTAL
                              waits for a checkpoint triggered after SINCE_MS (epoch ms) to complete,
@@ -64,13 +66,18 @@ def wait_for(what: str, condition, timeout_s: float, poll_s: float = 1.0):
     raise CheckFailed(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def running_job(url: str) -> str | None:
-    """The id of the one scoring job, once it and all its tasks run."""
+def running_job(url: str, parallelism: int | None = None, taskmanagers: int | None = None) -> str | None:
+    """The id of the one scoring job, once it and all its tasks run (every task at `parallelism`,
+    and the cluster with `taskmanagers` TaskManagers, when given)."""
     jobs = rest.scoring_jobs(url)
     if len(jobs) != 1:
         return None
     job = rest.rest(url, "GET", f"/jobs/{jobs[0]}")
     running = job["state"] == "RUNNING" and all(vertex["status"] == "RUNNING" for vertex in job["vertices"])
+    if parallelism is not None:
+        running &= all(vertex["parallelism"] == parallelism for vertex in job["vertices"])
+    if taskmanagers is not None:
+        running &= rest.rest(url, "GET", "/overview")["taskmanagers"] == taskmanagers
     return job["jid"] if running else None
 
 
@@ -180,7 +187,9 @@ def check_analytics_once(settings) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.compose_stack")
     checks = parser.add_subparsers(dest="check", required=True)
-    checks.add_parser("job")
+    job = checks.add_parser("job")
+    job.add_argument("--parallelism", type=int, default=None)
+    job.add_argument("--taskmanagers", type=int, default=None)
     checks.add_parser("one-job")
     phase = checks.add_parser("phase-checkpoint")
     phase.add_argument("since_ms", type=int)
@@ -198,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     url = settings.flink.rest_url
     try:
         if args.check == "job":
-            print(wait_for("a running riskstream-scoring job", lambda: running_job(url), args.timeout))
+            wanted = "".join([f" at parallelism {args.parallelism}" if args.parallelism else "",
+                              f" on {args.taskmanagers} TaskManagers" if args.taskmanagers else ""])
+            print(wait_for(f"a running riskstream-scoring job{wanted}",
+                           lambda: running_job(url, args.parallelism, args.taskmanagers), args.timeout))
         elif args.check == "one-job":
             jobs = rest.scoring_jobs(url)
             if len(jobs) != 1:

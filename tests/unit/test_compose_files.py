@@ -626,13 +626,16 @@ def test_the_image_works_in_the_project_root_and_has_every_file_the_stack_names(
 
 
 def published_ports(compose: dict[str, Any]) -> set[tuple[str, int, int]]:
-    """(service, host port, container port) of every short-syntax 'IP:HOST:CONTAINER' port."""
+    """(service, host port, container port) of every short-syntax 'IP:HOST:CONTAINER' port, with
+    each port of a host range 'IP:FIRST-LAST:CONTAINER' (Docker gives each replica of a scaled
+    service one of them)."""
     result = set()
     for name, service in compose["services"].items():
         for port in service.get("ports") or []:
             parts = str(port).split("/")[0].split(":")
-            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                result.add((name, int(parts[1]), int(parts[2])))
+            first, _, last = parts[1].partition("-") if len(parts) == 3 else ("", "", "")
+            if first.isdigit() and (last or first).isdigit() and parts[2].isdigit():
+                result.update((name, host, int(parts[2])) for host in range(int(first), int(last or first) + 1))
     return result
 
 
@@ -683,17 +686,57 @@ def prometheus_port_problems(compose: dict[str, Any], overrides: dict[str, str],
         return [f"metrics.reporter.prom.port is {port!r} in the containers; it must be one port, to be published"]
     first, _, last = local_ports.partition("-")
     local = range(int(first), int(last or first) + 1)
-    published = {service: host for service, host, container in published_ports(compose) if container == int(port)}
+    published: dict[str, set[int]] = {}
+    for service, host, container in published_ports(compose):
+        if container == int(port):
+            published.setdefault(service, set()).add(host)
     for service in PROMETHEUS_SERVICES:
         if service not in published:
             problems.append(f"service {service}: its Prometheus reporter (port {port}) is not published")
-        elif published[service] in local:
-            problems.append(f"service {service}: host port {published[service]} is in the local cluster's "
-                            f"reporter range {local_ports}")
+        elif published[service] & set(local):
+            problems.append(f"service {service}: host ports {sorted(published[service] & set(local))} are in the "
+                            f"local cluster's reporter range {local_ports}")
     hosts = [published[service] for service in PROMETHEUS_SERVICES if service in published]
-    if len(set(hosts)) != len(hosts):
-        problems.append(f"the Flink services publish their reporters on the same host port: {hosts}")
+    if any(hosts[i] & hosts[j] for i in range(len(hosts)) for j in range(i + 1, len(hosts))):
+        problems.append(f"the Flink services publish their reporters on the same host ports: {hosts}")
     return problems
+
+
+# How many TaskManagers `docker compose up --scale taskmanager=N` can start: each publishes its
+# Prometheus reporter on a host port of the service's range.
+SCALABLE_TASKMANAGERS = 4
+
+
+def scaling_problems(compose: dict[str, Any]) -> list[str]:
+    """What stops `--scale taskmanager=SCALABLE_TASKMANAGERS`: a fixed container name, or fewer
+    published host ports for one of its container ports than replicas."""
+    service = compose["services"]["taskmanager"]
+    problems = []
+    if "container_name" in service:
+        problems.append("service taskmanager: container_name makes a second replica clash with the first")
+    hosts_by_container: dict[int, set[int]] = {}
+    for name, host, container in published_ports(compose):
+        if name == "taskmanager":
+            hosts_by_container.setdefault(container, set()).add(host)
+    for container, hosts in sorted(hosts_by_container.items()):
+        if len(hosts) < SCALABLE_TASKMANAGERS:
+            problems.append(f"service taskmanager: container port {container} has {len(hosts)} host ports "
+                            f"for {SCALABLE_TASKMANAGERS} replicas (publish a range, 127.0.0.1:FIRST-LAST:{container})")
+    return problems
+
+
+def test_the_taskmanager_service_scales():
+    problems = scaling_problems(compose_file())
+    assert not problems, "\n".join(problems)
+
+
+def test_a_fixed_port_or_container_name_that_stops_scaling_is_reported():
+    def stack(**taskmanager: Any) -> dict[str, Any]:
+        return {"services": {"taskmanager": taskmanager}}
+
+    assert scaling_problems(stack(ports=["127.0.0.1:9250-9259:9249"])) == []
+    assert len(scaling_problems(stack(ports=["127.0.0.1:9250:9249"]))) == 1
+    assert len(scaling_problems(stack(ports=["127.0.0.1:9250-9251:9249"], container_name="tm"))) == 2
 
 
 def test_the_prometheus_reporters_are_published_on_ports_of_their_own():
@@ -719,6 +762,10 @@ def test_unpublished_shared_or_clashing_prometheus_ports_are_reported():
     assert len(prometheus_port_problems(stack(["127.0.0.1:9249:9249"], ["127.0.0.1:9250:9249"]), overrides,
                                         "9249-9260")) == 2
     assert len(prometheus_port_problems(stack([], []), {"metrics.reporter.prom.port": "9249-9250"}, "1")) == 1
+    assert prometheus_port_problems(stack(["127.0.0.1:9249:9249"], ["127.0.0.1:9250-9259:9249"]), overrides,
+                                    "19249-19260") == []
+    assert len(prometheus_port_problems(stack(["127.0.0.1:9249:9249"], ["127.0.0.1:9240-9250:9249"]), overrides,
+                                        "19249-19260")) == 1
 
 
 # ---------------------------------------------------------------- 5. the versions
