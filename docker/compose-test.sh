@@ -2,7 +2,7 @@
 # `make compose-test`: the docker-compose stack built from this checkout and run for real.
 # Builds the image (making the debian:bookworm-slim base where no registry answers, and giving the
 # build this machine's CA bundle for a TLS-inspecting gateway), starts the stack without its demo
-# producer, then in two phases produces generated transactions with 5% malformed (20,000 each):
+# producer, then in three phases produces generated transactions with 5% malformed (20,000 each):
 #   1. waits until committed scores plus dead letters account for every record; once the stream is
 #      quiet, checks that the windowed analytics committed are the plain-Python reference's, figure
 #      for figure, every window each partition's watermark passed included; checks that `up` again
@@ -11,7 +11,8 @@
 #   TaskManagers the stack runs with, `--scale taskmanager=2`);
 #   2. once a checkpoint of the phase completed and before its last record is committed, kills one
 #      TaskManager container (SIGKILL) and starts it again; the REST API must report a restore.
-#      Its records start again at the generator's first event time, so most are late.
+#      Its records start again at the generator's first event time, so most are late;
+#   3. stops the job with a savepoint again, resumes it at parallelism 2 and produces a third batch.
 # At the end every txn_id is scored exactly once (read_committed), the dead letters are unique
 # and as many as the malformed records, and every window and late line is committed once. Then
 # `down -v`, and nothing of the stack may be left (containers, networks, volumes, by the compose
@@ -26,6 +27,7 @@ records=20000
 malformed_share=0.05
 seed_one=101
 seed_two=102
+seed_three=103
 
 fail() { echo "compose-test: $*" >&2; exit 1; }
 
@@ -114,9 +116,19 @@ restore=$(checks restored | tail -1)
 echo "$restore"
 mark "job restored on a new taskmanager"
 [ "$(docker wait "$(container producer)")" = 0 ] || { compose logs producer; fail "the producer failed"; }
-outcome=$(checks accounted $seed_one $seed_two --records $records --malformed-share $malformed_share | tail -1)
-echo "$outcome"
+checks accounted $seed_one $seed_two --records $records --malformed-share $malformed_share
 mark "both phases exactly once"
+
+# Phase three: rescaled back to parallelism 2, and read_committed readers still advance.
+compose run --rm -T tools riskstream stop | tail -1
+compose run --rm -T tools riskstream submit --from latest --parallelism 2 | tail -1
+job_id=$(checks job --parallelism 2 --taskmanagers 2 | tail -1)
+mark "rescaled from 4 back to 2"
+PRODUCER_SEED=$seed_three compose up -d --no-deps producer
+[ "$(docker wait "$(container producer)")" = 0 ] || { compose logs producer; fail "the producer failed"; }
+outcome=$(checks accounted $seed_one $seed_two $seed_three --records $records --malformed-share $malformed_share | tail -1)
+echo "$outcome"
+mark "all three phases exactly once"
 analytics=$(checks analytics-once | tail -1)
 echo "$analytics"
 mark "analytics exactly once"

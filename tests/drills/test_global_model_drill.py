@@ -20,18 +20,25 @@ DRILL_RECORDS = 15_000
 DRILL_CADENCE = 2000
 
 
-def test_a_taskmanager_killed_with_versions_in_an_open_transaction_changes_no_version(
-        session_cluster, kafka_isolation, tmp_path):
-    # One partition, so that every shard sees its records in the order produced, as the reference does.
+def drill_job(kafka_isolation: list[str], tmp_path, seed: int):
+    """The drills' job (a synchronous global model, account keys over SHARDS shards) on this test's
+    topics, with DRILL_RECORDS generated records produced into one partition, so that every shard
+    sees its records in the order produced, as the reference does: (overrides, settings, lines)."""
     overrides = [*kafka_isolation, *failover_drill.drill_overrides(tmp_path, records_per_second=300),
                  "kafka.partitions=1", "model.key=account_id", f"performance.shards={SHARDS}", "model.blend=global",
                  "model.learning_rate=0.5", f"model.global.cadence_records={DRILL_CADENCE}",
                  "model.global.max_staleness=0"]
     settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
     kafka_tools.create_topics(settings)
-    lines = [line for _, line in generate_with_kinds(GeneratorSettings(records=DRILL_RECORDS, seed=8,
+    lines = [line for _, line in generate_with_kinds(GeneratorSettings(records=DRILL_RECORDS, seed=seed,
                                                                        malformed_share=0.0))]
     assert kafka_tools.produce(settings, lines, total=len(lines), key_field=settings.model.key) == DRILL_RECORDS
+    return overrides, settings, lines
+
+
+def test_a_taskmanager_killed_with_versions_in_an_open_transaction_changes_no_version(
+        session_cluster, kafka_isolation, tmp_path):
+    overrides, settings, lines = drill_job(kafka_isolation, tmp_path, seed=8)
     try:
         run = failover_drill.run_with_kills(session_cluster.cluster, overrides, min_attempt_records=100,
                                             taskmanager_overrides=session_cluster.overrides,
@@ -56,15 +63,7 @@ def test_a_synchronous_run_rescaled_from_2_to_4_and_back_to_2_is_as_the_referenc
     with its key group): every record scored once by a published version, every score the replay
     of the key models with the version it names, and the versions the sequential reference's, once
     each (assert_synchronous_run)."""
-    overrides = [*kafka_isolation, *failover_drill.drill_overrides(tmp_path, records_per_second=300),
-                 "kafka.partitions=1", "model.key=account_id", f"performance.shards={SHARDS}", "model.blend=global",
-                 "model.learning_rate=0.5", f"model.global.cadence_records={DRILL_CADENCE}",
-                 "model.global.max_staleness=0"]
-    settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
-    kafka_tools.create_topics(settings)
-    lines = [line for _, line in generate_with_kinds(GeneratorSettings(records=DRILL_RECORDS, seed=9,
-                                                                       malformed_share=0.0))]
-    assert kafka_tools.produce(settings, lines, total=len(lines), key_field=settings.model.key) == DRILL_RECORDS
+    overrides, settings, lines = drill_job(kafka_isolation, tmp_path, seed=9)
     local = session_cluster.cluster
     try:
         first = stop_after(local, settings, overrides, None, 4000)

@@ -133,18 +133,23 @@ def assert_analytics_as_without_failures(settings, committed):
     assert committed_analytics(settings)[1], "the delayed records should give late ones"
 
 
+def submitted_and_2000_records_in(local, settings, overrides: list[str]) -> failover_drill.Watch:
+    """Submits the drill's job and waits until its source has read 2,000 records: a kill then comes
+    within a poll of the 2,000th, and the 48,000 after it last 24 s at the drill's ceiling (1,000 a
+    second in each of 2 subtasks) on any machine."""
+    failover_drill.check_pacing(settings, RECORDS - 2000, failover_drill.action_need_records(settings), "the kill")
+    watch = failover_drill.Watch(local, failover_drill.DrillRun(job_id=failover_drill.submit(local, overrides)))
+    watch.until("2000 records in the attempt", lambda: watch.attempt_records() >= 2000, 600)
+    return watch
+
+
 def test_a_taskmanager_jvm_killed_alone_takes_its_python_workers_with_it(session_cluster, drill, stream, reference):
     """Only the TaskManager's JVM SIGKILLed (as the kernel's OOM killer does), mid-run: its Python
     workers are gone within 10 s (streaming/ops/python_worker.py), and with a new TaskManager the job
     still ends with every record exactly once."""
     settings, overrides = drill
     local = session_cluster.cluster
-    # The kill comes within a poll of the 2,000th record; the 48,000 after it last 24 s at the
-    # drill's ceiling (1,000 per second in each of 2 subtasks) on any machine.
-    failover_drill.check_pacing(settings, RECORDS - 2000, failover_drill.action_need_records(settings), "the kill")
-    run = failover_drill.DrillRun(job_id=failover_drill.submit(local, overrides))
-    watch = failover_drill.Watch(local, run)
-    watch.until("2000 records in the attempt", lambda: watch.attempt_records() >= 2000, 600)
+    watch = submitted_and_2000_records_in(local, settings, overrides)
     [taskmanager] = local.taskmanager_pids()
     workers = [pid for pid in local_cluster.descendants(taskmanager) if pid in local.python_workers()]
     assert len(workers) >= 2, "process mode at parallelism 2 runs a worker per Python task"
@@ -170,10 +175,7 @@ def test_one_of_two_taskmanagers_killed_changes_nothing(session_cluster, second_
     without failures."""
     settings, overrides = drill
     local = session_cluster.cluster
-    failover_drill.check_pacing(settings, RECORDS - 2000, failover_drill.action_need_records(settings), "the kill")
-    run = failover_drill.DrillRun(job_id=failover_drill.submit(local, overrides))
-    watch = failover_drill.Watch(local, run)
-    watch.until("2000 records in the attempt", lambda: watch.attempt_records() >= 2000, 600)
+    watch = submitted_and_2000_records_in(local, settings, overrides)
     taskmanagers = local.taskmanager_pids()
     busy = local.busy_taskmanager_pids()
     assert len(taskmanagers) == 2 and busy, (taskmanagers, busy)

@@ -293,31 +293,52 @@ def test_run_prints_the_label_figures_of_a_label_stream(tmp_path):
     assert applied + sum(letters.values()) == len(label_lines) and letters["expired"] > 0
 
 
-def test_labels_from_a_kafka_topic_are_learned_once_each_as_the_inputs_say(tmp_path, kafka_isolation):
-    """The same through Kafka: transactions keyed by model key, labels keyed by txn_id on the labels
-    topic, a bounded run with exactly-once outputs."""
-    from streaming.job.run import run_job
+def kafka_inputs(records: int, seed: int) -> tuple[list[dict], list[bytes]]:
+    """`records` transactions and their label stream (1 to 5 minutes late; some never labelled,
+    repeated, contradicted, of unknown transactions or malformed) for the Kafka runs."""
+    stream = transactions(records, seed=seed)
+    label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
+        seed=seed, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
+        contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
+    return stream, label_lines
+
+
+def produce_inputs(settings, stream: list[dict], label_lines: list[bytes]) -> None:
+    """Creates the profile's topics and produces the transactions (keyed by model key) and the labels
+    (keyed by txn_id) into them."""
     from streaming.ops import kafka_tools
 
-    stream = transactions(3000, seed=8)
-    label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
-        seed=8, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
-        contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
-    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
-        *kafka_isolation, "kafka.bounded=true", f"checkpointing.directory={tmp_path / 'checkpoints'}",
-        "checkpointing.interval_ms=1000", "labels.mode=stream", "labels.source={kind: kafka}", *PROFILE])
     kafka_tools.create_topics(settings)
     assert kafka_tools.produce(settings, [json.dumps(r).encode() for r in stream], key_field="merchant_category") == len(stream)
     assert kafka_tools.produce(settings, label_lines, key_field="txn_id", topic=settings.kafka.labels_topic) == len(label_lines)
 
-    job_run = run_job(settings)
+
+def committed_outputs(settings) -> dict[str, list[dict]]:
+    """What a read_committed consumer finds in the job's output topics, by output name."""
+    from streaming.ops import kafka_tools
 
     kafka = settings.kafka
-    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8,
-                                                                           until_end=True)]
-           for name, topic in (("scores", kafka.scores_topic), ("dead-letters", kafka.dead_letters_topic),
-                               ("model-snapshots", kafka.snapshots_topic), ("learning", kafka.learning_topic),
-                               ("label-dead-letters", kafka.label_dead_letters_topic))}
+    return {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8,
+                                                                            until_end=True)]
+            for name, topic in (("scores", kafka.scores_topic), ("dead-letters", kafka.dead_letters_topic),
+                                ("model-snapshots", kafka.snapshots_topic), ("learning", kafka.learning_topic),
+                                ("label-dead-letters", kafka.label_dead_letters_topic))}
+
+
+def test_labels_from_a_kafka_topic_are_learned_once_each_as_the_inputs_say(tmp_path, kafka_isolation):
+    """The same through Kafka: transactions keyed by model key, labels keyed by txn_id on the labels
+    topic, a bounded run with exactly-once outputs."""
+    from streaming.job.run import run_job
+
+    stream, label_lines = kafka_inputs(3000, seed=8)
+    settings = load_settings(PROJECT / "conf" / "kafka.yaml", [
+        *kafka_isolation, "kafka.bounded=true", f"checkpointing.directory={tmp_path / 'checkpoints'}",
+        "checkpointing.interval_ms=1000", "labels.mode=stream", "labels.source={kind: kafka}", *PROFILE])
+    produce_inputs(settings, stream, label_lines)
+
+    job_run = run_job(settings)
+
+    out = committed_outputs(settings)
     assert job_run.records_read == len(stream) and job_run.labels_read == len(label_lines)
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
 
@@ -339,12 +360,8 @@ def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, k
     kill is applied, never unknown), and the models equal the reference replayed in the committed
     log's order."""
     from streaming.ops import drill as failover_drill
-    from streaming.ops import kafka_tools
 
-    stream = transactions(KILLS_RECORDS, seed=9)
-    label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
-        seed=9, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
-        contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
+    stream, label_lines = kafka_inputs(KILLS_RECORDS, seed=9)
     overrides = [*kafka_isolation, *failover_drill.drill_overrides(tmp_path, KILLS_RECORDS_PER_SECOND),
                  "labels.mode=stream", "labels.source={kind: kafka}", *PROFILE,
                  # No transactions split goes idle (as in the analytics tests): at this ceiling a source
@@ -358,9 +375,7 @@ def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, k
                  # before the third kill). The three-point kill with analytics on is test_failover's.
                  "analytics.enabled=false"]
     settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
-    kafka_tools.create_topics(settings)
-    assert kafka_tools.produce(settings, [json.dumps(r).encode() for r in stream], key_field="merchant_category") == len(stream)
-    assert kafka_tools.produce(settings, label_lines, key_field="txn_id", topic=settings.kafka.labels_topic) == len(label_lines)
+    produce_inputs(settings, stream, label_lines)
     try:
         run = failover_drill.run_with_kills(session_cluster.cluster, overrides,
                                             min_attempt_records=KILLS_MIN_ATTEMPT_RECORDS,
@@ -370,12 +385,7 @@ def test_taskmanagers_killed_mid_run_lose_and_repeat_no_label(session_cluster, k
     for point in failover_drill.KILL_POINTS:  # run_with_kills fails unless Flink confirms each
         assert run.confirmed_kill(point).restored is not None
 
-    kafka = settings.kafka
-    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8,
-                                                                           until_end=True)]
-           for name, topic in (("scores", kafka.scores_topic), ("dead-letters", kafka.dead_letters_topic),
-                               ("model-snapshots", kafka.snapshots_topic), ("learning", kafka.learning_topic),
-                               ("label-dead-letters", kafka.label_dead_letters_topic))}
+    out = committed_outputs(settings)
     learned = [(line["txn_id"], line["label_time"]) for line in out["learning"]]
     assert len(learned) == len(set(learned)), "a label was learned twice"
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
@@ -388,21 +398,15 @@ def test_a_label_stream_rescaled_from_2_to_4_and_back_to_2_loses_and_repeats_no_
     and models move with their key groups): every label once, with the outcome the inputs say, and
     every score and final model the reference's replayed in the committed learning log's order."""
     from streaming.ops import drill as failover_drill
-    from streaming.ops import kafka_tools
     from tests.savepoints import resume_until_all_scored, stop_after
 
-    stream = transactions(6000, seed=10)
-    label_lines = list(generate_labels([json.dumps(r).encode() for r in stream], LabelStreamSettings(
-        seed=10, min_delay_ms=MINUTE, max_delay_ms=5 * MINUTE, never_share=0.05, duplicate_share=0.05,
-        contradicting_share=0.05, unknown_share=0.03, malformed_share=0.02)))
+    stream, label_lines = kafka_inputs(6000, seed=10)
     overrides = [*kafka_isolation, *failover_drill.drill_overrides(tmp_path), "labels.mode=stream",
                  "labels.source={kind: kafka}", *PROFILE,
                  # As in the kill drill above: no transactions split goes idle while the job is paced.
                  "event_time.transactions.idleness_ms=600000"]
     settings = load_settings(failover_drill.CLUSTER_PROFILE, overrides)
-    kafka_tools.create_topics(settings)
-    assert kafka_tools.produce(settings, [json.dumps(r).encode() for r in stream], key_field="merchant_category") == len(stream)
-    assert kafka_tools.produce(settings, label_lines, key_field="txn_id", topic=settings.kafka.labels_topic) == len(label_lines)
+    produce_inputs(settings, stream, label_lines)
     local = session_cluster.cluster
     try:
         paced = [*overrides, "source.max_records_per_second=50"]
@@ -412,12 +416,7 @@ def test_a_label_stream_rescaled_from_2_to_4_and_back_to_2_loses_and_repeats_no_
     finally:
         session_cluster.cancel_jobs()
 
-    kafka = settings.kafka
-    out = {name: [json.loads(value) for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=8,
-                                                                           until_end=True)]
-           for name, topic in (("scores", kafka.scores_topic), ("dead-letters", kafka.dead_letters_topic),
-                               ("model-snapshots", kafka.snapshots_topic), ("learning", kafka.learning_topic),
-                               ("label-dead-letters", kafka.label_dead_letters_topic))}
+    out = committed_outputs(settings)
     learned = [(line["txn_id"], line["label_time"]) for line in out["learning"]]
     assert len(learned) == len(set(learned)), "a label was learned twice"
     assert_labels_learned_as_the_inputs_say(stream, label_lines, out, "stream")
