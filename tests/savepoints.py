@@ -166,12 +166,24 @@ TIMEOUT_S = 180
 def stop_after(local: local_cluster.LocalCluster, settings, overrides: list[str], from_path: str | None,
                records: int) -> str:
     """Submits the job (resumed from `from_path`, or afresh), waits until its source has read
-    `records` records in this attempt, stops it with a savepoint and returns the savepoint's path."""
+    `records` records in this attempt, stops it with a savepoint and returns the savepoint's path.
+
+    A stop whose savepoint fails while the job runs on is tried again, at most twice, as a user
+    would: Flink 2.2 fails the savepoint when a task finishes as it is triggered ("TaskManager
+    received a checkpoint request for unknown task": a bounded labels source reaching its end), and
+    the job goes on running."""
     run = failover_drill.DrillRun(job_id=failover_drill.submit(local, overrides, from_path))
     watch = failover_drill.Watch(local, run)
     watch.until(f"{records} records", lambda: watch.attempt_records() >= records, TIMEOUT_S)
-    savepoint = rest.stop_with_savepoint(local.rest_url, run.job_id,
-                                         Path(settings.checkpointing.savepoint_directory).as_uri())
+    directory = Path(settings.checkpointing.savepoint_directory).as_uri()
+    for attempt in range(3):
+        try:
+            savepoint = rest.stop_with_savepoint(local.rest_url, run.job_id, directory)
+            break
+        except rest.ClusterError:
+            if attempt == 2 or watch.job()["state"] != "RUNNING":
+                raise
+            time.sleep(1)
     watch.until_finished(TIMEOUT_S)
     return savepoint
 
