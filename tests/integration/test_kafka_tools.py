@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 
 from streaming.ops import kafka_tools
@@ -14,8 +15,15 @@ def test_topics_are_created_once_with_the_configured_partitions(kafka_settings):
 
     assert sorted(kafka_tools.create_topics(kafka_settings)) == sorted(kafka_settings.kafka.topics())
     assert kafka_tools.create_topics(kafka_settings) == []
-    metadata = AdminClient(kafka_settings.kafka.client_properties()).list_topics(timeout=10)
     kafka = kafka_settings.kafka
+    admin = AdminClient(kafka.client_properties())
+    # A topic just created can be missing from the metadata the broker answers with for a moment
+    # (seen once on a loaded machine), so ask until every one is there or 30 s have passed.
+    deadline = time.monotonic() + 30
+    metadata = admin.list_topics(timeout=10)
+    while not set(kafka.topics()) <= set(metadata.topics) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        metadata = admin.list_topics(timeout=10)
     for topic in kafka.topics():
         # The global model's versions keep one order: one partition whatever kafka.partitions says.
         assert len(metadata.topics[topic].partitions) == (1 if topic == kafka.model_versions_topic else 3), topic
