@@ -101,3 +101,25 @@ class FeatureLog(NamedTuple):
         """(feature indices, standardized values as float64) of record `row`."""
         begin, end = int(self.indptr[row]), int(self.indptr[row + 1])
         return self.indices[begin:end], self.values[begin:end].astype(np.float64)
+
+
+def with_dropped_rows(log: FeatureLog, kept: np.ndarray, rows: int, model_keys: list[str]) -> FeatureLog:
+    """The log of a shard batch of `rows` records of which only those at positions `kept`
+    (ascending) were scored (`log` holds those): every other row is there too, with its model key
+    (`model_keys`: all rows'), event time 0, score NaN and no entries, so that the log's rows are
+    the rows the batch's routes name (`where`). A label routed to such a row (a redelivery,
+    udfs/dedup.py) is applied to its first delivery's row instead."""
+    event_times = np.zeros(rows, np.int64)
+    event_times[kept] = log.event_times
+    scores = np.full(rows, np.nan)
+    scores[kept] = log.scores
+    lengths = np.zeros(rows, np.int64)
+    lengths[kept] = np.diff(np.asarray(log.indptr, np.int64))
+    indptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    return FeatureLog(list(model_keys), event_times, scores, indptr, log.indices, log.values)
+
+
+def is_dropped_row(log: FeatureLog, row: int) -> bool:
+    """Whether `row` of the log is a record that was not scored (see `with_dropped_rows`)."""
+    return bool(np.isnan(log.scores[row]))

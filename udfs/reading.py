@@ -20,7 +20,7 @@ from udfs.batch_cleaning import clean_batch
 from udfs.cleaning import SCHEMA_VERSION, CleaningRules, Rejected, clean, decode, parse, redact_account_id
 from udfs.features import FeatureEncoder
 from udfs.records import DeadLetter, KeyedLine, ModelInput, ScoreContext
-from udfs.wire import RecordBatch, envelope_payload, split_envelope, split_watermark_tag
+from udfs.wire import RecordBatch, envelope_payload, source_tag, split_envelope, split_watermark_tag
 
 
 def shard_of(model_key: str, shards: int) -> int:
@@ -72,16 +72,17 @@ class TransactionReader:
             watermarks = np.fromiter((watermark for watermark, _ in tagged), np.int64, len(tagged))
             envelopes = [envelope for _, envelope in tagged]
         return self.read_columns([envelope_payload(envelope) for envelope in envelopes],
-                                 lambda position: split_envelope(envelopes[position])[0], shards, now_ms, watermarks)
+                                 lambda position: split_envelope(envelopes[position])[0], shards, now_ms, watermarks,
+                                 [source_tag(envelope) for envelope in envelopes])
 
     def read_columns(self, raws: Sequence[bytes], source_of: Callable[[int], dict[str, Any]], shards: int,
-                     now_ms: int, source_watermarks: np.ndarray | None = None
-                     ) -> tuple[dict[int, RecordBatch], list[DeadLetter]]:
+                     now_ms: int, source_watermarks: np.ndarray | None = None,
+                     source_tags: Sequence[str] | None = None) -> tuple[dict[int, RecordBatch], list[DeadLetter]]:
         """Reads records' bytes as `read` does one at a time, but over the whole batch at once
         (`clean_batch`, `FeatureEncoder.encode_batch`): returns each shard's records as one
         `RecordBatch` in arrival order, and the dead letters in arrival order; `source_of(i)` gives
         the source coordinates of record i, asked only for dead letters; `source_watermarks[i]` is
-        record i's source watermark (none: NO_WATERMARK)."""
+        record i's source watermark (none: NO_WATERMARK), `source_tags[i]` its source tag (none: "")."""
         rejections: list[tuple[int, Rejected]] = []
         cleaned: list[dict[str, Any]] = []
         cleaned_positions: list[int] = []
@@ -101,7 +102,8 @@ class TransactionReader:
         dead_letters = [self.dead_letter(raws[position], rejected, source_of(position), now_ms)
                         for position, rejected in rejections]
         batch = RecordBatch.of_encoded(cleaned, encoded, key_field, None if source_watermarks is None
-                                       else source_watermarks[np.array(cleaned_positions, np.int64)])
+                                       else source_watermarks[np.array(cleaned_positions, np.int64)],
+                                       None if source_tags is None else [source_tags[i] for i in cleaned_positions])
         model_keys = batch.model_keys
         shard_of_key = {key: shard_of(key, shards) for key in set(model_keys)}
         record_shards = np.fromiter((shard_of_key[key] for key in model_keys), np.int64, len(model_keys))

@@ -94,6 +94,13 @@ def split_watermark_tag(envelope: str) -> tuple[int, str]:
     return NO_WATERMARK, envelope
 
 
+def source_tag(envelope: str) -> str:
+    """The source tag in front of an envelope ("file:..." or "kafka:..."; see `split_envelope`), ""
+    for an envelope without one (whose text is all payload, never to be copied as a tag)."""
+    tag, separator, _ = envelope.partition("\t")
+    return tag if separator and tag.startswith(("file:", "kafka:")) else ""
+
+
 def envelope_payload(envelope: str) -> bytes:
     """`split_envelope(envelope)[1]`, without building the source coordinates for the file source's
     envelopes (they are only needed for a dead letter)."""
@@ -148,6 +155,9 @@ class RecordBatch(NamedTuple):
     # int64: each record's source split's watermark at its arrival (SplitWatermarkTagger.java), for
     # windowed analytics; NO_WATERMARK when not tracked.
     source_watermarks: np.ndarray
+    # Each record's source tag ("file:<line>:<path>", "kafka:<partition>:<offset>:<topic>", udfs.wire.
+    # split_envelope; "" when not known), for the dead letter of a redelivery (udfs/dedup.py).
+    sources: list[str]
 
     def __len__(self) -> int:
         return len(self.model_keys)
@@ -172,14 +182,18 @@ class RecordBatch(NamedTuple):
                    np.array([v for record in records for v in record.values], np.float64),
                    [c.merchant_category for c in contexts], [c.country for c in contexts], [c.channel for c in contexts],
                    np.array([c.amount for c in contexts], np.float64), [c.currency for c in contexts],
-                   [c.account for c in contexts], np.full(len(records), NO_WATERMARK, np.int64))
+                   [c.account for c in contexts], np.full(len(records), NO_WATERMARK, np.int64),
+                   [""] * len(records))
 
     @classmethod
     def of_encoded(cls, txns: Sequence[dict[str, Any]], encoded: EncodedBatch, model_key_field: str,
-                   source_watermarks: np.ndarray | None = None) -> "RecordBatch":
+                   source_watermarks: np.ndarray | None = None, sources: Sequence[str] | None = None
+                   ) -> "RecordBatch":
         """The batch of the cleaned transactions `txns` that `encoded` (their features) kept;
-        `source_watermarks`, when given, holds each of `txns`' source watermark."""
-        kept = [txns[i] for i in encoded.rows.tolist()]
+        `source_watermarks` and `sources`, when given, hold each of `txns`' source watermark and
+        source tag."""
+        rows = encoded.rows.tolist()
+        kept = [txns[i] for i in rows]
         watermarks = (np.full(len(kept), NO_WATERMARK, np.int64) if source_watermarks is None
                       else source_watermarks[encoded.rows])
         return cls([txn[model_key_field] for txn in kept], [txn["txn_id"] for txn in kept],
@@ -189,7 +203,8 @@ class RecordBatch(NamedTuple):
                    [txn["merchant_category"] for txn in kept], [txn["country"] for txn in kept],
                    [txn["channel"] for txn in kept],
                    np.array([txn["amount"] for txn in kept], np.float64), [txn["currency"] for txn in kept],
-                   [txn["account_id"] for txn in kept], watermarks)
+                   [txn["account_id"] for txn in kept], watermarks,
+                   [""] * len(kept) if sources is None else [sources[i] for i in rows])
 
     def records(self) -> list[ModelInput]:
         """The batch as `ModelInput` records."""
@@ -216,7 +231,7 @@ class RecordBatch(NamedTuple):
                            [self.countries[r] for r in positions],
                            [self.channels[r] for r in positions], self.amounts[rows],
                            [self.currencies[r] for r in positions], [self.accounts[r] for r in positions],
-                           self.source_watermarks[rows])
+                           self.source_watermarks[rows], [self.sources[r] for r in positions])
 
     # Packed for the hop between operators: a header (records, entries, text bytes), the arrays,
     # then the string columns as newline-separated UTF-8 (cleaning collapses every whitespace, so
@@ -225,7 +240,7 @@ class RecordBatch(NamedTuple):
 
     def to_bytes(self) -> bytes:
         text = "\n".join(self.model_keys + self.txn_ids + self.categories + self.countries + self.channels
-                         + self.currencies + self.accounts).encode("utf-8", "surrogatepass")
+                         + self.currencies + self.accounts + self.sources).encode("utf-8", "surrogatepass")
         return b"".join((self._HEADER.pack(len(self), len(self.indices), len(text)), self.event_times.tobytes(),
                          self.indptr.tobytes(), self.values.tobytes(), self.amounts.tobytes(),
                          self.source_watermarks.tobytes(),
@@ -242,10 +257,10 @@ class RecordBatch(NamedTuple):
             offset += count * np.dtype(dtype).itemsize
         event_times, indptr, values, amounts, source_watermarks, indices, labels = arrays
         strings = data[offset:offset + text_bytes].decode("utf-8", "surrogatepass").split("\n") if n else []
-        keys, txn_ids, categories, countries, channels, currencies, accounts = (
-            strings[i * n:(i + 1) * n] for i in range(7))
+        keys, txn_ids, categories, countries, channels, currencies, accounts, sources = (
+            strings[i * n:(i + 1) * n] for i in range(8))
         return cls(keys, txn_ids, event_times, labels, indptr, indices, values, categories, countries, channels,
-                   amounts, currencies, accounts, source_watermarks)
+                   amounts, currencies, accounts, source_watermarks, sources)
 
 
 # ---------------------------------------------------------------- shard batches

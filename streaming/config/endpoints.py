@@ -95,6 +95,8 @@ class KafkaSettings(Section):
     # The global model's versions (model.cold_start global or model.blend not key): written by the
     # job's aggregator and read back by every scoring instance; one partition (one order).
     model_versions_topic: str = "model-versions"
+    # txn_ids scored under two model keys within dedup.horizon_ms (RepeatedIds.java), with dedup on.
+    repeated_ids_topic: str = "repeated-ids"
     partitions: PositiveInt = 3
     replication_factor: PositiveInt = 1
     # The largest message any client sends or accepts; the broker's message.max.bytes must allow it.
@@ -136,7 +138,7 @@ class KafkaSettings(Section):
     def topics(self) -> tuple[str, ...]:
         return (self.transactions_topic, self.scores_topic, self.dead_letters_topic, self.snapshots_topic,
                 self.analytics_topic, self.late_topic, self.labels_topic, self.learning_topic,
-                self.label_dead_letters_topic, self.drift_topic, self.model_versions_topic)
+                self.label_dead_letters_topic, self.drift_topic, self.model_versions_topic, self.repeated_ids_topic)
 
 
 class LabelSourceSettings(InputSettings):

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from streaming.config.base import PSEUDONYM_KEY_ENV, ConfigError, ModelKeyField, ReadOnlyMapping, Section
+from streaming.config.dedup_settings import DAY_MS, DedupSettings
 from streaming.config.drift_settings import DriftSection, OnDrift
 from streaming.config.endpoints import KafkaSettings, LabelSourceSettings, OutputSettings, SourceSettings
 from streaming.config.global_settings import Blend, ColdStart, GlobalModelSection
@@ -378,9 +379,6 @@ class EventTimeSettings(Section):
     labels: WatermarkSettings = WatermarkSettings()
 
 
-DAY_MS = 86_400_000
-
-
 class LabelSettings(Section):
     """What the models learn from (docs/labels.md; udfs/label_outcomes.py decides each
     label's outcome). inline: the `is_fraud` a transaction carries, when it is scored. stream: labels
@@ -457,6 +455,7 @@ class Settings(Section):
     performance: PerformanceSettings = PerformanceSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     labels: LabelSettings = LabelSettings()
+    dedup: DedupSettings = DedupSettings()
     event_time: EventTimeSettings = EventTimeSettings()
     flink: FlinkSettings = FlinkSettings()
 
@@ -483,9 +482,9 @@ class Settings(Section):
 
     @property
     def transactions_in_event_time(self) -> bool:
-        """Whether transactions carry event-time watermarks: for windowed analytics, or to expire the
-        feature logs of a label stream."""
-        return self.analytics.enabled or self.labels.streamed
+        """Whether transactions carry event-time watermarks: for windowed analytics, to expire the
+        feature logs of a label stream, or to expire the txn_ids remembered for de-duplication."""
+        return self.analytics.enabled or self.labels.streamed or self.dedup.enabled
 
     def pseudonym_key(self) -> bytes:
         """The account_id HMAC key: the environment's, else the profile's; fails if neither is set."""

@@ -18,6 +18,8 @@ ROUTES = OutputTag("routes", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 LEARNING = OutputTag("learning", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 # model.drift.detector other than none: the scoring operator's drift events (udfs.drift_tracking).
 DRIFT = OutputTag("drift", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+# dedup on: a line per scored record for RepeatedIds.java (udfs.dedup.seen_line).
+SEEN_TXN_IDS = OutputTag("seen-txn-ids", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 
 def now_ms() -> int:

@@ -220,11 +220,13 @@ class ScoreShardWithVersions(KeyedCoProcessFunction):
         shard = ctx.get_current_key()
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             yield from self.globals.overdue(shard)
-        elif timestamp == END_OF_INPUT:
+            return
+        self.scoring.expire(shard, timestamp)
+        if timestamp == END_OF_INPUT:
             yield from self.scoring.final_snapshots(shard)
             yield from self.globals.ended(shard)
 
-    def _after_scoring(self, shard: int, batch: RecordBatch, assessed, log_id, ctx) -> Iterator:
+    def _after_scoring(self, shard: int, batch: RecordBatch, assessed, log_id, ctx, dropped=None) -> Iterator:
         yield from self.globals.scored(shard, batch, assessed)
 
 
@@ -273,10 +275,11 @@ class ScoreShardWithLabelStreamAndVersions(ScoreShardWithLabelStream):
         if timestamp == END_OF_INPUT:
             yield from self.globals.ended(shard)
 
-    def _after_scoring(self, shard: int, batch: RecordBatch, assessed, log_id, ctx) -> Iterator:
+    def _after_scoring(self, shard: int, batch: RecordBatch, assessed, log_id, ctx, dropped=None) -> Iterator:
         if log_id is not None:  # before the labels waiting for this log are applied
+            # The scored records' values: a redelivery's row in the feature log has no entries.
             self.raw_logs.put(log_id, np.asarray(batch.values, np.float64).tobytes())
-        yield from self._log_features(shard, batch, assessed, log_id, ctx)
+        yield from self._log_features(shard, batch, assessed, log_id, ctx, dropped)
         yield from self.globals.scored(shard, batch, assessed)
 
     def _raw(self, log: FeatureLog, log_id: str, row: int) -> np.ndarray | None:

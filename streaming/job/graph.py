@@ -21,8 +21,18 @@ from streaming.config.flink_options import flink_options
 from streaming.config.from_settings import global_part, global_rounds, model_scorer, transaction_reader, windowing
 from streaming.config.global_settings import VERSIONS_OUTPUT
 from streaming.job import pyflink_internals as internals
-from streaming.job.bundles import DEAD_LETTERS, DRIFT, LABEL_DEAD_LETTERS, LATE, LEARNING, ROUTES, SNAPSHOTS
+from streaming.job.bundles import (
+    DEAD_LETTERS,
+    DRIFT,
+    LABEL_DEAD_LETTERS,
+    LATE,
+    LEARNING,
+    ROUTES,
+    SEEN_TXN_IDS,
+    SNAPSHOTS,
+)
 from streaming.job.connectors import json_lines_sink, kafka_sink, labels_source, transactions_source
+from streaming.job.dedup import ShardDedup
 from streaming.job.drift import shard_drift
 from streaming.job.global_versions import (
     ScoreShardWithLabelStreamAndVersions,
@@ -37,6 +47,7 @@ from streaming.job.java_operators import (
     bundled_labels,
     by_shard,
     keyed_by_shard,
+    repeated_ids,
     routed_labels,
     split_lines,
     split_watermark_tagged,
@@ -46,6 +57,7 @@ from streaming.job.java_operators import (
 )
 from streaming.job.prepare import LabelRouting, ReadBundle, ReadLabels
 from streaming.job.scoring import LabelRules, ScoreShard, ScoreShardWithLabelStream, ShardScoring
+from udfs.cleaning import SCHEMA_VERSION
 
 
 class Output(NamedTuple):
@@ -99,7 +111,9 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
     shard_batches = keyed_by_shard(model_inputs)
     windows_computed = windowing(settings) if analytics.enabled else None
     drift = shard_drift(settings, scorer)
-    scoring = ShardScoring(scorer, keyed_output, windows_computed, learn_inline=labels.mode != "stream", drift=drift)
+    dedup = ShardDedup(settings.dedup.horizon_ms, SCHEMA_VERSION) if settings.dedup.enabled else None
+    scoring = ShardScoring(scorer, keyed_output, windows_computed, learn_inline=labels.mode != "stream", drift=drift,
+                           dedup=dedup)
     if labels.streamed:
         label_lines = bundled_labels(
             labels_source(env, labels.source, kafka, settings.event_time.labels, low_latency), bundling,
@@ -127,12 +141,16 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
     scored = scored.name("score-and-learn").uid("score-and-learn").slot_sharing_group("scoring")
 
     found = [Output("scores", kafka.scores_topic, without_analytics_header(scored) if analytics.enabled else scored),
-             Output("dead-letters", kafka.dead_letters_topic, internals.side_output(model_inputs, DEAD_LETTERS)),
+             Output("dead-letters", kafka.dead_letters_topic, internals.side_output(model_inputs, DEAD_LETTERS).union(
+                 internals.side_output(scored, DEAD_LETTERS))),
              Output("model-snapshots", kafka.snapshots_topic, internals.side_output(scored, SNAPSHOTS))]
     if analytics.enabled:
         windows = window_analytics(scored, windows_computed, keyed_output)
         found += [Output("analytics", kafka.analytics_topic, windows),
                   Output("late", kafka.late_topic, internals.side_output(scored, LATE).union(window_analytics_late(windows)))]
+    if dedup is not None:
+        found.append(Output("repeated-ids", kafka.repeated_ids_topic, repeated_ids(
+            internals.side_output(scored, SEEN_TXN_IDS), settings.dedup.horizon_ms, keyed_output)))
     if drift is not None:
         found.append(Output("drift", kafka.drift_topic, internals.side_output(scored, DRIFT)))
     if settings.model.uses_global:

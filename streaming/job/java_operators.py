@@ -135,6 +135,15 @@ def window_analytics(scored: DataStream, windows: Windowing, keyed_output: bool)
     ).slot_sharing_group("scoring")
 
 
+def repeated_ids(seen_bundles: DataStream, horizon_ms: int, keyed_output: bool) -> DataStream:
+    """The reports of txn_ids scored under two model keys within `horizon_ms` (RepeatedIds.java),
+    from the scoring operator's seen lines (udfs.dedup.seen_line), keyed by txn_id."""
+    seen = split_lines(seen_bundles, "split-seen-txn-ids")
+    return java_operator(seen, "repeated-ids", lambda j, jvm: j.keyBy(
+        jvm.riskstream.flink.LabelRouter.txnIdKey(), Types.STRING().get_java_type_info()).process(
+        jvm.riskstream.flink.RepeatedIds(horizon_ms, keyed_output, METRICS_GROUP), BYTES.get_java_type_info()))
+
+
 def without_analytics_header(scored: DataStream) -> DataStream:
     """The scoring operator's output bundles without the header for window-analytics (AnalyticsHeader.java)."""
     return java_operator(scored, "scores-without-analytics-header", lambda j, jvm: j.map(

@@ -6,17 +6,28 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, NamedTuple
 
+import numpy as np
 from pyflink.common import Types
 from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 
 from streaming.job import pyflink_internals as internals
-from streaming.job.bundles import DRIFT, LABEL_DEAD_LETTERS, LATE, LEARNING, SNAPSHOTS, now_ms
+from streaming.job.bundles import (
+    DEAD_LETTERS,
+    DRIFT,
+    LABEL_DEAD_LETTERS,
+    LATE,
+    LEARNING,
+    SEEN_TXN_IDS,
+    SNAPSHOTS,
+    now_ms,
+)
+from streaming.job.dedup import ShardDedup
 from streaming.job.drift import ShardDrift
 from streaming.job.identity import METRICS_GROUP
 from streaming.job.shard_models import ShardModels
 from udfs.analytics import Windowing, late_records
-from udfs.feature_log import FeatureLog, expiry_of, log_position
+from udfs.feature_log import FeatureLog, expiry_of, is_dropped_row, log_position, with_dropped_rows
 from udfs.label_outcomes import (
     APPLIED,
     HOLD,
@@ -26,6 +37,9 @@ from udfs.label_outcomes import (
     learning_line,
     outcome_reason,
     routed_outcome,
+)
+from udfs.label_outcomes import (
+    LATE as LATE_LABEL,
 )
 from udfs.live_metrics import RecentLogLoss
 from udfs.ordering import BundleSequencer
@@ -49,9 +63,16 @@ from udfs.wire import (
 # out-of-orderness generator subtracts it), so a window due at `due` fires at Flink's `due - 1`.
 FLINK_WATERMARK_LAG_MS = 1
 
-# Called after a batch is scored, with (shard, batch, assessed, feature log id or None, ctx); yields
-# more output.
+# Called after a batch is scored, with (shard, batch, assessed, feature log id or None, ctx, dropped:
+# None, or the Dropped redeliveries of the shard batch); yields more output.
 AfterScoring = Callable[..., Iterator]
+
+
+class Dropped(NamedTuple):
+    """A shard batch some of whose records were redeliveries (udfs/dedup.py), not scored."""
+
+    kept: np.ndarray  # positions in the shard batch of the records scored
+    batch: RecordBatch  # the shard batch as it came, all its records
 
 
 class ShardScoring:
@@ -63,7 +84,7 @@ class ShardScoring:
     function itself: the operators own one and call it."""
 
     def __init__(self, scorer: ModelScorer, keyed_output: bool, analytics: Windowing | None, learn_inline: bool,
-                 drift: ShardDrift | None = None):
+                 drift: ShardDrift | None = None, dedup: ShardDedup | None = None):
         self.scorer = scorer
         self.keyed_output = keyed_output  # lines are "<model key>\t<json>" for a Kafka sink
         self.analytics = analytics  # None: windowed analytics off
@@ -71,6 +92,7 @@ class ShardScoring:
         self.learn_inline = learn_inline
         self.models = ShardModels(scorer)
         self.drift = drift  # None: model.drift.detector none
+        self.dedup = dedup  # None: dedup.horizon_ms 0
         self.sequencer = BundleSequencer()
         self.scored = None
         self.late = None
@@ -98,6 +120,8 @@ class ShardScoring:
         self.models.open(runtime_context)
         if self.drift is not None:
             self.drift.open(runtime_context)
+        if self.dedup is not None:
+            self.dedup.open(runtime_context)
         self.sequencer = BundleSequencer()
 
     def score(self, shard_batch: tuple[int, bytes], ctx, after_scoring: AfterScoring | None = None) -> Iterator:
@@ -107,6 +131,14 @@ class ShardScoring:
         self.models.time_final_snapshots(shard, ctx)
         table = self.models.table(shard)
         for batch, log_id in batches:
+            dropped = None
+            if self.dedup is not None:  # before scoring: a redelivery is neither scored nor learned from
+                shard_batch_rows = batch
+                batch, kept, letters = self.dedup.drop_redeliveries(shard, batch,
+                                                                    ctx.timer_service().current_watermark(), now_ms())
+                if letters:
+                    dropped = Dropped(kept, shard_batch_rows)
+                    yield DEAD_LETTERS, keyed_lines_bundle(letters, self.keyed_output)
             learned_from = batch if self.learn_inline else batch.without_labels()
             held = None if self.held is None else self.held(shard)  # fixed for the whole batch
             assessed = self.scorer.assess_columns(learned_from, table, held)
@@ -132,8 +164,12 @@ class ShardScoring:
                 yield SNAPSHOTS, keyed_lines_bundle(assessed.snapshots, self.keyed_output)
             if drift_events:
                 yield DRIFT, keyed_lines_bundle(drift_events, self.keyed_output)
+            if self.dedup is not None:  # before after_scoring: a label waiting for this log may need it
+                seen = self.dedup.remember(shard, batch, log_id, None if dropped is None else dropped.kept, ctx)
+                if seen:
+                    yield SEEN_TXN_IDS, seen
             if after_scoring is not None:
-                yield from after_scoring(shard, batch, assessed, log_id, ctx)
+                yield from after_scoring(shard, batch, assessed, log_id, ctx, dropped)
 
     def _track_drift(self, shard: int, batch: RecordBatch, assessed, table, held) -> list:
         """The batch's drift events (udfs.drift_tracking); its detectors are written to state."""
@@ -154,6 +190,11 @@ class ShardScoring:
             yield LATE, output_bundle([line for _, line in late],
                                       [txn_id for txn_id, _ in late] if self.keyed_output else None)
 
+    def expire(self, shard: int, timestamp: int) -> None:
+        """At an event-time timer (ms): forgets the shard's txn_ids remembered long enough."""
+        if self.dedup is not None:
+            self.dedup.expire(shard, timestamp)
+
     def final_snapshots(self, shard: int) -> Iterator:
         for bundle in self.models.final_snapshots(shard, self.keyed_output):
             yield SNAPSHOTS, bundle
@@ -173,7 +214,10 @@ class ScoreShard(KeyedProcessFunction):
         yield from self.scoring.score(shard_batch, ctx)
 
     def on_timer(self, timestamp, ctx):
-        yield from self.scoring.final_snapshots(ctx.get_current_key())
+        shard = ctx.get_current_key()
+        self.scoring.expire(shard, timestamp)
+        if timestamp == END_OF_INPUT:
+            yield from self.scoring.final_snapshots(shard)
 
 
 class LabelRules(NamedTuple):
@@ -234,6 +278,7 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
 
     def on_timer(self, timestamp, ctx):
         shard = ctx.get_current_key()
+        self.scoring.expire(shard, timestamp)
         logs = self._logs_of(shard)
         for log_id in [log_id for log_id in logs if expiry_of(log_id)[0] <= timestamp]:
             del logs[log_id]
@@ -241,12 +286,17 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
         if timestamp == END_OF_INPUT:
             yield from self.scoring.final_snapshots(shard)
 
-    def _log_features(self, shard: int, batch: RecordBatch, assessed, log_id: str | None, ctx):
-        """Logs a scored batch's features, then applies the labels that were waiting for them."""
+    def _log_features(self, shard: int, batch: RecordBatch, assessed, log_id: str | None, ctx,
+                      dropped: Dropped | None = None):
+        """Logs a scored batch's features (with an empty row for each redelivery dropped from it,
+        so that rows stay where the routes say), then applies the labels that were waiting for them."""
         if log_id is None:
             return
-        logged = FeatureLog(batch.model_keys, batch.event_times, assessed.probability, batch.indptr, batch.indices,
-                            assessed.standardized).to_bytes()
+        log = FeatureLog(batch.model_keys, batch.event_times, assessed.probability, batch.indptr, batch.indices,
+                         assessed.standardized)
+        if dropped is not None:
+            log = with_dropped_rows(log, dropped.kept, len(dropped.batch), dropped.batch.model_keys)
+        logged = log.to_bytes()
         self.logs.put(log_id, logged)
         # Kept as read back from its bytes: a label then steps on the same float32 values before
         # and after a restore, and the worker holds the compact form.
@@ -275,7 +325,15 @@ class ScoreShardWithLabelStream(KeyedCoProcessFunction):
             if outcome == APPLIED:
                 log_id, row = log_position(routed.where)
                 log = self._log(logs, log_id)
+                if log is not None and is_dropped_row(log, row):
+                    # Its route was a redelivery's (it reached LabelRouter first): the features to
+                    # learn from are the scored first delivery's, logged before it was remembered.
+                    first = self.scoring.dedup.seen(shard).first_where(log.model_keys[row], routed.label.txn_id)
+                    log_id, row = log_position(first) if first else (log_id, row)
+                    log = self._log(logs, log_id) if first else None
                 outcome = label_disposition(outcome, log is not None, watermark, expiry_of(log_id)[0])
+                if outcome == HOLD and log_id in logs:  # its log is here: what it needs is gone
+                    outcome = LATE_LABEL
                 if outcome == HOLD:
                     self._hold(shard, log_id, routed)  # its batch is still on its way
                     continue

@@ -149,7 +149,9 @@ def batch_of(records: list[ScoredRecord], source_watermarks: list[int]):
                          ScoreContext(r.groups["merchant_category"], r.groups["country"], "web", r.amount, r.currency,
                                       r.account)) for r in records]
     # Not _replace: RecordBatch's __len__ counts records, which namedtuple's _replace takes for its fields.
-    return RecordBatch(*tuple(RecordBatch.of(inputs))[:-1], np.array(source_watermarks, np.int64))
+    fields = list(RecordBatch.of(inputs))
+    fields[RecordBatch._fields.index("source_watermarks")] = np.array(source_watermarks, np.int64)
+    return RecordBatch(*fields)
 
 
 @pytest.mark.parametrize("operator_watermark, late_rows", [(NO_WATERMARK, [1]), (20_000, [0, 1, 2])])

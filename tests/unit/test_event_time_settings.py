@@ -68,6 +68,8 @@ def test_the_same_setting_under_both_names_is_refused_in_one_line(local_profile)
 def test_transactions_are_watermarked_only_for_what_needs_event_time(local_profile, tmp_path):
     (tmp_path / "labels.jsonl").write_text("", encoding="utf-8")
     assert load_settings(local_profile).transactions_in_event_time  # the profile's analytics are on
-    assert not load_settings(local_profile, ["analytics.enabled=false"]).transactions_in_event_time
-    assert load_settings(local_profile, ["analytics.enabled=false", "labels.mode=stream", "labels.source.kind=files",
+    assert not load_settings(local_profile, ["analytics.enabled=false", "dedup.horizon_ms=0"]).transactions_in_event_time
+    # De-duplication forgets a txn_id when the watermark passes its event time plus the horizon.
+    assert load_settings(local_profile, ["analytics.enabled=false"]).transactions_in_event_time
+    assert load_settings(local_profile, ["analytics.enabled=false", "dedup.horizon_ms=0", "labels.mode=stream", "labels.source.kind=files",
                                          f"labels.source.paths=[{tmp_path / 'labels.jsonl'}]"]).transactions_in_event_time
