@@ -72,10 +72,11 @@ def fixture_topics(session_cluster, fixture, tmp_path):
 
 
 def assert_scores_and_models_equal_reference(committed: failover_drill.Committed, lines: list[bytes],
-                                             settings, scored: set[str]) -> None:
+                                             settings, scored: set[str], redelivered: list[bytes] = ()) -> None:
     """Exactly the records `scored` were scored, each once, with the sequential reference's score
     (over the whole input, before and after any savepoint), and every model key's final snapshot
-    is the reference's final model, to 1e-9."""
+    is the reference's final model, to 1e-9; the `redelivered` copies of earlier lines (within
+    dedup.horizon_ms) were dead-lettered as redeliveries, each once, and changed no model."""
     assert committed.scores, "nothing was scored"
     assert (settings.model.schedule, settings.model.l2) == ("constant", 0), "the reference is plain SGD"
     reference_scores, reference = reference_models(lines, settings.model.learning_rate)
@@ -83,7 +84,8 @@ def assert_scores_and_models_equal_reference(committed: failover_drill.Committed
     assert len(txn_ids) == len(set(txn_ids)), "a record was scored twice"
     assert set(txn_ids) == scored, (f"{len(scored - set(txn_ids))} records were never scored, "
                                     f"{len(set(txn_ids) - scored)} were scored that should not have been")
-    assert committed.dead_letters == []
+    assert sorted((letter["stage"], letter["txn_id"]) for _, letter in committed.dead_letters) == sorted(
+        ("dedup", json.loads(line)["txn_id"]) for line in redelivered)
     for key, score in committed.scores:
         expected_score, updates_before = reference_scores[score["txn_id"]]
         assert key.decode() == score["model_key"]
@@ -226,7 +228,11 @@ def test_a_run_rescaled_from_2_to_4_and_back_to_2_is_one_uninterrupted_run(sessi
     assert settings.flink.parallelism == 2 and settings.analytics.enabled
     kafka_tools.create_topics(settings)
     lines = fixture.lines()
-    assert kafka_tools.produce(settings, lines, total=len(lines), key_field=settings.model.key) == len(lines)
+    # Redeliveries of the first records, after the end: scored in the first leg, redelivered in the
+    # last, after two restores at other parallelisms (dedup.horizon_ms: a day; the input spans less).
+    redelivered = lines[:40]
+    produced = lines + redelivered
+    assert kafka_tools.produce(settings, produced, total=len(produced), key_field=settings.model.key) == len(produced)
     local = session_cluster.cluster
 
     # Paced, so that each leg stops part way through (with analytics on, the exchange before the
@@ -243,11 +249,12 @@ def test_a_run_rescaled_from_2_to_4_and_back_to_2_is_one_uninterrupted_run(sessi
     assert after_first < after_second < len(lines), (after_first, after_second)
 
     # Back at parallelism 2, to the end of the input.
-    resumed, committed = resume_until_all_scored(local, settings, overrides, second, len(lines))
+    resumed, committed = resume_until_all_scored(local, settings, overrides, second, len(produced))
     vertices = rest.rest(local.rest_url, "GET", f"/jobs/{resumed}")["vertices"]
     assert {vertex["parallelism"] for vertex in vertices} == {2}, [(v["name"], v["parallelism"]) for v in vertices]
     restored = rest.rest(local.rest_url, "GET", f"/jobs/{resumed}/checkpoints")["latest"]["restored"]
     assert restored["is_savepoint"] and restored["external_path"] == second
 
-    assert_scores_and_models_equal_reference(committed, lines, settings, {json.loads(line)["txn_id"] for line in lines})
+    assert_scores_and_models_equal_reference(committed, lines, settings, {json.loads(line)["txn_id"] for line in lines},
+                                             redelivered)
     assert_committed_analytics_as_the_reference(settings, [score for _, score in committed.scores])
