@@ -37,7 +37,22 @@ def validator(name: str, version: int) -> Draft202012Validator:
     assert path.is_file(), f"{name}: no schema for schema_version {version} ({path} does not exist)"
     schema = json.loads(path.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Draft202012Validator(inlined(schema, schema.get("$defs", {})))
+
+
+def inlined(node: Any, definitions: dict[str, Any]) -> Any:
+    """`node` with each local reference `{"$ref": "#/$defs/<name>", ...}` replaced by a copy of the
+    definition (merged with the keywords beside the reference): the same schema, for schemas that do
+    not refer to themselves, checked about twice as fast (jsonschema resolves a reference on every use)."""
+    if isinstance(node, dict):
+        reference = node.get("$ref", "")
+        if reference.startswith("#/$defs/"):
+            beside = {key: value for key, value in node.items() if key != "$ref"}
+            return {**inlined(definitions[reference.removeprefix("#/$defs/")], definitions), **inlined(beside, definitions)}
+        return {key: inlined(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [inlined(value, definitions) for value in node]
+    return node
 
 
 def violations(name: str, line: bytes | str | dict[str, Any], version: int | None = None) -> list[str]:
