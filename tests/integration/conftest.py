@@ -16,6 +16,7 @@ import pytest
 from streaming.config import Settings, load_settings
 from streaming.ops import local_cluster, rest
 from streaming.reporting.outputs import committed_lines
+from tests.output_schemas import assert_lines_valid, assert_output_dir_valid, output_of_topic
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
@@ -34,6 +35,40 @@ def pytest_collection_modifyitems(items):
             for fixture, marker in SERVICE_MARKERS.items():
                 if fixture in item.fixturenames:  # every fixture it uses, also through other fixtures
                     item.add_marker(marker)
+
+
+# Output folders already checked against their schemas (by the test that made them), so that the
+# session's last check does not read them again.
+SCHEMA_CHECKED: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def outputs_match_their_schemas(request, monkeypatch):
+    """Every output line a test produces is valid against its published schema (schemas/,
+    tests/output_schemas.py): the messages it reads from an output topic as it reads them, and
+    after the test every committed line under its tmp_path."""
+    from streaming.ops import kafka_tools
+
+    real_tail = kafka_tools.tail
+
+    def checked_tail(settings, topic, *args, **kwargs):
+        name = output_of_topic(settings, topic)
+        for message in real_tail(settings, topic, *args, **kwargs):
+            if name is not None and message[3] is not None:
+                assert_lines_valid(name, [message[3]], f" (topic {topic}, offset {message[1]})")
+            yield message
+
+    monkeypatch.setattr(kafka_tools, "tail", checked_tail)
+    yield
+    if "tmp_path" in request.fixturenames:
+        SCHEMA_CHECKED.update(assert_output_dir_valid(request.getfixturevalue("tmp_path")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_outputs_match_their_schemas(tmp_path_factory):
+    """The outputs of module and session fixtures (in folders of their own), checked at the end."""
+    yield
+    assert_output_dir_valid(tmp_path_factory.getbasetemp(), skip=SCHEMA_CHECKED)
 
 
 @dataclass
