@@ -4,6 +4,7 @@ the code that wrote the output."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -42,3 +43,16 @@ def pseudonymized(original: Any, redacted: Any, pseudonym_of: Callable[[str], st
 def as_pairs(text: str | bytes) -> Any:
     """JSON with objects as ("object", [(key, value), ...]), so duplicated keys are all kept."""
     return json.loads(text, object_pairs_hook=lambda pairs: ("object", pairs))
+
+
+def hmac_token(pseudonym: str, key: bytes) -> str:
+    """The pseudonym token a version 2 dead letter's bytes carry in place of an account id, as
+    docs/contracts.md defines it: "rs-pseudonym:v1:<pseudonym>:<MAC>", the MAC being the first 32
+    hex digits of HMAC-SHA256 under `key` of byte 0xff, "rs-pseudonym:v1:" and the pseudonym."""
+    mac = hmac.new(key, b"\xffrs-pseudonym:v1:" + pseudonym.encode("ascii"), hashlib.sha256).hexdigest()[:32]
+    return f"rs-pseudonym:v1:{pseudonym}:{mac}"
+
+
+def letter_bytes(letter: dict[str, Any]) -> bytes:
+    """The redacted bytes of a version 2 dead letter (its `raw_base64`, strictly decoded)."""
+    return base64.b64decode(letter["raw_base64"], validate=True)

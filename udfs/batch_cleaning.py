@@ -23,7 +23,7 @@ Why it is exact. A record is parsed in one of two ways, then cleaned in one of t
 - Cleaning. `_fast_cleaner` checks the eleven contract values with `clean`'s rules. It accepts
   only values of an exact type it handles (str, int, float, dict, None; never a bool or a
   subclass), uses `clean`'s own helpers (`_normalized_text`, `epoch_millis`, `_amount`,
-  `pseudonymize`, the code patterns, `rules.policy`) or repeats their one-line checks, so what
+  `account_pseudonym`, the code patterns, `rules.policy`) or repeats their one-line checks, so what
   it returns is what `clean` returns. Anything else (a field missing without an imputing policy,
   another type, an invalid value, any exception) makes it return None, and `clean` itself then
   cleans the record parsed by `parse`: every `Rejected` comes from the reference code, with its
@@ -52,11 +52,11 @@ from udfs.cleaning import (
     Rejected,
     _amount,
     _normalized_text,
+    account_pseudonym,
     clean,
     decode,
     epoch_millis,
     parse,
-    pseudonymize,
 )
 
 # The contract fields in the order of `_Shape` and of `clean`'s missing-value checks.
@@ -95,7 +95,8 @@ _values_of = msgspec.structs.astuple
 # (or, for country and currency, where the code does not match).
 _NORMALIZED: dict[str, dict[str, str | None]] = {
     name: {} for name in ("merchant_id", "merchant_category", "country", "channel", "currency")}
-# pseudonym key -> raw account_id string -> its pseudonym (None where `clean` rejects the id).
+# pseudonym key -> raw account_id string -> its pseudonym (None where `clean` rejects the id): the
+# key is part of the cache's key also because a token verifies under one key only.
 _PSEUDONYMS: dict[bytes, dict[str, str | None]] = {}
 
 
@@ -303,9 +304,9 @@ def _pseudonym(cache: dict[str, str | None], key: bytes, value: Any) -> str | No
     remembered in `cache` (the caller looked there first)."""
     if type(value) is not str:
         return None
-    # `clean` rejects an id that is empty once whitespace is collapsed, and hashes the collapsed
-    # id, which `pseudonymize` collapses again; collapsing twice is collapsing once.
-    pseudonym = pseudonymize(value, key) if value.split() else None
+    # `clean` rejects an id that is empty once whitespace is collapsed, and gives the collapsed id
+    # to `account_pseudonym`, which collapses it again (twice is once) before it looks for a token.
+    pseudonym = account_pseudonym(value, key) if value.split() else None
     _remember(cache, value, pseudonym)
     return pseudonym
 

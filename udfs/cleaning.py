@@ -3,8 +3,10 @@
 A record travels `decode` (bytes -> text) -> `parse` (text -> JSON object) -> `clean` (object ->
 validated, normalized transaction). Each step either returns its result or raises `Rejected` with
 the stage and a one-line reason; the caller turns that into a dead letter. `account_id` is replaced by
-its pseudonym during cleaning, and `redact_account_id` does the same to raw text before it is
-written anywhere.
+its pseudonym during cleaning; `redact_account_id` does the same to raw text, and
+`redact_account_id_bytes` replaces it by a pseudonym token (`pseudonym_token`) in raw bytes, before
+either is written anywhere. `clean` takes a token that verifies under its key as the pseudonym it
+carries, so a dead letter's bytes sent again are not hashed twice.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import orjson
 
@@ -100,6 +102,46 @@ def pseudonymize(account_id: str, key: bytes) -> str:
     return hmac.digest(key, _collapse_whitespace(account_id).encode("utf-8"), "sha256").hex()[:32]
 
 
+# A pseudonym as a dead letter's bytes carry it in place of an account id (docs/contracts.md, "Dead
+# letters"): "rs-pseudonym:v1:<pseudonym>:<MAC>", the MAC proving that the job holding the key wrote
+# it, so that a record sent again is not hashed twice and a record cannot make its own id pass as a
+# pseudonym. Both parts are 32 lower-case hex digits.
+PSEUDONYM_TOKEN_PREFIX = "rs-pseudonym:v1:"
+_PSEUDONYM_TOKEN = re.compile(re.escape(PSEUDONYM_TOKEN_PREFIX) + r"([0-9a-f]{32}):([0-9a-f]{32})")
+# The MAC's message starts with byte 0xff, which no UTF-8 text holds, so `pseudonymize` never hashes
+# it: the pseudonyms the job publishes (scores, model keys) reveal no token's MAC.
+_TOKEN_MAC_DOMAIN = b"\xff" + PSEUDONYM_TOKEN_PREFIX.encode("ascii")
+
+
+def _token_mac(pseudonym: str, key: bytes) -> str:
+    return hmac.digest(key, _TOKEN_MAC_DOMAIN + pseudonym.encode("ascii"), "sha256").hex()[:32]
+
+
+def pseudonym_token(pseudonym: str, key: bytes) -> str:
+    """The token of `pseudonym` (32 hex digits, from `pseudonymize` under `key`):
+    "rs-pseudonym:v1:<pseudonym>:<MAC>", 81 characters; the MAC is the first 32 hex digits of
+    HMAC-SHA256 under `key` of byte 0xff, the prefix and the pseudonym."""
+    return f"{PSEUDONYM_TOKEN_PREFIX}{pseudonym}:{_token_mac(pseudonym, key)}"
+
+
+def token_pseudonym(text: str, key: bytes) -> str | None:
+    """The pseudonym `text` carries if it is exactly a `pseudonym_token` whose MAC verifies under
+    `key`; None otherwise (any other text, a forged token, a token made under another key)."""
+    match = _PSEUDONYM_TOKEN.fullmatch(text)
+    if match is None or not hmac.compare_digest(match.group(2), _token_mac(match.group(1), key)):
+        return None
+    return match.group(1)
+
+
+def account_pseudonym(account_id: str, key: bytes) -> str:
+    """The pseudonym `clean` stores for an account id (whitespace-normalized first): the one a
+    token verifying under `key` carries (never hashed again), else `pseudonymize(account_id, key)`
+    (a forged or other-key token included: it is hashed like any raw id)."""
+    text = _collapse_whitespace(account_id)
+    carried = token_pseudonym(text, key)
+    return carried if carried is not None else pseudonymize(text, key)
+
+
 # How each categorical field is normalized: inner whitespace collapsed, ends stripped, then
 # the field's case rule. Used by `clean` and by one-hot vocabularies, so both agree.
 _CASE = {"merchant_category": str.lower, "channel": str.lower, "country": str.upper, "currency": str.upper}
@@ -140,10 +182,11 @@ def _normalized_text(field: str, value: Any) -> str:
 
 def redact_account_id(text: str, key: bytes) -> str:
     r"""`text` with the value of every key that decodes to `account_id` replaced by the JSON string of
-    its pseudonym (`pseudonymize`), and every other character left as it is.
+    its pseudonym (`account_pseudonym`: a token verifying under `key` gives the pseudonym it
+    carries), and every other character left as it is.
 
-    `text` is a record as a dead letter shows it: any JSON, or text that does not parse, cut off
-    anywhere, or holding `\xNN` escapes for bytes that were not UTF-8. Keys are found in any
+    `text` is a record as a dead letter's preview shows it: any JSON, or text that does not parse,
+    cut off anywhere, or holding `\xNN` escapes for bytes that were not UTF-8. Keys are found in any
     spelling (`account\u005fid`, `\u0061ccount_id`, ...) and at any depth (see `_ACCOUNT_ID_KEY`);
     values of any type are replaced, up to where they end or the end of the text (see
     `_json_value_end`), so no part of an id survives a cut. What is hashed: a string value decoded
@@ -151,7 +194,56 @@ def redact_account_id(text: str, key: bytes) -> str:
     off, say) as written less its surrounding quotes. A text cut inside a key or before its colon
     holds no value yet and is left as it is.
     """
+    return _replace_account_ids(text, lambda plain: f'"{account_pseudonym(plain, key)}"')
+
+
+def redact_account_id_bytes(raw: bytes, key: bytes) -> bytes:
+    r"""`raw` (any bytes: a record, maybe cut off, maybe not UTF-8) with the value of every key that
+    decodes to `account_id` replaced by the JSON string of its `pseudonym_token` under `key`, and
+    every other byte left as it is. Values are found, and hashed, as `redact_account_id` does, on
+    the bytes decoded as UTF-8 with each invalid byte kept aside (surrogateescape) so that every
+    byte outside the values comes back; a value holding such a byte is hashed with it written
+    `\xNN`, as the preview shows it. A value that is a token of `key` stays that token: its
+    pseudonym is never hashed again."""
+    text = raw.decode("utf-8", "surrogateescape")
+    redacted = _replace_account_ids(text, lambda plain: f'"{pseudonym_token(account_pseudonym(plain, key), key)}"')
+    return redacted.encode("utf-8", "surrogateescape")
+
+
+def account_id_values(raw: bytes) -> list[str]:
+    """The value of every key that decodes to `account_id` in `raw` (any bytes), found as
+    `redact_account_id_bytes` finds them, each as it would be hashed: a JSON string decoded, any
+    other value as written."""
+    values: list[str] = []
+    for _, _, plain in _account_id_values(raw.decode("utf-8", "surrogateescape")):
+        values.append(plain)
+    return values
+
+
+# A byte that was not UTF-8, as surrogateescape keeps it in text: U+DC80..U+DCFF for bytes 0x80..0xff.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _as_hex_escape(match: re.Match) -> str:
+    return f"\\x{ord(match.group()) - 0xdc00:02x}"
+
+
+def _replace_account_ids(text: str, replacement: Callable[[str], str]) -> str:
+    """`text` with each account_id value (`_account_id_values`) replaced by `replacement(plain)`."""
     pieces = []
+    position = 0
+    for start, end, plain in _account_id_values(text):
+        pieces.append(text[position:start])
+        pieces.append(replacement(plain))
+        position = end
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
+def _account_id_values(text: str) -> Iterator[tuple[int, int, str]]:
+    r"""(start, end, plain) of each account_id value in `text`, in order, none inside another:
+    where it is, and what is hashed for it (see `redact_account_id`). A lone surrogate (a byte that
+    was not UTF-8, kept by surrogateescape) is hashed as `\xNN`, as the preview writes it."""
     position = 0
     for match in _ACCOUNT_ID_KEY.finditer(text):
         if match.start() < position:
@@ -162,13 +254,10 @@ def redact_account_id(text: str, key: bytes) -> str:
         try:
             decoded = orjson.loads(value)
             plain = decoded if isinstance(decoded, str) else value
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError:  # also a value holding a lone surrogate
             plain = value.strip('"')
-        pieces.append(text[position:start])
-        pieces.append(f'"{pseudonymize(plain, key)}"')
+        yield start, end, _ESCAPED_BYTE.sub(_as_hex_escape, plain)
         position = end
-    pieces.append(text[position:])
-    return "".join(pieces)
 
 
 def _json_value_end(text: str, start: int) -> int:
@@ -231,7 +320,8 @@ def parse(text: str) -> dict[str, Any]:
 def clean(record: Mapping[str, Any], rules: CleaningRules) -> dict[str, Any]:
     """A validated, normalized transaction from a parsed record, or `Rejected` at stage `clean`.
 
-    Output fields: txn_id (str), event_time (int, epoch ms), account_id (pseudonym), merchant_id
+    Output fields: txn_id (str), event_time (int, epoch ms), account_id (pseudonym, `account_pseudonym`:
+    a token verifying under the rules' key gives the one it carries), merchant_id
     (str | None), merchant_category (lower case), country (ISO alpha-2), channel (one of the
     configured channels), amount (finite float >= 0), currency (ISO-4217), features (dict of name ->
     raw value, checked later), is_fraud (0, 1 or None).
@@ -259,7 +349,7 @@ def clean(record: Mapping[str, Any], rules: CleaningRules) -> dict[str, Any]:
         return {
             "txn_id": _text("txn_id", values["txn_id"]),
             "event_time": epoch_millis("event_time", values["event_time"]),
-            "account_id": pseudonymize(account, rules.pseudonym_key),
+            "account_id": account_pseudonym(account, rules.pseudonym_key),
             "merchant_id": _normalized_text("merchant_id", merchant_id) if merchant_id is not None else None,
             "merchant_category": _normalized_text("merchant_category", values["merchant_category"]),
             "country": country,

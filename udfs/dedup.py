@@ -178,12 +178,13 @@ def duplicate_reason(first: FirstDelivery, horizon_ms: int) -> str:
 
 def duplicate_dead_letter(batch: RecordBatch, duplicate: Duplicate, horizon_ms: int, schema_version: int,
                           now_ms: int) -> bytes:
-    """The dead letter of a redelivery (docs/contracts.md, dead letters): stage `dedup`, no raw
-    bytes (the record was read and cleaned; its first delivery holds the same transaction), its own
-    source coordinates and txn_id."""
+    """The dead letter of a redelivery (docs/contracts.md, dead letters, version 2 on): stage
+    `dedup`, no raw bytes (the record was read and cleaned; its first delivery holds the same
+    transaction, and replay never re-sends it), its own source coordinates and txn_id."""
     row = duplicate.row
     source, _ = split_envelope(batch.sources[row] + "\t")
-    return orjson.dumps({"schema_version": schema_version, "raw": None, "stage": DEDUP_STAGE,
+    return orjson.dumps({"schema_version": schema_version, "raw": None, "raw_base64": None,
+                         "account_ids_pseudonymized": False, "truncated": False, "stage": DEDUP_STAGE,
                          "reason": duplicate_reason(duplicate.first, horizon_ms), "source": source,
                          "txn_id": batch.txn_ids[row], "received_at": now_ms})
 

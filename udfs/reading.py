@@ -9,6 +9,7 @@ unit tests hold the two paths to the same results (tests/reference/pipeline.py).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import zlib
 from typing import Any, Callable, Sequence
@@ -17,10 +18,14 @@ import numpy as np
 import orjson
 
 from udfs.batch_cleaning import clean_batch
-from udfs.cleaning import SCHEMA_VERSION, CleaningRules, Rejected, clean, decode, parse, redact_account_id
+from udfs.cleaning import CleaningRules, Rejected, clean, decode, parse, redact_account_id, redact_account_id_bytes
 from udfs.features import FeatureEncoder
 from udfs.records import DeadLetter, KeyedLine, ModelInput, ScoreContext
 from udfs.wire import RecordBatch, envelope_payload, source_tag, split_envelope, split_watermark_tag
+
+# The dead letters' contract version (docs/contracts.md): 2 keeps the redacted bytes exactly
+# (`raw_base64`); 1 had only the `raw` text.
+DEAD_LETTER_VERSION = 2
 
 
 def shard_of(model_key: str, shards: int) -> int:
@@ -113,25 +118,29 @@ class TransactionReader:
         return {shard: batch.take(np.flatnonzero(record_shards == shard)) for shard in used}, dead_letters
 
     def dead_letter(self, raw: bytes, rejected: Rejected, source: dict[str, Any], now_ms: int) -> DeadLetter:
-        """A dead letter as one JSON line, keyed by its txn_id. Bytes that are not UTF-8 appear as `\\xNN` escapes; a
-        record over the size cap keeps its first `dead_letter_raw_bytes` bytes and a SHA-256 of all
-        of them; account_id values are replaced by their pseudonyms."""
-        letter: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
-        if len(raw) > self.rules.max_record_bytes:
-            kept = raw[: self.dead_letter_raw_bytes]
+        """A dead letter (contract version 2, docs/contracts.md) as one JSON line, keyed by its txn_id.
+
+        `raw_base64` holds the record's bytes exactly, base64, each account_id value replaced by its
+        pseudonym token (`redact_account_id_bytes`): what `riskstream replay` sends again. A record
+        over the size cap keeps only its first `dead_letter_raw_bytes` bytes there, with
+        `truncated` true and its size and the SHA-256 of all its bytes. `raw` is a preview for
+        people: the first `dead_letter_raw_bytes` bytes as text, bytes that are not UTF-8 as
+        `\\xNN`, account_id values as plain pseudonyms (`redact_account_id`)."""
+        key = self.rules.pseudonym_key
+        preview = raw[: self.dead_letter_raw_bytes]
+        truncated = len(raw) > self.rules.max_record_bytes
+        letter: dict[str, Any] = {
+            "schema_version": DEAD_LETTER_VERSION,
+            "raw": redact_account_id(preview.decode("utf-8", errors="backslashreplace"), key),
+            "raw_base64": base64.b64encode(redact_account_id_bytes(preview if truncated else raw, key)).decode("ascii"),
+            "account_ids_pseudonymized": True,
+            "truncated": truncated,
+        }
+        if truncated:
             letter["raw_sha256"] = hashlib.sha256(raw).hexdigest()
             letter["raw_bytes"] = len(raw)
-        else:
-            kept = raw
-        text = kept.decode("utf-8", errors="backslashreplace")
-        letter.update(
-            raw=redact_account_id(text, self.rules.pseudonym_key),
-            stage=rejected.stage,
-            reason=rejected.reason,
-            source=source,
-            txn_id=rejected.txn_id,
-            received_at=now_ms,
-        )
+        letter.update(stage=rejected.stage, reason=rejected.reason, source=source, txn_id=rejected.txn_id,
+                      received_at=now_ms)
         return DeadLetter(orjson.dumps(letter).decode("utf-8"), rejected.txn_id, rejected.stage)
 
 

@@ -3,7 +3,7 @@ work with its Kafka topics, list, show and export its models, score one transact
 
 Each command group has its module: data.py (generate), run.py, kafka.py (topics, produce, tail),
 cluster.py (cluster, submit, status, stop), models.py (model list, show, export; score), outputs.py
-(report), evaluate.py, profile.py (config show, run and submit --dry-run); common.py holds the exit
+(report), replay.py, evaluate.py, profile.py (config show, run and submit --dry-run); common.py holds the exit
 codes. Every failure a user can cause ends in one line on stderr and one of those codes.
 """
 
@@ -21,6 +21,7 @@ from streaming.cli.kafka import kafka_command
 from streaming.cli.models import model_command, score_command
 from streaming.cli.outputs import report_command
 from streaming.cli.profile import config_command, dry_run_command
+from streaming.cli.replay import add_replay_options, replay_command
 from streaming.cli.run import run_command
 from streaming.config import DEFAULT_PROFILES, PROFILE_ENV, ConfigError, ServiceUnreachable, profile_from_environment
 
@@ -208,6 +209,12 @@ def parser() -> argparse.ArgumentParser:
                              "`generate --drift-at` prints it): a dotted line on every event-time axis "
                              "(default: none)")
 
+    replay = command("replay", "send selected dead letters' original (redacted) bytes again, to a file or a topic, "
+                               "after a fix; prints what was re-sent and what was refused, and why (no Flink needed)")
+    profile(replay, "local")
+    verbose(replay)
+    add_replay_options(replay)
+
     config = command("config", "show a profile's effective settings, after extends: and --set, as YAML (no Flink "
                                "needed)")
     config.add_argument("action", choices=("show",), help="print every setting the job would use; secrets masked")
@@ -224,4 +231,4 @@ COMMANDS = {"generate": generate_command, "run": run_command, "topics": kafka_co
             "tail": kafka_command, "cluster": cluster_command, "submit": cluster_command,
             "status": cluster_command, "stop": cluster_command, "model": model_command,
             "score": score_command, "report": report_command, "evaluate": evaluate_command,
-            "config": config_command}
+            "config": config_command, "replay": replay_command}

@@ -14,7 +14,7 @@ from streaming.config import PROJECT_ROOT, load_settings
 def report_command(args: argparse.Namespace) -> int:
     from streaming.reporting.report import RunData, build_report, read_output_folder
 
-    drift_at = _moment("report --drift-at", args.drift_at) if args.drift_at is not None else None
+    drift_at = moment("report --drift-at", args.drift_at) if args.drift_at is not None else None
     settings = load_settings(args.config, args.overrides)
     if args.from_path is None and settings.output.kind == "kafka":
         from streaming.ops import kafka_tools
@@ -61,7 +61,7 @@ def report_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _moment(option: str, text: str) -> int:
+def moment(option: str, text: str) -> int:
     """`text` (epoch ms, or ISO-8601 with a time zone) as epoch ms; UsageError naming `option` otherwise."""
     from udfs.cleaning import Rejected, epoch_millis
 

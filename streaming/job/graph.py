@@ -57,7 +57,7 @@ from streaming.job.java_operators import (
 )
 from streaming.job.prepare import LabelRouting, ReadBundle, ReadLabels
 from streaming.job.scoring import LabelRules, ScoreShard, ScoreShardWithLabelStream, ShardScoring
-from udfs.cleaning import SCHEMA_VERSION
+from udfs.reading import DEAD_LETTER_VERSION
 
 
 class Output(NamedTuple):
@@ -111,7 +111,7 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
     shard_batches = keyed_by_shard(model_inputs)
     windows_computed = windowing(settings) if analytics.enabled else None
     drift = shard_drift(settings, scorer)
-    dedup = ShardDedup(settings.dedup.horizon_ms, SCHEMA_VERSION) if settings.dedup.enabled else None
+    dedup = ShardDedup(settings.dedup.horizon_ms, DEAD_LETTER_VERSION) if settings.dedup.enabled else None
     scoring = ShardScoring(scorer, keyed_output, windows_computed, learn_inline=labels.mode != "stream", drift=drift,
                            dedup=dedup)
     if labels.streamed:

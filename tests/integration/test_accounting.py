@@ -8,7 +8,7 @@ import json
 import re
 from collections import Counter
 
-from tests.pseudonyms import hmac_pseudonym
+from tests.pseudonyms import hmac_pseudonym, hmac_token, letter_bytes
 from udfs.generator import MALFORMED_KINDS, GeneratorSettings, generate_with_kinds
 
 # kind -> (stage, a pattern the one-line reason must match); the test's own expectations.
@@ -67,14 +67,19 @@ def test_every_record_is_scored_or_dead_lettered_at_the_right_stage(shared_run):
         assert re.search(reason, letter["reason"]), (kind, letter["reason"])
         assert "\n" not in letter["reason"]
         assert "acct-" not in letter["raw"], "a real account id left the cleaning stage"
+        assert b"acct-" not in letter_bytes(letter), "a real account id left the cleaning stage"
+        assert letter["schema_version"] == 2 and letter["truncated"] == (kind == "oversize")
         if kind == "oversize":
             assert letter["raw_sha256"] == hashlib.sha256(raw).hexdigest()
             assert letter["raw_bytes"] == len(raw)
-            # The first bytes are kept, with the account id swapped for its (longer) pseudonym.
+            # The first bytes are kept, with the account id swapped for its (longer) pseudonym
+            # in the preview, and for its token in the bytes.
             account = json.loads(raw)["account_id"]
-            pseudonym = hmac_pseudonym(account, outputs.settings.pseudonym_key())
-            kept = raw[: outputs.settings.cleaning.dead_letter_raw_bytes].decode()
-            assert letter["raw"] == kept.replace(account, pseudonym)
+            key = outputs.settings.pseudonym_key()
+            pseudonym = hmac_pseudonym(account, key)
+            kept = raw[: outputs.settings.cleaning.dead_letter_raw_bytes]
+            assert letter["raw"] == kept.decode().replace(account, pseudonym)
+            assert letter_bytes(letter) == kept.replace(account.encode(), hmac_token(pseudonym, key).encode())
         if kind == "missing_txn_id":
             assert letter["txn_id"] is None
         elif kind not in ("invalid_utf8", "empty_line", "oversize", "truncated_json", "not_an_object", "nan_literal"):

@@ -12,8 +12,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.pseudonyms import as_pairs, hmac_pseudonym, pseudonymized
-from udfs.cleaning import MissingPolicy, Rejected, clean, decode, parse, pseudonymize, redact_account_id
+from tests.pseudonyms import as_pairs, hmac_pseudonym, hmac_token, letter_bytes, pseudonymized
+from udfs.cleaning import (
+    MissingPolicy,
+    Rejected,
+    clean,
+    decode,
+    parse,
+    pseudonymize,
+    redact_account_id,
+    redact_account_id_bytes,
+)
 from udfs.reading import TransactionReader
 
 KEY = b"unit-test-pseudonym-key"
@@ -635,24 +644,106 @@ def test_redaction_of_generated_records_in_random_spellings_cut_anywhere(seed):
             b"".join(outside_values).decode("utf-8", errors="backslashreplace"), text
 
 
+TOKEN = re.compile(rb'"rs-pseudonym:v1:([0-9a-f]{32}):[0-9a-f]{32}"')
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_byte_redaction_of_generated_records_cut_anywhere_keeps_every_other_byte(seed):
+    rng = random.Random(seed)
+    pieces = generated_record(rng, seed)
+    raw = b"".join(data for data, _, _ in pieces)
+    token = hmac_token(hmac_pseudonym(SECRET, KEY), KEY).encode()
+    assert redact_account_id_bytes(raw, KEY) == b"".join(b'"' + token + b'"' if is_value else data
+                                                         for data, is_value, _ in pieces)
+    for cut in range(len(raw) + 1):
+        redacted = redact_account_id_bytes(raw[:cut], KEY)
+        assert secret_left_in(redacted.decode("utf-8", errors="backslashreplace")) == "", raw[:cut]
+        outside_values, colons_seen, offset = [], 0, 0
+        for data, is_value, colon_at in pieces:
+            if not is_value:
+                outside_values.append(data[:max(0, cut - offset)])
+            if colon_at is not None and cut > offset + colon_at:
+                colons_seen += 1
+            offset += len(data)
+        tokens = TOKEN.findall(redacted)
+        assert len(tokens) == colons_seen, raw[:cut]
+        for match in TOKEN.finditer(redacted):  # each a token of the key, whatever part of an id it hides
+            assert match.group() == b'"' + hmac_token(match.group(1).decode(), KEY).encode() + b'"'
+        assert TOKEN.sub(b"", redacted) == b"".join(outside_values), raw[:cut]
+
+
 # ---------------------------------------------------------------- redaction in dead letters
 
 
 def test_a_dead_letter_redacts_an_escaped_key(local_reader, envelope):
     raw = b'{"txn_id":"t1","account\\u005fid":"ZQXW-KJHG","amount":-1}'
     letter = json.loads(local_reader.read_envelope(envelope(raw), 0))
-    assert letter["stage"] == "clean"
-    pseudonym = hmac_pseudonym(SECRET, local_reader.rules.pseudonym_key)
+    assert letter["stage"] == "clean" and letter["schema_version"] == 2
+    key = local_reader.rules.pseudonym_key
+    pseudonym = hmac_pseudonym(SECRET, key)
     assert letter["raw"] == '{"txn_id":"t1","account\\u005fid":"' + pseudonym + '","amount":-1}'
+    assert letter_bytes(letter) == raw.replace(SECRET.encode(), hmac_token(pseudonym, key).encode())
+    assert letter["account_ids_pseudonymized"] is True and letter["truncated"] is False
 
 
 def test_a_dead_letter_of_a_record_that_is_not_utf8_redacts_an_escaped_key(local_reader, envelope):
     raw = b'{"txn_id":"t-8","merchant_category":"caf\xe9","\\u0061ccount_id":"ZQXW-KJHG","amount":1}'
     letter = json.loads(local_reader.read_envelope(envelope(raw), 0))
     assert letter["stage"] == "decode"
-    pseudonym = hmac_pseudonym(SECRET, local_reader.rules.pseudonym_key)
+    key = local_reader.rules.pseudonym_key
+    pseudonym = hmac_pseudonym(SECRET, key)
     assert letter["raw"] == '{"txn_id":"t-8","merchant_category":"caf\\xe9","\\u0061ccount_id":"' + pseudonym \
         + '","amount":1}'
+    assert letter_bytes(letter) == raw.replace(SECRET.encode(), hmac_token(pseudonym, key).encode())
+
+
+def test_a_dead_letter_keeps_bytes_that_are_not_utf8_and_literal_backslashes_apart(local_reader, envelope):
+    # The preview writes byte 0xe9 and the four characters \xe9 alike; the bytes tell them apart.
+    raw = b'{"txn_id":"t-9","merchant_category":"caf\xe9 \\\\xe9 \\u00e9","account_id":"ZQXW-KJHG","amount":-1}'
+    letter = json.loads(local_reader.read_envelope(envelope(raw), 0))
+    assert letter["stage"] == "decode"
+    assert "caf\\xe9 \\\\xe9" in letter["raw"]  # in the preview, an escape and a literal look alike
+    key = local_reader.rules.pseudonym_key
+    token = hmac_token(hmac_pseudonym(SECRET, key), key)
+    assert letter_bytes(letter) == raw.replace(SECRET.encode(), token.encode())
+    assert letter_bytes(letter)[:60].count(b"\xe9") == 1
+
+
+def test_a_dead_letter_hashes_an_id_holding_bytes_that_are_not_utf8_as_the_preview_shows_it(local_reader,
+                                                                                            envelope):
+    raw = b'{"txn_id":"t-10","account_id":"ZQ\xffXW","amount":1}'
+    letter = json.loads(local_reader.read_envelope(envelope(raw), 0))
+    key = local_reader.rules.pseudonym_key
+    pseudonym = hmac_pseudonym("ZQ\\xffXW", key)
+    assert letter["raw"] == '{"txn_id":"t-10","account_id":"' + pseudonym + '","amount":1}'
+    assert letter_bytes(letter) == b'{"txn_id":"t-10","account_id":"' + hmac_token(pseudonym, key).encode() \
+        + b'","amount":1}'
+
+
+def test_a_dead_letter_keeps_a_record_of_any_bytes_exactly(local_reader):
+    key = local_reader.rules.pseudonym_key
+    token = hmac_token(hmac_pseudonym(SECRET, key), key).encode()
+    rng = random.Random(5)
+    for _ in range(300):
+        before, after = (bytes(rng.randrange(256) for _ in range(rng.randrange(0, 200))) for _ in range(2))
+        raw = before + b'"account_id":"ZQXW-KJHG",' + after
+        letter = json.loads(local_reader.dead_letter(raw, Rejected("decode", "some reason"), {}, 0))
+        assert letter_bytes(letter) == before + b'"account_id":"' + token + b'",' + after
+
+
+def test_a_dead_letter_of_a_record_sent_again_keeps_its_token(local_reader, envelope):
+    """A dead letter's bytes sent again and dead-lettered again: the token stays the same (its
+    pseudonym is not hashed twice); a forged token is hashed like an id."""
+    key = local_reader.rules.pseudonym_key
+    token = hmac_token(hmac_pseudonym(SECRET, key), key)
+    raw = b'{"txn_id":"t-11","account_id":"' + token.encode() + b'","amount":-1}'
+    again = json.loads(local_reader.read_envelope(envelope(raw), 0))
+    assert letter_bytes(again) == raw
+    assert again["raw"] == '{"txn_id":"t-11","account_id":"' + hmac_pseudonym(SECRET, key) + '","amount":-1}'
+    forged = token[:-1] + ("0" if token[-1] != "0" else "1")
+    raw = b'{"txn_id":"t-12","account_id":"' + forged.encode() + b'","amount":-1}'
+    letter = json.loads(local_reader.read_envelope(envelope(raw), 0))
+    assert letter_bytes(letter) == raw.replace(forged.encode(), hmac_token(hmac_pseudonym(forged, key), key).encode())
 
 
 def test_an_oversize_dead_letter_redacts_an_escaped_key_in_a_prefix_cut_inside_a_character(local_reader,
@@ -664,9 +755,13 @@ def test_an_oversize_dead_letter_redacts_an_escaped_key_in_a_prefix_cut_inside_a
     assert len(raw) > local_reader.rules.max_record_bytes
     letter = json.loads(local_reader.read_envelope(envelope(raw), 0))
     assert letter["stage"] == "decode" and letter["raw_bytes"] == len(raw)
+    assert letter["truncated"] is True and letter["raw_sha256"] == hashlib.sha256(raw).hexdigest()
     assert letter["raw"].endswith("\u00e9\\xc3")
-    pseudonym = hmac_pseudonym(SECRET, local_reader.rules.pseudonym_key)
+    key = local_reader.rules.pseudonym_key
+    pseudonym = hmac_pseudonym(SECRET, key)
     assert letter["raw"] == raw[:cap].decode("utf-8", errors="backslashreplace").replace(SECRET, pseudonym)
+    assert letter_bytes(letter) == raw[:cap].replace(SECRET.encode(), hmac_token(pseudonym, key).encode())
+    assert letter_bytes(letter).endswith(b"\xc3")
 
 
 def test_an_oversize_dead_letter_cut_inside_an_escaped_id_keeps_no_part_of_it(local_reader, envelope):
@@ -680,10 +775,15 @@ def test_an_oversize_dead_letter_cut_inside_an_escaped_id_keeps_no_part_of_it(lo
         line = preparer.read_envelope(envelope(raw), 0)
         kept = raw[:cap].decode()
         if cap < value_start:  # cut before the colon
-            expected = kept
+            expected, hashed = kept, None
         elif cap < value_end:  # cut inside the value
-            expected = kept[:value_start] + '"' + hmac_pseudonym(kept[value_start:].strip('"'), key) + '"'
+            hashed = hmac_pseudonym(kept[value_start:].strip('"'), key)
+            expected = kept[:value_start] + '"' + hashed + '"'
         else:
-            expected = kept[:value_start] + '"' + hmac_pseudonym(SECRET, key) + '"' + kept[value_end:]
-        assert json.loads(line)["raw"] == expected, cap
-        assert secret_left_in(line) == "", cap
+            hashed = hmac_pseudonym(SECRET, key)
+            expected = kept[:value_start] + '"' + hashed + '"' + kept[value_end:]
+        letter = json.loads(line)
+        assert letter["raw"] == expected, cap
+        redacted = expected if hashed is None else expected.replace(hashed, hmac_token(hashed, key))
+        assert letter_bytes(letter) == redacted.encode(), cap
+        assert secret_left_in(letter["raw"]) == "" and secret_left_in(letter_bytes(letter).decode()) == "", cap

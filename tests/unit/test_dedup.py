@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
+from tests.output_schemas import violations
 from udfs.dedup import SeenIds, duplicate_dead_letter, seen_line, without_rows
 from udfs.feature_log import FeatureLog, is_dropped_row, with_dropped_rows
 from udfs.records import ModelInput, ScoreContext
@@ -76,7 +77,8 @@ def test_a_redelivery_dead_letter_names_its_first_delivery_and_has_no_raw_bytes(
     seen.remember(batch_of(("fuel", "t1", T0), source="kafka:1:{line}7:transactions"), None, "w", 0)
     again = batch_of(("fuel", "t1", T0), source="file:{line}:/retries.jsonl")
     [duplicate] = seen.duplicates(again, T0)
-    letter = orjson.loads(duplicate_dead_letter(again, duplicate, HOUR_MS, 1, 123))
+    letter = orjson.loads(duplicate_dead_letter(again, duplicate, HOUR_MS, 2, 123))
+    assert not violations("dead-letters", letter)
     assert letter["stage"] == "dedup" and letter["raw"] is None and letter["txn_id"] == "t1"
     assert letter["source"] == {"file": "/retries.jsonl", "line": 1}
     assert "2026-01-01T00:00:00.000Z" in letter["reason"] and "topic transactions partition 1 offset 17" in letter["reason"]

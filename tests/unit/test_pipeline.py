@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from tests.pseudonyms import hmac_pseudonym
+from tests.pseudonyms import hmac_pseudonym, hmac_token, letter_bytes
 from tests.reference.pipeline import read_bundle, score_and_learn, score_batch
 from udfs.features import FeatureEncoder
 from udfs.generator import GeneratorSettings, generate
@@ -26,7 +26,8 @@ from udfs.records import ModelInput, ScoreContext
 from udfs.scoring import ModelScorer
 from udfs.wire import split_envelope
 
-DEAD_LETTER_FIELDS = {"schema_version", "raw", "stage", "reason", "source", "txn_id", "received_at"}
+DEAD_LETTER_FIELDS = {"schema_version", "raw", "raw_base64", "account_ids_pseudonymized", "truncated", "stage",
+                      "reason", "source", "txn_id", "received_at"}
 NOW = 1_767_300_000_000
 
 
@@ -144,7 +145,8 @@ def test_a_dead_letter_is_one_json_line_with_the_contract_fields(local_reader):
     text, letter = dead_letter(local_reader, tagged(raw, 9, "/data/in.jsonl"))
     assert "\n" not in text
     assert set(letter) == DEAD_LETTER_FIELDS
-    assert isinstance(letter["schema_version"], int)
+    assert letter["schema_version"] == 2
+    assert letter["account_ids_pseudonymized"] is True and letter["truncated"] is False
     assert letter["stage"] == "clean"
     assert "amount" in letter["reason"] and "\n" not in letter["reason"]
     assert letter["source"] == {"file": "/data/in.jsonl", "line": 9}
@@ -152,6 +154,8 @@ def test_a_dead_letter_is_one_json_line_with_the_contract_fields(local_reader):
     assert letter["received_at"] == NOW
     key = local_reader.rules.pseudonym_key
     assert json.loads(letter["raw"]) == dict(transaction(amount=-5), account_id=hmac_pseudonym("ACCT-SECRET-77", key))
+    token = hmac_token(hmac_pseudonym("ACCT-SECRET-77", key), key)
+    assert letter_bytes(letter) == raw.replace(b"ACCT-SECRET-77", token.encode())
 
 
 def test_a_dead_letter_from_a_bare_payload_has_an_empty_source(local_reader):
@@ -178,8 +182,9 @@ def test_a_features_stage_dead_letter_carries_the_txn_id(local_reader):
 ], ids=["clean", "nan", "cut-in-id", "cut-after-id", "invalid-utf8"])
 def test_a_dead_letter_never_carries_the_raw_account_id(local_reader, raw):
     assert b"ACCT-SECRET-77"[:8] in raw  # the account id (or its start) is in the input
-    text, _ = dead_letter(local_reader, tagged(raw))
+    text, letter = dead_letter(local_reader, tagged(raw))
     assert "ACCT-SEC" not in text
+    assert b"ACCT-SEC" not in letter_bytes(letter)
 
 
 def test_a_dead_letter_shows_invalid_utf8_as_backslash_x_escapes(local_reader):
@@ -204,16 +209,20 @@ def test_an_oversize_dead_letter_keeps_a_prefix_and_the_hash_of_everything(local
     _, letter = dead_letter(local_reader, tagged(raw))
     assert letter["stage"] == "decode"
     assert set(letter) == DEAD_LETTER_FIELDS | {"raw_sha256", "raw_bytes"}
+    assert letter["truncated"] is True
     assert letter["raw_bytes"] == len(raw)
     assert letter["raw_sha256"] == hashlib.sha256(raw).hexdigest()
     assert letter["raw"] == raw[:cap].decode("utf-8", errors="backslashreplace")
+    assert letter_bytes(letter) == raw[:cap]
 
 
 def test_an_oversize_dead_letter_redacts_the_account_in_its_prefix(local_reader):
     raw = oversize_record(40_000, account_first=True)
     text, letter = dead_letter(local_reader, tagged(raw))
-    assert "ACCT-SEC" not in text
-    assert hmac_pseudonym("ACCT-SECRET-77", local_reader.rules.pseudonym_key) in letter["raw"]
+    assert "ACCT-SEC" not in text and b"ACCT-SEC" not in letter_bytes(letter)
+    key = local_reader.rules.pseudonym_key
+    assert hmac_pseudonym("ACCT-SECRET-77", key) in letter["raw"]
+    assert hmac_token(hmac_pseudonym("ACCT-SECRET-77", key), key).encode() in letter_bytes(letter)
 
 
 def test_a_dead_letter_keeps_at_most_the_configured_prefix(local_reader):
@@ -221,13 +230,16 @@ def test_a_dead_letter_keeps_at_most_the_configured_prefix(local_reader):
     raw = b'{"txn_id": "t-1", "memo": "' + b"x" * 70_000 + b'"}'
     _, letter = dead_letter(reader, tagged(raw))
     assert letter["raw"] == raw[:100].decode("ascii")
+    assert letter_bytes(letter) == raw[:100]
     assert letter["raw_bytes"] == len(raw)
 
 
 def test_a_record_under_the_cap_keeps_all_its_bytes_and_has_no_hash(local_reader):
     raw = b'{"txn_id": "t-1", "memo": "' + b"x" * 5000 + b'", "amount": -1}'
     _, letter = dead_letter(local_reader, tagged(raw))
-    assert letter["raw"] == raw.decode("ascii")
+    assert letter_bytes(letter) == raw and letter["truncated"] is False
+    # The preview is only the first cleaning.dead_letter_raw_bytes (1024) bytes, as text.
+    assert letter["raw"] == raw[:1024].decode("ascii")
     assert "raw_sha256" not in letter and "raw_bytes" not in letter
 
 
