@@ -310,7 +310,7 @@ def recovery_times_s(kills: list, settings) -> list[float]:
     return times
 
 
-PARTS = ("jobs", "loops", "stages", "analytics", "global", "kafka", "failover", "labels", "profile")
+PARTS = ("jobs", "loops", "stages", "analytics", "dedup", "global", "kafka", "failover", "labels", "profile")
 
 
 def main() -> int:
@@ -320,8 +320,8 @@ def main() -> int:
                         help="run the 20-key job and both 20-key loops (and the global part's rounds) this many times, "
                              "interleaved, and report medians")
     parser.add_argument("--only", choices=PARTS, action="append",
-                        help="run only this part (repeatable): jobs, loops, stages, analytics, global, kafka, failover, "
-                             "labels or profile")
+                        help="run only this part (repeatable): jobs, loops, stages, analytics, dedup, global, kafka, "
+                             "failover, labels or profile")
     parser.add_argument("--records", type=int,
                         help="transactions in the generated file (default 1,000,000; 100,000 with --quick)")
     parser.add_argument("--global-on", action="append", metavar="KEY=VALUE",
@@ -344,8 +344,10 @@ def main() -> int:
     rounds = []
     for round_number in range(args.repeat):
         measured = {}
-        if parts & {"jobs", "analytics", "labels"}:
+        if parts & {"jobs", "analytics", "dedup", "labels"}:
             measured["job"] = run_job("job-20-keys", data, "merchant_category")
+        if "dedup" in parts:  # the job above de-duplicates by txn_id (dedup.horizon_ms, on by default)
+            measured["dedup-off"] = run_job("job-20-keys-dedup-off", data, "merchant_category", "dedup.horizon_ms=0")
         if "analytics" in parts:
             measured["analytics"] = run_job("job-20-keys-analytics", data, "merchant_category", "analytics.enabled=true")
         if "labels" in parts:
@@ -423,6 +425,13 @@ def main() -> int:
             "analytics_windows": rounds[-1]["analytics"]["windows"],
             "analytics_late": rounds[-1]["analytics"]["late"],
         })
+    if "dedup" in parts:
+        results.update({
+            "dedup_core_us_per_record": median["job"]["core_us_per_record"],
+            "dedup_off_core_us_per_record": median["dedup-off"]["core_us_per_record"],
+            "dedup_added_core_us_per_record": (median["job"]["core_us_per_record"]
+                                               - median["dedup-off"]["core_us_per_record"]),
+        })
     if "labels" in parts:
         to_end = {name: statistics.median(r[name]["core_us_per_record_to_end"] for r in rounds)
                   for name in ("job", "labels")}
@@ -492,7 +501,7 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     names = {"job": "Riskstream job", "baseline": "baseline commit's job", "river": "River loop (one process)",
              "exact": "Python loop, exact SGD (one process)", "analytics": "job with windowed analytics on",
              "labels": "job learning from a label stream", "thread": "job in thread mode (PEMJA)",
-             "baseline-labels": "baseline commit's job, label stream"}
+             "baseline-labels": "baseline commit's job, label stream", "dedup-off": "job with de-duplication off"}
     note = f" (20 keys: median of {repeat})" if repeat > 1 else ""
     if median:  # not with only the global, Kafka or failover parts
         print(f"\n{'records/s' + note:<44}{keys_20:>12}{keys_large:>16}")
@@ -520,6 +529,9 @@ def print_table(results: dict, median: dict, large: dict, repeat: int) -> None:
     if "analytics" in median:
         print(f"{'analytics on - off (core-µs/record)':<44}{results['analytics_added_core_us_per_record']:>12.1f}")
         print(f"{'analytics: window lines, late lines':<44}{results['analytics_windows']:>12,}{results['analytics_late']:>16,}")
+    if "dedup-off" in median:
+        print(f"{'dedup on - off (core-µs/record)':<44}{results['dedup_added_core_us_per_record']:>12.1f}"
+              f"   ({results['dedup_core_us_per_record']:.1f} vs {results['dedup_off_core_us_per_record']:.1f})")
     if "labels" in median:
         print(f"{'labels stream - inline, to the job end (core-µs)':<44}{results['labels_added_core_us_per_record']:>12.1f}"
               f"   ({results['labels_core_us_per_record_to_end']:.1f} vs {results['labels_off_core_us_per_record_to_end']:.1f})")

@@ -22,7 +22,7 @@ INPUTS = ("transactions", "labels")
 OUTPUT_TOPICS = {"scores_topic": "scores", "dead_letters_topic": "dead-letters", "snapshots_topic": "model-snapshots",
                  "analytics_topic": "analytics", "late_topic": "late", "learning_topic": "learning",
                  "label_dead_letters_topic": "label-dead-letters", "drift_topic": "drift",
-                 "model_versions_topic": "model-versions"}
+                 "model_versions_topic": "model-versions", "repeated_ids_topic": "repeated-ids"}
 
 
 def schema_path(name: str, version: int) -> Path:

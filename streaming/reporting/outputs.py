@@ -21,7 +21,7 @@ from udfs.metrics import labelled, log_loss, roc_auc
 # drift with model.drift.detector other than none; model-versions with the global model, which also
 # reads it back: a new run must start without an earlier run's versions).
 OUTPUTS = ("scores", "dead-letters", "model-snapshots", "analytics", "late", "learning", "label-dead-letters", "drift",
-           "model-versions")
+           "model-versions", "repeated-ids")
 # What `riskstream run` writes beside them: the run's settings (RUN_RECORD, read by the report), and
 # what `riskstream report` writes there by default (REPORT). Both belong to one run's outputs, so
 # they are set aside, dropped and restored with them: a report never shows an earlier run beside a

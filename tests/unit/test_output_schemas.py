@@ -32,6 +32,8 @@ from udfs.labels import read_label
 PROJECT = Path(__file__).resolve().parents[2]
 FIXTURES = PROJECT / "tests" / "fixtures" / "outputs-v1"
 NAMES = (*INPUTS, *OUTPUTS)
+# Outputs whose lines Java writes (WindowAnalytics.java, RepeatedIds.java): checked on fixture lines.
+JAVA_WRITTEN = {"analytics", "repeated-ids"}
 NOW = 1_767_300_000_000
 LABEL_OUTCOMES = ("duplicate", "contradicting", "expired", "unknown", "late")
 
@@ -152,7 +154,7 @@ def test_the_current_writers_make_every_kind_of_line(current_lines):
     assert len(MALFORMED_KINDS) <= len(current_lines["dead-letters"])
 
 
-@pytest.mark.parametrize("name", sorted(set(OUTPUTS) - {"analytics"}))
+@pytest.mark.parametrize("name", sorted(set(OUTPUTS) - JAVA_WRITTEN))
 def test_readers_of_version_1_still_read_what_the_current_writers_write(current_lines, name):
     assert assert_lines_valid(name, current_lines[name]) == len(current_lines[name])
 
@@ -183,7 +185,7 @@ def retyped(record: dict, field: str) -> dict:
 
 
 @pytest.mark.parametrize("change", [renamed, removed, retyped])
-@pytest.mark.parametrize("name", sorted(set(OUTPUTS) - {"analytics"}))
+@pytest.mark.parametrize("name", sorted(set(OUTPUTS) - JAVA_WRITTEN))
 def test_a_planted_incompatible_change_to_a_current_line_fails_version_1(current_lines, name, change):
     """Every required field of the current line, renamed, removed or given another type in a copy:
     each copy fails (a field a reader of version 1 needs is gone or unreadable), the line itself passes."""
@@ -202,14 +204,16 @@ def test_a_line_is_checked_against_the_schema_of_its_own_version(current_lines):
         f"no integer schema_version in {removed(letter, 'schema_version')!r:.200}"]
 
 
-def test_the_analytics_fixture_lines_fail_version_1_when_changed_incompatibly():
-    """The window lines come from Java (no JVM in this tier): the same teeth on a fixture line."""
-    record = fixture_records("analytics")[0]
-    assert not violations("analytics", record)
-    schema = json.loads(schema_path("analytics", 1).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("name", sorted(JAVA_WRITTEN))
+def test_the_java_written_fixture_lines_fail_version_1_when_changed_incompatibly(name):
+    """The window lines and the repeated-ids reports come from Java (no JVM in this tier): the same
+    teeth on a fixture line."""
+    record = fixture_records(name)[0]
+    assert not violations(name, record)
+    schema = json.loads(schema_path(name, 1).read_text(encoding="utf-8"))
     for field in schema["required"]:
         for change in (renamed, removed, retyped):
-            assert violations("analytics", change(record, field)), f"{change.__name__} {field} was not caught"
+            assert violations(name, change(record, field)), f"{change.__name__} {field} was not caught"
 
 
 def test_generated_transactions_and_labels_the_job_reads_are_valid_inputs():
