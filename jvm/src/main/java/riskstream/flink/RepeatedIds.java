@@ -145,18 +145,23 @@ public final class RepeatedIds extends KeyedProcessFunction<Integer, Tuple2<Inte
     @Override
     public void processElement(Tuple2<Integer, byte[]> subBundle, Context ctx, Collector<byte[]> out) throws Exception {
         long watermark = ctx.timerService().currentWatermark();
+        long latestExpiry = Long.MIN_VALUE;
         for (String line : new String(subBundle.f1, StandardCharsets.UTF_8).split("\n")) {
             String[] fields = line.split("\t", 4);
             byte[] earlier = firstScored.get(fields[0]);
             String[] firstFields = earlier == null ? null : new String(earlier, StandardCharsets.UTF_8).split("\t", 4);
             if (firstFields == null || expired(Long.parseLong(firstFields[2]), watermark)) {
-                long eventTime = Long.parseLong(fields[2]);
                 firstScored.put(fields[0], line.getBytes(StandardCharsets.UTF_8));
-                ctx.timerService().registerEventTimeTimer(sweepAfter(plus(eventTime, horizonMs)));
+                latestExpiry = Math.max(latestExpiry, plus(Long.parseLong(fields[2]), horizonMs));
             } else if (!firstFields[1].equals(fields[1])) {
                 repeated.inc();
                 out.collect(report(firstFields, fields));
             } // the same model key: a record the scoring operator no longer remembered; nothing to report
+        }
+        if (latestExpiry != Long.MIN_VALUE) {
+            // One sweep for the sub-bundle, after its latest expiry: an earlier line waits for it, at
+            // most the sub-bundle's span of event time longer (a lookup sees it as gone already).
+            ctx.timerService().registerEventTimeTimer(sweepAfter(latestExpiry));
         }
     }
 
