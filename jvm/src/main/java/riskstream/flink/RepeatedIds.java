@@ -1,9 +1,7 @@
 package riskstream.flink;
 
-import java.io.ByteArrayOutputStream;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -92,7 +90,19 @@ public final class RepeatedIds extends KeyedProcessFunction<Integer, Tuple2<Inte
 
         @Override
         public void flatMap(byte[] bundle, Collector<Tuple2<Integer, byte[]>> out) {
-            Map<Integer, ByteArrayOutputStream> byBucket = new HashMap<>();
+            // Two passes, no per-line objects: each line's bounds and bucket, then each bucket's
+            // lines copied into one array.
+            int lines = 1;
+            for (byte b : bundle) {
+                if (b == '\n') {
+                    lines++;
+                }
+            }
+            int[] starts = new int[lines];
+            int[] ends = new int[lines];
+            int[] bucketOf = new int[lines];
+            int[] bucketBytes = new int[buckets];
+            int count = 0;
             int start = 0;
             while (start < bundle.length) {
                 int end = start;
@@ -105,15 +115,32 @@ public final class RepeatedIds extends KeyedProcessFunction<Integer, Tuple2<Inte
                 }
                 if (end > start) {
                     int bucket = Math.floorMod(hash(bundle, start, tab < 0 ? end : tab), buckets);
-                    ByteArrayOutputStream lines = byBucket.computeIfAbsent(bucket, b -> new ByteArrayOutputStream());
-                    if (lines.size() > 0) {
-                        lines.write('\n');
-                    }
-                    lines.write(bundle, start, end - start);
+                    starts[count] = start;
+                    ends[count] = end;
+                    bucketOf[count] = bucket;
+                    bucketBytes[bucket] += end - start + (bucketBytes[bucket] > 0 ? 1 : 0);
+                    count++;
                 }
                 start = end + 1;
             }
-            byBucket.forEach((bucket, lines) -> out.collect(Tuple2.of(bucket, lines.toByteArray())));
+            byte[][] subBundles = new byte[buckets][];
+            int[] filled = new int[buckets];
+            for (int i = 0; i < count; i++) {
+                int bucket = bucketOf[i];
+                byte[] sub = subBundles[bucket];
+                if (sub == null) {
+                    sub = subBundles[bucket] = new byte[bucketBytes[bucket]];
+                } else {
+                    sub[filled[bucket]++] = '\n';
+                }
+                System.arraycopy(bundle, starts[i], sub, filled[bucket], ends[i] - starts[i]);
+                filled[bucket] += ends[i] - starts[i];
+            }
+            for (int bucket = 0; bucket < buckets; bucket++) {
+                if (subBundles[bucket] != null) {
+                    out.collect(Tuple2.of(bucket, subBundles[bucket]));
+                }
+            }
         }
 
         /** FNV-1a over the txn_id's bytes: the same bucket in every JVM and run. */
