@@ -33,7 +33,7 @@ CHANNELS = frozenset({"web", "pos", "atm", "mobile"})
 # machine too; the fixtures the tests use are pure (built once per test, not per example).
 _NO_HEALTH_CHECKS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
                      HealthCheck.large_base_example]
-settings.register_profile("unit", derandomize=True, max_examples=40, database=None, deadline=None,
+settings.register_profile("unit", derandomize=True, max_examples=300, database=None, deadline=None,
                           suppress_health_check=_NO_HEALTH_CHECKS, print_blob=True)
 settings.register_profile("fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "5000")), deadline=None,
                           database=DirectoryBasedExampleDatabase(str(PROJECT / "var" / "hypothesis")),
