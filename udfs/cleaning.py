@@ -195,6 +195,8 @@ def _json_value_end(text: str, start: int) -> int:
         if in_string:
             if char == "\\":
                 i += 1  # whatever it escapes, even a quote, stays in the string
+                while i < len(text) and text[i] == "\x00":
+                    i += 1  # UTF-16 or UTF-32 text: NULs come between a backslash and what it escapes
             elif char == '"':
                 in_string = False
         elif char == '"':

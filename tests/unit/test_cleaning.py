@@ -412,10 +412,12 @@ def test_redaction_replaces_numeric_account_ids(value):
 
 @pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32-le"])
 @pytest.mark.parametrize("key", ["account_id", "\\u0061ccount_id"])
-def test_redaction_finds_an_account_id_in_utf_16_and_utf_32_text(codec, key):
+@pytest.mark.parametrize("value", [SECRET, 'x\\"]' + SECRET])
+def test_redaction_finds_an_account_id_in_utf_16_and_utf_32_text(codec, key, value):
     # Found by the property tests: a record sent in UTF-16 reaches a dead letter with NULs between
-    # its characters (and \xNN for its other bytes), which hid the key, and the id went out as it was.
-    raw = ('{"txn_id": "t1", "' + key + '": "' + SECRET + '", "amount": 1}').encode(codec)
+    # its characters (and \xNN for its other bytes), which hid the key, and the id went out as it
+    # was; then NULs between a backslash and the quote it escapes ended the id early.
+    raw = ('{"txn_id": "t1", "' + key + '": "' + value + '", "amount": 1}').encode(codec)
     redacted = redact_account_id(raw.decode("utf-8", errors="backslashreplace"), KEY).replace("\x00", "")
     assert SECRET not in redacted and '"t1"' in redacted
 
