@@ -120,8 +120,9 @@ numbers = st.one_of(st.integers(), st.integers(-(2**70), 2**70), st.floats(), st
     [0, 1, -1, 0.0, -0.0, 1e308, 5e-324, 1e12, 1e12 + 1, -1.0, -0.999, 2**63, 2**64, 2**64 + 1]))
 # Numbers as text, which `amount` reads.
 number_texts = st.one_of(
-    numbers.map(str), st.sampled_from(["nan", "NaN", "inf", "-Infinity", "\x1c7", "7\x1f", " 12.5 ", "\t3\n", "1_000",
-                                       "1e5", "\u0663\u0661", "\uff11", "-0.0", "+1", "12,5", "", " ", "0x1A", "1e400"]),
+    numbers.map(str),
+    st.sampled_from(["nan", "NaN", "inf", "-Infinity", "\x1c7", "7\x1f", " 12.5 ", "\t3\n", "1_000", "1e5",
+                     "\u0663\u0661", "\uff11", "-0.0", "+1", "12,5", "", " ", "0x1A", "1e400"]),
     st.builds(lambda pad, number: pad + number + pad, st.sampled_from(["", " ", "\x1c", "\u3000", "\x85"]),
               st.floats(allow_nan=False).map(repr)))
 
@@ -146,7 +147,8 @@ def _padded(values: st.SearchStrategy) -> st.SearchStrategy:
     """Strings of `values` in mixed case with whitespace around and inside."""
     return st.builds(lambda text, case, left, right: left + case(text) + right, values,
                      st.sampled_from([str, str.upper, str.lower, str.title]),
-                     st.sampled_from(["", " ", "\t", "\u3000", "\x1c", "\n"]), st.sampled_from(["", " ", "\r\n", "\xa0"]))
+                     st.sampled_from(["", " ", "\t", "\u3000", "\x1c", "\n"]),
+                     st.sampled_from(["", " ", "\r\n", "\xa0"]))
 
 
 _iso_times = st.builds(

@@ -57,8 +57,7 @@ def _json_spellings(char: str) -> str:
 #
 # Each character may also have NULs before it: text in UTF-16 or UTF-32 (its ASCII characters with
 # NUL bytes beside them, as a dead letter's raw text shows it) spells the same key, and its id
-# must not reach a dead letter either. Valid JSON holds no raw NUL, so this
-# changes nothing for it.
+# must not reach a dead letter either. Valid JSON holds no raw NUL, so this changes nothing for it.
 _ACCOUNT_ID_KEY = re.compile(r"\x00*".join(['"'] + [_json_spellings(char) for char in "account_id"] + ['"'])
                              + r"[ \t\r\n\x00]*:[ \t\r\n\x00]*")
 
@@ -320,7 +319,7 @@ def _amount(value: Any) -> float:
         if not _NUMBER_TEXT.match(text):
             raise Rejected("clean", f"amount {value[:40]!r} is not a number")
         # The stripped text: str.strip() removes characters float() does not take as whitespace
-        # (\x1c..\x1f, \x85), and float(" \x1c7") would raise ValueError out of the job.
+        # (\x1c..\x1f), and float("\x1c7") would raise ValueError out of the job.
         amount = float(text)
     elif isinstance(value, (int, float)):
         amount = float(value)

@@ -206,7 +206,8 @@ class LogisticRegression:
             self.optimizer_kind = optimizer.kind
 
     def predict_proba(self, indices: Sequence[int], values: Sequence[float]) -> float:
-        """Probability of the positive class (fraud) for the sparse features (indices, values), in [0, 1] (see `sigmoid`)."""
+        """Probability of the positive class (fraud) for the sparse features (indices, values), in [0, 1]
+        (see `sigmoid`)."""
         weights = self.weights
         return sigmoid(self.bias + sum([weights[i] * v for i, v in zip(indices, values)]))
 

@@ -50,12 +50,15 @@ batches = st.lists(transactions(CAP), min_size=4, max_size=12)
 AMOUNT_WITH_A_CONTROL = encoded(orjson.dumps({**BASE_TRANSACTION, "amount": "\x1c7",
                                               "account_id": f"a-{SECRET_MARKER}"}).decode())
 # A label whose reason showed a value's repr, the account id nested in it included.
-LABEL_WITH_A_NESTED_ID = b'{"txn_id":"t-1","is_fraud":{"account_id":"a-' + SECRET_MARKER.encode() + b'"},"label_time":1}'
+LABEL_WITH_A_NESTED_ID = (b'{"txn_id":"t-1","is_fraud":{"account_id":"a-' + SECRET_MARKER.encode()
+                          + b'"},"label_time":1}')
 LABEL_TXN_ID_WITH_A_NESTED_ID = b'{"txn_id":[{"\\u0061ccount_id":"' + SECRET_MARKER.encode() + b'"}],"is_fraud":1}'
 TRANSACTION_WITH_A_NESTED_ID = encoded(orjson.dumps(
     {**BASE_TRANSACTION, "account_id": 9_081_726_354_001, "is_fraud": {"account_id": f"b-{SECRET_MARKER}"}}).decode())
 # UTF-16 text: the key and the id hold NULs between their characters.
 UTF16_TRANSACTION = orjson.dumps({**BASE_TRANSACTION, "account_id": f"a-{SECRET_MARKER}"}).decode().encode("utf-16")
+# ... and an escaped quote in the id: NULs between the backslash and the quote.
+UTF16_ESCAPED_QUOTE = orjson.dumps({**BASE_TRANSACTION, "account_id": f'a"]{SECRET_MARKER}'}).decode().encode("utf-16")
 
 
 @pytest.fixture
@@ -183,6 +186,7 @@ def per_record(reader: TransactionReader, raw: bytes, source: dict[str, Any]) ->
 @example(raws=[AMOUNT_WITH_A_CONTROL], key_field="merchant_category")
 @example(raws=[TRANSACTION_WITH_A_NESTED_ID], key_field="account_id")
 @example(raws=[UTF16_TRANSACTION], key_field="merchant_category")
+@example(raws=[UTF16_ESCAPED_QUOTE], key_field="merchant_category")
 def test_every_transaction_is_read_or_dead_lettered_as_the_contract_says(raws, key_field, readers):
     for position, raw in enumerate(raws):
         per_record(readers[key_field], raw, source_of(position))
