@@ -29,7 +29,7 @@ MAVEN = flink_version=$$($(PY) -c 'import pyflink.version; print(pyflink.version
 	connector_version=$$(sed -n 's:.*<flink.kafka.connector.version>\(.*\)</flink.kafka.connector.version>.*:\1:p' kafka/pom.xml) && \
 	mvn -B -f jvm/pom.xml -Dflink.version=$$flink_version -Dflink.kafka.connector.version=$$connector_version $(MAVEN_FLAGS)
 
-.PHONY: run test lint unit integration drill-global java-test java-deps bench realdata river-env evaluate-realdata jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test docs-contracts
+.PHONY: run test lint unit fuzz integration drill-global java-test java-deps bench realdata river-env evaluate-realdata jar jars kafka-libs kafka-up kafka-down cluster-up cluster-down clean lock compose-test docs-contracts
 
 run: $(JAR) $(SAMPLE)
 	$(VENV)/bin/riskstream run --config conf/local.yaml
@@ -60,6 +60,14 @@ unit: $(INSTALLED)
 # tests/unit/test_output_schemas.py fails while they differ.
 docs-contracts: $(INSTALLED)
 	$(VENV)/bin/python -m streaming.reporting.schema_docs
+
+# The property tests (marker `property`: tests/unit/test_properties.py) at length, on every core:
+# Hypothesis's `fuzz` profile, FUZZ_EXAMPLES random examples per property (default 5000, about
+# 8 minutes on two cores; 3 for 2000), failures kept in var/hypothesis and tried first next time.
+# The unit tier runs the same tests on 300 fixed examples each (tests/unit/conftest.py).
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(INSTALLED)
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTEST) -n auto -m property tests/unit
 
 integration: $(JAR) $(FLINK_KAFKA) $(KAFKA_LIBS)
 	set -e; $(WITH_SERVICES); $(PYTEST) tests/integration

@@ -42,7 +42,9 @@ def _json_spellings(char: str) -> str:
     r"""A regex matching every way a JSON string can spell `char` (an ASCII letter, digit or
     underscore): the character itself, or `\u` and its four hex digits in either case. The short
     escapes (\" \\ \/ \b \f \n \r \t) and surrogate pairs spell other characters only."""
-    return "(?:" + re.escape(char) + r"|\\u(?i:" + f"{ord(char):04x}" + "))"
+    # NULs may come between the characters of an escape too (see _ACCOUNT_ID_KEY).
+    hex_digits = r"\x00*".join(f"{ord(char):04x}")
+    return "(?:" + re.escape(char) + r"|\\\x00*u\x00*(?i:" + hex_digits + "))"
 
 
 # A key that decodes to account_id, however it is spelled, with the whitespace and colon after it;
@@ -54,7 +56,12 @@ def _json_spellings(char: str) -> str:
 # Only in broken JSON, or after a key ending in an escaped quote ("x\"account_id":), can a match
 # start at a quote that does not open an account_id key; its value is redacted all the same, which
 # errs on the side of privacy and costs nothing for valid records.
-_ACCOUNT_ID_KEY = re.compile('"' + "".join(_json_spellings(char) for char in "account_id") + r'"[ \t\r\n]*:[ \t\r\n]*')
+#
+# Each character may also have NULs before it: text in UTF-16 or UTF-32 (its ASCII characters with
+# NUL bytes beside them, as a dead letter's raw text shows it) spells the same key, and its id
+# must not reach a dead letter either. Valid JSON holds no raw NUL, so this changes nothing for it.
+_ACCOUNT_ID_KEY = re.compile(r"\x00*".join(['"'] + [_json_spellings(char) for char in "account_id"] + ['"'])
+                             + r"[ \t\r\n\x00]*:[ \t\r\n\x00]*")
 
 
 class Rejected(Exception):
@@ -276,6 +283,8 @@ def _json_value_end(text: str, start: int) -> int:
         if in_string:
             if char == "\\":
                 i += 1  # whatever it escapes, even a quote, stays in the string
+                while i < len(text) and text[i] == "\x00":
+                    i += 1  # UTF-16 or UTF-32 text: NULs come between a backslash and what it escapes
             elif char == '"':
                 in_string = False
         elif char == '"':
@@ -396,9 +405,12 @@ def _amount(value: Any) -> float:
     if isinstance(value, bool):
         raise Rejected("clean", "amount must be a number, got boolean")
     if isinstance(value, str):
-        if not _NUMBER_TEXT.match(value.strip()):
+        text = value.strip()
+        if not _NUMBER_TEXT.match(text):
             raise Rejected("clean", f"amount {value[:40]!r} is not a number")
-        amount = float(value)
+        # The stripped text: str.strip() removes characters float() does not take as whitespace
+        # (\x1c..\x1f), and float("\x1c7") would raise ValueError out of the job.
+        amount = float(text)
     elif isinstance(value, (int, float)):
         amount = float(value)
     else:
@@ -445,7 +457,16 @@ def _label(value: Any) -> int | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
         return value
-    raise Rejected("clean", f"is_fraud must be 0, 1 or null, got {value!r:.40}")
+    raise Rejected("clean", f"is_fraud must be 0, 1 or null, got {shown(value)}")
+
+
+def shown(value: Any) -> str:
+    """`value` as a dead letter's reason may show it: a scalar's repr, at most 40 characters; of an
+    array or an object only its JSON type, since it may hold an account_id at any depth (which
+    only the dead letter's `raw` may show, pseudonymized) and be nested too deep for repr."""
+    if isinstance(value, (list, dict)):
+        return _json_type(value)
+    return f"{value!r:.40}"
 
 
 def _json_type(value: Any) -> str:

@@ -183,7 +183,7 @@ class GlobalModel:
         return self.regression.bias + sum([weights[i] * v for i, v in zip(indices, standardized)])
 
     def predict_proba(self, indices: Sequence[int], values: Sequence[float]) -> float:
-        """The probability of fraud in (0, 1) for raw (not standardized) sparse features."""
+        """The probability of fraud in [0, 1] (see udfs.model.sigmoid) for raw (not standardized) sparse features."""
         return sigmoid(self.margin(indices, self.standardize(values)))
 
     def to_message(self) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple
 
-from udfs.cleaning import Rejected, _json_type, _txn_id, decode, epoch_millis, parse
+from udfs.cleaning import Rejected, _json_type, _txn_id, decode, epoch_millis, parse, shown
 
 # The dead-letter stages of a label that cannot be read.
 LABEL_READ_STAGES = {"decode": "label-decode", "parse": "label-parse", "clean": "label-clean"}
@@ -50,12 +50,14 @@ def clean_label(record: Mapping[str, Any]) -> Label:
     try:
         if txn_id is None:
             value = record.get("txn_id")
+            # An array or object shows its type only (see `shown`), a scalar its value too.
+            detail = shown(value) if isinstance(value, (list, dict)) else f"{_json_type(value)} {shown(value)}"
             raise Rejected("clean", "txn_id is missing" if value is None else
-                           f"txn_id must be a non-empty string, got {_json_type(value)} {value!r:.40}")
+                           f"txn_id must be a non-empty string, got {detail}")
         is_fraud = record.get("is_fraud")
         if isinstance(is_fraud, bool) or not isinstance(is_fraud, int) or is_fraud not in (0, 1):
             raise Rejected("clean", "is_fraud is missing" if is_fraud is None else
-                           f"is_fraud must be 0 or 1, got {is_fraud!r:.40}")
+                           f"is_fraud must be 0 or 1, got {shown(is_fraud)}")
         label_time = record.get("label_time")
         if label_time is None:
             raise Rejected("clean", "label_time is missing")

@@ -35,7 +35,8 @@ SNAPSHOT_VERSION = 1
 
 
 def sigmoid(z: float) -> float:
-    """1 / (1 + e^-z) in (0, 1), without overflow for any finite or infinite z."""
+    """1 / (1 + e^-z) in [0, 1], without overflow for any finite or infinite z: exactly 1.0 for z
+    above about 37 and 0.0 below about -745, where doubles round it."""
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
@@ -205,7 +206,8 @@ class LogisticRegression:
             self.optimizer_kind = optimizer.kind
 
     def predict_proba(self, indices: Sequence[int], values: Sequence[float]) -> float:
-        """Probability of the positive class (fraud) for the sparse features (indices, values), in (0, 1)."""
+        """Probability of the positive class (fraud) for the sparse features (indices, values), in [0, 1]
+        (see `sigmoid`)."""
         weights = self.weights
         return sigmoid(self.bias + sum([weights[i] * v for i, v in zip(indices, values)]))
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from streaming.config import PSEUDONYM_KEY_ENV, Settings, load_settings
 from streaming.config.from_settings import transaction_reader
@@ -19,6 +22,24 @@ LOCAL_PROFILE = PROJECT / "conf" / "local.yaml"
 
 TEST_KEY = b"unit-test-pseudonym-key"
 CHANNELS = frozenset({"web", "pos", "atm", "mobile"})
+
+# Hypothesis profiles of the property tests (marker `property`, tests/unit/test_properties.py).
+# `unit`, the default (`make test`, `make unit`): the same examples on every run (derandomize: a
+# seed fixed by each test's source), 300 per test, enough to catch each bug planted in
+# docs/contracts.md ("How the contracts are tested") and about 12 s of CPU for the whole property
+# suite; no example database, so runs do not depend on each other.
+# `fuzz` (`make fuzz`, HYPOTHESIS_PROFILE=fuzz): FUZZ_EXAMPLES examples per test (default 5000),
+# random, with failing examples kept in var/hypothesis and replayed first on the next run.
+# Neither has a deadline: a record nested thousands of levels deep takes its time, on a busy
+# machine too; the fixtures the tests use are pure (built once per test, not per example).
+_NO_HEALTH_CHECKS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
+                     HealthCheck.large_base_example]
+settings.register_profile("unit", derandomize=True, max_examples=300, database=None, deadline=None,
+                          suppress_health_check=_NO_HEALTH_CHECKS, print_blob=True)
+settings.register_profile("fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "5000")), deadline=None,
+                          database=DirectoryBasedExampleDatabase(str(PROJECT / "var" / "hypothesis")),
+                          suppress_health_check=_NO_HEALTH_CHECKS, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "unit"))
 
 
 @pytest.fixture(autouse=True)

@@ -150,6 +150,14 @@ def test_clean_rejects_amounts_that_are_not_finite_non_negative_numbers(record, 
     assert "amount" in rejected.reason
 
 
+@pytest.mark.parametrize("value, expected", [("\x1c7", 7.0), ("7\x1f", 7.0), (" \x1e2.5\x1d ", 2.5)])
+def test_clean_reads_an_amount_around_whitespace_that_float_does_not_strip(record, rules, value, expected):
+    # Found by the property tests: str.strip() takes these for whitespace and float() does not, so
+    # float(value) raised ValueError out of clean (and would have failed the job).
+    record["amount"] = value
+    assert clean(record, rules)["amount"] == expected
+
+
 # ---------------------------------------------------------------- clean: event_time
 
 
@@ -305,6 +313,15 @@ def test_clean_rejects_labels_other_than_0_1_null(record, rules, value):
     assert "is_fraud" in rejected.reason
 
 
+@pytest.mark.parametrize("value, shown", [({"account_id": "ZQXW-KJHG"}, "object"),
+                                          ([{"\u0061ccount_id": "ZQXW-KJHG"}], "array"),
+                                          ("ZQXW", "'ZQXW'"), (2, "2")])
+def test_a_rejected_label_shows_no_content_of_an_array_or_object(record, rules, value, shown):
+    # Found by the property tests: the reason held repr(value), and so an account id nested in it.
+    record["is_fraud"] = value
+    assert rejected_stage(clean, record, rules).reason == f"is_fraud must be 0, 1 or null, got {shown}"
+
+
 # ---------------------------------------------------------------- clean: txn_id on rejections
 
 
@@ -400,6 +417,18 @@ def test_redaction_replaces_numeric_account_ids(value):
         redacted = redact_account_id(text, KEY)
         assert value.lstrip("-") not in redacted
         assert hmac_pseudonym(value, KEY) in redacted
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32-le"])
+@pytest.mark.parametrize("key", ["account_id", "\\u0061ccount_id"])
+@pytest.mark.parametrize("value", [SECRET, 'x\\"]' + SECRET])
+def test_redaction_finds_an_account_id_in_utf_16_and_utf_32_text(codec, key, value):
+    # Found by the property tests: a record sent in UTF-16 reaches a dead letter with NULs between
+    # its characters (and \xNN for its other bytes), which hid the key, and the id went out as it
+    # was; then NULs between a backslash and the quote it escapes ended the id early.
+    raw = ('{"txn_id": "t1", "' + key + '": "' + value + '", "amount": 1}').encode(codec)
+    redacted = redact_account_id(raw.decode("utf-8", errors="backslashreplace"), KEY).replace("\x00", "")
+    assert SECRET not in redacted and '"t1"' in redacted
 
 
 def test_redaction_leaves_text_without_an_account_id_unchanged():

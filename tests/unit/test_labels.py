@@ -65,6 +65,11 @@ def test_valid_labels_are_read_and_normalized(fields, expected):
     (label_bytes(is_fraud=1, label_time=5), "label-clean", "txn_id is missing", None),
     (label_bytes(txn_id=" ", is_fraud=1, label_time=5), "label-clean", "txn_id must be a non-empty string", None),
     (label_bytes(txn_id=1.5, is_fraud=1, label_time=5), "label-clean", "txn_id must be a non-empty string", None),
+    # An array or object shows only its type: it may hold an account id (found by the property tests).
+    (label_bytes(txn_id={"account_id": "ZQXW"}, is_fraud=1, label_time=5), "label-clean",
+     "txn_id must be a non-empty string, got object", None),
+    (label_bytes(txn_id="t", is_fraud=[{"account_id": "ZQXW"}], label_time=5), "label-clean",
+     "is_fraud must be 0 or 1, got array", "t"),
     (label_bytes(txn_id="t", label_time=5), "label-clean", "is_fraud is missing", "t"),
     (label_bytes(txn_id="t", is_fraud=True, label_time=5), "label-clean", "is_fraud must be 0 or 1, got True", "t"),
     (label_bytes(txn_id="t", is_fraud=2, label_time=5), "label-clean", "is_fraud must be 0 or 1, got 2", "t"),
@@ -86,6 +91,7 @@ def test_unusable_labels_are_rejected_with_stage_reason_and_txn_id(raw, stage, r
     assert (rejected.value.stage, rejected.value.txn_id) == (stage, txn_id)
     assert rejected.value.reason.startswith(reason)
     assert "\n" not in rejected.value.reason
+    assert "ZQXW" not in rejected.value.reason  # the account id some of these labels hold
 
 
 TTL = 10 * MINUTE
