@@ -16,6 +16,7 @@ tested") says which planted bug made each property fail.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 import re
@@ -27,6 +28,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.hostile_records import BASE_TRANSACTION, SECRET_MARKER, encoded, labels, leaks, transactions
+from tests.output_schemas import violations
 from tests.pseudonyms import hmac_pseudonym
 from udfs.cleaning import MAX_EVENT_TIME_MS, Rejected, clean, decode, parse
 from udfs.labels import MAX_SOURCE_CHARS, Label, read_label
@@ -87,10 +89,14 @@ def checked_dead_letter(letter: DeadLetter, raw: bytes, source: dict[str, Any], 
     assert isinstance(reason, str) and reason.strip() and not re.search("[\n\r\u2028\u2029\x85]", reason), reason
     assert fields["txn_id"] is None or (isinstance(fields["txn_id"], str) and fields["txn_id"])
     assert letter.key == fields["txn_id"]
-    assert (fields["schema_version"], fields["source"], fields["received_at"]) == (1, source, NOW)
-    assert isinstance(fields["raw"], str)
-    assert ("raw_bytes" in fields) == ("raw_sha256" in fields) == (len(raw) > cap)
-    for text in (letter, fields["raw"], reason, str(fields["txn_id"])):
+    assert (fields["schema_version"], fields["source"], fields["received_at"]) == (2, source, NOW)
+    assert isinstance(fields["raw"], str) and fields["account_ids_pseudonymized"] is True
+    assert ("raw_bytes" in fields) == ("raw_sha256" in fields) == fields["truncated"] == (len(raw) > cap)
+    assert not violations("label-dead-letters" if fields["stage"].startswith("label") else "dead-letters", fields)
+    # The bytes replay would send again, one character per byte (latin-1), so that an id spelled in
+    # UTF-16 or UTF-32 is found as well (leaks drops the NULs between its characters).
+    kept = base64.b64decode(fields["raw_base64"]).decode("latin-1")
+    for text in (letter, fields["raw"], reason, str(fields["txn_id"]), kept):
         assert leaks(text) is None, f"an account id shows in {text!r}"
     return fields
 
