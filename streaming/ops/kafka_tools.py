@@ -101,7 +101,7 @@ def isolated_overrides(prefix: str) -> list[str]:
             f"kafka.analytics_topic={run}-analytics", f"kafka.late_topic={run}-late", f"kafka.labels_topic={run}-labels",
             f"kafka.learning_topic={run}-learning", f"kafka.label_dead_letters_topic={run}-label-dead",
             f"kafka.drift_topic={run}-drift",
-            f"kafka.model_versions_topic={run}-versions",
+            f"kafka.model_versions_topic={run}-versions", f"kafka.repeated_ids_topic={run}-repeated",
             f"kafka.consumer_group={run}", f"kafka.transactional_id_prefix={run}"]
 
 
