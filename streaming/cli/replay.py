@@ -129,7 +129,13 @@ def _letter_files(path: Path) -> list[Path]:
     if not path.is_dir():
         raise UsageError(f"replay --from: {path} does not exist; give a run's dead-letters/ folder, a file of dead "
                          f"letters or kafka:TOPIC")
+    from streaming.reporting.outputs import OUTPUTS, RUN_RECORD
+
     folder = path / DEAD_LETTERS_FOLDER if (path / DEAD_LETTERS_FOLDER).is_dir() else path
+    if folder == path and ((path / RUN_RECORD).is_file() or any((path / name).is_dir() for name in OUTPUTS)):
+        # A run's output.path without dead-letters/: its other outputs are no dead letters.
+        raise UsageError(f"replay --from: {path} is a run's output folder with no {DEAD_LETTERS_FOLDER}/: that run "
+                         f"dead-lettered nothing (or has not committed yet); nothing to replay")
     parts = list(committed_parts(folder))
     if not parts:
         raise UsageError(f"replay --from: {folder} holds no committed part files; give a run's dead-letters/ "

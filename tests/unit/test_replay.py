@@ -232,6 +232,12 @@ def test_replay_bad_input_ends_in_one_line(tmp_path, local_reader):
     (tmp_path / "empty").mkdir()
     assert_one_line_failure(riskstream("replay", "--from", "empty", "--to", "r.jsonl", cwd=tmp_path),
                             2, "holds no committed part files")
+    # A run's output folder whose run dead-lettered nothing: its other outputs are not read as letters.
+    (tmp_path / "clean-run" / "scores").mkdir(parents=True)
+    (tmp_path / "clean-run" / "scores" / "part-0").write_text('{"txn_id": "t1"}\n')
+    (tmp_path / "clean-run" / "run.json").write_text("{\n}\n")
+    assert_one_line_failure(riskstream("replay", "--from", "clean-run", "--to", "r.jsonl", cwd=tmp_path),
+                            2, "no dead-letters/", "dead-lettered nothing")
     assert_one_line_failure(riskstream("replay", "--from", str(out), "--to", str(tmp_path), cwd=tmp_path),
                             2, "replay --to", "is a folder")
     assert_one_line_failure(riskstream("replay", "--from", str(out), "--to", "r.jsonl", "--since", "yesterday",
