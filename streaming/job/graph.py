@@ -150,7 +150,8 @@ def outputs(env: StreamExecutionEnvironment, settings: Settings) -> list[Output]
                   Output("late", kafka.late_topic, internals.side_output(scored, LATE).union(window_analytics_late(windows)))]
     if dedup is not None:
         found.append(Output("repeated-ids", kafka.repeated_ids_topic, repeated_ids(
-            internals.side_output(scored, SEEN_TXN_IDS), settings.dedup.horizon_ms, keyed_output)))
+            internals.side_output(scored, SEEN_TXN_IDS), settings.dedup.horizon_ms, keyed_output,
+            settings.flink.max_parallelism)))
     if drift is not None:
         found.append(Output("drift", kafka.drift_topic, internals.side_output(scored, DRIFT)))
     if settings.model.uses_global:

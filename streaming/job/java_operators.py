@@ -135,12 +135,14 @@ def window_analytics(scored: DataStream, windows: Windowing, keyed_output: bool)
     ).slot_sharing_group("scoring")
 
 
-def repeated_ids(seen_bundles: DataStream, horizon_ms: int, keyed_output: bool) -> DataStream:
+def repeated_ids(seen_bundles: DataStream, horizon_ms: int, keyed_output: bool, buckets: int) -> DataStream:
     """The reports of txn_ids scored under two model keys within `horizon_ms` (RepeatedIds.java),
-    from the scoring operator's seen lines (udfs.dedup.seen_line), keyed by txn_id."""
-    seen = split_lines(seen_bundles, "split-seen-txn-ids")
-    return java_operator(seen, "repeated-ids", lambda j, jvm: j.keyBy(
-        jvm.riskstream.flink.LabelRouter.txnIdKey(), Types.STRING().get_java_type_info()).process(
+    from the scoring operator's bundles of seen lines (udfs.dedup.seen_line): split into `buckets`
+    buckets of txn_ids, each bundle into one sub-bundle per bucket, keyed by bucket."""
+    by_bucket = java_operator(seen_bundles, "split-seen-by-bucket", lambda j, jvm: j.flatMap(
+        jvm.riskstream.flink.RepeatedIds.byBucket(buckets), SHARD_BATCH.get_java_type_info()))
+    return java_operator(by_bucket, "repeated-ids", lambda j, jvm: j.keyBy(
+        jvm.riskstream.flink.RepeatedIds.bucket(), Types.INT().get_java_type_info()).process(
         jvm.riskstream.flink.RepeatedIds(horizon_ms, keyed_output, METRICS_GROUP), BYTES.get_java_type_info()))
 
 

@@ -159,6 +159,9 @@ class RunSummary:
     # With drift detection on: drift events written, and the model keys they name; None when off.
     drift_events: int | None = None
     drift_keys: int | None = None
+    # With de-duplication on: txn_ids reported as scored under two model keys (repeated-ids/);
+    # None when it was off.
+    repeated_ids: int | None = None
 
     @property
     def labels_pending(self) -> int | None:
@@ -210,7 +213,9 @@ class RunSummary:
         ] + ([] if self.windows is None else [
             f"analytics         {self.windows:,} window lines, {self.late:,} late-record lines ({self._see('late')})"]
         ) + ([] if self.labels_applied is None else self._label_lines()) + ([] if self.drift_events is None else [
-            f"drift events      {self.drift_events:>12,}   ({self.drift_keys} model keys; {self._see('drift')})"])
+            f"drift events      {self.drift_events:>12,}   ({self.drift_keys} model keys; {self._see('drift')})"]
+        ) + ([] if self.repeated_ids is None else [
+            f"repeated txn_ids  {self.repeated_ids:>12,}   (scored under two model keys; {self._see('repeated-ids')})"])
 
     def as_json(self) -> dict[str, Any]:
         """The summary's figures for `riskstream run --summary-json`: counts as integers, times in
@@ -234,6 +239,8 @@ class RunSummary:
                            labels_pending=self.labels_pending)
         if self.drift_events is not None:
             figures.update(drift_events=self.drift_events, drift_keys=self.drift_keys)
+        if self.repeated_ids is not None:
+            figures.update(repeated_ids=self.repeated_ids)
         return figures
 
     def _label_lines(self) -> list[str]:
@@ -291,6 +298,8 @@ def summarize(output: Path, records_read: int | None, wall_seconds: float, label
         **(_label_figures(output, labels_read) if labels_streamed else {}),
         drift_events=len(drifted) if drift_on else None,
         drift_keys=len(set(drifted)) if drift_on else None,
+        repeated_ids=(sum(1 for _ in committed_lines(output / "repeated-ids")) if (output / "repeated-ids").is_dir()
+                      else None),
     )
 
 

@@ -59,9 +59,11 @@ def outputs_match_their_schemas(request, monkeypatch):
             yield message
 
     monkeypatch.setattr(kafka_tools, "tail", checked_tail)
+    # Asked for before the test runs: after it, tmp_path may already be torn down.
+    tmp_path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
-    if "tmp_path" in request.fixturenames:
-        SCHEMA_CHECKED.update(assert_output_dir_valid(request.getfixturevalue("tmp_path")))
+    if tmp_path is not None:
+        SCHEMA_CHECKED.update(assert_output_dir_valid(tmp_path))
 
 
 @pytest.fixture(scope="session", autouse=True)

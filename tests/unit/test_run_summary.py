@@ -69,3 +69,17 @@ def test_lines_written_but_not_committed_are_those_of_hidden_part_files_whole_li
     (tmp_path / ".part-1.inprogress.3f2a").write_text("{}\n{}\n{}\n{\"half")  # the last line is being written
     (tmp_path / ".part-2.pending").write_text("{}\n")
     assert uncommitted_line_count(tmp_path) == 4
+
+
+def test_a_summary_counts_txn_ids_repeated_under_another_key_only_when_de_duplication_wrote_them(tmp_path):
+    score = {"score": 0.5, "label": None, "model_key": "fuel"}
+    (tmp_path / "off").mkdir()
+    (tmp_path / "on").mkdir()
+    write_outputs(tmp_path / "off", [score], [])
+    assert summarize(tmp_path / "off", 1, 1.0).repeated_ids is None
+    report = {"schema_version": 1, "txn_id": "t1"}
+    write_outputs(tmp_path / "on", [score, score], [], **{"repeated-ids": [report, {**report, "txn_id": "t2"}]})
+    summary = summarize(tmp_path / "on", 2, 1.0)
+    assert summary.repeated_ids == 2 and summary.as_json()["repeated_ids"] == 2
+    assert any(line.startswith("repeated txn_ids") and " 2 " in line and "see repeated-ids/" in line
+               for line in summary.lines())
