@@ -6,10 +6,10 @@ About half the records are malformed: every kind of udfs/generator.py (expected 
 tests/integration/test_accounting.py's EXPECTED says), and the kinds of EXTRA_KINDS: documents nested
 10,000 deep, documents over the size cap and exactly at it, NaN and Infinity, BOMs, NULs, duplicate
 and escaped keys, invalid UTF-8 in an account id, wrong types, unknown channels. Some are duplicates
-of earlier records: redeliveries of a scored record (its bytes again, or its txn_id respelled),
-dead-lettered with stage `dedup` (docs/dedup.md); malformed records again, dead-lettered again as
-the first time; and a scored record's txn_id under another model key, scored and reported on the
-`repeated-ids` output.
+of earlier records: redeliveries of a recent or of any earlier scored record (its bytes again, or
+its txn_id respelled), dead-lettered with stage `dedup` (docs/dedup.md); malformed records again,
+dead-lettered again as the first time; and a scored record's txn_id under another model key, scored
+and reported on the `repeated-ids` output.
 
 Each record carries what must become of it, stated here from the data contract (docs/contracts.md,
 docs/dedup.md), not taken from the job: scored (under which txn_id and model key), or dead-lettered
@@ -78,7 +78,7 @@ EXTRA_KINDS: dict[str, tuple[str | None, str | None]] = {
     "channel_unknown_or_empty": ("clean", r"^channel ('[^']*' is not one of [a-z, ]+|is empty)$"),
 }
 # Duplicates, by what they repeat (see the module's docstring).
-DUPLICATE_KINDS = ("redelivery", "respelled_redelivery", "other_key_repeat", "malformed_again")
+DUPLICATE_KINDS = ("redelivery", "respelled_redelivery", "distant_redelivery", "other_key_repeat", "malformed_again")
 
 # A slot's kind: "valid" (a generator record as it is), a generator malformed kind, an extra kind or a
 # duplicate, with these weights. Heavy kinds are rare: 100,000 records are some 100 MB.
@@ -87,9 +87,12 @@ _HEAVY = {"at_cap": 0.1, "over_cap_by_one": 0.1, "huge": 0.01, "oversize": 0.05,
 _WEIGHTS = {"valid": 0.42 * 44,
             **{kind: _HEAVY.get(kind, 1.0) for kind in MALFORMED_KINDS},
             **{kind: _HEAVY.get(kind, 0.5) for kind in EXTRA_KINDS},
-            "redelivery": 4.0, "respelled_redelivery": 1.0, "other_key_repeat": 0.5, "malformed_again": 1.0}
+            "redelivery": 4.0, "respelled_redelivery": 1.0, "distant_redelivery": 1.0, "other_key_repeat": 0.5, "malformed_again": 1.0}
 ALL_KINDS = tuple(_WEIGHTS)
-REDELIVERY_DISTANCE = 100  # a duplicate repeats one of the last this many records (about 10 s of event time)
+# A duplicate repeats one of the last this many records (about 10 s of event time); a distant
+# redelivery any earlier scored one (a partition replayed from far back, still within the horizon), so
+# that many first deliveries are checkpointed long before their redelivery comes, across a kill.
+REDELIVERY_DISTANCE = 100
 # What a duplicate may repeat: scored records as the generator writes them, or light malformed ones.
 _REPEATABLE_MALFORMED = tuple(kind for kind in (*MALFORMED_KINDS, *EXTRA_KINDS)
                               if kind not in _HEAVY and (GENERATOR_EXPECTED.get(kind) or EXTRA_KINDS.get(kind))[0])
@@ -130,6 +133,11 @@ def hostile_stream(records: int, seed: int) -> list[Hostile]:
             kind = rng.choices(ALL_KINDS, weights)[0]
         record = json.loads(line)
         recent = [i for i in scored_plain[-40:] if i >= len(stream) - REDELIVERY_DISTANCE]
+        if kind == "distant_redelivery":
+            if scored_plain:
+                stream.append(_redelivery(stream, rng.choice(scored_plain), kind))
+                continue
+            kind = "valid"
         if kind in ("redelivery", "respelled_redelivery"):
             if recent:
                 stream.append(_redelivery(stream, rng.choice(recent), kind))

@@ -52,13 +52,14 @@ def stream() -> list[Hostile]:
 
 
 def test_a_hostile_stream_from_files_reconciles_record_by_record(stream, tmp_path):
-    run_from_files(stream, tmp_path)
+    print(f"\n{run_from_files(stream, tmp_path)}")  # counts per stage and kind, shown by pytest -s
 
 
 def test_a_hostile_stream_through_kafka_with_a_taskmanager_killed_reconciles(session_cluster, kafka_isolation,
                                                                              stream, tmp_path):
-    run_through_kafka_with_a_kill(session_cluster, kafka_isolation, stream, tmp_path, KAFKA_RECORDS_PER_SECOND,
-                                  KILL_AFTER_RECORDS)
+    summary = run_through_kafka_with_a_kill(session_cluster, kafka_isolation, stream, tmp_path,
+                                            KAFKA_RECORDS_PER_SECOND, KILL_AFTER_RECORDS)
+    print(f"\n{summary}")  # counts per stage and kind, shown by pytest -s
 
 
 def run_from_files(stream: list[Hostile], workdir: Path) -> str:
