@@ -5,7 +5,11 @@ parallelism 2. Each record is scored or dead-lettered exactly once, at the stage
 the stream states for it; redeliveries are dead-lettered at `dedup` naming their first delivery,
 also when that delivery was checkpointed before the kill; txn_ids under another model key are
 reported once; no raw account id reaches any output. CI runs 4,000 records; `make hostile`
-(tests/hostile/) runs the same checks on 100,000."""
+(tests/hostile/) runs the same checks on 100,000 (docs/operations.md, "A hostile run").
+
+The file run was seen to fail on planted faults: with de-duplication off (dedup.horizon_ms=0) "386
+records should have been dead-lettered" (the redeliveries, scored); with the cap one byte lower
+(cleaning.max_record_bytes=65535) "record 1263 (at_cap): decode: ... it should have been scored"."""
 
 from __future__ import annotations
 
