@@ -22,7 +22,7 @@ import json
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
@@ -84,7 +84,9 @@ DUPLICATE_KINDS = ("redelivery", "respelled_redelivery", "distant_redelivery", "
 # duplicate, with these weights. Heavy kinds are rare: 100,000 records are some 100 MB.
 _HEAVY = {"at_cap": 0.1, "over_cap_by_one": 0.1, "huge": 0.01, "oversize": 0.05, "deep_object": 0.15,
           "deep_array": 0.15, "deep_in_record": 0.15}
-_WEIGHTS = {"valid": 0.42 * 44,
+# With these weights about 44% of the records are to be scored (the valid ones, the hostile but
+# valid kinds and the other-key repeats), and 56% dead-lettered.
+_WEIGHTS = {"valid": 18.48,
             **{kind: _HEAVY.get(kind, 1.0) for kind in MALFORMED_KINDS},
             **{kind: _HEAVY.get(kind, 0.5) for kind in EXTRA_KINDS},
             "redelivery": 4.0, "respelled_redelivery": 1.0, "distant_redelivery": 1.0, "other_key_repeat": 0.5, "malformed_again": 1.0}
@@ -114,8 +116,8 @@ class Hostile:
 
 
 def hostile_stream(records: int, seed: int) -> list[Hostile]:
-    """`records` records (at least 60, so that every kind appears: the first slots go through
-    ALL_KINDS once, then kinds are drawn by weight), built from udfs/generator.py's transactions of
+    """`records` records (at least twice as many as ALL_KINDS, so that every kind appears: the first
+    slots alternate a valid record and each kind in turn, then kinds are drawn by weight), built from udfs/generator.py's transactions of
     `seed` (txn_ids t<seed>-<index>)."""
     assert records >= 2 * len(ALL_KINDS), f"at least {2 * len(ALL_KINDS)} records, so that each kind appears"
     rng = random.Random(seed)
@@ -132,6 +134,7 @@ def hostile_stream(records: int, seed: int) -> list[Hostile]:
         else:
             kind = rng.choices(ALL_KINDS, weights)[0]
         record = json.loads(line)
+        # The last 40 valid records cover the last REDELIVERY_DISTANCE slots (about 35% are valid).
         recent = [i for i in scored_plain[-40:] if i >= len(stream) - REDELIVERY_DISTANCE]
         if kind == "distant_redelivery":
             if scored_plain:
@@ -180,12 +183,11 @@ def _event_time_ms(value: int | str) -> int:
     return round(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def _scored(kind: str, line: bytes, record: dict[str, Any], txn_id: str | None = None,
-            account: str | None = None) -> Hostile:
+def _scored(kind: str, line: bytes, record: dict[str, Any], txn_id: str | None = None) -> Hostile:
     """A record that must be scored: under its txn_id (or `txn_id`) and its merchant category (the
-    runs' model key), with the pseudonym of its account_id (or `account`)."""
+    runs' model key, as the generator writes it: normalized), with the pseudonym of its account_id."""
     return Hostile(kind, line, None, None, txn_id or record["txn_id"], record["merchant_category"],
-                   account=account or record["account_id"], event_time_ms=_event_time_ms(record["event_time"]))
+                   account=record["account_id"], event_time_ms=_event_time_ms(record["event_time"]))
 
 
 def _padded(record: dict[str, Any], size: int) -> bytes:
@@ -216,7 +218,6 @@ def _extra(kind: str, record: dict[str, Any], rng: random.Random) -> Hostile:
     """An EXTRA_KINDS record made from the valid `record`."""
     stage, reason = EXTRA_KINDS[kind]
     line = _dumps(record)
-    account = None
     txn_id: str | None = record["txn_id"]
     negative = dict(record, amount=-abs(record["amount"]) - 0.01)
     if kind == "at_cap":
@@ -284,7 +285,7 @@ def _extra(kind: str, record: dict[str, Any], rng: random.Random) -> Hostile:
     else:
         raise ValueError(f"unknown kind {kind!r}")
     if stage is None:
-        return _scored(kind, line, record, txn_id, account)
+        return _scored(kind, line, record, txn_id)
     if stage in ("decode", "parse"):
         txn_id = None  # nothing was read from the record
     return Hostile(kind, line, stage, reason, txn_id, None)
@@ -305,8 +306,7 @@ def _other_key_repeat(original: Hostile, first: int) -> Hostile:
     """The txn_id of the scored `original` on another transaction, under another merchant category."""
     record = json.loads(original.line)
     record["merchant_category"] = "gift_cards" if record["merchant_category"] != "gift_cards" else "fuel"
-    hostile = _scored("other_key_repeat", _dumps(record), record)
-    return Hostile(**{**hostile.__dict__, "first": first})
+    return replace(_scored("other_key_repeat", _dumps(record), record), first=first)
 
 
 def outcome_counts(stream: Iterable[Hostile]) -> Counter:
