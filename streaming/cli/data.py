@@ -112,11 +112,11 @@ def generate_command(args: argparse.Namespace) -> int:
             raise UsageError(f"generate {option}: {path} is a folder; give a file, e.g. {path / 'tx.jsonl'}")
     if args.labels is not None and args.labels.resolve() == args.out.resolve():
         raise UsageError(f"generate --labels: {args.labels} is also --out; give the labels their own file")
-    _write_lines(args.out, "--out", tqdm(generate(settings), total=args.records, unit=" records", mininterval=0.5))
+    write_lines(args.out, "generate --out", tqdm(generate(settings), total=args.records, unit=" records", mininterval=0.5))
     print(f"wrote {args.records:,} transactions to {args.out}")
     _print_drift_start(settings, args.out)
     if label_settings is not None:
-        written = _write_lines(args.labels, "--labels", generate_labels(generate(settings), label_settings))
+        written = write_lines(args.labels, "generate --labels", generate_labels(generate(settings), label_settings))
         print(f"wrote {written:,} labels to {args.labels}")
     return EXIT_OK
 
@@ -149,9 +149,10 @@ def _print_drift_start(settings, out: Path) -> None:
             return
 
 
-def _write_lines(path: Path, option: str, lines) -> int:
-    """Writes `lines` (bytes, no newline) to `path` as JSON lines; returns how many. Written under a
-    temporary name first, so a crash never leaves a half-written stream under the real name."""
+def write_lines(path: Path, option: str, lines) -> int:
+    """Writes `lines` (bytes, no newline) to `path`, one per line; returns how many. Written under a
+    temporary name first, so a crash never leaves a half-written stream under the real name; a
+    failure to write is a UsageError naming `option` (e.g. "generate --out")."""
     partial = path.with_name(path.name + ".partial")
     written = 0
     try:
@@ -161,7 +162,7 @@ def _write_lines(path: Path, option: str, lines) -> int:
                 out.write(line + b"\n")
         partial.replace(path)
     except OSError as error:
-        raise UsageError(f"generate {option}: cannot write {path}: {error.strerror or error}") from None
+        raise UsageError(f"{option}: cannot write {path}: {error.strerror or error}") from None
     finally:
         partial.unlink(missing_ok=True)
     return written

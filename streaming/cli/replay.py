@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import orjson
 
 from streaming.cli.common import EXIT_FAILED, EXIT_OK, UsageError, fail
+from streaming.cli.data import write_lines
 from streaming.cli.outputs import moment
 from streaming.config import Settings, load_settings
 from udfs.replay import REFUSED_UNREADABLE, ReplayAccount, ReplayFilter, replay_decision
@@ -101,7 +102,7 @@ def _replay(args: argparse.Namespace) -> int:
                 yield raw
 
     if target is not None:
-        account.resent = _write_records(target, selected_records())
+        account.resent = write_lines(target, "replay --to", selected_records())
         where = str(target)
     else:
         from streaming.ops import kafka_tools
@@ -156,22 +157,3 @@ def _topic_lines(settings: Settings, topic: str, idle_timeout_s: float) -> Itera
 
     for _, _, _, value in kafka_tools.tail(settings, topic, idle_timeout_s=idle_timeout_s, until_end=True):
         yield value
-
-
-def _write_records(path: Path, records: Iterable[bytes]) -> int:
-    """Writes `records` to `path`, one per line; returns how many. Written under a temporary name
-    first, so a failed replay never leaves part of its records under the real name."""
-    partial = path.with_name(path.name + ".partial")
-    written = 0
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with partial.open("wb") as out:
-            for record in records:
-                out.write(record + b"\n")
-                written += 1
-        partial.replace(path)
-    except OSError as error:
-        raise UsageError(f"replay --to: cannot write {path}: {error.strerror or error}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    return written

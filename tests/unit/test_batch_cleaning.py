@@ -16,6 +16,7 @@ import msgspec
 import orjson
 import pytest
 
+from tests.hostile_records import spell
 from tests.records import VALID_RECORD
 from udfs import batch_cleaning
 from udfs.batch_cleaning import clean_batch
@@ -464,20 +465,11 @@ _OTHER_VALUES = [0, 1, -1, 7, 2**63, 2**64, 10**25, 0.0, -0.0, 1.5, 1e300, "", "
                  "WEB", " us ", "2026-01-01T00:00:00Z", True, False, None, [], [1], {}, {"a": 1}]
 
 
-def _spell(text: str, rng: random.Random, escape: float) -> str:
-    """`text` as a JSON string, some ASCII letters, digits and `_` written as \\u escapes."""
-    out = []
-    for char in text:
-        if char.isascii() and (char.isalnum() or char == "_") and rng.random() < escape:
-            out.append("\\u" + format(ord(char), rng.choice(["04x", "04X"])))
-        else:
-            out.append(json.dumps(char, ensure_ascii=rng.random() < 0.5)[1:-1])
-    return '"' + "".join(out) + '"'
 
 
 def _dump(value: Any, rng: random.Random, escape: float) -> str:
     if isinstance(value, str):
-        return _spell(value, rng, escape)
+        return spell(value, rng, escape)
     if isinstance(value, dict):
         return _dump_pairs(list(value.items()), rng, escape)
     if isinstance(value, list):
@@ -487,7 +479,7 @@ def _dump(value: Any, rng: random.Random, escape: float) -> str:
 
 def _dump_pairs(pairs: list[tuple[str, Any]], rng: random.Random, escape: float) -> str:
     """An object from (key, value) pairs, so that a key can come twice."""
-    return "{" + ",".join(_spell(key, rng, escape) + ":" + _dump(value, rng, escape) for key, value in pairs) + "}"
+    return "{" + ",".join(spell(key, rng, escape) + ":" + _dump(value, rng, escape) for key, value in pairs) + "}"
 
 
 def _mutate(pairs: list[tuple[str, Any]], rng: random.Random) -> None:

@@ -660,17 +660,24 @@ def test_redaction_of_generated_records_in_random_spellings_cut_anywhere(seed):
         text = raw[:cut].decode("utf-8", errors="backslashreplace")
         redacted = redact_account_id(text, KEY)
         assert secret_left_in(redacted) == "", text
-        outside_values, colons_seen, offset = [], 0, 0
-        for data, is_value, colon_at in pieces:
-            if not is_value:
-                outside_values.append(data[:max(0, cut - offset)])
-            if colon_at is not None and cut > offset + colon_at:
-                colons_seen += 1
-            offset += len(data)
+        outside_values, colons_seen = kept_around_values(pieces, cut)
         pseudonyms = re.findall(r'"[0-9a-f]{32}"', redacted)
         assert len(pseudonyms) == colons_seen, text
         assert re.sub(r'"[0-9a-f]{32}"', "", redacted) == \
             b"".join(outside_values).decode("utf-8", errors="backslashreplace"), text
+
+
+def kept_around_values(pieces, cut: int) -> tuple[list[bytes], int]:
+    """Of a generated record's `pieces` (data, is an account id value, where its key's colon is)
+    cut after `cut` bytes: the bytes outside the id values, and how many id keys' colons it holds."""
+    outside_values, colons_seen, offset = [], 0, 0
+    for data, is_value, colon_at in pieces:
+        if not is_value:
+            outside_values.append(data[:max(0, cut - offset)])
+        if colon_at is not None and cut > offset + colon_at:
+            colons_seen += 1
+        offset += len(data)
+    return outside_values, colons_seen
 
 
 TOKEN = re.compile(rb'"rs-pseudonym:v1:([0-9a-f]{32}):[0-9a-f]{32}"')
@@ -687,13 +694,7 @@ def test_byte_redaction_of_generated_records_cut_anywhere_keeps_every_other_byte
     for cut in range(len(raw) + 1):
         redacted = redact_account_id_bytes(raw[:cut], KEY)
         assert secret_left_in(redacted.decode("utf-8", errors="backslashreplace")) == "", raw[:cut]
-        outside_values, colons_seen, offset = [], 0, 0
-        for data, is_value, colon_at in pieces:
-            if not is_value:
-                outside_values.append(data[:max(0, cut - offset)])
-            if colon_at is not None and cut > offset + colon_at:
-                colons_seen += 1
-            offset += len(data)
+        outside_values, colons_seen = kept_around_values(pieces, cut)
         tokens = TOKEN.findall(redacted)
         assert len(tokens) == colons_seen, raw[:cut]
         for match in TOKEN.finditer(redacted):  # each a token of the key, whatever part of an id it hides
