@@ -20,6 +20,7 @@ from tests.cli import PROJECT, assert_one_line_failure, riskstream, shell, tree_
 from udfs.generator import GeneratorSettings, generate
 
 LOCAL = str(PROJECT / "conf" / "local.yaml")
+FIXTURES = PROJECT / "tests" / "fixtures"
 
 
 def summary_figures(stdout: str) -> dict[str, str]:
@@ -83,7 +84,8 @@ def test_a_run_whose_job_fails_keeps_the_previous_outputs_byte_for_byte(tmp_path
     (tmp_path / "tx.jsonl").write_bytes(b"\n".join(generate(GeneratorSettings(records=200, seed=5))) + b"\n")
     previous = tmp_path / "out" / "model-snapshots" / "model-snapshots-0-0.jsonl"
     previous.parent.mkdir(parents=True)
-    previous.write_text('{"model_key": "grocery", "model_updates": 3, "bias": 0.1, "weights": {}}\n')
+    # A snapshot an earlier run wrote (tests/fixtures/outputs-v1: a valid version-1 line).
+    previous.write_bytes((FIXTURES / "outputs-v1" / "model-snapshots.jsonl").read_bytes().splitlines(keepends=True)[0])
     before = tree_bytes(tmp_path / "out")
     (tmp_path / "a-file").write_text("")  # checkpoints cannot go below a file: the job fails as it starts
 
