@@ -84,7 +84,7 @@ def test_topics_creates_the_profiles_topics_with_its_partitions_and_a_second_cal
     names = topic_names(kafka_isolation)
     in_order = ("transactions_topic", "scores_topic", "dead_letters_topic", "snapshots_topic", "analytics_topic",
                 "late_topic", "labels_topic", "learning_topic", "label_dead_letters_topic",
-                "drift_topic", "model_versions_topic")
+                "drift_topic", "model_versions_topic", "repeated_ids_topic")
     assert sorted(names) == sorted(in_order)
     listed = ", ".join(names[setting] for setting in in_order)
     options = [*set_options(kafka_isolation), "--set", "kafka.partitions=2"]

@@ -63,8 +63,9 @@ def test_a_kafka_job_graph_carries_the_profiles_kafka_configuration(bounded, del
     build_job(env, settings)
     connectors = connectors_of(env)
 
+    # Analytics are on in Kafka mode too, and de-duplication (its repeated-ids) everywhere by default.
     assert set(connectors) == {"transactions-source", "scores-sink", "dead-letters-sink", "model-snapshots-sink",
-                               "analytics-sink", "late-sink"}  # analytics are on in Kafka mode too
+                               "analytics-sink", "late-sink", "repeated-ids-sink"}
     source = java_fields(connectors["transactions-source"])
     assert connectors["transactions-source"].getClass().getName() == "org.apache.flink.connector.kafka.source.KafkaSource"
     assert list(java_fields(source["subscriber"])["topics"]) == ["graph-transactions"]
@@ -157,7 +158,9 @@ def test_a_record_goes_into_python_to_be_prepared_and_to_be_scored_and_nowhere_e
     through a Python identity map."""
     env = built_job(profile, overrides)
     assert python_operators_on_paths(env, "transactions-source", "scores-sink") == {(PREPARE, SCORE)}
-    assert python_operators_on_paths(env, "transactions-source", "dead-letters-sink") == {(PREPARE,)}
+    # Dead letters from reading, and a redelivery's from scoring (de-duplication, before the models).
+    assert python_operators_on_paths(env, "transactions-source", "dead-letters-sink") == {(PREPARE,), (PREPARE, SCORE)}
+    assert python_operators_on_paths(env, "transactions-source", "repeated-ids-sink") == {(PREPARE, SCORE)}
     assert python_operators_on_paths(env, "transactions-source", "model-snapshots-sink") == {(PREPARE, SCORE)}
     if profile == "labels.yaml":
         assert python_operators_on_paths(env, "labels-source", "learning-sink") == {(READ_LABELS, SCORE)}
