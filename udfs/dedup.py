@@ -94,17 +94,20 @@ class SeenIds:
         model key, by this shard or earlier in the batch, whose first delivery has not expired:
         the watermark (epoch ms, Flink's current one) has not reached its event time + horizon.
         Remembers nothing: `remember` does, once the batch is scored."""
-        found, earlier = [], {}
+        found = []
+        earlier: dict[str, int] = {}  # key -> the row of its first record in this batch
         first, horizon = self.first, self.horizon_ms
         for row, (model_key, txn_id) in enumerate(zip(batch.model_keys, batch.txn_ids)):
             key = _entry_key(model_key, txn_id)
             seen = first.get(key)
             if seen is not None and watermark < seen.event_time + horizon:
                 found.append(Duplicate(row, seen))
-            elif key in earlier:
-                found.append(Duplicate(row, earlier[key]))
+            elif key in earlier:  # the first delivery is described only when it has a redelivery
+                first_row = earlier[key]
+                found.append(Duplicate(row, FirstDelivery(int(batch.event_times[first_row]), batch.sources[first_row],
+                                                          "", "")))
             else:
-                earlier[key] = FirstDelivery(int(batch.event_times[row]), batch.sources[row], "", "")
+                earlier[key] = row
         return found
 
     def remember(self, batch: RecordBatch, wheres: list[str] | None, worker: str, counter: int
